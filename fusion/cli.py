@@ -1,0 +1,216 @@
+"""The command line: ``python -m fusion COMMAND ...``.
+
+Every command takes ``--json`` and then prints exactly one JSON object on stdout (progress goes to stderr), so
+scripts, batch jobs and SLURM arrays can drive FusionLab. Refused input exits with status 1 and a message (and, with
+``--json``, an ``{"error": {"type", "message"}}`` object).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fusion.data import DATASETS, load_dataset
+from fusion.device import default_device, describe_device
+from fusion.errors import FusionError
+from fusion.models import ARCHITECTURES, ModelSpec, default_spec
+from fusion.pipeline import build_demo_ensemble, train_and_save
+from fusion.train import TrainConfig, evaluate
+from fusion.workspace import ModelRecord, Workspace
+
+Command = Callable[[argparse.Namespace, Workspace], dict[str, Any]]
+
+
+def record_summary(record: ModelRecord, workspace: Workspace) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "arch": record.spec.describe(),
+        "dataset": record.dataset,
+        "method": record.method,
+        "parents": record.parents,
+        "parameters": record.parameters,
+        "test_accuracy": record.metrics.get("test_accuracy"),
+        "test_loss": record.metrics.get("test_loss"),
+        "path": str(workspace.model_dir(record.id)),
+    }
+
+
+def stderr_progress(quiet: bool) -> Callable[[int, int, str], None]:
+    def report(done: int, total: int, message: str) -> None:
+        if not quiet:
+            print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def spec_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
+    return default_spec(
+        args.arch,
+        input_shape,
+        num_classes,
+        hidden=tuple(args.hidden) if args.hidden else None,
+        channels=tuple(args.channels) if args.channels else None,
+        width=args.width,
+        batch_norm=args.batch_norm,
+        bias=args.bias,
+    )
+
+
+def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    data = load_dataset(args.dataset, download=args.download)
+    spec = spec_from_args(args, data.input_shape, data.num_classes)
+    records = []
+    for seed in args.seed:
+        config = TrainConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            seed=seed,
+            augment=args.augment,
+        )
+        records.append(train_and_save(workspace, spec, data.name, config, progress=stderr_progress(args.quiet)))
+    return {"models": [record_summary(r, workspace) for r in records], "device": str(default_device())}
+
+
+def command_demo(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    records = build_demo_ensemble(workspace, progress=stderr_progress(args.quiet))
+    return {"models": [record_summary(r, workspace) for r in records], "device": str(default_device())}
+
+
+def command_list(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    return {"workspace": str(workspace.root), "models": [record_summary(r, workspace) for r in workspace.records()]}
+
+
+def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    model, record = workspace.load(args.id)
+    data = load_dataset(record.dataset, download=args.download)
+    results = {}
+    for split in ("train", "test"):
+        metrics = evaluate(model, *data.split(split))
+        results[f"{split}_accuracy"], results[f"{split}_loss"] = metrics.accuracy, metrics.loss
+    record = workspace.update(args.id, metrics={**record.metrics, **results})
+    return {"id": record.id, "dataset": record.dataset, "device": str(default_device()), **results}
+
+
+def command_export(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    path = workspace.export(args.id, args.out)
+    return {"id": args.id, "path": str(path)}
+
+
+def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    spec = None
+    if args.arch:
+        if not args.dataset:
+            raise FusionError("--arch needs --dataset (the dataset the checkpoint was trained on)")
+        data = load_dataset(args.dataset, download=args.download)
+        spec = spec_from_args(args, data.input_shape, data.num_classes)
+    if args.spec:
+        spec = ModelSpec.from_dict(json.loads(Path(args.spec).read_text()))
+    model, record = workspace.import_checkpoint(args.checkpoint, spec=spec, dataset=args.dataset, name=args.name)
+    data = load_dataset(record.dataset, download=args.download)
+    metrics = evaluate(model, *data.split("test"))
+    record = workspace.update(record.id, metrics={"test_accuracy": metrics.accuracy, "test_loss": metrics.loss})
+    return {"models": [record_summary(record, workspace)]}
+
+
+def command_delete(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    workspace.delete(args.id)
+    return {"deleted": args.id}
+
+
+def command_device(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    return {"device": str(default_device()), "description": describe_device()}
+
+
+def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--arch", choices=ARCHITECTURES, required=required, help="architecture")
+    parser.add_argument("--hidden", type=int, nargs="+", help="hidden linear widths (mlp, cnn)")
+    parser.add_argument("--channels", type=int, nargs="+", help="conv channels (cnn)")
+    parser.add_argument("--width", type=float, help="width multiplier (vgg, resnet)")
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="BatchNorm layers")
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None, help="biases")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--workspace", help="workspace folder (default: $FUSIONLAB_WORKSPACE or ~/.fusionlab/workspace)")
+    common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    common.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    common.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
+
+    main = argparse.ArgumentParser(prog="python -m fusion", description="FusionLab: train, fuse and analyse networks.")
+    commands = main.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", parents=[common], help="train models and save them to the workspace")
+    add_spec_options(train, required=True)
+    train.add_argument("--dataset", default="digits", choices=DATASETS)
+    train.add_argument("--seed", type=int, nargs="+", default=[0], help="one model per seed")
+    defaults = TrainConfig()
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--optimizer", choices=("adam", "sgd"), default=defaults.optimizer)
+    train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    train.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR)")
+    train.set_defaults(run=command_train)
+
+    commands.add_parser("demo", parents=[common], help="build the offline demo ensemble").set_defaults(run=command_demo)
+    commands.add_parser("list", parents=[common], help="list the workspace's models").set_defaults(run=command_list)
+    commands.add_parser("device", parents=[common], help="the compute device in use").set_defaults(run=command_device)
+
+    evaluate_ = commands.add_parser("evaluate", parents=[common], help="evaluate a model on its dataset")
+    evaluate_.add_argument("id")
+    evaluate_.set_defaults(run=command_evaluate)
+
+    export = commands.add_parser("export", parents=[common], help="write a model to one safetensors file")
+    export.add_argument("id")
+    export.add_argument("--out", required=True, help="file or folder")
+    export.set_defaults(run=command_export)
+
+    import_ = commands.add_parser("import", parents=[common], help="import a safetensors or state_dict checkpoint")
+    import_.add_argument("checkpoint")
+    add_spec_options(import_, required=False)
+    import_.add_argument("--spec", help="a JSON file holding a model spec (instead of --arch ...)")
+    import_.add_argument("--dataset", choices=DATASETS)
+    import_.add_argument("--name")
+    import_.set_defaults(run=command_import)
+
+    delete = commands.add_parser("delete", parents=[common], help="delete a model")
+    delete.add_argument("id")
+    delete.set_defaults(run=command_delete)
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        workspace = Workspace(args.workspace)
+        result = args.run(args, workspace)
+    except (FusionError, OSError, json.JSONDecodeError) as exc:
+        message = str(exc) or type(exc).__name__
+        if args.json:
+            print(json.dumps({"error": {"type": type(exc).__name__, "message": message}}))
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(human_readable(result))
+    return 0
+
+
+def human_readable(result: dict[str, Any]) -> str:
+    if "models" in result:
+        lines = [
+            f"{m['id']:<40} {m['arch']:<22} {m['dataset']:<9} {m['method']:<9} "
+            + (f"test acc {100 * m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "")
+            for m in result["models"]
+        ]
+        return "\n".join(lines) or "no models"
+    return "\n".join(f"{k}: {v}" for k, v in result.items())

@@ -1,0 +1,184 @@
+"""Datasets as normalised in-memory tensors.
+
+``digits`` is the offline default: scikit-learn's bundled 8x8 handwritten digits (1,797 images, shipped inside the
+package, no download). Its split is fixed and documented: a stratified 75/25 split with
+``sklearn.model_selection.train_test_split(test_size=0.25, random_state=0, stratify=labels)``, i.e. 1,347 training and
+450 test images; pixels (0..16) are scaled to [0, 1] and standardised with the training set's mean and standard
+deviation.
+
+MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 come from torchvision under a local root (``FUSIONLAB_DATA`` or
+``~/.fusionlab/data``); they are downloaded only when asked for with ``download=True``. Their normalisation constants
+are the usual per-channel training-set statistics.
+
+The :class:`Normalization` a dataset uses is stored with every model trained on it, and every analysis reloads the
+dataset through :func:`load_dataset`, so inputs are always standardised the way the model saw them in training.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fusion.errors import DatasetError
+
+TORCHVISION_DATASETS = {
+    "mnist": ("MNIST", (0.1307,), (0.3081,)),
+    "fashion-mnist": ("FashionMNIST", (0.2860,), (0.3530,)),
+    "cifar10": ("CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+DATASETS = ("digits", *TORCHVISION_DATASETS)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel standardisation ``x' = (x - mean) / std`` applied to inputs scaled to [0, 1]."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A classification dataset held as normalised tensors: ``x_*: (N, C, H, W)`` float32, ``y_*: (N,)`` int64."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    normalization: Normalization
+    description: str = field(default="")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.x_train.shape[1:]
+        return (int(c), int(h), int(w))
+
+    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if which == "train":
+            return self.x_train, self.y_train
+        if which == "test":
+            return self.x_test, self.y_test
+        raise DatasetError(f"split must be 'train' or 'test', got {which!r}")
+
+    def sample(self, which: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` examples of a split drawn without replacement with a fixed seed (all of them if ``n`` exceeds it)."""
+        x, y = self.split(which)
+        if n < 1:
+            raise DatasetError(f"need at least one sample, got n={n}")
+        generator = torch.Generator().manual_seed(seed)
+        index = torch.randperm(len(x), generator=generator)[: min(n, len(x))]
+        return x[index], y[index]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("FUSIONLAB_DATA", Path.home() / ".fusionlab" / "data")).expanduser()
+
+
+def load_dataset(name: str, root: str | Path | None = None, download: bool = False) -> Dataset:
+    """Load a dataset by name; see the module docstring for splits and normalisation.
+
+    Raises :class:`DatasetError` for an unknown name, or for a torchvision dataset that is not under ``root`` and was
+    not allowed (or could not be) downloaded. Results are cached per process; never modify the returned tensors.
+    """
+    key = name.lower().strip()
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if key == "digits":
+        return load_digits()
+    return load_torchvision(key, str(Path(root).expanduser() if root else data_root()), download)
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits() -> Dataset:
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
+    )
+    mean, std = float(x_train.mean()), float(x_train.std())
+    normalise = lambda a: torch.from_numpy((a - mean) / std).unsqueeze(1).contiguous()  # noqa: E731
+    return Dataset(
+        name="digits",
+        x_train=normalise(x_train),
+        y_train=torch.from_numpy(y_train).long(),
+        x_test=normalise(x_test),
+        y_test=torch.from_numpy(y_test).long(),
+        num_classes=10,
+        normalization=Normalization((mean,), (std,)),
+        description="scikit-learn 8x8 digits, 1,347 train / 450 test (stratified, random_state=0), offline",
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_torchvision(key: str, root: str, download: bool) -> Dataset:
+    import torchvision
+
+    class_name, mean, std = TORCHVISION_DATASETS[key]
+    factory = getattr(torchvision.datasets, class_name)
+    splits = {}
+    for train in (True, False):
+        try:
+            raw = factory(root=root, train=train, download=download)
+        except RuntimeError as exc:
+            hint = "" if download else " Allow the download (--download, or the checkbox in the app) if the network allows."
+            raise DatasetError(f"{class_name} was not found under {root}.{hint} ({exc})") from exc
+        except OSError as exc:
+            raise DatasetError(f"{class_name} could not be downloaded to {root}: {exc}") from exc
+        images = torch.as_tensor(np.asarray(raw.data))
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        x = images.float().div_(255.0)
+        x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        splits[train] = (x.contiguous(), torch.as_tensor(np.asarray(raw.targets)).long())
+    if len(splits[True][0]) == 0:
+        raise DatasetError(f"{class_name} under {root} is empty")
+    return Dataset(
+        name=key,
+        x_train=splits[True][0],
+        y_train=splits[True][1],
+        x_test=splits[False][0],
+        y_test=splits[False][1],
+        num_classes=100 if key == "cifar100" else 10,
+        normalization=Normalization(mean, std),
+        description=f"torchvision {class_name} from {root}",
+    )
+
+
+def dataset_normalization(name: str) -> Normalization:
+    """The normalisation ``load_dataset(name)`` applies, known without loading a torchvision dataset."""
+    key = name.lower().strip()
+    if key == "digits":
+        return load_digits().normalization
+    if key not in TORCHVISION_DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    _, mean, std = TORCHVISION_DATASETS[key]
+    return Normalization(mean, std)
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of ``(x, y)``: shuffled with ``generator`` when given, in order otherwise."""
+    if len(x) == 0:
+        raise DatasetError("the dataset is empty")
+    order = torch.randperm(len(x), generator=generator) if generator is not None else None
+    for start in range(0, len(x), batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            index = order[start : start + batch_size]
+            yield x[index], y[index]

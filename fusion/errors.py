@@ -1,0 +1,33 @@
+"""One exception hierarchy for everything FusionLab refuses.
+
+Library functions validate their inputs at the public boundary and raise a subclass of
+:class:`FusionError` whose message says what was expected and what was given. The app
+turns these into a message on the page, the command line into a non-zero exit.
+"""
+
+
+class FusionError(Exception):
+    """Base class of every error FusionLab raises on purpose."""
+
+
+class ConfigError(FusionError, ValueError):
+    """An option is out of range or inconsistent (zero epochs, negative learning rate...)."""
+
+
+class ArchitectureError(FusionError, ValueError):
+    """An architecture spec is invalid, or models do not share the architecture a method needs."""
+
+
+class CheckpointError(FusionError, ValueError):
+    """A file is not a checkpoint FusionLab can load safely, or its tensors do not fit."""
+
+
+class DatasetError(FusionError, ValueError):
+    """A dataset is unknown, missing locally, or empty."""
+
+
+class WorkspaceError(FusionError, KeyError):
+    """A workspace entry is missing or cannot be written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

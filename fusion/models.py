@@ -1,0 +1,283 @@
+"""The model zoo: MLP, small CNN, VGG-11/13/16 and CIFAR-style ResNet-18/34.
+
+Every model is built from a :class:`ModelSpec`, a small frozen and JSON-serialisable description, so a saved
+state_dict plus its spec rebuilds the exact network. All architectures adapt to the dataset's input shape
+``(C, H, W)`` (8x8x1 digits, 28x28x1 MNIST, 32x32x3 CIFAR) and number of classes.
+
+Layer naming follows the reference implementations: VGG as in Simonyan & Zisserman (2015) with the single linear
+classifier that otfusion uses on CIFAR; ResNet as in He et al. (2016), CIFAR variant (3x3 stem, no max-pool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusion.errors import ArchitectureError
+
+VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+}
+RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+ARCHITECTURES = ("mlp", "cnn", *VGG_LAYERS, *RESNET_BLOCKS)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network.
+
+    Parameters
+    ----------
+    arch : one of :data:`ARCHITECTURES`.
+    input_shape : ``(C, H, W)`` of one input.
+    num_classes : number of output logits.
+    hidden : widths of the hidden linear layers (``mlp`` and ``cnn``).
+    channels : output channels of the conv layers (``cnn`` only; each conv is followed by a 2x2 max-pool).
+    batch_norm : BatchNorm after every conv (and, for ``mlp``/``cnn``, after every hidden linear layer).
+    bias : biases in conv and linear layers (ResNet convs never carry a bias when ``batch_norm`` is on).
+    width : width multiplier of VGG and ResNet channels.
+    """
+
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    hidden: tuple[int, ...] = ()
+    channels: tuple[int, ...] = ()
+    batch_norm: bool = False
+    bias: bool = True
+    width: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.arch not in ARCHITECTURES:
+            raise ArchitectureError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ArchitectureError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+        if self.num_classes < 2:
+            raise ArchitectureError(f"num_classes must be at least 2, got {self.num_classes}")
+        if any(h < 1 for h in self.hidden) or any(c < 1 for c in self.channels):
+            raise ArchitectureError(f"layer widths must be positive, got hidden={self.hidden} channels={self.channels}")
+        if max((*self.hidden, *self.channels), default=0) > 65536:
+            raise ArchitectureError("layer widths above 65536 are not supported")
+        if not 0 < self.width <= 16:
+            raise ArchitectureError(f"width multiplier must be in (0, 16], got {self.width}")
+        if self.arch == "cnn" and not self.channels:
+            raise ArchitectureError("a cnn needs at least one conv layer: give channels, e.g. (16, 32)")
+        if self.arch not in ("mlp", "cnn") and (self.hidden or self.channels):
+            raise ArchitectureError(f"{self.arch} takes a width multiplier, not hidden/channels lists")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ArchitectureError(f"unknown model spec fields: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ArchitectureError(f"invalid model spec: {exc}") from exc
+
+    def describe(self) -> str:
+        """A short human label, e.g. ``mlp 128-64``, ``vgg11-bn x0.25``."""
+        if self.arch == "mlp":
+            body = "-".join(map(str, self.hidden)) or "linear"
+        elif self.arch == "cnn":
+            body = "c" + "-".join(map(str, self.channels)) + ("-h" + "-".join(map(str, self.hidden)) if self.hidden else "")
+        else:
+            body = f"x{self.width:g}"
+        return f"{self.arch}{'-bn' if self.batch_norm else ''} {body}"
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(1, round(channels * width))
+
+
+class MLP(nn.Module):
+    """``Flatten -> [Linear -> (BN) -> ReLU] * len(hidden) -> Linear``."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2]
+        for width in spec.hidden:
+            layers.append(nn.Linear(fan_in, width, bias=spec.bias))
+            if spec.batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU())
+            fan_in = width
+        layers.append(nn.Linear(fan_in, spec.num_classes, bias=spec.bias))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def conv_stack(in_channels: int, size: int, plan: tuple[int | str, ...], spec: ModelSpec) -> tuple[nn.Sequential, int, int]:
+    """Conv 3x3 (pad 1) -> (BN) -> ReLU for each int in ``plan``, 2x2 max-pool for each "M".
+
+    A pool that would shrink the map below 1x1 is skipped, so the same plan serves 8x8 digits and 32x32 CIFAR.
+    Returns the stack, its output channels and its output spatial size.
+    """
+    layers: list[nn.Module] = []
+    for item in plan:
+        if item == "M":
+            if size >= 2:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+            continue
+        out_channels = int(item)
+        layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=spec.bias))
+        if spec.batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.ReLU())
+        in_channels = out_channels
+    return nn.Sequential(*layers), in_channels, size
+
+
+class CNN(nn.Module):
+    """A small CNN: a conv stack (one max-pool after each conv), flatten, hidden linear layers, classifier."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        plan = tuple(x for c in spec.channels for x in (c, "M"))
+        self.features, channels, size = conv_stack(spec.input_shape[0], spec.input_shape[1], plan, spec)
+        head: list[nn.Module] = [nn.Flatten()]
+        fan_in = channels * size * size
+        for width in spec.hidden:
+            head.append(nn.Linear(fan_in, width, bias=spec.bias))
+            if spec.batch_norm:
+                head.append(nn.BatchNorm1d(width))
+            head.append(nn.ReLU())
+            fan_in = width
+        head.append(nn.Linear(fan_in, spec.num_classes, bias=spec.bias))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class VGG(nn.Module):
+    """VGG-11/13/16 features with a single linear classifier over the flattened final map."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        plan = tuple(x if x == "M" else scaled(int(x), spec.width) for x in VGG_LAYERS[spec.arch])
+        self.features, channels, size = conv_stack(spec.input_shape[0], spec.input_shape[1], plan, spec)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(channels * size * size, spec.num_classes, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.features(x)))
+
+
+def norm_layer(channels: int, batch_norm: bool) -> nn.Module:
+    return nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+
+
+class BasicBlock(nn.Module):
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``; the shortcut is a 1x1 conv + BN when shapes change."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, batch_norm: bool, bias: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias)
+        self.bn1 = norm_layer(out_channels, batch_norm)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=bias)
+        self.bn2 = norm_layer(out_channels, batch_norm)
+        self.relu2 = nn.ReLU()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut: nn.Module = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias), norm_layer(out_channels, batch_norm)
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem, four stages of basic blocks (strides 1, 2, 2, 2), global average pool, linear."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        bias = spec.bias and not spec.batch_norm
+        widths = [scaled(c, spec.width) for c in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(spec.input_shape[0], widths[0], 3, padding=1, bias=bias)
+        self.bn1 = norm_layer(widths[0], spec.batch_norm)
+        self.relu = nn.ReLU()
+        stages: list[nn.Module] = []
+        in_channels = widths[0]
+        for stage, (blocks, out_channels) in enumerate(zip(RESNET_BLOCKS[spec.arch], widths)):
+            stride = 1 if stage == 0 else 2
+            stage_blocks = []
+            for b in range(blocks):
+                stage_blocks.append(BasicBlock(in_channels, out_channels, stride if b == 0 else 1, spec.batch_norm, bias))
+                in_channels = out_channels
+            stages.append(nn.Sequential(*stage_blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.linear = nn.Linear(in_channels, spec.num_classes, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(self.flatten(self.pool(out)))
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """Build the network that ``spec`` describes; with ``seed``, its initialisation is reproducible.
+
+    The global RNG is left untouched when a seed is given.
+    """
+    if spec.arch == "mlp":
+        factory: type[nn.Module] = MLP
+    elif spec.arch == "cnn":
+        factory = CNN
+    elif spec.arch in VGG_LAYERS:
+        factory = VGG
+    else:
+        factory = ResNet
+    if seed is None:
+        return factory(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(spec)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_spec(arch: str, input_shape: tuple[int, int, int], num_classes: int, **overrides: Any) -> ModelSpec:
+    """The zoo's default spec of ``arch`` for a dataset; keyword arguments override single fields.
+
+    Defaults: MLP 128-64 with bias; CNN with 16-32 channels and a 64-unit hidden layer; VGG with bias, no BN;
+    ResNet with BN, no bias. On 8x8 inputs VGG and ResNet default to width 1/4 so they train in seconds.
+    """
+    small = input_shape[1] <= 8
+    base: dict[str, Any] = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes}
+    if arch == "mlp":
+        base.update(hidden=(128, 64))
+    elif arch == "cnn":
+        base.update(channels=(16, 32), hidden=(64,))
+    elif arch in VGG_LAYERS:
+        base.update(width=0.25 if small else 1.0)
+    elif arch in RESNET_BLOCKS:
+        base.update(batch_norm=True, bias=False, width=0.25 if small else 1.0)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ModelSpec(**base)

@@ -1,0 +1,183 @@
+"""Training, fine-tuning and evaluation with fixed seeds on the chosen device.
+
+Training minimises the cross-entropy with SGD (momentum) or Adam and a cosine learning-rate schedule. The same seed
+gives the same weights: the model's initialisation is seeded by :func:`fusion.models.build_model`, the order of the
+mini-batches (and the augmentation) by ``TrainConfig.seed``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fusion.data import Dataset, batches
+from fusion.device import default_device
+from fusion.errors import ConfigError, DatasetError, FusionError
+
+Progress = Callable[[int, int, str], None]
+"""``progress(done, total, message)``: how every long computation reports how far it got."""
+
+
+class TrainingDiverged(FusionError):
+    """The loss became NaN or infinite: the learning rate is too high, or the inputs are broken."""
+
+
+def no_progress(done: int, total: int, message: str) -> None:
+    """The progress callback that reports nothing."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training or fine-tuning run.
+
+    ``augment`` applies random crops (padding 4) and horizontal flips, the usual CIFAR augmentation; it is meant for
+    32x32 colour images and is off by default.
+    """
+
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1 or self.epochs > 10_000:
+            raise ConfigError(f"epochs must be an integer from 1 to 10000, got {self.epochs!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 10):
+            raise ConfigError(f"learning rate must be in (0, 10], got {self.lr!r}")
+        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 65536:
+            raise ConfigError(f"batch size must be an integer from 1 to 65536, got {self.batch_size!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
+            raise ConfigError(f"weight decay must be in [0, 1), got {self.weight_decay!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Mean cross-entropy loss and top-1 accuracy (a fraction in [0, 1]) over a split."""
+
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Per-epoch mean training loss and accuracy, the final test metrics and the wall time in seconds."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test: Metrics | None = None
+    seconds: float = 0.0
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding of 4 pixels, and a horizontal flip with probability 1/2, per image."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 9, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    cropped = padded[batch, channel, rows, cols]
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    config: TrainConfig = TrainConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> TrainResult:
+    """Train ``model`` in place on ``data``'s training split and evaluate it on the test split.
+
+    Raises :class:`TrainingDiverged` as soon as a mini-batch loss is not finite; the caller's saved state is untouched
+    because nothing is written here.
+    """
+    device = device or default_device()
+    x_train, y_train = data.split("train")
+    if len(x_train) == 0:
+        raise DatasetError(f"{data.name}: the training split is empty")
+    model.to(device)
+    if config.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    accuracies: list[float] = []
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for x, y in batches(x_train, y_train, config.batch_size, generator):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config.augment:
+                x = augment_batch(x, generator)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the training loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate "
+                    f"(now {config.lr}) or check the inputs for NaNs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        losses.append(total_loss / seen)
+        accuracies.append(correct / seen)
+        progress(epoch + 1, config.epochs, f"epoch {epoch + 1}/{config.epochs}: loss {total_loss / seen:.4f}")
+    test = evaluate(model, *data.split("test"), device=device)
+    return TrainResult(losses, accuracies, test, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device | None = None, batch_size: int = 1024) -> torch.Tensor:
+    """Logits ``(N, classes)`` of ``model`` in eval mode, computed in batches on ``device``, returned on the CPU."""
+    device = device or default_device()
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | None = None, batch_size: int = 1024
+) -> Metrics:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on ``(x, y)``."""
+    if len(x) == 0:
+        raise DatasetError("cannot evaluate on an empty dataset")
+    logits = predict_logits(model, x, device, batch_size)
+    return Metrics(
+        loss=float(F.cross_entropy(logits, y.cpu())), accuracy=float((logits.argmax(1) == y.cpu()).float().mean())
+    )
