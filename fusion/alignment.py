@@ -1,0 +1,358 @@
+"""Align one network to another, neuron group by neuron group.
+
+For every group of the model being aligned (A) and the reference (B) a transport map is computed from neuron features
+and applied to all the group's members at once (:func:`apply_transports`), so a hard assignment yields a model that
+computes exactly the same function as A with its neurons in B's order.
+
+Features (``AlignOptions.mode``):
+
+- ``weights`` (Singh & Jaggi 2020, Sec. 4): neuron i of A is the concatenation of its incoming rows over every producer
+  of the group (weights, biases, BatchNorm parameters), after its input side has been aligned with the map of the group
+  it reads: ``W_A T_in`` (per kernel position for convs, per spatial position after a flatten). Groups are processed in
+  the order the network computes them; a residual group whose inputs are not yet aligned uses them unaligned in the
+  first sweep, and further sweeps re-solve every group with all others' latest maps. With ``features="both"`` the
+  outgoing columns of the consumers (their outputs aligned) join the feature: with the squared Euclidean cost and an
+  exact solver this is Git Re-Basin's weight matching (Ainsworth et al., ICLR 2023), iterated to a fixed point.
+- ``activations``: neuron i is its activation map at the group's outputs (after BatchNorm when there is one) over a
+  fixed, seeded sample of training inputs, computed in eval mode in batches; no input alignment is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusion.errors import ArchitectureError, ConfigError, FusionError
+from fusion.groups import NORMS, Member, NeuronGroup, groups_by_module
+from fusion.train import Progress, no_progress, predict_logits
+from fusion.transport import CostNormalization, Correction, Metric, Solver, Transport, marginal, solve_transport
+
+
+class AlignmentError(FusionError):
+    """An alignment that must preserve the function does not: names the group at fault."""
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    """How neurons are compared and matched. Defaults follow otfusion's published weights-mode configuration
+    (exact OT, Euclidean not squared, uniform marginals, no normalisation)."""
+
+    mode: Literal["weights", "activations"] = field(default="weights", metadata={"help": "compare neurons by incoming weights or by activations on training samples"})
+    solver: Solver = field(default="exact", metadata={"help": "exact OT (a permutation for equal widths) or entropic Sinkhorn"})
+    reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation, relative to the normalised cost"})
+    metric: Metric = field(default="euclidean", metadata={"help": "ground metric between neuron features"})
+    normalize_rows: bool = field(default=False, metadata={"help": "scale each neuron's feature to unit norm first"})
+    cost_normalization: CostNormalization = field(default="none", metadata={"help": "rescale the cost matrix"})
+    marginals: Literal["uniform", "importance"] = field(default="uniform", metadata={"help": "neuron masses: equal, or proportional to feature norm"})
+    correction: Correction = field(default="marginals", metadata={"help": "maps from the plan: exact for unequal widths, or otfusion's T/beta on both sides"})
+    features: Literal["incoming", "both"] = field(default="incoming", metadata={"help": "incoming weights only (OT fusion) or incoming and outgoing (weight matching)"})
+    sweeps: int = field(default=1, metadata={"help": "passes over all groups; later passes use every group's latest map"})
+    samples: int = field(default=200, metadata={"help": "training samples for activation features"})
+    seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
+
+    def __post_init__(self) -> None:
+        choices = {
+            "mode": ("weights", "activations"),
+            "solver": ("exact", "sinkhorn"),
+            "metric": ("euclidean", "sqeuclidean", "cosine"),
+            "cost_normalization": ("none", "max", "median", "mean", "log"),
+            "marginals": ("uniform", "importance"),
+            "correction": ("marginals", "reference"),
+            "features": ("incoming", "both"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 1 <= self.sweeps <= 1000:
+            raise ConfigError(f"sweeps must be from 1 to 1000, got {self.sweeps}")
+        if not 1 <= self.samples <= 100_000:
+            raise ConfigError(f"samples must be from 1 to 100000, got {self.samples}")
+        if not (self.reg > 0 and np.isfinite(self.reg)):
+            raise ConfigError(f"reg must be positive, got {self.reg}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Alignment:
+    """The aligned copy of a model, the map of every group (by group name), and per-group costs and seconds."""
+
+    model: nn.Module
+    transports: dict[str, Transport]
+    costs: dict[str, float]
+    seconds: dict[str, float]
+    sweeps: int
+
+
+def block_index(permutation: np.ndarray, repeat: int, device: torch.device) -> torch.Tensor:
+    index = torch.as_tensor(permutation, dtype=torch.long, device=device)
+    return (index[:, None] * repeat + torch.arange(repeat, device=device)[None, :]).reshape(-1)
+
+
+def transform(tensor: torch.Tensor, member: Member, transport: Transport, side: Literal["producer", "consumer"]) -> torch.Tensor:
+    """Apply a group's map to one member: ``new[j] = sum_i M[i, j] old[i]`` along ``member.dim`` (blocks of
+    ``member.repeat`` entries per neuron), with ``M`` the producer or consumer matrix; an index gather for a
+    permutation, so that hard alignments are exact."""
+    n, m = transport.shape
+    if tensor.shape[member.dim] != n * member.repeat:
+        raise ArchitectureError(
+            f"{member.key}: dim {member.dim} has {tensor.shape[member.dim]} entries, the map expects {n} x {member.repeat}"
+        )
+    if transport.permutation is not None:
+        return tensor.index_select(member.dim, block_index(transport.permutation, member.repeat, tensor.device))
+    matrix = (transport.producer if side == "producer" else transport.consumer).to(tensor.device, tensor.dtype)
+    moved = tensor.movedim(member.dim, 0)
+    rest = moved.shape[1:]
+    blocks = moved.reshape(n, member.repeat, -1)
+    result = torch.einsum("ij,irk->jrk", matrix, blocks).reshape(m * member.repeat, *rest)
+    return result.movedim(0, member.dim).contiguous()
+
+
+def apply_transports(
+    state: dict[str, torch.Tensor], groups: list[NeuronGroup], transports: dict[str, Transport]
+) -> dict[str, torch.Tensor]:
+    """A new state_dict with every group's map applied to its producers and consumers (groups without a map stay)."""
+    result = dict(state)
+    for group in groups:
+        transport = transports.get(group.name)
+        if transport is None:
+            continue
+        for member in group.producers:
+            result[member.key] = transform(result[member.key], member, transport, "producer")
+        for member in group.consumers:
+            result[member.key] = transform(result[member.key], member, transport, "consumer")
+    return result
+
+
+def with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` holding ``state``; layers whose widths changed are resized (their ``in_features``,
+    ``out_channels``, ``num_features``... updated), so this serves unequal widths, concatenation and pruning."""
+    result = copy.deepcopy(model)
+    modules = dict(result.named_modules())
+    for key, value in state.items():
+        module_name, _, attribute = key.rpartition(".")
+        module = modules[module_name]
+        current = getattr(module, attribute)
+        if current.shape != value.shape:
+            if isinstance(current, nn.Parameter):
+                setattr(module, attribute, nn.Parameter(value.clone(), requires_grad=current.requires_grad))
+            else:
+                module.register_buffer(attribute, value.clone())
+            resize_attributes(module)
+    result.load_state_dict(state)
+    return result
+
+
+def resize_attributes(module: nn.Module) -> None:
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        module.out_channels, module.in_channels = int(weight.shape[0]), int(weight.shape[1]) * module.groups
+    elif isinstance(module, NORMS):
+        module.num_features = int((weight if weight is not None else module.running_mean).shape[0])
+
+
+class FeatureBuilder:
+    """Neuron features in weights mode for a pair of state_dicts; see the module docstring."""
+
+    def __init__(self, groups: list[NeuronGroup], features: str, sizes_a: dict[str, int], sizes_b: dict[str, int]) -> None:
+        self.features = features
+        self.sizes_a, self.sizes_b = sizes_a, sizes_b
+        self.writes, self.reads = groups_by_module(groups)
+
+    def incoming(
+        self, state: dict[str, torch.Tensor], member: Member, transports: dict[str, Transport] | None, size: int
+    ) -> torch.Tensor | None:
+        """The member's rows with their input side aligned; ``None`` when that input's map is not known yet and the
+        two models' widths there differ (the rows cannot be compared then)."""
+        tensor = state[member.key]
+        source = self.reads.get(member.module) if member.param == "weight" else None
+        if transports is not None and source is not None:
+            group, repeat = source
+            if group.name in transports:
+                tensor = transform(tensor, Member(member.module, "weight", 1, repeat), transports[group.name], "consumer")
+            elif self.sizes_a[group.name] != self.sizes_b[group.name]:
+                return None
+        return tensor.reshape(size, -1)
+
+    def outgoing(self, state: dict[str, torch.Tensor], member: Member, transports: dict[str, Transport] | None, size: int) -> torch.Tensor:
+        tensor = state[member.key]
+        target = self.writes.get(member.module)
+        if transports is not None and target is not None and target.name in transports:
+            tensor = transform(tensor, Member(member.module, "weight", 0, 1), transports[target.name], "producer")
+        return tensor.movedim(1, 0).reshape(size, -1)
+
+    def pair(
+        self,
+        group: NeuronGroup,
+        state_a: dict[str, torch.Tensor],
+        state_b: dict[str, torch.Tensor],
+        transports: dict[str, Transport],
+        size_a: int,
+        size_b: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features ``(size_a, d)`` of A (input side aligned with ``transports``) and ``(size_b, d)`` of B."""
+        parts_a, parts_b = [], []
+        for member in group.producers:
+            if member.param in ("running_mean", "running_var"):
+                continue
+            a = self.incoming(state_a, member, transports, size_a)
+            if a is None:
+                continue
+            parts_a.append(a)
+            parts_b.append(self.incoming(state_b, member, None, size_b))
+        if self.features == "both":
+            for member in group.consumers:
+                parts_a.append(self.outgoing(state_a, member, transports, size_a))
+                parts_b.append(self.outgoing(state_b, member, None, size_b))
+        return torch.cat(parts_a, 1), torch.cat(parts_b, 1)
+
+
+def group_sizes(state: dict[str, torch.Tensor], groups: list[NeuronGroup]) -> dict[str, int]:
+    """The width of every group in a model's state_dict (widths may differ between models of one architecture)."""
+    sizes = {}
+    for group in groups:
+        member = next(m for m in group.producers if m.param == "weight" and m.module in group.layers)
+        sizes[group.name] = state[member.key].shape[0] // member.repeat
+    return sizes
+
+
+@torch.no_grad()
+def activation_features(
+    model: nn.Module, groups: list[NeuronGroup], inputs: torch.Tensor, device: torch.device, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Per group, ``(neurons, samples * positions)``: the activations at the group's outputs, eval mode, batched."""
+    modules = dict(model.named_modules())
+    wanted = {name for group in groups for name in group.outputs}
+    collected: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
+
+    def hook(name: str):
+        def record(module: nn.Module, args: object, output: torch.Tensor) -> None:
+            collected[name].append(output.detach().movedim(1, 0).reshape(output.shape[1], -1).float().cpu())
+
+        return record
+
+    handles = [modules[name].register_forward_hook(hook(name)) for name in wanted]
+    was_training = model.training
+    model.eval().to(device)
+    try:
+        for start in range(0, len(inputs), batch_size):
+            model(inputs[start : start + batch_size].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    per_module = {name: torch.cat(chunks, 1) for name, chunks in collected.items()}
+    return {group.name: torch.cat([per_module[name] for name in group.outputs], 1) for group in groups}
+
+
+def align(
+    model: nn.Module,
+    reference: nn.Module,
+    groups: list[NeuronGroup],
+    options: AlignOptions = AlignOptions(),
+    inputs: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> Alignment:
+    """Transport ``model``'s neurons onto ``reference``'s, group by group; returns the aligned copy and the maps.
+
+    ``groups`` come from :func:`fusion.groups.neuron_groups` on either model (both must share the architecture; widths
+    may differ). ``inputs`` are the training samples for ``mode="activations"``.
+    """
+    device = device or torch.device("cpu")
+    state_a = {k: v.detach().to(device) for k, v in model.state_dict().items()}
+    state_b = {k: v.detach().to(device) for k, v in reference.state_dict().items()}
+    if set(state_a) != set(state_b):
+        raise ArchitectureError("the models do not share an architecture: their parameter names differ")
+    sizes_a, sizes_b = group_sizes(state_a, groups), group_sizes(state_b, groups)
+    if options.mode == "activations":
+        if inputs is None or len(inputs) == 0:
+            raise ConfigError("activation-based alignment needs training inputs")
+        acts_a = activation_features(model, groups, inputs, device)
+        acts_b = activation_features(reference, groups, inputs, device)
+    builder = FeatureBuilder(groups, options.features, sizes_a, sizes_b)
+    transports: dict[str, Transport] = {}
+    costs: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    sweeps = 1 if options.mode == "activations" else options.sweeps
+    done_sweeps = 0
+    for sweep in range(sweeps):
+        changed = False
+        for index, group in enumerate(groups):
+            started = time.perf_counter()
+            if options.mode == "activations":
+                features_a, features_b = acts_a[group.name].to(device), acts_b[group.name].to(device)
+            else:
+                features_a, features_b = builder.pair(
+                    group, state_a, state_b, transports, sizes_a[group.name], sizes_b[group.name]
+                )
+            mu = nu = None
+            if options.marginals == "importance":
+                mu = marginal(len(features_a), features_a.norm(dim=1))
+                nu = marginal(len(features_b), features_b.norm(dim=1))
+            transport = solve_transport(
+                features_a,
+                features_b,
+                metric=options.metric,
+                normalize_rows=options.normalize_rows,
+                cost_normalization=options.cost_normalization,
+                solver=options.solver,
+                reg=options.reg,
+                mu=mu,
+                nu=nu,
+                correction=options.correction,
+            )
+            previous = transports.get(group.name)
+            if previous is None or not np.array_equal(previous.plan, transport.plan):
+                changed = True
+            transports[group.name] = transport
+            costs[group.name] = transport.cost
+            seconds[group.name] = seconds.get(group.name, 0.0) + time.perf_counter() - started
+            progress(sweep * len(groups) + index + 1, sweeps * len(groups), f"sweep {sweep + 1}: group {group.name}")
+        done_sweeps = sweep + 1
+        if not changed:
+            break
+    aligned = with_state(model, apply_transports(state_a, groups, transports))
+    return Alignment(aligned.to(device), transports, costs, seconds, done_sweeps)
+
+
+def is_hard(transports: dict[str, Transport]) -> bool:
+    return all(t.permutation is not None for t in transports.values())
+
+
+def verify_alignment(
+    source: nn.Module,
+    aligned: nn.Module,
+    groups: list[NeuronGroup],
+    transports: dict[str, Transport],
+    probe: torch.Tensor,
+    device: torch.device | None = None,
+    tolerance: float = 1e-4,
+) -> float:
+    """Check that a hard alignment computes its source's function on ``probe``; returns the max |logit difference|.
+
+    On a mismatch, each group's map is applied alone to find the group at fault, and :class:`AlignmentError` names it.
+    """
+    expected = predict_logits(source, probe, device)
+    error = float((predict_logits(aligned, probe, device) - expected).abs().max())
+    scale = max(1.0, float(expected.abs().max()))
+    if error <= tolerance * scale:
+        return error
+    state = {k: v.detach().cpu() for k, v in source.state_dict().items()}
+    for group in groups:
+        single = with_state(source, apply_transports(state, groups, {group.name: transports[group.name]}))
+        if float((predict_logits(single, probe, device) - expected).abs().max()) > tolerance * scale:
+            raise AlignmentError(
+                f"aligning group {group.name} changed the network's function (max logit difference {error:.3g}); "
+                "a layer tied to it is missing from the group"
+            )
+    raise AlignmentError(f"the aligned network differs from its source (max logit difference {error:.3g})")

@@ -1,0 +1,55 @@
+"""Vanilla weight averaging and the prediction ensemble, the two baselines of every fusion paper."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fusion.errors import ArchitectureError, ConfigError
+
+
+def mixture_weights(count: int, weights: Sequence[float] | None) -> list[float]:
+    """Convex weights for ``count`` models: uniform by default; given weights must be non-negative and are rescaled
+    to sum to one."""
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"need {count} non-negative weights with a positive sum, got {list(weights)}")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]
+
+
+def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+    """``sum_k w_k theta_k`` entry by entry; integer buffers (``num_batches_tracked``) are taken from the first model."""
+    names = set(states[0])
+    for index, state in enumerate(states[1:], start=1):
+        if set(state) != names:
+            raise ArchitectureError(f"model {index} has other parameters than model 0: architectures differ")
+        wrong = [k for k in names if state[k].shape != states[0][k].shape]
+        if wrong:
+            raise ArchitectureError(
+                f"model {index} differs from model 0 in the shape of {', '.join(sorted(wrong)[:3])}: vanilla averaging "
+                "needs identical architectures (OT fusion aligns different widths)"
+            )
+    mix = mixture_weights(len(states), weights)
+    return {
+        key: sum(w * s[key].float() for w, s in zip(mix, states)).to(states[0][key].dtype)
+        if states[0][key].is_floating_point()
+        else states[0][key].clone()
+        for key in states[0]
+    }
+
+
+class Ensemble(nn.Module):
+    """Prediction ensembling: the mean of the members' logits, ``(1/K) sum_k f_k(x)``."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) < 1:
+            raise ConfigError("an ensemble needs at least one model")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)

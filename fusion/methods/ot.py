@@ -1,0 +1,105 @@
+"""OT fusion (Singh & Jaggi, NeurIPS 2020) and weight matching (Ainsworth et al., ICLR 2023) on neuron groups.
+
+Every model but the reference is aligned to the reference (:func:`fusion.alignment.align`), hard alignments are
+verified to preserve their model's function, and the aligned parameters are averaged:
+``theta_F = sum_k w_k theta_k^aligned``; for two models ``w = (1 - s, s)`` is otfusion's ``--ensemble-step s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fusion.alignment import AlignOptions, align, is_hard, verify_alignment, with_state
+from fusion.errors import ConfigError
+from fusion.groups import NeuronGroup
+from fusion.methods.average import average_states, mixture_weights
+from fusion.train import Progress, no_progress
+from fusion.transport import Transport
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """Options shared by the fusion methods that average aligned models."""
+
+    reference: int = field(default=0, metadata={"help": "index of the model whose widths and neuron order the fused model keeps"})
+    weights: tuple[float, ...] | None = field(default=None, metadata={"help": "averaging weights per model (uniform by default)"})
+    recompute_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"})
+    verify: bool = field(default=True, metadata={"help": "check that every hard alignment preserves its model's function"})
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OTOptions(AlignOptions, FusionOptions):
+    """OT fusion: :class:`AlignOptions` for the maps, :class:`FusionOptions` for the average."""
+
+
+@dataclass(frozen=True)
+class MatchingOptions(FusionOptions):
+    """Permutation matching (Git Re-Basin): exact assignment on squared Euclidean costs of incoming and outgoing
+    weights, iterated over the groups until no permutation changes (at most ``sweeps`` passes), or on activations."""
+
+    mode: str = field(default="weights", metadata={"help": "weight matching or activation matching"})
+    sweeps: int = field(default=100, metadata={"help": "maximum passes over the groups"})
+    samples: int = field(default=200, metadata={"help": "training samples for activation matching"})
+    seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
+
+    def align_options(self) -> AlignOptions:
+        return AlignOptions(
+            mode=self.mode, solver="exact", metric="sqeuclidean", features="both", sweeps=self.sweeps,
+            samples=self.samples, seed=self.seed,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedAverage:
+    """The averaged model, the maps that aligned each model to the reference (``None`` for the reference itself),
+    per-group costs and seconds, sweeps used and each hard alignment's verified max logit difference."""
+
+    model: nn.Module
+    transports: list[dict[str, Transport] | None]
+    costs: list[dict[str, float]]
+    seconds: list[dict[str, float]]
+    sweeps: list[int]
+    verified: list[float | None]
+
+
+def aligned_average(
+    models: Sequence[nn.Module],
+    groups: list[NeuronGroup],
+    align_options: AlignOptions,
+    options: FusionOptions,
+    inputs: torch.Tensor | None,
+    probe: torch.Tensor,
+    device: torch.device,
+    progress: Progress = no_progress,
+) -> AlignedAverage:
+    """Align every model to ``models[options.reference]`` and average them (see the module docstring)."""
+    if not 0 <= options.reference < len(models):
+        raise ConfigError(f"reference must index one of the {len(models)} models, got {options.reference}")
+    mixture_weights(len(models), options.weights)
+    reference = models[options.reference]
+    states, transports, costs, seconds, sweeps, verified = [], [], [], [], [], []
+    for index, model in enumerate(models):
+        if index == options.reference:
+            states.append({k: v.detach().to(device) for k, v in reference.state_dict().items()})
+            transports.append(None), costs.append({}), seconds.append({}), sweeps.append(0), verified.append(None)
+            continue
+
+        def report(done: int, total: int, message: str, index: int = index) -> None:
+            progress(done, total, f"model {index} -> reference {options.reference}: {message}")
+
+        alignment = align(model, reference, groups, align_options, inputs, device, report)
+        error = None
+        if options.verify and is_hard(alignment.transports):
+            error = verify_alignment(model, alignment.model, groups, alignment.transports, probe, device)
+        states.append({k: v.detach().to(device) for k, v in alignment.model.state_dict().items()})
+        transports.append(alignment.transports), costs.append(alignment.costs), seconds.append(alignment.seconds)
+        sweeps.append(alignment.sweeps), verified.append(error)
+    fused = with_state(reference, average_states(states, options.weights))
+    return AlignedAverage(fused, transports, costs, seconds, sweeps, verified)

@@ -1,0 +1,192 @@
+"""Optimal transport between the neurons of two layers: ground metrics, marginals, solvers and the correction.
+
+Given features ``a_i`` (n neurons of the model being aligned) and ``b_j`` (m neurons of the reference), the map is the
+solution of the discrete optimal transport problem (Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020)
+
+.. math::
+
+    T^\\star = \\arg\\min_{T \\ge 0} \\langle T, C \\rangle \\quad \\text{s.t.} \\quad T\\mathbf{1}_m = \\mu,\\;
+    T^\\top \\mathbf{1}_n = \\nu, \\qquad C_{ij} = d(a_i, b_j),
+
+solved exactly (network simplex, POT's ``ot.emd``; for equal widths and uniform marginals the optimum is a permutation
+and the Hungarian algorithm finds it faster) or with entropic regularisation ``- reg * H(T)`` (Sinkhorn, Cuturi 2013,
+POT's ``ot.sinkhorn`` in the log domain).
+
+A plan becomes two linear maps on the neuron index. The *producer* map ``T diag(1/nu)`` (columns sum to one) makes
+each new neuron the barycentre of the old neurons sent to it: it acts on incoming weights, biases and normalisation
+parameters. The *consumer* map ``diag(1/mu) T`` (rows sum to one) hands each old neuron's outgoing weights to the new
+neurons it was sent to, so that merged copies add up: it acts on the next layer's input columns. For equal widths
+both equal ``n T`` and, for a hard assignment, the permutation matrix. otfusion's ``--correction`` uses
+``T diag(1/beta)`` on both sides, which is only right for equal widths; ``correction="reference"`` reproduces it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import ot
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from fusion.errors import ConfigError, FusionError
+
+Metric = Literal["euclidean", "sqeuclidean", "cosine"]
+CostNormalization = Literal["none", "max", "median", "mean", "log"]
+Solver = Literal["exact", "sinkhorn"]
+Correction = Literal["marginals", "reference"]
+
+
+class TransportError(FusionError):
+    """The transport problem could not be solved (non-finite costs, solver failure)."""
+
+
+def ground_cost(a: torch.Tensor, b: torch.Tensor, metric: Metric = "euclidean", normalize_rows: bool = False) -> torch.Tensor:
+    """Pairwise cost ``C: (n, m)`` between the rows of ``a: (n, d)`` and ``b: (m, d)``.
+
+    ``euclidean``: ``||a_i - b_j||``; ``sqeuclidean``: its square; ``cosine``: ``1 - <a_i, b_j> / (|a_i| |b_j|)``.
+    ``normalize_rows`` first scales every row to unit norm (otfusion's ``--normalize-wts``).
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise TransportError(f"features must be (n, d) and (m, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = a.double(), b.double()
+    if normalize_rows or metric == "cosine":
+        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if metric == "cosine":
+        return 1.0 - a @ b.T
+    squared = ((a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * a @ b.T).clamp_min(0.0)
+    if metric == "sqeuclidean":
+        return squared
+    if metric == "euclidean":
+        return squared.sqrt()
+    raise ConfigError(f"unknown ground metric {metric!r}; expected euclidean, sqeuclidean or cosine")
+
+
+def normalize_cost(cost: torch.Tensor, how: CostNormalization = "none") -> torch.Tensor:
+    """Rescale a cost matrix (otfusion's ``--ground-metric-normalize``): divide by its max, median or mean, or
+    take ``log(1 + C)``."""
+    if how == "none":
+        return cost
+    if how == "log":
+        return torch.log1p(cost)
+    scale = {"max": cost.max, "median": cost.median, "mean": cost.mean}.get(how)
+    if scale is None:
+        raise ConfigError(f"unknown cost normalisation {how!r}; expected none, max, median, mean or log")
+    value = float(scale())
+    return cost / value if value > 0 else cost
+
+
+def marginal(size: int, importance: torch.Tensor | None = None) -> np.ndarray:
+    """Uniform weights ``1/size``, or weights proportional to a non-negative ``importance`` per neuron."""
+    if importance is None:
+        return np.full(size, 1.0 / size)
+    weights = importance.detach().double().cpu().numpy().clip(min=0.0)
+    if weights.shape != (size,) or not np.isfinite(weights).all() or weights.sum() <= 0:
+        raise TransportError(f"importance must be {size} finite non-negative numbers with a positive sum")
+    weights = weights + 1e-12 * weights.sum()
+    return weights / weights.sum()
+
+
+def transport_plan(
+    cost: torch.Tensor,
+    mu: np.ndarray | None = None,
+    nu: np.ndarray | None = None,
+    solver: Solver = "exact",
+    reg: float = 0.01,
+) -> np.ndarray:
+    """Solve the transport problem of the module docstring; returns the plan ``T: (n, m)`` in float64.
+
+    ``reg`` is the entropic regularisation of Sinkhorn (otfusion's ``--reg``, default 0.01), relative to the cost's
+    scale as given; costs are best normalised (``normalize_cost``) before Sinkhorn.
+    """
+    matrix = cost.detach().double().cpu().numpy()
+    n, m = matrix.shape
+    if not np.isfinite(matrix).all():
+        raise TransportError("the cost matrix has NaN or infinite entries (are the weights or activations finite?)")
+    uniform_a, uniform_b = mu is None, nu is None
+    mu = np.full(n, 1.0 / n) if mu is None else np.asarray(mu, dtype=np.float64)
+    nu = np.full(m, 1.0 / m) if nu is None else np.asarray(nu, dtype=np.float64)
+    if solver == "exact":
+        if n == m and uniform_a and uniform_b:
+            rows, cols = linear_sum_assignment(matrix)
+            plan = np.zeros((n, m))
+            plan[rows, cols] = 1.0 / n
+            return plan
+        plan, log = ot.emd(mu, nu, matrix, numItermax=max(100_000, 50 * n * m), log=True)
+        if log.get("warning"):
+            raise TransportError(f"exact OT did not converge: {log['warning']}")
+        return plan
+    if solver == "sinkhorn":
+        if not reg > 0:
+            raise ConfigError(f"Sinkhorn needs a positive regularisation, got {reg}")
+        plan = ot.sinkhorn(mu, nu, matrix, reg, method="sinkhorn_log", numItermax=5000, stopThr=1e-9)
+        if not np.isfinite(plan).all() or plan.sum() <= 0:
+            raise TransportError(f"Sinkhorn failed at reg={reg}; raise the regularisation or normalise the cost")
+        return plan
+    raise ConfigError(f"unknown solver {solver!r}; expected exact or sinkhorn")
+
+
+@dataclass(frozen=True, eq=False)
+class Transport:
+    """A map from ``n`` source neurons to ``m`` target neurons of one group.
+
+    ``plan``: the coupling ``T: (n, m)``; ``permutation``: for a hard one-to-one assignment, ``permutation[j]`` is the
+    source neuron that becomes target neuron ``j`` (then the maps are applied by indexing, exactly); ``producer`` and
+    ``consumer``: the ``(n, m)`` matrices of the module docstring; ``cost``: ``<T, C>``.
+    """
+
+    plan: np.ndarray
+    producer: torch.Tensor
+    consumer: torch.Tensor
+    permutation: np.ndarray | None
+    cost: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.plan.shape[0]), int(self.plan.shape[1]))
+
+    @classmethod
+    def from_plan(cls, plan: np.ndarray, cost: float = 0.0, correction: Correction = "marginals") -> "Transport":
+        plan = np.asarray(plan, dtype=np.float64)
+        n, m = plan.shape
+        column_sums, row_sums = plan.sum(0), plan.sum(1)
+        if (column_sums <= 0).any() or (row_sums <= 0).any():
+            raise TransportError("every neuron must send and receive some mass")
+        producer = torch.from_numpy(plan / column_sums[None, :])
+        if correction == "marginals":
+            consumer = torch.from_numpy(plan / row_sums[:, None])
+        elif correction == "reference":
+            consumer = producer
+        else:
+            raise ConfigError(f"unknown correction {correction!r}; expected marginals or reference")
+        permutation = None
+        if n == m and np.count_nonzero(plan) == n:
+            rows, cols = np.nonzero(plan)
+            if len(set(rows)) == n and len(set(cols)) == n:
+                permutation = rows[np.argsort(cols)]
+        return cls(plan, producer.float(), consumer.float(), permutation, float(cost))
+
+    @classmethod
+    def identity(cls, size: int) -> "Transport":
+        return cls.from_plan(np.eye(size) / size)
+
+
+def solve_transport(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    metric: Metric = "euclidean",
+    normalize_rows: bool = False,
+    cost_normalization: CostNormalization = "none",
+    solver: Solver = "exact",
+    reg: float = 0.01,
+    mu: np.ndarray | None = None,
+    nu: np.ndarray | None = None,
+    correction: Correction = "marginals",
+) -> Transport:
+    """Ground cost between features ``a: (n, d)`` and ``b: (m, d)``, transport plan, and the resulting maps."""
+    cost = normalize_cost(ground_cost(a, b, metric, normalize_rows), cost_normalization)
+    plan = transport_plan(cost, mu, nu, solver, reg)
+    return Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.cpu()).sum()), correction)
