@@ -20,6 +20,7 @@ Features (``AlignOptions.mode``):
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -82,13 +83,19 @@ class AlignOptions:
 
 @dataclass(frozen=True, eq=False)
 class Alignment:
-    """The aligned copy of a model, the map of every group (by group name), and per-group costs and seconds."""
+    """The aligned parameters of ``source``, the map of every group (by group name), per-group costs and seconds,
+    and the sweeps used; ``model`` builds the aligned network on first use."""
 
-    model: nn.Module
+    source: nn.Module
+    state: dict[str, torch.Tensor]
     transports: dict[str, Transport]
     costs: dict[str, float]
     seconds: dict[str, float]
     sweeps: int
+
+    @functools.cached_property
+    def model(self) -> nn.Module:
+        return with_state(self.source, self.state)
 
 
 def block_index(permutation: np.ndarray, repeat: int, device: torch.device) -> torch.Tensor:
@@ -321,8 +328,7 @@ def align(
         done_sweeps = sweep + 1
         if not changed:
             break
-    aligned = with_state(model, apply_transports(state_a, groups, transports))
-    return Alignment(aligned.to(device), transports, costs, seconds, done_sweeps)
+    return Alignment(model, apply_transports(state_a, groups, transports), transports, costs, seconds, done_sweeps)
 
 
 def is_hard(transports: dict[str, Transport]) -> bool:

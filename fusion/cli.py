@@ -17,7 +17,9 @@ from fusion.data import DATASETS, load_dataset
 from fusion.device import default_device, describe_device
 from fusion.errors import FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
-from fusion.pipeline import build_demo_ensemble, train_and_save
+from fusion.fuse import METHODS, OPTIONS
+from fusion.options import option_fields
+from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import ModelRecord, Workspace
 
@@ -119,6 +121,58 @@ def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, 
     return {"models": [record_summary(record, workspace)]}
 
 
+def fusion_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The fusion options given on the command line (unset flags keep the method's defaults)."""
+    names = {f.name for cls in OPTIONS.values() for f in option_fields(cls)}
+    options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if args.ensemble_step is not None:
+        if "weights" in options:
+            raise FusionError("give --ensemble-step or --weights, not both")
+        options["weights"] = (1.0 - args.ensemble_step, args.ensemble_step)
+    return options
+
+
+def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    run = fuse_and_save(
+        workspace, args.models, args.method, fusion_options(args), name=args.name, progress=stderr_progress(args.quiet)
+    )
+    output: dict[str, Any] = {"method": args.method, "parents": args.models, **run.metrics, "report": run.result.report.to_dict()}
+    if run.record is not None:
+        output["models"] = [record_summary(run.record, workspace)]
+    if args.finetune_epochs:
+        config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0)
+        if run.record is None:
+            raise FusionError("an ensemble is not a single network and cannot be fine-tuned")
+        tuned = finetune_and_save(workspace, run.record.id, config, progress=stderr_progress(args.quiet))
+        output["models"].append(record_summary(tuned, workspace))
+    return output
+
+
+def command_finetune(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed)
+    record = finetune_and_save(workspace, args.id, config, progress=stderr_progress(args.quiet))
+    return {"models": [record_summary(record, workspace)]}
+
+
+def add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    seen: set[str] = set()
+    for cls in OPTIONS.values():
+        for option in option_fields(cls):
+            if option.name in seen:
+                continue
+            seen.add(option.name)
+            text = f"{option.help} (default {option.default})"
+            if option.kind == "bool":
+                parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            elif option.kind == "choice":
+                parser.add_argument(option.flag, choices=option.choices, default=None, help=text)
+            elif option.kind == "floats":
+                parser.add_argument(option.flag, type=float, nargs="+", default=None, help=text)
+            else:
+                parser.add_argument(option.flag, type=int if option.kind == "int" else float, default=None, help=text)
+    parser.add_argument("--ensemble-step", type=float, help="otfusion's --ensemble-step s: weights (1-s, s) for two models")
+
+
 def command_delete(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     workspace.delete(args.id)
     return {"deleted": args.id}
@@ -180,6 +234,24 @@ def parser() -> argparse.ArgumentParser:
     import_.add_argument("--dataset", choices=DATASETS)
     import_.add_argument("--name")
     import_.set_defaults(run=command_import)
+
+    fuse_ = commands.add_parser("fuse", parents=[common], help="fuse workspace models and save the result")
+    fuse_.add_argument("--method", choices=METHODS, required=True)
+    fuse_.add_argument("--models", nargs="+", required=True, help="ids of the models to fuse")
+    fuse_.add_argument("--name")
+    fuse_.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the fused model for N epochs")
+    fuse_.add_argument("--finetune-lr", type=float, default=1e-3)
+    add_fusion_options(fuse_)
+    fuse_.set_defaults(run=command_fuse)
+
+    finetune = commands.add_parser("finetune", parents=[common], help="fine-tune a model and save it as a new one")
+    finetune.add_argument("id")
+    finetune.add_argument("--epochs", type=int, default=5)
+    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("--batch-size", type=int, default=64)
+    finetune.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.set_defaults(run=command_finetune)
 
     delete = commands.add_parser("delete", parents=[common], help="delete a model")
     delete.add_argument("id")

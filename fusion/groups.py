@@ -65,14 +65,18 @@ class NeuronGroup:
         return self.producers + self.consumers
 
 
-def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Module]:
-    """The conv/linear modules whose output is the model's output (the class logits)."""
+def trace_order(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Module, int], list[nn.Module]]:
+    """One forward pass: the execution order of the leaf modules, and the conv/linear layers that produce the model's
+    output (the logits, which stay fixed)."""
+    order: dict[nn.Module, int] = {}
     produced: dict[int, nn.Module] = {}
-    hooks = [
-        module.register_forward_hook(lambda m, i, o: produced.__setitem__(id(o), m))
-        for module in model.modules()
-        if isinstance(module, LAYERS)
-    ]
+
+    def record(module: nn.Module, inputs: object, output: object) -> None:
+        order.setdefault(module, len(order))
+        if isinstance(module, LAYERS):
+            produced[id(output)] = module
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
             output = model(example_inputs)
@@ -81,23 +85,7 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[nn.Mod
             hook.remove()
     if id(output) not in produced:
         raise UnsupportedArchitecture("the model's output must come straight from a linear or conv layer")
-    return [produced[id(output)]]
-
-
-def execution_order(model: nn.Module, example_inputs: torch.Tensor) -> dict[nn.Module, int]:
-    order: dict[nn.Module, int] = {}
-
-    def record(module: nn.Module, inputs: object, output: object) -> None:
-        order.setdefault(module, len(order))
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return order
+    return order, [produced[id(output)]]
 
 
 def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[NeuronGroup]:
@@ -116,8 +104,8 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     model.eval()
     try:
         names = {module: name for name, module in model.named_modules()}
-        fixed = output_layers(model, example_inputs)
-        order = execution_order(model, example_inputs)
+        example_inputs = example_inputs[:1]
+        order, fixed = trace_order(model, example_inputs)
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         groups = [describe(graph, group, names, order) for group in graph.get_all_groups(ignored_layers=fixed)]
     finally:

@@ -69,6 +69,8 @@ class ModelSpec:
             raise ArchitectureError("layer widths above 65536 are not supported")
         if not 0 < self.width <= 16:
             raise ArchitectureError(f"width multiplier must be in (0, 16], got {self.width}")
+        if self.arch in ("cnn", *VGG_LAYERS) and self.input_shape[1] != self.input_shape[2]:
+            raise ArchitectureError(f"{self.arch} needs square inputs (H == W), got input_shape={self.input_shape}")
         if self.arch == "cnn" and not self.channels:
             raise ArchitectureError("a cnn needs at least one conv layer: give channels, e.g. (16, 32)")
         if self.arch not in ("mlp", "cnn") and (self.hidden or self.channels):
@@ -85,7 +87,9 @@ class ModelSpec:
             raise ArchitectureError(f"unknown model spec fields: {', '.join(sorted(unknown))}")
         try:
             return cls(**data)
-        except TypeError as exc:
+        except ArchitectureError:
+            raise
+        except (TypeError, ValueError) as exc:
             raise ArchitectureError(f"invalid model spec: {exc}") from exc
 
     def describe(self) -> str:

@@ -6,14 +6,16 @@ The command line, the app and scripts all go through these, so each produces the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
 from fusion.data import load_dataset
 from fusion.device import default_device
-from fusion.errors import ArchitectureError
+from fusion.errors import ArchitectureError, ConfigError
+from fusion.fuse import FusionResult, fuse
 from fusion.models import ModelSpec, build_model, default_spec
-from fusion.train import Progress, TrainConfig, no_progress, train
+from fusion.train import Progress, TrainConfig, evaluate, no_progress, train
 from fusion.workspace import ModelRecord, Workspace
 
 
@@ -100,3 +102,102 @@ def build_demo_ensemble(
         done += member.config.epochs
     return records
 
+
+
+@dataclass(frozen=True, eq=False)
+class FusionRun:
+    """A fusion done from workspace models: the saved record (``None`` for the ensemble, which is not a single
+    network), the library's result and the fused model's test metrics."""
+
+    record: ModelRecord | None
+    result: FusionResult
+    metrics: dict[str, float]
+
+
+def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
+    """Refuse parents that a method cannot fuse: other datasets, other architectures or depths, and for vanilla
+    averaging other widths. Raises :class:`ArchitectureError` naming the first mismatch."""
+    first = records[0]
+    for record in records[1:]:
+        if record.dataset != first.dataset:
+            raise ArchitectureError(f"{record.id} was trained on {record.dataset}, {first.id} on {first.dataset}")
+        a, b = first.spec, record.spec
+        if method == "average" and a != b:
+            raise ArchitectureError(
+                f"vanilla averaging needs identical architectures: {first.id} is {a.describe()}, {record.id} is "
+                f"{b.describe()}; OT fusion can fuse different widths"
+            )
+        same_family = (a.arch, a.input_shape, a.num_classes, a.batch_norm, a.bias, len(a.hidden), len(a.channels)) == (
+            b.arch, b.input_shape, b.num_classes, b.batch_norm, b.bias, len(b.hidden), len(b.channels))
+        if not same_family:
+            raise ArchitectureError(
+                f"mismatched architectures: {first.id} is {a.describe()}, {record.id} is {b.describe()}; "
+                f"{method} needs the same architecture and depth (widths may differ)"
+            )
+
+
+def fuse_and_save(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    method: str,
+    options: dict[str, Any] | None = None,
+    name: str | None = None,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> FusionRun:
+    """Fuse workspace models and save the result with full provenance (parents, method, options, report) and, for
+    methods with maps, the transport plans as the ``transport`` attachment (keys ``model{k}/{group}``)."""
+    options = dict(options or {})
+    if len(model_ids) < 2:
+        raise ConfigError(f"pick at least two models to fuse, got {len(model_ids)}")
+    loaded = [workspace.load(i) for i in model_ids]
+    models, records = [m for m, _ in loaded], [r for _, r in loaded]
+    check_compatible(records, method)
+    data = load_dataset(records[0].dataset)
+    device = device or default_device()
+    result = fuse(models, method, data=data, device=device, progress=progress, **options)
+    metrics = evaluate(result.model, *data.split("test"), device=device)
+    scores = {"test_accuracy": metrics.accuracy, "test_loss": metrics.loss, "fusion_seconds": result.report.seconds}
+    if method == "ensemble":
+        return FusionRun(None, result, scores)
+    spec = records[result.report.options.get("reference", 0)].spec
+    plans = {
+        f"model{k}/{group}": torch.from_numpy(t.plan).float()
+        for k, transports in enumerate(result.transports)
+        if transports
+        for group, t in transports.items()
+    }
+    record = workspace.save(
+        result.model,
+        spec=spec,
+        dataset=records[0].dataset,
+        normalization=records[0].normalization,
+        metrics=scores,
+        provenance={"method": method, "parents": list(model_ids), "options": result.report.options, "report": result.report.to_dict()},
+        name=name or f"{spec.describe()} · {method} of {len(model_ids)}",
+        attachments={"transport": plans} if plans else None,
+    )
+    return FusionRun(record, result, scores)
+
+
+def finetune_and_save(
+    workspace: Workspace,
+    model_id: str,
+    config: TrainConfig,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> ModelRecord:
+    """Fine-tune a workspace model on its dataset and save it as a new model whose parent is the original."""
+    model, record = workspace.load(model_id)
+    data = load_dataset(record.dataset)
+    result = train(model, data, config, device=device or default_device(), progress=progress)
+    assert result.test is not None
+    return workspace.save(
+        model,
+        spec=record.spec,
+        dataset=record.dataset,
+        normalization=record.normalization,
+        metrics={"test_accuracy": result.test.accuracy, "test_loss": result.test.loss, "train_seconds": result.seconds},
+        provenance={"method": "finetune", "parents": [model_id], "options": config.to_dict()},
+        name=f"{record.name} · fine-tuned {config.epochs} ep",
+    )

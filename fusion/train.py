@@ -130,11 +130,14 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     accuracies: list[float] = []
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     started = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
         for x, y in batches(x_train, y_train, config.batch_size, generator):
+            if has_batch_norm and len(y) == 1 and seen > 0:
+                continue  # BatchNorm cannot normalise a single example in training mode: drop the trailing one
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if config.augment:
                 x = augment_batch(x, generator)

@@ -218,7 +218,7 @@ class Workspace:
             raise WorkspaceError(f"cannot create the workspace at {self.root}: {exc}") from exc
 
     def model_dir(self, model_id: str) -> Path:
-        if not ID_PATTERN.match(model_id):
+        if not ID_PATTERN.fullmatch(model_id):
             raise WorkspaceError(f"{model_id!r} is not a model id")
         return self.root / "models" / model_id
 
@@ -236,8 +236,12 @@ class Workspace:
         provenance: Mapping[str, Any] | None = None,
         seed: int | None = None,
         name: str | None = None,
+        attachments: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> ModelRecord:
         """Save ``model`` with its metadata atomically and return its record.
+
+        ``attachments`` are named tensor collections stored beside the model in the same atomic write (a fused
+        model's transport maps, say); read them back with :meth:`load_tensors`.
 
         Raises :class:`CheckpointError` if the model has NaN/inf weights or does not fit ``spec`` (nothing is written).
         """
@@ -264,6 +268,10 @@ class Workspace:
         staging.mkdir(parents=True)
         try:
             save_file(state, str(staging / "model.safetensors"), metadata={METADATA_KEY: json.dumps(record.to_dict())})
+            for kind, tensors in (attachments or {}).items():
+                if not ID_PATTERN.fullmatch(kind):
+                    raise WorkspaceError(f"{kind!r} is not an attachment name")
+                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / f"{kind}.safetensors"))
             write_json_atomic(staging / "meta.json", record.to_dict())
             os.rename(staging, self.model_dir(record.id))
         except BaseException:
@@ -354,8 +362,15 @@ class Workspace:
         )
         return model.eval(), record
 
+    def load_tensors(self, model_id: str, kind: str) -> dict[str, torch.Tensor] | None:
+        """An attachment saved with the model, or ``None`` when it has none of that name."""
+        if not ID_PATTERN.fullmatch(kind):
+            raise WorkspaceError(f"{kind!r} is not an attachment name")
+        path = self.model_dir(model_id) / f"{kind}.safetensors"
+        return load_file(str(path)) if path.is_file() else None
+
     def result_path(self, model_id: str, kind: str) -> Path:
-        if not ID_PATTERN.match(kind):
+        if not ID_PATTERN.fullmatch(kind):
             raise WorkspaceError(f"{kind!r} is not a result kind")
         return self.model_dir(model_id) / "results" / f"{kind}.json"
 

@@ -34,12 +34,16 @@ def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[
                 "needs identical architectures (OT fusion aligns different widths)"
             )
     mix = mixture_weights(len(states), weights)
-    return {
-        key: sum(w * s[key].float() for w, s in zip(mix, states)).to(states[0][key].dtype)
-        if states[0][key].is_floating_point()
-        else states[0][key].clone()
-        for key in states[0]
-    }
+    result = {}
+    for key, first in states[0].items():
+        if not first.is_floating_point():
+            result[key] = first.clone()
+            continue
+        total = first.float() * mix[0]
+        for w, state in zip(mix[1:], states[1:]):
+            total.add_(state[key].float(), alpha=w)
+        result[key] = total.to(first.dtype)
+    return result
 
 
 class Ensemble(nn.Module):

@@ -8,7 +8,7 @@ verified to preserve their model's function, and the aligned parameters are aver
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -44,7 +44,7 @@ class MatchingOptions(FusionOptions):
     """Permutation matching (Git Re-Basin): exact assignment on squared Euclidean costs of incoming and outgoing
     weights, iterated over the groups until no permutation changes (at most ``sweeps`` passes), or on activations."""
 
-    mode: str = field(default="weights", metadata={"help": "weight matching or activation matching"})
+    mode: Literal["weights", "activations"] = field(default="weights", metadata={"help": "weight matching or activation matching"})
     sweeps: int = field(default=100, metadata={"help": "maximum passes over the groups"})
     samples: int = field(default=200, metadata={"help": "training samples for activation matching"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
@@ -98,7 +98,7 @@ def aligned_average(
         error = None
         if options.verify and is_hard(alignment.transports):
             error = verify_alignment(model, alignment.model, groups, alignment.transports, probe, device)
-        states.append({k: v.detach().to(device) for k, v in alignment.model.state_dict().items()})
+        states.append(alignment.state)
         transports.append(alignment.transports), costs.append(alignment.costs), seconds.append(alignment.seconds)
         sweeps.append(alignment.sweeps), verified.append(error)
     fused = with_state(reference, average_states(states, options.weights))

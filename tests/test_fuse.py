@@ -1,0 +1,187 @@
+import json
+
+import pytest
+import torch
+
+from fusion.batchnorm import recompute_batchnorm
+from fusion.cli import main
+from fusion.data import load_dataset
+from fusion.errors import ArchitectureError, ConfigError, DatasetError
+from fusion.fuse import fuse
+from fusion.groups import neuron_groups
+from fusion.models import build_model, default_spec
+from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.train import TrainConfig, evaluate, train
+from fusion.transport import TransportError
+from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
+
+X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("method,options", [("ot", {}), ("ot", {"mode": "activations"}), ("matching", {})])
+@pytest.mark.parametrize("name", ["mlp-bias", "vgg11-bn", "resnet18-bn"])
+def test_fusing_a_model_with_its_permuted_copy_recovers_its_function(name, method, options):
+    model = randomised(SMALL[name], seed=0)
+    shuffled = permuted_copy(model, neuron_groups(model, X), seed=3)
+    result = fuse([model, shuffled], method, inputs=X, recompute_bn=False, **options)
+    assert max_logit_difference(result.model, model, X) < 1e-4
+    assert all(error is None or error < 1e-4 for error in result.report.verified)
+
+
+def test_vanilla_average_of_a_permuted_copy_breaks_the_function():
+    model = randomised(SMALL["mlp-bias"], seed=0)
+    shuffled = permuted_copy(model, neuron_groups(model, X), seed=3)
+    result = fuse([model, shuffled], "average", inputs=X)
+    assert max_logit_difference(result.model, model, X) > 1e-2
+
+
+def test_ensemble_predicts_the_mean_of_its_members_logits():
+    members = [randomised(SMALL["cnn"], seed=s) for s in range(3)]
+    result = fuse(members, "ensemble", inputs=X)
+    with torch.no_grad():
+        expected = torch.stack([m(X) for m in members]).mean(0)
+        assert torch.allclose(result.model(X), expected, atol=1e-6)
+
+
+def test_fusion_leaves_its_input_models_untouched():
+    models = [randomised(SMALL["resnet18-bn"], seed=s) for s in range(2)]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    fuse(models, "ot", inputs=X)
+    for model, state in zip(models, before):
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[key]), key
+
+
+def test_unequal_widths_fuse_into_the_reference_width():
+    wide = build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(48, 24)), seed=0)
+    narrow = build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(32, 16)), seed=1)
+    result = fuse([wide, narrow], "ot", inputs=X, reference=1)
+    assert [m.out_features for m in result.model.layers if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
+    assert result.report.groups[0].widths == [48, 32]
+    assert torch.isfinite(result.model(X)).all()
+
+
+def test_batchnorm_statistics_are_recomputed_as_an_exact_average():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 5), torch.nn.BatchNorm1d(5))
+    recompute_batchnorm(model, X, batch_size=16)
+    with torch.no_grad():
+        pre = model[1](model[0](X))
+    assert torch.allclose(model[2].running_mean, pre.mean(0), atol=1e-5)
+    assert model[2].momentum == 0.1
+    assert not model.training
+
+
+@pytest.fixture(scope="module")
+def digits_parents():
+    """Three digits MLPs and three CNNs trained from different seeds (about 4 s on 2 cores)."""
+    data = load_dataset("digits")
+    parents = {}
+    for arch, config in [("mlp", TrainConfig(epochs=30, lr=1e-3)), ("cnn", TrainConfig(epochs=20, lr=2e-3))]:
+        models = []
+        for seed in range(3):
+            model = build_model(default_spec(arch, (1, 8, 8), 10), seed=seed)
+            train(model, data, TrainConfig(**{**config.to_dict(), "seed": seed}), device=torch.device("cpu"))
+            models.append(model.eval())
+        parents[arch] = models
+    return data, parents
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_ot_fusion_is_far_above_vanilla_averaging_on_digits(digits_parents, arch, k):
+    data, parents = digits_parents
+    models = parents[arch][:k]
+    accuracy = {
+        method: evaluate(fuse(models, method, data=data).model, *data.split("test")).accuracy
+        for method in ("average", "ot")
+    }
+    assert accuracy["ot"] >= accuracy["average"] + 0.03
+    assert accuracy["ot"] >= 0.75
+
+
+def test_mismatched_architectures_are_refused():
+    a = build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(32, 16)), seed=0)
+    b = build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(48, 16)), seed=0)
+    with pytest.raises(ArchitectureError, match="identical architectures"):
+        fuse([a, b], "average", inputs=X)
+    c = build_model(default_spec("cnn", (1, 8, 8), 10), seed=0)
+    with pytest.raises(ArchitectureError):
+        fuse([a, c], "ot", inputs=X)
+
+
+@pytest.mark.parametrize(
+    "models,method,options,error",
+    [
+        (1, "ot", {}, ConfigError),
+        (2, "magic", {}, ConfigError),
+        (2, "ot", {"stepsize": 3}, ConfigError),
+        (2, "average", {"mode": "activations"}, ConfigError),
+        (2, "ot", {"reference": 5}, ConfigError),
+        (2, "ot", {"weights": (1.0, -1.0)}, ConfigError),
+    ],
+)
+def test_absurd_fusion_requests_are_refused(models, method, options, error):
+    candidates = [randomised(SMALL["mlp-bias"], seed=s) for s in range(models)]
+    with pytest.raises(error):
+        fuse(candidates, method, inputs=X, **options)
+
+
+def test_nan_weights_are_refused_by_the_transport():
+    a, b = randomised(SMALL["mlp-bias"], seed=0), randomised(SMALL["mlp-bias"], seed=1)
+    with torch.no_grad():
+        a.layers[1].weight[0, 0] = float("nan")
+    with pytest.raises(TransportError, match="NaN"):
+        fuse([a, b], "ot", inputs=X)
+
+
+def test_empty_inputs_are_refused():
+    a, b = randomised(SMALL["mlp-bias"], seed=0), randomised(SMALL["mlp-bias"], seed=1)
+    with pytest.raises(DatasetError):
+        fuse([a, b], "ot", inputs=X[:0])
+
+
+def test_fuse_and_save_records_provenance_and_transport_maps(workspace):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).id
+        for s in range(2)
+    ]
+    run = fuse_and_save(workspace, ids, "ot", {"mode": "activations"})
+    record = workspace.record(run.record.id)
+    assert record.parents == ids and record.method == "ot"
+    assert record.provenance["options"]["mode"] == "activations"
+    plans = workspace.load_tensors(record.id, "transport")
+    assert set(plans) == {"model1/layers.1"}
+    assert torch.allclose(plans["model1/layers.1"].sum(), torch.tensor(1.0), atol=1e-5)
+    assert record.metrics["test_accuracy"] == pytest.approx(run.metrics["test_accuracy"])
+
+
+def test_fusing_models_of_different_datasets_or_depths_saves_nothing(workspace):
+    a = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).id
+    b = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16, 8)), "digits", TrainConfig(epochs=1)).id
+    before = len(workspace.records())
+    with pytest.raises(ArchitectureError, match="depth"):
+        fuse_and_save(workspace, [a, b], "ot")
+    assert len(workspace.records()) == before
+
+
+def test_cli_fuse_prints_one_json_object_and_saves_the_model(workspace, capsys):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).id
+        for s in range(2)
+    ]
+    code = main(["fuse", "--method", "ot", "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", "--solver", "sinkhorn", "--cost-normalization", "max"])
+    output = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert output["models"][0]["id"] in {r.id for r in workspace.records()}
+    assert output["report"]["options"]["solver"] == "sinkhorn"
+    assert 0 < output["test_accuracy"] <= 1
+
+
+def test_cli_fuse_refuses_an_option_of_another_method(workspace, capsys):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).id
+        for s in range(2)
+    ]
+    code = main(["fuse", "--method", "average", "--models", *ids, "--workspace", str(workspace.root), "--json", "--mode", "activations"])
+    assert code == 1
+    assert json.loads(capsys.readouterr().out)["error"]["type"] == "ConfigError"
