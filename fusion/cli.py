@@ -17,7 +17,7 @@ from fusion.data import DATASETS, load_dataset
 from fusion.device import default_device, describe_device
 from fusion.errors import FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
-from fusion.fuse import METHODS, OPTIONS
+from fusion.fuse import REGISTRY, methods
 from fusion.options import option_fields
 from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
 from fusion.train import TrainConfig, evaluate
@@ -123,7 +123,7 @@ def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, 
 
 def fusion_options(args: argparse.Namespace) -> dict[str, Any]:
     """The fusion options given on the command line (unset flags keep the method's defaults)."""
-    names = {f.name for cls in OPTIONS.values() for f in option_fields(cls)}
+    names = {f.name for spec in REGISTRY.values() for f in option_fields(spec.options)}
     options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     if args.ensemble_step is not None:
         if "weights" in options:
@@ -156,8 +156,8 @@ def command_finetune(args: argparse.Namespace, workspace: Workspace) -> dict[str
 
 def add_fusion_options(parser: argparse.ArgumentParser) -> None:
     seen: set[str] = set()
-    for cls in OPTIONS.values():
-        for option in option_fields(cls):
+    for spec in REGISTRY.values():
+        for option in option_fields(spec.options):
             if option.name in seen:
                 continue
             seen.add(option.name)
@@ -236,7 +236,7 @@ def parser() -> argparse.ArgumentParser:
     import_.set_defaults(run=command_import)
 
     fuse_ = commands.add_parser("fuse", parents=[common], help="fuse workspace models and save the result")
-    fuse_.add_argument("--method", choices=METHODS, required=True)
+    fuse_.add_argument("--method", choices=methods(), required=True)
     fuse_.add_argument("--models", nargs="+", required=True, help="ids of the models to fuse")
     fuse_.add_argument("--name")
     fuse_.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the fused model for N epochs")

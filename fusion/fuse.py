@@ -2,7 +2,8 @@
 
 ``models`` are any ``nn.Module`` of one architecture (widths may differ for ``ot``); ``data`` (a
 :class:`fusion.data.Dataset`) or ``inputs`` (a tensor of training inputs) supply the samples that activation features,
-BatchNorm recomputation and the verification of hard alignments need.
+BatchNorm recomputation and the verification of hard alignments need. Each method lives in :mod:`fusion.methods` and
+is registered in :data:`REGISTRY` with its options dataclass.
 """
 
 from __future__ import annotations
@@ -15,36 +16,34 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from fusion.alignment import with_state
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
-from fusion.groups import NeuronGroup, neuron_groups
-from fusion.methods.average import Ensemble, average_states
-from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, aligned_average
+from fusion.groups import NeuronGroup
+from fusion.methods.average import run_average, run_ensemble
+from fusion.methods.base import Context, GroupReport, MethodSpec
+from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
-OPTIONS: dict[str, type] = {"average": FusionOptions, "ensemble": FusionOptions, "ot": OTOptions, "matching": MatchingOptions}
-METHODS = tuple(OPTIONS)
+REGISTRY: dict[str, MethodSpec] = {
+    "average": MethodSpec(FusionOptions, run_average, 2, None, "vanilla weight averaging, no alignment"),
+    "ensemble": MethodSpec(FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"),
+    "ot": MethodSpec(OTOptions, run_ot, 2, None, "OT fusion (Singh & Jaggi 2020): align neurons by optimal transport, then average"),
+    "matching": MethodSpec(MatchingOptions, run_matching, 2, None, "permutation matching (Git Re-Basin), then average"),
+}
 BATCHNORM_SAMPLES = 5000
 
 
-@dataclass(frozen=True)
-class GroupReport:
-    """One neuron group: its name, width in each model, transport cost and seconds for each aligned model."""
-
-    name: str
-    widths: list[int]
-    costs: list[float | None]
-    seconds: list[float | None]
+def methods() -> tuple[str, ...]:
+    return tuple(REGISTRY)
 
 
 @dataclass(frozen=True)
 class FusionReport:
-    """What a fusion did: method, the full options, wall time, per-group reports, sweeps used per model, and the max
-    logit difference of each verified hard alignment (``None`` where not applicable)."""
+    """What a fusion did: method, the full options, wall time, per-group reports, sweeps used per model, the max
+    logit difference of each verified hard alignment (``None`` where not applicable), notes and method details."""
 
     method: str
     options: dict[str, Any]
@@ -53,6 +52,7 @@ class FusionReport:
     sweeps: list[int] = field(default_factory=list)
     verified: list[float | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,7 +60,7 @@ class FusionReport:
 
 @dataclass(frozen=True, eq=False)
 class FusionResult:
-    """The fused model (an :class:`Ensemble` for ``method="ensemble"``), the maps that aligned each model to the
+    """The fused model (an ensemble wrapper for ``method="ensemble"``), the maps that aligned each model to the
     reference (``None`` for the reference and for methods without maps), the neuron groups, and the report."""
 
     model: nn.Module
@@ -71,22 +71,18 @@ class FusionResult:
 
 def method_options(method: str, options: dict[str, Any]) -> Any:
     """The options dataclass of ``method`` built from keyword options; unknown names or values raise ConfigError."""
-    if method not in OPTIONS:
-        raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(METHODS)}")
-    cls = OPTIONS[method]
+    if method not in REGISTRY:
+        raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(REGISTRY)}")
+    cls = REGISTRY[method].options
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(options) - known
     if unknown:
         raise ConfigError(f"{method} has no option {', '.join(sorted(unknown))}; its options are {', '.join(sorted(known))}")
-    if isinstance(options.get("weights"), list):
-        options = {**options, "weights": tuple(options["weights"])}
-    return cls(**options)
-
-
-def training_inputs(data: Dataset | None, inputs: torch.Tensor | None) -> torch.Tensor | None:
-    if inputs is not None:
-        return inputs
-    return data.x_train if data is not None else None
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise ConfigError(f"invalid {method} options: {exc}") from exc
 
 
 def fuse(
@@ -99,62 +95,38 @@ def fuse(
     progress: Progress = no_progress,
     **options: Any,
 ) -> FusionResult:
-    """Fuse ``models`` with ``method`` (``average``, ``ensemble``, ``ot``, ``matching``); see each options class for the
-    options and their defaults. The input models are never modified."""
+    """Fuse ``models`` with ``method`` (see :data:`REGISTRY`); each options class documents its options and
+    defaults. The input models are never modified."""
     config = method_options(method, options)
-    if len(models) < 2:
-        raise ConfigError(f"fusion needs at least two models, got {len(models)}")
-    device = device or default_device()
-    pool = training_inputs(data, inputs)
+    spec = REGISTRY[method]
+    if len(models) < spec.min_models or (spec.max_models is not None and len(models) > spec.max_models):
+        wanted = f"{spec.min_models}" + ("" if spec.max_models == spec.min_models else f" to {spec.max_models or 'any number of'}")
+        raise ConfigError(f"{method} takes {wanted} models, got {len(models)}")
+    reference = getattr(config, "reference", 0)
+    if not 0 <= reference < len(models):
+        raise ConfigError(f"reference must index one of the {len(models)} models, got {reference}")
+    pool = inputs if inputs is not None else (data.x_train if data is not None else None)
     if pool is not None and len(pool) == 0:
         raise DatasetError("the training inputs are empty")
+    probe = data.x_test[:256] if data is not None else (pool[:256] if pool is not None else None)
+    context = Context(pool, probe, device or default_device(), progress)
     started = time.perf_counter()
+    output = spec.run(models, config, context)
     notes: list[str] = []
-    if method == "ensemble":
-        return FusionResult(Ensemble(models).eval(), [None] * len(models), [], FusionReport(method, config.to_dict(), time.perf_counter() - started))
-    if not 0 <= config.reference < len(models):
-        raise ConfigError(f"reference must index one of the {len(models)} models, got {config.reference}")
-    reference = models[config.reference]
-    example = pool[:2] if pool is not None else None
-    if method == "average":
-        fused = with_state(reference, average_states([m.state_dict() for m in models], config.weights))
-        groups: list[NeuronGroup] = []
-        transports: list[dict[str, Transport] | None] = [None] * len(models)
-        sweeps: list[int] = []
-        verified: list[float | None] = []
-        group_reports: list[GroupReport] = []
-    else:
-        if example is None:
-            raise ConfigError(f"{method} fusion needs training inputs (data= or inputs=) to trace the network")
-        align_options = config.align_options() if isinstance(config, MatchingOptions) else config
-        groups = neuron_groups(reference.cpu(), example.cpu())
-        sample = None
-        if align_options.mode == "activations":
-            generator = torch.Generator().manual_seed(align_options.seed)
-            sample = pool[torch.randperm(len(pool), generator=generator)[: align_options.samples]]
-        probe = data.x_test[:256] if data is not None else pool[:256]
-        result = aligned_average(models, groups, align_options, config, sample, probe, device, progress)
-        fused, transports, sweeps, verified = result.model, result.transports, result.sweeps, result.verified
-        group_reports = [
-            GroupReport(
-                name=g.name,
-                widths=[t[g.name].shape[0] if t else group_width(m, g) for t, m in zip(transports, models)],
-                costs=[c.get(g.name) if c else None for c in result.costs],
-                seconds=[s.get(g.name) if s else None for s in result.seconds],
-            )
-            for g in groups
-        ]
-    if config.recompute_bn and has_batchnorm(fused):
+    if getattr(config, "recompute_bn", False) and has_batchnorm(output.model):
         if pool is None:
             raise ConfigError("recomputing BatchNorm statistics needs training inputs (data= or inputs=)")
-        generator = torch.Generator().manual_seed(0)
-        subset = pool[torch.randperm(len(pool), generator=generator)[:BATCHNORM_SAMPLES]]
-        recompute_batchnorm(fused, subset, device)
+        subset = context.sample(BATCHNORM_SAMPLES, seed=0)
+        recompute_batchnorm(output.model, subset, context.device)
         notes.append(f"BatchNorm statistics recomputed on {len(subset)} training inputs")
-    report = FusionReport(method, config.to_dict(), time.perf_counter() - started, group_reports, sweeps, verified, notes)
-    return FusionResult(fused.eval(), transports, groups, report)
-
-
-def group_width(model: nn.Module, group: NeuronGroup) -> int:
-    layer = dict(model.named_modules())[group.layers[0]]
-    return int(layer.weight.shape[0])
+    report = FusionReport(
+        method,
+        dataclasses.asdict(config),
+        time.perf_counter() - started,
+        output.group_reports,
+        output.sweeps,
+        output.verified,
+        notes,
+        output.details,
+    )
+    return FusionResult(output.model.eval(), output.transports, output.groups, report)

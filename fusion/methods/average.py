@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
+from fusion.alignment import with_state
 from fusion.errors import ArchitectureError, ConfigError
+from fusion.methods.base import Context, MethodOutput
 
 
 def mixture_weights(count: int, weights: Sequence[float] | None) -> list[float]:
@@ -57,3 +59,13 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x) for member in self.members]).mean(0)
+
+
+def run_average(models: Sequence[nn.Module], options: Any, context: Context) -> MethodOutput:
+    """Vanilla averaging: ``theta_F = sum_k w_k theta_k`` with no alignment."""
+    fused = with_state(models[options.reference], average_states([m.state_dict() for m in models], options.weights))
+    return MethodOutput(fused, [None] * len(models))
+
+
+def run_ensemble(models: Sequence[nn.Module], options: Any, context: Context) -> MethodOutput:
+    return MethodOutput(Ensemble(models).eval(), [None] * len(models))

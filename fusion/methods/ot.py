@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from fusion.alignment import AlignOptions, align, is_hard, verify_alignment, with_state
-from fusion.errors import ConfigError
-from fusion.groups import NeuronGroup
+from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import average_states, mixture_weights
+from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
@@ -80,8 +80,6 @@ def aligned_average(
     progress: Progress = no_progress,
 ) -> AlignedAverage:
     """Align every model to ``models[options.reference]`` and average them (see the module docstring)."""
-    if not 0 <= options.reference < len(models):
-        raise ConfigError(f"reference must index one of the {len(models)} models, got {options.reference}")
     mixture_weights(len(models), options.weights)
     reference = models[options.reference]
     states, transports, costs, seconds, sweeps, verified = [], [], [], [], [], []
@@ -103,3 +101,32 @@ def aligned_average(
         sweeps.append(alignment.sweeps), verified.append(error)
     fused = with_state(reference, average_states(states, options.weights))
     return AlignedAverage(fused, transports, costs, seconds, sweeps, verified)
+
+
+def run_aligned_average(models: Sequence[nn.Module], align_options: AlignOptions, options: FusionOptions, context: Context) -> MethodOutput:
+    groups = neuron_groups(models[options.reference].cpu(), context.example())
+    sample = context.sample(align_options.samples, align_options.seed) if align_options.mode == "activations" else None
+    probe = context.probe if context.probe is not None else context.example()
+    result = aligned_average(models, groups, align_options, options, sample, probe, context.device, context.progress)
+    reports = [
+        GroupReport(
+            name=g.name,
+            widths=[group_width(m, g) for m in models],
+            costs=[c.get(g.name) if c else None for c in result.costs],
+            seconds=[s.get(g.name) if s else None for s in result.seconds],
+        )
+        for g in groups
+    ]
+    return MethodOutput(result.model, result.transports, groups, reports, result.sweeps, result.verified)
+
+
+def group_width(model: nn.Module, group: NeuronGroup) -> int:
+    return int(dict(model.named_modules())[group.layers[0]].weight.shape[0])
+
+
+def run_ot(models: Sequence[nn.Module], options: OTOptions, context: Context) -> MethodOutput:
+    return run_aligned_average(models, options, options, context)
+
+
+def run_matching(models: Sequence[nn.Module], options: MatchingOptions, context: Context) -> MethodOutput:
+    return run_aligned_average(models, options.align_options(), options, context)

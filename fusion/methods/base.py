@@ -1,0 +1,77 @@
+"""What every fusion method receives and returns, so that :func:`fusion.fuse.fuse` can dispatch to any of them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from fusion.groups import NeuronGroup
+from fusion.train import Progress, no_progress
+from fusion.transport import Transport
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """One neuron group: its name, width in each input model, transport cost and seconds per aligned model."""
+
+    name: str
+    widths: list[int]
+    costs: list[float | None]
+    seconds: list[float | None]
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """Inputs a method may need besides the models: training inputs (``pool``, for activations and BatchNorm), a
+    probe batch (for verification), the device and the progress callback."""
+
+    pool: torch.Tensor | None
+    probe: torch.Tensor | None
+    device: torch.device
+    progress: Progress = no_progress
+
+    def example(self) -> torch.Tensor:
+        from fusion.errors import ConfigError
+
+        if self.pool is None:
+            raise ConfigError("this method needs training inputs (data= or inputs=) to trace the network")
+        return self.pool[:2].cpu()
+
+    def sample(self, count: int, seed: int) -> torch.Tensor:
+        """``count`` training inputs drawn without replacement with ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        assert self.pool is not None
+        return self.pool[torch.randperm(len(self.pool), generator=generator)[:count]]
+
+
+@dataclass(frozen=True, eq=False)
+class MethodOutput:
+    """A method's fused (or pruned) model with its maps and per-group reports, plus method-specific ``details``
+    (Neuron Transplantation's kept neurons, CLAFusion's layer map, ...) as JSON-friendly values."""
+
+    model: nn.Module
+    transports: list[dict[str, Transport] | None]
+    groups: list[NeuronGroup] = field(default_factory=list)
+    group_reports: list[GroupReport] = field(default_factory=list)
+    sweeps: list[int] = field(default_factory=list)
+    verified: list[float | None] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its options dataclass, its function, how many input models it takes, and a one-line
+    description for the app and the command line."""
+
+    options: type
+    run: Callable[[Sequence[nn.Module], Any, Context], MethodOutput]
+    min_models: int
+    max_models: int | None
+    summary: str
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    return asdict(options)
