@@ -24,6 +24,8 @@ from fusion.groups import NeuronGroup
 from fusion.methods.average import run_average, run_ensemble
 from fusion.methods.base import Context, GroupReport, MethodSpec
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
+from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
+from fusion.methods.transplant import TransplantOptions, run_transplant
 from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
@@ -32,6 +34,9 @@ REGISTRY: dict[str, MethodSpec] = {
     "ensemble": MethodSpec(FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"),
     "ot": MethodSpec(OTOptions, run_ot, 2, None, "OT fusion (Singh & Jaggi 2020): align neurons by optimal transport, then average"),
     "matching": MethodSpec(MatchingOptions, run_matching, 2, None, "permutation matching (Git Re-Basin), then average"),
+    "intra": MethodSpec(IntraOptions, run_intra, 1, 1, "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT"),
+    "prune": MethodSpec(PruneOptions, run_prune, 1, 1, "magnitude pruning: keep the largest neurons, drop the rest"),
+    "transplant": MethodSpec(TransplantOptions, run_transplant, 2, None, "Neuron Transplantation: concatenate, keep the largest neurons, fine-tune"),
 }
 BATCHNORM_SAMPLES = 5000
 
@@ -109,7 +114,8 @@ def fuse(
     if pool is not None and len(pool) == 0:
         raise DatasetError("the training inputs are empty")
     probe = data.x_test[:256] if data is not None else (pool[:256] if pool is not None else None)
-    context = Context(pool, probe, device or default_device(), progress)
+    labels = data.y_train if data is not None and inputs is None else None
+    context = Context(pool, probe, device or default_device(), progress, labels)
     started = time.perf_counter()
     output = spec.run(models, config, context)
     notes: list[str] = []

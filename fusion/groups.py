@@ -49,20 +49,25 @@ class NeuronGroup:
     """The slices of a model that move together when neurons are permuted, transported, merged or pruned.
 
     ``producers``: slices along the output side (weight rows, biases, BatchNorm parameters and statistics);
-    ``consumers``: slices along the input side of the next layers; ``outputs``: the modules whose outputs carry the
-    group's neurons (the last layer of each conv/linear -> BatchNorm chain), hooked for activation features;
-    ``layers``: the conv/linear modules among the producers, in execution order.
+    ``consumers``: slices along the input side of the next layers; ``layers``: the conv/linear modules among the
+    producers, in execution order; ``chains``: for each of those layers, the module whose output carries the group's
+    neurons (the BatchNorm directly following the layer, or the layer itself).
     """
 
     name: str
     size: int
     producers: tuple[Member, ...]
     consumers: tuple[Member, ...]
-    outputs: tuple[str, ...]
     layers: tuple[str, ...]
+    chains: tuple[tuple[str, str], ...]
 
     def members(self) -> tuple[Member, ...]:
         return self.producers + self.consumers
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The modules hooked for activation features: the end of every layer's chain."""
+        return tuple(end for _, end in self.chains)
 
 
 def trace_order(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn.Module, int], list[nn.Module]]:
@@ -162,20 +167,21 @@ def describe(graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, 
         size=size,
         producers=tuple(producers),
         consumers=tuple(consumers),
-        outputs=tuple(names[m] for m in chain_ends(producer_modules, order)),
         layers=tuple(names[m] for m in layers),
+        chains=tuple((names[layer], names[end]) for layer, end in chains(producer_modules, order)),
     )
 
 
-def chain_ends(modules: list[nn.Module], order: dict[nn.Module, int]) -> list[nn.Module]:
-    """For each conv/linear producer, its BatchNorm if one directly follows it in execution order, else itself."""
-    ends = []
+def chains(modules: list[nn.Module], order: dict[nn.Module, int]) -> list[tuple[nn.Module, nn.Module]]:
+    """Each conv/linear producer with its BatchNorm if one directly follows it in execution order, else itself."""
+    pairs = []
     ranked = sorted(modules, key=lambda m: order.get(m, 0))
     for index, module in enumerate(ranked):
         if isinstance(module, LAYERS):
             following = ranked[index + 1] if index + 1 < len(ranked) else None
-            ends.append(following if isinstance(following, NORMS) and order.get(following, 0) == order.get(module, 0) + 1 else module)
-    return ends
+            chained = isinstance(following, NORMS) and order.get(following, 0) == order.get(module, 0) + 1
+            pairs.append((module, following if chained else module))
+    return pairs
 
 
 def slice_repeat(idxs: list[int], root_idxs: list[int], size: int, name: str) -> int:

@@ -285,3 +285,62 @@ def default_spec(arch: str, input_shape: tuple[int, int, int], num_classes: int,
         base.update(batch_norm=True, bias=False, width=0.25 if small else 1.0)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return ModelSpec(**base)
+
+
+def layer_widths(model: nn.Module) -> list[int]:
+    """Output widths of the conv and linear layers, in the order the model registers them."""
+    return [int(m.weight.shape[0]) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def width_multiplier(spec: ModelSpec, widths: list[int]) -> float | None:
+    """The width multiplier that gives a VGG/ResNet of ``spec`` these conv widths, if one does."""
+    for numerator in sorted(set(widths)):
+        candidate = dataclasses.replace(spec, width=numerator / 64)
+        if layer_widths(build_model(candidate))[:-1] == widths[:-1]:
+            return candidate.width
+    return None
+
+
+def conform(model: nn.Module, like: ModelSpec) -> tuple[ModelSpec, nn.Module]:
+    """A zoo model computing the same function as ``model`` (a fused, pruned or BatchNorm-folded network of
+    ``like``'s family), with the spec that rebuilds it: widths are read from the layers, BatchNorm and biases from
+    what the model has; weights are copied layer by layer and biases the model lacks are zero.
+
+    Raises :class:`ArchitectureError` when no spec of the family describes the model.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    widths = layer_widths(model)
+    changes: dict[str, Any] = {"batch_norm": bool(norms), "bias": any(layer.bias is not None for layer in layers)}
+    if like.arch == "mlp":
+        changes["hidden"] = tuple(widths[:-1])
+    elif like.arch == "cnn":
+        convs = [layer for layer in layers if isinstance(layer, nn.Conv2d)]
+        changes["channels"] = tuple(widths[: len(convs)])
+        changes["hidden"] = tuple(widths[len(convs) : -1])
+    else:
+        multiplier = width_multiplier(dataclasses.replace(like, **changes), widths)
+        if multiplier is None:
+            raise ArchitectureError(f"the widths {widths[:-1]} are no uniform width multiple of {like.arch}")
+        changes["width"] = multiplier
+    spec = dataclasses.replace(like, **changes)
+    target = build_model(spec).eval()
+    target_layers = [m for m in target.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    target_norms = [m for m in target.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if len(target_layers) != len(layers) or len(target_norms) != len(norms):
+        raise ArchitectureError(f"the model does not have the layers of {spec.describe()}")
+    with torch.no_grad():
+        for source, destination in zip(layers + norms, target_layers + target_norms):
+            for name, tensor in destination.state_dict().items():
+                value = source.state_dict().get(name)
+                if value is None and name == "bias":
+                    value = torch.zeros_like(tensor)
+                if value is None or value.shape != tensor.shape:
+                    raise ArchitectureError(f"the model does not fit {spec.describe()} ({name} of a layer)")
+                tensor.copy_(value)
+    probe = torch.randn(4, *spec.input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = model.eval()(probe), target(probe)
+    if not torch.allclose(expected, actual, atol=1e-4 * max(1.0, float(expected.abs().max()))):
+        raise ArchitectureError(f"the model is not a {spec.describe()}: its outputs differ once rebuilt")
+    return spec, target

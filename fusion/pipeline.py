@@ -14,7 +14,7 @@ from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.fuse import FusionResult, fuse
-from fusion.models import ModelSpec, build_model, default_spec
+from fusion.models import ModelSpec, build_model, conform, default_spec
 from fusion.train import Progress, TrainConfig, evaluate, no_progress, train
 from fusion.workspace import ModelRecord, Workspace
 
@@ -127,6 +127,14 @@ def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
                 f"vanilla averaging needs identical architectures: {first.id} is {a.describe()}, {record.id} is "
                 f"{b.describe()}; OT fusion can fuse different widths"
             )
+        if method == "cla":
+            if (a.arch.rstrip("0123456789"), a.input_shape, a.num_classes, a.batch_norm, a.bias) != (
+                b.arch.rstrip("0123456789"), b.input_shape, b.num_classes, b.batch_norm, b.bias):
+                raise ArchitectureError(
+                    f"mismatched architectures: {first.id} is {a.describe()}, {record.id} is {b.describe()}; cla needs "
+                    "one family (mlp, vgg or resnet) with the same inputs, classes, BatchNorm and biases"
+                )
+            continue
         same_family = (a.arch, a.input_shape, a.num_classes, a.batch_norm, a.bias, len(a.hidden), len(a.channels)) == (
             b.arch, b.input_shape, b.num_classes, b.batch_norm, b.bias, len(b.hidden), len(b.channels))
         if not same_family:
@@ -148,11 +156,10 @@ def fuse_and_save(
     """Fuse workspace models and save the result with full provenance (parents, method, options, report) and, for
     methods with maps, the transport plans as the ``transport`` attachment (keys ``model{k}/{group}``)."""
     options = dict(options or {})
-    if len(model_ids) < 2:
-        raise ConfigError(f"pick at least two models to fuse, got {len(model_ids)}")
     loaded = [workspace.load(i) for i in model_ids]
     models, records = [m for m, _ in loaded], [r for _, r in loaded]
-    check_compatible(records, method)
+    if records:
+        check_compatible(records, method)
     data = load_dataset(records[0].dataset)
     device = device or default_device()
     result = fuse(models, method, data=data, device=device, progress=progress, **options)
@@ -160,7 +167,8 @@ def fuse_and_save(
     scores = {"test_accuracy": metrics.accuracy, "test_loss": metrics.loss, "fusion_seconds": result.report.seconds}
     if method == "ensemble":
         return FusionRun(None, result, scores)
-    spec = records[result.report.options.get("reference", 0)].spec
+    like = records[result.report.details.get("spec_from", result.report.options.get("reference", 0))].spec
+    spec, model = conform(result.model, like)
     plans = {
         f"model{k}/{group}": torch.from_numpy(t.plan).float()
         for k, transports in enumerate(result.transports)
@@ -168,7 +176,7 @@ def fuse_and_save(
         for group, t in transports.items()
     }
     record = workspace.save(
-        result.model,
+        model,
         spec=spec,
         dataset=records[0].dataset,
         normalization=records[0].normalization,

@@ -23,7 +23,7 @@ both equal ``n T`` and, for a hard assignment, the permutation matrix. otfusion'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import ot
@@ -134,8 +134,9 @@ def transport_plan(
 class Transport:
     """A map from ``n`` source neurons to ``m`` target neurons of one group.
 
-    ``plan``: the coupling ``T: (n, m)``; ``permutation``: for a hard one-to-one assignment, ``permutation[j]`` is the
-    source neuron that becomes target neuron ``j`` (then the maps are applied by indexing, exactly); ``producer`` and
+    ``plan``: the coupling ``T: (n, m)``; ``permutation``: for a hard assignment (one-to-one, or a selection of ``m``
+    of the ``n`` neurons), ``permutation[j]`` is the source neuron that becomes target neuron ``j`` (the maps are then
+    applied by indexing, exactly, and unselected neurons are dropped); ``producer`` and
     ``consumer``: the ``(n, m)`` matrices of the module docstring; ``cost``: ``<T, C>``.
     """
 
@@ -173,6 +174,17 @@ class Transport:
     @classmethod
     def identity(cls, size: int) -> "Transport":
         return cls.from_plan(np.eye(size) / size)
+
+    @classmethod
+    def selection(cls, size: int, kept: Sequence[int]) -> "Transport":
+        """Keep the neurons ``kept`` (in that order) of ``size`` and drop the others: pruning without merging."""
+        index = np.asarray(kept, dtype=np.int64)
+        if index.ndim != 1 or len(index) == 0 or len(set(index.tolist())) != len(index) or index.min() < 0 or index.max() >= size:
+            raise TransportError(f"kept neurons must be distinct indices in [0, {size}), got {list(kept)[:8]}")
+        plan = np.zeros((size, len(index)))
+        plan[index, np.arange(len(index))] = 1.0 / len(index)
+        matrix = torch.from_numpy(plan * len(index)).float()
+        return cls(plan, matrix, matrix, index, 0.0)
 
 
 def solve_transport(

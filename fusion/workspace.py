@@ -268,7 +268,7 @@ class Workspace:
         try:
             save_file(state, str(staging / "model.safetensors"), metadata={METADATA_KEY: json.dumps(record.to_dict())})
             for kind, tensors in (attachments or {}).items():
-                if not ID_PATTERN.fullmatch(kind):
+                if not ID_PATTERN.fullmatch(kind) or kind == "model":  # "model" would overwrite the weights
                     raise WorkspaceError(f"{kind!r} is not an attachment name")
                 save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / f"{kind}.safetensors"))
             write_json_atomic(staging / "meta.json", record.to_dict())

@@ -32,6 +32,7 @@ class Context:
     probe: torch.Tensor | None
     device: torch.device
     progress: Progress = no_progress
+    labels: torch.Tensor | None = None
 
     def example(self) -> torch.Tensor:
         from fusion.errors import ConfigError
@@ -45,6 +46,13 @@ class Context:
         generator = torch.Generator().manual_seed(seed)
         assert self.pool is not None
         return self.pool[torch.randperm(len(self.pool), generator=generator)[:count]]
+
+    def labelled_sample(self, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` labelled training examples drawn without replacement with ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        assert self.pool is not None and self.labels is not None
+        index = torch.randperm(len(self.pool), generator=generator)[:count]
+        return self.pool[index], self.labels[index]
 
 
 @dataclass(frozen=True, eq=False)

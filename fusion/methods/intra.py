@@ -1,0 +1,178 @@
+"""Intra-Fusion (Theus et al., "Towards Meta-Pruning via Optimal Transport", ICLR 2024) and plain magnitude pruning.
+
+Both prune one network to a target sparsity per neuron group, keeping the ``m = round(n (1 - sparsity))`` most
+important neurons (:mod:`fusion.importance`, L1 by default). Magnitude pruning drops the others. Intra-Fusion instead
+merges every neuron into the kept ones with an optimal transport plan ``T: (n, m)`` between all neurons and the kept
+ones (marginals proportional to importance by default, as in the paper, or uniform), on the cost ``C_ij = ||f_i/|f_i| - f_kj/|f_kj| ||`` between
+unit-normalised neuron features ``f`` (the group's incoming rows and outgoing columns concatenated). Each kept neuron's
+incoming weights become the plan-weighted average of the rows sent to it (``T diag(1/nu)``), and each neuron's outgoing
+weights are handed, plan-weighted, to the kept neurons it was sent to (``diag(1/mu) T``), so that a neuron's duplicate
+merges back into it exactly.
+
+BatchNorm is folded into the preceding layer first, ``W' = W gamma / sqrt(var + eps)``,
+``b' = (b - mean) gamma / sqrt(var + eps) + beta``, which preserves the function exactly (the reference omits ``eps``).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from fusion.alignment import apply_transports, group_sizes, with_state
+from fusion.errors import ConfigError
+from fusion.groups import NORMS, NeuronGroup, neuron_groups
+from fusion.importance import Importance, loss_gradients, neuron_importance, neuron_slices
+from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.transport import Solver, Transport, ground_cost, marginal, transport_plan
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Magnitude pruning: keep the most important neurons of every group, drop the rest."""
+
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of each group's neurons removed"})
+    importance: Importance = field(default="l1", metadata={"help": "neuron importance that decides who is kept"})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sparsity < 1:
+            raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
+        if self.importance not in ("l1", "l2", "l2sq", "taylor"):
+            raise ConfigError(f"importance must be l1, l2, l2sq or taylor, got {self.importance!r}")
+
+
+@dataclass(frozen=True)
+class IntraOptions(PruneOptions):
+    """Intra-Fusion: magnitude pruning's choice of kept neurons, then an OT merge of all neurons into them."""
+
+    marginals: Literal["uniform", "importance"] = field(default="importance", metadata={"help": "neuron masses: proportional to importance (the paper's choice), or equal"})
+    solver: Solver = field(default="exact", metadata={"help": "exact OT or entropic Sinkhorn"})
+    reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation (costs are normalised by their max)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.marginals not in ("uniform", "importance"):
+            raise ConfigError(f"marginals must be uniform or importance, got {self.marginals!r}")
+        if self.solver not in ("exact", "sinkhorn") or not self.reg > 0:
+            raise ConfigError(f"solver must be exact or sinkhorn with reg > 0, got {self.solver!r}, {self.reg}")
+
+
+def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` with every BatchNorm folded into the conv/linear layer it follows and replaced by
+    ``nn.Identity`` (see the module docstring); folded layers gain a bias if they had none."""
+    folded = copy.deepcopy(model).eval()
+    modules = dict(folded.named_modules())
+    for group in neuron_groups(folded, example_inputs):
+        for layer_name, norm_name in group.chains:
+            norm, layer = modules[norm_name], modules[layer_name]
+            if not isinstance(norm, NORMS):
+                continue
+            scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias.detach() - norm.running_mean * scale
+            with torch.no_grad():
+                layer.weight.mul_(scale.view(-1, *([1] * (layer.weight.ndim - 1))))
+                bias = layer.bias.detach() * scale if layer.bias is not None else torch.zeros_like(shift)
+                layer.bias = nn.Parameter(bias + shift)
+            parent_name, _, attribute = norm_name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else folded, attribute, nn.Identity())
+    return folded
+
+
+def kept_neurons(
+    state: dict[str, torch.Tensor], groups: list[NeuronGroup], options: PruneOptions, gradients: dict[str, torch.Tensor] | None
+) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
+    """The ``round(n (1 - sparsity))`` most important neurons of every group (sorted), and every neuron's importance."""
+    kept, scores = {}, {}
+    for group in groups:
+        importance = neuron_importance(state, group, options.importance, gradients)
+        count = round(group.size * (1 - options.sparsity))
+        if group.size < 2 or count < 1:
+            raise ConfigError(
+                f"group {group.name} has {group.size} neurons: too few to prune at sparsity {options.sparsity}"
+            )
+        kept[group.name] = sorted(torch.topk(importance, count).indices.tolist())
+        scores[group.name] = importance
+    return kept, scores
+
+
+def neuron_features(state: dict[str, torch.Tensor], group: NeuronGroup) -> torch.Tensor:
+    """``(n, d)``: each neuron's incoming rows (weights, biases, normalisation) and outgoing columns, concatenated."""
+    parts = [
+        neuron_slices(state[m.key], m, group.size)
+        for m in group.members()
+        if m.param not in ("running_mean", "running_var")
+    ]
+    return torch.cat(parts, 1)
+
+
+def intra_fuse(
+    model: nn.Module,
+    groups: list[NeuronGroup],
+    kept: dict[str, list[int]],
+    options: IntraOptions = IntraOptions(),
+    importance: dict[str, torch.Tensor] | None = None,
+) -> tuple[nn.Module, dict[str, Transport]]:
+    """Merge every group's neurons into its ``kept`` ones with an OT plan (module docstring); returns the smaller
+    model and the maps."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    transports = {}
+    for group in groups:
+        features = neuron_features(state, group)
+        index = kept[group.name]
+        cost = ground_cost(features, features[index], "euclidean", normalize_rows=True)
+        mu = nu = None
+        if options.marginals == "importance":
+            if importance is None:
+                raise ConfigError("importance marginals need the neurons' importance")
+            mu = marginal(group.size, importance[group.name])
+            nu = marginal(len(index), importance[group.name][index])
+        if options.solver == "sinkhorn":
+            cost = cost / cost.max().clamp_min(1e-12)
+        plan = transport_plan(cost, mu, nu, options.solver, options.reg)
+        transports[group.name] = Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()))
+    return with_state(model, apply_transports(state, groups, transports)).eval(), transports
+
+
+def prepare(model: nn.Module, options: PruneOptions, context: Context) -> tuple[nn.Module, list[NeuronGroup], dict[str, list[int]], dict[str, torch.Tensor]]:
+    folded = fold_batchnorm(model.cpu(), context.example())
+    groups = neuron_groups(folded, context.example())
+    gradients = None
+    if options.importance == "taylor":
+        if context.labels is None:
+            raise ConfigError("taylor importance needs labelled training data (data=)")
+        gradients = loss_gradients(folded, *context.labelled_sample(512, seed=0))
+    state = {k: v.detach() for k, v in folded.state_dict().items()}
+    kept, scores = kept_neurons(state, groups, options, gradients)
+    return folded, groups, kept, scores
+
+
+def pruning_details(groups: list[NeuronGroup], kept: dict[str, list[int]], scores: dict[str, torch.Tensor], transports: dict[str, Transport] | None) -> dict:
+    details = {}
+    for group in groups:
+        entry = {"size": group.size, "kept": kept[group.name], "importance": scores[group.name].tolist()}
+        if transports is not None:
+            entry["merged_into"] = transports[group.name].plan.argmax(1).tolist()
+        details[group.name] = entry
+    return {"groups": details}
+
+
+def run_prune(models: Sequence[nn.Module], options: PruneOptions, context: Context) -> MethodOutput:
+    """Magnitude pruning of one model (BatchNorm folded first, like Intra-Fusion, so the two compare directly)."""
+    folded, groups, kept, scores = prepare(models[0], options, context)
+    state = {k: v.detach() for k, v in folded.state_dict().items()}
+    sizes = group_sizes(state, groups)
+    transports = {g.name: Transport.selection(sizes[g.name], kept[g.name]) for g in groups}
+    pruned = with_state(folded, apply_transports(state, groups, transports)).eval()
+    reports = [GroupReport(g.name, [g.size], [], []) for g in groups]
+    return MethodOutput(pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, None))
+
+
+def run_intra(models: Sequence[nn.Module], options: IntraOptions, context: Context) -> MethodOutput:
+    """Intra-Fusion of one model (see the module docstring)."""
+    folded, groups, kept, scores = prepare(models[0], options, context)
+    pruned, transports = intra_fuse(folded, groups, kept, options, scores)
+    reports = [GroupReport(g.name, [g.size], [transports[g.name].cost], []) for g in groups]
+    return MethodOutput(pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, transports))
