@@ -1,0 +1,100 @@
+"""Neuron norms per group, and what a pruning kept.
+
+For neuron ``i`` of a group the *incoming* norm is ``sqrt(sum ||W_p[i]||^2)`` over the producers' weight rows
+(conv kernels included; BatchNorm scales and biases excluded), the *outgoing* norm the same over the consumers' input
+columns. Neuron Transplantation ("Model Fusion via Neuron Transplantation", Öz et al. 2024) keeps the largest neurons
+of the concatenated model and so sacrifices the small ones; :func:`transplant_survival` tabulates, per group and
+parent, which neurons survived, from the fusion report's details.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fusion.groups import NeuronGroup, neuron_groups
+from fusion.importance import neuron_slices
+
+
+@dataclass(frozen=True)
+class GroupNorms:
+    """Incoming and outgoing L2 norm of every neuron of one group (lists of floats, one per neuron)."""
+
+    group: str
+    incoming: list[float]
+    outgoing: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, size: int) -> GroupNorms:
+    incoming = torch.zeros(size, dtype=torch.float64)
+    outgoing = torch.zeros(size, dtype=torch.float64)
+    for member in group.producers:
+        if member.param == "weight" and member.module in group.layers:
+            incoming += neuron_slices(state[member.key], member, size).double().pow(2).sum(1)
+    for member in group.consumers:
+        outgoing += neuron_slices(state[member.key], member, size).double().pow(2).sum(1)
+    return GroupNorms(group.name, incoming.sqrt().tolist(), outgoing.sqrt().tolist())
+
+
+def neuron_norms(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupNorms]:
+    """The norms of every neuron group of ``model``, in execution order."""
+    groups = neuron_groups(model, example_inputs)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    result = []
+    for group in groups:
+        layer = next(m for m in group.producers if m.param == "weight" and m.module in group.layers)
+        result.append(group_norms(state, group, state[layer.key].shape[0] // layer.repeat))
+    return result
+
+
+@dataclass(frozen=True)
+class Survival:
+    """One group of a Neuron Transplantation: for each neuron of the concatenated model, its parent, its index in
+    that parent, its importance and whether it survived the pruning."""
+
+    group: str
+    parent: list[int]
+    neuron: list[int]
+    importance: list[float]
+    kept: list[bool]
+
+    def kept_per_parent(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for parent, kept in zip(self.parent, self.kept):
+            counts[parent] = counts.get(parent, 0) + int(kept)
+        return counts
+
+
+def transplant_survival(details: dict[str, Any]) -> list[Survival]:
+    """Survival tables from ``FusionReport.details`` of a ``transplant`` fusion (its last concatenation step)."""
+    result = []
+    for name, record in details.get("groups", {}).items():
+        kept = set(record["kept"])
+        origin = record["origin"]
+        result.append(
+            Survival(
+                group=name,
+                parent=[int(p) for p, _ in origin],
+                neuron=[int(i) for _, i in origin],
+                importance=[float(v) for v in record["importance"]],
+                kept=[i in kept for i in range(len(origin))],
+            )
+        )
+    return result
+
+
+def pruning_survival(details: dict[str, Any]) -> list[Survival]:
+    """Survival tables from an ``intra`` or ``prune`` report: one parent (0); for Intra-Fusion, ``merged_into``
+    in the details says which kept neuron each removed neuron was merged into."""
+    result = []
+    for name, record in details.get("groups", {}).items():
+        kept = set(record["kept"])
+        size = int(record["size"])
+        result.append(Survival(name, [0] * size, list(range(size)), [float(v) for v in record["importance"]], [i in kept for i in range(size)]))
+    return result

@@ -1,0 +1,42 @@
+import torch
+
+from analysis.norms import neuron_norms, pruning_survival, transplant_survival
+from fusion.fuse import fuse
+from fusion.models import layer_widths
+from tests.fusion_helpers import SMALL, randomised
+
+X = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_incoming_and_outgoing_norms_of_an_mlp_are_its_row_and_column_norms():
+    model = randomised(SMALL["mlp-bias"], seed=0)
+    first = neuron_norms(model, X)[0]
+    weights_in, weights_out = model.layers[1].weight.detach().double(), model.layers[3].weight.detach().double()
+    assert torch.allclose(torch.tensor(first.incoming, dtype=torch.float64), weights_in.norm(dim=1), atol=1e-6)
+    assert torch.allclose(torch.tensor(first.outgoing, dtype=torch.float64), weights_out.norm(dim=0), atol=1e-6)
+
+
+def test_flattened_channels_count_their_whole_spatial_block_as_outgoing():
+    model = randomised(SMALL["cnn"], seed=0)
+    last_conv = neuron_norms(model, X)[1]
+    columns = model.classifier[1].weight.detach().double().reshape(-1, 12, 4)
+    assert torch.allclose(torch.tensor(last_conv.outgoing, dtype=torch.float64), columns.pow(2).sum((0, 2)).sqrt(), atol=1e-6)
+
+
+def test_transplant_survival_accounts_for_every_neuron_and_keeps_the_original_width():
+    members = [randomised(SMALL["mlp-bias"], seed=s) for s in range(3)]
+    result = fuse(members, "transplant", inputs=X)
+    tables = transplant_survival(result.report.details)
+    widths = layer_widths(members[0])[:-1]
+    assert [len(t.parent) for t in tables] == [3 * w for w in widths]
+    assert [sum(t.kept) for t in tables] == widths
+    assert all(sum(t.kept_per_parent().values()) == w for t, w in zip(tables, widths))
+    kept_importance = [v for t in tables[:1] for v, k in zip(t.importance, t.kept) if k]
+    dropped_importance = [v for t in tables[:1] for v, k in zip(t.importance, t.kept) if not k]
+    assert min(kept_importance) >= max(dropped_importance)
+
+
+def test_pruning_survival_marks_the_kept_half():
+    result = fuse([randomised(SMALL["cnn"], seed=0)], "intra", inputs=X, sparsity=0.5)
+    tables = pruning_survival(result.report.details)
+    assert all(sum(t.kept) == round(len(t.kept) / 2) for t in tables)
