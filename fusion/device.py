@@ -26,4 +26,4 @@ def describe_device(device: torch.device | None = None) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         return f"CUDA · {props.name} · {props.total_memory / 2**30:.0f} GiB"
-    return f"CPU · {torch.get_num_threads()} threads (no CUDA device found)"
+    return f"CPU · {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''} (no CUDA device found)"

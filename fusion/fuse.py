@@ -23,6 +23,7 @@ from fusion.errors import ConfigError, DatasetError
 from fusion.groups import NeuronGroup
 from fusion.methods.average import run_average, run_ensemble
 from fusion.methods.base import Context, GroupReport, MethodSpec
+from fusion.methods.cla import CLAOptions, run_cla
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
 from fusion.methods.transplant import TransplantOptions, run_transplant
@@ -34,6 +35,7 @@ REGISTRY: dict[str, MethodSpec] = {
     "ensemble": MethodSpec(FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"),
     "ot": MethodSpec(OTOptions, run_ot, 2, None, "OT fusion (Singh & Jaggi 2020): align neurons by optimal transport, then average"),
     "matching": MethodSpec(MatchingOptions, run_matching, 2, None, "permutation matching (Git Re-Basin), then average"),
+    "cla": MethodSpec(CLAOptions, run_cla, 2, 2, "CLAFusion (Nguyen et al. 2023): align layers across depths, balance depths, then OT fusion"),
     "intra": MethodSpec(IntraOptions, run_intra, 1, 1, "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT"),
     "prune": MethodSpec(PruneOptions, run_prune, 1, 1, "magnitude pruning: keep the largest neurons, drop the rest"),
     "transplant": MethodSpec(TransplantOptions, run_transplant, 2, None, "Neuron Transplantation: concatenate, keep the largest neurons, fine-tune"),

@@ -1,0 +1,148 @@
+"""Models: every model in the workspace, training new ones, importing checkpoints."""
+
+import functools
+
+import streamlit as st
+
+from fusion.data import DATASETS
+from fusion.models import ARCHITECTURES
+from fusion.workspace import ModelRecord, Workspace
+from ui.checkpoints import export_bytes, import_upload
+from ui.errors import report_errors
+from ui.forms import architecture_fields, training_fields
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.state import device, job_runner, select_models, selected_model_ids, workspace
+from ui.tables import escape_markdown, show_models_table
+from ui.training import dataset_signature, train_models
+
+TRAIN_KIND = "train"
+SELECTION_WIDGET = "models.selection"
+FROM_FILE = "from the file"
+CHECKPOINT_TYPES = ["safetensors", "pt", "pth", "bin"]
+FLASH_KEY = "models.flash"
+
+
+def sync_selection() -> None:
+    select_models(st.session_state[SELECTION_WIDGET])
+
+
+def model_actions(ws: Workspace, records: list[ModelRecord], disabled: bool) -> None:
+    """The shared selection, a download button per selected model, and deletion behind a confirmation."""
+    by_id = {r.id: r for r in records}
+    current = st.session_state.get(SELECTION_WIDGET, selected_model_ids())
+    st.session_state[SELECTION_WIDGET] = [model_id for model_id in current if model_id in by_id]
+    chosen = st.multiselect(
+        "Selected models (the other pages start from this selection)",
+        list(by_id),
+        format_func=lambda model_id: f"{by_id[model_id].name} ({model_id})",
+        key=SELECTION_WIDGET,
+        on_change=sync_selection,
+    )
+    for model_id in chosen:
+        name_column, button_column = st.columns([4, 1], vertical_alignment="center")
+        name_column.markdown(f"**{escape_markdown(by_id[model_id].name)}** · `{model_id}`")
+        button_column.download_button(
+            "Download",
+            data=functools.partial(export_bytes, ws, model_id),
+            file_name=f"{model_id}.safetensors",
+            mime="application/octet-stream",
+            key=f"models.download.{model_id}",
+            on_click="ignore",
+            icon=":material/download:",
+        )
+    if not chosen:
+        return
+    with st.form("models.delete", border=False):
+        confirmed = st.checkbox(f"Yes, delete the {len(chosen)} selected model(s) permanently", disabled=disabled)
+        delete = st.form_submit_button("Delete selected", disabled=disabled, icon=":material/delete:")
+    if delete and not confirmed:
+        st.warning("Tick the confirmation box to delete.")
+    elif delete:
+        with report_errors():
+            for model_id in chosen:
+                ws.delete(model_id)
+            select_models(i for i in selected_model_ids() if i not in chosen)
+            del st.session_state[SELECTION_WIDGET]
+            st.session_state[FLASH_KEY] = f"Deleted {len(chosen)} model(s)."
+            st.rerun()
+
+
+def train_section(ws: Workspace, disabled: bool) -> None:
+    """Train one model per seed of a chosen architecture and recipe, as one job."""
+    st.subheader("Train new models")
+    left, right = st.columns(2)
+    arch = left.selectbox("Architecture", ARCHITECTURES, key="train.arch", disabled=disabled)
+    dataset = right.selectbox("Dataset", DATASETS, key="train.dataset", disabled=disabled)
+    with st.form("train"):
+        spec_inputs = architecture_fields("train", arch, dataset, disabled)
+        training_inputs = training_fields("train", disabled)
+        download = st.checkbox(
+            "Download the dataset if it is missing", key="train.download", disabled=disabled or dataset == "digits"
+        )
+        submitted = st.form_submit_button("Train", type="primary", disabled=disabled)
+    if submitted:
+        with report_errors():
+            options = spec_inputs.parse()
+            configs = training_inputs.parse()
+            spec = options.build(*dataset_signature(dataset))
+            seeds = ", ".join(str(c.seed) for c in configs)
+            start_job(
+                f"Train {spec.describe()} on {dataset} (seed {seeds})",
+                train_models, ws, options, dataset, configs, download=download, device=device(), kind=TRAIN_KIND,
+            )
+    show_job(job_runner().latest(TRAIN_KIND))
+
+
+def import_section(ws: Workspace, disabled: bool) -> None:
+    """Import a safetensors or PyTorch checkpoint, then evaluate it on its dataset's test split."""
+    st.subheader("Import a checkpoint")
+    st.caption(
+        "A FusionLab export carries its architecture and dataset. A plain state_dict needs both: choose them below. "
+        "Files are read without executing code; pickles that carry code are refused."
+    )
+    left, right = st.columns(2)
+    arch = left.selectbox("Architecture", [FROM_FILE, *ARCHITECTURES], key="import.arch", disabled=disabled)
+    dataset = right.selectbox("Dataset", [FROM_FILE, *DATASETS], key="import.dataset", disabled=disabled)
+    with st.form("import"):
+        upload = st.file_uploader("Checkpoint", type=CHECKPOINT_TYPES, key="import.file", disabled=disabled)
+        spec_inputs = None
+        if arch != FROM_FILE:
+            spec_inputs = architecture_fields("import", arch, "digits" if dataset == FROM_FILE else dataset, disabled)
+        name = st.text_input("Name (optional)", key="import.name", disabled=disabled)
+        submitted = st.form_submit_button("Import", type="primary", disabled=disabled)
+    if not submitted:
+        return
+    if upload is None:
+        st.error("Choose a checkpoint file first.")
+        return
+    with report_errors(), st.spinner("Importing and evaluating…"):
+        record = import_upload(
+            ws,
+            upload.getvalue(),
+            upload.name,
+            options=spec_inputs.parse() if spec_inputs is not None else None,
+            dataset=None if dataset == FROM_FILE else dataset,
+            name=name.strip() or None,
+            device=device(),
+        )
+        accuracy = 100 * record.metrics["test_accuracy"]
+        st.session_state[FLASH_KEY] = (
+            f"Imported {escape_markdown(record.name)} (`{record.id}`): test accuracy {accuracy:.1f} %."
+        )
+        st.rerun()
+
+
+st.title("Models")
+ws = workspace()
+busy = inputs_disabled()
+records = ws.records()
+st.caption(f"{len(records)} model(s) in `{ws.root}`")
+if FLASH_KEY in st.session_state:
+    st.success(st.session_state.pop(FLASH_KEY))
+show_models_table(records, detailed=True)
+if records:
+    model_actions(ws, records, busy)
+st.divider()
+train_section(ws, busy)
+st.divider()
+import_section(ws, busy)

@@ -1,0 +1,123 @@
+"""Form fields shared by pages: an architecture's options and a training recipe.
+
+Widgets return raw values; :meth:`SpecInputs.parse` and :meth:`TrainingInputs.parse` turn them into library objects
+when the form is submitted, raising :class:`fusion.errors.ConfigError` for bad text, so nothing runs on a typo.
+Defaults come from :func:`fusion.models.default_spec` and :class:`fusion.train.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from fusion.models import default_spec
+from fusion.train import TrainConfig
+from ui.parsing import parse_int_list, parse_seeds
+from ui.training import SpecOptions, dataset_signature
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def joined(values: tuple[int, ...]) -> str:
+    return ",".join(map(str, values))
+
+
+@dataclass(frozen=True)
+class SpecInputs:
+    """What the architecture fields hold: text for the layer lists, numbers and flags for the rest."""
+
+    arch: str
+    hidden: str | None
+    channels: str | None
+    width: float | None
+    batch_norm: bool
+    bias: bool
+
+    def parse(self) -> SpecOptions:
+        return SpecOptions(
+            arch=self.arch,
+            hidden=None if self.hidden is None else parse_int_list(self.hidden, "hidden widths", allow_empty=True),
+            channels=None if self.channels is None else parse_int_list(self.channels, "conv channels", example="16,32"),
+            width=self.width,
+            batch_norm=self.batch_norm,
+            bias=self.bias,
+        )
+
+
+def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = False) -> SpecInputs:
+    """Fields for the options of ``arch`` (layer widths for mlp/cnn, a width multiplier for vgg/resnet, batch norm,
+    bias), pre-filled with the zoo's defaults for ``dataset``. Widget keys start with ``prefix``.
+    """
+    defaults = default_spec(arch, *dataset_signature(dataset))
+    key = f"{prefix}.{arch}.{dataset}"
+    hidden = channels = width = None
+    if arch == "cnn":
+        channels = st.text_input(
+            "Conv channels", joined(defaults.channels), key=f"{key}.channels", disabled=disabled,
+            help="Comma-separated output channels, one 3x3 conv + 2x2 max-pool each, e.g. 16,32",
+        )
+    if arch in ("mlp", "cnn"):
+        hidden = st.text_input(
+            "Hidden widths", joined(defaults.hidden), key=f"{key}.hidden", disabled=disabled,
+            help="Comma-separated widths of the hidden linear layers, e.g. 128,64 (empty: none)",
+        )
+    else:
+        width = st.number_input(
+            "Width multiplier", min_value=0.0625, max_value=16.0, value=float(defaults.width), step=0.0625,
+            key=f"{key}.width", disabled=disabled, help="Scales every layer's channels (1 = the paper's widths)",
+        )
+    left, right = st.columns(2)
+    batch_norm = left.checkbox("Batch norm", defaults.batch_norm, key=f"{key}.bn", disabled=disabled)
+    bias = right.checkbox("Bias", defaults.bias, key=f"{key}.bias", disabled=disabled)
+    return SpecInputs(arch, hidden, channels, width, batch_norm, bias)
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What the training fields hold: the seeds as text, the rest as numbers."""
+
+    seeds: str
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str
+
+    def parse(self) -> list[TrainConfig]:
+        """One :class:`TrainConfig` per seed; raises ConfigError for bad seeds or out-of-range values."""
+        return [
+            TrainConfig(
+                epochs=int(self.epochs),
+                lr=float(self.lr),
+                batch_size=int(self.batch_size),
+                optimizer=self.optimizer,
+                seed=seed,
+            )
+            for seed in parse_seeds(self.seeds)
+        ]
+
+
+def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
+    """Fields for a training recipe, pre-filled from :class:`TrainConfig`'s defaults."""
+    defaults = TrainConfig()
+    left, middle, right = st.columns(3)
+    seeds = left.text_input(
+        "Seeds", "0", key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2"
+    )
+    epochs = middle.number_input("Epochs", 1, 10_000, defaults.epochs, key=f"{prefix}.epochs", disabled=disabled)
+    batch_size = right.number_input(
+        "Batch size", 1, 65_536, defaults.batch_size, key=f"{prefix}.batch", disabled=disabled
+    )
+    left, right = st.columns(2)
+    lr = left.number_input(
+        "Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, step=1e-4, format="%.6f",
+        key=f"{prefix}.lr", disabled=disabled,
+    )
+    optimizer = right.selectbox(
+        "Optimizer",
+        OPTIMIZERS,
+        index=OPTIMIZERS.index(defaults.optimizer),
+        key=f"{prefix}.optimizer",
+        disabled=disabled,
+    )
+    return TrainingInputs(seeds, int(epochs), float(lr), int(batch_size), str(optimizer))

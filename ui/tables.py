@@ -1,0 +1,71 @@
+"""Tables of workspace models, the same columns and number formats on every page."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import pandas as pd
+import streamlit as st
+
+from fusion.workspace import ModelRecord
+
+SUMMARY_COLUMNS = ("name", "architecture", "test accuracy (%)", "parameters")
+DETAILED_COLUMNS = (
+    "id",
+    "name",
+    "architecture",
+    "dataset",
+    "method",
+    "parameters",
+    "test accuracy (%)",
+    "test loss",
+    "created",
+)
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$])")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` shown literally by ``st.markdown`` (model names come from users and uploaded files)."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def model_rows(records: Sequence[ModelRecord]) -> pd.DataFrame:
+    """One row per model with every column a table may show; accuracy in percent, missing metrics as NaN."""
+    rows = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "architecture": r.spec.describe(),
+            "dataset": r.dataset,
+            "method": r.method,
+            "parameters": r.parameters,
+            "test accuracy (%)": 100.0 * r.metrics["test_accuracy"] if "test_accuracy" in r.metrics else float("nan"),
+            "test loss": r.metrics.get("test_loss", float("nan")),
+            "created": r.created.replace("T", " ").removesuffix("+00:00"),
+        }
+        for r in records
+    ]
+    return pd.DataFrame(rows, columns=list(DETAILED_COLUMNS))
+
+
+def show_models_table(records: Sequence[ModelRecord], detailed: bool = False) -> None:
+    """The models as a read-only table: name, architecture, accuracy, parameters (plus id, dataset, method, loss and
+    creation time when ``detailed``). An empty workspace shows a hint instead.
+    """
+    if not records:
+        st.info("The workspace has no models yet. Build the demo ensemble on the Home page or train some on Models.")
+        return
+    columns = DETAILED_COLUMNS if detailed else SUMMARY_COLUMNS
+    st.dataframe(
+        model_rows(records)[list(columns)],
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "test accuracy (%)": st.column_config.NumberColumn("test accuracy (%)", format="%.1f"),
+            "test loss": st.column_config.NumberColumn("test loss", format="%.4f"),
+            "parameters": st.column_config.NumberColumn("parameters", format="localized"),
+            "created": st.column_config.TextColumn("created (UTC)"),
+        },
+    )

@@ -1,0 +1,90 @@
+"""Training several seeds of one architecture as a single job (what the Models page's "Train" button runs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from fusion.data import load_dataset, load_digits
+from fusion.errors import DatasetError
+from fusion.models import ModelSpec, default_spec
+from fusion.pipeline import train_and_save
+from fusion.train import Progress, TrainConfig, no_progress
+from fusion.workspace import ModelRecord, Workspace
+
+TORCHVISION_SIGNATURES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+
+
+def dataset_signature(name: str) -> tuple[tuple[int, int, int], int]:
+    """``(input_shape, num_classes)`` of a dataset without loading (or downloading) a torchvision one.
+
+    Used to show a form's defaults and to check options before a job starts; the job itself builds its spec from the
+    loaded dataset.
+    """
+    if name == "digits":
+        data = load_digits()
+        return data.input_shape, data.num_classes
+    if name not in TORCHVISION_SIGNATURES:
+        raise DatasetError(f"unknown dataset {name!r}; expected digits or one of {', '.join(TORCHVISION_SIGNATURES)}")
+    return TORCHVISION_SIGNATURES[name]
+
+
+@dataclass(frozen=True)
+class SpecOptions:
+    """The architecture fields a form collects; ``None`` keeps the default of :func:`fusion.models.default_spec`."""
+
+    arch: str
+    hidden: tuple[int, ...] | None = None
+    channels: tuple[int, ...] | None = None
+    width: float | None = None
+    batch_norm: bool | None = None
+    bias: bool | None = None
+
+    def build(self, input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
+        """The spec for a dataset of this input shape and class count; raises ArchitectureError if inconsistent."""
+        return default_spec(
+            self.arch,
+            input_shape,
+            num_classes,
+            hidden=self.hidden,
+            channels=self.channels,
+            width=self.width,
+            batch_norm=self.batch_norm,
+            bias=self.bias,
+        )
+
+
+def train_models(
+    workspace: Workspace,
+    options: SpecOptions,
+    dataset: str,
+    configs: Sequence[TrainConfig],
+    *,
+    download: bool = False,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> list[ModelRecord]:
+    """Train one model per config (one per seed) with :func:`fusion.pipeline.train_and_save` and save each.
+
+    Progress counts epochs over all configs. Models finished before a failure or a cancel stay in the workspace.
+    """
+    data = load_dataset(dataset, download=download)
+    spec = options.build(data.input_shape, data.num_classes)
+    total = sum(config.epochs for config in configs)
+    done = 0
+    records = []
+    for config in configs:
+
+        def seed_progress(epoch: int, epochs: int, message: str, offset: int = done, seed: int = config.seed) -> None:
+            progress(offset + epoch, total, f"seed {seed}: {message}")
+
+        records.append(train_and_save(workspace, spec, data.name, config, device=device, progress=seed_progress))
+        done += config.epochs
+    return records
