@@ -9,6 +9,9 @@ st.set_page_config(page_title="FusionLab", layout="wide")
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/models.py", title="Models", icon=":material/view_list:"),
+    st.Page("pages/fuse.py", title="Fuse", icon=":material/merge:"),
+    st.Page("pages/transport_maps.py", title="Transport maps", icon=":material/grid_on:"),
+    st.Page("pages/neuron_norms.py", title="Neuron norms", icon=":material/bar_chart:"),
 ]
 
 page = st.navigation(PAGES)

@@ -12,10 +12,11 @@ import torch
 
 from fusion.data import load_dataset
 from fusion.device import default_device
-from fusion.errors import ArchitectureError, ConfigError
+from fusion.errors import ArchitectureError
 from fusion.fuse import FusionResult, fuse
 from fusion.models import ModelSpec, build_model, conform, default_spec
 from fusion.train import Progress, TrainConfig, evaluate, no_progress, train
+from fusion.transport import Transport
 from fusion.workspace import ModelRecord, Workspace
 
 
@@ -97,11 +98,12 @@ def build_demo_ensemble(
             progress(offset + epoch, total, f"{label}: {message}")
 
         records.append(
-            train_and_save(workspace, member.spec, "digits", member.config, name=label, device=device, progress=member_progress)
+            train_and_save(
+                workspace, member.spec, "digits", member.config, name=label, device=device, progress=member_progress
+            )
         )
         done += member.config.epochs
     return records
-
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,14 +131,26 @@ def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
             )
         if method == "cla":
             if (a.arch.rstrip("0123456789"), a.input_shape, a.num_classes, a.batch_norm, a.bias) != (
-                b.arch.rstrip("0123456789"), b.input_shape, b.num_classes, b.batch_norm, b.bias):
+                b.arch.rstrip("0123456789"),
+                b.input_shape,
+                b.num_classes,
+                b.batch_norm,
+                b.bias,
+            ):
                 raise ArchitectureError(
                     f"mismatched architectures: {first.id} is {a.describe()}, {record.id} is {b.describe()}; cla needs "
                     "one family (mlp, vgg or resnet) with the same inputs, classes, BatchNorm and biases"
                 )
             continue
         same_family = (a.arch, a.input_shape, a.num_classes, a.batch_norm, a.bias, len(a.hidden), len(a.channels)) == (
-            b.arch, b.input_shape, b.num_classes, b.batch_norm, b.bias, len(b.hidden), len(b.channels))
+            b.arch,
+            b.input_shape,
+            b.num_classes,
+            b.batch_norm,
+            b.bias,
+            len(b.hidden),
+            len(b.channels),
+        )
         if not same_family:
             raise ArchitectureError(
                 f"mismatched architectures: {first.id} is {a.describe()}, {record.id} is {b.describe()}; "
@@ -169,23 +183,34 @@ def fuse_and_save(
         return FusionRun(None, result, scores)
     like = records[result.report.details.get("spec_from", result.report.options.get("reference", 0))].spec
     spec, model = conform(result.model, like)
-    plans = {
-        f"model{k}/{group}": torch.from_numpy(t.plan).float()
-        for k, transports in enumerate(result.transports)
-        if transports
-        for group, t in transports.items()
-    }
+    maps = map_tensors(result.transports)
     record = workspace.save(
         model,
         spec=spec,
         dataset=records[0].dataset,
         normalization=records[0].normalization,
         metrics=scores,
-        provenance={"method": method, "parents": list(model_ids), "options": result.report.options, "report": result.report.to_dict()},
+        provenance={
+            "method": method,
+            "parents": list(model_ids),
+            "options": result.report.options,
+            "report": result.report.to_dict(),
+        },
         name=name or f"{spec.describe()} · {method} of {len(model_ids)}",
-        attachments={"transport": plans} if plans else None,
+        attachments={"transport": maps} if maps else None,
     )
     return FusionRun(record, result, scores)
+
+
+def map_tensors(transports: Sequence[dict[str, Transport] | None]) -> dict[str, torch.Tensor]:
+    """Every map of a fusion as tensors: ``model{k}/{group}/plan`` and, when solved on one, ``.../cost``."""
+    tensors = {}
+    for k, maps in enumerate(transports):
+        for group, transport in (maps or {}).items():
+            tensors[f"model{k}/{group}/plan"] = torch.from_numpy(transport.plan).float()
+            if transport.cost_matrix is not None:
+                tensors[f"model{k}/{group}/cost"] = transport.cost_matrix.float()
+    return tensors
 
 
 def finetune_and_save(
@@ -209,3 +234,103 @@ def finetune_and_save(
         provenance={"method": "finetune", "parents": [model_id], "options": config.to_dict()},
         name=f"{record.name} · fine-tuned {config.epochs} ep",
     )
+
+
+def parent_role(index: int) -> str:
+    return f"parent {chr(ord('A') + index)}"
+
+
+def compare_fusion(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    method: str,
+    options: dict[str, Any] | None = None,
+    finetune: TrainConfig | None = None,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Fuse workspace models and compare the result with its baselines on the test split.
+
+    Rows: every parent, the prediction ensemble and vanilla averaging (when the parents allow them), magnitude pruning
+    beside Intra-Fusion, the fused model and, with ``finetune``, the fused model fine-tuned. Each row has ``model``,
+    ``role``, ``id`` (saved models), ``test_accuracy``, ``test_loss``, ``parameters`` and ``seconds``. The comparison
+    is stored with the fused model as its ``comparison`` result and returned with the fused model's id.
+    """
+    device = device or default_device()
+    records = [workspace.record(i) for i in model_ids]
+    data = load_dataset(records[0].dataset) if records else None
+    rows: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        rows.append(
+            {
+                "model": record.name,
+                "role": parent_role(index),
+                "id": record.id,
+                "test_accuracy": record.metrics.get("test_accuracy", float("nan")),
+                "test_loss": record.metrics.get("test_loss", float("nan")),
+                "parameters": record.parameters,
+                "seconds": None,
+            }
+        )
+    run = fuse_and_save(workspace, model_ids, method, options, device=device, progress=progress)
+    assert data is not None
+    models = [workspace.load(i)[0] for i in model_ids]
+    baselines: list[tuple[str, str, dict[str, Any]]] = []
+    if len(models) >= 2 and method != "ensemble":
+        baselines.append(("prediction ensemble", "ensemble", {}))
+    if len(models) >= 2 and method != "average" and all(r.spec == records[0].spec for r in records):
+        baselines.append(("vanilla average", "average", {}))
+    if method == "intra":
+        pruning = {k: v for k, v in (options or {}).items() if k in ("sparsity", "importance")}
+        baselines.append(("magnitude pruning", "prune", pruning))
+    for label, baseline, baseline_options in baselines:
+        result = fuse(models, baseline, data=data, device=device, **baseline_options)
+        metrics = evaluate(result.model, *data.split("test"), device=device)
+        rows.append(
+            {
+                "model": label,
+                "role": "ensemble" if baseline == "ensemble" else "average" if baseline == "average" else "pruned",
+                "id": None,
+                "test_accuracy": metrics.accuracy,
+                "test_loss": metrics.loss,
+                "parameters": sum(p.numel() for p in result.model.parameters()),
+                "seconds": result.report.seconds,
+            }
+        )
+    fused_id = run.record.id if run.record is not None else None
+    rows.append(
+        {
+            "model": run.record.name if run.record else "prediction ensemble",
+            "role": "fused",
+            "id": fused_id,
+            "test_accuracy": run.metrics["test_accuracy"],
+            "test_loss": run.metrics["test_loss"],
+            "parameters": run.record.parameters
+            if run.record
+            else sum(p.numel() for p in run.result.model.parameters()),
+            "seconds": run.result.report.seconds,
+        }
+    )
+    if finetune is not None and fused_id is not None:
+        tuned = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress)
+        rows.append(
+            {
+                "model": tuned.name,
+                "role": "fine-tuned",
+                "id": tuned.id,
+                "test_accuracy": tuned.metrics["test_accuracy"],
+                "test_loss": tuned.metrics["test_loss"],
+                "parameters": tuned.parameters,
+                "seconds": tuned.metrics.get("train_seconds"),
+            }
+        )
+    comparison = {
+        "method": method,
+        "parents": list(model_ids),
+        "fused": fused_id,
+        "rows": rows,
+        "report": run.result.report.to_dict(),
+    }
+    if fused_id is not None:
+        workspace.save_result(fused_id, "comparison", comparison)
+    return comparison

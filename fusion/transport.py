@@ -137,7 +137,8 @@ class Transport:
     ``plan``: the coupling ``T: (n, m)``; ``permutation``: for a hard assignment (one-to-one, or a selection of ``m``
     of the ``n`` neurons), ``permutation[j]`` is the source neuron that becomes target neuron ``j`` (the maps are then
     applied by indexing, exactly, and unselected neurons are dropped); ``producer`` and
-    ``consumer``: the ``(n, m)`` matrices of the module docstring; ``cost``: ``<T, C>``.
+    ``consumer``: the ``(n, m)`` matrices of the module docstring; ``cost``: ``<T, C>``; ``cost_matrix``: the ground
+    cost ``C`` the plan was solved on, when there was one.
     """
 
     plan: np.ndarray
@@ -145,13 +146,16 @@ class Transport:
     consumer: torch.Tensor
     permutation: np.ndarray | None
     cost: float
+    cost_matrix: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.plan.shape[0]), int(self.plan.shape[1]))
 
     @classmethod
-    def from_plan(cls, plan: np.ndarray, cost: float = 0.0, correction: Correction = "marginals") -> "Transport":
+    def from_plan(
+        cls, plan: np.ndarray, cost: float = 0.0, correction: Correction = "marginals", cost_matrix: torch.Tensor | None = None
+    ) -> "Transport":
         plan = np.asarray(plan, dtype=np.float64)
         n, m = plan.shape
         column_sums, row_sums = plan.sum(0), plan.sum(1)
@@ -169,7 +173,7 @@ class Transport:
             rows, cols = np.nonzero(plan)
             if len(set(rows)) == n and len(set(cols)) == n:
                 permutation = rows[np.argsort(cols)]
-        return cls(plan, producer.float(), consumer.float(), permutation, float(cost))
+        return cls(plan, producer.float(), consumer.float(), permutation, float(cost), cost_matrix)
 
     @classmethod
     def identity(cls, size: int) -> "Transport":
@@ -203,4 +207,5 @@ def solve_transport(
     """Ground cost between features ``a: (n, d)`` and ``b: (m, d)``, transport plan, and the resulting maps."""
     cost = normalize_cost(ground_cost(a, b, metric, normalize_rows), cost_normalization)
     plan = transport_plan(cost, mu, nu, solver, reg)
-    return Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.cpu()).sum()), correction)
+    cost = cost.detach().cpu()
+    return Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()), correction, cost.float())

@@ -149,9 +149,10 @@ def test_fuse_and_save_records_provenance_and_transport_maps(workspace):
     record = workspace.record(run.record.id)
     assert record.parents == ids and record.method == "ot"
     assert record.provenance["options"]["mode"] == "activations"
-    plans = workspace.load_tensors(record.id, "transport")
-    assert set(plans) == {"model1/layers.1"}
-    assert torch.allclose(plans["model1/layers.1"].sum(), torch.tensor(1.0), atol=1e-5)
+    maps = workspace.load_tensors(record.id, "transport")
+    assert set(maps) == {"model1/layers.1/plan", "model1/layers.1/cost"}
+    assert torch.allclose(maps["model1/layers.1/plan"].sum(), torch.tensor(1.0), atol=1e-5)
+    assert maps["model1/layers.1/cost"].shape == (16, 16)
     assert record.metrics["test_accuracy"] == pytest.approx(run.metrics["test_accuracy"])
 
 

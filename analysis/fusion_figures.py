@@ -1,0 +1,177 @@
+"""Plotly figures of what a fusion did: transport maps, neuron norms, Neuron Transplantation's survivors, and the
+comparison of fused models. Pure functions of library results; colours per model role are shared by every page."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.maps import GroupMap, sorted_map, summarise
+from analysis.norms import GroupNorms, Survival
+
+ROLE_COLOURS = {
+    "parent A": "#1f77b4",
+    "parent B": "#ff7f0e",
+    "parent C": "#2ca02c",
+    "parent D": "#9467bd",
+    "parent E": "#8c564b",
+    "parent F": "#e377c2",
+    "parent G": "#7f7f7f",
+    "ensemble": "#17becf",
+    "average": "#bcbd22",
+    "fused": "#d62728",
+    "fine-tuned": "#8b0000",
+    "pruned": "#6a3d9a",
+}
+
+
+def role_colour(role: str) -> str:
+    """The colour of a model role (``parent A``... ``fused``, ``ensemble``, ``fine-tuned``), the same on every page."""
+    return ROLE_COLOURS.get(role, "#444444")
+
+
+def parent_role(index: int) -> str:
+    return f"parent {chr(ord('A') + index)}"
+
+
+def transport_map_figure(group_map: GroupMap) -> go.Figure:
+    """The plan (scaled by the number of source neurons, so a permutation shows ones) with rows sorted so that a
+    permutation reads as a diagonal, and the ground cost beside it in the same row order."""
+    plan, cost, order = sorted_map(group_map)
+    summary = summarise(group_map)
+    columns = 2 if cost is not None else 1
+    figure = make_subplots(
+        rows=1,
+        cols=columns,
+        subplot_titles=("transport plan · n T", "ground cost C")[:columns],
+        horizontal_spacing=0.12,
+    )
+    rows = [str(i) for i in order]
+    figure.add_trace(
+        go.Heatmap(
+            z=plan * plan.shape[0],
+            y=rows,
+            colorscale="Blues",
+            zmin=0,
+            colorbar={"x": 0.44 if columns == 2 else 1.0, "title": "n T"},
+            hovertemplate="source %{y} → target %{x}<br>n·T = %{z:.3f}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    if cost is not None:
+        figure.add_trace(
+            go.Heatmap(
+                z=cost,
+                y=rows,
+                colorscale="Viridis",
+                colorbar={"title": "C"},
+                hovertemplate="source %{y} → target %{x}<br>C = %{z:.4g}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
+    for col in range(1, columns + 1):
+        figure.update_xaxes(title_text="reference neuron (target)", row=1, col=col)
+        figure.update_yaxes(
+            title_text="aligned model's neuron (source, sorted)",
+            autorange="reversed",
+            type="category",
+            showticklabels=plan.shape[0] <= 64,
+            row=1,
+            col=col,
+        )
+    moved = "" if summary.moved is None else f" · {summary.moved} moved"
+    figure.update_layout(
+        title=f"{group_map.group} · model {group_map.model} → reference · {summary.sources}×{summary.targets} · "
+        f"distance from a permutation {summary.permutation_distance:.3f}{moved}",
+        height=460,
+        margin={"t": 80},
+    )
+    return figure
+
+
+def neuron_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incoming") -> go.Figure:
+    """Violins of the neuron norms of every group (x) for each model (colour by role), ``incoming`` or ``outgoing``."""
+    figure = go.Figure()
+    for role, groups in norms.items():
+        x = [g.group for g in groups for _ in getattr(g, side)]
+        y = [v for g in groups for v in getattr(g, side)]
+        figure.add_trace(
+            go.Violin(
+                x=x,
+                y=y,
+                name=role,
+                legendgroup=role,
+                line_color=role_colour(role),
+                box_visible=True,
+                meanline_visible=True,
+                points=False,
+                spanmode="hard",
+            )
+        )
+    figure.update_layout(
+        violinmode="group",
+        title=f"{side} neuron norms per layer",
+        xaxis_title="neuron group (its first layer)",
+        yaxis_title=f"{side} L2 norm of a neuron's weights",
+        height=460,
+    )
+    return figure
+
+
+def survival_figure(survival: Survival, parents: Sequence[str]) -> go.Figure:
+    """Neuron Transplantation's cut: every neuron of the concatenated layer ranked by importance, coloured by parent,
+    kept (filled) or dropped (open), with the threshold the pruning drew."""
+    order = np.argsort(survival.importance)[::-1]
+    figure = go.Figure()
+    for parent, label in enumerate(parents):
+        for kept in (True, False):
+            rank = [r for r, i in enumerate(order) if survival.parent[i] == parent and survival.kept[i] == kept]
+            if not rank:
+                continue
+            figure.add_trace(
+                go.Scatter(
+                    x=rank,
+                    y=[survival.importance[order[r]] for r in rank],
+                    mode="markers",
+                    name=f"{label} · {'kept' if kept else 'dropped'}",
+                    marker={"color": role_colour(label), "symbol": "circle" if kept else "circle-open", "size": 7},
+                    customdata=[survival.neuron[order[r]] for r in rank],
+                    hovertemplate="rank %{x}<br>importance %{y:.4g}<br>neuron %{customdata} of "
+                    + label
+                    + "<extra></extra>",
+                )
+            )
+    kept_count = sum(survival.kept)
+    figure.add_vline(x=kept_count - 0.5, line_dash="dash", annotation_text=f"keep {kept_count}")
+    figure.update_layout(
+        title=f"{survival.group}: {len(survival.kept)} concatenated neurons, the {kept_count} largest survive",
+        xaxis_title="rank by importance (largest first)",
+        yaxis_title="importance (squared L2 over the group's weights)",
+        yaxis_type="log",
+        height=420,
+    )
+    return figure
+
+
+def comparison_figure(rows: Sequence[dict]) -> go.Figure:
+    """Test accuracy (%) of every model in a comparison, one bar each, coloured by role."""
+    figure = go.Figure(
+        go.Bar(
+            x=[r["model"] for r in rows],
+            y=[100 * r["test_accuracy"] for r in rows],
+            marker_color=[role_colour(r["role"]) for r in rows],
+            text=[f"{100 * r['test_accuracy']:.2f}" for r in rows],
+            textposition="outside",
+            hovertemplate="%{x}<br>test accuracy %{y:.2f}%<extra></extra>",
+        )
+    )
+    low = min(100 * r["test_accuracy"] for r in rows)
+    figure.update_layout(
+        title="test accuracy", yaxis_title="test accuracy (%)", yaxis_range=[max(0, low - 10), 100.5], height=400
+    )
+    return figure

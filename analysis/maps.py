@@ -1,0 +1,90 @@
+"""Transport maps of a fused model, read back from the workspace and summarised per group.
+
+For a plan ``T: (n, m)`` with total mass ``|T| = sum_ij T_ij``:
+
+- ``permutation_distance = 1 - (sum_i max_j T_ij) / |T|``: the share of mass off each source neuron's main target;
+  0 for a hard assignment, approaching ``1 - 1/m`` for a uniform (uninformative) plan;
+- ``moved``: for square plans, how many neurons ``i`` are sent mainly to a target ``j != i`` (changed place);
+- ``total_cost = <T, C>``.
+
+Display order: source neurons sorted by their main target (ties by mass), so a permutation reads as a diagonal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fusion.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class GroupMap:
+    """The map that aligned parent ``model`` to the reference on one neuron group, with its ground cost."""
+
+    model: int
+    group: str
+    plan: np.ndarray
+    cost: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class MapSummary:
+    """Per group: shape ``(n, m)``, distance from a permutation, neurons that changed place, total cost."""
+
+    model: int
+    group: str
+    sources: int
+    targets: int
+    permutation_distance: float
+    moved: int | None
+    total_cost: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:
+    """The maps saved with a fused model (``transport`` attachment), in the order they were saved; empty if none."""
+    tensors = workspace.load_tensors(model_id, "transport") or {}
+    maps = []
+    for key, plan in tensors.items():
+        prefix, _, kind = key.rpartition("/")
+        if kind != "plan":
+            continue
+        model, _, group = prefix.partition("/")
+        cost = tensors.get(f"{prefix}/cost")
+        maps.append(
+            GroupMap(
+                int(model.removeprefix("model")),
+                group,
+                plan.double().numpy(),
+                None if cost is None else cost.double().numpy(),
+            )
+        )
+    return maps
+
+
+def display_order(plan: np.ndarray) -> np.ndarray:
+    """Source rows sorted by their main target, then by decreasing mass on it."""
+    target = plan.argmax(1)
+    mass = plan.max(1)
+    return np.lexsort((-mass, target))
+
+
+def summarise(group_map: GroupMap) -> MapSummary:
+    plan = group_map.plan
+    n, m = plan.shape
+    total = float(plan.sum())
+    distance = 1.0 - float(plan.max(1).sum()) / total if total > 0 else 0.0
+    moved = int((plan.argmax(1) != np.arange(n)).sum()) if n == m else None
+    cost = float((plan * group_map.cost).sum()) if group_map.cost is not None else None
+    return MapSummary(group_map.model, group_map.group, n, m, max(distance, 0.0), moved, cost)
+
+
+def sorted_map(group_map: GroupMap) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Plan and cost with rows in :func:`display_order`, and that order (the source neuron of each row)."""
+    order = display_order(group_map.plan)
+    cost = None if group_map.cost is None else group_map.cost[order]
+    return group_map.plan[order], cost, order

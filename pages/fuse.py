@@ -1,0 +1,111 @@
+"""Fuse: pick models and a method, run it as a job, and compare the fused model with its parents and baselines."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.fusion_figures import comparison_figure
+from fusion.fuse import REGISTRY
+from fusion.pipeline import compare_fusion
+from fusion.train import TrainConfig
+from fusion.workspace import ModelRecord
+from ui.errors import report_errors
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import command_line, non_default, option_widgets, parse_options
+from ui.state import device, job_runner, select_models, selected_model_ids, workspace
+
+FUSE_KIND = "fuse"
+RESULT_KEY = "fuse.shown"
+
+st.title("Fuse")
+st.caption(
+    "Fuse two or more models (one for Intra-Fusion and pruning) with the method of your choice. Defaults follow the "
+    "papers. The table compares the result with its parents, the prediction ensemble and vanilla averaging."
+)
+ws = workspace()
+records = ws.records()
+if not records:
+    st.info("The workspace has no models yet: build the demo ensemble on the Home page, or train some on Models.")
+    st.stop()
+by_id = {r.id: r for r in records}
+disabled = inputs_disabled()
+
+method = st.selectbox(
+    "Method", list(REGISTRY), format_func=lambda m: f"{m} — {REGISTRY[m].summary}", key="fuse.method", disabled=disabled
+)
+spec = REGISTRY[method]
+default = [i for i in selected_model_ids() if i in by_id][: spec.max_models or None]
+chosen = st.multiselect(
+    "Models" + (" (exactly one)" if spec.max_models == 1 else f" (at least {spec.min_models})"),
+    list(by_id),
+    default=default,
+    format_func=lambda i: f"{by_id[i].name} · {by_id[i].metrics.get('test_accuracy', float('nan')) * 100:.1f}% ({i})",
+    max_selections=spec.max_models,
+    key=f"fuse.models.{method}",
+    disabled=disabled,
+)
+
+with st.form("fuse.form"):
+    st.markdown(f"**{method} options**")
+    values = option_widgets(spec.options, f"fuse.{method}", disabled)
+    left, right = st.columns(2)
+    epochs = left.number_input("Fine-tune epochs after fusion (0: none)", 0, 500, 0, key="fuse.finetune.epochs", disabled=disabled)
+    lr = right.number_input("Fine-tune learning rate (Adam)", 1e-6, 1.0, 1e-3, format="%.0e", key="fuse.finetune.lr", disabled=disabled)
+    submitted = st.form_submit_button("Fuse", type="primary", disabled=disabled)
+
+if submitted:
+    with report_errors():
+        if not spec.min_models <= len(chosen) <= (spec.max_models or len(chosen)):
+            st.error(f"{method} needs {'one model' if spec.max_models == 1 else f'at least {spec.min_models} models'}; {len(chosen)} chosen.")
+            st.stop()
+        options = parse_options(spec.options, values)
+        finetune = TrainConfig(epochs=int(epochs), lr=float(lr)) if epochs else None
+        select_models(chosen)
+        st.session_state[RESULT_KEY] = None
+        start_job(
+            f"{method} fusion of {len(chosen)} model(s)", compare_fusion, ws, chosen, method, options, finetune,
+            device=device(), kind=FUSE_KIND,
+        )
+
+job = job_runner().latest(FUSE_KIND)
+show_job(job)
+
+fused = [r for r in reversed(records) if r.parents and ws.load_result(r.id, "comparison") is not None]
+if not fused:
+    st.stop()
+if job is not None and job.status == "done" and isinstance(job.result, dict) and job.result.get("fused") in by_id:
+    st.session_state.setdefault(RESULT_KEY, None)
+    if st.session_state[RESULT_KEY] is None:
+        st.session_state[RESULT_KEY] = job.result["fused"]
+
+
+def label(record: ModelRecord) -> str:
+    return f"{record.name} ({record.id})"
+
+
+st.subheader("Results")
+ids = [r.id for r in fused]
+shown = st.session_state.get(RESULT_KEY)
+shown_id = st.selectbox("Fused model", ids, index=ids.index(shown) if shown in ids else 0, format_func=lambda i: label(by_id[i]))
+comparison = ws.load_result(shown_id, "comparison")
+table = pd.DataFrame(comparison["rows"])
+table["test accuracy (%)"] = 100 * table["test_accuracy"]
+st.dataframe(
+    table[["role", "model", "test accuracy (%)", "test_loss", "parameters", "seconds"]].rename(columns={"test_loss": "test loss", "seconds": "time (s)"}),
+    hide_index=True,
+    width="stretch",
+    column_config={"test accuracy (%)": st.column_config.NumberColumn(format="%.2f"), "test loss": st.column_config.NumberColumn(format="%.4f"), "time (s)": st.column_config.NumberColumn(format="%.2f")},
+)
+st.plotly_chart(comparison_figure(comparison["rows"]), width="stretch")
+report = comparison["report"]
+details = report.get("details", {})
+if "layer_map" in details:
+    st.markdown(f"**CLAFusion layer map** (shallow hidden layer → deep hidden layer): `{details['layer_map']}`")
+if report.get("verified") and any(v is not None for v in report["verified"]):
+    worst = max(v for v in report["verified"] if v is not None)
+    st.caption(f"Every hard alignment was verified on a probe batch: max |logit difference| {worst:.2e}.")
+for note in report.get("notes", []):
+    st.caption(note)
+record = by_id[shown_id]
+options = non_default(REGISTRY[comparison["method"]].options, record.provenance.get("options", {}))
+st.caption("The same fusion from the command line:")
+st.code(command_line(["fuse", "--method", comparison["method"], "--models", *comparison["parents"]], options), language="bash")

@@ -1,0 +1,54 @@
+"""Neuron norms: the distribution of neuron norms per layer for parents and their fused or pruned model, and what
+Neuron Transplantation and Intra-Fusion kept."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.fusion_figures import neuron_norms_figure, parent_role, survival_figure
+from analysis.norms import neuron_norms, pruning_survival, transplant_survival
+from fusion.data import load_dataset
+from ui.errors import report_errors
+from ui.state import selected_model_ids, workspace
+
+st.title("Neuron norms")
+st.caption(
+    "Incoming norm: the L2 norm of a neuron's incoming weights; outgoing: of the next layers' weights that read it. "
+    "Neuron Transplantation keeps the largest neurons of the concatenated ensemble and sacrifices the small ones."
+)
+ws = workspace()
+records = list(reversed(ws.records()))
+if not records:
+    st.info("The workspace has no models yet: build the demo ensemble on the Home page.")
+    st.stop()
+by_id = {r.id: r for r in records}
+derived = [r.id for r in records if r.parents]
+selected = [i for i in selected_model_ids() if i in by_id]
+start = next((i for i in selected if i in derived), derived[0] if derived else records[0].id)
+model_id = st.selectbox(
+    "Model (its parents are shown beside it)", list(by_id), index=list(by_id).index(start),
+    format_func=lambda i: f"{by_id[i].name} ({i})", key="norms.model",
+)
+record = by_id[model_id]
+family = [ws.record(p) for p in record.parents if p in by_id] + [record]
+roles = [parent_role(k) for k in range(len(family) - 1)] + ["pruned" if record.method in ("intra", "prune") else "fused" if record.parents else "parent A"]
+side = st.radio("Norm", ["incoming", "outgoing"], horizontal=True, key="norms.side")
+
+with report_errors():
+    example = load_dataset(record.dataset).x_test[:2]
+    norms = {role: neuron_norms(ws.load(r.id)[0], example) for role, r in zip(roles, family)}
+    st.plotly_chart(neuron_norms_figure(norms, side), width="stretch")
+
+details = record.provenance.get("report", {}).get("details", {})
+if record.method == "transplant":
+    st.subheader("Which neurons survived the transplantation")
+    tables = transplant_survival(details)
+    counts = pd.DataFrame([{"group": t.group, **{parent_role(p): n for p, n in sorted(t.kept_per_parent().items())}} for t in tables])
+    st.dataframe(counts, hide_index=True, width="stretch")
+    group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
+    table = next(t for t in tables if t.group == group)
+    st.plotly_chart(survival_figure(table, [parent_role(k) for k in range(len(record.parents))]), width="stretch")
+elif record.method in ("intra", "prune"):
+    st.subheader("Kept and " + ("merged" if record.method == "intra" else "dropped") + " neurons")
+    tables = pruning_survival(details)
+    group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.pruning.group")
+    st.plotly_chart(survival_figure(next(t for t in tables if t.group == group), ["parent A"]), width="stretch")

@@ -1,0 +1,96 @@
+"""AppTest runs of the Fuse, Transport maps and Neuron norms pages, driven through their forms and jobs."""
+
+from app_helpers import app_workspace, messages, open_app, train_quick_models, wait_for_job  # noqa: F401
+from fusion.models import default_spec
+from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.train import TrainConfig
+
+FUSE = "FormSubmitter:fuse.form-Fuse"
+
+
+def fuse_through_the_page(at, method, ids, **widgets):
+    at.selectbox(key="fuse.method").set_value(method).run()
+    at.multiselect(key=f"fuse.models.{method}").set_value(ids)
+    for key, value in widgets.items():
+        at.text_input(key=key).input(value) if key.endswith("weights") else at.selectbox(key=key).set_value(value)
+    at.button(key=FUSE).click().run()
+    if at.error:
+        return at
+    wait_for_job()
+    return at.run()
+
+
+def test_fuse_page_asks_for_models_when_the_workspace_is_empty(app_workspace):
+    at = open_app("pages/fuse.py")
+    assert not at.exception
+    assert any("no models" in str(i.value) for i in at.info)
+
+
+def test_ot_fusion_from_the_page_shows_the_comparison_table_and_chart(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids, **{"fuse.ot.mode": "activations"})
+    assert not at.exception
+    assert not at.error
+    roles = list(at.dataframe[0].value["role"])
+    assert roles == ["parent A", "parent B", "ensemble", "average", "fused"]
+    assert at.get("plotly_chart")
+    fused = [r for r in app_workspace.records() if r.method == "ot"]
+    assert len(fused) == 1 and fused[0].provenance["options"]["mode"] == "activations"
+    assert any("--mode activations" in str(c.value) for c in at.code)
+
+
+def test_fusing_a_single_model_with_ot_is_refused_and_saves_nothing(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0,))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids)
+    assert not at.exception
+    assert any("at least 2" in m for m in messages(at.error))
+    assert len(app_workspace.records()) == 1
+
+
+def test_unreadable_weights_and_mismatched_architectures_get_clear_messages(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids, **{"fuse.ot.weights": "a, b"})
+    assert any("numbers separated by commas" in m for m in messages(at.error))
+    other = train_quick_models(app_workspace, seeds=(2,), hidden=(16, 8))[0].id
+    at = fuse_through_the_page(at, "ot", [ids[0], other], **{"fuse.ot.weights": ""})
+    assert not at.exception
+    assert any("mismatched architectures" in m for m in messages(at.error))
+    assert not [r for r in app_workspace.records() if r.parents]
+
+
+def test_transport_maps_page_shows_the_summary_and_a_heatmap(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    fuse_and_save(app_workspace, ids, "ot")
+    at = open_app("pages/transport_maps.py")
+    assert not at.exception
+    summary = at.dataframe[0].value
+    assert list(summary["neurons moved"]) and summary["distance from a permutation"].max() < 1e-9
+    assert at.get("plotly_chart")
+
+
+def test_transport_maps_page_without_fused_models_says_what_to_do(app_workspace):
+    train_quick_models(app_workspace, seeds=(0,))
+    at = open_app("pages/transport_maps.py")
+    assert not at.exception
+    assert any("Fuse page" in str(i.value) for i in at.info)
+
+
+def test_neuron_norms_page_shows_norms_and_the_transplant_survivors(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1, 2))]
+    fuse_and_save(app_workspace, ids, "transplant")
+    at = open_app("pages/neuron_norms.py")
+    assert not at.exception
+    counts = at.dataframe[0].value
+    assert counts[["parent A", "parent B", "parent C"]].sum(axis=1).tolist() == [32]
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_intra_fusion_from_the_page_compares_with_magnitude_pruning(app_workspace):
+    spec = default_spec("cnn", (1, 8, 8), 10, channels=(8, 8), hidden=(16,))
+    model = train_and_save(app_workspace, spec, "digits", TrainConfig(epochs=2))
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "intra", [model.id])
+    assert not at.exception
+    assert list(at.dataframe[0].value["role"]) == ["parent A", "pruned", "fused"]
+    at.switch_page("pages/neuron_norms.py").run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 2

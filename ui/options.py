@@ -1,0 +1,80 @@
+"""Widgets for a method's options, generated from its options dataclass (:func:`fusion.options.option_fields`), and
+the command line that reproduces a run."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any, Sequence
+
+import streamlit as st
+
+from fusion.errors import ConfigError
+from fusion.options import OptionField, option_fields
+
+
+def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
+    label = option.name.replace("_", " ")
+    if option.kind == "bool":
+        return st.checkbox(label, value=bool(option.default), help=option.help, key=key, disabled=disabled)
+    if option.kind == "choice":
+        return st.selectbox(label, option.choices, index=option.choices.index(str(option.default)), help=option.help, key=key, disabled=disabled)
+    if option.kind == "int":
+        return st.number_input(label, value=int(option.default), step=1, help=option.help, key=key, disabled=disabled)
+    if option.kind == "float":
+        return st.number_input(label, value=float(option.default), format="%.4g", help=option.help, key=key, disabled=disabled)
+    text = st.text_input(label, value="" if option.default is None else ", ".join(map(str, option.default)), help=option.help + " (comma-separated; empty for the default)", key=key, disabled=disabled)
+    return text
+
+
+def option_widgets(options_class: type, prefix: str, disabled: bool, columns: int = 3) -> dict[str, Any]:
+    """One widget per option, laid out in columns; returns the raw widget values by option name."""
+    values = {}
+    fields = option_fields(options_class)
+    grid = st.columns(columns)
+    for index, option in enumerate(fields):
+        with grid[index % columns]:
+            values[option.name] = option_widget(option, f"{prefix}.{option.name}", disabled)
+    return values
+
+
+def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Widget values to keyword options: numbers typed, comma lists parsed; only values that differ from the
+    defaults are returned. Raises :class:`ConfigError` for unreadable text."""
+    result = {}
+    for option in option_fields(options_class):
+        value = values[option.name]
+        if option.kind == "floats":
+            text = str(value).strip()
+            if not text:
+                continue
+            try:
+                value = tuple(float(part) for part in text.split(","))
+            except ValueError as exc:
+                raise ConfigError(f"{option.name}: expected numbers separated by commas, got {text!r}") from exc
+        elif option.kind == "int":
+            value = int(value)
+        elif option.kind == "float":
+            value = float(value)
+        if value != option.default:
+            result[option.name] = value
+    return result
+
+
+def non_default(options_class: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that differ from the dataclass defaults (lists compared as tuples)."""
+    defaults = {f.name: f.default for f in option_fields(options_class)}
+    return {k: v for k, v in options.items() if k in defaults and (tuple(v) if isinstance(v, list) else v) != defaults[k]}
+
+
+def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
+    """``python -m fusion ...`` with the options as flags, for reproducing a run headless."""
+    parts = ["python", "-m", "fusion", *words]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (tuple, list)):
+            parts += [flag, *map(str, value)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
