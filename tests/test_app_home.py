@@ -7,7 +7,7 @@ import threading
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import app_workspace, messages, open_app, wait_for_job  # noqa: F401
+from app_helpers import messages, open_app, wait_for_job
 from fusion.errors import ConfigError
 from ui.jobs import JobBusy, JobRunner
 from ui.state import job_runner

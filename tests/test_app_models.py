@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from app_helpers import app_workspace, messages, open_app, train_quick_models, wait_for_job  # noqa: F401
+from app_helpers import messages, open_app, train_quick_models, wait_for_job
 from fusion.errors import FusionError
 from fusion.models import build_model, default_spec
 from ui.checkpoints import export_bytes, import_upload
