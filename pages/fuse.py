@@ -8,6 +8,7 @@ from fusion.fuse import REGISTRY
 from fusion.pipeline import compare_fusion
 from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord
+from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import command_line, non_default, option_widgets, parse_options
@@ -95,7 +96,7 @@ st.dataframe(
     width="stretch",
     column_config={"test accuracy (%)": st.column_config.NumberColumn(format="%.2f"), "test loss": st.column_config.NumberColumn(format="%.4f"), "time (s)": st.column_config.NumberColumn(format="%.2f")},
 )
-st.plotly_chart(comparison_figure(comparison["rows"]), width="stretch")
+show_chart(comparison_figure(comparison["rows"]), f"comparison-{shown_id}")
 report = comparison["report"]
 details = report.get("details", {})
 if "layer_map" in details:

@@ -7,6 +7,7 @@ import streamlit as st
 from analysis.fusion_figures import neuron_norms_figure, parent_role, survival_figure
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
 from fusion.data import load_dataset
+from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.state import selected_model_ids, workspace
 
@@ -36,7 +37,7 @@ side = st.radio("Norm", ["incoming", "outgoing"], horizontal=True, key="norms.si
 with report_errors():
     example = load_dataset(record.dataset).x_test[:2]
     norms = {role: neuron_norms(ws.load(r.id)[0], example) for role, r in zip(roles, family)}
-    st.plotly_chart(neuron_norms_figure(norms, side), width="stretch")
+    show_chart(neuron_norms_figure(norms, side), f"norms-{side}-{model_id}")
 
 details = record.provenance.get("report", {}).get("details", {})
 if record.method == "transplant":
@@ -46,9 +47,9 @@ if record.method == "transplant":
     st.dataframe(counts, hide_index=True, width="stretch")
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
     table = next(t for t in tables if t.group == group)
-    st.plotly_chart(survival_figure(table, [parent_role(k) for k in range(len(record.parents))]), width="stretch")
+    show_chart(survival_figure(table, [parent_role(k) for k in range(len(record.parents))]), f"survival-{model_id}-{group}")
 elif record.method in ("intra", "prune"):
     st.subheader("Kept and " + ("merged" if record.method == "intra" else "dropped") + " neurons")
     tables = pruning_survival(details)
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.pruning.group")
-    st.plotly_chart(survival_figure(next(t for t in tables if t.group == group), ["parent A"]), width="stretch")
+    show_chart(survival_figure(next(t for t in tables if t.group == group), ["parent A"]), f"kept-{model_id}-{group}")

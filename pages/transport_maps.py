@@ -5,6 +5,7 @@ import streamlit as st
 
 from analysis.fusion_figures import transport_map_figure
 from analysis.maps import stored_maps, summarise
+from ui.charts import show_chart
 from ui.state import selected_model_ids, workspace
 
 MAPPED_METHODS = ("ot", "matching", "cla", "intra")
@@ -41,4 +42,4 @@ left, right = st.columns(2)
 parent = left.selectbox("Aligned parent", parents, format_func=lambda k: f"parent {k} ({by_id[model_id].parents[k] if k < len(by_id[model_id].parents) else 'self'})", key="maps.parent")
 groups = [m for m in maps if m.model == parent]
 group = right.selectbox("Neuron group", [m.group for m in groups], key="maps.group")
-st.plotly_chart(transport_map_figure(next(m for m in groups if m.group == group)), width="stretch")
+show_chart(transport_map_figure(next(m for m in groups if m.group == group)), f"transport-{model_id}-{parent}-{group}")

@@ -20,6 +20,8 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import torch
+
 from fusion.errors import FusionError
 from fusion.train import Progress
 
@@ -100,6 +102,13 @@ class Job:
         text = f"{step} · {format_seconds(self.elapsed)} elapsed"
         eta = self.eta
         return text if eta is None else f"{text} · ETA {format_seconds(eta)}"
+
+
+def release_gpu_memory() -> None:
+    """Hand the CUDA caching allocator's unused blocks back after a job, so the next job and other processes see
+    the memory free."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class JobRunner:
@@ -213,6 +222,8 @@ class JobRunner:
             with self._lock:
                 job.result = result
                 self._finish(job, "done")
+        finally:
+            release_gpu_memory()
 
     def _finish(self, job: Job, status: JobStatus, message: str | None = None, error: str | None = None) -> None:
         job.status, job.finished = status, time.time()

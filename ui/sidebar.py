@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
 from fusion.device import describe_device
 from ui.job_view import live_job_progress
@@ -14,6 +15,9 @@ def draw_sidebar() -> None:
     with st.sidebar:
         st.markdown("**Device**")
         st.caption(describe_device(device()))
+        if device().type == "cuda":
+            used, total = torch.cuda.mem_get_info(device())[::-1]
+            st.caption(f"GPU memory in use: {(used - total) / 2**30:.1f} of {used / 2**30:.0f} GiB")
         st.markdown("**Workspace**")
         st.caption(f"`{workspace_root()}`")
         st.markdown("**Job**")
