@@ -228,7 +228,9 @@ def test_fuse_and_save_keeps_the_deep_parents_spec(workspace):
     record = workspace.record(run.record.id)
     assert record.spec == specs[1] and record.parents == ids and record.method == "cla"
     assert record.provenance["report"]["details"]["layer_map"] == [0]
-    assert set(workspace.load_tensors(record.id, "transport")) == {f"model0/layers.{i}" for i in (1, 3, 5)}
+    assert set(workspace.load_tensors(record.id, "transport")) == {
+        f"model0/layers.{i}/{kind}" for i in (1, 3, 5) for kind in ("plan", "cost")
+    }
     model, _ = workspace.load(record.id)
     assert max_logit_difference(model, run.result.model, X) < 1e-5
 
