@@ -110,9 +110,15 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     try:
         names = {module: name for name, module in model.named_modules()}
         example_inputs = example_inputs[:1]
-        order, fixed = trace_order(model, example_inputs)
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
-        groups = [describe(graph, group, names, order) for group in graph.get_all_groups(ignored_layers=fixed)]
+        try:
+            order, fixed = trace_order(model, example_inputs)
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            found = list(graph.get_all_groups(ignored_layers=fixed))
+        except UnsupportedArchitecture:
+            raise
+        except Exception as exc:
+            raise UnsupportedArchitecture(f"the model could not be traced on an input of shape {tuple(example_inputs.shape)}: {type(exc).__name__}: {exc}") from exc
+        groups = [describe(graph, group, names, order) for group in found]
     finally:
         model.train(was_training)
     claimed: dict[str, str] = {}

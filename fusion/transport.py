@@ -22,6 +22,7 @@ both equal ``n T`` and, for a hard assignment, the permutation matrix. otfusion'
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -36,6 +37,8 @@ Metric = Literal["euclidean", "sqeuclidean", "cosine"]
 CostNormalization = Literal["none", "max", "median", "mean", "log"]
 Solver = Literal["exact", "sinkhorn"]
 Correction = Literal["marginals", "reference"]
+SINKHORN_ITERATIONS = 5000
+SINKHORN_TOLERANCE = 1e-3
 
 
 class TransportError(FusionError):
@@ -123,9 +126,17 @@ def transport_plan(
     if solver == "sinkhorn":
         if not reg > 0:
             raise ConfigError(f"Sinkhorn needs a positive regularisation, got {reg}")
-        plan = ot.sinkhorn(mu, nu, matrix, reg, method="sinkhorn_log", numItermax=5000, stopThr=1e-9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan, log = ot.sinkhorn(mu, nu, matrix, reg, method="sinkhorn_log", numItermax=SINKHORN_ITERATIONS, stopThr=1e-9, log=True)
         if not np.isfinite(plan).all() or plan.sum() <= 0:
             raise TransportError(f"Sinkhorn failed at reg={reg}; raise the regularisation or normalise the cost")
+        violation = float(np.abs(plan.sum(0) - nu).max() + np.abs(plan.sum(1) - mu).max())
+        if violation > SINKHORN_TOLERANCE:
+            raise TransportError(
+                f"Sinkhorn did not converge in {SINKHORN_ITERATIONS} iterations at reg={reg} (marginals off by "
+                f"{violation:.2g}); raise reg, normalise the cost (cost_normalization='max') or use the exact solver"
+            )
         return plan
     raise ConfigError(f"unknown solver {solver!r}; expected exact or sinkhorn")
 

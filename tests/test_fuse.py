@@ -186,3 +186,42 @@ def test_cli_fuse_refuses_an_option_of_another_method(workspace, capsys):
     code = main(["fuse", "--method", "average", "--models", *ids, "--workspace", str(workspace.root), "--json", "--mode", "activations"])
     assert code == 1
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "ConfigError"
+
+
+def test_sinkhorn_that_does_not_converge_is_refused_and_nothing_is_saved(workspace):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(width,)), "digits", TrainConfig(epochs=1, seed=s)).id
+        for s, width in enumerate((24, 16))
+    ]
+    before = len(workspace.records())
+    with pytest.raises(TransportError, match="did not converge"):
+        fuse_and_save(workspace, ids, "ot", {"solver": "sinkhorn", "reg": 1e-5, "reference": 1})
+    assert len(workspace.records()) == before
+
+
+def test_an_untraceable_model_is_refused_with_a_typed_error():
+    from fusion.groups import UnsupportedArchitecture
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.layer(x.numpy().reshape(len(x), -1))  # leaves torch: nothing to trace
+
+    with pytest.raises(UnsupportedArchitecture, match="traced"):
+        fuse([Untraceable(), Untraceable()], "ot", inputs=X)
+
+
+@pytest.mark.parametrize("method,count,extra", [("transplant", 3, ["--variant", "iterative"]), ("intra", 1, ["--sparsity", "0.25"]), ("prune", 1, [])])
+def test_cli_runs_the_other_methods(workspace, capsys, method, count, extra):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).id
+        for s in range(count)
+    ]
+    code = main(["fuse", "--method", method, "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", *extra])
+    output = json.loads(capsys.readouterr().out)
+    assert code == 0, output
+    saved = workspace.record(output["models"][0]["id"])
+    assert saved.method == method and saved.parents == ids

@@ -20,6 +20,8 @@ def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
         return st.selectbox(label, option.choices, index=option.choices.index(str(option.default)), help=option.help, key=key, disabled=disabled)
     if option.kind == "int":
         return st.number_input(label, value=int(option.default), step=1, help=option.help, key=key, disabled=disabled)
+    if option.name == "sparsity":
+        return st.slider(label, 0.05, 0.95, float(option.default), 0.05, help=option.help, key=key, disabled=disabled)
     if option.kind == "float":
         return st.number_input(label, value=float(option.default), format="%.4g", help=option.help, key=key, disabled=disabled)
     text = st.text_input(label, value="" if option.default is None else ", ".join(map(str, option.default)), help=option.help + " (comma-separated; empty for the default)", key=key, disabled=disabled)
