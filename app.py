@@ -12,6 +12,8 @@ PAGES = [
     st.Page("pages/fuse.py", title="Fuse", icon=":material/merge:"),
     st.Page("pages/transport_maps.py", title="Transport maps", icon=":material/grid_on:"),
     st.Page("pages/neuron_norms.py", title="Neuron norms", icon=":material/bar_chart:"),
+    st.Page("pages/loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
+    st.Page("pages/hessian.py", title="Hessian", icon=":material/functions:"),
 ]
 
 page = st.navigation(PAGES)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from analysis.cli import add_analysis_commands
 from fusion.data import DATASETS, load_dataset
 from fusion.device import default_device, describe_device
 from fusion.errors import FusionError
@@ -256,6 +257,7 @@ def parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", parents=[common], help="delete a model")
     delete.add_argument("id")
     delete.set_defaults(run=command_delete)
+    add_analysis_commands(commands, common)
     return main
 
 

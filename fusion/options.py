@@ -11,8 +11,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class OptionField:
-    """One option: its name, kind (``bool``, ``int``, ``float``, ``choice``, ``floats``), allowed choices, default
-    and help text."""
+    """One option: its name, kind (``bool``, ``int``, ``optional int`` (``None`` for "all"), ``float``, ``choice``,
+    ``floats``), allowed choices, default and help text."""
 
     name: str
     kind: str
@@ -42,6 +42,8 @@ def option_fields(cls: type) -> list[OptionField]:
             kind, choices = "float", ()
         elif hint is str:
             kind, choices = "str", ()
+        elif set(args) == {int, type(None)}:
+            kind, choices = "optional int", ()
         else:
             kind, choices = "floats", ()
         fields.append(OptionField(f.name, kind, f.default, f.metadata.get("help", ""), choices))

@@ -34,14 +34,16 @@ method = st.selectbox(
     "Method", list(REGISTRY), format_func=lambda m: f"{m} — {REGISTRY[m].summary}", key="fuse.method", disabled=disabled
 )
 spec = REGISTRY[method]
-default = [i for i in selected_model_ids() if i in by_id][: spec.max_models or None]
+models_key = f"fuse.models.{method}"
+if models_key not in st.session_state:
+    st.session_state[models_key] = [i for i in selected_model_ids() if i in by_id][: spec.max_models or None]
+st.session_state[models_key] = [i for i in st.session_state[models_key] if i in by_id]
 chosen = st.multiselect(
     "Models" + (" (exactly one)" if spec.max_models == 1 else f" (at least {spec.min_models})"),
     list(by_id),
-    default=default,
     format_func=lambda i: f"{by_id[i].name} · {by_id[i].metrics.get('test_accuracy', float('nan')) * 100:.1f}% ({i})",
     max_selections=spec.max_models,
-    key=f"fuse.models.{method}",
+    key=models_key,
     disabled=disabled,
 )
 

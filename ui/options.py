@@ -20,6 +20,8 @@ def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
         return st.selectbox(label, option.choices, index=option.choices.index(str(option.default)), help=option.help, key=key, disabled=disabled)
     if option.kind == "int":
         return st.number_input(label, value=int(option.default), step=1, help=option.help, key=key, disabled=disabled)
+    if option.kind == "optional int":
+        return st.number_input(label + " (0: all)", value=int(option.default or 0), min_value=0, step=1, help=option.help, key=key, disabled=disabled)
     if option.name == "sparsity":
         return st.slider(label, 0.05, 0.95, float(option.default), 0.05, help=option.help, key=key, disabled=disabled)
     if option.kind == "float":
@@ -55,6 +57,8 @@ def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]
                 raise ConfigError(f"{option.name}: expected numbers separated by commas, got {text!r}") from exc
         elif option.kind == "int":
             value = int(value)
+        elif option.kind == "optional int":
+            value = int(value) or None
         elif option.kind == "float":
             value = float(value)
         if value != option.default:

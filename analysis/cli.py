@@ -1,0 +1,146 @@
+"""The ``hessian`` and ``landscape`` commands of ``python -m fusion``; :mod:`fusion.cli` registers them through
+:func:`add_analysis_commands`. Each stores its result with the (first) model in the workspace and returns a summary."""
+
+from __future__ import annotations
+
+import argparse
+import string
+from typing import Any
+
+from torch import nn
+
+from analysis.hessian import HessianConfig, hessian_report
+from analysis.landscape import LandscapeConfig, linear_interpolation, plane, random_directions
+from fusion.data import load_dataset
+from fusion.device import default_device
+from fusion.errors import ArchitectureError, ConfigError
+from fusion.train import Progress
+from fusion.workspace import ModelRecord, Workspace
+
+LANDSCAPE_MODELS = {"interpolation": 2, "plane": 3, "random": 1}
+
+
+def progress_reporter(args: argparse.Namespace) -> Progress:
+    from fusion.cli import stderr_progress  # fusion.cli imports this module, so the import waits until a command runs
+
+    return stderr_progress(args.quiet)
+
+
+def model_role(record: ModelRecord, index: int) -> str:
+    """The colour role of a model: parents (trained or imported) by position, fused or fine-tuned by provenance."""
+    if record.method in ("train", "import"):
+        return f"parent {string.ascii_uppercase[index % 26]}"
+    if record.method == "finetune":
+        return "fine-tuned"
+    return record.method if record.method == "ensemble" else "fused"
+
+
+def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    model, record = workspace.load(args.id)
+    data = load_dataset(record.dataset, download=args.download)
+    config = HessianConfig(
+        samples=args.samples,
+        batch_size=args.batch_size,
+        iterations=args.iterations,
+        tolerance=args.tolerance,
+        top_k=args.top_k,
+        probes=args.probes,
+        steps=args.steps,
+        runs=args.runs,
+        seed=args.seed,
+    )
+    report = hessian_report(model, data.split(args.split), config, progress=progress_reporter(args))
+    workspace.save_result(record.id, "hessian", {"model": record.id, "dataset": record.dataset, "split": args.split, **report.to_dict()})
+    return {
+        "id": record.id,
+        "dataset": record.dataset,
+        "split": args.split,
+        "samples": report.samples,
+        "device": str(default_device()),
+        "top_eigenvalues": report.top.eigenvalues.tolist(),
+        "converged": report.top.converged,
+        "trace": report.trace.mean,
+        "trace_error": report.trace.error,
+        "density_runs": len(report.density.nodes),
+        "seconds": report.seconds,
+        "result": str(workspace.result_path(record.id, "hessian")),
+    }
+
+
+def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    needed = LANDSCAPE_MODELS[args.kind]
+    if len(args.models) != needed:
+        raise ConfigError(f"--kind {args.kind} needs {needed} model id(s), got {len(args.models)}: {' '.join(args.models)}")
+    loaded = [workspace.load(model_id) for model_id in args.models]
+    models: list[nn.Module] = [model for model, _ in loaded]
+    records = [record for _, record in loaded]
+    for record in records[1:]:
+        if record.dataset != records[0].dataset or record.spec != records[0].spec:
+            raise ArchitectureError(
+                f"{record.id} ({record.spec.describe()}, {record.dataset}) does not share the architecture and dataset of "
+                f"{records[0].id} ({records[0].spec.describe()}, {records[0].dataset})"
+            )
+    data = load_dataset(records[0].dataset, download=args.download)
+    config = LandscapeConfig(
+        resolution=args.resolution,
+        span=args.range,
+        samples=args.samples,
+        seed=args.seed,
+        recompute_batchnorm=args.recompute_batchnorm,
+    )
+    roles = [model_role(record, index) for index, record in enumerate(records)]
+    progress = progress_reporter(args)
+    summary: dict[str, Any]
+    if args.kind == "interpolation":
+        result: Any = linear_interpolation(models[0], models[1], data, config, progress=progress, labels=(roles[0], roles[1]))
+        summary = {"train_barrier": result.train_barrier, "test_barrier": result.test_barrier}
+    elif args.kind == "plane":
+        result = plane(models, data, config, progress=progress, labels=(roles[0], roles[1], roles[2]))
+        summary = {"coordinates": [list(c) for c in result.coordinates], "labels": list(result.labels)}
+    else:
+        result = random_directions(models[0], data, args.dims, config, progress=progress, label=roles[0])
+        summary = {"dims": args.dims}
+    kind = f"landscape-{args.kind}"
+    workspace.save_result(records[0].id, kind, {"model_ids": args.models, "dataset": records[0].dataset, "config": config.to_dict(), **result.to_dict()})
+    return {
+        "kind": args.kind,
+        "model_ids": args.models,
+        "dataset": records[0].dataset,
+        "device": str(default_device()),
+        "points": int(result.metrics.test_loss.size),
+        "min_test_loss": float(result.metrics.test_loss.min()),
+        **summary,
+        "result": str(workspace.result_path(records[0].id, kind)),
+    }
+
+
+def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``hessian ID`` and ``landscape --models ...`` on ``python -m fusion``'s subparsers."""
+    defaults = HessianConfig()
+    hessian = subparsers.add_parser(
+        "hessian", parents=[common], help="Hessian top-k eigenvalues, trace, eigenvalue density and eigenvector perturbation"
+    )
+    hessian.add_argument("id")
+    hessian.add_argument("--split", choices=("train", "test"), default="test", help="data the loss is taken over")
+    hessian.add_argument("--samples", type=int, default=defaults.samples, help="examples drawn from the split")
+    hessian.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    hessian.add_argument("--top-k", type=int, default=defaults.top_k, help="number of top eigenvalues")
+    hessian.add_argument("--iterations", type=int, default=defaults.iterations, help="maximum Lanczos steps for top-k")
+    hessian.add_argument("--tolerance", type=float, default=defaults.tolerance, help="relative Ritz residual for top-k")
+    hessian.add_argument("--probes", type=int, default=defaults.probes, help="Hutchinson probes for the trace")
+    hessian.add_argument("--runs", type=int, default=defaults.runs, help="SLQ runs for the density")
+    hessian.add_argument("--steps", type=int, default=defaults.steps, help="Lanczos steps per SLQ run")
+    hessian.add_argument("--seed", type=int, default=defaults.seed)
+    hessian.set_defaults(run=command_hessian)
+
+    landscape_defaults = LandscapeConfig()
+    landscape = subparsers.add_parser("landscape", parents=[common], help="loss landscape: interpolation, plane or random directions")
+    landscape.add_argument("--models", nargs="+", required=True, help="2 ids (interpolation), 3 (plane) or 1 (random)")
+    landscape.add_argument("--kind", choices=tuple(LANDSCAPE_MODELS), default="interpolation")
+    landscape.add_argument("--resolution", type=int, default=landscape_defaults.resolution, help="points per axis")
+    landscape.add_argument("--range", type=float, default=landscape_defaults.span, help="random directions: coefficients in [-R, R]")
+    landscape.add_argument("--dims", type=int, choices=(1, 2), default=2, help="random directions: 1-D or 2-D")
+    landscape.add_argument("--samples", type=int, default=landscape_defaults.samples, help="examples per split (default all)")
+    landscape.add_argument("--seed", type=int, default=landscape_defaults.seed)
+    landscape.add_argument("--recompute-batchnorm", action="store_true", help="re-estimate BatchNorm statistics at every point")
+    landscape.set_defaults(run=command_landscape)

@@ -1,0 +1,221 @@
+"""Plotly figure builders: pure functions from analysis results to ``go.Figure`` (tested without a browser).
+
+Every page draws models in the colour of their *role* (:func:`model_colour`), so parent A is the same blue on every
+figure of the app. Losses are mean cross-entropies in nats, accuracies in percent, Hessian eigenvalues in nats per
+squared parameter unit.
+"""
+
+from __future__ import annotations
+
+import string
+import zlib
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analysis.hessian import EigenvalueDensity, PerturbationCurve, TopEigenvalues
+from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
+from fusion.errors import ConfigError
+
+PARENT_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#8C6D31", "#332288", "#44AA99")
+"""Parents A, B, C... (Okabe & Ito's colour-blind-safe palette first); the cycle repeats after H."""
+
+ROLE_COLOURS = {
+    "fused": "#D55E00",
+    "ensemble": "#6A3D9A",
+    "pruned": "#7F7F7F",
+    "fine-tuned": "#882255",
+}
+OTHER_COLOURS = ("#117733", "#999933", "#AA4499", "#661100", "#6699CC", "#888888")
+SPLIT_DASH = {"train": "solid", "test": "dash"}
+LOSS_TITLE = "cross-entropy (nats)"
+ACCURACY_TITLE = "accuracy (%)"
+EIGENVALUE_TITLE = "eigenvalue λ (nats / parameter²)"
+
+
+def model_colour(role: str) -> str:
+    """The colour of a model role, the same on every page.
+
+    ``"parent A"``, ``"parent B"``, ... (any letter) take the parent palette in order; ``"fused"``, ``"ensemble"``,
+    ``"pruned"`` and ``"fine-tuned"`` have fixed colours; any other role gets a stable colour from its name.
+    """
+    key = role.strip().lower()
+    if key.startswith("parent ") and len(key) == 8 and key[-1] in string.ascii_lowercase:
+        return PARENT_COLOURS[string.ascii_lowercase.index(key[-1]) % len(PARENT_COLOURS)]
+    if key in ROLE_COLOURS:
+        return ROLE_COLOURS[key]
+    return OTHER_COLOURS[zlib.crc32(key.encode()) % len(OTHER_COLOURS)]
+
+
+def positive_floor(values: np.ndarray) -> np.ndarray:
+    """``values`` with zeros and tiny entries raised to ``1e-12`` of the maximum, so a log axis shows them."""
+    values = np.asarray(values, dtype=float)
+    return np.maximum(values, max(float(np.nanmax(values)), 1e-300) * 1e-12)
+
+
+def eigenvalue_density_figure(
+    densities: Mapping[str, EigenvalueDensity], tops: Mapping[str, TopEigenvalues] | None = None
+) -> go.Figure:
+    """The SLQ eigenvalue density of each model (by role) on a log density axis, with ±1 spread over runs shaded
+    and the top eigenvalues marked as diamonds on the curve."""
+    figure = go.Figure()
+    for role, density in densities.items():
+        colour = model_colour(role)
+        upper = positive_floor(density.density + density.spread)
+        lower = positive_floor(np.maximum(density.density - density.spread, 0))
+        figure.add_trace(go.Scatter(
+            x=np.concatenate([density.grid, density.grid[::-1]]), y=np.concatenate([upper, lower[::-1]]),
+            fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip",
+            name=f"{role} spread over runs", showlegend=False,
+        ))
+        figure.add_trace(go.Scatter(
+            x=density.grid, y=positive_floor(density.density), mode="lines", line={"color": colour}, name=role,
+            hovertemplate="λ = %{x:.4g}<br>density = %{y:.3g}<extra>" + role + "</extra>",
+        ))
+        if tops and role in tops:
+            values = tops[role].eigenvalues
+            figure.add_trace(go.Scatter(
+                x=values, y=np.interp(values, density.grid, positive_floor(density.density)), mode="markers",
+                marker={"symbol": "diamond", "size": 10, "color": colour, "line": {"width": 1, "color": "black"}},
+                name=f"{role} top eigenvalues", text=[f"λ{i + 1}" for i in range(len(values))],
+                hovertemplate="%{text} = %{x:.5g}<extra>" + role + "</extra>",
+            ))
+    figure.update_layout(title="Hessian eigenvalue density (stochastic Lanczos quadrature)", hovermode="closest")
+    figure.update_xaxes(title_text=EIGENVALUE_TITLE)
+    figure.update_yaxes(title_text="density (1 / λ), log scale", type="log")
+    return figure
+
+
+def top_eigenvalues_figure(tops: Mapping[str, TopEigenvalues]) -> go.Figure:
+    """Grouped bars of the top-k Hessian eigenvalues per model, hover showing value and residual."""
+    figure = go.Figure()
+    for role, top in tops.items():
+        labels = [f"λ{i + 1}" for i in range(len(top.eigenvalues))]
+        figure.add_trace(go.Bar(
+            x=labels, y=top.eigenvalues, name=role, marker_color=model_colour(role),
+            customdata=np.stack([top.residuals], axis=1),
+            hovertemplate="%{x} = %{y:.5g}<br>residual ‖Hv − λv‖ ≈ %{customdata[0]:.2g}<extra>" + role + "</extra>",
+        ))
+    figure.update_layout(title="Top Hessian eigenvalues", barmode="group")
+    figure.update_xaxes(title_text="eigenvalue rank")
+    figure.update_yaxes(title_text=EIGENVALUE_TITLE)
+    return figure
+
+
+def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]]) -> go.Figure:
+    """Loss and accuracy along ``θ + t v`` per model (colour = role, dash = direction: solid for the first direction,
+    e.g. the top eigenvector, dashed/dotted for the next, e.g. a random filter-normalised one)."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    dashes = ("solid", "dash", "dot", "dashdot")
+    for role, role_curves in curves.items():
+        for index, curve in enumerate(role_curves):
+            style = {"color": model_colour(role), "dash": dashes[index % len(dashes)]}
+            name = f"{role} · {curve.label}"
+            figure.add_trace(go.Scatter(
+                x=curve.ts, y=curve.loss, mode="lines+markers", line=style, name=name, legendgroup=name,
+                hovertemplate="t = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + name + "</extra>",
+            ), row=1, col=1)
+            figure.add_trace(go.Scatter(
+                x=curve.ts, y=100 * curve.accuracy, mode="lines+markers", line=style, name=name, legendgroup=name,
+                showlegend=False, hovertemplate="t = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + name + "</extra>",
+            ), row=1, col=2)
+    figure.update_layout(title="Loss along θ + t·v")
+    figure.update_xaxes(title_text="step t along the direction (parameter units)")
+    figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
+    figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
+    return figure
+
+
+def split_lines(figure: go.Figure, x: np.ndarray, metrics: GridMetrics, colour: str, name: str, x_label: str) -> None:
+    """Train (solid) and test (dashed) loss in column 1 and accuracy in column 2 of a 1x2 subplot figure."""
+    for split in ("train", "test"):
+        loss, accuracy = getattr(metrics, f"{split}_loss"), getattr(metrics, f"{split}_accuracy")
+        style = {"color": colour, "dash": SPLIT_DASH[split]}
+        label = f"{name} · {split}"
+        figure.add_trace(go.Scatter(
+            x=x, y=loss, mode="lines+markers", line=style, name=label, legendgroup=label,
+            hovertemplate=x_label + " = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + label + "</extra>",
+        ), row=1, col=1)
+        figure.add_trace(go.Scatter(
+            x=x, y=100 * accuracy, mode="lines+markers", line=style, name=label, legendgroup=label, showlegend=False,
+            hovertemplate=x_label + " = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + label + "</extra>",
+        ), row=1, col=2)
+
+
+def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figure:
+    """Train and test loss and accuracy along ``(1 - t) θ_A + t θ_B`` for each named interpolation (e.g. "A → B" and
+    "A → B aligned"), the endpoints marked in their roles' colours and the barriers in the legend."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    for index, (name, result) in enumerate(results.items()):
+        colour = OTHER_COLOURS[index % len(OTHER_COLOURS)] if len(results) > 1 else "#444444"
+        label = f"{name} (barrier {result.test_barrier:.3f} test, {result.train_barrier:.3f} train)"
+        split_lines(figure, result.ts, result.metrics, colour, label, "t")
+        for end, role in ((0, result.labels[0]), (-1, result.labels[1])):
+            figure.add_trace(go.Scatter(
+                x=[result.ts[end]], y=[result.metrics.test_loss[end]], mode="markers", name=role, legendgroup=role,
+                showlegend=index == 0, marker={"size": 12, "color": model_colour(role), "symbol": "circle"},
+                hovertemplate=role + "<br>test loss = %{y:.4f} nats<extra></extra>",
+            ), row=1, col=1)
+    figure.update_layout(title="Linear interpolation between two models")
+    figure.update_xaxes(title_text="interpolation weight t (0 = first model, 1 = second)")
+    figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
+    figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
+    return figure
+
+
+def metric_values(metrics: GridMetrics, metric: str) -> tuple[np.ndarray, str]:
+    if metric not in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        raise ConfigError(f"metric must be train_loss, train_accuracy, test_loss or test_accuracy, got {metric!r}")
+    values = getattr(metrics, metric)
+    if metric.endswith("accuracy"):
+        return 100 * values, f"{metric.split('_')[0]} {ACCURACY_TITLE}"
+    return values, f"{metric.split('_')[0]} {LOSS_TITLE}"
+
+
+def plane_figure(result: PlaneResult, metric: str = "test_loss") -> go.Figure:
+    """A contour map of ``metric`` over the plane through three models, each marked in its role's colour."""
+    values, title = metric_values(result.metrics, metric)
+    figure = go.Figure(go.Contour(
+        x=result.x, y=result.y, z=values, colorscale="Viridis", colorbar={"title": {"text": title}},
+        hovertemplate="x = %{x:.3f}<br>y = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>", name=title,
+    ))
+    for (x, y), role in zip(result.coordinates, result.labels):
+        figure.add_trace(go.Scatter(
+            x=[x], y=[y], mode="markers+text", text=[role], textposition="top center", name=role,
+            marker={"size": 13, "color": model_colour(role), "line": {"width": 1.5, "color": "white"}},
+            hovertemplate=role + "<br>x = %{x:.3f}, y = %{y:.3f}<extra></extra>",
+        ))
+    figure.update_layout(title=f"Plane through three models: {title}")
+    figure.update_xaxes(title_text="x along θ_B − θ_A (parameter-space distance)")
+    figure.update_yaxes(title_text="y, orthogonal, towards θ_C (parameter-space distance)", scaleanchor="x", scaleratio=1)
+    return figure
+
+
+def random_directions_figure(result: RandomDirectionsResult, metric: str = "test_loss") -> go.Figure:
+    """One direction: train/test loss and accuracy against ``α``; two directions: a contour of ``metric`` over
+    ``(α, β)`` with the model at the origin."""
+    axis = "α along filter-normalised direction 1 (units of the weights' filter norms)"
+    if result.dims == 1:
+        figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+        split_lines(figure, result.alphas, result.metrics, model_colour(result.label), result.label, "α")
+        figure.update_xaxes(title_text=axis)
+        figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
+        figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
+        figure.update_layout(title=f"Loss along a random filter-normalised direction around {result.label}")
+        return figure
+    values, title = metric_values(result.metrics, metric)
+    figure = go.Figure(go.Contour(
+        x=result.alphas, y=result.alphas, z=values, colorscale="Viridis", colorbar={"title": {"text": title}},
+        hovertemplate="α = %{x:.3f}<br>β = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>", name=title,
+    ))
+    figure.add_trace(go.Scatter(
+        x=[0.0], y=[0.0], mode="markers+text", text=[result.label], textposition="top center", name=result.label,
+        marker={"size": 13, "color": model_colour(result.label), "line": {"width": 1.5, "color": "white"}},
+        hovertemplate=result.label + "<extra></extra>",
+    ))
+    figure.update_layout(title=f"Loss surface around {result.label} (Li et al. 2018 filter-normalised directions)")
+    figure.update_xaxes(title_text=axis)
+    figure.update_yaxes(title_text="β along filter-normalised direction 2 (units of the weights' filter norms)", scaleanchor="x", scaleratio=1)
+    return figure

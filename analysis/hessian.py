@@ -1,0 +1,689 @@
+"""The Hessian of the loss: top eigenvalues, trace, eigenvalue density and the loss along eigenvectors.
+
+The Hessian is that of the data-weighted mean loss over ``N`` examples split into batches ``B_b``:
+``H = ∇²_θ L(θ)``, ``L(θ) = Σ_b (|B_b| / N) ℓ(f(x_b; θ), (x_b, y_b))``, with ``ℓ`` a batch-mean loss (cross-entropy by
+default) and the model in eval mode (BatchNorm uses its running statistics). It is never formed: every algorithm
+calls Hessian-vector products ``H V`` for a block of vectors ``V: (b, n)``, ``n`` the number of parameters analysed.
+
+Hessian-vector products are forward-over-reverse (Pearlmutter 1994): ``H v = J_v(∇_θ L)`` is the forward-mode
+directional derivative (``torch.func.jvp``) of the reverse-mode gradient (``torch.func.grad`` over
+``torch.func.functional_call``), and a block of vectors is pushed through one call with ``torch.func.vmap`` so the
+primal forward and backward are computed once for the whole block. Chosen by measurement on this machine's CPU
+(2 threads, shared), per vector, relative to one forward+backward pass:
+
+====================================  ==============  ==============
+method                                digits CNN      ResNet-18 32x32
+====================================  ==============  ==============
+double backward, 1 vector             0.89x           4.5x
+double backward, 4 vectors batched    1.08x           3.1x
+forward-over-reverse, 1 vector        0.74x           5.0x
+forward-over-reverse, 4 vectors       1.14x           2.6x
+====================================  ==============  ==============
+
+(digits CNN 16-32 at batch 256; ResNet-18 at batch 32; see ``bench/bench_hessian.py``.) On the small CNN a single
+vector per call is cheapest, on the ResNet a block of vectors: ``HessianConfig.block_size`` sets the block, and the
+Lanczos iterations (inherently one vector at a time) use single-vector calls.
+
+Algorithms (Yao et al. 2020, "PyHessian: Neural Networks Through the Lens of the Hessian"):
+
+- top-k eigenvalues: Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped when the Ritz residual
+  bound ``β_m |s_{m,i}|`` of each of the top k Ritz pairs is at most ``tolerance * |θ_1|`` (PyHessian uses power
+  iteration with deflation, which needs many more products for the same accuracy);
+- trace: Hutchinson's estimator ``tr H ≈ (1/P) Σ_p z_pᵀ H z_p`` with Rademacher ``z_p`` (Hutchinson 1989; Avron &
+  Toledo 2011), with the error bar ``std(z_pᵀ H z_p) / sqrt(P)``;
+- eigenvalue density: stochastic Lanczos quadrature (Ghorbani et al. 2019, "An Investigation into Neural Net
+  Optimization via Hessian Eigenvalue Density"; Lin, Saad & Yang 2016): from a normalised Rademacher start ``v``,
+  ``m`` Lanczos steps give ``T_m = S Θ Sᵀ``; the density ``φ(t) = Σ_j S_{1j}² g_σ(t - θ_j)`` with a Gaussian kernel
+  ``g_σ`` is averaged over independent runs (computed together, one block of vectors per step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from analysis import AnalysisError, NonFiniteLoss
+from analysis.landscape import eval_mode, evaluate_combinations, filter_normalized_direction, float_state, json_array, numpy_array
+from fusion.device import default_device
+from fusion.errors import ConfigError, DatasetError
+from fusion.train import Progress, no_progress
+
+Loss = Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
+"""``loss(outputs, (inputs, targets))``: a scalar, the mean over the batch."""
+
+PERTURBATION_TS = tuple(float(t) for t in np.linspace(-0.5, 0.5, 21))
+"""The otfusion generalization study's ``t`` grid for the loss along ``θ + t v``."""
+
+
+def cross_entropy_loss(outputs: torch.Tensor, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return F.cross_entropy(outputs, batch[1])
+
+
+@dataclass(frozen=True)
+class HessianConfig:
+    """Data, iteration counts and seeds of the Hessian analyses.
+
+    ``samples`` examples (``None``: all given) drawn with ``seed``, in batches of ``batch_size`` (the otfusion study
+    used test batches of 1000). Top-k: at most ``iterations`` Lanczos steps, stopping at relative residual
+    ``tolerance`` (PyHessian's ``maxIter=100``, ``tol=1e-3``), ``top_k`` eigenvalues (3 in the study). Trace:
+    ``probes`` Rademacher probes (PyHessian's ``maxIter=100``). Density: ``runs`` SLQ runs of ``steps`` Lanczos steps
+    (PyHessian's ``n_v``, ``iter=100``), a Gaussian kernel of width ``kernel_width`` times the spectrum's range, on a
+    grid of ``bins`` points, with full reorthogonalisation when ``reorthogonalize`` (memory ``runs * steps * n`` floats).
+    ``block_size`` vectors share one Hessian-vector call.
+    """
+
+    samples: int | None = 1000
+    batch_size: int = 1000
+    iterations: int = 100
+    tolerance: float = 1e-3
+    top_k: int = 3
+    probes: int = 100
+    steps: int = 100
+    runs: int = 4
+    bins: int = 1000
+    kernel_width: float = 0.01
+    reorthogonalize: bool = True
+    block_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
+            raise ConfigError(f"samples must be a positive integer or None (all), got {self.samples!r}")
+        for name, low, high in (
+            ("batch_size", 1, 65536),
+            ("iterations", 1, 100_000),
+            ("top_k", 1, 10_000),
+            ("probes", 1, 1_000_000),
+            ("steps", 1, 100_000),
+            ("runs", 1, 10_000),
+            ("bins", 50, 1_000_000),
+            ("block_size", 1, 4096),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        if self.iterations < self.top_k:
+            raise ConfigError(f"iterations ({self.iterations}) must be at least top_k ({self.top_k})")
+        if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):
+            raise ConfigError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
+        if not (isinstance(self.kernel_width, (int, float)) and 0 < self.kernel_width <= 1):
+            raise ConfigError(f"kernel_width must be in (0, 1], got {self.kernel_width!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParameterSpace:
+    """The analysed parameters in a fixed order; flat vectors ``(..., n)`` concatenate them flattened."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [math.prod(s) for s in self.shapes]
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``{name: (..., *shape)}`` to ``(..., n)``."""
+        lead = tensors[self.names[0]].shape[: tensors[self.names[0]].dim() - len(self.shapes[0])]
+        return torch.cat([tensors[name].reshape(*lead, -1) for name in self.names], dim=-1)
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(..., n)`` to ``{name: (..., *shape)}`` (views)."""
+        lead = flat.shape[:-1]
+        return {
+            name: part.reshape(*lead, *shape)
+            for name, shape, part in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))
+        }
+
+
+def sample_data(data: tuple[torch.Tensor, torch.Tensor], config: HessianConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``config.samples`` examples of ``data`` drawn without replacement with ``config.seed`` (all if fewer)."""
+    inputs, targets = data
+    if len(inputs) == 0:
+        raise DatasetError("the Hessian needs data, got an empty dataset")
+    if len(inputs) != len(targets):
+        raise DatasetError(f"inputs and targets differ in length: {len(inputs)} != {len(targets)}")
+    if config.samples is None or config.samples >= len(inputs):
+        return inputs, targets
+    index = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(config.seed))[: config.samples]
+    return inputs[index], targets[index]
+
+
+class HessianOperator:
+    """``V ↦ H V`` for ``V: (b, n)`` on ``device``, over ``data`` (already sampled) in batches of ``batch_size``.
+
+    ``parameters`` restricts ``θ`` to some trainable parameters (by name; the others are held fixed), giving the
+    diagonal block of the Hessian for one layer or group. ``products`` counts the vectors multiplied so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: tuple[torch.Tensor, torch.Tensor],
+        loss: Loss = cross_entropy_loss,
+        batch_size: int = 1000,
+        device: torch.device | None = None,
+        parameters: Sequence[str] | None = None,
+        block_size: int = 8,
+    ) -> None:
+        self.device = device or default_device()
+        trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        if not trainable:
+            raise AnalysisError(f"{type(model).__name__} has no trainable parameters: its Hessian is empty")
+        names = list(trainable) if parameters is None else list(parameters)
+        unknown = [name for name in names if name not in trainable]
+        if unknown or not names:
+            raise AnalysisError(
+                f"parameters must be names of trainable parameters ({', '.join(list(trainable)[:4])}...), got {unknown or names}"
+            )
+        inputs, targets = data
+        if len(inputs) == 0:
+            raise DatasetError("the Hessian needs data, got an empty dataset")
+        self.model = model
+        self.loss = loss
+        self.block_size = block_size
+        self.space = ParameterSpace(tuple(names), tuple(tuple(trainable[n].shape) for n in names))
+        self.params = {n: trainable[n].detach().to(self.device) for n in names}
+        self.fixed = {k: v.detach().to(self.device) for k, v in model.state_dict().items() if k not in self.params}
+        self.batches = [
+            (inputs[i : i + batch_size].to(self.device), targets[i : i + batch_size].to(self.device))
+            for i in range(0, len(inputs), batch_size)
+        ]
+        self.total = len(inputs)
+        self.products = 0
+
+    @property
+    def size(self) -> int:
+        return self.space.size
+
+    def batch_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(functional_call(self.model, {**params, **self.fixed}, (x,)), (x, y))
+
+    @torch.no_grad()
+    def loss_value(self) -> float:
+        """``L(θ)``; raises :class:`NonFiniteLoss` when it is NaN or infinite."""
+        with eval_mode(self.model):
+            value = sum(float(self.batch_loss(self.params, x, y)) * len(x) for x, y in self.batches) / self.total
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the loss at the analysed parameters is {value}; the Hessian is undefined there")
+        return value
+
+    def matmul(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``H V`` for ``V: (b, n)``, in blocks of ``block_size`` vectors per call; returns ``(b, n)``."""
+        return torch.cat([self.block_matmul(vectors[i : i + self.block_size]) for i in range(0, len(vectors), self.block_size)])
+
+    def block_matmul(self, vectors: torch.Tensor) -> torch.Tensor:
+        tangents = self.space.unflatten(vectors.to(self.device, torch.float32))
+        result = torch.zeros(vectors.shape, device=self.device)
+        with eval_mode(self.model):
+            for x, y in self.batches:
+                gradient = grad(lambda p: self.batch_loss(p, x, y))
+
+                def product(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                    return jvp(gradient, (self.params,), (v,))[1]
+
+                if len(vectors) == 1:
+                    hv = {k: t[None] for k, t in product({k: t[0] for k, t in tangents.items()}).items()}
+                else:
+                    hv = vmap(product)(tangents)
+                result += self.space.flatten(hv).detach() * (len(x) / self.total)
+        if not bool(torch.isfinite(result).all()):
+            raise NonFiniteLoss("a Hessian-vector product is NaN or infinite: the loss is not twice differentiable here")
+        self.products += len(vectors)
+        return result
+
+
+@dataclass(frozen=True, eq=False)
+class Lanczos:
+    """Per run r: the diagonal ``alphas[r]`` (length ``m_r``) and off-diagonal ``betas[r]`` (``m_r - 1``) of
+    ``T_{m_r}``, the norm ``residual_betas[r]`` of the residual left after the last step (0 after a breakdown), and,
+    when kept, the orthonormal Lanczos vectors ``basis: (runs, max m_r, n)``."""
+
+    alphas: list[np.ndarray]
+    betas: list[np.ndarray]
+    residual_betas: np.ndarray
+    basis: torch.Tensor | None
+
+    def tridiagonal(self, run: int = 0) -> np.ndarray:
+        return np.diag(self.alphas[run]) + np.diag(self.betas[run], 1) + np.diag(self.betas[run], -1)
+
+
+def lanczos(
+    operator: HessianOperator,
+    starts: torch.Tensor,
+    steps: int,
+    reorthogonalize: bool,
+    progress: Progress = no_progress,
+    stop: Callable[[Lanczos], bool] | None = None,
+) -> Lanczos:
+    """Run ``b`` Lanczos processes in lockstep from the rows of ``starts: (b, n)``, one block product per step.
+
+    With ``reorthogonalize`` every new vector is orthogonalised against all earlier ones of its run (two Gram-Schmidt
+    passes) and the basis is returned. A run ends early when its ``β`` vanishes (an invariant subspace: its Ritz values
+    are exact eigenvalues and its quadrature exact); ``stop``, called after every step, ends all runs.
+    """
+    count, n = starts.shape
+    steps = min(steps, n)
+    q = starts.to(operator.device, torch.float32)
+    q = q / q.norm(dim=1, keepdim=True)
+    previous = torch.zeros_like(q)
+    basis = torch.empty(count, steps, n, device=operator.device) if reorthogonalize else None
+    beta_previous = torch.zeros(count, device=operator.device)
+    alphas: list[list[float]] = [[] for _ in range(count)]
+    betas: list[list[float]] = [[] for _ in range(count)]
+    residual_betas = np.zeros(count)
+    active = list(range(count))
+    for step in range(steps):
+        if basis is not None:
+            basis[active, step] = q[active]
+        w = operator.matmul(q[active])
+        alpha = (w * q[active]).sum(1)
+        w = w - alpha[:, None] * q[active] - beta_previous[active, None] * previous[active]
+        if basis is not None:
+            for row, run in enumerate(active):
+                span = basis[run, : step + 1]
+                for _ in range(2):
+                    w[row] -= span.T @ (span @ w[row])
+        beta = w.norm(dim=1)
+        progress(step + 1, steps, f"Lanczos step {step + 1}/{steps}")
+        continuing = []
+        for row, run in enumerate(active):
+            alphas[run].append(float(alpha[row]))
+            scale = max(abs(a) for a in alphas[run]) + max(betas[run], default=0.0)
+            broke_down = float(beta[row]) <= 1e-6 * max(scale, 1e-30)
+            residual_betas[run] = 0.0 if broke_down else float(beta[row])
+            if step + 1 < steps and not broke_down:
+                continuing.append(run)
+                betas[run].append(float(beta[row]))
+                previous[run] = q[run]
+                q[run] = w[row] / beta[row]
+                beta_previous[run] = beta[row]
+        active = continuing
+        result = Lanczos([np.array(a) for a in alphas], [np.array(b[: len(a) - 1]) for a, b in zip(alphas, betas)], residual_betas.copy(), basis)
+        if not active or (stop is not None and stop(result)):
+            break
+    longest = max(len(a) for a in alphas)
+    return Lanczos(result.alphas, result.betas, result.residual_betas, None if basis is None else basis[:, :longest])
+
+
+def ritz_pairs(run: Lanczos, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` largest Ritz values of run 0, their vectors in the Lanczos basis ``(m, k)`` and residual bounds
+    ``|β s_{m,i}|`` (``= ||H y_i - θ_i y_i||`` in exact arithmetic)."""
+    values, vectors = np.linalg.eigh(run.tridiagonal(0))
+    order = np.argsort(values)[::-1][:k]
+    return values[order], vectors[:, order], np.abs(run.residual_betas[0] * vectors[-1, order])
+
+
+@dataclass(frozen=True, eq=False)
+class TopEigenvalues:
+    """The ``k`` largest eigenvalues ``λ_1 ≥ ... ≥ λ_k`` of the Hessian, Ritz residual bounds
+    ``||H v_i - λ_i v_i||`` (estimates), the unit eigenvectors ``(k, n)`` over ``space`` (``None`` when read back from a
+    stored result), the Lanczos steps (= Hessian-vector products) used, and whether the tolerance was met."""
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    eigenvectors: torch.Tensor | None
+    space: ParameterSpace
+    iterations: int
+    converged: bool
+    seconds: float
+
+    def direction(self, index: int = 0) -> dict[str, torch.Tensor]:
+        """Eigenvector ``index`` as ``{parameter name: tensor}``."""
+        if self.eigenvectors is None:
+            raise AnalysisError("this result was read back without its eigenvectors; recompute it to get directions")
+        return self.space.unflatten(self.eigenvectors[index])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "eigenvalues": json_array(self.eigenvalues),
+            "residuals": json_array(self.residuals),
+            "parameters": list(self.space.names),
+            "shapes": [list(s) for s in self.space.shapes],
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TopEigenvalues":
+        space = ParameterSpace(tuple(data["parameters"]), tuple(tuple(s) for s in data["shapes"]))
+        return cls(
+            numpy_array(data["eigenvalues"]), numpy_array(data["residuals"]), None, space,
+            int(data["iterations"]), bool(data["converged"]), float(data["seconds"]),
+        )
+
+
+def hessian_top_eigenvalues(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    k: int | None = None,
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+    parameters: Sequence[str] | None = None,
+) -> TopEigenvalues:
+    """The ``k`` (default ``config.top_k``) algebraically largest eigenvalues of ``H`` and their eigenvectors, by
+    Lanczos with full reorthogonalisation (see the module docstring). ``data = (inputs, targets)``.
+
+    Raises :class:`AnalysisError` when ``k`` exceeds the number of parameters ``n``, :class:`NonFiniteLoss` when the
+    loss is not finite, :class:`DatasetError` for empty data.
+    """
+    k = config.top_k if k is None else k
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    started = time.perf_counter()
+    operator = HessianOperator(model, sample_data(data, config), loss, config.batch_size, device, parameters, config.block_size)
+    if k > operator.size:
+        raise AnalysisError(f"k must be at most the number of parameters analysed ({operator.size}), got k={k}")
+    if config.iterations < k:
+        raise ConfigError(f"iterations ({config.iterations}) must be at least k ({k})")
+    operator.loss_value()
+    start = torch.randn(1, operator.size, generator=torch.Generator().manual_seed(config.seed))
+
+    def converged(run: Lanczos) -> bool:
+        if len(run.alphas[0]) < k:
+            return False
+        values, _, residuals = ritz_pairs(run, k)
+        return bool(np.all(residuals <= config.tolerance * max(np.abs(values).max(), 1e-30)))
+
+    run = lanczos(operator, start, config.iterations, True, progress, converged)
+    values, vectors, residuals = ritz_pairs(run, k)
+    eigenvectors = torch.as_tensor(vectors.T.copy(), dtype=torch.float32, device=operator.device) @ run.basis[0]
+    eigenvectors = eigenvectors / eigenvectors.norm(dim=1, keepdim=True)
+    steps = len(run.alphas[0])
+    done = steps == operator.size or run.residual_betas[0] == 0.0 or converged(run)
+    return TopEigenvalues(
+        values, residuals, eigenvectors.cpu(), operator.space, steps, bool(done), time.perf_counter() - started
+    )
+
+
+def rademacher(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``(count, size)`` independent signs ±1 (float32, CPU)."""
+    return torch.randint(0, 2, (count, size), generator=generator).float().mul_(2).sub_(1)
+
+
+@dataclass(frozen=True, eq=False)
+class HessianTrace:
+    """Hutchinson's estimate ``mean`` of ``tr H``, its error bar ``error = std / sqrt(P)`` and the ``P`` per-probe
+    values ``z_pᵀ H z_p``."""
+
+    mean: float
+    error: float
+    values: np.ndarray
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "error": self.error, "values": json_array(self.values), "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HessianTrace":
+        return cls(float(data["mean"]), float(data["error"]), numpy_array(data["values"]), float(data["seconds"]))
+
+
+def hessian_trace(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+    parameters: Sequence[str] | None = None,
+) -> HessianTrace:
+    """``tr H ≈ (1/P) Σ_p z_pᵀ H z_p`` over ``P = config.probes`` seeded Rademacher probes (Hutchinson 1989), computed
+    ``config.block_size`` probes per Hessian-vector call; the error bar is the standard error of the mean."""
+    started = time.perf_counter()
+    operator = HessianOperator(model, sample_data(data, config), loss, config.batch_size, device, parameters, config.block_size)
+    operator.loss_value()
+    generator = torch.Generator().manual_seed(config.seed)
+    values: list[float] = []
+    while len(values) < config.probes:
+        probes = rademacher(min(config.block_size, config.probes - len(values)), operator.size, generator).to(operator.device)
+        values += ((operator.matmul(probes) * probes).sum(1)).tolist()
+        progress(len(values), config.probes, f"trace probe {len(values)}/{config.probes}")
+    array = np.array(values)
+    error = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else math.inf
+    return HessianTrace(float(array.mean()), error, array, time.perf_counter() - started)
+
+
+@dataclass(frozen=True, eq=False)
+class EigenvalueDensity:
+    """The SLQ eigenvalue density: ``density`` and its ``spread`` (standard deviation over runs) on ``grid``
+    (``(bins,)``; ``∫ density = 1``), the Gaussian kernel width ``sigma``, and per run the quadrature ``nodes``
+    (Ritz values) and ``weights`` (summing to 1)."""
+
+    grid: np.ndarray
+    density: np.ndarray
+    spread: np.ndarray
+    sigma: float
+    nodes: tuple[np.ndarray, ...]
+    weights: tuple[np.ndarray, ...]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grid": json_array(self.grid),
+            "density": json_array(self.density),
+            "spread": json_array(self.spread),
+            "sigma": self.sigma,
+            "nodes": [json_array(n) for n in self.nodes],
+            "weights": [json_array(w) for w in self.weights],
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EigenvalueDensity":
+        return cls(
+            numpy_array(data["grid"]), numpy_array(data["density"]), numpy_array(data["spread"]), float(data["sigma"]),
+            tuple(numpy_array(n) for n in data["nodes"]), tuple(numpy_array(w) for w in data["weights"]), float(data["seconds"]),
+        )
+
+
+def hessian_eigenvalue_density(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+    parameters: Sequence[str] | None = None,
+) -> EigenvalueDensity:
+    """Stochastic Lanczos quadrature (Ghorbani et al. 2019, Sec. 3): ``config.runs`` runs of ``config.steps`` Lanczos
+    steps from normalised Rademacher starts, advanced together one block product per step. Run ``r`` gives nodes
+    ``θ_j`` and weights ``w_j = S_{1j}²`` of ``T = S Θ Sᵀ``; its density is ``Σ_j w_j N(t; θ_j, σ²)`` with
+    ``σ = kernel_width · (θ_max - θ_min)`` over all runs, evaluated on ``bins`` points over
+    ``[θ_min - 5σ, θ_max + 5σ]``. Returns the mean over runs and its standard deviation."""
+    started = time.perf_counter()
+    operator = HessianOperator(model, sample_data(data, config), loss, config.batch_size, device, parameters, config.block_size)
+    operator.loss_value()
+    starts = rademacher(config.runs, operator.size, torch.Generator().manual_seed(config.seed))
+    run = lanczos(operator, starts, config.steps, config.reorthogonalize, progress)
+    nodes, weights = [], []
+    for index in range(config.runs):
+        values, vectors = np.linalg.eigh(run.tridiagonal(index))
+        nodes.append(values)
+        weights.append(vectors[0] ** 2)
+    low = min(float(n.min()) for n in nodes)
+    high = max(float(n.max()) for n in nodes)
+    sigma = config.kernel_width * ((high - low) or max(abs(high), 1.0))
+    grid = np.linspace(low - 5 * sigma, high + 5 * sigma, config.bins)
+    per_run = np.stack([
+        (w[None, :] * np.exp(-0.5 * ((grid[:, None] - n[None, :]) / sigma) ** 2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
+        for n, w in zip(nodes, weights)
+    ])
+    spread = per_run.std(0, ddof=1) if config.runs > 1 else np.zeros_like(grid)
+    return EigenvalueDensity(grid, per_run.mean(0), spread, sigma, tuple(nodes), tuple(weights), time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class LayerHessian:
+    """One layer's diagonal Hessian block: its parameters, top eigenvalue, and trace with its error bar."""
+
+    layer: str
+    parameters: tuple[str, ...]
+    top_eigenvalue: float
+    trace: float
+    trace_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "parameters": list(self.parameters)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LayerHessian":
+        return cls(str(data["layer"]), tuple(data["parameters"]), float(data["top_eigenvalue"]), float(data["trace"]), float(data["trace_error"]))
+
+
+def layer_parameters(model: nn.Module) -> dict[str, list[str]]:
+    """``{module name: its own trainable parameter names}`` for every module holding parameters, in model order."""
+    layers: dict[str, list[str]] = {}
+    for module_name, module in model.named_modules():
+        names = [f"{module_name}.{n}" if module_name else n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if names:
+            layers[module_name] = names
+    return layers
+
+
+def layerwise_hessian(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+) -> list[LayerHessian]:
+    """Top eigenvalue and trace of each layer's block ``H_ll = ∇²_{θ_l} L`` (other parameters held fixed)."""
+    layers = layer_parameters(model)
+    results = []
+    for index, (layer, names) in enumerate(layers.items()):
+        top = hessian_top_eigenvalues(model, data, 1, config, device, no_progress, loss, names)
+        trace = hessian_trace(model, data, config, device, no_progress, loss, names)
+        results.append(LayerHessian(layer, tuple(names), float(top.eigenvalues[0]), trace.mean, trace.error))
+        progress(index + 1, len(layers), f"layer {layer}")
+    return results
+
+
+@dataclass(frozen=True, eq=False)
+class PerturbationCurve:
+    """Loss and accuracy at ``θ + t v`` for ``ts`` (``(T,)``), along the direction named ``label``."""
+
+    ts: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    label: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ts": json_array(self.ts), "loss": json_array(self.loss), "accuracy": json_array(self.accuracy), "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PerturbationCurve":
+        return cls(numpy_array(data["ts"]), numpy_array(data["loss"]), numpy_array(data["accuracy"]), str(data["label"]))
+
+
+def perturbation_curve(
+    model: nn.Module,
+    direction: Mapping[str, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    ts: Sequence[float] = PERTURBATION_TS,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    label: str = "top eigenvector",
+    batch_size: int = 1000,
+) -> PerturbationCurve:
+    """Cross-entropy and accuracy on ``data`` at ``θ + t v`` for each ``t`` (default ``linspace(-0.5, 0.5, 21)``, as in
+    the otfusion generalization study), eval mode. ``direction`` maps state_dict names to tensors; entries it omits
+    (BatchNorm statistics, say) stay fixed."""
+    device = device or default_device()
+    origin = float_state(model)
+    unknown = sorted(set(direction) - set(origin))
+    if unknown:
+        raise AnalysisError(f"the direction names entries the model does not have: {', '.join(unknown[:3])}")
+    full = {k: direction[k].to(v.device, v.dtype).reshape(v.shape) if k in direction else torch.zeros_like(v) for k, v in origin.items()}
+    inputs, targets = data
+    if len(inputs) == 0:
+        raise DatasetError("a perturbation curve needs data, got an empty dataset")
+    ts_array = np.asarray(ts, dtype=float)
+    coefficients = torch.tensor(np.stack([np.ones_like(ts_array), ts_array], axis=1))
+    losses, accuracies = evaluate_combinations(model, [origin, full], coefficients, inputs, targets, batch_size, 1, device, progress, label)
+    return PerturbationCurve(ts_array, losses, accuracies, label)
+
+
+@dataclass(frozen=True, eq=False)
+class HessianReport:
+    """Everything :func:`hessian_report` computes, with the config and sample count used; JSON via :meth:`to_dict`."""
+
+    top: TopEigenvalues
+    trace: HessianTrace
+    density: EigenvalueDensity
+    curves: tuple[PerturbationCurve, ...]
+    config: HessianConfig
+    samples: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "top": self.top.to_dict(),
+            "trace": self.trace.to_dict(),
+            "density": self.density.to_dict(),
+            "curves": [c.to_dict() for c in self.curves],
+            "config": self.config.to_dict(),
+            "samples": self.samples,
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "HessianReport":
+        return cls(
+            TopEigenvalues.from_dict(data["top"]),
+            HessianTrace.from_dict(data["trace"]),
+            EigenvalueDensity.from_dict(data["density"]),
+            tuple(PerturbationCurve.from_dict(c) for c in data["curves"]),
+            HessianConfig(**data["config"]),
+            int(data["samples"]),
+            float(data["seconds"]),
+        )
+
+
+def hessian_report(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+) -> HessianReport:
+    """The generalization study's Hessian analysis in one call: top-k eigenvalues, trace, eigenvalue density, and the
+    loss along the top eigenvector and along a random filter-normalised direction (seeded by ``config.seed``)."""
+    started = time.perf_counter()
+    sample = sample_data(data, config)
+    stages = 5
+
+    def stage(index: int, name: str) -> Progress:
+        return lambda done, total, message: progress(index * 1000 + 1000 * done // total, stages * 1000, f"{name}: {message}")
+
+    top = hessian_top_eigenvalues(model, sample, None, config, device, stage(0, "top eigenvalues"), loss)
+    trace = hessian_trace(model, sample, config, device, stage(1, "trace"), loss)
+    density = hessian_eigenvalue_density(model, sample, config, device, stage(2, "density"), loss)
+    random = filter_normalized_direction(model, torch.Generator().manual_seed(config.seed))
+    curves = (
+        perturbation_curve(model, top.direction(0), sample, device=device, progress=stage(3, "top eigenvector"), batch_size=config.batch_size),
+        perturbation_curve(
+            model, random, sample, device=device, progress=stage(4, "random direction"),
+            label="random filter-normalised", batch_size=config.batch_size,
+        ),
+    )
+    return HessianReport(top, trace, density, curves, config, len(sample[0]), time.perf_counter() - started)

@@ -1,0 +1,194 @@
+"""Analyses of workspace models, stored with them: the calls behind the Hessian and Loss-landscape pages and the
+command line. Each loads the models and their dataset (with the normalisation they were trained with), computes,
+and saves the result as JSON beside the first model, so revisiting a page shows it without recomputing."""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from typing import Any, Sequence
+
+import torch
+
+from analysis.hessian import HessianConfig, HessianReport, hessian_report
+from analysis.landscape import (
+    CostEstimate,
+    InterpolationResult,
+    LandscapeConfig,
+    PlaneResult,
+    RandomDirectionsResult,
+    estimate_cost,
+    linear_interpolation,
+    plane,
+    random_directions,
+)
+from fusion.data import load_dataset
+from fusion.errors import ArchitectureError, ConfigError
+from fusion.train import Progress, no_progress
+from fusion.workspace import ModelRecord, Workspace
+
+HESSIAN = "hessian"
+LANDSCAPE_MODELS = {"interpolation": 2, "plane": 3, "random": 1}
+LandscapeResult = InterpolationResult | PlaneResult | RandomDirectionsResult
+
+
+def model_role(record: ModelRecord, index: int) -> str:
+    """The colour role of a model: trained or imported models are parents by position, derived ones by provenance."""
+    if record.method in ("train", "import"):
+        return f"parent {string.ascii_uppercase[index % 26]}"
+    if record.method == "finetune":
+        return "fine-tuned"
+    if record.method in ("intra", "prune"):
+        return "pruned"
+    return "fused"
+
+
+def hessian_of(
+    workspace: Workspace,
+    model_id: str,
+    config: HessianConfig = HessianConfig(),
+    split: str = "test",
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> HessianReport:
+    """Top-k eigenvalues, trace, density and perturbation curves of a workspace model on its dataset's ``split``;
+    stored as the model's ``hessian`` result."""
+    model, record = workspace.load(model_id)
+    data = load_dataset(record.dataset)
+    report = hessian_report(model, data.split(split), config, device, progress)
+    workspace.save_result(model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()})
+    return report
+
+
+def stored_hessian(workspace: Workspace, model_id: str) -> HessianReport | None:
+    payload = workspace.load_result(model_id, HESSIAN)
+    return HessianReport.from_dict(payload) if payload else None
+
+
+def landscape_key(kind: str, model_ids: Sequence[str]) -> str:
+    """The result name of a landscape of ``kind`` over these models (in this order)."""
+    digest = hashlib.sha1("|".join(model_ids).encode()).hexdigest()[:10]
+    return f"landscape-{kind}-{digest}"
+
+
+def landscape_models(workspace: Workspace, model_ids: Sequence[str], kind: str) -> tuple[list[torch.nn.Module], list[ModelRecord]]:
+    if kind not in LANDSCAPE_MODELS:
+        raise ConfigError(f"landscape kind must be one of {', '.join(LANDSCAPE_MODELS)}, got {kind!r}")
+    needed = LANDSCAPE_MODELS[kind]
+    if len(model_ids) != needed:
+        raise ConfigError(f"a {kind} landscape needs {needed} model(s), got {len(model_ids)}")
+    loaded = [workspace.load(model_id) for model_id in model_ids]
+    records = [record for _, record in loaded]
+    for record in records[1:]:
+        if record.dataset != records[0].dataset or record.spec != records[0].spec:
+            raise ArchitectureError(
+                f"{record.id} ({record.spec.describe()}, {record.dataset}) does not share the architecture and dataset of "
+                f"{records[0].id} ({records[0].spec.describe()}, {records[0].dataset}); landscapes need one parameter space"
+            )
+    return [model for model, _ in loaded], records
+
+
+def landscape_cost(
+    workspace: Workspace, model_ids: Sequence[str], kind: str, config: LandscapeConfig, dims: int = 2, device: torch.device | None = None
+) -> CostEstimate:
+    """What a landscape would cost (points, forward passes, estimated seconds), measured on one batch."""
+    models, records = landscape_models(workspace, model_ids, kind)
+    points = config.resolution ** (2 if kind == "plane" or (kind == "random" and dims == 2) else 1)
+    return estimate_cost(models[0], load_dataset(records[0].dataset), points, config, device)
+
+
+def landscape_of(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    kind: str,
+    config: LandscapeConfig = LandscapeConfig(),
+    dims: int = 2,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> LandscapeResult:
+    """A landscape of workspace models: ``interpolation`` (two models), ``plane`` (three) or ``random`` filter-
+    normalised directions (one model, ``dims`` 1 or 2); stored beside the first model under :func:`landscape_key`."""
+    models, records = landscape_models(workspace, model_ids, kind)
+    data = load_dataset(records[0].dataset)
+    roles = [model_role(record, index) for index, record in enumerate(records)]
+    result: LandscapeResult
+    if kind == "interpolation":
+        result = linear_interpolation(models[0], models[1], data, config, device, progress, labels=(roles[0], roles[1]))
+    elif kind == "plane":
+        result = plane(models, data, config, device, progress, labels=(roles[0], roles[1], roles[2]))
+    else:
+        result = random_directions(models[0], data, dims, config, device, progress, label=roles[0])
+    payload: dict[str, Any] = {"kind": kind, "model_ids": list(model_ids), "dataset": records[0].dataset, "config": config.to_dict(), **result.to_dict()}
+    workspace.save_result(model_ids[0], landscape_key(kind, model_ids), payload)
+    return result
+
+
+def stored_landscape(workspace: Workspace, model_ids: Sequence[str], kind: str) -> LandscapeResult | None:
+    payload = workspace.load_result(model_ids[0], landscape_key(kind, model_ids))
+    if payload is None:
+        return None
+    factory = {"interpolation": InterpolationResult, "plane": PlaneResult, "random": RandomDirectionsResult}[kind]
+    return factory.from_dict(payload)
+
+
+def scaled(progress: Progress, part: int, parts: int, label: str) -> Progress:
+    """Report one of ``parts`` sub-tasks on a common scale of ``parts * 1000`` steps."""
+    return lambda done, total, message: progress(part * 1000 + 1000 * done // max(total, 1), parts * 1000, f"{label}: {message}")
+
+
+def hessians_of(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    config: HessianConfig = HessianConfig(),
+    split: str = "test",
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, HessianReport]:
+    """:func:`hessian_of` for several models, one after the other, as one task."""
+    if not model_ids:
+        raise ConfigError("choose at least one model")
+    return {
+        model_id: hessian_of(workspace, model_id, config, split, device, scaled(progress, index, len(model_ids), model_id))
+        for index, model_id in enumerate(model_ids)
+    }
+
+
+def fusion_pairs(record: ModelRecord) -> list[tuple[str, str]]:
+    """The interpolations that tell a two-parent fusion's story: A-B, A-fused, B-fused."""
+    if len(record.parents) != 2:
+        raise ConfigError(f"{record.id} has {len(record.parents)} parents; the fusion landscape needs exactly two")
+    a, b = record.parents
+    return [(a, b), (a, record.id), (b, record.id)]
+
+
+def fusion_landscape(
+    workspace: Workspace,
+    fused_id: str,
+    config: LandscapeConfig = LandscapeConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, LandscapeResult]:
+    """For a model fused from two parents: the three interpolations of :func:`fusion_pairs` and the plane through
+    (parent A, parent B, fused); each is stored and returned under ``"A-B"``, ``"A-fused"``, ``"B-fused"``, ``"plane"``."""
+    record = workspace.record(fused_id)
+    pairs = fusion_pairs(record)
+    names = ["A-B", "A-fused", "B-fused"]
+    results: dict[str, LandscapeResult] = {}
+    for index, (name, pair) in enumerate(zip(names, pairs)):
+        results[name] = landscape_of(workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, 4, name))
+    results["plane"] = landscape_of(workspace, [*record.parents, fused_id], "plane", config, device=device, progress=scaled(progress, 3, 4, "plane"))
+    return results
+
+
+def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, LandscapeResult]:
+    """What :func:`fusion_landscape` stored for this model (the parts computed so far)."""
+    record = workspace.record(fused_id)
+    found: dict[str, LandscapeResult] = {}
+    for name, pair in zip(["A-B", "A-fused", "B-fused"], fusion_pairs(record)):
+        result = stored_landscape(workspace, pair, "interpolation")
+        if result is not None:
+            found[name] = result
+    surface = stored_landscape(workspace, [*record.parents, fused_id], "plane")
+    if surface is not None:
+        found["plane"] = surface
+    return found

@@ -1,0 +1,82 @@
+"""Hessian: how sharp is each model's minimum? Top eigenvalues, trace, eigenvalue density and the loss along the top
+eigenvector, for parents and fused models side by side."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.figures import eigenvalue_density_figure, perturbation_figure, top_eigenvalues_figure
+from analysis.hessian import HessianConfig
+from analysis.runs import hessians_of, model_role, stored_hessian
+from ui.charts import show_chart
+from ui.errors import report_errors
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import command_line, non_default, option_widgets, parse_options
+from ui.state import device, job_runner, select_models, selected_model_ids, workspace
+
+HESSIAN_KIND = "hessian"
+CLI_FLAGS = ("samples", "batch_size", "top_k", "iterations", "tolerance", "probes", "runs", "steps", "seed")
+
+st.title("Hessian")
+st.caption(
+    "Sharpness of the minimum (Yao et al., PyHessian 2020; the otfusion generalization study): the largest "
+    "eigenvalues of the loss Hessian by Lanczos, its trace by Hutchinson's estimator with Rademacher probes (± the "
+    "standard error over probes), its eigenvalue density by stochastic Lanczos quadrature, and the loss along the top "
+    "eigenvector beside a random filter-normalised direction. Results are stored with each model."
+)
+ws = workspace()
+records = list(reversed(ws.records()))
+if not records:
+    st.info("The workspace has no models yet: build the demo ensemble on the Home page.")
+    st.stop()
+by_id = {r.id: r for r in records}
+disabled = inputs_disabled()
+if "hessian.models" not in st.session_state:
+    st.session_state["hessian.models"] = [i for i in selected_model_ids() if i in by_id][:4] or [records[0].id]
+st.session_state["hessian.models"] = [i for i in st.session_state["hessian.models"] if i in by_id]
+chosen = st.multiselect(
+    "Models (parents and fused side by side)", list(by_id),
+    format_func=lambda i: f"{by_id[i].name} ({i})", key="hessian.models", disabled=disabled,
+)
+with st.form("hessian.form"):
+    split = st.radio("Data", ["test", "train"], horizontal=True, key="hessian.split", disabled=disabled)
+    values = option_widgets(HessianConfig, "hessian", disabled, columns=4)
+    submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
+if submitted:
+    with report_errors():
+        options = parse_options(HessianConfig, values)
+        config = HessianConfig(**options)
+        if not chosen:
+            st.error("Choose at least one model.")
+            st.stop()
+        select_models(chosen)
+        start_job(f"Hessian of {len(chosen)} model(s)", hessians_of, ws, chosen, config, split, device=device(), kind=HESSIAN_KIND)
+show_job(job_runner().latest(HESSIAN_KIND))
+
+reports = {i: stored_hessian(ws, i) for i in chosen}
+done = {i: r for i, r in reports.items() if r is not None}
+if not done:
+    st.info("No Hessian computed yet for these models: press Compute (the defaults take about a minute per small model on a CPU).")
+    st.stop()
+roles = {i: model_role(by_id[i], index) for index, i in enumerate(chosen)}
+labels = {i: f"{roles[i]} · {by_id[i].name}" for i in done}
+rows = [
+    {
+        "model": labels[i],
+        "top eigenvalues": ", ".join(f"{v:.4g}" for v in r.top.eigenvalues),
+        "trace": r.trace.mean,
+        "trace ± (std. error)": r.trace.error,
+        "converged": r.top.converged,
+        "samples": r.samples,
+        "seconds": r.seconds,
+    }
+    for i, r in done.items()
+]
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={"trace": st.column_config.NumberColumn(format="%.4g"), "trace ± (std. error)": st.column_config.NumberColumn(format="%.2g"), "seconds": st.column_config.NumberColumn(format="%.1f")})
+by_role = {roles[i]: r for i, r in done.items()}
+show_chart(eigenvalue_density_figure({k: r.density for k, r in by_role.items()}, {k: r.top for k, r in by_role.items()}), "hessian-density")
+show_chart(perturbation_figure({k: r.curves for k, r in by_role.items()}), "hessian-perturbation")
+show_chart(top_eigenvalues_figure({k: r.top for k, r in by_role.items()}), "hessian-top-eigenvalues")
+first = next(iter(done.values()))
+st.caption("The same analysis from the command line, for each model:")
+flags = {k: v for k, v in non_default(HessianConfig, first.config.to_dict()).items() if k in CLI_FLAGS}
+st.code("\n".join(command_line(["hessian", i], {**flags, "split": split}) + " --json" for i in done), language="bash")

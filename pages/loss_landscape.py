@@ -1,0 +1,103 @@
+"""Loss landscape: where does a fused model sit relative to its parents? Interpolation curves with their loss
+barriers, the plane through parent A, parent B and the fused model, and random filter-normalised directions."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.figures import interpolation_figure, plane_figure, random_directions_figure
+from analysis.landscape import LandscapeConfig
+from analysis.runs import fusion_landscape, landscape_cost, landscape_of, stored_fusion_landscape, stored_landscape
+from ui.charts import show_chart
+from ui.errors import report_errors
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import command_line
+from ui.state import device, job_runner, selected_model_ids, workspace
+
+LANDSCAPE_KIND = "landscape"
+FUSION, RANDOM, PAIR = "a fused model and its two parents", "random directions around one model", "any two models"
+
+
+@st.cache_data(show_spinner="Estimating the time…", max_entries=32)
+def estimate(root: str, ids: tuple[str, ...], kind: str, resolution: int, samples: int, dims: int) -> tuple[int, float]:
+    config = LandscapeConfig(resolution=resolution, samples=samples or None)
+    cost = landscape_cost(workspace(), ids, kind, config, dims, device())
+    return cost.points, cost.seconds
+
+
+st.title("Loss landscape")
+st.caption(
+    "Train and test loss and accuracy along straight lines between models (with the loss barrier: the largest excess "
+    "over the straight line between the end points), on the plane through three models, and along random "
+    "filter-normalised directions (Li et al. 2018). Results are stored with the first model."
+)
+ws = workspace()
+records = list(reversed(ws.records()))
+if not records:
+    st.info("The workspace has no models yet: build the demo ensemble on the Home page.")
+    st.stop()
+by_id = {r.id: r for r in records}
+disabled = inputs_disabled()
+fused = [r.id for r in records if len(r.parents) == 2 and all(p in by_id and by_id[p].spec == r.spec for p in r.parents)]
+view = st.radio("Landscape", [FUSION, RANDOM, PAIR] if fused else [RANDOM, PAIR], horizontal=True, key="landscape.view", disabled=disabled)
+label = lambda i: f"{by_id[i].name} ({i})"  # noqa: E731
+selected = [i for i in selected_model_ids() if i in by_id]
+
+if view == FUSION:
+    start = next((i for i in selected if i in fused), fused[0])
+    fused_id = st.selectbox("Fused model", fused, index=fused.index(start), format_func=label, key="landscape.fused", disabled=disabled)
+    ids, kind, dims = (*by_id[fused_id].parents, fused_id), "plane", 2
+elif view == RANDOM:
+    model_id = st.selectbox("Model", list(by_id), index=list(by_id).index(selected[0]) if selected else 0, format_func=label, key="landscape.model", disabled=disabled)
+    dims = st.radio("Directions", [1, 2], index=1, horizontal=True, key="landscape.dims", disabled=disabled)
+    ids, kind = (model_id,), "random"
+else:
+    left, right = st.columns(2)
+    a = left.selectbox("Model A", list(by_id), format_func=label, key="landscape.a", disabled=disabled)
+    b = right.selectbox("Model B", list(by_id), index=min(1, len(by_id) - 1), format_func=label, key="landscape.b", disabled=disabled)
+    ids, kind, dims = (a, b), "interpolation", 1
+
+left, middle, right = st.columns(3)
+resolution = left.number_input("Points per axis", 2, 201, 11 if kind != "interpolation" else 21, key=f"landscape.resolution.{kind}", disabled=disabled)
+samples = middle.number_input("Examples per split (0: all)", 0, 100_000, 0, step=100, key="landscape.samples", disabled=disabled)
+span = right.number_input("Range of the random directions", 0.01, 10.0, 1.0, key="landscape.span", disabled=disabled, help="coefficients in [-range, range]")
+recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn", disabled=disabled)
+with report_errors():
+    points, seconds = estimate(str(ws.root), tuple(ids), kind, int(resolution), int(samples), dims)
+    if view == FUSION:
+        total_points = points + 3 * int(resolution)
+        seconds *= total_points / points
+        points = total_points
+    st.caption(f"About {points} grid points, roughly {seconds:.0f} s on {device().type.upper()}.")
+    with st.form("landscape.form", border=False):
+        submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
+    if submitted:
+        config = LandscapeConfig(resolution=int(resolution), samples=int(samples) or None, span=float(span), recompute_batchnorm=recompute)
+        if view == FUSION:
+            start_job(f"Landscape of {fused_id}", fusion_landscape, ws, fused_id, config, device=device(), kind=LANDSCAPE_KIND)
+        else:
+            start_job(f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=LANDSCAPE_KIND)
+show_job(job_runner().latest(LANDSCAPE_KIND))
+
+if view == FUSION:
+    found = stored_fusion_landscape(ws, fused_id)
+    lines = {name: found[name] for name in ("A-B", "A-fused", "B-fused") if name in found}
+    if lines:
+        st.dataframe(pd.DataFrame([{"line": n, "train barrier": r.train_barrier, "test barrier": r.test_barrier} for n, r in lines.items()]), hide_index=True, width="stretch")
+        show_chart(interpolation_figure(lines), f"interpolation-{fused_id}")
+    if "plane" in found:
+        metric = st.radio("Plane metric", ["test_loss", "train_loss", "test_accuracy", "train_accuracy"], horizontal=True, key="landscape.metric")
+        show_chart(plane_figure(found["plane"], metric), f"plane-{fused_id}-{metric}")
+    if not found:
+        st.info("Not computed yet for this model: press Compute.")
+    st.code(command_line(["landscape", "--models", *ids, "--kind", "plane"], {"resolution": int(resolution)}) + " --json", language="bash")
+else:
+    result = stored_landscape(ws, list(ids), kind)
+    if result is None:
+        st.info("Not computed yet for this choice: press Compute.")
+    elif kind == "random":
+        show_chart(random_directions_figure(result), f"random-{ids[0]}")
+    else:
+        st.caption(f"Loss barrier: train {result.train_barrier:.4g}, test {result.test_barrier:.4g} nats.")
+        show_chart(interpolation_figure({"A-B": result}), f"interpolation-{ids[0]}-{ids[1]}")
+    flags = {"resolution": int(resolution), **({"dims": dims, "range": float(span)} if kind == "random" else {})}
+    st.code(command_line(["landscape", "--models", *ids, "--kind", kind], flags) + " --json", language="bash")

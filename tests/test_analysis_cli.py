@@ -1,0 +1,108 @@
+"""``python -m fusion hessian`` and ``landscape``: one JSON object on stdout, the result stored with the model, exit
+status 1 and a JSON error on refused input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.hessian import HessianReport
+from analysis.landscape import InterpolationResult, PlaneResult, RandomDirectionsResult
+from fusion.cli import main
+from fusion.models import build_model
+from fusion.workspace import ModelRecord, Workspace
+
+FAST_HESSIAN = ["--samples", "120", "--probes", "4", "--runs", "2", "--steps", "8", "--iterations", "30", "--top-k", "2"]
+
+
+def run_json(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, Any]:
+    status = main([*args, "--json", "--quiet"])
+    return status, json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def cli_workspace(isolated_fusionlab_home: Path) -> Workspace:
+    return Workspace(isolated_fusionlab_home / "workspace")
+
+
+@pytest.fixture
+def records(trained_mlp, cli_workspace: Workspace) -> list[ModelRecord]:
+    """The trained MLP, an untrained one of the same spec (parents) and another saved as a fusion result."""
+    return [trained_mlp.save_to(cli_workspace), *(
+        cli_workspace.save(
+            build_model(trained_mlp.spec, seed=seed), spec=trained_mlp.spec, dataset="digits",
+            normalization=trained_mlp.data.normalization, provenance={"method": method}, seed=seed,
+        )
+        for seed, method in ((1, "train"), (2, "ot"))
+    )]
+
+
+def test_hessian_command_prints_one_json_object_and_stores_the_result(repo_root: Path, records, cli_workspace: Workspace) -> None:
+    env = {**os.environ, "FUSIONLAB_WORKSPACE": str(cli_workspace.root), "FUSIONLAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "fusion", "hessian", records[0].id, "--json", *FAST_HESSIAN],
+        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["id"] == records[0].id and output["samples"] == 120 and len(output["top_eigenvalues"]) == 2
+    assert output["top_eigenvalues"][0] >= output["top_eigenvalues"][1]
+    assert "top eigenvalues" in result.stderr, "progress goes to stderr"
+    stored = cli_workspace.load_result(records[0].id, "hessian")
+    report = HessianReport.from_dict(stored)
+    assert report.top.eigenvalues.tolist() == output["top_eigenvalues"]
+    assert report.trace.mean == pytest.approx(output["trace"])
+    assert stored["dataset"] == "digits" and stored["split"] == "test"
+
+
+@pytest.mark.parametrize(
+    "kind, models, result_type",
+    [("interpolation", [0, 0], InterpolationResult), ("plane", [0, 1, 2], PlaneResult), ("random", [0], RandomDirectionsResult)],
+)
+def test_landscape_command_stores_each_kind(capsys, records, cli_workspace: Workspace, kind: str, models: list[int], result_type) -> None:
+    ids = [records[i].id for i in models]
+    status, output = run_json(capsys, "landscape", "--models", *ids, "--kind", kind, "--resolution", "3", "--samples", "100")
+    assert status == 0, output
+    assert output["kind"] == kind and output["model_ids"] == ids
+    stored = cli_workspace.load_result(ids[0], f"landscape-{kind}")
+    assert stored["model_ids"] == ids
+    result = result_type.from_dict(stored)
+    assert result.metrics.test_loss.size == output["points"] == (9 if kind != "interpolation" else 3)
+    if kind == "interpolation":
+        assert abs(output["test_barrier"]) < 1e-5, "two copies of one model: a flat line"
+    if kind == "plane":
+        assert output["labels"] == ["parent A", "parent B", "fused"]
+
+
+def test_a_missing_model_exits_1_with_a_json_error(capsys, cli_workspace: Workspace) -> None:
+    status, output = run_json(capsys, "hessian", "mlp-digits-s0-000000")
+    assert status == 1 and output["error"]["type"] == "WorkspaceError"
+
+
+@pytest.mark.parametrize(
+    "arguments, error",
+    [
+        (["hessian", "{id}", "--top-k", "0"], "ConfigError"),
+        (["hessian", "{id}", "--top-k", "5000", "--iterations", "5000", "--samples", "50"], "AnalysisError"),
+        (["landscape", "--models", "{id}", "--kind", "interpolation"], "ConfigError"),
+        (["landscape", "--models", "{id}", "--kind", "random", "--resolution", "1"], "ConfigError"),
+        (["landscape", "--models", "{id}", "--kind", "random", "--resolution", "120"], "GridTooLarge"),
+    ],
+)
+def test_refused_analysis_input_exits_1(capsys, records, arguments: list[str], error: str) -> None:
+    status, output = run_json(capsys, *[a.format(id=records[0].id) for a in arguments])
+    assert status == 1 and output["error"]["type"] == error, output
+
+
+def test_landscape_refuses_models_of_different_architectures(capsys, records, cli_workspace: Workspace) -> None:
+    status, trained = run_json(capsys, "train", "--arch", "mlp", "--hidden", "8", "--epochs", "1")
+    assert status == 0
+    other = trained["models"][0]["id"]
+    status, output = run_json(capsys, "landscape", "--models", records[0].id, other, "--kind", "interpolation")
+    assert status == 1 and output["error"]["type"] == "ArchitectureError"

@@ -1,0 +1,110 @@
+"""Figure builders return plotly figures with the expected traces, axis titles and role colours."""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from analysis.figures import (
+    eigenvalue_density_figure,
+    interpolation_figure,
+    model_colour,
+    perturbation_figure,
+    plane_figure,
+    random_directions_figure,
+    top_eigenvalues_figure,
+)
+from analysis.hessian import EigenvalueDensity, ParameterSpace, PerturbationCurve, TopEigenvalues
+from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
+from fusion.errors import ConfigError
+
+ROLES = ["parent A", "parent B", "parent C", "fused", "ensemble", "pruned", "fine-tuned"]
+
+
+def grid_metrics(*shape: int) -> GridMetrics:
+    rng = np.random.default_rng(0)
+    return GridMetrics(rng.random(shape), rng.random(shape), rng.random(shape), rng.random(shape))
+
+
+def density() -> EigenvalueDensity:
+    grid = np.linspace(-1, 10, 200)
+    values = np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi)
+    return EigenvalueDensity(grid, values, 0.1 * values, 0.1, (np.array([0.0, 9.0]),), (np.array([0.9, 0.1]),), 1.0)
+
+
+def top() -> TopEigenvalues:
+    return TopEigenvalues(np.array([9.0, 4.0, 1.0]), np.array([1e-4, 1e-4, 1e-3]), None, ParameterSpace(("w",), ((3,),)), 12, True, 0.5)
+
+
+def test_every_role_has_its_own_stable_colour() -> None:
+    colours = [model_colour(role) for role in ROLES]
+    assert len(set(colours)) == len(colours)
+    assert model_colour("Parent A ") == model_colour("parent A")
+    assert model_colour("my model") == model_colour("my model")
+    assert all(c.startswith("#") and len(c) == 7 for c in colours + [model_colour("parent Z"), model_colour("other")])
+
+
+def test_density_figure_uses_a_log_axis_and_marks_the_top_eigenvalues() -> None:
+    figure = eigenvalue_density_figure({"parent A": density(), "fused": density()}, {"fused": top()})
+    assert isinstance(figure, go.Figure)
+    assert figure.layout.yaxis.type == "log"
+    assert "eigenvalue" in figure.layout.xaxis.title.text and "nats" in figure.layout.xaxis.title.text
+    lines = [t for t in figure.data if t.mode == "lines"]
+    assert [t.name for t in lines] == ["parent A", "fused"]
+    assert lines[1].line.color == model_colour("fused")
+    (markers,) = [t for t in figure.data if t.mode == "markers"]
+    np.testing.assert_allclose(markers.x, [9.0, 4.0, 1.0])
+    assert np.all(np.asarray(markers.y) > 0) and np.all(np.asarray(lines[0].y) > 0)
+
+
+def test_top_eigenvalue_figure_has_one_bar_trace_per_model() -> None:
+    figure = top_eigenvalues_figure({"parent A": top(), "parent B": top()})
+    assert [t.type for t in figure.data] == ["bar", "bar"]
+    assert list(figure.data[0].x) == ["λ1", "λ2", "λ3"]
+    assert figure.data[1].marker.color == model_colour("parent B")
+    assert "eigenvalue" in figure.layout.yaxis.title.text
+
+
+def test_perturbation_figure_overlays_models_and_directions() -> None:
+    ts = np.linspace(-0.5, 0.5, 21)
+    curves = [PerturbationCurve(ts, ts**2, 1 - ts**2, "top eigenvector"), PerturbationCurve(ts, ts**4, 1 - ts**4, "random")]
+    figure = perturbation_figure({"parent A": curves, "fused": curves[:1]})
+    assert len(figure.data) == 2 * 3
+    assert figure.layout.yaxis.title.text == "cross-entropy (nats)" and figure.layout.yaxis2.title.text == "accuracy (%)"
+    assert figure.data[2].line.dash == "dash" and figure.data[4].line.color == model_colour("fused")
+    assert max(figure.data[1].y) == pytest.approx(100.0)
+
+
+def test_interpolation_figure_shows_train_and_test_and_the_endpoints() -> None:
+    ts = np.linspace(0, 1, 5)
+    result = InterpolationResult(ts, grid_metrics(5), 0.3, 0.4, False, ("parent A", "parent B"))
+    figure = interpolation_figure({"A → B": result, "A → B aligned": result})
+    names = [t.name for t in figure.data]
+    assert any("train" in n for n in names) and any("test" in n for n in names)
+    assert any("barrier 0.400" in n for n in names)
+    endpoint = next(t for t in figure.data if t.name == "parent B")
+    assert endpoint.marker.color == model_colour("parent B")
+    assert "interpolation weight t" in figure.layout.xaxis.title.text
+
+
+def test_plane_figure_is_a_contour_with_the_three_models() -> None:
+    result = PlaneResult(np.linspace(-1, 2, 4), np.linspace(-1, 2, 3), grid_metrics(3, 4), ((0, 0), (1, 0), (0.5, 1)), ("parent A", "parent B", "fused"), False)
+    figure = plane_figure(result, "test_accuracy")
+    assert figure.data[0].type == "contour"
+    np.testing.assert_allclose(figure.data[0].z, 100 * result.metrics.test_accuracy)
+    assert [t.name for t in figure.data[1:]] == ["parent A", "parent B", "fused"]
+    assert figure.data[3].marker.color == model_colour("fused")
+    assert "θ_B − θ_A" in figure.layout.xaxis.title.text
+    with pytest.raises(ConfigError, match="metric"):
+        plane_figure(result, "loss")
+
+
+def test_random_direction_figures_in_one_and_two_dimensions() -> None:
+    alphas = np.linspace(-1, 1, 5)
+    one = random_directions_figure(RandomDirectionsResult(alphas, 1, grid_metrics(5), 0, "fused"))
+    assert len(one.data) == 4 and one.layout.yaxis.title.text == "cross-entropy (nats)"
+    assert "filter-normalised" in one.layout.xaxis.title.text
+    two = random_directions_figure(RandomDirectionsResult(alphas, 2, grid_metrics(5, 5), 0, "fused"))
+    assert two.data[0].type == "contour" and two.data[1].x == (0.0,)
+    assert "β" in two.layout.yaxis.title.text

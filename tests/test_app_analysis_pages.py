@@ -1,0 +1,65 @@
+"""AppTest runs of the Hessian and Loss landscape pages: forms, jobs, stored results, bad input."""
+
+from app_helpers import messages, open_app, train_quick_models, wait_for_job
+from analysis.runs import stored_fusion_landscape, stored_hessian
+from fusion.pipeline import fuse_and_save
+
+SMALL_HESSIAN = {"samples": 200, "iterations": 20, "probes": 10, "steps": 20, "runs": 2, "bins": 200}
+
+
+def test_hessian_page_computes_and_shows_spectra_of_parents_and_fused(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1), hidden=(8,))]
+    fused = fuse_and_save(app_workspace, ids, "ot").record.id
+    at = open_app("pages/hessian.py")
+    assert not at.exception
+    at.multiselect(key="hessian.models").set_value([ids[0], fused])
+    for name, value in SMALL_HESSIAN.items():
+        at.number_input(key=f"hessian.{name}").set_value(value)
+    at.button(key="FormSubmitter:hessian.form-Compute").click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception and not at.error
+    assert stored_hessian(app_workspace, fused) is not None
+    table = at.dataframe[0].value
+    assert len(table) == 2 and (table["trace"] > 0).all()
+    assert len(at.get("plotly_chart")) == 3
+    assert any("python -m fusion hessian" in str(c.value) for c in at.code)
+
+
+def test_hessian_page_refuses_absurd_settings_with_a_message(app_workspace):
+    train_quick_models(app_workspace, seeds=(0,), hidden=(8,))
+    at = open_app("pages/hessian.py")
+    at.number_input(key="hessian.top_k").set_value(50)
+    at.number_input(key="hessian.iterations").set_value(10)
+    at.button(key="FormSubmitter:hessian.form-Compute").click().run()
+    assert not at.exception
+    assert any("iterations" in m for m in messages(at.error))
+
+
+def test_landscape_page_draws_the_interpolations_and_the_plane_of_a_fusion(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1), hidden=(8,))]
+    fused = fuse_and_save(app_workspace, ids, "ot").record.id
+    at = open_app("pages/loss_landscape.py")
+    assert not at.exception
+    at.number_input(key="landscape.resolution.plane").set_value(4)
+    at.number_input(key="landscape.samples").set_value(100).run()
+    assert any("grid points" in str(c.value) for c in at.caption)
+    at.button(key="FormSubmitter:landscape.form-Compute").click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception and not at.error
+    assert set(stored_fusion_landscape(app_workspace, fused)) == {"A-B", "A-fused", "B-fused", "plane"}
+    assert list(at.dataframe[0].value["line"]) == ["A-B", "A-fused", "B-fused"]
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_landscape_page_refuses_a_grid_of_absurd_size(app_workspace):
+    train_quick_models(app_workspace, seeds=(0,), hidden=(8,))
+    at = open_app("pages/loss_landscape.py")
+    at.number_input(key="landscape.resolution.random").set_value(201).run()
+    at.button(key="FormSubmitter:landscape.form-Compute").click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception
+    failures = messages(at.error)
+    assert any("limit" in m or "resolution" in m for m in failures), failures

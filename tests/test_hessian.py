@@ -1,0 +1,258 @@
+"""Hessian analyses checked against the dense Hessian of tiny networks, against PyHessian, and on bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from analysis import AnalysisError, NonFiniteLoss
+from analysis.hessian import (
+    EigenvalueDensity,
+    HessianConfig,
+    HessianOperator,
+    HessianReport,
+    ParameterSpace,
+    hessian_eigenvalue_density,
+    hessian_report,
+    hessian_top_eigenvalues,
+    hessian_trace,
+    layer_parameters,
+    layerwise_hessian,
+    perturbation_curve,
+)
+from analysis.landscape import filter_normalized_direction
+from fusion.data import Dataset
+from fusion.errors import ConfigError, DatasetError
+from fusion.models import ModelSpec, build_model
+from fusion.train import TrainConfig, evaluate, train
+from tests.fusion_helpers import randomised
+
+CPU = torch.device("cpu")
+EXACT = HessianConfig(samples=None, batch_size=64, tolerance=1e-7, iterations=400, probes=100, steps=60, runs=6)
+
+
+def dense_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str] | None = None) -> torch.Tensor:
+    """``∇²_θ mean CE`` over ``(x, y)`` in float64 (eval mode), over ``names`` (default: every parameter)."""
+    model.eval()
+    params = {n: p.detach().double() for n, p in model.named_parameters()}
+    buffers = {n: b.double() if b.is_floating_point() else b for n, b in model.named_buffers()}
+    names = names or list(params)
+    space = ParameterSpace(tuple(names), tuple(tuple(params[n].shape) for n in names))
+
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        state = {**params, **buffers, **space.unflatten(flat)}
+        return F.cross_entropy(functional_call(model, state, (x.double(),)), y)
+
+    return torch.func.hessian(loss)(space.flatten({n: params[n] for n in names}))
+
+
+@pytest.fixture(scope="module")
+def tiny(digits: Dataset) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """An MLP 64-4-10 (310 parameters) trained briefly on digits, with 200 test examples."""
+    model = build_model(ModelSpec("mlp", digits.input_shape, digits.num_classes, hidden=(4,)), seed=0)
+    train(model, digits, TrainConfig(epochs=5, lr=1e-2, seed=0))
+    return model.eval(), digits.x_test[:200], digits.y_test[:200]
+
+
+@pytest.fixture(scope="module")
+def spectrum(tiny) -> tuple[torch.Tensor, np.ndarray]:
+    model, x, y = tiny
+    hessian = dense_hessian(model, x, y)
+    return hessian, torch.linalg.eigvalsh(hessian).numpy()
+
+
+def test_top_eigenvalues_match_the_dense_hessian(tiny, spectrum) -> None:
+    model, x, y = tiny
+    _, eigenvalues = spectrum
+    top = hessian_top_eigenvalues(model, (x, y), 3, EXACT, CPU)
+    assert top.converged
+    np.testing.assert_allclose(top.eigenvalues, eigenvalues[::-1][:3], rtol=1e-4)
+    assert top.eigenvectors is not None and top.eigenvectors.shape == (3, 310)
+
+
+def test_eigenvectors_satisfy_the_eigen_equation(tiny, spectrum) -> None:
+    model, x, y = tiny
+    hessian, eigenvalues = spectrum
+    top = hessian_top_eigenvalues(model, (x, y), 3, EXACT, CPU)
+    vectors = top.eigenvectors.double()
+    residuals = (vectors @ hessian - torch.as_tensor(top.eigenvalues.copy())[:, None] * vectors).norm(dim=1)
+    assert float(residuals.max()) < 1e-4 * eigenvalues.max()
+    np.testing.assert_allclose(vectors.norm(dim=1), 1.0, atol=1e-6)
+    assert np.all(top.residuals < 1e-4 * eigenvalues.max())
+
+
+def test_hutchinson_trace_is_within_three_error_bars_of_the_dense_trace(tiny, spectrum) -> None:
+    model, x, y = tiny
+    _, eigenvalues = spectrum
+    trace = hessian_trace(model, (x, y), EXACT, CPU)
+    assert len(trace.values) == EXACT.probes
+    assert trace.error == pytest.approx(trace.values.std(ddof=1) / math.sqrt(EXACT.probes))
+    assert abs(trace.mean - eigenvalues.sum()) <= 3 * trace.error
+
+
+def test_slq_density_integrates_to_one_and_sits_on_the_spectrum(tiny, spectrum) -> None:
+    model, x, y = tiny
+    _, eigenvalues = spectrum
+    density = hessian_eigenvalue_density(model, (x, y), EXACT, CPU)
+    assert np.trapezoid(density.density, density.grid) == pytest.approx(1.0, abs=1e-3)
+    inside = (density.grid >= eigenvalues.min() - 3 * density.sigma) & (density.grid <= eigenvalues.max() + 3 * density.sigma)
+    assert np.trapezoid(np.where(inside, density.density, 0.0), density.grid) >= 0.99
+    per_run_means = np.array([(w * n).sum() for n, w in zip(density.nodes, density.weights)])
+    standard_error = per_run_means.std(ddof=1) / math.sqrt(len(per_run_means))
+    assert abs(np.trapezoid(density.grid * density.density, density.grid) - eigenvalues.mean()) <= 4 * standard_error + 1e-6
+    assert all(w.sum() == pytest.approx(1.0) for w in density.weights)
+    assert density.spread.shape == density.grid.shape and np.all(density.spread >= 0)
+
+
+def test_block_hessian_vector_products_equal_the_dense_products_over_uneven_batches(tiny, spectrum) -> None:
+    model, x, y = tiny
+    hessian, _ = spectrum
+    operator = HessianOperator(model, (x, y), batch_size=64, device=CPU, block_size=2)
+    vectors = torch.randn(5, operator.size, generator=torch.Generator().manual_seed(1))
+    np.testing.assert_allclose(operator.matmul(vectors).double(), vectors.double() @ hessian, atol=2e-5)
+    assert operator.products == 5
+
+
+def test_hessian_vector_products_use_batchnorm_running_statistics(digits: Dataset) -> None:
+    spec = ModelSpec("cnn", digits.input_shape, digits.num_classes, channels=(2,), hidden=(4,), batch_norm=True)
+    model = randomised(spec, seed=3)
+    x, y = digits.x_test[:50], digits.y_test[:50]
+    hessian = dense_hessian(model, x, y)
+    operator = HessianOperator(model, (x, y), batch_size=32, device=CPU)
+    vectors = torch.randn(3, operator.size, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(operator.matmul(vectors).double(), vectors.double() @ hessian, atol=1e-4, rtol=1e-4)
+    assert not model.training
+
+
+def test_layerwise_hessian_matches_the_dense_diagonal_blocks(tiny) -> None:
+    model, x, y = tiny
+    layers = layerwise_hessian(model, (x, y), EXACT, CPU)
+    assert [layer.layer for layer in layers] == list(layer_parameters(model))
+    for layer in layers:
+        block = torch.linalg.eigvalsh(dense_hessian(model, x, y, list(layer.parameters))).numpy()
+        assert layer.top_eigenvalue == pytest.approx(block.max(), rel=1e-4)
+        assert abs(layer.trace - block.sum()) <= 3 * layer.trace_error + 1e-9
+
+
+def test_same_seed_gives_the_same_results(tiny) -> None:
+    model, x, y = tiny
+    config = HessianConfig(samples=150, batch_size=64, probes=10, steps=15, runs=2, seed=7)
+    first = [hessian_top_eigenvalues(model, (x, y), 2, config, CPU), hessian_trace(model, (x, y), config, CPU)]
+    second = [hessian_top_eigenvalues(model, (x, y), 2, config, CPU), hessian_trace(model, (x, y), config, CPU)]
+    np.testing.assert_array_equal(first[0].eigenvalues, second[0].eigenvalues)
+    assert torch.equal(first[0].eigenvectors, second[0].eigenvectors)
+    np.testing.assert_array_equal(first[1].values, second[1].values)
+    densities = [hessian_eigenvalue_density(model, (x, y), config, CPU) for _ in range(2)]
+    np.testing.assert_array_equal(densities[0].density, densities[1].density)
+    other = hessian_trace(model, (x, y), HessianConfig(samples=150, batch_size=64, probes=10, seed=8), CPU)
+    assert not np.array_equal(other.values, first[1].values)
+
+
+def test_perturbation_curve_passes_through_the_model_at_t_zero(tiny) -> None:
+    model, x, y = tiny
+    top = hessian_top_eigenvalues(model, (x, y), 1, EXACT, CPU)
+    curve = perturbation_curve(model, top.direction(0), (x, y), device=CPU)
+    np.testing.assert_allclose(curve.ts, np.linspace(-0.5, 0.5, 21))
+    metrics = evaluate(model, x, y, CPU)
+    assert curve.loss[10] == pytest.approx(metrics.loss, rel=1e-5)
+    assert curve.accuracy[10] == pytest.approx(metrics.accuracy)
+    curvature = (curve.loss[0] + curve.loss[-1] - 2 * curve.loss[10]) / 0.25
+    assert curvature == pytest.approx(top.eigenvalues[0], rel=0.2), "second difference along v_1 ≈ λ_1"
+    random = perturbation_curve(model, filter_normalized_direction(model, torch.Generator().manual_seed(0)), (x, y), device=CPU)
+    assert random.loss[10] == pytest.approx(metrics.loss, rel=1e-5)
+
+
+def test_report_round_trips_through_json(tiny) -> None:
+    model, x, y = tiny
+    config = HessianConfig(samples=100, batch_size=50, top_k=2, iterations=30, probes=6, steps=10, runs=2, bins=200)
+    progress: list[tuple[int, int]] = []
+    report = hessian_report(model, (x, y), config, CPU, lambda done, total, message: progress.append((done, total)))
+    stored = json.loads(json.dumps(report.to_dict()))
+    again = HessianReport.from_dict(stored)
+    np.testing.assert_allclose(again.top.eigenvalues, report.top.eigenvalues)
+    assert again.trace.mean == report.trace.mean and again.config == config and again.samples == 100
+    assert isinstance(again.density, EigenvalueDensity) and len(again.curves) == 2
+    assert [c.label for c in again.curves] == ["top eigenvector", "random filter-normalised"]
+    assert progress and progress[-1][0] == progress[-1][1]
+    with pytest.raises(AnalysisError, match="without its eigenvectors"):
+        again.top.direction(0)
+
+
+def test_a_model_without_trainable_parameters_is_refused(tiny) -> None:
+    model, x, y = tiny
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    with pytest.raises(AnalysisError, match="no trainable parameters"):
+        hessian_trace(frozen, (x, y), EXACT, CPU)
+    with pytest.raises(AnalysisError, match="no trainable parameters"):
+        hessian_top_eigenvalues(nn.Flatten(), (x, y), 1, EXACT, CPU)
+
+
+def test_empty_data_is_refused(tiny) -> None:
+    model, x, y = tiny
+    with pytest.raises(DatasetError, match="empty"):
+        hessian_top_eigenvalues(model, (x[:0], y[:0]), 1, EXACT, CPU)
+    with pytest.raises(DatasetError, match="differ in length"):
+        hessian_trace(model, (x, y[:5]), EXACT, CPU)
+
+
+def test_k_larger_than_the_parameter_count_is_refused(tiny) -> None:
+    model, x, y = tiny
+    with pytest.raises(AnalysisError, match="at most the number of parameters analysed \\(310\\), got k=311"):
+        hessian_top_eigenvalues(model, (x, y), 311, HessianConfig(iterations=400), CPU)
+    with pytest.raises(AnalysisError, match="\\(10\\), got k=11"):
+        hessian_top_eigenvalues(model, (x, y), 11, EXACT, CPU, parameters=["layers.3.bias"])
+
+
+def test_nan_loss_is_refused(tiny) -> None:
+    model, x, y = tiny
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.layers[1].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteLoss, match="nan"):
+        hessian_top_eigenvalues(broken, (x, y), 1, EXACT, CPU)
+    with pytest.raises(NonFiniteLoss):
+        hessian_trace(model, (torch.full_like(x, float("inf")), y), EXACT, CPU)
+
+
+def test_unknown_parameter_names_are_refused(tiny) -> None:
+    model, x, y = tiny
+    with pytest.raises(AnalysisError, match="names of trainable parameters"):
+        hessian_trace(model, (x, y), EXACT, CPU, parameters=["layers.9.weight"])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"top_k": 0}, "top_k"),
+        ({"iterations": 2, "top_k": 3}, "at least top_k"),
+        ({"tolerance": 0.0}, "tolerance"),
+        ({"samples": 0}, "samples"),
+        ({"bins": 3}, "bins"),
+        ({"kernel_width": -1.0}, "kernel_width"),
+    ],
+)
+def test_invalid_configs_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        HessianConfig(**options)
+
+
+def test_top_eigenvalue_and_trace_agree_with_pyhessian(tiny) -> None:
+    pyhessian = pytest.importorskip("pyhessian", reason="PyHessian is not installed (pip install pyhessian)")
+    model, x, y = tiny
+    reference = pyhessian.hessian(copy.deepcopy(model), nn.CrossEntropyLoss(), data=(x, y), cuda=False)
+    torch.manual_seed(0)
+    (their_top,), _ = reference.eigenvalues(maxIter=1000, tol=1e-6, top_n=1)
+    their_trace = np.array(reference.trace(maxIter=200, tol=0.0))
+    ours = hessian_top_eigenvalues(model, (x, y), 1, HessianConfig(samples=None, tolerance=1e-6), CPU)
+    trace = hessian_trace(model, (x, y), HessianConfig(samples=None, probes=200), CPU)
+    assert ours.eigenvalues[0] == pytest.approx(their_top, rel=1e-3)
+    their_error = their_trace.std(ddof=1) / math.sqrt(len(their_trace))
+    assert abs(trace.mean - their_trace.mean()) <= 3 * math.hypot(trace.error, their_error)
