@@ -9,28 +9,13 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from analysis.figures import model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
 
-ROLE_COLOURS = {
-    "parent A": "#1f77b4",
-    "parent B": "#ff7f0e",
-    "parent C": "#2ca02c",
-    "parent D": "#9467bd",
-    "parent E": "#8c564b",
-    "parent F": "#e377c2",
-    "parent G": "#7f7f7f",
-    "ensemble": "#17becf",
-    "average": "#bcbd22",
-    "fused": "#d62728",
-    "fine-tuned": "#8b0000",
-    "pruned": "#6a3d9a",
-}
-
-
 def role_colour(role: str) -> str:
-    """The colour of a model role (``parent A``... ``fused``, ``ensemble``, ``fine-tuned``), the same on every page."""
-    return ROLE_COLOURS.get(role, "#444444")
+    """The colour of a model role, the same on every page (see :func:`analysis.figures.model_colour`)."""
+    return model_colour(role)
 
 
 def parent_role(index: int) -> str:
@@ -173,5 +158,50 @@ def comparison_figure(rows: Sequence[dict]) -> go.Figure:
     low = min(100 * r["test_accuracy"] for r in rows)
     figure.update_layout(
         title="test accuracy", yaxis_title="test accuracy (%)", yaxis_range=[max(0, low - 10), 100.5], height=400
+    )
+    return figure
+
+
+def finetune_comparison_figure(
+    rows: Sequence[dict], references: Sequence[tuple[str, str, float]] = ()
+) -> go.Figure:
+    """Test accuracy (%) of every fused model before and after fine-tuning, grouped per row's ``method``.
+
+    ``rows`` carry ``method``, ``test_accuracy`` and ``finetuned_accuracy`` (``None`` where not fine-tuned), both as
+    fractions; ``references`` are ``(label, role, accuracy)`` drawn as dashed lines in the role's colour (the best
+    parent, the ensemble)."""
+    figure = go.Figure()
+    methods = [r["method"] for r in rows]
+    for label, key, role in (("fused", "test_accuracy", "fused"), ("after fine-tuning", "finetuned_accuracy", "fine-tuned")):
+        values = [None if r.get(key) is None else 100 * r[key] for r in rows]
+        figure.add_trace(
+            go.Bar(
+                x=methods,
+                y=values,
+                name=label,
+                marker_color=role_colour(role),
+                text=["" if v is None else f"{v:.2f}" for v in values],
+                textposition="outside",
+                hovertemplate="%{x} · " + label + "<br>test accuracy %{y:.2f}%<extra></extra>",
+            )
+        )
+    for label, role, accuracy in references:
+        figure.add_hline(
+            y=100 * accuracy,
+            line_dash="dash",
+            line_color=role_colour(role),
+            annotation_text=f"{label} {100 * accuracy:.2f}%",
+            annotation_position="bottom right",
+        )
+    shown = [100 * r[k] for r in rows for k in ("test_accuracy", "finetuned_accuracy") if r.get(k) is not None]
+    shown += [100 * a for _, _, a in references]
+    low = min(shown, default=0.0)
+    figure.update_layout(
+        barmode="group",
+        title="test accuracy before and after fine-tuning",
+        xaxis_title="fusion method",
+        yaxis_title="test accuracy (%)",
+        yaxis_range=[max(0.0, low - 10), 100.5],
+        height=420,
     )
     return figure
