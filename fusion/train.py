@@ -131,6 +131,8 @@ def train(
     losses: list[float] = []
     accuracies: list[float] = []
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_batch_norm and config.batch_size < 2:
+        raise ConfigError("a model with BatchNorm needs batches of at least 2 examples; raise the batch size")
     started = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()

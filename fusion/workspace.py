@@ -326,7 +326,14 @@ class Workspace:
         if destination.is_dir():
             destination = destination / f"{model_id}.safetensors"
         state = load_file(str(self.model_dir(model_id) / "model.safetensors"))
-        save_file(state, str(destination), metadata={METADATA_KEY: json.dumps(record.to_dict())})
+        handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(handle)
+        try:
+            save_file(state, temporary, metadata={METADATA_KEY: json.dumps(record.to_dict())})
+            os.replace(temporary, destination)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
         return destination
 
     def import_checkpoint(

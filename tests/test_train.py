@@ -184,3 +184,13 @@ def test_augment_batch_returns_shifted_and_possibly_flipped_crops_of_each_image(
     for image, result in zip(padded, out):
         crops = [image[:, dy : dy + 6, dx : dx + 6] for dy in range(9) for dx in range(9)]
         assert any(torch.equal(result, crop) or torch.equal(result, crop.flip(2)) for crop in crops)
+
+
+def test_batchnorm_models_refuse_single_example_batches():
+    from fusion.data import load_dataset
+    from fusion.errors import ConfigError
+    from fusion.models import build_model, default_spec
+
+    model = build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(8,), batch_norm=True), seed=0)
+    with pytest.raises(ConfigError, match="batch"):
+        train(model, load_dataset("digits"), TrainConfig(epochs=1, batch_size=1))
