@@ -12,7 +12,7 @@ from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import command_line, non_default, option_widgets, parse_options
-from ui.state import device, job_runner, select_models, selected_model_ids, workspace
+from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 FUSE_KIND = "fuse"
 RESULT_KEY = "fuse.shown"
@@ -22,12 +22,8 @@ st.caption(
     "Fuse two or more models (one for Intra-Fusion and pruning) with the method of your choice. Defaults follow the "
     "papers. The table compares the result with its parents, the prediction ensemble and vanilla averaging."
 )
-ws = workspace()
-records = ws.records()
-if not records:
-    st.info("The workspace has no models yet: build the demo ensemble on the Home page, or train some on Models.")
-    st.stop()
-by_id = {r.id: r for r in records}
+ws, records, by_id = models_or_stop()
+records = list(reversed(records))
 disabled = inputs_disabled()
 
 method = st.selectbox(

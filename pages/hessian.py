@@ -11,7 +11,7 @@ from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import command_line, non_default, option_widgets, parse_options
-from ui.state import device, job_runner, select_models, selected_model_ids, workspace
+from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
 CLI_FLAGS = ("samples", "batch_size", "top_k", "iterations", "tolerance", "probes", "runs", "steps", "seed")
@@ -23,12 +23,7 @@ st.caption(
     "standard error over probes), its eigenvalue density by stochastic Lanczos quadrature, and the loss along the top "
     "eigenvector beside a random filter-normalised direction. Results are stored with each model."
 )
-ws = workspace()
-records = list(reversed(ws.records()))
-if not records:
-    st.info("The workspace has no models yet: build the demo ensemble on the Home page.")
-    st.stop()
-by_id = {r.id: r for r in records}
+ws, records, by_id = models_or_stop()
 disabled = inputs_disabled()
 if "hessian.models" not in st.session_state:
     st.session_state["hessian.models"] = [i for i in selected_model_ids() if i in by_id][:4] or [records[0].id]

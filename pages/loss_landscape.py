@@ -11,7 +11,7 @@ from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import command_line
-from ui.state import device, job_runner, selected_model_ids, workspace
+from ui.state import device, job_runner, models_or_stop, selected_model_ids, workspace
 
 LANDSCAPE_KIND = "landscape"
 FUSION, RANDOM, PAIR = "a fused model and its two parents", "random directions around one model", "any two models"
@@ -30,12 +30,7 @@ st.caption(
     "over the straight line between the end points), on the plane through three models, and along random "
     "filter-normalised directions (Li et al. 2018). Results are stored with the first model."
 )
-ws = workspace()
-records = list(reversed(ws.records()))
-if not records:
-    st.info("The workspace has no models yet: build the demo ensemble on the Home page.")
-    st.stop()
-by_id = {r.id: r for r in records}
+ws, records, by_id = models_or_stop()
 disabled = inputs_disabled()
 fused = [r.id for r in records if len(r.parents) == 2 and all(p in by_id and by_id[p].spec == r.spec for p in r.parents)]
 view = st.radio("Landscape", [FUSION, RANDOM, PAIR] if fused else [RANDOM, PAIR], horizontal=True, key="landscape.view", disabled=disabled)

@@ -9,19 +9,14 @@ from analysis.norms import neuron_norms, pruning_survival, transplant_survival
 from fusion.data import load_dataset
 from ui.charts import show_chart
 from ui.errors import report_errors
-from ui.state import selected_model_ids, workspace
+from ui.state import models_or_stop, selected_model_ids
 
 st.title("Neuron norms")
 st.caption(
     "Incoming norm: the L2 norm of a neuron's incoming weights; outgoing: of the next layers' weights that read it. "
     "Neuron Transplantation keeps the largest neurons of the concatenated ensemble and sacrifices the small ones."
 )
-ws = workspace()
-records = list(reversed(ws.records()))
-if not records:
-    st.info("The workspace has no models yet: build the demo ensemble on the Home page.")
-    st.stop()
-by_id = {r.id: r for r in records}
+ws, records, by_id = models_or_stop()
 derived = [r.id for r in records if r.parents]
 selected = [i for i in selected_model_ids() if i in by_id]
 start = next((i for i in selected if i in derived), derived[0] if derived else records[0].id)

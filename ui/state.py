@@ -15,7 +15,7 @@ import streamlit as st
 import torch
 
 from fusion.device import default_device
-from fusion.workspace import Workspace, default_root
+from fusion.workspace import ModelRecord, Workspace, default_root
 from ui.jobs import JobRunner
 
 SELECTED_MODELS_KEY = "fusionlab.selected_model_ids"
@@ -60,3 +60,14 @@ def selected_model_ids() -> list[str]:
 def select_models(model_ids: Iterable[str]) -> None:
     """Replace the shared model selection (duplicates dropped, order kept)."""
     st.session_state[SELECTED_MODELS_KEY] = list(dict.fromkeys(model_ids))
+
+
+def models_or_stop() -> tuple[Workspace, list[ModelRecord], dict[str, ModelRecord]]:
+    """The workspace, its models newest first, and the same by id; a page with no models to show stops here with a
+    hint on how to get some."""
+    ws = workspace()
+    records = list(reversed(ws.records()))
+    if not records:
+        st.info("The workspace has no models yet: build the demo ensemble on the Home page, or train some on Models.")
+        st.stop()
+    return ws, records, {r.id: r for r in records}
