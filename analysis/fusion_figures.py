@@ -152,12 +152,13 @@ def comparison_figure(rows: Sequence[dict]) -> go.Figure:
             marker_color=[role_colour(r["role"]) for r in rows],
             text=[f"{100 * r['test_accuracy']:.2f}" for r in rows],
             textposition="outside",
+            cliponaxis=False,
             hovertemplate="%{x}<br>test accuracy %{y:.2f}%<extra></extra>",
         )
     )
     low = min(100 * r["test_accuracy"] for r in rows)
     figure.update_layout(
-        title="test accuracy", yaxis_title="test accuracy (%)", yaxis_range=[max(0, low - 10), 100.5], height=400
+        title="test accuracy", yaxis_title="test accuracy (%)", yaxis_range=[max(0, low - 10), 104], height=400
     )
     return figure
 
@@ -185,13 +186,15 @@ def finetune_comparison_figure(
                 hovertemplate="%{x} · " + label + "<br>test accuracy %{y:.2f}%<extra></extra>",
             )
         )
-    for label, role, accuracy in references:
+    corners = ("top left", "bottom left", "top right", "bottom right")
+    for index, (label, role, accuracy) in enumerate(sorted(references, key=lambda r: -r[2])):
         figure.add_hline(
             y=100 * accuracy,
             line_dash="dash",
             line_color=role_colour(role),
             annotation_text=f"{label} {100 * accuracy:.2f}%",
-            annotation_position="bottom right",
+            annotation_position=corners[index % len(corners)],
+            annotation_font_color=role_colour(role),
         )
     shown = [100 * r[k] for r in rows for k in ("test_accuracy", "finetuned_accuracy") if r.get(k) is not None]
     shown += [100 * a for _, _, a in references]
@@ -201,7 +204,7 @@ def finetune_comparison_figure(
         title="test accuracy before and after fine-tuning",
         xaxis_title="fusion method",
         yaxis_title="test accuracy (%)",
-        yaxis_range=[max(0.0, low - 10), 100.5],
+        yaxis_range=[max(0.0, low - 10), 104],
         height=420,
     )
     return figure

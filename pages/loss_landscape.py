@@ -54,7 +54,9 @@ else:
 left, middle, right = st.columns(3)
 resolution = left.number_input("Points per axis", 2, 201, 11 if kind != "interpolation" else 21, key=f"landscape.resolution.{kind}", disabled=disabled)
 samples = middle.number_input("Examples per split (0: all)", 0, 100_000, 0, step=100, key="landscape.samples", disabled=disabled)
-span = right.number_input("Range of the random directions", 0.01, 10.0, 1.0, key="landscape.span", disabled=disabled, help="coefficients in [-range, range]")
+span = 1.0
+if kind == "random":
+    span = right.number_input("Range of the directions", 0.01, 10.0, 1.0, key="landscape.span", disabled=disabled, help="coefficients in [-range, range]")
 recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn", disabled=disabled)
 with report_errors():
     points, seconds = estimate(str(ws.root), tuple(ids), kind, int(resolution), int(samples), dims)
