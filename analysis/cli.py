@@ -4,20 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import string
 from typing import Any
 
-from torch import nn
-
-from analysis.hessian import HessianConfig, hessian_report
-from analysis.landscape import LandscapeConfig, linear_interpolation, plane, random_directions
-from fusion.data import load_dataset
+from analysis.hessian import HessianConfig
+from analysis.landscape import LandscapeConfig
+from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
 from fusion.device import default_device
-from fusion.errors import ArchitectureError, ConfigError
 from fusion.train import Progress
-from fusion.workspace import ModelRecord, Workspace
-
-LANDSCAPE_MODELS = {"interpolation": 2, "plane": 3, "random": 1}
+from fusion.workspace import Workspace
 
 
 def progress_reporter(args: argparse.Namespace) -> Progress:
@@ -26,18 +20,7 @@ def progress_reporter(args: argparse.Namespace) -> Progress:
     return stderr_progress(args.quiet)
 
 
-def model_role(record: ModelRecord, index: int) -> str:
-    """The colour role of a model: parents (trained or imported) by position, fused or fine-tuned by provenance."""
-    if record.method in ("train", "import"):
-        return f"parent {string.ascii_uppercase[index % 26]}"
-    if record.method == "finetune":
-        return "fine-tuned"
-    return record.method if record.method == "ensemble" else "fused"
-
-
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    model, record = workspace.load(args.id)
-    data = load_dataset(record.dataset, download=args.download)
     config = HessianConfig(
         samples=args.samples,
         batch_size=args.batch_size,
@@ -49,11 +32,10 @@ def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str,
         runs=args.runs,
         seed=args.seed,
     )
-    report = hessian_report(model, data.split(args.split), config, progress=progress_reporter(args))
-    workspace.save_result(record.id, "hessian", {"model": record.id, "dataset": record.dataset, "split": args.split, **report.to_dict()})
+    report = hessian_of(workspace, args.id, config, args.split, progress=progress_reporter(args))
     return {
-        "id": record.id,
-        "dataset": record.dataset,
+        "id": args.id,
+        "dataset": workspace.record(args.id).dataset,
         "split": args.split,
         "samples": report.samples,
         "device": str(default_device()),
@@ -63,24 +45,11 @@ def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str,
         "trace_error": report.trace.error,
         "density_runs": len(report.density.nodes),
         "seconds": report.seconds,
-        "result": str(workspace.result_path(record.id, "hessian")),
+        "result": str(workspace.result_path(args.id, "hessian")),
     }
 
 
 def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    needed = LANDSCAPE_MODELS[args.kind]
-    if len(args.models) != needed:
-        raise ConfigError(f"--kind {args.kind} needs {needed} model id(s), got {len(args.models)}: {' '.join(args.models)}")
-    loaded = [workspace.load(model_id) for model_id in args.models]
-    models: list[nn.Module] = [model for model, _ in loaded]
-    records = [record for _, record in loaded]
-    for record in records[1:]:
-        if record.dataset != records[0].dataset or record.spec != records[0].spec:
-            raise ArchitectureError(
-                f"{record.id} ({record.spec.describe()}, {record.dataset}) does not share the architecture and dataset of "
-                f"{records[0].id} ({records[0].spec.describe()}, {records[0].dataset})"
-            )
-    data = load_dataset(records[0].dataset, download=args.download)
     config = LandscapeConfig(
         resolution=args.resolution,
         span=args.range,
@@ -88,29 +57,23 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         seed=args.seed,
         recompute_batchnorm=args.recompute_batchnorm,
     )
-    roles = [model_role(record, index) for index, record in enumerate(records)]
-    progress = progress_reporter(args)
-    summary: dict[str, Any]
+    result = landscape_of(workspace, args.models, args.kind, config, args.dims, progress=progress_reporter(args))
+    summary: dict[str, Any] = {}
     if args.kind == "interpolation":
-        result: Any = linear_interpolation(models[0], models[1], data, config, progress=progress, labels=(roles[0], roles[1]))
         summary = {"train_barrier": result.train_barrier, "test_barrier": result.test_barrier}
     elif args.kind == "plane":
-        result = plane(models, data, config, progress=progress, labels=(roles[0], roles[1], roles[2]))
         summary = {"coordinates": [list(c) for c in result.coordinates], "labels": list(result.labels)}
     else:
-        result = random_directions(models[0], data, args.dims, config, progress=progress, label=roles[0])
         summary = {"dims": args.dims}
-    kind = f"landscape-{args.kind}"
-    workspace.save_result(records[0].id, kind, {"model_ids": args.models, "dataset": records[0].dataset, "config": config.to_dict(), **result.to_dict()})
     return {
         "kind": args.kind,
         "model_ids": args.models,
-        "dataset": records[0].dataset,
+        "dataset": workspace.record(args.models[0]).dataset,
         "device": str(default_device()),
         "points": int(result.metrics.test_loss.size),
         "min_test_loss": float(result.metrics.test_loss.min()),
         **summary,
-        "result": str(workspace.result_path(records[0].id, kind)),
+        "result": str(workspace.result_path(args.models[0], landscape_key(args.kind, args.models))),
     }
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from analysis.hessian import HessianReport
 from analysis.landscape import InterpolationResult, PlaneResult, RandomDirectionsResult
+from analysis.runs import landscape_key
 from fusion.cli import main
 from fusion.models import build_model
 from fusion.workspace import ModelRecord, Workspace
@@ -70,7 +71,7 @@ def test_landscape_command_stores_each_kind(capsys, records, cli_workspace: Work
     status, output = run_json(capsys, "landscape", "--models", *ids, "--kind", kind, "--resolution", "3", "--samples", "100")
     assert status == 0, output
     assert output["kind"] == kind and output["model_ids"] == ids
-    stored = cli_workspace.load_result(ids[0], f"landscape-{kind}")
+    stored = cli_workspace.load_result(ids[0], landscape_key(kind, ids))
     assert stored["model_ids"] == ids
     result = result_type.from_dict(stored)
     assert result.metrics.test_loss.size == output["points"] == (9 if kind != "interpolation" else 3)
