@@ -1,0 +1,301 @@
+"""Every fusion method on one set of parents, in one table.
+
+:func:`compare_methods` fuses the parents with each chosen method (the single-model methods, Intra-Fusion and magnitude
+pruning, take the first parent), optionally fine-tunes every fused model with one recipe, and returns one
+:class:`ComparisonRow` per method: test accuracy and loss before and after fine-tuning, parameters, fusion time and,
+when the workspace holds a Hessian report for the model (:func:`analysis.runs.hessian_of`), its top eigenvalue and trace.
+Methods whose constraints the parents do not meet are skipped with the reason. :func:`comparison_from_workspace`
+builds the same table from models already fused, without recomputing anything; :func:`to_csv` and
+:func:`to_markdown` export it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Sequence
+
+import torch
+
+from analysis.runs import stored_hessian
+from fusion.errors import ArchitectureError, ConfigError, FusionError
+from fusion.fuse import REGISTRY
+from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
+from fusion.train import Progress, TrainConfig, no_progress
+from fusion.workspace import ModelRecord, Workspace
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """One method's fused model (``id`` is ``None`` for the prediction ensemble, which is not one network) and, when
+    fine-tuned, the fine-tuned model. Accuracies are fractions, losses mean cross-entropies on the test split,
+    ``fusion_seconds`` the wall time of the fusion alone; Hessian values are ``None`` until computed."""
+
+    method: str
+    model: str
+    id: str | None
+    parents: tuple[str, ...]
+    test_accuracy: float
+    test_loss: float
+    parameters: int
+    fusion_seconds: float | None = None
+    finetuned_id: str | None = None
+    finetuned_accuracy: float | None = None
+    finetuned_loss: float | None = None
+    top_eigenvalue: float | None = None
+    hessian_trace: float | None = None
+    finetuned_top_eigenvalue: float | None = None
+    finetuned_hessian_trace: float | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MethodComparison:
+    """The rows of a comparison of ``parents``, the methods skipped with the reason, and the fine-tune recipe used
+    (``None``: not fine-tuned, or rows read from the workspace)."""
+
+    parents: tuple[str, ...]
+    rows: tuple[ComparisonRow, ...]
+    skipped: dict[str, str]
+    finetune: TrainConfig | None = None
+
+
+def same_depth(a: ModelRecord, b: ModelRecord) -> bool:
+    return (a.spec.arch, len(a.spec.hidden), len(a.spec.channels)) == (b.spec.arch, len(b.spec.hidden), len(b.spec.channels))
+
+
+def inapplicable_reason(records: Sequence[ModelRecord], method: str) -> str | None:
+    """Why ``method`` cannot fuse these parents (too few or too many, other architectures, equal depths for
+    CLAFusion), or ``None`` when it can. Single-model methods always apply: they take the first parent."""
+    if method not in REGISTRY:
+        raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(REGISTRY)}")
+    spec = REGISTRY[method]
+    if spec.max_models == 1:
+        return None if records else f"{method} needs one model, none chosen"
+    if len(records) < spec.min_models:
+        return f"{method} needs at least {spec.min_models} parents, {len(records)} chosen"
+    if spec.max_models is not None and len(records) > spec.max_models:
+        return f"{method} fuses exactly {spec.max_models} models, {len(records)} chosen"
+    try:
+        check_compatible(records, method)
+    except ArchitectureError as exc:
+        return str(exc)
+    if method == "cla" and same_depth(records[0], records[1]):
+        return "CLAFusion is for networks of different depths; these parents have the same depth"
+    return None
+
+
+def applicable_methods(records: Sequence[ModelRecord]) -> list[str]:
+    """The methods of :data:`fusion.fuse.REGISTRY` that can fuse these parents, in registry order."""
+    return [m for m in REGISTRY if inapplicable_reason(records, m) is None]
+
+
+def check_comparison(records: Sequence[ModelRecord], methods: Sequence[str]) -> dict[str, str]:
+    """The methods to skip, with the reason; raises :class:`ConfigError` when no parent or no method is chosen, a
+    method is unknown, or none of the methods applies."""
+    if not records:
+        raise ConfigError("choose at least one parent model")
+    if not methods:
+        raise ConfigError("choose at least one fusion method")
+    skipped = {m: reason for m in methods if (reason := inapplicable_reason(records, m)) is not None}
+    if len(skipped) == len(set(methods)):
+        raise ConfigError("none of the chosen methods can fuse these parents: " + "; ".join(skipped.values()))
+    return skipped
+
+
+def hessian_summary(workspace: Workspace, model_id: str | None) -> tuple[float | None, float | None]:
+    """The top eigenvalue ``λ_1`` and Hutchinson's trace estimate of a model's stored Hessian report
+    (:func:`analysis.runs.hessian_of`), or ``(None, None)`` when none was computed."""
+    report = stored_hessian(workspace, model_id) if model_id is not None else None
+    if report is None:
+        return None, None
+    return float(report.top.eigenvalues[0]), float(report.trace.mean)
+
+
+def row_from_records(workspace: Workspace, fused: ModelRecord, tuned: ModelRecord | None, note: str = "") -> ComparisonRow:
+    """A row from a fused model's record and, if any, its fine-tuned model's record (metrics as stored)."""
+    top, trace = hessian_summary(workspace, fused.id)
+    tuned_top, tuned_trace = hessian_summary(workspace, tuned.id if tuned else None)
+    seconds = fused.metrics.get("fusion_seconds")
+    return ComparisonRow(
+        method=fused.method,
+        model=fused.name,
+        id=fused.id,
+        parents=tuple(fused.parents),
+        test_accuracy=fused.metrics["test_accuracy"],
+        test_loss=fused.metrics["test_loss"],
+        parameters=fused.parameters,
+        fusion_seconds=seconds,
+        finetuned_id=tuned.id if tuned else None,
+        finetuned_accuracy=tuned.metrics["test_accuracy"] if tuned else None,
+        finetuned_loss=tuned.metrics["test_loss"] if tuned else None,
+        top_eigenvalue=top,
+        hessian_trace=trace,
+        finetuned_top_eigenvalue=tuned_top,
+        finetuned_hessian_trace=tuned_trace,
+        note=note,
+    )
+
+
+def single_model_note(method: str, parent_id: str) -> str:
+    return f"{method} works on one model: applied to the first parent, {parent_id}"
+
+
+def compare_methods(
+    workspace: Workspace,
+    parent_ids: Sequence[str],
+    methods: Sequence[str],
+    finetune: TrainConfig | None = None,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> MethodComparison:
+    """Fuse the parents with every applicable method (saved with provenance, see :func:`fuse_and_save`), fine-tune
+    each fused network with ``finetune`` when given (saved too), and return one row per method that ran.
+
+    Methods that do not apply (:func:`inapplicable_reason`), or that the library refuses while fusing, are listed in
+    ``skipped``. Raises :class:`ConfigError` as :func:`check_comparison` does.
+    """
+    parent_ids = list(dict.fromkeys(parent_ids))
+    records = [workspace.record(i) for i in parent_ids]
+    methods = list(dict.fromkeys(methods))
+    skipped = check_comparison(records, methods)
+    runnable = [m for m in methods if m not in skipped]
+    per_method = 1 + (finetune.epochs if finetune is not None else 0)
+    total = len(runnable) * per_method
+    rows = []
+    for index, method in enumerate(runnable):
+        offset = index * per_method
+        single = REGISTRY[method].max_models == 1
+        ids = parent_ids[:1] if single else parent_ids
+
+        def fusing(done: int, steps: int, message: str, offset: int = offset, method: str = method) -> None:
+            progress(offset, total, f"{method}: {message}")
+
+        def tuning(done: int, steps: int, message: str, offset: int = offset + 1, method: str = method) -> None:
+            progress(offset + done, total, f"{method} fine-tune: {message}")
+
+        progress(offset, total, f"{method}: fusing {len(ids)} model(s)")
+        try:
+            run = fuse_and_save(workspace, ids, method, device=device, progress=fusing)
+        except FusionError as exc:
+            skipped[method] = str(exc)
+            continue
+        if run.record is None:
+            rows.append(
+                ComparisonRow(
+                    method=method,
+                    model=f"prediction ensemble of {len(ids)}",
+                    id=None,
+                    parents=tuple(ids),
+                    test_accuracy=run.metrics["test_accuracy"],
+                    test_loss=run.metrics["test_loss"],
+                    parameters=sum(r.parameters for r in records),
+                    fusion_seconds=run.metrics["fusion_seconds"],
+                    note="not one network: not fine-tuned" if finetune is not None else "",
+                )
+            )
+            continue
+        tuned = finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning) if finetune else None
+        rows.append(row_from_records(workspace, run.record, tuned, single_model_note(method, ids[0]) if single else ""))
+        progress(offset + per_method, total, f"{method}: done")
+    return MethodComparison(tuple(parent_ids), tuple(rows), skipped, finetune)
+
+
+def comparison_from_workspace(workspace: Workspace, parent_ids: Sequence[str]) -> MethodComparison:
+    """The rows of the models already fused from exactly these parents (and the single-model methods' results of
+    one of them), oldest first, each with its newest fine-tuned descendant; nothing is recomputed."""
+    chosen = list(dict.fromkeys(parent_ids))
+    records = workspace.records()
+    tuned_of = {r.parents[0]: r for r in records if r.method == "finetune" and len(r.parents) == 1}
+    rows = []
+    for record in records:
+        if record.method not in REGISTRY or not record.parents:
+            continue
+        single = REGISTRY[record.method].max_models == 1
+        if single and record.parents[0] in chosen:
+            note = single_model_note(record.method, record.parents[0])
+        elif not single and set(record.parents) == set(chosen):
+            note = ""
+        else:
+            continue
+        rows.append(row_from_records(workspace, record, tuned_of.get(record.id), note))
+    return MethodComparison(tuple(chosen), tuple(rows), {})
+
+
+def none_as_blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def to_csv(rows: Sequence[ComparisonRow]) -> str:
+    """The rows as CSV: one header line of :class:`ComparisonRow`'s field names, then one line per row; accuracies
+    as fractions, parents separated by spaces, missing values empty."""
+    stream = io.StringIO()
+    names = [f.name for f in fields(ComparisonRow)]
+    writer = csv.DictWriter(stream, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        values = row.to_dict()
+        values["parents"] = " ".join(row.parents)
+        writer.writerow({k: none_as_blank(v) for k, v in values.items()})
+    return stream.getvalue()
+
+
+def percent(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
+TABLE_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], Any]], ...] = (
+    ("method", lambda r: r.method),
+    ("model", lambda r: r.model),
+    ("id", lambda r: r.id),
+    ("test accuracy (%)", lambda r: percent(r.test_accuracy)),
+    ("test loss", lambda r: r.test_loss),
+    ("fine-tuned accuracy (%)", lambda r: percent(r.finetuned_accuracy)),
+    ("fine-tuned loss", lambda r: r.finetuned_loss),
+    ("parameters", lambda r: r.parameters),
+    ("fusion time (s)", lambda r: r.fusion_seconds),
+    ("top Hessian eigenvalue", lambda r: r.top_eigenvalue),
+    ("Hessian trace", lambda r: r.hessian_trace),
+    ("fine-tuned top eigenvalue", lambda r: r.finetuned_top_eigenvalue),
+    ("fine-tuned Hessian trace", lambda r: r.finetuned_hessian_trace),
+    ("note", lambda r: r.note),
+)
+
+
+def table_records(rows: Sequence[ComparisonRow]) -> list[dict[str, Any]]:
+    """The rows as the app and the Markdown export show them: the columns of :data:`TABLE_COLUMNS`, accuracies in
+    percent."""
+    return [{name: value(row) for name, value in TABLE_COLUMNS} for row in rows]
+
+
+MARKDOWN_FORMATS = {
+    "test accuracy (%)": "{:.2f}",
+    "fine-tuned accuracy (%)": "{:.2f}",
+    "test loss": "{:.4f}",
+    "fine-tuned loss": "{:.4f}",
+    "parameters": "{:,}",
+    "fusion time (s)": "{:.2f}",
+    "top Hessian eigenvalue": "{:.4g}",
+    "Hessian trace": "{:.4g}",
+    "fine-tuned top eigenvalue": "{:.4g}",
+    "fine-tuned Hessian trace": "{:.4g}",
+}
+
+
+def markdown_cell(column: str, value: Any) -> str:
+    if value is None or value == "":
+        return "–"
+    text = MARKDOWN_FORMATS.get(column, "{}").format(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(rows: Sequence[ComparisonRow]) -> str:
+    """The rows as a GitHub Markdown table (the columns of :func:`table_records`), missing values as ``–``."""
+    columns = [name for name, _ in TABLE_COLUMNS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(markdown_cell(c, record[c]) for c in columns) + " |" for record in table_records(rows)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,518 @@
+"""The story of Neuron Transplantation (Öz et al., "Model Fusion via Neuron Transplantation", ECML PKDD 2024) told on
+the offline demo ensemble, one step at a time.
+
+1. **parents** — K demo networks of one architecture (trained first if the workspace lacks them), their test accuracy;
+2. **concatenation** — the wide model that stacks the K networks' neurons computes the ensemble's mean logits
+   ``(1/K) sum_k f_k(x)`` exactly;
+3. **pruning** — keeping the largest neurons per group brings it back to one network's width and costs accuracy;
+4. **fine-tune** — a short fine-tune recovers, and is judged against the best parent on this run's test set;
+5. **baselines** — OT fusion and vanilla averaging of the same parents, before and after the same fine-tune.
+
+Each step returns a frozen dataclass: the first is a function of the workspace and the :class:`StoryOptions`, every
+later one of the workspace and the :class:`Story` so far. :func:`advance_story` runs the next step, :func:`run_story`
+all of them. The transplanted, fused and fine-tuned models are saved with their provenance, and from step 4 on the
+story is stored as the ``story`` result of the fine-tuned transplanted model, so :func:`load_story` finds the finished
+story after a reload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from analysis.norms import GroupNorms, Survival, neuron_norms, transplant_survival
+from fusion.alignment import group_sizes
+from fusion.data import load_dataset
+from fusion.errors import ConfigError
+from fusion.groups import neuron_groups
+from fusion.methods.average import Ensemble
+from fusion.methods.transplant import concatenate
+from fusion.models import parameter_count
+from fusion.pipeline import (
+    DemoMember,
+    build_demo_ensemble,
+    demo_members,
+    finetune_and_save,
+    fuse_and_save,
+    parent_role,
+)
+from fusion.train import Progress, TrainConfig, no_progress, predict_logits
+from fusion.workspace import ModelRecord, Workspace
+
+STORY_RESULT = "story"
+STEP_TITLES = (
+    "The parents",
+    "The concatenated model is the ensemble",
+    "Pruning sacrifices the small neurons",
+    "A short fine-tune recovers",
+    "OT fusion and vanilla averaging beside it",
+)
+BASELINES = ("ot", "average")
+
+
+@dataclass(frozen=True)
+class StoryOptions:
+    """Which parents the story fuses and how every fused model is fine-tuned.
+
+    The default fine-tune is the reference implementation's (its experiment 11: 30 epochs of SGD, lr 0.01, momentum
+    0.9), with batches of 64 and a cosine schedule instead of a constant rate.
+    """
+
+    arch: Literal["cnn", "mlp"] = field(
+        default="cnn", metadata={"help": "the demo CNNs (16-32 channels) or MLPs (128-64)"}
+    )
+    parents: int = field(default=2, metadata={"help": "how many demo networks to fuse (K, 2 to 4)"})
+    finetune_epochs: int = field(default=30, metadata={"help": "fine-tune epochs for every fused model"})
+    finetune_lr: float = field(default=0.01, metadata={"help": "fine-tune learning rate"})
+    finetune_optimizer: Literal["sgd", "adam"] = field(
+        default="sgd", metadata={"help": "fine-tune optimizer (SGD with momentum 0.9)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the fine-tune's mini-batch order"})
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("cnn", "mlp"):
+            raise ConfigError(f"the demo's architecture must be cnn or mlp, got {self.arch!r}")
+        if not isinstance(self.parents, int) or not 2 <= self.parents <= 4:
+            raise ConfigError(f"the demo fuses 2 to 4 parents, got {self.parents!r}")
+        self.finetune_config()
+
+    def finetune_config(self) -> TrainConfig:
+        """The fine-tune recipe as a :class:`TrainConfig` (raises ConfigError for out-of-range values)."""
+        return TrainConfig(
+            epochs=self.finetune_epochs, lr=self.finetune_lr, optimizer=self.finetune_optimizer, seed=self.seed
+        )
+
+    def members(self) -> list[DemoMember]:
+        """The demo members the story fuses: seeds 0..K-1 of the chosen architecture."""
+        return [m for m in demo_members(mlps=self.parents, cnns=self.parents) if m.spec.arch == self.arch]
+
+
+@dataclass(frozen=True)
+class Score:
+    """One model of the story on the test split: label, role (its colour on every page), workspace id (``None`` for
+    models that are not saved), accuracy (a fraction), mean cross-entropy and parameter count."""
+
+    model: str
+    role: str
+    id: str | None
+    test_accuracy: float
+    test_loss: float
+    parameters: int
+
+    @classmethod
+    def of(cls, record: ModelRecord, role: str) -> "Score":
+        return cls(
+            record.name, role, record.id, record.metrics["test_accuracy"], record.metrics["test_loss"], record.parameters
+        )
+
+
+@dataclass(frozen=True)
+class ParentsStep:
+    """The K parents with their stored test metrics; ``trained`` lists the ids trained by this step."""
+
+    scores: tuple[Score, ...]
+    trained: tuple[str, ...]
+    test_size: int
+    seconds: float
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.scores if s.id is not None]
+
+    @property
+    def best(self) -> Score:
+        return max(self.scores, key=lambda s: s.test_accuracy)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ParentsStep":
+        return cls(tuple(Score(**s) for s in data["scores"]), tuple(data["trained"]), data["test_size"], data["seconds"])
+
+
+@dataclass(frozen=True)
+class ConcatenationStep:
+    """The wide model against the prediction ensemble on the test split.
+
+    ``max_logit_difference`` is ``max |wide(x) - (1/K) sum_k f_k(x)|`` over every test image and class;
+    ``disagreements`` counts the test images whose predicted class differs. ``parent_widths`` and ``wide_widths`` give
+    every neuron group's width in one parent and in the wide model (K times as many).
+    """
+
+    ensemble: Score
+    wide: Score
+    max_logit_difference: float
+    disagreements: int
+    parent_widths: dict[str, int]
+    wide_widths: dict[str, int]
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ConcatenationStep":
+        return cls(
+            Score(**data["ensemble"]), Score(**data["wide"]), data["max_logit_difference"], data["disagreements"],
+            dict(data["parent_widths"]), dict(data["wide_widths"]), data["seconds"],
+        )
+
+
+@dataclass(frozen=True)
+class PruningStep:
+    """Neuron Transplantation without its fine-tune: the transplanted model, its accuracy drop from the ensemble (a
+    fraction), per group which concatenated neurons survived, and the neuron norms of the parents and of the
+    transplanted model (keyed by role)."""
+
+    transplanted: Score
+    accuracy_drop: float
+    survival: tuple[Survival, ...]
+    norms: dict[str, list[GroupNorms]]
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PruningStep":
+        return cls(
+            Score(**data["transplanted"]),
+            data["accuracy_drop"],
+            tuple(Survival(**s) for s in data["survival"]),
+            {role: [GroupNorms(**g) for g in groups] for role, groups in data["norms"].items()},
+            data["seconds"],
+        )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The fine-tuned transplanted model against the best parent and the ensemble, counted in test images."""
+
+    finetuned_accuracy: float
+    best_parent_accuracy: float
+    ensemble_accuracy: float
+    test_size: int
+
+    @property
+    def images_ahead(self) -> int:
+        """Test images the fine-tuned model classifies correctly beyond the best parent (negative: behind)."""
+        return round((self.finetuned_accuracy - self.best_parent_accuracy) * self.test_size)
+
+    @property
+    def ensemble_images_ahead(self) -> int:
+        return round((self.ensemble_accuracy - self.best_parent_accuracy) * self.test_size)
+
+    @property
+    def beats_best_parent(self) -> bool:
+        return self.images_ahead > 0
+
+    def explanation(self) -> str:
+        """The outcome of this run in two sentences, with the reason when the best parent was not beaten."""
+        point = 100 / self.test_size
+        head = (
+            f"Fine-tuned NT {100 * self.finetuned_accuracy:.2f}% vs best parent {100 * self.best_parent_accuracy:.2f}%: "
+        )
+        ahead = self.images_ahead
+        if ahead > 0:
+            return head + (
+                f"{images(ahead)} ahead, so the transplanted model beats every parent, as the paper reports "
+                f"(the ensemble: {100 * self.ensemble_accuracy:.2f}%)."
+            )
+        head += "a tie, the same number of test images right. " if ahead == 0 else f"{images(-ahead)} behind. "
+        if self.ensemble_images_ahead <= 0:
+            return head + (
+                f"On this small test set ({self.test_size} images, 1 image = {point:.2f} points) the ensemble itself "
+                f"({100 * self.ensemble_accuracy:.2f}%) does not beat the best parent, so NT, which starts from the "
+                "ensemble's largest neurons, cannot be expected to."
+            )
+        return head + (
+            f"The ensemble ({100 * self.ensemble_accuracy:.2f}%) is {images(self.ensemble_images_ahead)} ahead of the "
+            f"best parent (1 image = {point:.2f} points), so there was something to gain; this short fine-tune did not "
+            "recover it on this run."
+        )
+
+
+def images(count: int) -> str:
+    return f"{count} test image" + ("" if count == 1 else "s")
+
+
+@dataclass(frozen=True)
+class FinetuneStep:
+    """The transplanted model after the story's fine-tune, the recipe used and the verdict against the parents."""
+
+    finetuned: Score
+    config: dict[str, Any]
+    verdict: Verdict
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneStep":
+        return cls(Score(**data["finetuned"]), dict(data["config"]), Verdict(**data["verdict"]), data["seconds"])
+
+
+@dataclass(frozen=True)
+class FusedPair:
+    """One fusion method's model before and after the story's fine-tune."""
+
+    method: str
+    fused: Score
+    finetuned: Score
+
+
+@dataclass(frozen=True)
+class BaselinesStep:
+    """OT fusion and vanilla averaging of the same parents, each before and after the same fine-tune."""
+
+    pairs: tuple[FusedPair, ...]
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BaselinesStep":
+        return cls(
+            tuple(FusedPair(p["method"], Score(**p["fused"]), Score(**p["finetuned"])) for p in data["pairs"]),
+            data["seconds"],
+        )
+
+
+@dataclass(frozen=True)
+class Story:
+    """The steps done so far (``None`` for those still to come) and the options they ran with."""
+
+    options: StoryOptions = StoryOptions()
+    parents: ParentsStep | None = None
+    concatenation: ConcatenationStep | None = None
+    pruning: PruningStep | None = None
+    finetune: FinetuneStep | None = None
+    baselines: BaselinesStep | None = None
+
+    @property
+    def steps_done(self) -> int:
+        steps = (self.parents, self.concatenation, self.pruning, self.finetune, self.baselines)
+        return next((i for i, step in enumerate(steps) if step is None), len(steps))
+
+    @property
+    def finished(self) -> bool:
+        return self.steps_done == len(STEP_TITLES)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the steps done, in seconds."""
+        steps = (self.parents, self.concatenation, self.pruning, self.finetune, self.baselines)
+        return sum(step.seconds for step in steps if step is not None)
+
+    def method_pairs(self) -> list[FusedPair]:
+        """Neuron Transplantation and, once run, the baselines, each before and after the fine-tune."""
+        pairs = []
+        if self.pruning is not None and self.finetune is not None:
+            pairs.append(FusedPair("transplant", self.pruning.transplanted, self.finetune.finetuned))
+        return pairs + list(self.baselines.pairs if self.baselines is not None else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Story":
+        def step(name: str, kind: Any) -> Any:
+            return kind.from_dict(data[name]) if data.get(name) is not None else None
+
+        return cls(
+            StoryOptions(**data["options"]),
+            step("parents", ParentsStep),
+            step("concatenation", ConcatenationStep),
+            step("pruning", PruningStep),
+            step("finetune", FinetuneStep),
+            step("baselines", BaselinesStep),
+        )
+
+
+def require(step: Any, name: str) -> Any:
+    if step is None:
+        raise ConfigError(f"the story has no {name} step yet: run the steps in order")
+    return step
+
+
+def parents_step(
+    workspace: Workspace, options: StoryOptions, device: torch.device | None = None, progress: Progress = no_progress
+) -> ParentsStep:
+    """Find the demo members of ``options`` in the workspace (same architecture, dataset and training recipe),
+    train those that are missing with :func:`fusion.pipeline.build_demo_ensemble`, and report their test metrics."""
+    started = time.perf_counter()
+    records = workspace.records()
+    members = options.members()
+    found: list[ModelRecord | None] = [
+        next(
+            (
+                r for r in records
+                if r.method == "train" and r.dataset == "digits" and r.spec == member.spec
+                and r.provenance.get("options") == member.config.to_dict()
+            ),
+            None,
+        )
+        for member in members
+    ]
+    missing = [m for m, r in zip(members, found) if r is None]
+    trained = iter(build_demo_ensemble(workspace, missing, device=device, progress=progress) if missing else [])
+    parents = [record if record is not None else next(trained) for record in found]
+    progress(1, 1, f"{len(parents)} demo {options.arch} parents ready")
+    return ParentsStep(
+        tuple(Score.of(record, parent_role(k)) for k, record in enumerate(parents)),
+        tuple(r.id for r, old in zip(parents, found) if old is None),
+        len(load_dataset("digits").y_test),
+        time.perf_counter() - started,
+    )
+
+
+def concatenation_step(
+    workspace: Workspace, story: Story, device: torch.device | None = None, progress: Progress = no_progress
+) -> ConcatenationStep:
+    """Concatenate the parents (:func:`fusion.methods.transplant.concatenate`) and compare the wide model's logits
+    with the mean of the parents' logits on every test image."""
+    started = time.perf_counter()
+    parents = require(story.parents, "parents")
+    models = [workspace.load(i)[0] for i in parents.ids]
+    data = load_dataset("digits")
+    x, y = data.split("test")
+    groups = neuron_groups(models[0], data.x_train[:2])
+    wide = concatenate(models, groups)
+    progress(1, 3, "concatenated the parents into one wide model")
+    wide_logits = predict_logits(wide, x, device)
+    ensemble_logits = predict_logits(Ensemble(models), x, device)
+    progress(2, 3, "evaluated the wide model and the ensemble")
+
+    def score(name: str, logits: torch.Tensor, parameters: int) -> Score:
+        loss = float(F.cross_entropy(logits, y))
+        return Score(name, "ensemble", None, float((logits.argmax(1) == y).float().mean()), loss, parameters)
+
+    result = ConcatenationStep(
+        ensemble=score(f"ensemble of {len(models)}", ensemble_logits, sum(parameter_count(m) for m in models)),
+        wide=score(f"concatenated ({len(models)}x wide)", wide_logits, parameter_count(wide)),
+        max_logit_difference=float((wide_logits - ensemble_logits).abs().max()),
+        disagreements=int((wide_logits.argmax(1) != ensemble_logits.argmax(1)).sum()),
+        parent_widths=group_sizes(models[0].state_dict(), groups),
+        wide_widths=group_sizes(wide.state_dict(), groups),
+        seconds=time.perf_counter() - started,
+    )
+    progress(3, 3, f"max |wide - ensemble| logit difference {result.max_logit_difference:.1e}")
+    return result
+
+
+def pruning_step(
+    workspace: Workspace, story: Story, device: torch.device | None = None, progress: Progress = no_progress
+) -> PruningStep:
+    """Neuron Transplantation of the parents (``fuse(..., "transplant")``, saved with its provenance), its accuracy
+    drop from the ensemble, the survival table of every group and the neuron norms of parents and result."""
+    started = time.perf_counter()
+    parents = require(story.parents, "parents")
+    concatenation = require(story.concatenation, "concatenation")
+    run = fuse_and_save(
+        workspace, parents.ids, "transplant", name=f"demo story · NT of {len(parents.ids)} {story.options.arch}",
+        device=device, progress=progress,
+    )
+    assert run.record is not None
+    transplanted = Score.of(run.record, "fused")
+    example = load_dataset("digits").x_test[:2]
+    norms = {s.role: neuron_norms(workspace.load(s.id)[0], example) for s in parents.scores if s.id is not None}
+    norms["fused"] = neuron_norms(workspace.load(run.record.id)[0], example)
+    return PruningStep(
+        transplanted,
+        concatenation.ensemble.test_accuracy - transplanted.test_accuracy,
+        tuple(transplant_survival(run.result.report.details)),
+        norms,
+        time.perf_counter() - started,
+    )
+
+
+def finetune_step(
+    workspace: Workspace, story: Story, device: torch.device | None = None, progress: Progress = no_progress
+) -> FinetuneStep:
+    """Fine-tune the transplanted model with the story's recipe (saved as a new model) and judge it against the best
+    parent and the ensemble."""
+    started = time.perf_counter()
+    parents = require(story.parents, "parents")
+    concatenation = require(story.concatenation, "concatenation")
+    pruning = require(story.pruning, "pruning")
+    config = story.options.finetune_config()
+    assert pruning.transplanted.id is not None
+    record = finetune_and_save(workspace, pruning.transplanted.id, config, device=device, progress=progress)
+    finetuned = Score.of(record, "fine-tuned")
+    verdict = Verdict(
+        finetuned.test_accuracy, parents.best.test_accuracy, concatenation.ensemble.test_accuracy, parents.test_size
+    )
+    return FinetuneStep(finetuned, config.to_dict(), verdict, time.perf_counter() - started)
+
+
+def baselines_step(
+    workspace: Workspace, story: Story, device: torch.device | None = None, progress: Progress = no_progress
+) -> BaselinesStep:
+    """OT fusion and vanilla averaging of the parents (saved), each fine-tuned with the story's recipe (saved)."""
+    started = time.perf_counter()
+    parents = require(story.parents, "parents")
+    config = story.options.finetune_config()
+    total = len(BASELINES) * (config.epochs + 1)
+    pairs = []
+    for index, method in enumerate(BASELINES):
+        offset = index * (config.epochs + 1)
+        run = fuse_and_save(
+            workspace, parents.ids, method, name=f"demo story · {method} of {len(parents.ids)} {story.options.arch}",
+            device=device,
+        )
+        assert run.record is not None
+        progress(offset + 1, total, f"{method}: fused")
+
+        def report(done: int, _: int, message: str, offset: int = offset + 1, method: str = method) -> None:
+            progress(offset + done, total, f"{method} fine-tune: {message}")
+
+        tuned = finetune_and_save(workspace, run.record.id, config, device=device, progress=report)
+        pairs.append(FusedPair(method, Score.of(run.record, "fused"), Score.of(tuned, "fine-tuned")))
+    return BaselinesStep(tuple(pairs), time.perf_counter() - started)
+
+
+LATER_STEPS = (
+    ("concatenation", concatenation_step),
+    ("pruning", pruning_step),
+    ("finetune", finetune_step),
+    ("baselines", baselines_step),
+)
+
+
+def advance_story(
+    workspace: Workspace, story: Story, device: torch.device | None = None, progress: Progress = no_progress
+) -> Story:
+    """Run the story's next step and return the longer story; from the fine-tune on, it is also stored as the
+    ``story`` result of the fine-tuned transplanted model. Raises ConfigError when the story is finished."""
+    done = story.steps_done
+    if story.finished:
+        raise ConfigError("the story is finished; start a new one to run it again")
+    if done == 0:
+        return dataclasses.replace(story, parents=parents_step(workspace, story.options, device, progress))
+    name, step = LATER_STEPS[done - 1]
+    longer = dataclasses.replace(story, **{name: step(workspace, story, device, progress)})
+    if longer.finetune is not None:
+        assert longer.finetune.finetuned.id is not None
+        workspace.save_result(longer.finetune.finetuned.id, STORY_RESULT, longer.to_dict())
+    return longer
+
+
+def run_story(
+    workspace: Workspace,
+    options: StoryOptions = StoryOptions(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> Story:
+    """Every step of the story in order; ``progress`` reports each step's own progress, prefixed with the step."""
+    story = Story(options)
+    while not story.finished:
+        title = STEP_TITLES[story.steps_done]
+
+        def report(done: int, total: int, message: str, title: str = title) -> None:
+            progress(done, total, f"{title}: {message}")
+
+        story = advance_story(workspace, story, device, report)
+    return story
+
+
+def load_story(workspace: Workspace) -> Story | None:
+    """The newest story stored in the workspace (with its fine-tuned transplanted model), or ``None``."""
+    for record in reversed(workspace.records()):
+        if record.method == "finetune":
+            payload = workspace.load_result(record.id, STORY_RESULT)
+            if payload is not None:
+                return Story.from_dict(payload)
+    return None

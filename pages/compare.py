@@ -1,0 +1,154 @@
+"""Compare: every fusion method on one set of parents in one table, with a chart, CSV and Markdown exports and the
+command lines that reproduce each row (:mod:`analysis.comparison`)."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.comparison import (
+    ComparisonRow,
+    MethodComparison,
+    applicable_methods,
+    check_comparison,
+    compare_methods,
+    comparison_from_workspace,
+    table_records,
+    to_csv,
+    to_markdown,
+)
+from analysis.fusion_figures import finetune_comparison_figure, parent_role
+from fusion.fuse import REGISTRY
+from fusion.train import TrainConfig
+from ui.charts import show_chart
+from ui.errors import report_errors
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import command_line
+from ui.state import (
+    device,
+    job_runner,
+    models_or_stop,
+    select_models,
+    selected_model_ids,
+)
+
+COMPARE_KIND = "compare"
+
+st.title("Compare")
+st.caption(
+    "Fuse one set of parents with every method and compare the results: test accuracy and loss before and after "
+    "fine-tuning, size, fusion time, and the Hessian's top eigenvalue and trace where they have been computed. "
+    "Intra-Fusion and magnitude pruning work on one model and take the first parent."
+)
+ws, records, by_id = models_or_stop()
+disabled = inputs_disabled()
+
+PARENTS_KEY, METHODS_KEY = "compare.parents", "compare.methods"
+
+
+def applicable_to_chosen() -> None:
+    """Reset the methods to all that apply whenever the parents change."""
+    st.session_state[METHODS_KEY] = applicable_methods([by_id[i] for i in st.session_state[PARENTS_KEY] if i in by_id])
+
+
+chosen = st.multiselect(
+    "Parents",
+    list(by_id),
+    default=[i for i in selected_model_ids() if i in by_id],
+    format_func=lambda i: f"{by_id[i].name} · {by_id[i].metrics.get('test_accuracy', float('nan')) * 100:.1f}% ({i})",
+    key=PARENTS_KEY,
+    on_change=applicable_to_chosen,
+    disabled=disabled,
+)
+parents = [by_id[i] for i in chosen]
+st.session_state.setdefault(METHODS_KEY, applicable_methods(parents))
+methods = st.multiselect(
+    "Methods (all that apply to these parents by default)",
+    list(REGISTRY),
+    format_func=lambda m: f"{m} — {REGISTRY[m].summary}",
+    key=METHODS_KEY,
+    disabled=disabled,
+)
+
+with st.form("compare.form"):
+    left, right = st.columns(2)
+    epochs = left.number_input(
+        "Fine-tune epochs for every fused model (0: none)", 0, 500, 5, key="compare.finetune.epochs", disabled=disabled
+    )
+    lr = right.number_input(
+        "Fine-tune learning rate (Adam)", 1e-6, 1.0, 1e-3, format="%.0e", key="compare.finetune.lr", disabled=disabled
+    )
+    submitted = st.form_submit_button("Compare", type="primary", disabled=disabled)
+
+if submitted:
+    with report_errors():
+        skipped = check_comparison(parents, methods)
+        finetune = TrainConfig(epochs=int(epochs), lr=float(lr)) if epochs else None
+        select_models(chosen)
+        start_job(
+            f"comparison of {len(methods) - len(skipped)} method(s) on {len(chosen)} parent(s)",
+            compare_methods, ws, chosen, methods, finetune, device=device(), kind=COMPARE_KIND,
+        )
+
+job = job_runner().latest(COMPARE_KIND)
+show_job(job)
+
+comparison: MethodComparison | None = None
+if job is not None and job.status == "done" and list(job.result.parents) == chosen:
+    comparison = job.result
+    st.subheader("Results")
+elif chosen:
+    comparison = comparison_from_workspace(ws, chosen)
+    if comparison.rows:
+        st.subheader("Results already in the workspace")
+        st.caption("Models fused earlier from exactly these parents, read from the workspace; nothing was recomputed.")
+if comparison is None or not comparison.rows:
+    st.stop()
+
+for method, reason in comparison.skipped.items():
+    st.info(f"{method} skipped: {reason}")
+rows = comparison.rows
+st.dataframe(
+    pd.DataFrame(table_records(rows)),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
+        "fine-tuned accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
+        "test loss": st.column_config.NumberColumn(format="%.4f"),
+        "fine-tuned loss": st.column_config.NumberColumn(format="%.4f"),
+        "parameters": st.column_config.NumberColumn(format="localized"),
+        "fusion time (s)": st.column_config.NumberColumn(format="%.2f"),
+    },
+)
+references = [
+    (f"{parent_role(k)}: {by_id[i].name}", parent_role(k), by_id[i].metrics["test_accuracy"])
+    for k, i in enumerate(comparison.parents)
+    if i in by_id and "test_accuracy" in by_id[i].metrics
+]
+unique = len({r.method for r in rows}) == len(rows)
+bars = [{**r.to_dict(), "method": r.method if unique else f"{r.method} · {r.id or 'ensemble'}"} for r in rows]
+show_chart(finetune_comparison_figure(bars, references), "fusion-comparison")
+left, right = st.columns(2)
+left.download_button(
+    "Download CSV", to_csv(rows), file_name="fusion-comparison.csv", mime="text/csv", key="compare.csv"
+)
+right.download_button(
+    "Download Markdown", to_markdown(rows), file_name="fusion-comparison.md", mime="text/markdown", key="compare.markdown"
+)
+
+
+def row_commands(row: ComparisonRow) -> list[str]:
+    """The command line that fuses like ``row`` and fine-tunes like it: one command when the fine-tune was the
+    command line's own recipe (Adam, batches of 64, seed 0), else a second ``finetune`` command for the fused model."""
+    fuse = ["fuse", "--method", row.method, "--models", *row.parents]
+    tuned = by_id.get(row.finetuned_id) if row.finetuned_id is not None else None
+    if tuned is None:
+        return [command_line(fuse, {})]
+    recipe = tuned.provenance.get("options", {})
+    if recipe == TrainConfig(epochs=int(recipe.get("epochs", 1)), lr=float(recipe.get("lr", 1e-3))).to_dict():
+        return [command_line(fuse, {"finetune_epochs": recipe["epochs"], "finetune_lr": recipe["lr"]})]
+    flags = {k: recipe[k] for k in ("epochs", "lr", "batch_size", "optimizer", "seed") if k in recipe}
+    return [command_line(fuse, {}), command_line(["finetune", "FUSED_ID"], flags)]
+
+
+st.caption("Each row from the command line (FUSED_ID: the id the fuse command prints):")
+st.code("\n".join(line for row in rows for line in row_commands(row)), language="bash")

@@ -1,0 +1,125 @@
+"""The Neuron Transplantation story, step by step, on two demo MLPs (the quickest demo parents to train)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from analysis.story import (
+    STORY_RESULT,
+    Story,
+    StoryOptions,
+    Verdict,
+    advance_story,
+    concatenation_step,
+    load_story,
+    parents_step,
+)
+from fusion.errors import ConfigError
+from fusion.workspace import Workspace
+
+QUICK = StoryOptions(arch="mlp", parents=2, finetune_epochs=3)
+
+
+@pytest.fixture(scope="module")
+def story_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("story") / "workspace"
+
+
+@pytest.fixture(scope="module")
+def story(story_workspace: Path) -> Story:
+    """Every step of the story on the demo MLPs with a 3-epoch fine-tune, run once for the module."""
+    workspace = Workspace(story_workspace)
+    told = Story(QUICK)
+    while not told.finished:
+        told = advance_story(workspace, told)
+    return told
+
+
+def test_parents_are_the_demo_members_and_are_found_instead_of_retrained(story: Story, story_workspace: Path) -> None:
+    assert story.parents is not None
+    assert len(story.parents.scores) == 2 and len(story.parents.trained) == 2
+    assert [s.role for s in story.parents.scores] == ["parent A", "parent B"]
+    assert story.parents.test_size == 450
+    again = parents_step(Workspace(story_workspace), QUICK)
+    assert again.trained == () and again.ids == story.parents.ids
+
+
+def test_concatenated_model_computes_the_ensemble_exactly(story: Story) -> None:
+    step = story.concatenation
+    assert step is not None
+    assert step.max_logit_difference < 1e-5
+    assert step.disagreements == 0
+    assert step.wide.test_accuracy == step.ensemble.test_accuracy
+    assert step.wide_widths == {g: 2 * w for g, w in step.parent_widths.items()}
+
+
+def test_pruning_keeps_exact_widths_and_survival_counts_add_up(story: Story) -> None:
+    assert story.concatenation is not None and story.pruning is not None
+    widths = story.concatenation.parent_widths
+    for table in story.pruning.survival:
+        assert len(table.kept) == 2 * widths[table.group]
+        assert sum(table.kept) == widths[table.group]
+        assert sum(table.kept_per_parent().values()) == widths[table.group]
+        kept = [v for v, k in zip(table.importance, table.kept) if k]
+        dropped = [v for v, k in zip(table.importance, table.kept) if not k]
+        assert min(kept) >= max(dropped)
+    assert story.pruning.accuracy_drop == pytest.approx(
+        story.concatenation.ensemble.test_accuracy - story.pruning.transplanted.test_accuracy
+    )
+    assert set(story.pruning.norms) == {"parent A", "parent B", "fused"}
+
+
+def test_finetune_improves_over_the_pruned_model(story: Story) -> None:
+    assert story.pruning is not None and story.finetune is not None
+    assert story.finetune.finetuned.test_accuracy > story.pruning.transplanted.test_accuracy
+    assert story.finetune.config["epochs"] == 3
+
+
+def test_baselines_are_ot_and_averaging_each_fine_tuned(story: Story, story_workspace: Path) -> None:
+    assert story.baselines is not None
+    assert [p.method for p in story.baselines.pairs] == ["ot", "average"]
+    workspace = Workspace(story_workspace)
+    for pair in story.method_pairs():
+        tuned = workspace.record(pair.finetuned.id)
+        assert tuned.parents == [pair.fused.id]
+        assert workspace.record(pair.fused.id).method == pair.method
+
+
+def test_stored_story_reloads_equal(story: Story, story_workspace: Path) -> None:
+    workspace = Workspace(story_workspace)
+    assert story.finetune is not None
+    assert workspace.load_result(story.finetune.finetuned.id, STORY_RESULT) is not None
+    assert load_story(workspace) == story
+    assert Story.from_dict(story.to_dict()) == story
+
+
+def test_a_finished_story_and_steps_out_of_order_are_refused(story: Story, story_workspace: Path) -> None:
+    workspace = Workspace(story_workspace)
+    with pytest.raises(ConfigError, match="finished"):
+        advance_story(workspace, story)
+    with pytest.raises(ConfigError, match="no parents step"):
+        concatenation_step(workspace, Story(QUICK))
+
+
+@pytest.mark.parametrize("changes", [{"parents": 1}, {"parents": 5}, {"arch": "vgg11"}, {"finetune_epochs": 0}])
+def test_story_options_out_of_range_are_refused(changes: dict) -> None:
+    with pytest.raises(ConfigError):
+        dataclasses.replace(StoryOptions(), **changes)
+
+
+@pytest.mark.parametrize(
+    "finetuned, ensemble, expected",
+    [
+        (0.9822, 0.9867, ["1 test image ahead", "beats every parent"]),
+        (0.9800, 0.9867, ["a tie", "something to gain"]),
+        (0.9778, 0.9711, ["1 test image behind", "does not beat the best parent", "0.22 points"]),
+    ],
+)
+def test_verdict_counts_test_images_and_explains_why(finetuned: float, ensemble: float, expected: list[str]) -> None:
+    verdict = Verdict(finetuned, 0.9800, ensemble, 450)
+    assert verdict.beats_best_parent == (finetuned > 0.9801)
+    for text in expected:
+        assert text in verdict.explanation()
