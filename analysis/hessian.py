@@ -5,30 +5,34 @@ The Hessian is that of the data-weighted mean loss over ``N`` examples split int
 default) and the model in eval mode (BatchNorm uses its running statistics). It is never formed: every algorithm
 calls Hessian-vector products ``H V`` for a block of vectors ``V: (b, n)``, ``n`` the number of parameters analysed.
 
-Hessian-vector products are forward-over-reverse (Pearlmutter 1994): ``H v = J_v(∇_θ L)`` is the forward-mode
-directional derivative (``torch.func.jvp``) of the reverse-mode gradient (``torch.func.grad`` over
-``torch.func.functional_call``), and a block of vectors is pushed through one call with ``torch.func.vmap`` so the
-primal forward and backward are computed once for the whole block. Chosen by measurement on this machine's CPU
-(2 threads, shared), per vector, relative to one forward+backward pass:
+Hessian-vector products are double backward (Pearlmutter 1994): ``H v = ∇_θ (∇_θ ℓ_b · v)``, with each batch's
+gradient ``∇_θ ℓ_b`` computed once with its graph (``create_graph``, through ``torch.func.functional_call``) and kept,
+so a product is one backward pass through that graph (``HessianConfig.cache_graph``; memory grows with the samples).
+PyHessian keeps the graph only for a single batch and rebuilds forward and backward per product otherwise; it also
+leaks it through ``backward(create_graph=True)`` into ``.grad``, which ``torch.autograd.grad`` avoids. Chosen by
+measurement on this machine's CPU (2 threads, shared with other jobs; ``bench/bench_hessian.py``, methods interleaved),
+seconds per vector relative to one forward+backward pass:
 
-====================================  ==============  ==============
-method                                digits CNN      ResNet-18 32x32
-====================================  ==============  ==============
-double backward, 1 vector             0.89x           4.5x
-double backward, 4 vectors batched    1.08x           3.1x
-forward-over-reverse, 1 vector        0.74x           5.0x
-forward-over-reverse, 4 vectors       1.14x           2.6x
-====================================  ==============  ==============
+=====================================================  ===================  ========================
+method                                                 digits CNN, b=128    ResNet-18 32x32, b=64
+=====================================================  ===================  ========================
+double backward, gradient graph rebuilt per product    1.87x                2.80x
+double backward, gradient graph kept (ours)            1.02x                1.59x
+the same, 4 vectors per pass (``is_grads_batched``)    1.30x                1.77x
+forward-over-reverse (``jvp`` of ``grad``)             5.63x                3.65x
+the same, 4 vectors per call (``vmap``)                1.96x                3.07x
+linearised (``torch.func.linearize``), 1 vector        1.21x                2.70x
+linearised, 4 vectors                                  1.58x                4.48x
+=====================================================  ===================  ========================
 
-(digits CNN 16-32 at batch 256; ResNet-18 at batch 32; see ``bench/bench_hessian.py``.) On the small CNN a single
-vector per call is cheapest, on the ResNet a block of vectors: ``HessianConfig.block_size`` sets the block, and the
-Lanczos iterations (inherently one vector at a time) use single-vector calls.
+Batching vectors did not pay on this CPU, so ``block_size`` defaults to 1 (it may on a GPU).
 
 Algorithms (Yao et al. 2020, "PyHessian: Neural Networks Through the Lens of the Hessian"):
 
 - top-k eigenvalues: Lanczos with full reorthogonalisation from a seeded Gaussian start, stopped when the Ritz residual
   bound ``β_m |s_{m,i}|`` of each of the top k Ritz pairs is at most ``tolerance * |θ_1|`` (PyHessian uses power
-  iteration with deflation, which needs many more products for the same accuracy);
+  iteration with deflation and stops when successive estimates change by less than ``tol``; at ``tol = 1e-3`` its
+  ``λ_1`` differed from ours by 0.2-0.3% after a similar number of products in ``bench/bench_hessian.py``);
 - trace: Hutchinson's estimator ``tr H ≈ (1/P) Σ_p z_pᵀ H z_p`` with Rademacher ``z_p`` (Hutchinson 1989; Avron &
   Toledo 2011), with the error bar ``std(z_pᵀ H z_p) / sqrt(P)``;
 - eigenvalue density: stochastic Lanczos quadrature (Ghorbani et al. 2019, "An Investigation into Neural Net
@@ -41,17 +45,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call
 
 from analysis import AnalysisError, NonFiniteLoss
-from analysis.landscape import eval_mode, evaluate_combinations, filter_normalized_direction, float_state, json_array, numpy_array
+from analysis.landscape import (
+    eval_mode,
+    evaluate_combinations,
+    filter_normalized_direction,
+    float_state,
+    json_array,
+    numpy_array,
+)
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
 from fusion.train import Progress, no_progress
@@ -77,22 +89,24 @@ class HessianConfig:
     ``probes`` Rademacher probes (PyHessian's ``maxIter=100``). Density: ``runs`` SLQ runs of ``steps`` Lanczos steps
     (PyHessian's ``n_v``, ``iter=100``), a Gaussian kernel of width ``kernel_width`` times the spectrum's range, on a
     grid of ``bins`` points, with full reorthogonalisation when ``reorthogonalize`` (memory ``runs * steps * n`` floats).
-    ``block_size`` vectors share one Hessian-vector call.
+    ``cache_graph`` computes each batch's gradient graph once and keeps it for every product (memory grows with
+    ``samples``); without it every product recomputes it. ``block_size`` vectors share one backward pass.
     """
 
-    samples: int | None = 1000
-    batch_size: int = 1000
-    iterations: int = 100
-    tolerance: float = 1e-3
-    top_k: int = 3
-    probes: int = 100
-    steps: int = 100
-    runs: int = 4
-    bins: int = 1000
-    kernel_width: float = 0.01
-    reorthogonalize: bool = True
-    block_size: int = 8
-    seed: int = 0
+    samples: int | None = field(default=1000, metadata={"help": "examples the loss is averaged over (None: all)"})
+    batch_size: int = field(default=1000, metadata={"help": "examples per forward/backward pass"})
+    iterations: int = field(default=100, metadata={"help": "maximum Lanczos steps for the top eigenvalues"})
+    tolerance: float = field(default=1e-3, metadata={"help": "top-k stop: Ritz residual relative to |λ_1|"})
+    top_k: int = field(default=3, metadata={"help": "number of top eigenvalues"})
+    probes: int = field(default=100, metadata={"help": "Hutchinson probes for the trace"})
+    steps: int = field(default=100, metadata={"help": "Lanczos steps per density run"})
+    runs: int = field(default=4, metadata={"help": "independent density (SLQ) runs"})
+    bins: int = field(default=1000, metadata={"help": "grid points of the density"})
+    kernel_width: float = field(default=0.01, metadata={"help": "Gaussian kernel width, relative to the spectrum's range"})
+    reorthogonalize: bool = field(default=True, metadata={"help": "fully reorthogonalise the density's Lanczos vectors"})
+    cache_graph: bool = field(default=True, metadata={"help": "keep each batch's gradient graph for all products"})
+    block_size: int = field(default=1, metadata={"help": "vectors per Hessian-vector backward pass"})
+    seed: int = field(default=0, metadata={"help": "seed of the sample, start vectors and probes"})
 
     def __post_init__(self) -> None:
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
@@ -164,21 +178,24 @@ def sample_data(data: tuple[torch.Tensor, torch.Tensor], config: HessianConfig) 
 
 
 class HessianOperator:
-    """``V ↦ H V`` for ``V: (b, n)`` on ``device``, over ``data`` (already sampled) in batches of ``batch_size``.
+    """``V ↦ H V`` for ``V: (b, n)`` on ``device``: the Hessian of ``loss`` over ``config.samples`` examples of ``data``
+    in batches of ``config.batch_size``, model in eval mode.
 
     ``parameters`` restricts ``θ`` to some trainable parameters (by name; the others are held fixed), giving the
     diagonal block of the Hessian for one layer or group. ``products`` counts the vectors multiplied so far.
+
+    Raises :class:`AnalysisError` for a model without trainable parameters or unknown names, :class:`DatasetError`
+    for empty data and :class:`NonFiniteLoss` when the loss at ``θ`` is not finite.
     """
 
     def __init__(
         self,
         model: nn.Module,
         data: tuple[torch.Tensor, torch.Tensor],
-        loss: Loss = cross_entropy_loss,
-        batch_size: int = 1000,
+        config: HessianConfig = HessianConfig(),
         device: torch.device | None = None,
+        loss: Loss = cross_entropy_loss,
         parameters: Sequence[str] | None = None,
-        block_size: int = 8,
     ) -> None:
         self.device = device or default_device()
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -190,21 +207,21 @@ class HessianOperator:
             raise AnalysisError(
                 f"parameters must be names of trainable parameters ({', '.join(list(trainable)[:4])}...), got {unknown or names}"
             )
-        inputs, targets = data
-        if len(inputs) == 0:
-            raise DatasetError("the Hessian needs data, got an empty dataset")
         self.model = model
         self.loss = loss
-        self.block_size = block_size
+        self.config = config
+        self.data = sample_data(data, config)
         self.space = ParameterSpace(tuple(names), tuple(tuple(trainable[n].shape) for n in names))
-        self.params = {n: trainable[n].detach().to(self.device) for n in names}
+        self.params = {n: trainable[n].detach().to(self.device).requires_grad_() for n in names}
         self.fixed = {k: v.detach().to(self.device) for k, v in model.state_dict().items() if k not in self.params}
+        inputs, targets = self.data
         self.batches = [
-            (inputs[i : i + batch_size].to(self.device), targets[i : i + batch_size].to(self.device))
-            for i in range(0, len(inputs), batch_size)
+            (inputs[i : i + config.batch_size].to(self.device), targets[i : i + config.batch_size].to(self.device))
+            for i in range(0, len(inputs), config.batch_size)
         ]
-        self.total = len(inputs)
+        self.graphs: dict[int, tuple[torch.Tensor, ...]] = {}
         self.products = 0
+        self.loss_value()
 
     @property
     def size(self) -> int:
@@ -217,30 +234,41 @@ class HessianOperator:
     def loss_value(self) -> float:
         """``L(θ)``; raises :class:`NonFiniteLoss` when it is NaN or infinite."""
         with eval_mode(self.model):
-            value = sum(float(self.batch_loss(self.params, x, y)) * len(x) for x, y in self.batches) / self.total
+            value = sum(float(self.batch_loss(self.params, x, y)) * len(x) for x, y in self.batches) / len(self.data[0])
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss at the analysed parameters is {value}; the Hessian is undefined there")
         return value
 
+    def gradient(self, index: int) -> tuple[torch.Tensor, ...]:
+        """``∇_θ ℓ_b`` of batch ``index`` with its graph (``create_graph``), kept when ``config.cache_graph``."""
+        if index in self.graphs:
+            return self.graphs[index]
+        x, y = self.batches[index]
+        with torch.enable_grad(), eval_mode(self.model):
+            loss = self.batch_loss(self.params, x, y)
+            gradient = torch.autograd.grad(loss, list(self.params.values()), create_graph=True, materialize_grads=True)
+        if self.config.cache_graph:
+            self.graphs[index] = gradient
+        return gradient
+
     def matmul(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``H V`` for ``V: (b, n)``, in blocks of ``block_size`` vectors per call; returns ``(b, n)``."""
-        return torch.cat([self.block_matmul(vectors[i : i + self.block_size]) for i in range(0, len(vectors), self.block_size)])
-
-    def block_matmul(self, vectors: torch.Tensor) -> torch.Tensor:
-        tangents = self.space.unflatten(vectors.to(self.device, torch.float32))
+        """``H V = Σ_b (|B_b| / N) ∇_θ (∇_θ ℓ_b · v)`` for ``V: (b, n)``, ``config.block_size`` vectors per backward
+        pass (``is_grads_batched``); returns ``(b, n)``."""
+        vectors = vectors.to(self.device, torch.float32)
         result = torch.zeros(vectors.shape, device=self.device)
-        with eval_mode(self.model):
-            for x, y in self.batches:
-                gradient = grad(lambda p: self.batch_loss(p, x, y))
-
-                def product(v: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-                    return jvp(gradient, (self.params,), (v,))[1]
-
-                if len(vectors) == 1:
-                    hv = {k: t[None] for k, t in product({k: t[0] for k, t in tangents.items()}).items()}
-                else:
-                    hv = vmap(product)(tangents)
-                result += self.space.flatten(hv).detach() * (len(x) / self.total)
+        leaves = list(self.params.values())
+        block = self.config.block_size
+        for index, (x, _) in enumerate(self.batches):
+            gradient = self.gradient(index)
+            for start in range(0, len(vectors), block):
+                chunk = vectors[start : start + block]
+                tangents = self.space.unflatten(chunk if len(chunk) > 1 else chunk[0])
+                products = torch.autograd.grad(
+                    gradient, leaves, [tangents[n] for n in self.space.names], retain_graph=True,
+                    is_grads_batched=len(chunk) > 1, materialize_grads=True,
+                )
+                flat = self.space.flatten(dict(zip(self.space.names, products)))
+                result[start : start + block] += flat.reshape(len(chunk), -1) * (len(x) / len(self.data[0]))
         if not bool(torch.isfinite(result).all()):
             raise NonFiniteLoss("a Hessian-vector product is NaN or infinite: the loss is not twice differentiable here")
         self.products += len(vectors)
@@ -360,7 +388,7 @@ class TopEigenvalues:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TopEigenvalues":
+    def from_dict(cls, data: Mapping[str, Any]) -> TopEigenvalues:
         space = ParameterSpace(tuple(data["parameters"]), tuple(tuple(s) for s in data["shapes"]))
         return cls(
             numpy_array(data["eigenvalues"]), numpy_array(data["residuals"]), None, space,
@@ -368,32 +396,18 @@ class TopEigenvalues:
         )
 
 
-def hessian_top_eigenvalues(
-    model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
-    k: int | None = None,
-    config: HessianConfig = HessianConfig(),
-    device: torch.device | None = None,
-    progress: Progress = no_progress,
-    loss: Loss = cross_entropy_loss,
-    parameters: Sequence[str] | None = None,
+def top_eigenvalues(
+    operator: HessianOperator, k: int, config: HessianConfig = HessianConfig(), progress: Progress = no_progress
 ) -> TopEigenvalues:
-    """The ``k`` (default ``config.top_k``) algebraically largest eigenvalues of ``H`` and their eigenvectors, by
-    Lanczos with full reorthogonalisation (see the module docstring). ``data = (inputs, targets)``.
-
-    Raises :class:`AnalysisError` when ``k`` exceeds the number of parameters ``n``, :class:`NonFiniteLoss` when the
-    loss is not finite, :class:`DatasetError` for empty data.
-    """
-    k = config.top_k if k is None else k
+    """The ``k`` algebraically largest eigenvalues of ``operator``'s Hessian and their eigenvectors, by Lanczos with
+    full reorthogonalisation from a Gaussian start seeded by ``config.seed`` (see the module docstring)."""
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
-    started = time.perf_counter()
-    operator = HessianOperator(model, sample_data(data, config), loss, config.batch_size, device, parameters, config.block_size)
     if k > operator.size:
         raise AnalysisError(f"k must be at most the number of parameters analysed ({operator.size}), got k={k}")
     if config.iterations < k:
         raise ConfigError(f"iterations ({config.iterations}) must be at least k ({k})")
-    operator.loss_value()
+    started = time.perf_counter()
     start = torch.randn(1, operator.size, generator=torch.Generator().manual_seed(config.seed))
 
     def converged(run: Lanczos) -> bool:
@@ -408,9 +422,27 @@ def hessian_top_eigenvalues(
     eigenvectors = eigenvectors / eigenvectors.norm(dim=1, keepdim=True)
     steps = len(run.alphas[0])
     done = steps == operator.size or run.residual_betas[0] == 0.0 or converged(run)
-    return TopEigenvalues(
-        values, residuals, eigenvectors.cpu(), operator.space, steps, bool(done), time.perf_counter() - started
-    )
+    return TopEigenvalues(values, residuals, eigenvectors.cpu(), operator.space, steps, bool(done), time.perf_counter() - started)
+
+
+def hessian_top_eigenvalues(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    k: int | None = None,
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+    parameters: Sequence[str] | None = None,
+) -> TopEigenvalues:
+    """The ``k`` (default ``config.top_k``) largest eigenvalues of the Hessian of ``loss`` over
+    ``data = (inputs, targets)`` and their eigenvectors; see :func:`top_eigenvalues` and :class:`HessianOperator`.
+
+    Raises :class:`AnalysisError` when ``k`` exceeds the number of parameters ``n``, :class:`NonFiniteLoss` when the
+    loss is not finite, :class:`DatasetError` for empty data.
+    """
+    operator = HessianOperator(model, data, config, device, loss, parameters)
+    return top_eigenvalues(operator, config.top_k if k is None else k, config, progress)
 
 
 def rademacher(count: int, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -432,8 +464,23 @@ class HessianTrace:
         return {"mean": self.mean, "error": self.error, "values": json_array(self.values), "seconds": self.seconds}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HessianTrace":
+    def from_dict(cls, data: Mapping[str, Any]) -> HessianTrace:
         return cls(float(data["mean"]), float(data["error"]), numpy_array(data["values"]), float(data["seconds"]))
+
+
+def hutchinson_trace(operator: HessianOperator, config: HessianConfig = HessianConfig(), progress: Progress = no_progress) -> HessianTrace:
+    """``tr H ≈ (1/P) Σ_p z_pᵀ H z_p`` over ``P = config.probes`` Rademacher probes seeded by ``config.seed``
+    (Hutchinson 1989); the error bar is the standard error of the mean."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    values: list[float] = []
+    while len(values) < config.probes:
+        probes = rademacher(min(config.block_size, config.probes - len(values)), operator.size, generator).to(operator.device)
+        values += (operator.matmul(probes) * probes).sum(1).tolist()
+        progress(len(values), config.probes, f"trace probe {len(values)}/{config.probes}")
+    array = np.array(values)
+    error = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else math.inf
+    return HessianTrace(float(array.mean()), error, array, time.perf_counter() - started)
 
 
 def hessian_trace(
@@ -445,20 +492,8 @@ def hessian_trace(
     loss: Loss = cross_entropy_loss,
     parameters: Sequence[str] | None = None,
 ) -> HessianTrace:
-    """``tr H ≈ (1/P) Σ_p z_pᵀ H z_p`` over ``P = config.probes`` seeded Rademacher probes (Hutchinson 1989), computed
-    ``config.block_size`` probes per Hessian-vector call; the error bar is the standard error of the mean."""
-    started = time.perf_counter()
-    operator = HessianOperator(model, sample_data(data, config), loss, config.batch_size, device, parameters, config.block_size)
-    operator.loss_value()
-    generator = torch.Generator().manual_seed(config.seed)
-    values: list[float] = []
-    while len(values) < config.probes:
-        probes = rademacher(min(config.block_size, config.probes - len(values)), operator.size, generator).to(operator.device)
-        values += ((operator.matmul(probes) * probes).sum(1)).tolist()
-        progress(len(values), config.probes, f"trace probe {len(values)}/{config.probes}")
-    array = np.array(values)
-    error = float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else math.inf
-    return HessianTrace(float(array.mean()), error, array, time.perf_counter() - started)
+    """Hutchinson's estimate of the trace of the Hessian of ``loss`` over ``data``; see :func:`hutchinson_trace`."""
+    return hutchinson_trace(HessianOperator(model, data, config, device, loss, parameters), config, progress)
 
 
 @dataclass(frozen=True, eq=False)
@@ -487,30 +522,20 @@ class EigenvalueDensity:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EigenvalueDensity":
+    def from_dict(cls, data: Mapping[str, Any]) -> EigenvalueDensity:
         return cls(
             numpy_array(data["grid"]), numpy_array(data["density"]), numpy_array(data["spread"]), float(data["sigma"]),
             tuple(numpy_array(n) for n in data["nodes"]), tuple(numpy_array(w) for w in data["weights"]), float(data["seconds"]),
         )
 
 
-def hessian_eigenvalue_density(
-    model: nn.Module,
-    data: tuple[torch.Tensor, torch.Tensor],
-    config: HessianConfig = HessianConfig(),
-    device: torch.device | None = None,
-    progress: Progress = no_progress,
-    loss: Loss = cross_entropy_loss,
-    parameters: Sequence[str] | None = None,
-) -> EigenvalueDensity:
+def slq_density(operator: HessianOperator, config: HessianConfig = HessianConfig(), progress: Progress = no_progress) -> EigenvalueDensity:
     """Stochastic Lanczos quadrature (Ghorbani et al. 2019, Sec. 3): ``config.runs`` runs of ``config.steps`` Lanczos
     steps from normalised Rademacher starts, advanced together one block product per step. Run ``r`` gives nodes
     ``θ_j`` and weights ``w_j = S_{1j}²`` of ``T = S Θ Sᵀ``; its density is ``Σ_j w_j N(t; θ_j, σ²)`` with
     ``σ = kernel_width · (θ_max - θ_min)`` over all runs, evaluated on ``bins`` points over
     ``[θ_min - 5σ, θ_max + 5σ]``. Returns the mean over runs and its standard deviation."""
     started = time.perf_counter()
-    operator = HessianOperator(model, sample_data(data, config), loss, config.batch_size, device, parameters, config.block_size)
-    operator.loss_value()
     starts = rademacher(config.runs, operator.size, torch.Generator().manual_seed(config.seed))
     run = lanczos(operator, starts, config.steps, config.reorthogonalize, progress)
     nodes, weights = [], []
@@ -530,6 +555,19 @@ def hessian_eigenvalue_density(
     return EigenvalueDensity(grid, per_run.mean(0), spread, sigma, tuple(nodes), tuple(weights), time.perf_counter() - started)
 
 
+def hessian_eigenvalue_density(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+    loss: Loss = cross_entropy_loss,
+    parameters: Sequence[str] | None = None,
+) -> EigenvalueDensity:
+    """The SLQ eigenvalue density of the Hessian of ``loss`` over ``data``; see :func:`slq_density`."""
+    return slq_density(HessianOperator(model, data, config, device, loss, parameters), config, progress)
+
+
 @dataclass(frozen=True)
 class LayerHessian:
     """One layer's diagonal Hessian block: its parameters, top eigenvalue, and trace with its error bar."""
@@ -544,7 +582,7 @@ class LayerHessian:
         return {**asdict(self), "parameters": list(self.parameters)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "LayerHessian":
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerHessian:
         return cls(str(data["layer"]), tuple(data["parameters"]), float(data["top_eigenvalue"]), float(data["trace"]), float(data["trace_error"]))
 
 
@@ -570,8 +608,9 @@ def layerwise_hessian(
     layers = layer_parameters(model)
     results = []
     for index, (layer, names) in enumerate(layers.items()):
-        top = hessian_top_eigenvalues(model, data, 1, config, device, no_progress, loss, names)
-        trace = hessian_trace(model, data, config, device, no_progress, loss, names)
+        operator = HessianOperator(model, data, config, device, loss, names)
+        top = top_eigenvalues(operator, 1, config)
+        trace = hutchinson_trace(operator, config)
         results.append(LayerHessian(layer, tuple(names), float(top.eigenvalues[0]), trace.mean, trace.error))
         progress(index + 1, len(layers), f"layer {layer}")
     return results
@@ -590,7 +629,7 @@ class PerturbationCurve:
         return {"ts": json_array(self.ts), "loss": json_array(self.loss), "accuracy": json_array(self.accuracy), "label": self.label}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PerturbationCurve":
+    def from_dict(cls, data: Mapping[str, Any]) -> PerturbationCurve:
         return cls(numpy_array(data["ts"]), numpy_array(data["loss"]), numpy_array(data["accuracy"]), str(data["label"]))
 
 
@@ -646,7 +685,7 @@ class HessianReport:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HessianReport":
+    def from_dict(cls, data: Mapping[str, Any]) -> HessianReport:
         return cls(
             TopEigenvalues.from_dict(data["top"]),
             HessianTrace.from_dict(data["trace"]),
@@ -669,15 +708,16 @@ def hessian_report(
     """The generalization study's Hessian analysis in one call: top-k eigenvalues, trace, eigenvalue density, and the
     loss along the top eigenvector and along a random filter-normalised direction (seeded by ``config.seed``)."""
     started = time.perf_counter()
-    sample = sample_data(data, config)
+    operator = HessianOperator(model, data, config, device, loss)
+    sample = operator.data
     stages = 5
 
     def stage(index: int, name: str) -> Progress:
         return lambda done, total, message: progress(index * 1000 + 1000 * done // total, stages * 1000, f"{name}: {message}")
 
-    top = hessian_top_eigenvalues(model, sample, None, config, device, stage(0, "top eigenvalues"), loss)
-    trace = hessian_trace(model, sample, config, device, stage(1, "trace"), loss)
-    density = hessian_eigenvalue_density(model, sample, config, device, stage(2, "density"), loss)
+    top = top_eigenvalues(operator, config.top_k, config, stage(0, "top eigenvalues"))
+    trace = hutchinson_trace(operator, config, stage(1, "trace"))
+    density = slq_density(operator, config, stage(2, "density"))
     random = filter_normalized_direction(model, torch.Generator().manual_seed(config.seed))
     curves = (
         perturbation_curve(model, top.direction(0), sample, device=device, progress=stage(3, "top eigenvector"), batch_size=config.batch_size),

@@ -31,8 +31,9 @@ import copy
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,17 +73,17 @@ class LandscapeConfig:
     ``warn_seconds`` a :class:`SlowLandscapeWarning` is issued.
     """
 
-    resolution: int = 21
-    span: float = 1.0
-    margin: float = 0.25
-    samples: int | None = None
-    batch_size: int = 1000
-    seed: int = 0
-    recompute_batchnorm: bool = False
-    points_per_call: int = 0
-    max_points: int = 10_000
-    max_seconds: float = 6 * 3600.0
-    warn_seconds: float = 600.0
+    resolution: int = field(default=21, metadata={"help": "grid points per axis"})
+    span: float = field(default=1.0, metadata={"help": "random directions: coefficients in [-span, span]"})
+    margin: float = field(default=0.25, metadata={"help": "plane: grid margin around the models, relative to their extent"})
+    samples: int | None = field(default=None, metadata={"help": "examples per split (None: all)"})
+    batch_size: int = field(default=1000, metadata={"help": "examples per forward pass"})
+    seed: int = field(default=0, metadata={"help": "seed of the sample and the random directions"})
+    recompute_batchnorm: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics at every point"})
+    points_per_call: int = field(default=0, metadata={"help": "grid points per vmapped call (0: automatic)"})
+    max_points: int = field(default=10_000, metadata={"help": "refuse grids with more points"})
+    max_seconds: float = field(default=6 * 3600.0, metadata={"help": "refuse grids estimated to take longer (s)"})
+    warn_seconds: float = field(default=600.0, metadata={"help": "warn for grids estimated to take longer (s)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.resolution, int) or not 2 <= self.resolution <= 1001:
@@ -115,14 +116,14 @@ class GridMetrics:
     test_loss: np.ndarray
     test_accuracy: np.ndarray
 
-    def reshape(self, *shape: int) -> "GridMetrics":
+    def reshape(self, *shape: int) -> GridMetrics:
         return GridMetrics(*(getattr(self, name).reshape(shape) for name in METRIC_NAMES))
 
     def to_dict(self) -> dict[str, Any]:
         return {name: json_array(getattr(self, name)) for name in METRIC_NAMES}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GridMetrics":
+    def from_dict(cls, data: Mapping[str, Any]) -> GridMetrics:
         return cls(*(numpy_array(data[name]) for name in METRIC_NAMES))
 
 
@@ -261,7 +262,7 @@ def evaluate_grid(
         per_call = auto_points_per_call(model, config, device)
         results = []
         for index, (split, (x, y)) in enumerate((("train", train), ("test", test))):
-            report = lambda done, total, message, offset=index * points: progress(offset + done, 2 * points, message)  # noqa: E731
+            report = lambda done, total, message, offset=index * points: progress(offset + done, 2 * points, message)
             results.append(evaluate_combinations(model, bases, coefficients, x, y, config.batch_size, per_call, device, report, split))
         (train_loss, train_acc), (test_loss, test_acc) = results
         return GridMetrics(train_loss, train_acc, test_loss, test_acc)
@@ -362,7 +363,7 @@ class InterpolationResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "InterpolationResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> InterpolationResult:
         return cls(
             numpy_array(data["ts"]),
             GridMetrics.from_dict(data["metrics"]),
@@ -485,7 +486,7 @@ class PlaneResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PlaneResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> PlaneResult:
         return cls(
             numpy_array(data["x"]),
             numpy_array(data["y"]),
@@ -567,7 +568,7 @@ class RandomDirectionsResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RandomDirectionsResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> RandomDirectionsResult:
         return cls(numpy_array(data["alphas"]), int(data["dims"]), GridMetrics.from_dict(data["metrics"]), int(data["seed"]), str(data["label"]))
 
 

@@ -115,10 +115,12 @@ def test_slq_density_integrates_to_one_and_sits_on_the_spectrum(tiny, spectrum) 
 def test_block_hessian_vector_products_equal_the_dense_products_over_uneven_batches(tiny, spectrum) -> None:
     model, x, y = tiny
     hessian, _ = spectrum
-    operator = HessianOperator(model, (x, y), batch_size=64, device=CPU, block_size=2)
-    vectors = torch.randn(5, operator.size, generator=torch.Generator().manual_seed(1))
-    np.testing.assert_allclose(operator.matmul(vectors).double(), vectors.double() @ hessian, atol=2e-5)
-    assert operator.products == 5
+    vectors = torch.randn(5, 310, generator=torch.Generator().manual_seed(1))
+    for cache_graph in (True, False):
+        config = HessianConfig(samples=None, batch_size=64, block_size=2, cache_graph=cache_graph)
+        operator = HessianOperator(model, (x, y), config, CPU)
+        np.testing.assert_allclose(operator.matmul(vectors).double(), vectors.double() @ hessian, atol=2e-5)
+        assert operator.products == 5
 
 
 def test_hessian_vector_products_use_batchnorm_running_statistics(digits: Dataset) -> None:
@@ -126,7 +128,7 @@ def test_hessian_vector_products_use_batchnorm_running_statistics(digits: Datase
     model = randomised(spec, seed=3)
     x, y = digits.x_test[:50], digits.y_test[:50]
     hessian = dense_hessian(model, x, y)
-    operator = HessianOperator(model, (x, y), batch_size=32, device=CPU)
+    operator = HessianOperator(model, (x, y), HessianConfig(samples=None, batch_size=32, block_size=3), CPU)
     vectors = torch.randn(3, operator.size, generator=torch.Generator().manual_seed(2))
     np.testing.assert_allclose(operator.matmul(vectors).double(), vectors.double() @ hessian, atol=1e-4, rtol=1e-4)
     assert not model.training

@@ -1,0 +1,358 @@
+"""The app end to end in a real browser: ``streamlit run app.py`` on a free port, Debian's Chromium driven by
+Playwright through every page of the navigation, as a user would: build the demo ensemble, fuse two CNNs with OT
+fusion, then open each analysis page and run its default computation.
+
+Every page must show its figures and no exception or error message. A full-height screenshot of each page goes to
+``test-artifacts/browser/<page>.png`` (with the server log); ``FUSIONLAB_UPDATE_SCREENSHOTS=1`` also copies them to
+``docs/screenshots/`` for the README. Without Playwright or Chromium the test is skipped, except in CI (``CI=true``),
+where that is a failure.
+
+A new page in the navigation needs one entry in ``PAGES``: its title, what a user does there, what it must show.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn
+
+import pytest
+
+from browser.harness import (
+    CHART,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO_ROOT,
+    TABLE,
+    TRACEBACK,
+    VIEWPORT,
+    main_area,
+    missing_browser,
+    page_errors,
+    save_full_page,
+    streamlit_server,
+    wait_until_idle,
+)
+
+try:
+    from playwright.sync_api import Locator, Page, expect, sync_playwright
+except ImportError:  # the browser_ready fixture skips the tests, or fails them in CI
+    pass
+
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "browser"
+DOCS_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+UPDATE_DOCS = os.environ.get("FUSIONLAB_UPDATE_SCREENSHOTS") == "1"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+PAGE_TIMEOUT_MS = 90_000
+"""Loading a page, drawing its figures: seconds when idle, much longer on a loaded 2-core machine."""
+JOB_TIMEOUT_MS = 300_000
+"""A job started from a page: the demo ensemble takes about 10 s on an idle laptop CPU, but over 3 minutes was seen
+on a loaded 2-core machine."""
+
+
+# What a user does on a page -------------------------------------------------------------------------------------
+
+
+def click_button(page: Page, name: str) -> None:
+    button = main_area(page).get_by_role("button", name=name, exact=True)
+    expect(button).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+    button.click()
+
+
+def starts_with(text: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(text))
+
+
+def select(page: Page, label: str, option: str) -> None:
+    """Choose the option that starts with ``option`` in the selectbox labelled ``label``."""
+    box = main_area(page).get_by_role("combobox", name=label, exact=True)
+    expect(box).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+    if not box.input_value().startswith(option):
+        box.click()
+        page.get_by_role("option", name=starts_with(option)).click()
+        wait_until_idle(page, PAGE_TIMEOUT_MS)
+    expect(box).to_have_value(starts_with(option))
+    leave(page, box)
+
+
+def leave(page: Page, box: Locator) -> None:
+    """Move the focus off a select box before the next click: with the focus still in the Hessian page's
+    multiselect of three models, the first click on Compute was lost (no message reached the server)."""
+    box.blur()
+    wait_until_idle(page, PAGE_TIMEOUT_MS)
+
+
+def multiselect(page: Page, label: str, *options: str) -> None:
+    """Make the multiselect labelled ``label`` hold exactly the options that start with ``options`` (the pages
+    preselect the models chosen elsewhere, so some may be there already and others must go)."""
+    widget = main_area(page).get_by_test_id("stMultiSelect").filter(
+        has=page.get_by_role("combobox", name=label, exact=True)
+    )
+    box = widget.get_by_role("combobox")
+    tags = widget.locator("[data-tag]")
+    expect(box).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+    chosen = [tag.get_attribute("aria-label") or "" for tag in tags.all()]
+    for text in chosen:
+        if not text.startswith(options):
+            widget.get_by_role("button", name=f"Remove {text}", exact=True).click()
+            wait_until_idle(page, PAGE_TIMEOUT_MS)
+    for option in options:
+        if not any(text.startswith(option) for text in chosen):
+            box.click()
+            page.get_by_role("option", name=starts_with(option)).click()
+            page.keyboard.press("Escape")
+            wait_until_idle(page, PAGE_TIMEOUT_MS)
+    expect(tags).to_have_count(len(options))
+    leave(page, box)
+
+
+def wait_for_job(page: Page, title: str) -> None:
+    """Wait until the page reports how the job whose title starts with ``title`` ended; it must have finished."""
+    ended = main_area(page).get_by_test_id("stAlert").filter(
+        has_text=re.compile(re.escape(title) + r".*(: finished in|: cancelled after| failed: )")
+    )
+    expect(ended).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    outcome = ended.inner_text()
+    assert ": finished in" in outcome, f"the job {title!r} did not finish: {outcome}"
+    wait_until_idle(page, PAGE_TIMEOUT_MS)
+
+
+def nothing(page: Page) -> None:
+    """Only look at the page."""
+
+
+def build_demo_ensemble(page: Page) -> None:
+    click_button(page, "Build the demo ensemble")
+    wait_for_job(page, "Build the demo ensemble")
+
+
+def first_story_step(page: Page) -> None:
+    click_button(page, "Next step")
+    wait_for_job(page, "NT demo · step 1")
+
+
+def fuse_two_cnns_with_ot(page: Page) -> None:
+    select(page, "Method", "ot — ")
+    multiselect(page, "Models (at least 2)", "demo cnn · seed 0 ", "demo cnn · seed 1 ")
+    click_button(page, "Fuse")
+    wait_for_job(page, "ot fusion of 2 model(s)")
+
+
+def landscape_of_the_fused_model(page: Page) -> None:
+    click_button(page, "Compute")
+    wait_for_job(page, "Landscape of ")
+
+
+def hessians_of_parents_and_fused(page: Page) -> None:
+    parents_and_fused = ("demo cnn · seed 0 ", "demo cnn · seed 1 ", "cnn c16-32-h64 · ot of 2 ")
+    multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
+    click_button(page, "Compute")
+    wait_for_job(page, "Hessian of 3 model(s)")
+
+
+def compare_every_method(page: Page) -> None:
+    multiselect(page, "Parents", "demo cnn · seed 0 ", "demo cnn · seed 1 ")
+    click_button(page, "Compare")
+    wait_for_job(page, "comparison of ")
+
+
+# What a page must show ------------------------------------------------------------------------------------------
+
+
+def shows(*texts: str | re.Pattern[str], charts: int = 0, tables: int = 0) -> Callable[[Page], None]:
+    """The page shows each of ``texts`` (a string: the whole text of an element; a pattern: found in one) and at
+    least ``charts`` drawn plotly figures and ``tables`` data frames."""
+
+    def expectation(page: Page) -> None:
+        main = main_area(page)
+        for text in texts:
+            expect(main.get_by_text(text, exact=True).first).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+        for selector, count in ((CHART, charts), (TABLE, tables)):
+            if count:
+                expect(main.locator(selector).nth(count - 1)).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+
+    return expectation
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """A page of the navigation (``title`` as in the sidebar), what a user does there, and what it must then show."""
+
+    title: str
+    action: Callable[[Page], None] = nothing
+    expectation: Callable[[Page], None] = field(default_factory=lambda: shows())
+
+    @property
+    def slug(self) -> str:
+        return slug(self.title)
+
+
+def slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+
+
+# In the order of the tour: later pages use what earlier ones made (the demo ensemble, the OT-fused CNN).
+PAGES = [
+    PageCheck("Home", build_demo_ensemble, shows("Models", re.compile(r"· 7 models"), tables=1)),
+    PageCheck("Models", nothing, shows("Train new models", "Import a checkpoint", tables=1)),
+    PageCheck("Fuse", fuse_two_cnns_with_ot, shows("Results", charts=1, tables=1)),
+    PageCheck("Transport maps", nothing, shows(charts=1, tables=1)),
+    PageCheck("Neuron norms", nothing, shows(charts=1)),
+    PageCheck("Loss landscape", landscape_of_the_fused_model, shows(charts=2, tables=1)),
+    PageCheck("Hessian", hessians_of_parents_and_fused, shows(charts=3, tables=1)),
+    PageCheck("Compare", compare_every_method, shows("Results", charts=1, tables=1)),
+    PageCheck("Neuron Transplantation demo", first_story_step, shows("1. The parents", charts=1)),
+]
+
+
+# The server and the browser -------------------------------------------------------------------------------------
+
+
+def browser_unusable(reason: str) -> NoReturn:
+    """Skip the browser test, except in CI, where it must run."""
+    if IN_CI:
+        pytest.fail(f"the browser test must run in CI, but {reason}")
+    pytest.skip(f"browser test skipped: {reason}")
+
+
+@pytest.fixture(scope="module")
+def browser_ready() -> None:
+    reason = missing_browser()
+    if reason is not None:
+        browser_unusable(reason)
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for stale in [*ARTIFACTS.glob("*.png"), *ARTIFACTS.glob("*.log")]:
+        stale.unlink()
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def server_log(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Iterator[Path]:
+    """The server's output; copied to the artifacts at the end (written elsewhere first, so that two runs in one
+    checkout do not write into each other's log)."""
+    log = tmp_path_factory.mktemp("browser-log") / "streamlit.log"
+    yield log
+    if log.exists():
+        shutil.copyfile(log, artifacts / log.name)
+
+
+@pytest.fixture(scope="module")
+def app_url(browser_ready: None, server_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with streamlit_server(tmp_path_factory.mktemp("browser") / "workspace", server_log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(browser_ready: None, app_url: str) -> Iterator[Page]:
+    with ExitStack() as stack:
+        try:
+            playwright = stack.enter_context(sync_playwright())
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=120_000)
+        except Exception as exc:
+            # Playwright's own Node.js needs libatomic1, which chromium does not pull in on a minimal Debian.
+            browser_unusable(f"Playwright could not start {CHROMIUM} ({exc}); on Debian, apt-get install libatomic1")
+        stack.callback(browser.close)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(PAGE_TIMEOUT_MS)
+        page.goto(app_url)
+        expect(page.get_by_test_id("stSidebarNavLink").first).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+        wait_until_idle(page, PAGE_TIMEOUT_MS)
+        yield page
+
+
+@dataclass
+class Tour:
+    """How far the tour got: a page that fails stops the pages after it, which depend on it."""
+
+    failed: str | None = None
+    log_checked: int = 0
+
+
+@pytest.fixture(scope="module")
+def tour() -> Tour:
+    return Tour()
+
+
+def navigation_titles(page: Page) -> list[str]:
+    links = page.get_by_test_id("stSidebarNavLink").get_by_test_id("stMarkdownContainer")
+    return [text.strip() for text in links.all_inner_texts()]
+
+
+def open_page(page: Page, title: str) -> None:
+    link = page.get_by_test_id("stSidebarNavLink").filter(
+        has=page.get_by_test_id("stMarkdownContainer").get_by_text(title, exact=True)
+    )
+    expect(link).to_have_count(1, timeout=PAGE_TIMEOUT_MS)
+    link.click()
+    expect(link).to_have_attribute("aria-current", "page", timeout=PAGE_TIMEOUT_MS)
+    wait_until_idle(page, PAGE_TIMEOUT_MS)
+
+
+def check_no_errors(page: Page, title: str, server_log: Path, tour: Tour) -> None:
+    errors = page_errors(page)
+    assert not errors, f"{title} shows errors:\n" + "\n".join(errors)
+    log = server_log.read_text(errors="replace")
+    new, tour.log_checked = log[tour.log_checked :], len(log)
+    assert TRACEBACK not in new, f"the server logged an exception on {title}:\n{new[new.index(TRACEBACK) :][:3000]}"
+
+
+def screenshot(page: Page, name: str, artifacts: Path) -> None:
+    path = save_full_page(page, artifacts / f"{name}.png")
+    if UPDATE_DOCS:
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_SCREENSHOTS / path.name)
+
+
+# The tests ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("check", [pytest.param(check, id=check.slug) for check in PAGES])
+def test_page_shows_its_figures_without_errors(
+    check: PageCheck, page: Page, tour: Tour, artifacts: Path, server_log: Path
+) -> None:
+    if tour.failed is not None:
+        pytest.skip(f"the tour stopped at {tour.failed}, whose results this page needs")
+    if check.title not in navigation_titles(page):
+        pytest.skip(f"{check.title!r} is not in the navigation (yet)")
+    try:
+        open_page(page, check.title)
+        check.action(page)
+        check.expectation(page)
+        wait_until_idle(page, PAGE_TIMEOUT_MS)
+        check_no_errors(page, check.title, server_log, tour)
+        screenshot(page, check.slug, artifacts)
+    except BaseException:
+        tour.failed = check.title
+        save_failure_screenshot(page, artifacts / f"failed-{check.slug}.png")
+        raise
+
+
+def test_every_page_in_the_navigation_is_checked(page: Page, tour: Tour, artifacts: Path, server_log: Path) -> None:
+    """A page without an entry in PAGES is still opened (it must load without errors, and gets a screenshot), but the
+    test fails until the entry says what the page must show."""
+    unchecked = [title for title in navigation_titles(page) if title not in {check.title for check in PAGES}]
+    for title in unchecked:
+        try:
+            open_page(page, title)
+            check_no_errors(page, title, server_log, tour)
+            screenshot(page, slug(title), artifacts)
+        except BaseException:
+            save_failure_screenshot(page, artifacts / f"failed-{slug(title)}.png")
+            raise
+    assert not unchecked, f"add an entry to PAGES in {Path(__file__).name} for: {', '.join(unchecked)}"
+
+
+def save_failure_screenshot(page: Page, path: Path) -> None:
+    try:
+        save_full_page(page, path)
+    except Exception as exc:  # the browser may be what failed; the original error matters more
+        print(f"no failure screenshot: {exc}")
