@@ -54,42 +54,50 @@ def model_colour(role: str) -> str:
     return OTHER_COLOURS[zlib.crc32(key.encode()) % len(OTHER_COLOURS)]
 
 
-def positive_floor(values: np.ndarray) -> np.ndarray:
-    """``values`` with zeros and tiny entries raised to ``1e-12`` of the maximum, so a log axis shows them."""
-    values = np.asarray(values, dtype=float)
-    return np.maximum(values, max(float(np.nanmax(values)), 1e-300) * 1e-12)
+DENSITY_DECADES = 7
+"""Decades below the highest density that the log axis of the eigenvalue density shows."""
+
+
+def positive_floor(values: np.ndarray, peak: float) -> np.ndarray:
+    """``values`` raised to ``10^-DENSITY_DECADES`` of ``peak``, the bottom of the density's log axis."""
+    return np.maximum(np.asarray(values, dtype=float), max(peak, 1e-300) * 10.0**-DENSITY_DECADES)
 
 
 def eigenvalue_density_figure(
     densities: Mapping[str, EigenvalueDensity], tops: Mapping[str, TopEigenvalues] | None = None
 ) -> go.Figure:
     """The SLQ eigenvalue density of each model (by role) on a log density axis, with ±1 spread over runs shaded
-    and the top eigenvalues marked as diamonds on the curve."""
+    and the top eigenvalues marked as diamonds on the curve. The axis spans ``DENSITY_DECADES`` decades below the
+    highest density; lower values (the gaps between separated eigenvalues) sit on its floor."""
     figure = go.Figure()
+    peak = max((float(np.nanmax(d.density + d.spread)) for d in densities.values()), default=1.0)
     for role, density in densities.items():
         colour = model_colour(role)
-        upper = positive_floor(density.density + density.spread)
-        lower = positive_floor(np.maximum(density.density - density.spread, 0))
+        upper = positive_floor(density.density + density.spread, peak)
+        lower = positive_floor(np.maximum(density.density - density.spread, 0), peak)
         figure.add_trace(go.Scatter(
             x=np.concatenate([density.grid, density.grid[::-1]]), y=np.concatenate([upper, lower[::-1]]),
             fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip",
             name=f"{role} spread over runs", showlegend=False,
         ))
         figure.add_trace(go.Scatter(
-            x=density.grid, y=positive_floor(density.density), mode="lines", line={"color": colour}, name=role,
+            x=density.grid, y=positive_floor(density.density, peak), mode="lines", line={"color": colour}, name=role,
             hovertemplate="λ = %{x:.4g}<br>density = %{y:.3g}<extra>" + role + "</extra>",
         ))
         if tops and role in tops:
             values = tops[role].eigenvalues
             figure.add_trace(go.Scatter(
-                x=values, y=np.interp(values, density.grid, positive_floor(density.density)), mode="markers",
+                x=values, y=np.interp(values, density.grid, positive_floor(density.density, peak)), mode="markers",
                 marker={"symbol": "diamond", "size": 10, "color": colour, "line": {"width": 1, "color": "black"}},
                 name=f"{role} top eigenvalues", text=[f"λ{i + 1}" for i in range(len(values))],
                 hovertemplate="%{text} = %{x:.5g}<extra>" + role + "</extra>",
             ))
     figure.update_layout(title="Hessian eigenvalue density (stochastic Lanczos quadrature)", hovermode="closest")
     figure.update_xaxes(title_text=EIGENVALUE_TITLE)
-    figure.update_yaxes(title_text="density (1 / λ), log scale", type="log")
+    figure.update_yaxes(
+        title_text="density (1 / λ), log scale", type="log",
+        range=[np.log10(max(peak, 1e-300)) - DENSITY_DECADES, np.log10(max(peak, 1e-300)) + 0.3],
+    )
     return figure
 
 
@@ -153,6 +161,7 @@ def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figur
     """Train and test loss and accuracy along ``(1 - t) θ_A + t θ_B`` for each named interpolation (e.g. "A → B" and
     "A → B aligned"), the endpoints marked in their roles' colours and the barriers in the legend."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    marked: set[str] = set()
     for index, (name, result) in enumerate(results.items()):
         colour = OTHER_COLOURS[index % len(OTHER_COLOURS)] if len(results) > 1 else "#444444"
         label = f"{name} (barrier {result.test_barrier:.3f} test, {result.train_barrier:.3f} train)"
@@ -160,9 +169,10 @@ def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figur
         for end, role in ((0, result.labels[0]), (-1, result.labels[1])):
             figure.add_trace(go.Scatter(
                 x=[result.ts[end]], y=[result.metrics.test_loss[end]], mode="markers", name=role, legendgroup=role,
-                showlegend=index == 0, marker={"size": 12, "color": model_colour(role), "symbol": "circle"},
+                showlegend=role not in marked, marker={"size": 12, "color": model_colour(role), "symbol": "circle"},
                 hovertemplate=role + "<br>test loss = %{y:.4f} nats<extra></extra>",
             ), row=1, col=1)
+            marked.add(role)
     figure.update_layout(title="Linear interpolation between two models")
     figure.update_xaxes(title_text="interpolation weight t (0 = first model, 1 = second)")
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
@@ -188,7 +198,7 @@ def plane_figure(result: PlaneResult, metric: str = "test_loss") -> go.Figure:
     ))
     for (x, y), role in zip(result.coordinates, result.labels):
         figure.add_trace(go.Scatter(
-            x=[x], y=[y], mode="markers+text", text=[role], textposition="top center", name=role,
+            x=[x], y=[y], mode="markers+text", text=[role], textposition="top center", name=role, showlegend=False,
             marker={"size": 13, "color": model_colour(role), "line": {"width": 1.5, "color": "white"}},
             hovertemplate=role + "<br>x = %{x:.3f}, y = %{y:.3f}<extra></extra>",
         ))
@@ -216,7 +226,7 @@ def random_directions_figure(result: RandomDirectionsResult, metric: str = "test
         hovertemplate="α = %{x:.3f}<br>β = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>", name=title,
     ))
     figure.add_trace(go.Scatter(
-        x=[0.0], y=[0.0], mode="markers+text", text=[result.label], textposition="top center", name=result.label,
+        x=[0.0], y=[0.0], mode="markers+text", text=[result.label], textposition="top center", name=result.label, showlegend=False,
         marker={"size": 13, "color": model_colour(result.label), "line": {"width": 1.5, "color": "white"}},
         hovertemplate=result.label + "<extra></extra>",
     ))

@@ -17,9 +17,10 @@ statistics; integer buffers come from the first model). Then
   biases, BatchNorm parameters and buffers are zero (the reference's ``--xignore biasbn``).
 
 Points can be evaluated several at a time: ``torch.func.vmap`` over ``functional_call`` runs a chunk of parameter sets
-through each data batch at once. That saves kernel launches, not arithmetic, so the automatic choice uses it only on
-CUDA and for small models; on the CPU, measured here on digits (1,797 inputs, one thread), a chunk of 4/16/64 points ran
-at 0.48/0.41/0.27x (MLP 128-64) and 0.69/0.30/0.23x (CNN 16-32) of the speed of one point per call. With
+through each data batch at once. That saves kernel launches, not arithmetic, so the automatic choice chunks only on
+CUDA. On the CPU (digits, 1,797 inputs per point, 121-point grid, two threads, quiet machine) a chunk of 8 points ran at
+0.94-1.00x / 0.77-1.21x / 0.70-0.83x the speed of one point per call (MLP 128-64 / CNN 16-32 / ResNet-18 x0.25), and
+under load from other jobs at 1.5-2x: not a gain worth a default. With
 ``LandscapeConfig.recompute_batchnorm`` every point's BatchNorm statistics are instead re-estimated on training data
 (one point at a time, see :func:`fusion.batchnorm.recompute_batchnorm`), as for a fused network.
 """
@@ -49,8 +50,8 @@ from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.train import Progress, no_progress
 
 State = dict[str, torch.Tensor]
-POINTS_PER_CALL_BUDGET = 1_000_000
-"""Automatic chunking on CUDA: ``floor(budget / parameters)`` points per vmapped call (at most 32)."""
+POINTS_PER_CALL_BUDGET = 25_000_000
+"""Automatic chunking on CUDA: at most ``floor(budget / parameters)`` points per vmapped call (100 MB of float32 states)."""
 
 
 class GridTooLarge(AnalysisError):
@@ -181,9 +182,10 @@ def split_sample(data: Dataset, split: str, samples: int | None, seed: int) -> t
     return (x, y) if samples is None else data.sample(split, samples, seed)
 
 
-def auto_points_per_call(model: nn.Module, config: LandscapeConfig, device: torch.device) -> int:
-    if config.points_per_call:
-        return config.points_per_call
+def auto_points_per_call(model: nn.Module, device: torch.device, requested: int = 0) -> int:
+    """``requested`` when positive, else the automatic chunk size described in the module docstring."""
+    if requested:
+        return requested
     if device.type != "cuda":
         return 1
     count = sum(p.numel() for p in model.parameters())
@@ -259,7 +261,7 @@ def evaluate_grid(
     test = split_sample(data, "test", config.samples, config.seed)
     points = len(coefficients)
     if not (config.recompute_batchnorm and has_batchnorm(model)):
-        per_call = auto_points_per_call(model, config, device)
+        per_call = auto_points_per_call(model, device, config.points_per_call)
         results = []
         for index, (split, (x, y)) in enumerate((("train", train), ("test", test))):
             report = lambda done, total, message, offset=index * points: progress(offset + done, 2 * points, message)

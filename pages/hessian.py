@@ -14,14 +14,15 @@ from ui.options import command_line, non_default, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
-CLI_FLAGS = ("samples", "batch_size", "top_k", "iterations", "tolerance", "probes", "runs", "steps", "seed")
+CLI_FLAGS = ("samples", "batch_size", "top_k", "iterations", "tolerance", "probes", "deflation", "trace_tolerance", "runs", "steps", "seed")
 
 st.title("Hessian")
 st.caption(
     "Sharpness of the minimum (Yao et al., PyHessian 2020; the otfusion generalization study): the largest "
-    "eigenvalues of the loss Hessian by Lanczos, its trace by Hutchinson's estimator with Rademacher probes (± the "
-    "standard error over probes), its eigenvalue density by stochastic Lanczos quadrature, and the loss along the top "
-    "eigenvector beside a random filter-normalised direction. Results are stored with each model."
+    "eigenvalues of the loss Hessian by Lanczos, its trace by Hutchinson's estimator with Rademacher probes outside "
+    "the Lanczos vectors (± the standard error over probes, which stop at the relative error set below), its "
+    "eigenvalue density by stochastic Lanczos quadrature, and the loss along the top eigenvector beside a random "
+    "filter-normalised direction. Results are stored with each model."
 )
 ws, records, by_id = models_or_stop()
 disabled = inputs_disabled()
@@ -60,6 +61,7 @@ rows = [
         "top eigenvalues": ", ".join(f"{v:.4g}" for v in r.top.eigenvalues),
         "trace": r.trace.mean,
         "trace ± (std. error)": r.trace.error,
+        "probes": len(r.trace.values),
         "converged": r.top.converged,
         "samples": r.samples,
         "seconds": r.seconds,

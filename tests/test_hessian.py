@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -15,6 +16,7 @@ from torch.func import functional_call
 
 from analysis import AnalysisError, NonFiniteLoss
 from analysis.hessian import (
+    MIN_TRACE_PROBES,
     EigenvalueDensity,
     HessianConfig,
     HessianOperator,
@@ -78,6 +80,16 @@ def test_top_eigenvalues_match_the_dense_hessian(tiny, spectrum) -> None:
     assert top.eigenvectors is not None and top.eigenvectors.shape == (3, 310)
 
 
+def test_the_default_tolerance_bounds_the_eigenvalue_error_not_the_residual(tiny, spectrum) -> None:
+    model, x, y = tiny
+    _, eigenvalues = spectrum
+    top = hessian_top_eigenvalues(model, (x, y), 3, HessianConfig(samples=None, batch_size=64), CPU)
+    strict = hessian_top_eigenvalues(model, (x, y), 3, HessianConfig(samples=None, batch_size=64, tolerance=1e-7), CPU)
+    assert top.converged and top.iterations < strict.iterations
+    np.testing.assert_allclose(top.eigenvalues, eigenvalues[::-1][:3], atol=1e-3 * eigenvalues.max())
+    assert top.residuals.max() > 1e-3 * eigenvalues.max(), "a residual criterion would have needed more steps"
+
+
 def test_eigenvectors_satisfy_the_eigen_equation(tiny, spectrum) -> None:
     model, x, y = tiny
     hessian, eigenvalues = spectrum
@@ -89,13 +101,40 @@ def test_eigenvectors_satisfy_the_eigen_equation(tiny, spectrum) -> None:
     assert np.all(top.residuals < 1e-4 * eigenvalues.max())
 
 
-def test_hutchinson_trace_is_within_three_error_bars_of_the_dense_trace(tiny, spectrum) -> None:
+@pytest.mark.parametrize("deflation", [0, 20])
+def test_hutchinson_trace_is_within_three_error_bars_of_the_dense_trace(tiny, spectrum, deflation: int) -> None:
     model, x, y = tiny
     _, eigenvalues = spectrum
-    trace = hessian_trace(model, (x, y), EXACT, CPU)
-    assert len(trace.values) == EXACT.probes
+    config = dataclasses.replace(EXACT, deflation=deflation, trace_tolerance=0.0)
+    trace = hessian_trace(model, (x, y), config, CPU)
+    assert len(trace.values) == EXACT.probes and trace.deflation == deflation
     assert trace.error == pytest.approx(trace.values.std(ddof=1) / math.sqrt(EXACT.probes))
     assert abs(trace.mean - eigenvalues.sum()) <= 3 * trace.error
+
+
+def test_krylov_deflation_shrinks_the_error_bar_and_a_full_basis_makes_the_trace_exact(tiny, spectrum) -> None:
+    model, x, y = tiny
+    _, eigenvalues = spectrum
+    plain = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=0, trace_tolerance=0.0), CPU)
+    deflated = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=20, trace_tolerance=0.0), CPU)
+    assert deflated.error < plain.error / 3, "the outlying eigenvalues dominate the plain probes' variance"
+    ordered = np.sort(eigenvalues)
+    assert ordered[:20].sum() - 1e-4 <= deflated.deflated <= ordered[-20:].sum() + 1e-4, "Ky Fan: tr QᵀHQ over 20 orthonormal vectors"
+    # the Krylov space stops growing at an invariant subspace (168 of the 310 eigenvalues are 0): tr T_m is then tr H
+    full = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=310, probes=12, trace_tolerance=0.0), CPU)
+    assert full.deflation < 310 and full.deflated == pytest.approx(eigenvalues.sum(), rel=1e-4)
+    assert full.mean == pytest.approx(eigenvalues.sum(), rel=1e-4) and full.error < 1e-4 * abs(eigenvalues.sum())
+
+
+def test_trace_stops_at_its_relative_error_bar_but_not_before_ten_probes(tiny) -> None:
+    model, x, y = tiny
+    loose = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=20, trace_tolerance=0.5), CPU)
+    assert len(loose.values) == MIN_TRACE_PROBES
+    tight = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=0, probes=400, trace_tolerance=0.02), CPU)
+    assert MIN_TRACE_PROBES < len(tight.values) < 400
+    assert tight.error <= 0.02 * abs(tight.mean)
+    shorter = tight.values[:-1]
+    assert shorter.std(ddof=1) / math.sqrt(len(shorter)) > 0.02 * abs(shorter.mean()), "it stopped at the first probe that met the target"
 
 
 def test_slq_density_integrates_to_one_and_sits_on_the_spectrum(tiny, spectrum) -> None:
@@ -239,6 +278,8 @@ def test_unknown_parameter_names_are_refused(tiny) -> None:
         ({"samples": 0}, "samples"),
         ({"bins": 3}, "bins"),
         ({"kernel_width": -1.0}, "kernel_width"),
+        ({"trace_tolerance": 1.0}, "trace_tolerance"),
+        ({"deflation": -1}, "deflation"),
     ],
 )
 def test_invalid_configs_are_refused(options: dict, message: str) -> None:

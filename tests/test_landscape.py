@@ -20,6 +20,7 @@ from analysis.landscape import (
     PlaneResult,
     RandomDirectionsResult,
     SlowLandscapeWarning,
+    auto_points_per_call,
     estimate_cost,
     evaluate_combinations,
     filter_normalized_direction,
@@ -176,6 +177,15 @@ def test_vmapped_chunks_give_the_same_metrics_as_one_point_per_call(fixture, req
     chunked = evaluate_combinations(model, bases, coefficients, x, y, 40, 3, CPU)
     np.testing.assert_allclose(chunked[0], single[0], rtol=1e-5)
     np.testing.assert_array_equal(chunked[1], single[1])
+
+
+def test_automatic_chunks_are_one_point_on_the_cpu_and_bounded_by_the_budget_on_cuda(trained_mlp) -> None:
+    model = trained_mlp.model
+    assert auto_points_per_call(model, CPU) == 1
+    assert auto_points_per_call(model, CPU, requested=3) == 3
+    assert auto_points_per_call(model, torch.device("cuda")) == 32
+    assert auto_points_per_call(nn.Linear(1000, 1000), torch.device("cuda")) == 24
+    assert auto_points_per_call(nn.Linear(5000, 10_000), torch.device("cuda")) == 1
 
 
 def test_cost_estimate_counts_forward_passes(trained_mlp) -> None:
