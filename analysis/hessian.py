@@ -517,6 +517,12 @@ class HessianTrace:
         )
 
 
+def probe_seed(seed: int) -> int:
+    """The seed of the trace's probes: a stream of NumPy's ``SeedSequence`` independent of the Lanczos start vector
+    drawn with ``seed``, so that the deflated probes are independent of the basis they are projected on."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
+
+
 def hutchinson_trace(
     operator: HessianOperator,
     config: HessianConfig = HessianConfig(),
@@ -529,7 +535,7 @@ def hutchinson_trace(
     module docstring). The error bar is the standard error of the mean over probes; drawing stops once it is at most
     ``config.trace_tolerance * |mean|``, after at least :data:`MIN_TRACE_PROBES` probes."""
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(probe_seed(config.seed))
     if krylov is None and config.deflation:
         start = torch.randn(1, operator.size, generator=torch.Generator().manual_seed(config.seed))
         krylov = lanczos(operator, start, config.deflation, True, progress)
