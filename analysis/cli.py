@@ -10,6 +10,7 @@ from analysis.hessian import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
 from fusion.device import default_device
+from fusion.options import add_option_arguments, given_options, option_fields
 from fusion.train import Progress
 from fusion.workspace import Workspace
 
@@ -21,17 +22,7 @@ def progress_reporter(args: argparse.Namespace) -> Progress:
 
 
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    config = HessianConfig(
-        samples=args.samples,
-        batch_size=args.batch_size,
-        iterations=args.iterations,
-        tolerance=args.tolerance,
-        top_k=args.top_k,
-        probes=args.probes,
-        steps=args.steps,
-        runs=args.runs,
-        seed=args.seed,
-    )
+    config = HessianConfig(**given_options(args, option_fields(HessianConfig)))
     report = hessian_of(workspace, args.id, config, args.split, progress=progress_reporter(args))
     return {
         "id": args.id,
@@ -44,6 +35,7 @@ def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str,
         "trace": report.trace.mean,
         "trace_error": report.trace.error,
         "density_runs": len(report.density.nodes),
+        "layers": [layer.to_dict() for layer in report.layers],
         "seconds": report.seconds,
         "result": str(workspace.result_path(args.id, "hessian")),
     }
@@ -79,21 +71,12 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
 
 def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Register ``hessian ID`` and ``landscape --models ...`` on ``python -m fusion``'s subparsers."""
-    defaults = HessianConfig()
     hessian = subparsers.add_parser(
         "hessian", parents=[common], help="Hessian top-k eigenvalues, trace, eigenvalue density and eigenvector perturbation"
     )
     hessian.add_argument("id")
     hessian.add_argument("--split", choices=("train", "test"), default="test", help="data the loss is taken over")
-    hessian.add_argument("--samples", type=int, default=defaults.samples, help="examples drawn from the split")
-    hessian.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    hessian.add_argument("--top-k", type=int, default=defaults.top_k, help="number of top eigenvalues")
-    hessian.add_argument("--iterations", type=int, default=defaults.iterations, help="maximum Lanczos steps for top-k")
-    hessian.add_argument("--tolerance", type=float, default=defaults.tolerance, help="relative Ritz residual for top-k")
-    hessian.add_argument("--probes", type=int, default=defaults.probes, help="Hutchinson probes for the trace")
-    hessian.add_argument("--runs", type=int, default=defaults.runs, help="SLQ runs for the density")
-    hessian.add_argument("--steps", type=int, default=defaults.steps, help="Lanczos steps per SLQ run")
-    hessian.add_argument("--seed", type=int, default=defaults.seed)
+    add_option_arguments(hessian, option_fields(HessianConfig))
     hessian.set_defaults(run=command_hessian)
 
     landscape_defaults = LandscapeConfig()

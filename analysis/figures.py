@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.hessian import EigenvalueDensity, PerturbationCurve, TopEigenvalues
+from analysis.hessian import EigenvalueDensity, LayerHessian, PerturbationCurve, TopEigenvalues
 from analysis.landscape import (
     GridMetrics,
     InterpolationResult,
@@ -114,6 +114,29 @@ def top_eigenvalues_figure(tops: Mapping[str, TopEigenvalues]) -> go.Figure:
     figure.update_layout(title="Top Hessian eigenvalues", barmode="group")
     figure.update_xaxes(title_text="eigenvalue rank")
     figure.update_yaxes(title_text=EIGENVALUE_TITLE)
+    return figure
+
+
+def layer_hessian_figure(layers: Mapping[str, Sequence[LayerHessian]]) -> go.Figure:
+    """Per layer (in model order) the top eigenvalue and the trace (± its error bar) of the layer's diagonal Hessian
+    block, grouped bars per model (by role)."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("top eigenvalue of the layer's block", "trace of the layer's block"))
+    for role, blocks in layers.items():
+        names = [block.layer for block in blocks]
+        colour = model_colour(role)
+        figure.add_trace(go.Bar(
+            x=names, y=[block.top_eigenvalue for block in blocks], name=role, legendgroup=role, marker_color=colour,
+            hovertemplate="%{x}<br>λ1 = %{y:.5g}<extra>" + role + "</extra>",
+        ), row=1, col=1)
+        figure.add_trace(go.Bar(
+            x=names, y=[block.trace for block in blocks], name=role, legendgroup=role, showlegend=False, marker_color=colour,
+            error_y={"type": "data", "array": [block.trace_error for block in blocks]},
+            hovertemplate="%{x}<br>trace = %{y:.5g}<extra>" + role + "</extra>",
+        ), row=1, col=2)
+    figure.update_layout(title="Per-layer Hessian blocks (other layers held fixed)", barmode="group")
+    figure.update_xaxes(title_text="layer")
+    figure.update_yaxes(title_text=EIGENVALUE_TITLE, row=1, col=1)
+    figure.update_yaxes(title_text="trace (nats / parameter²)", row=1, col=2)
     return figure
 
 

@@ -103,6 +103,7 @@ class HessianConfig:
     grid of ``bins`` points, with full reorthogonalisation when ``reorthogonalize`` (memory ``runs * steps * n`` floats).
     ``cache_graph`` computes each batch's gradient graph once and keeps it for every product (memory grows with
     ``samples``); without it every product recomputes it. ``block_size`` vectors share one backward pass.
+    ``layers`` adds each layer's diagonal block to :func:`hessian_report` (:func:`layerwise_hessian`).
     """
 
     samples: int | None = field(default=1000, metadata={"help": "examples the loss is averaged over (None: all)"})
@@ -121,6 +122,7 @@ class HessianConfig:
     cache_graph: bool = field(default=True, metadata={"help": "keep each batch's gradient graph for all products"})
     block_size: int = field(default=1, metadata={"help": "vectors per Hessian-vector backward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the sample, start vectors and probes"})
+    layers: bool = field(default=False, metadata={"help": "also each layer's top eigenvalue and trace (one analysis per layer)"})
 
     def __post_init__(self) -> None:
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
@@ -749,6 +751,7 @@ class HessianReport:
     config: HessianConfig
     samples: int
     seconds: float
+    layers: tuple[LayerHessian, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -759,6 +762,7 @@ class HessianReport:
             "config": self.config.to_dict(),
             "samples": self.samples,
             "seconds": self.seconds,
+            "layers": [layer.to_dict() for layer in self.layers],
         }
 
     @classmethod
@@ -771,6 +775,7 @@ class HessianReport:
             HessianConfig(**data["config"]),
             int(data["samples"]),
             float(data["seconds"]),
+            tuple(LayerHessian.from_dict(layer) for layer in data.get("layers", [])),
         )
 
 
@@ -783,11 +788,12 @@ def hessian_report(
     loss: Loss = cross_entropy_loss,
 ) -> HessianReport:
     """The generalization study's Hessian analysis in one call: top-k eigenvalues, trace, eigenvalue density, and the
-    loss along the top eigenvector and along a random filter-normalised direction (seeded by ``config.seed``)."""
+    loss along the top eigenvector and along a random filter-normalised direction (seeded by ``config.seed``), and
+    with ``config.layers`` each layer's top eigenvalue and trace."""
     started = time.perf_counter()
     operator = HessianOperator(model, data, config, device, loss)
     sample = operator.data
-    stages = 5
+    stages = 6 if config.layers else 5
 
     def stage(index: int, name: str) -> Progress:
         return lambda done, total, message: progress(index * 1000 + 1000 * done // total, stages * 1000, f"{name}: {message}")
@@ -804,4 +810,5 @@ def hessian_report(
             label="random filter-normalised", batch_size=config.batch_size,
         ),
     )
-    return HessianReport(top, trace, density, curves, config, len(sample[0]), time.perf_counter() - started)
+    layers = layerwise_hessian(model, sample, config, device, stage(5, "layers"), loss) if config.layers else []
+    return HessianReport(top, trace, density, curves, config, len(sample[0]), time.perf_counter() - started, tuple(layers))

@@ -19,7 +19,7 @@ from fusion.device import default_device, describe_device
 from fusion.errors import FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.fuse import REGISTRY, methods
-from fusion.options import option_fields
+from fusion.options import OptionField, add_option_arguments, given_options, option_fields
 from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import ModelRecord, Workspace
@@ -124,8 +124,7 @@ def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, 
 
 def fusion_options(args: argparse.Namespace) -> dict[str, Any]:
     """The fusion options given on the command line (unset flags keep the method's defaults)."""
-    names = {f.name for spec in REGISTRY.values() for f in option_fields(spec.options)}
-    options = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    options = given_options(args, fusion_option_fields())
     if args.ensemble_step is not None:
         if "weights" in options:
             raise FusionError("give --ensemble-step or --weights, not both")
@@ -155,22 +154,17 @@ def command_finetune(args: argparse.Namespace, workspace: Workspace) -> dict[str
     return {"models": [record_summary(record, workspace)]}
 
 
-def add_fusion_options(parser: argparse.ArgumentParser) -> None:
-    seen: set[str] = set()
+def fusion_option_fields() -> list[OptionField]:
+    """Every method's options, each name once (the first method's help and default)."""
+    fields: dict[str, OptionField] = {}
     for spec in REGISTRY.values():
         for option in option_fields(spec.options):
-            if option.name in seen:
-                continue
-            seen.add(option.name)
-            text = f"{option.help} (default {option.default})"
-            if option.kind == "bool":
-                parser.add_argument(option.flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-            elif option.kind == "choice":
-                parser.add_argument(option.flag, choices=option.choices, default=None, help=text)
-            elif option.kind == "floats":
-                parser.add_argument(option.flag, type=float, nargs="+", default=None, help=text)
-            else:
-                parser.add_argument(option.flag, type=int if option.kind == "int" else float, default=None, help=text)
+            fields.setdefault(option.name, option)
+    return list(fields.values())
+
+
+def add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser, fusion_option_fields())
     parser.add_argument("--ensemble-step", type=float, help="otfusion's --ensemble-step s: weights (1-s, s) for two models")
 
 

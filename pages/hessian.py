@@ -4,7 +4,7 @@ eigenvector, for parents and fused models side by side."""
 import pandas as pd
 import streamlit as st
 
-from analysis.figures import eigenvalue_density_figure, perturbation_figure, top_eigenvalues_figure
+from analysis.figures import eigenvalue_density_figure, layer_hessian_figure, perturbation_figure, top_eigenvalues_figure
 from analysis.hessian import HessianConfig
 from analysis.runs import hessians_of, model_role, stored_hessian
 from ui.charts import show_chart
@@ -14,7 +14,6 @@ from ui.options import command_line, non_default, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
-CLI_FLAGS = ("samples", "batch_size", "top_k", "iterations", "tolerance", "probes", "deflation", "trace_tolerance", "runs", "steps", "seed")
 
 st.title("Hessian")
 st.caption(
@@ -73,7 +72,10 @@ by_role = {roles[i]: r for i, r in done.items()}
 show_chart(eigenvalue_density_figure({k: r.density for k, r in by_role.items()}, {k: r.top for k, r in by_role.items()}), "hessian-density")
 show_chart(perturbation_figure({k: r.curves for k, r in by_role.items()}), "hessian-perturbation")
 show_chart(top_eigenvalues_figure({k: r.top for k, r in by_role.items()}), "hessian-top-eigenvalues")
+with_layers = {k: r.layers for k, r in by_role.items() if r.layers}
+if with_layers:
+    show_chart(layer_hessian_figure(with_layers), "hessian-layers")
 first = next(iter(done.values()))
 st.caption("The same analysis from the command line, for each model:")
-flags = {k: v for k, v in non_default(HessianConfig, first.config.to_dict()).items() if k in CLI_FLAGS}
+flags = non_default(HessianConfig, first.config.to_dict())
 st.code("\n".join(command_line(["hessian", i], {**flags, "split": split}) + " --json" for i in done), language="bash")

@@ -4,6 +4,7 @@ status 1 and a JSON error on refused input."""
 from __future__ import annotations
 
 import json
+import shlex
 import os
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from typing import Any
 
 import pytest
 
-from analysis.hessian import HessianReport
+from analysis.hessian import HessianConfig, HessianReport
 from analysis.landscape import InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.runs import landscape_key
-from fusion.cli import main
+from fusion.cli import main, parser
+from fusion.options import given_options, option_fields
 from fusion.models import build_model
 from fusion.workspace import ModelRecord, Workspace
+from ui.options import command_line, non_default
 
 FAST_HESSIAN = ["--samples", "120", "--probes", "4", "--runs", "2", "--steps", "8", "--iterations", "30", "--top-k", "2"]
 
@@ -47,7 +50,7 @@ def records(trained_mlp, cli_workspace: Workspace) -> list[ModelRecord]:
 def test_hessian_command_prints_one_json_object_and_stores_the_result(repo_root: Path, records, cli_workspace: Workspace) -> None:
     env = {**os.environ, "FUSIONLAB_WORKSPACE": str(cli_workspace.root), "FUSIONLAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "fusion", "hessian", records[0].id, "--json", *FAST_HESSIAN],
+        [sys.executable, "-m", "fusion", "hessian", records[0].id, "--json", *FAST_HESSIAN, "--layers", "--deflation", "5"],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -60,6 +63,18 @@ def test_hessian_command_prints_one_json_object_and_stores_the_result(repo_root:
     assert report.top.eigenvalues.tolist() == output["top_eigenvalues"]
     assert report.trace.mean == pytest.approx(output["trace"])
     assert stored["dataset"] == "digits" and stored["split"] == "test"
+    assert [layer["layer"] for layer in output["layers"]] == [layer.layer for layer in report.layers] == ["layers.1", "layers.3"]
+    assert report.config.layers and report.config.deflation == 5 and report.trace.deflation >= 5, "the eigenvalue run's basis"
+
+
+def test_every_hessian_setting_round_trips_through_the_command_line_the_page_shows() -> None:
+    config = HessianConfig(
+        samples=None, batch_size=64, top_k=2, tolerance=1e-4, deflation=0, trace_tolerance=0.0, kernel_width=0.02,
+        reorthogonalize=False, cache_graph=False, block_size=2, layers=True, seed=3,
+    )
+    line = command_line(["hessian", "ID"], non_default(HessianConfig, config.to_dict()))
+    args = parser().parse_args(shlex.split(line)[3:])
+    assert args.id == "ID" and HessianConfig(**given_options(args, option_fields(HessianConfig))) == config
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,14 @@ import pytest
 from analysis.figures import (
     eigenvalue_density_figure,
     interpolation_figure,
+    layer_hessian_figure,
     model_colour,
     perturbation_figure,
     plane_figure,
     random_directions_figure,
     top_eigenvalues_figure,
 )
-from analysis.hessian import EigenvalueDensity, ParameterSpace, PerturbationCurve, TopEigenvalues
+from analysis.hessian import EigenvalueDensity, LayerHessian, ParameterSpace, PerturbationCurve, TopEigenvalues
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from fusion.errors import ConfigError
 
@@ -58,6 +59,33 @@ def test_density_figure_uses_a_log_axis_and_marks_the_top_eigenvalues() -> None:
     assert np.all(np.asarray(markers.y) > 0) and np.all(np.asarray(lines[0].y) > 0)
 
 
+def test_density_axis_spans_seven_decades_below_the_highest_density() -> None:
+    figure = eigenvalue_density_figure({"parent A": density()})
+    peak = float(np.max(density().density + density().spread))
+    low, high = figure.layout.yaxis.range
+    assert low == pytest.approx(np.log10(peak) - 7) and high > np.log10(peak)
+    line = next(t for t in figure.data if t.mode == "lines")
+    assert min(line.y) == pytest.approx(peak * 1e-7), "values far below the peak sit on the axis floor"
+
+
+def test_interpolation_figure_lists_every_end_model_once() -> None:
+    ts = np.linspace(0, 1, 5)
+    figure = interpolation_figure({
+        "A → B": InterpolationResult(ts, grid_metrics(5), 0.3, 0.4, False, ("parent A", "parent B")),
+        "A → fused": InterpolationResult(ts, grid_metrics(5), 0.0, 0.1, False, ("parent A", "fused")),
+    })
+    shown = [t.name for t in figure.data if t.mode == "markers" and t.showlegend is not False]
+    assert shown == ["parent A", "parent B", "fused"]
+
+
+def test_layer_figure_has_eigenvalue_and_trace_bars_per_model_with_error_bars() -> None:
+    blocks = [LayerHessian("layers.1", ("layers.1.weight",), 3.0, 10.0, 0.5), LayerHessian("layers.3", ("layers.3.weight",), 1.0, 4.0, 0.2)]
+    figure = layer_hessian_figure({"parent A": blocks, "fused": blocks[:1]})
+    assert [t.type for t in figure.data] == ["bar"] * 4
+    assert list(figure.data[0].x) == ["layers.1", "layers.3"] and list(figure.data[1].error_y.array) == [0.5, 0.2]
+    assert figure.data[2].marker.color == model_colour("fused")
+
+
 def test_top_eigenvalue_figure_has_one_bar_trace_per_model() -> None:
     figure = top_eigenvalues_figure({"parent A": top(), "parent B": top()})
     assert [t.type for t in figure.data] == ["bar", "bar"]
@@ -93,8 +121,8 @@ def test_plane_figure_is_a_contour_with_the_three_models() -> None:
     figure = plane_figure(result, "test_accuracy")
     assert figure.data[0].type == "contour"
     np.testing.assert_allclose(figure.data[0].z, 100 * result.metrics.test_accuracy)
-    assert [t.name for t in figure.data[1:]] == ["parent A", "parent B", "fused"]
-    assert figure.data[3].marker.color == model_colour("fused")
+    assert [t.text[0] for t in figure.data[1:]] == ["parent A", "parent B", "fused"]
+    assert figure.data[3].marker.color == model_colour("fused") and figure.data[3].showlegend is False
     assert "θ_B − θ_A" in figure.layout.xaxis.title.text
     with pytest.raises(ConfigError, match="metric"):
         plane_figure(result, "loss")

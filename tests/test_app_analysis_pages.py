@@ -15,14 +15,15 @@ def test_hessian_page_computes_and_shows_spectra_of_parents_and_fused(app_worksp
     at.multiselect(key="hessian.models").set_value([ids[0], fused])
     for name, value in SMALL_HESSIAN.items():
         at.number_input(key=f"hessian.{name}").set_value(value)
+    at.checkbox(key="hessian.layers").check()
     at.button(key="FormSubmitter:hessian.form-Compute").click().run()
     wait_for_job()
     at.run()
     assert not at.exception and not at.error
-    assert stored_hessian(app_workspace, fused) is not None
+    assert [layer.layer for layer in stored_hessian(app_workspace, fused).layers] == ["layers.1", "layers.3"]
     table = at.dataframe[0].value
     assert len(table) == 2 and (table["trace"] > 0).all()
-    assert len(at.get("plotly_chart")) == 3
+    assert len(at.get("plotly_chart")) == 4, "density, perturbation, top eigenvalues, per-layer blocks"
     assert any("python -m fusion hessian" in str(c.value) for c in at.code)
 
 

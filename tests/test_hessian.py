@@ -29,6 +29,7 @@ from analysis.hessian import (
     layer_parameters,
     layerwise_hessian,
     perturbation_curve,
+    sample_data,
 )
 from analysis.landscape import filter_normalized_direction
 from fusion.data import Dataset
@@ -213,11 +214,13 @@ def test_perturbation_curve_passes_through_the_model_at_t_zero(tiny) -> None:
 
 def test_report_round_trips_through_json(tiny) -> None:
     model, x, y = tiny
-    config = HessianConfig(samples=100, batch_size=50, top_k=2, iterations=30, probes=6, steps=10, runs=2, bins=200)
+    config = HessianConfig(samples=100, batch_size=50, top_k=2, iterations=30, probes=6, steps=10, runs=2, bins=200, layers=True)
     progress: list[tuple[int, int]] = []
     report = hessian_report(model, (x, y), config, CPU, lambda done, total, message: progress.append((done, total)))
     stored = json.loads(json.dumps(report.to_dict()))
     again = HessianReport.from_dict(stored)
+    assert again.layers == report.layers and [layer.layer for layer in report.layers] == list(layer_parameters(model))
+    assert report.layers == tuple(layerwise_hessian(model, sample_data((x, y), config), config, CPU)), "on the report's sample"
     np.testing.assert_allclose(again.top.eigenvalues, report.top.eigenvalues)
     assert again.trace.mean == report.trace.mean and again.config == config and again.samples == 100
     assert isinstance(again.density, EigenvalueDensity) and len(again.curves) == 2
