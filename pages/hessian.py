@@ -6,7 +6,7 @@ import streamlit as st
 
 from analysis.figures import eigenvalue_density_figure, layer_hessian_figure, perturbation_figure, top_eigenvalues_figure
 from analysis.hessian import HessianConfig
-from analysis.runs import hessians_of, model_role, stored_hessian
+from analysis.runs import HESSIAN, hessians_of, model_role, stored_hessian
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
@@ -75,7 +75,9 @@ show_chart(top_eigenvalues_figure({k: r.top for k, r in by_role.items()}), "hess
 with_layers = {k: r.layers for k, r in by_role.items() if r.layers}
 if with_layers:
     show_chart(layer_hessian_figure(with_layers), "hessian-layers")
-first = next(iter(done.values()))
-st.caption("The same analysis from the command line, for each model:")
-flags = non_default(HessianConfig, first.config.to_dict())
-st.code("\n".join(command_line(["hessian", i], {**flags, "split": split}) + " --json" for i in done), language="bash")
+st.caption("The same analysis from the command line, for each model (its stored settings and data split):")
+lines = [
+    command_line(["hessian", i], {**non_default(HessianConfig, r.config.to_dict()), "split": ws.load_result(i, HESSIAN)["split"]}) + " --json"
+    for i, r in done.items()
+]
+st.code("\n".join(lines), language="bash")

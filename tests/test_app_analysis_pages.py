@@ -16,6 +16,7 @@ def test_hessian_page_computes_and_shows_spectra_of_parents_and_fused(app_worksp
     for name, value in SMALL_HESSIAN.items():
         at.number_input(key=f"hessian.{name}").set_value(value)
     at.checkbox(key="hessian.layers").check()
+    at.radio(key="hessian.split").set_value("train")
     at.button(key="FormSubmitter:hessian.form-Compute").click().run()
     wait_for_job()
     at.run()
@@ -24,7 +25,8 @@ def test_hessian_page_computes_and_shows_spectra_of_parents_and_fused(app_worksp
     table = at.dataframe[0].value
     assert len(table) == 2 and (table["trace"] > 0).all()
     assert len(at.get("plotly_chart")) == 4, "density, perturbation, top eigenvalues, per-layer blocks"
-    assert any("python -m fusion hessian" in str(c.value) for c in at.code)
+    (code,) = [c.value for c in at.code if "python -m fusion hessian" in c.value]
+    assert code.count("--split train --json") == 2 and code.count("--layers") == 2, "the stored runs' settings"
 
 
 def test_hessian_page_refuses_absurd_settings_with_a_message(app_workspace):

@@ -87,6 +87,14 @@ def leave(page: Page, box: Locator) -> None:
     wait_until_idle(page, PAGE_TIMEOUT_MS)
 
 
+def check(page: Page, label: str) -> None:
+    """Tick the checkbox labelled ``label`` (inside a form: nothing is sent until the form is submitted)."""
+    box = main_area(page).get_by_role("checkbox", name=label, exact=True)
+    expect(box).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+    box.check(force=True)
+    expect(box).to_be_checked()
+
+
 def multiselect(page: Page, label: str, *options: str) -> None:
     """Make the multiselect labelled ``label`` hold exactly the options that start with ``options`` (the pages
     preselect the models chosen elsewhere, so some may be there already and others must go)."""
@@ -151,6 +159,7 @@ def landscape_of_the_fused_model(page: Page) -> None:
 def hessians_of_parents_and_fused(page: Page) -> None:
     parents_and_fused = ("demo cnn · seed 0 ", "demo cnn · seed 1 ", "cnn c16-32-h64 · ot of 2 ")
     multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
+    check(page, "layers")
     click_button(page, "Compute")
     wait_for_job(page, "Hessian of 3 model(s)")
 
@@ -204,7 +213,7 @@ PAGES = [
     PageCheck("Transport maps", nothing, shows(charts=1, tables=1)),
     PageCheck("Neuron norms", nothing, shows(charts=1)),
     PageCheck("Loss landscape", landscape_of_the_fused_model, shows(charts=2, tables=1)),
-    PageCheck("Hessian", hessians_of_parents_and_fused, shows(charts=3, tables=1)),
+    PageCheck("Hessian", hessians_of_parents_and_fused, shows(charts=4, tables=1)),
     PageCheck("Compare", compare_every_method, shows("Results", charts=1, tables=1)),
     PageCheck("Neuron Transplantation demo", first_story_step, shows("1. The parents", charts=1)),
 ]
