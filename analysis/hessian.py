@@ -367,6 +367,11 @@ def lanczos(
     return Lanczos(result.alphas, result.betas, result.residual_betas, None if basis is None else basis[:, :longest])
 
 
+def lanczos_start(size: int, seed: int) -> torch.Tensor:
+    """The Gaussian start ``(1, size)`` of the top-eigenvalue run, whose basis also deflates the trace."""
+    return torch.randn(1, size, generator=torch.Generator().manual_seed(seed))
+
+
 def ritz_pairs(run: Lanczos, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``k`` largest Ritz values of run 0, their vectors in the Lanczos basis ``(m, k)``, residuals
     ``r_i = |β s_{m,i}|`` (``= ||H y_i - θ_i y_i||`` in exact arithmetic) and estimated errors ``min(r_i, r_i² / δ_i)``
@@ -442,7 +447,7 @@ def lanczos_top_eigenvalues(
     if config.iterations < k:
         raise ConfigError(f"iterations ({config.iterations}) must be at least k ({k})")
     started = time.perf_counter()
-    start = torch.randn(1, operator.size, generator=torch.Generator().manual_seed(config.seed))
+    start = lanczos_start(operator.size, config.seed)
 
     def converged(run: Lanczos) -> bool:
         if len(run.alphas[0]) <= k:
@@ -520,8 +525,8 @@ class HessianTrace:
 
 
 def probe_seed(seed: int) -> int:
-    """The seed of the trace's probes: a stream of NumPy's ``SeedSequence`` independent of the Lanczos start vector
-    drawn with ``seed``, so that the deflated probes are independent of the basis they are projected on."""
+    """The seed of the trace's probes: a stream of NumPy's ``SeedSequence`` independent of :func:`lanczos_start`'s
+    vector for ``seed``, so that the deflated probes are independent of the basis they are projected on."""
     return int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
 
 
@@ -539,7 +544,7 @@ def hutchinson_trace(
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(probe_seed(config.seed))
     if krylov is None and config.deflation:
-        start = torch.randn(1, operator.size, generator=torch.Generator().manual_seed(config.seed))
+        start = lanczos_start(operator.size, config.seed)
         krylov = lanczos(operator, start, config.deflation, True, progress)
     basis = None if krylov is None or krylov.basis is None else krylov.basis[0, : len(krylov.alphas[0])]
     deflated = 0.0 if basis is None else float(krylov.alphas[0].sum())
