@@ -31,3 +31,21 @@ class WorkspaceError(FusionError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class ExportError(WorkspaceError):
+    """An export destination is refused: it exists (without overwrite), is not a regular file, is empty, or lies in
+    the workspace's own folders."""
+
+
+class DamagedModelError(CheckpointError):
+    """A model in the workspace cannot be read: its metadata is unreadable, or a file is missing, unreadable or does
+    not match the checksum stored when it was saved."""
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        super().__init__(f"model {model_id!r}: {reason}")
+        self.model_id = model_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.model_id, self.reason)

@@ -9,33 +9,61 @@ Layout under the workspace root::
 Writes are atomic: a model is written into ``.staging/`` and moved into place with one ``rename``, a JSON file is
 written beside its target and ``os.replace``-d over it, so an interrupted save leaves either the old state or the new
 one, never half a model. The root is ``--workspace`` / ``FUSIONLAB_WORKSPACE`` / ``~/.fusionlab/workspace``.
+
+Integrity: ``meta.json`` holds the sha256 of every ``.safetensors`` file of the model, written at save time and checked
+by every read of the weights (:meth:`Workspace.load`, :meth:`Workspace.load_tensors`, :meth:`Workspace.export`);
+:meth:`Workspace.scan` checks them too (each file hashed once per workspace object while its size and mtime stay the
+same) and reports each entry it cannot load as a :class:`BrokenEntry` instead of hiding it. Models saved before
+checksums existed have none: they load unverified, after a check that their safetensors header covers the file.
+
+A save killed mid-way leaves its folder in ``.staging/``; opening the workspace removes such leftovers, and the
+``.tmp-*`` files of a killed JSON write, unless some writer is at work: every writer holds a shared ``flock`` on
+``<root>/.lock`` while it writes, and the cleaner takes that lock exclusively without waiting, so it never touches
+the folder of a live writer (a writer killed by SIGKILL drops its lock with its process).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import pickle
 import re
 import shutil
+import stat
 import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from fusion.data import DATASETS, Normalization, dataset_normalization
-from fusion.errors import ArchitectureError, CheckpointError, DatasetError, WorkspaceError
+from fusion.errors import (
+    ArchitectureError,
+    CheckpointError,
+    DamagedModelError,
+    DatasetError,
+    ExportError,
+    WorkspaceError,
+)
 from fusion.models import ModelSpec, build_model, parameter_count
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 METADATA_KEY = "fusionlab"
+WEIGHTS_FILE = "model.safetensors"
+WRITERS_LOCK = ".lock"
+JSON_TEMPORARY = ".tmp-*.json"
+CHANGED_FILE = "{name} does not match the sha256 stored when it was saved: the file was truncated or changed"
 
 
 @dataclass(frozen=True)
@@ -57,6 +85,9 @@ class ModelRecord:
     provenance: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     parameters: int = 0
+    checksums: dict[str, str] = field(default_factory=dict)
+    """sha256 (hex) of each of the model's files by name (``model.safetensors``, attachments); empty for a model saved
+    before checksums existed, whose files are then read unverified."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,10 +101,13 @@ class ModelRecord:
             "provenance": self.provenance,
             "created": self.created,
             "parameters": self.parameters,
+            "checksums": self.checksums,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelRecord":
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"invalid model metadata: a JSON object was expected, not {type(data).__name__}")
         try:
             return cls(
                 id=str(data["id"]),
@@ -86,8 +120,9 @@ class ModelRecord:
                 provenance=dict(data.get("provenance", {})),
                 created=str(data.get("created", "")),
                 parameters=int(data.get("parameters", 0)),
+                checksums={str(k): str(v) for k, v in dict(data.get("checksums", {})).items()},
             )
-        except (KeyError, TypeError, ValueError, ArchitectureError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, ArchitectureError) as exc:
             raise CheckpointError(f"invalid model metadata: {exc}") from exc
 
     @property
@@ -153,10 +188,17 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         state = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
-        if METADATA_KEY in header:
+    except (SafetensorError, ValueError, OSError):
+        state, header = read_torch_file(path), {}
+    if METADATA_KEY in header:
+        # A damaged FusionLab header means the file changed after its export: importing it as a plain state_dict
+        # would silently drop the architecture and dataset it names, so it is refused.
+        try:
             metadata = json.loads(header[METADATA_KEY])
-    except (SafetensorError, json.JSONDecodeError, ValueError, OSError):
-        state = read_torch_file(path)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path.name} carries FusionLab metadata that is not valid JSON ({exc})") from exc
+        if not isinstance(metadata, dict):
+            raise CheckpointError(f"{path.name} carries FusionLab metadata that is not a JSON object")
     if not state:
         raise CheckpointError(f"{path.name} holds no tensors")
     check_finite(state, path.name)
@@ -205,8 +247,49 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
+@dataclass(frozen=True)
+class BrokenEntry:
+    """An entry of ``models/`` that cannot be loaded, and why; listed beside the models, never hidden."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkspaceScan:
+    """Every entry of ``models/``: the loadable models (oldest first) and the broken entries (by name)."""
+
+    records: tuple[ModelRecord, ...]
+    broken: tuple[BrokenEntry, ...]
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def parse_record(data: bytes, model_id: str) -> ModelRecord:
+    """The record held by the bytes of ``models/<model_id>/meta.json``.
+
+    Raises :class:`DamagedModelError` when they are not UTF-8 JSON, not a valid record, or describe another id.
+    """
+    try:
+        payload = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DamagedModelError(model_id, f"meta.json is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise DamagedModelError(model_id, f"meta.json is not valid JSON ({exc})") from exc
+    try:
+        record = ModelRecord.from_dict(payload)
+    except CheckpointError as exc:
+        raise DamagedModelError(model_id, f"meta.json: {exc}") from exc
+    if record.id != model_id:
+        raise DamagedModelError(model_id, f"meta.json describes another model, {record.id!r}")
+    return record
+
+
 class Workspace:
-    """A folder of models and their results; see the module docstring for the layout and atomicity."""
+    """A folder of models and their results; see the module docstring for the layout, atomicity and integrity."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_root()
@@ -215,6 +298,44 @@ class Workspace:
             (self.root / ".staging").mkdir(exist_ok=True)
         except OSError as exc:
             raise WorkspaceError(f"cannot create the workspace at {self.root}: {exc}") from exc
+        self.verified: dict[tuple[Path, str], tuple[int, int, int]] = {}
+        """(file, sha256) -> (inode, size, mtime) of the file when it last matched, so a scan hashes it once."""
+        self.remove_stale_temporaries()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writers' shared lock on ``<root>/.lock`` for the body, so no cleaner removes what it writes."""
+        with open(self.root / WRITERS_LOCK, "ab") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            yield
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Remove what killed writers left behind: every entry of ``.staging/`` and the ``.tmp-*.json`` files beside
+        metadata and results; return them.
+
+        Runs only when it gets the writers' lock exclusively without waiting: while any writer is at work, its files
+        are not stale and nothing is removed (a later open cleans up). A workspace that cannot be written is left alone.
+        """
+        try:
+            lock = open(self.root / WRITERS_LOCK, "ab")
+        except OSError:
+            return []
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []
+            stale = [
+                *(self.root / ".staging").iterdir(),
+                *self.root.glob(f"models/*/{JSON_TEMPORARY}"),
+                *self.root.glob(f"models/*/results/{JSON_TEMPORARY}"),
+            ]
+            for path in stale:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        return stale
 
     def model_dir(self, model_id: str) -> Path:
         if not ID_PATTERN.fullmatch(model_id):
@@ -237,7 +358,7 @@ class Workspace:
         name: str | None = None,
         attachments: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> ModelRecord:
-        """Save ``model`` with its metadata atomically and return its record.
+        """Save ``model`` with its metadata and the sha256 of its files atomically, and return its record.
 
         ``attachments`` are named tensor collections stored beside the model in the same atomic write (a fused
         model's transport maps, say); read them back with :meth:`load_tensors`.
@@ -263,51 +384,132 @@ class Workspace:
             created=now_iso(),
             parameters=parameter_count(model),
         )
-        staging = self.root / ".staging" / uuid.uuid4().hex
-        staging.mkdir(parents=True)
-        try:
-            save_file(state, str(staging / "model.safetensors"), metadata={METADATA_KEY: json.dumps(record.to_dict())})
-            for kind, tensors in (attachments or {}).items():
-                if not ID_PATTERN.fullmatch(kind) or kind == "model":  # "model" would overwrite the weights
-                    raise WorkspaceError(f"{kind!r} is not an attachment name")
-                save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / f"{kind}.safetensors"))
-            write_json_atomic(staging / "meta.json", record.to_dict())
-            os.rename(staging, self.model_dir(record.id))
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with self.writing():
+            staging = self.root / ".staging" / uuid.uuid4().hex
+            staging.mkdir(parents=True)
+            try:
+                # The header's copy of the record has no checksums: a file cannot hold its own hash.
+                save_file(state, str(staging / WEIGHTS_FILE), metadata={METADATA_KEY: json.dumps(record.to_dict())})
+                for kind, tensors in (attachments or {}).items():
+                    if not ID_PATTERN.fullmatch(kind) or kind == "model":  # "model" would overwrite the weights
+                        raise WorkspaceError(f"{kind!r} is not an attachment name")
+                    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / f"{kind}.safetensors"))
+                record = replace(record, checksums={p.name: sha256_of(p) for p in sorted(staging.glob("*.safetensors"))})
+                write_json_atomic(staging / "meta.json", record.to_dict())
+                os.rename(staging, self.model_dir(record.id))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         return record
 
-    def records(self) -> list[ModelRecord]:
-        """Every complete model in the workspace, oldest first; unreadable entries are skipped."""
-        found = []
-        for meta in sorted((self.root / "models").glob("*/meta.json")):
-            try:
-                found.append(ModelRecord.from_dict(json.loads(meta.read_text())))
-            except (OSError, json.JSONDecodeError, CheckpointError):
+    def scan(self) -> WorkspaceScan:
+        """Every entry of ``models/``, each either a loadable model or a :class:`BrokenEntry` with its reason.
+
+        A model is listed when its ``meta.json`` is a valid record of its own id and each of its files exists and
+        matches its stored sha256 (a file is hashed again only when its inode, size or mtime changed since it last
+        matched); a model saved without checksums needs safetensors headers that cover their files exactly, which
+        catches truncation but not an edit. Hidden names (``.DS_Store``) are not entries.
+        """
+        records, broken = [], []
+        for folder in sorted((self.root / "models").iterdir()):
+            if folder.name.startswith("."):
                 continue
-        return sorted(found, key=lambda r: (r.created, r.id))
+            if not ID_PATTERN.fullmatch(folder.name):
+                broken.append(BrokenEntry(folder.name, "the name is not a model id"))
+            elif not (folder / "meta.json").is_file():
+                broken.append(BrokenEntry(folder.name, "no meta.json: not a model saved by FusionLab"))
+            else:
+                try:
+                    record = self.record(folder.name)
+                    for name in sorted({WEIGHTS_FILE, *record.checksums}):
+                        self.check_file(record, name)
+                except DamagedModelError as exc:
+                    broken.append(BrokenEntry(exc.model_id, exc.reason))
+                else:
+                    records.append(record)
+        return WorkspaceScan(tuple(sorted(records, key=lambda r: (r.created, r.id))), tuple(broken))
+
+    def records(self) -> list[ModelRecord]:
+        """Every loadable model in the workspace, oldest first (:meth:`scan` also names the broken entries)."""
+        return list(self.scan().records)
 
     def record(self, model_id: str) -> ModelRecord:
+        """The metadata of ``model_id``; raises :class:`WorkspaceError` if there is none, :class:`DamagedModelError`
+        if it is unreadable."""
         meta = self.model_dir(model_id) / "meta.json"
         if not meta.is_file():
             raise WorkspaceError(f"no model {model_id!r} in the workspace at {self.root}")
         try:
-            return ModelRecord.from_dict(json.loads(meta.read_text()))
-        except json.JSONDecodeError as exc:
-            raise WorkspaceError(f"the metadata of {model_id!r} is unreadable: {exc}") from exc
+            data = meta.read_bytes()
+        except OSError as exc:
+            raise DamagedModelError(model_id, f"cannot read meta.json ({exc.strerror})") from exc
+        return parse_record(data, model_id)
+
+    def check_file(self, record: ModelRecord, name: str) -> None:
+        """Raise :class:`DamagedModelError` unless the model's file ``name`` matches its checksum (or, without one,
+        has a safetensors header that covers it)."""
+        path = self.model_dir(record.id) / name
+        expected = record.checksums.get(name)
+        try:
+            info = path.stat()
+            if expected is None:
+                with safe_open(str(path), framework="pt"):
+                    return
+            key = (info.st_ino, info.st_size, info.st_mtime_ns)
+            if self.verified.get((path, expected)) == key:
+                return
+            if sha256_of(path) != expected:
+                raise DamagedModelError(record.id, CHANGED_FILE.format(name=name))
+        except FileNotFoundError as exc:
+            raise DamagedModelError(record.id, f"{name} is missing") from exc
+        except OSError as exc:
+            raise DamagedModelError(record.id, f"cannot read {name} ({exc.strerror})") from exc
+        except (SafetensorError, ValueError) as exc:
+            raise DamagedModelError(record.id, f"{name} is not a readable safetensors file ({exc})") from exc
+        self.verified[(path, expected)] = key
+
+    def read_tensors(self, record: ModelRecord, name: str) -> dict[str, torch.Tensor]:
+        """The tensors of the model's file ``name``, after checking its sha256 when the record has one.
+
+        Raises :class:`DamagedModelError` when the file is missing, unreadable, changed since it was saved, or not
+        safetensors.
+        """
+        path = self.model_dir(record.id) / name
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise DamagedModelError(record.id, f"{name} is missing") from exc
+        except OSError as exc:
+            raise DamagedModelError(record.id, f"cannot read {name} ({exc.strerror})") from exc
+        expected = record.checksums.get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise DamagedModelError(record.id, CHANGED_FILE.format(name=name))
+        try:
+            return safetensors.torch.load(data)
+        except (SafetensorError, ValueError) as exc:
+            raise DamagedModelError(record.id, f"{name} is not a readable safetensors file ({exc})") from exc
 
     def load(self, model_id: str) -> tuple[nn.Module, ModelRecord]:
-        """Rebuild the model from its spec and load its weights (eval mode, on the CPU)."""
+        """Rebuild the model from its spec and load its verified weights (eval mode, on the CPU).
+
+        Raises :class:`DamagedModelError` when the weights are missing, changed since the save, or do not fit the
+        spec; a model saved without checksums loads unverified.
+        """
         record = self.record(model_id)
         model = build_model(record.spec)
-        load_state_into(model, load_file(str(self.model_dir(model_id) / "model.safetensors")))
+        try:
+            load_state_into(model, self.read_tensors(record, WEIGHTS_FILE))
+        except DamagedModelError:
+            raise
+        except CheckpointError as exc:
+            raise DamagedModelError(model_id, str(exc)) from exc
         return model.eval(), record
 
     def update(self, model_id: str, **changes: Any) -> ModelRecord:
         """Replace fields of a model's record (``metrics``, ``name``...) atomically."""
-        record = replace(self.record(model_id), **changes)
-        write_json_atomic(self.model_dir(model_id) / "meta.json", record.to_dict())
+        with self.writing():
+            record = replace(self.record(model_id), **changes)
+            write_json_atomic(self.model_dir(model_id) / "meta.json", record.to_dict())
         return record
 
     def delete(self, model_id: str) -> None:
@@ -315,26 +517,67 @@ class Workspace:
         source = self.model_dir(model_id)
         if not source.is_dir():
             raise WorkspaceError(f"no model {model_id!r} in the workspace at {self.root}")
-        trash = self.root / ".staging" / f"deleted-{uuid.uuid4().hex}"
-        os.rename(source, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        with self.writing():
+            trash = self.root / ".staging" / f"deleted-{uuid.uuid4().hex}"
+            os.rename(source, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
-    def export(self, model_id: str, destination: str | Path) -> Path:
-        """Copy a model to one safetensors file whose header carries its metadata (``fusionlab`` key)."""
+    def export(self, model_id: str, destination: str | Path, *, overwrite: bool = False) -> Path:
+        """Copy a model's verified weights to one safetensors file whose header carries its metadata (``fusionlab``
+        key); a folder ``destination`` means ``<folder>/<id>.safetensors``. Returns the file written.
+
+        The file is written beside the target and moved into place, so the target is whole or absent. Raises
+        :class:`ExportError`, naming the target, when ``destination`` is empty, its folder is missing or one of the
+        workspace's own (the root, ``models/``, ``.staging/``), or the target exists and is not a regular file, or
+        exists at all unless ``overwrite``.
+        """
+        if not str(destination).strip():
+            raise ExportError("the export destination is empty: give a file or folder path")
         record = self.record(model_id)
-        destination = Path(destination)
-        if destination.is_dir():
-            destination = destination / f"{model_id}.safetensors"
-        state = load_file(str(self.model_dir(model_id) / "model.safetensors"))
-        handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(handle)
+        target = Path(destination).expanduser()
+        if target.is_dir():
+            target = target / f"{model_id}.safetensors"
+        self.check_export_target(target, overwrite)
+        state = self.read_tensors(record, WEIGHTS_FILE)
+        header = json.dumps(replace(record, checksums={}).to_dict())  # the workspace files' hashes do not describe it
+        payload = safetensors.torch.save(state, metadata={METADATA_KEY: header})
         try:
-            save_file(state, temporary, metadata={METADATA_KEY: json.dumps(record.to_dict())})
-            os.replace(temporary, destination)
-        except BaseException:
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise ExportError(f"cannot write {target}: {exc.strerror}") from exc
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(payload)
+                stream.flush()
+                os.fsync(stream.fileno())
+            if overwrite:
+                os.replace(temporary, target)
+            else:
+                place_new_file(temporary, target)
+        except FileExistsError as exc:
+            raise ExportError(f"{target} already exists; choose another path or allow overwriting it") from exc
+        except OSError as exc:
+            raise ExportError(f"cannot write {target}: {exc.strerror}") from exc
+        finally:
             Path(temporary).unlink(missing_ok=True)
-            raise
-        return destination
+        return target
+
+    def check_export_target(self, target: Path, overwrite: bool) -> None:
+        """Raise :class:`ExportError` unless ``target`` may receive an export (see :meth:`export`)."""
+        folder = target.parent.resolve()
+        root = self.root.resolve()
+        if folder == root or any(folder.is_relative_to(root / own) for own in ("models", ".staging")):
+            raise ExportError(f"{target} is inside the workspace's own folders; export to a path outside {self.root}")
+        if not folder.is_dir():
+            raise ExportError(f"cannot write {target}: there is no folder {target.parent}")
+        try:
+            mode = target.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(mode):
+            raise ExportError(f"{target} exists and is not a regular file; an export only creates or replaces files")
+        if not overwrite:
+            raise ExportError(f"{target} already exists; choose another path or allow overwriting it")
 
     def import_checkpoint(
         self,
@@ -369,11 +612,15 @@ class Workspace:
         return model.eval(), record
 
     def load_tensors(self, model_id: str, kind: str) -> dict[str, torch.Tensor] | None:
-        """An attachment saved with the model, or ``None`` when it has none of that name."""
+        """An attachment saved with the model (verified like the weights), or ``None`` when it has none of that
+        name."""
         if not ID_PATTERN.fullmatch(kind):
             raise WorkspaceError(f"{kind!r} is not an attachment name")
-        path = self.model_dir(model_id) / f"{kind}.safetensors"
-        return load_file(str(path)) if path.is_file() else None
+        record = self.record(model_id)
+        name = f"{kind}.safetensors"
+        if name not in record.checksums and not (self.model_dir(model_id) / name).is_file():
+            return None
+        return self.read_tensors(record, name)
 
     def result_path(self, model_id: str, kind: str) -> Path:
         if not ID_PATTERN.fullmatch(kind):
@@ -383,8 +630,23 @@ class Workspace:
     def save_result(self, model_id: str, kind: str, payload: Mapping[str, Any]) -> None:
         """Store an analysis result with the model (atomically), replacing an earlier one of the same kind."""
         self.record(model_id)
-        write_json_atomic(self.result_path(model_id, kind), dict(payload))
+        with self.writing():
+            write_json_atomic(self.result_path(model_id, kind), dict(payload))
 
     def load_result(self, model_id: str, kind: str) -> dict[str, Any] | None:
         path = self.result_path(model_id, kind)
         return json.loads(path.read_text()) if path.is_file() else None
+
+
+def place_new_file(source: str, target: Path) -> None:
+    """Move ``source`` to ``target`` only if ``target`` does not exist (``FileExistsError`` otherwise), atomically
+    where the filesystem has hard links."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # vfat and some network filesystems have no hard links: check, then rename (not atomic against a racer)
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from exc
+        os.rename(source, target)
