@@ -87,7 +87,14 @@ def command_demo(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
 
 
 def command_list(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    return {"workspace": str(workspace.root), "models": [record_summary(r, workspace) for r in workspace.records()]}
+    """The loadable models (``checksum``: false for one saved before checksums, read unverified) and every broken
+    entry with its reason."""
+    scan = workspace.scan()
+    return {
+        "workspace": str(workspace.root),
+        "models": [{**record_summary(r, workspace), "checksum": bool(r.checksums)} for r in scan.records],
+        "broken": [{"id": b.id, "reason": b.reason} for b in scan.broken],
+    }
 
 
 def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
@@ -102,7 +109,7 @@ def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str
 
 
 def command_export(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    path = workspace.export(args.id, args.out)
+    path = workspace.export(args.id, args.out, overwrite=args.force)
     return {"id": args.id, "path": str(path)}
 
 
@@ -219,7 +226,8 @@ def parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", parents=[common], help="write a model to one safetensors file")
     export.add_argument("id")
-    export.add_argument("--out", required=True, help="file or folder")
+    export.add_argument("--out", required=True, help="a new file, or a folder (then <id>.safetensors inside it)")
+    export.add_argument("--force", action="store_true", help="replace an existing regular file at --out")
     export.set_defaults(run=command_export)
 
     import_ = commands.add_parser("import", parents=[common], help="import a safetensors or state_dict checkpoint")
@@ -278,7 +286,9 @@ def human_readable(result: dict[str, Any]) -> str:
         lines = [
             f"{m['id']:<40} {m['arch']:<22} {m['dataset']:<9} {m['method']:<9} "
             + (f"test acc {100 * m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "")
+            + ("  (no checksum: unverified)" if m.get("checksum") is False else "")
             for m in result["models"]
         ]
+        lines += [f"BROKEN {b['id']}: {b['reason']}" for b in result.get("broken", [])]
         return "\n".join(lines) or "no models"
     return "\n".join(f"{k}: {v}" for k, v in result.items())

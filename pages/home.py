@@ -5,7 +5,7 @@ import streamlit as st
 from fusion.device import describe_device
 from fusion.pipeline import build_demo_ensemble, demo_members
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.state import device, job_runner, workspace
+from ui.state import device, job_runner, workspace, workspace_models
 from ui.tables import show_models_table
 
 DEMO_KIND = "demo-ensemble"
@@ -19,7 +19,7 @@ st.markdown(
 )
 
 ws = workspace()
-records = ws.records()
+records = workspace_models(ws)
 with st.container(border=True):
     st.markdown(
         f"**Device:** {describe_device(device())}  \n"

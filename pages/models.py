@@ -11,7 +11,7 @@ from ui.checkpoints import export_bytes, import_upload
 from ui.errors import report_errors
 from ui.forms import architecture_fields, training_fields
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.state import device, job_runner, select_models, selected_model_ids, workspace
+from ui.state import device, job_runner, select_models, selected_model_ids, workspace, workspace_models
 from ui.tables import escape_markdown, show_models_table
 from ui.training import dataset_signature, train_models
 
@@ -135,7 +135,7 @@ def import_section(ws: Workspace, disabled: bool) -> None:
 st.title("Models")
 ws = workspace()
 busy = inputs_disabled()
-records = ws.records()
+records = workspace_models(ws)
 st.caption(f"{len(records)} model(s) in `{ws.root}`")
 if FLASH_KEY in st.session_state:
     st.success(st.session_state.pop(FLASH_KEY))

@@ -6,7 +6,7 @@ import streamlit as st
 from analysis.fusion_figures import transport_map_figure
 from analysis.maps import stored_maps, summarise
 from ui.charts import show_chart
-from ui.state import selected_model_ids, workspace
+from ui.state import selected_model_ids, workspace, workspace_models
 
 MAPPED_METHODS = ("ot", "matching", "cla", "intra")
 
@@ -16,7 +16,7 @@ st.caption(
     "as a diagonal. Soft maps (Sinkhorn, unequal widths, Intra-Fusion's merges) spread mass over several targets."
 )
 ws = workspace()
-fused = [r for r in reversed(ws.records()) if r.method in MAPPED_METHODS]
+fused = [r for r in reversed(workspace_models(ws)) if r.method in MAPPED_METHODS]
 if not fused:
     st.info("No model fused with transport maps yet: run OT fusion, matching, CLAFusion or Intra-Fusion on the Fuse page.")
     st.stop()

@@ -17,6 +17,7 @@ import torch
 from fusion.device import default_device
 from fusion.workspace import ModelRecord, Workspace, default_root
 from ui.jobs import JobRunner
+from ui.tables import escape_markdown
 
 SELECTED_MODELS_KEY = "fusionlab.selected_model_ids"
 """``st.session_state[SELECTED_MODELS_KEY]``: the ids of the models the user is working with, in the order chosen."""
@@ -62,11 +63,24 @@ def select_models(model_ids: Iterable[str]) -> None:
     st.session_state[SELECTED_MODELS_KEY] = list(dict.fromkeys(model_ids))
 
 
+def workspace_models(ws: Workspace) -> list[ModelRecord]:
+    """The loadable models of ``ws``, oldest first, after one warning that names each broken entry and its reason
+    (every page that lists models calls this, so a broken entry is never hidden and never stops a page)."""
+    scan = ws.scan()
+    if scan.broken:
+        st.warning(
+            f"{len(scan.broken)} workspace entr{'y' if len(scan.broken) == 1 else 'ies'} cannot be loaded and "
+            "are left out:\n" + "\n".join(f"- **{escape_markdown(b.id)}**: {escape_markdown(b.reason)}" for b in scan.broken),
+            icon=":material/warning:",
+        )
+    return list(scan.records)
+
+
 def models_or_stop() -> tuple[Workspace, list[ModelRecord], dict[str, ModelRecord]]:
-    """The workspace, its models newest first, and the same by id; a page with no models to show stops here with a
-    hint on how to get some."""
+    """The workspace, its models newest first (after the warning of :func:`workspace_models`), and the same by id;
+    a page with no models to show stops here with a hint on how to get some."""
     ws = workspace()
-    records = list(reversed(ws.records()))
+    records = list(reversed(workspace_models(ws)))
     if not records:
         st.info("The workspace has no models yet: build the demo ensemble on the Home page, or train some on Models.")
         st.stop()
