@@ -393,8 +393,10 @@ class Workspace:
                 for kind, tensors in (attachments or {}).items():
                     if not ID_PATTERN.fullmatch(kind) or kind == "model":  # "model" would overwrite the weights
                         raise WorkspaceError(f"{kind!r} is not an attachment name")
-                    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(staging / f"{kind}.safetensors"))
-                record = replace(record, checksums={p.name: sha256_of(p) for p in sorted(staging.glob("*.safetensors"))})
+                    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+                    save_file(tensors, str(staging / f"{kind}.safetensors"))
+                checksums = {path.name: sha256_of(path) for path in sorted(staging.glob("*.safetensors"))}
+                record = replace(record, checksums=checksums)
                 write_json_atomic(staging / "meta.json", record.to_dict())
                 os.rename(staging, self.model_dir(record.id))
             except BaseException:

@@ -68,9 +68,10 @@ def workspace_models(ws: Workspace) -> list[ModelRecord]:
     (every page that lists models calls this, so a broken entry is never hidden and never stops a page)."""
     scan = ws.scan()
     if scan.broken:
+        entries = "\n".join(f"- **{escape_markdown(b.id)}**: {escape_markdown(b.reason)}" for b in scan.broken)
+        plural = "y" if len(scan.broken) == 1 else "ies"
         st.warning(
-            f"{len(scan.broken)} workspace entr{'y' if len(scan.broken) == 1 else 'ies'} cannot be loaded and "
-            "are left out:\n" + "\n".join(f"- **{escape_markdown(b.id)}**: {escape_markdown(b.reason)}" for b in scan.broken),
+            f"{len(scan.broken)} workspace entr{plural} cannot be loaded and are left out:\n{entries}",
             icon=":material/warning:",
         )
     return list(scan.records)
