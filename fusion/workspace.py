@@ -306,7 +306,13 @@ class Workspace:
     def writing(self) -> Iterator[None]:
         """Hold the writers' shared lock on ``<root>/.lock`` for the body, so no cleaner removes what it writes."""
         with open(self.root / WRITERS_LOCK, "ab") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH)
+            except OSError as exc:
+                # Some shared filesystems (Lustre without -o flock) have no flock: writing goes on, and the cleaner,
+                # which cannot lock either, then never removes anything.
+                if exc.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
             yield
 
     def remove_stale_temporaries(self) -> list[Path]:
@@ -314,7 +320,8 @@ class Workspace:
         metadata and results; return them.
 
         Runs only when it gets the writers' lock exclusively without waiting: while any writer is at work, its files
-        are not stale and nothing is removed (a later open cleans up). A workspace that cannot be written is left alone.
+        are not stale and nothing is removed (a later open cleans up). A workspace that cannot be written, or whose
+        filesystem has no ``flock``, is left alone.
         """
         try:
             lock = open(self.root / WRITERS_LOCK, "ab")
@@ -323,7 +330,7 @@ class Workspace:
         with lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError:  # a writer holds it, or the filesystem has no flock: nothing is known to be stale
                 return []
             stale = [
                 *(self.root / ".staging").iterdir(),

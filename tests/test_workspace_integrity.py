@@ -3,6 +3,8 @@ exports never clobber, and killed or concurrent writers leave only whole models 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -309,6 +311,20 @@ def test_opening_never_removes_staging_while_a_writer_holds_the_lock(workspace: 
         assert live.is_dir()
     Workspace(workspace.root)
     assert not live.exists()
+
+
+def test_on_a_filesystem_without_flock_saves_work_and_nothing_is_cleaned(trained_mlp, tmp_path, monkeypatch) -> None:
+    def no_flock(handle, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    workspace = Workspace(tmp_path / "lustre")
+    unknown = workspace.root / ".staging" / "maybe-live"
+    unknown.mkdir()
+    record = trained_mlp.save_to(workspace)
+    Workspace(workspace.root)
+    assert unknown.is_dir()
+    workspace.load(record.id)
 
 
 def subprocess_env(root: Path) -> dict[str, str]:
