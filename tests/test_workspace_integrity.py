@@ -342,6 +342,7 @@ def wait_for_staging(staging: Path, process: subprocess.Popen, count: int, timeo
             return True
         if process.poll() is not None:
             return False
+        time.sleep(0.0002)  # a save's fsync'd write takes milliseconds: polling faster only burns a shared core
     raise AssertionError(f"no save {count} within {timeout} s")
 
 
