@@ -20,13 +20,14 @@ from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
-from fusion.groups import NeuronGroup
+from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import run_average, run_ensemble
-from fusion.methods.base import Context, GroupReport, MethodSpec
+from fusion.methods.base import Context, GroupReport, MethodOutput, MethodSpec
 from fusion.methods.cla import CLAOptions, run_cla
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
 from fusion.methods.transplant import TransplantOptions, run_transplant
+from fusion.repair import repair
 from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
@@ -92,6 +93,17 @@ def method_options(method: str, options: dict[str, Any]) -> Any:
         raise ConfigError(f"invalid {method} options: {exc}") from exc
 
 
+def repaired(output: MethodOutput, config: Any, context: Context) -> str:
+    """Apply REPAIR (:mod:`fusion.repair`) to ``output.model`` against its aligned parents; the report's note."""
+    if not output.aligned:
+        raise ConfigError("repair applies to the methods that average models: average, ot and matching")
+    if context.pool is None:
+        raise ConfigError("REPAIR measures neuron statistics on training inputs (data= or inputs=)")
+    groups = output.groups or neuron_groups(output.model.cpu(), context.example())
+    subset = context.sample(BATCHNORM_SAMPLES, seed=0)
+    return repair(output.model, output.aligned, groups, subset, config.weights, context.device).note()
+
+
 def fuse(
     models: Sequence[nn.Module],
     method: str,
@@ -127,6 +139,8 @@ def fuse(
         subset = context.sample(BATCHNORM_SAMPLES, seed=0)
         recompute_batchnorm(output.model, subset, context.device)
         notes.append(f"BatchNorm statistics recomputed on {len(subset)} training inputs")
+    if getattr(config, "repair", False):
+        notes.append(repaired(output, config, context))
     report = FusionReport(
         method,
         dataclasses.asdict(config),

@@ -64,7 +64,7 @@ class Ensemble(nn.Module):
 def run_average(models: Sequence[nn.Module], options: Any, context: Context) -> MethodOutput:
     """Vanilla averaging: ``theta_F = sum_k w_k theta_k`` with no alignment."""
     fused = with_state(models[options.reference], average_states([m.state_dict() for m in models], options.weights))
-    return MethodOutput(fused, [None] * len(models))
+    return MethodOutput(fused, [None] * len(models), aligned=list(models))
 
 
 def run_ensemble(models: Sequence[nn.Module], options: Any, context: Context) -> MethodOutput:

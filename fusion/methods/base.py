@@ -58,7 +58,8 @@ class Context:
 @dataclass(frozen=True, eq=False)
 class MethodOutput:
     """A method's fused (or pruned) model with its maps and per-group reports, plus method-specific ``details``
-    (Neuron Transplantation's kept neurons, CLAFusion's layer map, ...) as JSON-friendly values."""
+    (Neuron Transplantation's kept neurons, CLAFusion's layer map, ...) as JSON-friendly values, and for methods that
+    average, the input models in the fused model's neuron order (``aligned``, what REPAIR measures)."""
 
     model: nn.Module
     transports: list[dict[str, Transport] | None]
@@ -67,6 +68,7 @@ class MethodOutput:
     sweeps: list[int] = field(default_factory=list)
     verified: list[float | None] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    aligned: list[nn.Module] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class FusionOptions:
     weights: tuple[float, ...] | None = field(default=None, metadata={"help": "averaging weights per model (uniform by default)"})
     recompute_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"})
     verify: bool = field(default=True, metadata={"help": "check that every hard alignment preserves its model's function"})
+    repair: bool = field(default=False, metadata={"help": "REPAIR (Jordan et al. 2023): renormalise every fused neuron to the parents' interpolated mean and std"})
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -59,7 +60,8 @@ class MatchingOptions(FusionOptions):
 @dataclass(frozen=True, eq=False)
 class AlignedAverage:
     """The averaged model, the maps that aligned each model to the reference (``None`` for the reference itself),
-    per-group costs and seconds, sweeps used and each hard alignment's verified max logit difference."""
+    per-group costs and seconds, sweeps used, each hard alignment's verified max logit difference, and the models in
+    the reference's neuron order (the reference itself and the aligned copies)."""
 
     model: nn.Module
     transports: list[dict[str, Transport] | None]
@@ -67,6 +69,7 @@ class AlignedAverage:
     seconds: list[dict[str, float]]
     sweeps: list[int]
     verified: list[float | None]
+    aligned: list[nn.Module]
 
 
 def aligned_average(
@@ -82,11 +85,12 @@ def aligned_average(
     """Align every model to ``models[options.reference]`` and average them (see the module docstring)."""
     mixture_weights(len(models), options.weights)
     reference = models[options.reference]
-    states, transports, costs, seconds, sweeps, verified = [], [], [], [], [], []
+    states, transports, costs, seconds, sweeps, verified, aligned = [], [], [], [], [], [], []
     for index, model in enumerate(models):
         if index == options.reference:
             states.append({k: v.detach().to(device) for k, v in reference.state_dict().items()})
             transports.append(None), costs.append({}), seconds.append({}), sweeps.append(0), verified.append(None)
+            aligned.append(reference)
             continue
 
         def report(done: int, total: int, message: str, index: int = index) -> None:
@@ -98,9 +102,9 @@ def aligned_average(
             error = verify_alignment(model, alignment.model, groups, alignment.transports, probe, device)
         states.append(alignment.state)
         transports.append(alignment.transports), costs.append(alignment.costs), seconds.append(alignment.seconds)
-        sweeps.append(alignment.sweeps), verified.append(error)
+        sweeps.append(alignment.sweeps), verified.append(error), aligned.append(alignment.model)
     fused = with_state(reference, average_states(states, options.weights))
-    return AlignedAverage(fused, transports, costs, seconds, sweeps, verified)
+    return AlignedAverage(fused, transports, costs, seconds, sweeps, verified, aligned)
 
 
 def run_aligned_average(models: Sequence[nn.Module], align_options: AlignOptions, options: FusionOptions, context: Context) -> MethodOutput:
@@ -117,7 +121,7 @@ def run_aligned_average(models: Sequence[nn.Module], align_options: AlignOptions
         )
         for g in groups
     ]
-    return MethodOutput(result.model, result.transports, groups, reports, result.sweeps, result.verified)
+    return MethodOutput(result.model, result.transports, groups, reports, result.sweeps, result.verified, aligned=result.aligned)
 
 
 def group_width(model: nn.Module, group: NeuronGroup) -> int:
