@@ -45,12 +45,14 @@ from pathlib import Path
 
 import torch
 
+from fusion.alignment import apply_transports, group_sizes, with_state
 from fusion.data import load_digits
 from fusion.fuse import fuse
 from fusion.methods.intra import IntraOptions, intra_fuse, prepare
 from fusion.methods.base import Context
 from fusion.models import build_model, default_spec
 from fusion.train import TrainConfig, evaluate, train
+from fusion.transport import Transport
 
 SPEC = default_spec("cnn", (1, 8, 8), 10, channels=(16, 32, 64), hidden=(), batch_norm=True)
 CPU = torch.device("cpu")
@@ -65,7 +67,9 @@ def ours(model: torch.nn.Module, importance: str, sparsity: float, protocol: str
     data = load_digits()
     if protocol == "all":
         return {
-            method: accuracy(fuse([model], method, data=data, device=CPU, sparsity=sparsity, importance=importance).model)
+            method: accuracy(
+                fuse([model], method, data=data, device=CPU, sparsity=sparsity, importance=importance).model
+            )
             for method in ("intra", "prune")
         }
     options = IntraOptions(sparsity=sparsity, importance=importance)
@@ -73,12 +77,10 @@ def ours(model: torch.nn.Module, importance: str, sparsity: float, protocol: str
     group = [list(reversed(groups))[PROTOCOLS[protocol][0]]]
     pruned, _ = intra_fuse(folded, group, kept, options, scores)
     selected = {g.name: kept[g.name] for g in group}
-    from fusion.alignment import apply_transports, group_sizes, with_state
-    from fusion.transport import Transport
-
     state = {k: v.detach() for k, v in folded.state_dict().items()}
     sizes = group_sizes(state, group)
-    plain = with_state(folded, apply_transports(state, group, {n: Transport.selection(sizes[n], k) for n, k in selected.items()}))
+    selections = {name: Transport.selection(sizes[name], index) for name, index in selected.items()}
+    plain = with_state(folded, apply_transports(state, group, selections))
     return {"intra": accuracy(pruned), "prune": accuracy(plain)}
 
 
@@ -148,7 +150,8 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: (key(r), r["seed"])):
         table.setdefault(key(r), []).append(r["accuracy"])
     for (importance, protocol, sparsity, side, method), accs in table.items():
-        print(f"{importance:7s} {protocol:4s} {sparsity:.1f} {side:9s} {method:6s} " + " ".join(f"{a:.3f}" for a in accs))
+        values = " ".join(f"{a:.3f}" for a in accs)
+        print(f"{importance:7s} {protocol:4s} {sparsity:.1f} {side:9s} {method:6s} {values}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,13 @@ class IntraOptions(PruneOptions):
     marginals: Literal["uniform", "importance"] = field(default="importance", metadata={"help": "neuron masses: proportional to importance (the paper's choice), or equal"})
     solver: Solver = field(default="exact", metadata={"help": "exact OT or entropic Sinkhorn"})
     reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation (costs are normalised by their max)"})
-    rows: Literal["rescaled", "barycentre", "sum"] = field(default="rescaled", metadata={"help": "kept neurons' incoming weights: average of the merged rows rescaled to their mean norm, plain average, or the reference's plan-weighted sum"})
+    rows: Literal["rescaled", "barycentre", "sum"] = field(
+        default="rescaled",
+        metadata={
+            "help": "kept neurons' incoming weights: the merged rows' average rescaled to their mean norm, "
+            "the plain average, or the reference's plan-weighted sum"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
