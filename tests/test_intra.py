@@ -60,3 +60,28 @@ def test_intra_fusion_takes_exactly_one_model():
     models = [randomised(SMALL["cnn"], seed=s) for s in range(2)]
     with pytest.raises(ConfigError, match="1"):
         fuse(models, "intra", inputs=X)
+
+
+def test_merged_neurons_keep_the_mean_norm_of_the_rows_merged_into_them():
+    """Averaging rows that point apart shrinks them; the default ``rows="rescaled"`` restores the plan-weighted mean
+    norm, so merged neurons fire as strongly as the neurons they stand for."""
+    model = fold_batchnorm(randomised(SMALL["mlp-bias"], seed=0), X)
+    groups = neuron_groups(model, X)
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}
+    pruned, transports = intra_fuse(model, groups, kept, IntraOptions(marginals="uniform"))
+    first = groups[0]
+    rows = model.state_dict()[first.producers[0].key].double()
+    plan = torch.from_numpy(transports[first.name].plan)
+    expected = (plan / plan.sum(0)).T @ rows.norm(dim=1)
+    merged = pruned.state_dict()[first.producers[0].key].double().norm(dim=1)
+    assert torch.allclose(merged, expected, rtol=1e-4)
+
+
+def test_rows_sum_applies_the_reference_map_to_both_sides():
+    model = fold_batchnorm(randomised(SMALL["mlp-bias"], seed=0), X)
+    groups = neuron_groups(model, X)
+    kept = {g.name: list(range(0, g.size, 2)) for g in groups}
+    _, transports = intra_fuse(model, groups, kept, IntraOptions(marginals="uniform", rows="sum"))
+    for transport in transports.values():
+        assert torch.equal(transport.producer, transport.consumer)
+        assert torch.allclose(transport.producer.sum(0), torch.full((transport.shape[1],), 2.0), atol=1e-5)

@@ -4,10 +4,23 @@ Both prune one network to a target sparsity per neuron group, keeping the ``m = 
 important neurons (:mod:`fusion.importance`, L1 by default). Magnitude pruning drops the others. Intra-Fusion instead
 merges every neuron into the kept ones with an optimal transport plan ``T: (n, m)`` between all neurons and the kept
 ones (marginals proportional to importance by default, as in the paper, or uniform), on the cost ``C_ij = ||f_i/|f_i| - f_kj/|f_kj| ||`` between
-unit-normalised neuron features ``f`` (the group's incoming rows and outgoing columns concatenated). Each kept neuron's
-incoming weights become the plan-weighted average of the rows sent to it (``T diag(1/nu)``), and each neuron's outgoing
-weights are handed, plan-weighted, to the kept neurons it was sent to (``diag(1/mu) T``), so that a neuron's duplicate
-merges back into it exactly.
+unit-normalised neuron features ``f`` (the group's incoming rows and outgoing columns concatenated). Each neuron's
+outgoing weights are handed, plan-weighted, to the kept neurons it was sent to (``diag(1/mu) T``). Each kept neuron's
+incoming weights and bias (``rows``):
+
+- ``rescaled`` (default): the plan-weighted average of the rows sent to it (``P = T diag(1/nu)``), rescaled so that
+  its norm is the average of their norms: ``P'_ij = P_ij s_j``, ``s_j = sum_i P_ij |r_i| / |sum_i P_ij r_i|`` (``r_i``
+  neuron i's incoming weights; the bias follows the same map). Averaging rows that point in different directions
+  shrinks them, so every merged neuron fires weaker than the neurons it stands for, the consumers' biases take over,
+  and with every group pruned the network collapses (0.13-0.19 test accuracy at 50 % on the digits CNN-BN 16-32-64,
+  ``bench/intra_reference.py``). With ReLU, restoring the norm restores the activation scale; duplicates have equal
+  rows, so ``s_j = 1`` and a duplicated neuron still merges back exactly.
+- ``barycentre``: the plain average ``T diag(1/nu)`` (exact on duplicates, collapses as above).
+- ``sum``: the reference's single map ``T^T diag(1/mu)`` on both sides: plan-weighted sums (row sums ``n/m``), which
+  over-scales every layer but keeps the activation scale from vanishing; not exact on duplicates.
+
+On the digits CNN-BN, every group pruned at 50 % with L1 importance, three seeds: ``rescaled`` 0.62 / 0.69 / 0.50,
+the reference code 0.44 / 0.30 / 0.36, ``barycentre`` 0.22 / 0.11 / 0.24, magnitude pruning 0.15 / 0.19 / 0.12.
 
 BatchNorm is folded into the preceding layer first, ``W' = W gamma / sqrt(var + eps)``,
 ``b' = (b - mean) gamma / sqrt(var + eps) + beta``, which preserves the function exactly (the reference omits ``eps``).
@@ -16,6 +29,7 @@ BatchNorm is folded into the preceding layer first, ``W' = W gamma / sqrt(var + 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -51,9 +65,18 @@ class IntraOptions(PruneOptions):
     marginals: Literal["uniform", "importance"] = field(default="importance", metadata={"help": "neuron masses: proportional to importance (the paper's choice), or equal"})
     solver: Solver = field(default="exact", metadata={"help": "exact OT or entropic Sinkhorn"})
     reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation (costs are normalised by their max)"})
+    rows: Literal["rescaled", "barycentre", "sum"] = field(
+        default="rescaled",
+        metadata={
+            "help": "kept neurons' incoming weights: the merged rows' average rescaled to their mean norm, "
+            "the plain average, or the reference's plan-weighted sum"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.rows not in ("rescaled", "barycentre", "sum"):
+            raise ConfigError(f"rows must be rescaled, barycentre or sum, got {self.rows!r}")
         if self.marginals not in ("uniform", "importance"):
             raise ConfigError(f"marginals must be uniform or importance, got {self.marginals!r}")
         if self.solver not in ("exact", "sinkhorn") or not self.reg > 0:
@@ -108,6 +131,20 @@ def neuron_features(state: dict[str, torch.Tensor], group: NeuronGroup) -> torch
     return torch.cat(parts, 1)
 
 
+def merged_rows(state: dict[str, torch.Tensor], group: NeuronGroup, transport: Transport, rows: str) -> Transport:
+    """``transport`` with its producer map chosen by ``rows`` (module docstring)."""
+    if rows == "barycentre":
+        return transport
+    if rows == "sum":
+        return dataclasses.replace(transport, producer=transport.consumer)
+    incoming = torch.cat(
+        [neuron_slices(state[m.key], m, group.size) for m in group.producers if m.param == "weight"], 1
+    ).double()
+    producer = transport.producer.double()
+    scale = (producer.T @ incoming.norm(dim=1)) / (producer.T @ incoming).norm(dim=1).clamp_min(1e-12)
+    return dataclasses.replace(transport, producer=(producer * scale[None, :]).float())
+
+
 def intra_fuse(
     model: nn.Module,
     groups: list[NeuronGroup],
@@ -132,7 +169,8 @@ def intra_fuse(
         if options.solver == "sinkhorn":
             cost = cost / cost.max().clamp_min(1e-12)
         plan = transport_plan(cost, mu, nu, options.solver, options.reg)
-        transports[group.name] = Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()))
+        transport = Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()))
+        transports[group.name] = merged_rows(state, group, transport, options.rows)
     return with_state(model, apply_transports(state, groups, transports)).eval(), transports
 
 
