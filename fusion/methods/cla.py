@@ -66,10 +66,11 @@ from fusion.methods.layers import (
 )
 from fusion.methods.ot import FusionOptions, run_aligned_average
 from fusion.train import predict_logits
-from fusion.transport import ground_cost, transport_plan
+from fusion.transport import Correction, ground_cost, transport_plan
 
 LayerCost = Literal["cka", "activations", "widths"]
 Balance = Literal["identity", "merge"]
+Onto = Literal["shallow", "deep"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class CLAOptions(AlignOptions):
     mode: Literal["weights", "activations"] = field(default="activations", metadata={"help": "compare neurons by incoming weights or by activations on training samples"})
     layer_cost: LayerCost = field(default="cka", metadata={"help": "layer cost: 1 - linear CKA, Wasserstein distance between activations, or squared width difference"})
     balance: Balance = field(default="identity", metadata={"help": "add identity layers to the shallower net, or merge layers of the deeper MLP"})
+    onto: Onto = field(default="shallow", metadata={"help": "align the deep net onto the balanced shallow one (the reference code; fused widths are the shallow net's) or the shallow onto the deep one"})
+    correction: Correction = field(default="reference", metadata={"help": "maps from the plan: exact for unequal widths (marginals), or otfusion's T/beta on both sides (reference, more accurate here)"})
     match_last: bool = field(default=True, metadata={"help": "match the last hidden layers as well as the first ones"})
     relu_approximation: ReluApproximation = field(default="sum", metadata={"help": "merge: ReLU of a merged layer as a 0/1 diagonal (sum, majority), the firing rate (average), or dropped (none)"})
     weights: tuple[float, ...] | None = field(default=None, metadata={"help": "averaging weights per model (uniform by default)"})
@@ -91,6 +94,7 @@ class CLAOptions(AlignOptions):
         choices = {
             "layer_cost": ("cka", "activations", "widths"),
             "balance": ("identity", "merge"),
+            "onto": ("shallow", "deep"),
             "relu_approximation": ("sum", "majority", "average", "none"),
         }
         for name, allowed in choices.items():
@@ -257,13 +261,14 @@ def run_cla(models: Sequence[nn.Module], options: CLAOptions, context: Context) 
         balanced = insert_identity_layers(
             models[shallow], specs[shallow], groups[shallow], specs[deep], layer_map, example
         )
-        source, reference = shallow, deep
+        source, layout = shallow, deep
     else:
         balanced = merge_layers(
             models[deep], specs[deep], groups[deep], layer_map, features[deep], options.relu_approximation, example
         )
-        source, reference = deep, shallow
+        source, layout = deep, shallow
     pair[source] = balanced.model
+    reference = shallow if options.onto == "shallow" else deep
     probe = context.probe if context.probe is not None else example
     difference = predict_logits(balanced.model, probe, context.device) - predict_logits(
         models[source], probe, context.device
@@ -283,6 +288,7 @@ def run_cla(models: Sequence[nn.Module], options: CLAOptions, context: Context) 
         "merged": balanced.merged,
         "balanced_spec": balanced.spec.to_dict(),
         "balance_error": float(difference.abs().max()),
-        "spec_from": reference,
+        "onto": reference,
+        "spec_from": layout,
     }
     return replace(output, details=details)
