@@ -3,9 +3,9 @@
     python bench/cla_reference.py [--reference /tmp/clafusion-ref] [--seeds 0 1 2 3 4] [--epochs 15]
 
 The pair of sh/train_mlp_ablation_studies.sh: hidden 400-200-100-50-25 against 400-200-100, no bias, trained here
-with FusionLab's trainer (Adam, ``--epochs``) on the digits padded with zeros (in standardised units) to 28x28 (784 inputs: the reference's
-MLP takes MNIST-sized inputs only). Seed pair ``s`` trains the deep net with seed ``s`` and the shallow one with
-``s + 100``. Both codes then fuse the SAME two models, with the activation/CKA layer cost, identity balancing
+with FusionLab's trainer (Adam, ``--epochs``) on the digits padded with zeros (in standardised units) to 28x28
+(784 inputs: the reference's MLP takes MNIST-sized inputs only). Seed pair ``s`` trains the deep net with seed ``s``
+and the shallow one with ``s + 100``. Both codes then fuse the SAME two models, with the activation/CKA layer cost, identity balancing
 (``--balance-method add``), exact OT on activations of the SAME 200 training samples (FusionLab's sample of seed
 0, given to the reference as its activation loader), before any fine-tuning. Printed per seed pair: parents,
 prediction ensemble (mean of softmax), the layer map and test accuracy of the reference and of FusionLab's ``cla``

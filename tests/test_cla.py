@@ -203,7 +203,9 @@ def test_networks_of_different_families_are_refused():
 
 
 @pytest.mark.parametrize(
-    "options", [{"layer_cost": "weights"}, {"balance": "stack"}, {"onto": "middle"}, {"relu_approximation": "tanh"}, {"weights": (1.0,)}]
+    "options",
+    [{"layer_cost": "weights"}, {"balance": "stack"}, {"onto": "middle"}, {"relu_approximation": "tanh"},
+     {"weights": (1.0,)}],
 )
 def test_absurd_cla_options_are_refused(options):
     with pytest.raises(ConfigError):
