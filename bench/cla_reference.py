@@ -5,9 +5,9 @@
 The pair of sh/train_mlp_ablation_studies.sh: hidden 400-200-100-50-25 against 400-200-100, no bias, trained here
 with FusionLab's trainer (Adam, ``--epochs``) on the digits padded with zeros (in standardised units) to 28x28
 (784 inputs: the reference's MLP takes MNIST-sized inputs only). Seed pair ``s`` trains the deep net with seed ``s``
-and the shallow one with ``s + 100``. Both codes then fuse the SAME two models, with the activation/CKA layer cost, identity balancing
-(``--balance-method add``), exact OT on activations of the SAME 200 training samples (FusionLab's sample of seed
-0, given to the reference as its activation loader), before any fine-tuning. Printed per seed pair: parents,
+and the shallow one with ``s + 100``. Both codes then fuse the SAME two models, with the activation/CKA layer cost,
+identity balancing (``--balance-method add``), exact OT on activations of the SAME 200 training samples
+(FusionLab's sample of seed 0, given to the reference as its activation loader), before any fine-tuning. Printed per seed pair: parents,
 prediction ensemble (mean of softmax), the layer map and test accuracy of the reference and of FusionLab's ``cla``
 in its four orientation x correction combinations (``onto`` shallow/deep, ``correction`` reference/marginals).
 
@@ -31,7 +31,7 @@ seed   deep/shallow  ensemble  reference  ours onto shallow       ours onto deep
 
 Bold: FusionLab's default (``onto="shallow"``, ``correction="reference"``), equal to the reference on every pair.
 Layer map [0, 1, 4] for both codes on every pair. Command:
-``PYTHONPATH=. nice -n 10 python bench/cla_reference.py --reference /tmp/clafusion-ref`` (about 40 s on 2 cores).
+``PYTHONPATH=. nice -n 10 python bench/cla_reference.py --reference /tmp/clafusion-ref`` (about 90 s on 2 shared cores).
 """
 
 from __future__ import annotations
