@@ -55,7 +55,7 @@ def test_identity_convs_turn_a_shallow_vgg_into_the_deep_layout_with_the_same_fu
 ):
     shallow = randomised(default_spec(shallow_arch, SHAPE, 10, width=0.125, batch_norm=batch_norm), 0)
     deep = randomised(default_spec(deep_arch, SHAPE, 10, width=0.25, batch_norm=batch_norm), 1)
-    result = fuse([shallow, deep], "cla", inputs=X, recompute_bn=False)
+    result = fuse([shallow, deep], "cla", inputs=X, recompute_bn=False, onto="deep")
     details = result.report.details
     assert details["balance_error"] < 1e-5
     assert details["balanced_spec"]["arch"] == deep_arch and details["balanced_spec"]["width"] == 0.125
@@ -63,7 +63,7 @@ def test_identity_convs_turn_a_shallow_vgg_into_the_deep_layout_with_the_same_fu
     assert max_logit_difference(rebuilt.model, shallow, X) < 1e-5
     fused = result.model.state_dict()
     assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in deep.state_dict().items()}
-    assert details["spec_from"] == details["deep"] == 1
+    assert details["spec_from"] == details["onto"] == details["deep"] == 1
 
 
 def test_vgg11_maps_onto_vgg13_stage_by_stage():
@@ -79,7 +79,7 @@ def test_vgg11_maps_onto_vgg13_stage_by_stage():
 def test_zero_branch_blocks_turn_a_resnet18_into_a_resnet34_with_the_same_function(batch_norm):
     shallow = randomised(default_spec("resnet18", SHAPE, 10, width=0.125, batch_norm=batch_norm), 0)
     deep = randomised(default_spec("resnet34", SHAPE, 10, width=0.125, batch_norm=batch_norm), 1)
-    result = fuse([shallow, deep], "cla", inputs=X, recompute_bn=False)
+    result = fuse([shallow, deep], "cla", inputs=X, recompute_bn=False, onto="deep")
     details = result.report.details
     assert details["layer_map"] == [0, 2, 3, 6, 7, 12, 13, 15]
     assert details["balance_error"] < 1e-5
@@ -157,6 +157,31 @@ def test_merge_fuses_into_the_shallow_architecture():
     assert result.report.details["merged"] == [1, 2]
 
 
+@pytest.mark.parametrize("onto", ["shallow", "deep"])
+@pytest.mark.parametrize("correction", ["reference", "marginals"])
+def test_fusing_a_network_with_its_identity_deepened_copy_gives_back_its_function(onto, correction):
+    shallow = mlp((32, 16), 0)
+    copy = balanced(shallow, mlp((32, 24, 16, 16), 1), [0, 3]).model
+    result = fuse([copy, shallow], "cla", inputs=X, onto=onto, correction=correction)
+    assert result.report.details["layer_map"] == [0, 3]
+    assert max_logit_difference(result.model, shallow, X) < 1e-4
+
+
+@pytest.mark.parametrize("balance", ["identity", "merge"])
+@pytest.mark.parametrize("onto", ["shallow", "deep"])
+def test_the_fused_network_has_the_widths_of_the_network_it_was_aligned_onto(onto, balance):
+    shallow, deep = mlp((32, 16), 0), mlp((48, 24, 16, 16), 1)
+    result = fuse([deep, shallow], "cla", inputs=X, onto=onto, balance=balance, layer_cost="widths")
+    details = result.report.details
+    assert details["layer_map"] == [0, 3] and details["onto"] == (1 if onto == "shallow" else 0)
+    widths = {
+        ("shallow", "identity"): [32, 32, 32, 16], ("deep", "identity"): [48, 24, 16, 16],
+        ("shallow", "merge"): [32, 16], ("deep", "merge"): [48, 16],
+    }[onto, balance]
+    assert [m.out_features for m in result.model.layers if isinstance(m, torch.nn.Linear)] == [*widths, 10]
+    assert details["spec_from"] == (0 if balance == "identity" else 1)
+
+
 def test_networks_of_equal_depth_are_sent_to_ot_fusion():
     with pytest.raises(ConfigError, match="'ot'"):
         fuse([mlp((32, 16), 0), mlp((48, 8), 1)], "cla", inputs=X)
@@ -178,7 +203,9 @@ def test_networks_of_different_families_are_refused():
 
 
 @pytest.mark.parametrize(
-    "options", [{"layer_cost": "weights"}, {"balance": "stack"}, {"relu_approximation": "tanh"}, {"weights": (1.0,)}]
+    "options",
+    [{"layer_cost": "weights"}, {"balance": "stack"}, {"onto": "middle"}, {"relu_approximation": "tanh"},
+     {"weights": (1.0,)}],
 )
 def test_absurd_cla_options_are_refused(options):
     with pytest.raises(ConfigError):
@@ -221,15 +248,16 @@ def test_cla_fuses_mlps_of_depth_3_and_5_far_above_chance_and_above_averaging_th
     assert accuracy(result.model) >= max(0.5, accuracy(vanilla) + 0.1)
 
 
-def test_fuse_and_save_keeps_the_deep_parents_spec(workspace):
+def test_fuse_and_save_keeps_the_deep_layout_at_the_shallow_widths(workspace):
     specs = [default_spec("mlp", SHAPE, 10, hidden=(24,)), default_spec("mlp", SHAPE, 10, hidden=(32, 16, 16))]
     ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).id for s, spec in enumerate(specs)]
     run = fuse_and_save(workspace, ids, "cla")
     record = workspace.record(run.record.id)
-    assert record.spec == specs[1] and record.parents == ids and record.method == "cla"
+    assert record.spec == default_spec("mlp", SHAPE, 10, hidden=(24, 24, 24))
+    assert record.parents == ids and record.method == "cla"
     assert record.provenance["report"]["details"]["layer_map"] == [0]
     assert set(workspace.load_tensors(record.id, "transport")) == {
-        f"model0/layers.{i}/{kind}" for i in (1, 3, 5) for kind in ("plan", "cost")
+        f"model1/layers.{i}/{kind}" for i in (1, 3, 5) for kind in ("plan", "cost")
     }
     model, _ = workspace.load(record.id)
     assert max_logit_difference(model, run.result.model, X) < 1e-5
@@ -256,5 +284,5 @@ def test_cli_fuses_networks_of_different_depth(workspace, capsys):
     assert code == 0
     details = output["report"]["details"]
     assert details["deep"] == 0 and details["layer_cost"] == "activations" and len(details["layer_map"]) == 2
-    assert output["models"][0]["arch"] == "mlp 32-16-16-8"
+    assert output["models"][0]["arch"] == "mlp 32-32-32-8"  # the deep layout at the shallow widths
     assert 0 < output["test_accuracy"] <= 1
