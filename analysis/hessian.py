@@ -77,6 +77,7 @@ from analysis.landscape import (
 )
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
+from fusion.seeds import check_seed
 from fusion.train import Progress, no_progress
 
 Loss = Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
@@ -149,6 +150,7 @@ class HessianConfig:
             raise ConfigError(f"trace_tolerance must be in [0, 1), got {self.trace_tolerance!r}")
         if not (isinstance(self.kernel_width, (int, float)) and 0 < self.kernel_width <= 1):
             raise ConfigError(f"kernel_width must be in (0, 1], got {self.kernel_width!r}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,7 +46,8 @@ from analysis import AnalysisError
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
-from fusion.errors import ArchitectureError, ConfigError, DatasetError
+from fusion.errors import ArchitectureError, ConfigError, DatasetError, NonFiniteLoss
+from fusion.seeds import check_seed
 from fusion.train import Progress, no_progress
 
 State = dict[str, torch.Tensor]
@@ -103,6 +104,7 @@ class LandscapeConfig:
             raise ConfigError(f"max_points must be a positive integer, got {self.max_points!r}")
         if not (self.max_seconds > 0 and self.warn_seconds > 0):
             raise ConfigError(f"time limits must be positive, got max {self.max_seconds!r}, warn {self.warn_seconds!r}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

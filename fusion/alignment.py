@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError, FusionError
+from fusion.seeds import check_seed
 from fusion.groups import NORMS, Member, NeuronGroup, groups_by_module
 from fusion.train import Progress, no_progress, predict_logits
 from fusion.transport import CostNormalization, Correction, Metric, Solver, Transport, marginal, solve_transport
@@ -76,6 +77,7 @@ class AlignOptions:
             raise ConfigError(f"samples must be from 1 to 100000, got {self.samples}")
         if not (self.reg > 0 and np.isfinite(self.reg)):
             raise ConfigError(f"reg must be positive, got {self.reg}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

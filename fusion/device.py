@@ -20,6 +20,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def available_memory(device: torch.device | None = None) -> int:
+    """Bytes free for new tensors on ``device``: CUDA's free memory (``torch.cuda.mem_get_info``), or the CPU's
+    ``MemAvailable`` from ``/proc/meminfo`` (the kernel's estimate of what can be allocated without swapping; free
+    physical pages where that file does not exist)."""
+    device = device or default_device()
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
 def describe_device(device: torch.device | None = None) -> str:
     """A one-line human description: the GPU's name and memory, or the CPU's core count."""
     device = device or default_device()

@@ -23,7 +23,21 @@ class CheckpointError(FusionError, ValueError):
 
 
 class DatasetError(FusionError, ValueError):
-    """A dataset is unknown, missing locally, or empty."""
+    """A dataset is unknown, missing locally, empty, damaged on disk, or holds non-finite inputs."""
+
+
+class NonFiniteLoss(FusionError, ValueError):
+    """A loss or a model's outputs are NaN or infinite where a finite number is needed (an evaluation, a landscape,
+    a Hessian), so no silent NaN reaches a result."""
+
+
+class MemoryLimitError(ConfigError):
+    """A model would not fit in the memory available for it; the message gives the estimate and what is free."""
+
+
+class UsageError(FusionError):
+    """A command line that does not parse: an unknown command or choice, a missing or malformed argument. The
+    command line exits with status 2 for it, as argparse does."""
 
 
 class WorkspaceError(FusionError, KeyError):
@@ -36,6 +50,10 @@ class WorkspaceError(FusionError, KeyError):
 class ExportError(WorkspaceError):
     """An export destination is refused: it exists (without overwrite), is not a regular file, is empty, or lies in
     the workspace's own folders."""
+
+
+class DamagedResultError(WorkspaceError):
+    """A stored analysis result cannot be read: its file is not UTF-8 JSON holding an object."""
 
 
 class DamagedModelError(CheckpointError):

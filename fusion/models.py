@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusion.errors import ArchitectureError
+from fusion.device import available_memory
+from fusion.errors import ArchitectureError, MemoryLimitError
+from fusion.seeds import check_seed
 
 VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -75,6 +77,10 @@ class ModelSpec:
             raise ArchitectureError("a cnn needs at least one conv layer: give channels, e.g. (16, 32)")
         if self.arch not in ("mlp", "cnn") and (self.hidden or self.channels):
             raise ArchitectureError(f"{self.arch} takes a width multiplier, not hidden/channels lists")
+        if self.arch == "mlp" and self.channels:
+            raise ArchitectureError(f"an mlp has no conv layers: give hidden widths, not channels={self.channels}")
+        if self.arch in ("mlp", "cnn") and self.width != 1.0:
+            raise ArchitectureError(f"{self.arch} takes hidden/channels lists, not a width multiplier (got {self.width})")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -259,12 +265,80 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     if seed is None:
         return factory(spec)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(check_seed(seed))
         return factory(spec)
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def parameter_estimate(spec: ModelSpec) -> int:
+    """The number of parameters :func:`build_model` gives ``spec``, counted from the spec without building it (so a
+    spec too large for memory can be refused before anything is allocated). A layer of ``n`` outputs over ``m``
+    inputs holds ``n m k^2`` weights (``k = 3`` for convs, 1 for linear layers and 1x1 shortcuts), ``n`` biases when
+    it has them, and BatchNorm adds ``2 n`` (its scale and shift)."""
+
+    def layer(fan_in: int, out: int, kernel: int, bias: bool, norm: bool) -> int:
+        return fan_in * out * kernel * kernel + (out if bias else 0) + (2 * out if norm else 0)
+
+    def stack(in_channels: int, size: int, plan: tuple[int | str, ...]) -> tuple[int, int, int]:
+        total = 0
+        for item in plan:
+            if item == "M":
+                size = size // 2 if size >= 2 else size
+                continue
+            total += layer(in_channels, int(item), 3, spec.bias, spec.batch_norm)
+            in_channels = int(item)
+        return total, in_channels, size
+
+    def head(fan_in: int) -> int:
+        total = 0
+        for width in spec.hidden:
+            total += layer(fan_in, width, 1, spec.bias, spec.batch_norm)
+            fan_in = width
+        return total + layer(fan_in, spec.num_classes, 1, spec.bias, False)
+
+    channels, size = spec.input_shape[0], spec.input_shape[1]
+    if spec.arch == "mlp":
+        return head(channels * size * spec.input_shape[2])
+    if spec.arch in ("cnn", *VGG_LAYERS):
+        if spec.arch == "cnn":
+            plan = tuple(x for c in spec.channels for x in (c, "M"))
+        else:
+            plan = tuple(x if x == "M" else scaled(int(x), spec.width) for x in VGG_LAYERS[spec.arch])
+        total, channels, size = stack(channels, size, plan)
+        return total + head(channels * size * size)
+    bias = spec.bias and not spec.batch_norm
+    widths = [scaled(c, spec.width) for c in (64, 128, 256, 512)]
+    total = layer(channels, widths[0], 3, bias, spec.batch_norm)
+    in_channels = widths[0]
+    for stage, (blocks, out) in enumerate(zip(RESNET_BLOCKS[spec.arch], widths)):
+        for b in range(blocks):
+            total += layer(in_channels, out, 3, bias, spec.batch_norm) + layer(out, out, 3, bias, spec.batch_norm)
+            if (stage > 0 and b == 0) or in_channels != out:
+                total += layer(in_channels, out, 1, bias, spec.batch_norm)
+            in_channels = out
+    return total + layer(in_channels, spec.num_classes, 1, spec.bias, False)
+
+
+TRAINING_BYTES_PER_PARAMETER = 16
+"""Memory one float32 parameter takes in training: its weight, its gradient and Adam's two moment estimates, 4 bytes
+each (activations and data come on top, so the check below is a lower bound)."""
+
+
+def check_fits_in_memory(spec: ModelSpec, device: torch.device) -> int:
+    """The parameter estimate of ``spec``; :class:`MemoryLimitError` when training it needs more than the memory
+    free on ``device`` (:func:`fusion.device.available_memory`) at :data:`TRAINING_BYTES_PER_PARAMETER`."""
+    parameters = parameter_estimate(spec)
+    needed, free = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory(device)
+    if needed > free:
+        raise MemoryLimitError(
+            f"{spec.describe()} has about {parameters:,} parameters; training it needs at least {needed / 2**30:.1f} GiB "
+            f"({TRAINING_BYTES_PER_PARAMETER} bytes a parameter: weights, gradients, Adam states) but {device.type} has "
+            f"{free / 2**30:.1f} GiB available"
+        )
+    return parameters
 
 
 def default_spec(arch: str, input_shape: tuple[int, int, int], num_classes: int, **overrides: Any) -> ModelSpec:

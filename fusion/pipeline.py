@@ -14,7 +14,7 @@ from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError
 from fusion.fuse import FusionResult, fuse
-from fusion.models import ModelSpec, build_model, conform, default_spec
+from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec
 from fusion.train import Progress, TrainConfig, evaluate, no_progress, train
 from fusion.transport import Transport
 from fusion.workspace import ModelRecord, Workspace
@@ -32,7 +32,8 @@ def train_and_save(
 ) -> ModelRecord:
     """Build ``spec`` with initialisation seed ``config.seed``, train it on ``dataset`` and save it with its metrics.
 
-    The spec must match the dataset's input shape and class count. Nothing is written when training fails.
+    The spec must match the dataset's input shape and class count, and its parameters must fit in the device's free
+    memory (:func:`fusion.models.check_fits_in_memory`). Nothing is written when training fails.
     """
     data = load_dataset(dataset, download=download)
     if spec.input_shape != data.input_shape or spec.num_classes != data.num_classes:
@@ -40,8 +41,10 @@ def train_and_save(
             f"the spec expects inputs {spec.input_shape} and {spec.num_classes} classes; {dataset} has "
             f"{data.input_shape} and {data.num_classes}"
         )
+    device = device or default_device()
+    check_fits_in_memory(spec, device)
     model = build_model(spec, seed=config.seed)
-    result = train(model, data, config, device=device or default_device(), progress=progress)
+    result = train(model, data, config, device=device, progress=progress)
     assert result.test is not None
     return workspace.save(
         model,

@@ -18,7 +18,8 @@ from torch import nn
 
 from fusion.data import Dataset, batches
 from fusion.device import default_device
-from fusion.errors import ConfigError, DatasetError, FusionError
+from fusion.errors import ConfigError, DatasetError, FusionError, NonFiniteLoss
+from fusion.seeds import check_seed
 
 Progress = Callable[[int, int, str], None]
 """``progress(done, total, message)``: how every long computation reports how far it got."""
@@ -62,6 +63,7 @@ class TrainConfig:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
             raise ConfigError(f"weight decay must be in [0, 1), got {self.weight_decay!r}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

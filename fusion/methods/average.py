@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -13,12 +14,12 @@ from fusion.methods.base import Context, MethodOutput
 
 
 def mixture_weights(count: int, weights: Sequence[float] | None) -> list[float]:
-    """Convex weights for ``count`` models: uniform by default; given weights must be non-negative and are rescaled
-    to sum to one."""
+    """Convex weights for ``count`` models: uniform by default; given weights must be finite and non-negative with a
+    positive sum, and are rescaled to sum to one."""
     if weights is None:
         return [1.0 / count] * count
-    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"need {count} non-negative weights with a positive sum, got {list(weights)}")
+    if len(weights) != count or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"need {count} finite non-negative weights with a positive sum, got {list(weights)}")
     total = float(sum(weights))
     return [float(w) / total for w in weights]
 

@@ -17,6 +17,7 @@ from fusion.alignment import AlignOptions, align, is_hard, verify_alignment, wit
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import average_states, mixture_weights
 from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.seeds import check_seed
 from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
@@ -31,6 +32,10 @@ class FusionOptions:
     verify: bool = field(default=True, metadata={"help": "check that every hard alignment preserves its model's function"})
     repair: bool = field(default=False, metadata={"help": "REPAIR (Jordan et al. 2023): renormalise every fused neuron to the parents' interpolated mean and std"})
 
+    def __post_init__(self) -> None:
+        if self.weights is not None:
+            mixture_weights(len(self.weights), self.weights)
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
@@ -38,6 +43,10 @@ class FusionOptions:
 @dataclass(frozen=True)
 class OTOptions(AlignOptions, FusionOptions):
     """OT fusion: :class:`AlignOptions` for the maps, :class:`FusionOptions` for the average."""
+
+    def __post_init__(self) -> None:
+        AlignOptions.__post_init__(self)
+        FusionOptions.__post_init__(self)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class MatchingOptions(FusionOptions):
     sweeps: int = field(default=100, metadata={"help": "maximum passes over the groups"})
     samples: int = field(default=200, metadata={"help": "training samples for activation matching"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_seed(self.seed)
 
     def align_options(self) -> AlignOptions:
         return AlignOptions(
