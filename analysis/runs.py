@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import string
+from functools import reduce
+from operator import add
 from typing import Any, Sequence
 
 import torch
 
 from analysis.hessian import HessianConfig, HessianReport, hessian_report
+from analysis.cost import CostEstimate
 from analysis.landscape import (
-    CostEstimate,
     InterpolationResult,
     LandscapeConfig,
     PlaneResult,
     RandomDirectionsResult,
+    check_limits,
+    check_points,
     estimate_cost,
     linear_interpolation,
     plane,
@@ -91,10 +95,11 @@ def landscape_models(workspace: Workspace, model_ids: Sequence[str], kind: str) 
 def landscape_cost(
     workspace: Workspace, model_ids: Sequence[str], kind: str, config: LandscapeConfig, dims: int = 2, device: torch.device | None = None
 ) -> CostEstimate:
-    """What a landscape would cost (points, forward passes, estimated seconds), measured on one batch."""
+    """What a landscape would cost (points, forward passes, estimated seconds and memory), measured on one batch."""
     models, records = landscape_models(workspace, model_ids, kind)
     points = config.resolution ** (2 if kind == "plane" or (kind == "random" and dims == 2) else 1)
-    return estimate_cost(models[0], load_dataset(records[0].dataset), points, config, device)
+    bases = 1 + dims if kind == "random" else len(models)
+    return estimate_cost(models[0], load_dataset(records[0].dataset), points, config, device, bases)
 
 
 def landscape_of(
@@ -172,12 +177,26 @@ def fusion_landscape(
     (parent A, parent B, fused); each is stored and returned under ``"A-B"``, ``"A-fused"``, ``"B-fused"``, ``"plane"``."""
     record = workspace.record(fused_id)
     pairs = fusion_pairs(record)
+    check_limits(fusion_landscape_cost(workspace, fused_id, config, device), config)
     names = ["A-B", "A-fused", "B-fused"]
     results: dict[str, LandscapeResult] = {}
     for index, (name, pair) in enumerate(zip(names, pairs)):
         results[name] = landscape_of(workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, 4, name))
     results["plane"] = landscape_of(workspace, [*record.parents, fused_id], "plane", config, device=device, progress=scaled(progress, 3, 4, "plane"))
     return results
+
+
+def fusion_landscape_cost(
+    workspace: Workspace, fused_id: str, config: LandscapeConfig = LandscapeConfig(), device: torch.device | None = None
+) -> CostEstimate:
+    """The cost of :func:`fusion_landscape`: its three lines and its plane, summed. Raises :class:`GridTooLarge` when
+    one grid has more than ``config.max_points`` points, before anything is measured."""
+    record = workspace.record(fused_id)
+    runs = [(pair, "interpolation", config.resolution) for pair in fusion_pairs(record)]
+    runs.append(([*record.parents, fused_id], "plane", config.resolution**2))
+    for _, _, points in runs:
+        check_points(points, config)
+    return reduce(add, (landscape_cost(workspace, ids, kind, config, device=device) for ids, kind, _ in runs))
 
 
 def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, LandscapeResult]:
