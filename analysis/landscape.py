@@ -311,10 +311,11 @@ def estimate_cost(
     train_x = data.split("train")[0]
     probe = train_x[: min(config.batch_size, 256)].to(device)
     state = {k: v.to(device) for k, v in model.state_dict().items()}
-    leaves = {k: v.detach().clone().requires_grad_() if v.is_floating_point() else v for k, v in state.items()}
+    params = {k: state[k].detach().clone().requires_grad_() for k, _ in model.named_parameters()}
     with eval_mode(model):
         with torch.enable_grad():
-            activation = saved_bytes(lambda: functional_call(model, leaves, (probe,)), leaves.values()) / len(probe)
+            run = lambda: functional_call(model, {**state, **params}, (probe,))  # noqa: E731
+            activation = saved_bytes(run, [*params.values(), *state.values()]) / len(probe)
         started = time.perf_counter()
         functional_call(model, state, (probe,))
         per_example = (time.perf_counter() - started) / len(probe)

@@ -12,7 +12,14 @@ from typing import Any, Sequence
 
 import torch
 
-from analysis.hessian import HessianConfig, HessianReport, hessian_report
+from analysis.hessian import (
+    HessianConfig,
+    HessianReport,
+    check_hessian_limits,
+    check_products,
+    estimate_hessian_cost,
+    hessian_report,
+)
 from analysis.cost import CostEstimate
 from analysis.landscape import (
     InterpolationResult,
@@ -141,6 +148,25 @@ def scaled(progress: Progress, part: int, parts: int, label: str) -> Progress:
     return lambda done, total, message: progress(part * 1000 + 1000 * done // max(total, 1), parts * 1000, f"{label}: {message}")
 
 
+def hessian_cost_of(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    config: HessianConfig = HessianConfig(),
+    split: str = "test",
+    device: torch.device | None = None,
+) -> CostEstimate:
+    """What :func:`hessians_of` would cost, summed over the models. Raises :class:`CostLimitError` above
+    ``config.max_products`` products in all, counted from the parameter shapes before anything is measured."""
+    if not model_ids:
+        raise ConfigError("choose at least one model")
+    loaded = [workspace.load(model_id) for model_id in model_ids]
+    check_products([model for model, _ in loaded], config)
+    estimates = (
+        estimate_hessian_cost(model, load_dataset(record.dataset).split(split), config, device) for model, record in loaded
+    )
+    return reduce(add, estimates)
+
+
 def hessians_of(
     workspace: Workspace,
     model_ids: Sequence[str],
@@ -149,9 +175,9 @@ def hessians_of(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, HessianReport]:
-    """:func:`hessian_of` for several models, one after the other, as one task."""
-    if not model_ids:
-        raise ConfigError("choose at least one model")
+    """:func:`hessian_of` for several models, one after the other, as one task, once the limits of ``config`` hold
+    for all of them together (:func:`hessian_cost_of`)."""
+    check_hessian_limits(hessian_cost_of(workspace, model_ids, config, split, device), config)
     return {
         model_id: hessian_of(workspace, model_id, config, split, device, scaled(progress, index, len(model_ids), model_id))
         for index, model_id in enumerate(model_ids)
