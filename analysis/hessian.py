@@ -66,6 +66,7 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis import AnalysisError, NonFiniteLoss
+from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
 from analysis.landscape import (
     auto_points_per_call,
     eval_mode,
@@ -105,6 +106,9 @@ class HessianConfig:
     ``cache_graph`` computes each batch's gradient graph once and keeps it for every product (memory grows with
     ``samples``); without it every product recomputes it. ``block_size`` vectors share one backward pass.
     ``layers`` adds each layer's diagonal block to :func:`hessian_report` (:func:`layerwise_hessian`).
+    Limits, checked before any work (:func:`check_hessian_cost`): at most ``max_products`` Hessian-vector products,
+    ``max_seconds`` estimated seconds and ``max_memory_gb`` estimated GiB; above ``warn_seconds`` a
+    :class:`SlowHessianWarning` is issued.
     """
 
     samples: int | None = field(default=1000, metadata={"help": "examples the loss is averaged over (None: all)"})
@@ -124,6 +128,10 @@ class HessianConfig:
     block_size: int = field(default=1, metadata={"help": "vectors per Hessian-vector backward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the sample, start vectors and probes"})
     layers: bool = field(default=False, metadata={"help": "also each layer's top eigenvalue and trace (one analysis per layer)"})
+    max_products: int = field(default=10_000, metadata={"help": "refuse runs needing more Hessian-vector products"})
+    max_seconds: float = field(default=6 * 3600.0, metadata={"help": "refuse runs estimated to take longer (s)"})
+    warn_seconds: float = field(default=600.0, metadata={"help": "warn for runs estimated to take longer (s)"})
+    max_memory_gb: float = field(default=16.0, metadata={"help": "refuse runs estimated to hold more memory (GiB)"})
 
     def __post_init__(self) -> None:
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
@@ -151,6 +159,11 @@ class HessianConfig:
         if not (isinstance(self.kernel_width, (int, float)) and 0 < self.kernel_width <= 1):
             raise ConfigError(f"kernel_width must be in (0, 1], got {self.kernel_width!r}")
         check_seed(self.seed)
+        if not isinstance(self.max_products, int) or self.max_products < 1:
+            raise ConfigError(f"max_products must be a positive integer, got {self.max_products!r}")
+        for name in ("max_seconds", "warn_seconds", "max_memory_gb"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -499,30 +512,61 @@ MIN_TRACE_PROBES = 10
 """Probes drawn before ``trace_tolerance`` may stop the trace, so that the error bar's own estimate is reasonable."""
 
 
+def finite_or_none(value: Any) -> float | None:
+    """A stored error bar: ``None`` when missing or not finite (results once stored ``Infinity`` for one probe)."""
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
 @dataclass(frozen=True, eq=False)
 class HessianTrace:
-    """The estimate ``mean`` of ``tr H``, its error bar ``error = std / sqrt(P)``, the ``P`` per-probe estimates
-    ``tr T_m + (P z_p)ᵀ H (P z_p)``, the exact part ``deflated = tr T_m`` over the ``deflation = m`` Lanczos vectors
-    (0 and 0.0 for plain Hutchinson)."""
+    """The estimate ``mean`` of ``tr H``, its error bar ``error = std / sqrt(P)`` (``None`` for a single probe, which
+    has no spread to measure), the ``P`` per-probe estimates ``tr T_m + (P z_p)ᵀ H (P z_p)``, the exact part
+    ``deflated = tr T_m`` over the ``deflation = m`` Lanczos vectors (0 and 0.0 for plain Hutchinson), and the
+    relative ``tolerance`` the probes stopped at (0: none, every probe drawn)."""
 
     mean: float
-    error: float
+    error: float | None
     values: np.ndarray
     seconds: float
     deflation: int = 0
     deflated: float = 0.0
+    tolerance: float = 0.0
+
+    @property
+    def target(self) -> float:
+        """The error bar the probes aimed for: ``tolerance * |mean|``."""
+        return self.tolerance * abs(self.mean)
+
+    @property
+    def converged(self) -> bool:
+        """Whether the error bar is at most :attr:`target`; never without a tolerance or an error bar."""
+        return self.tolerance > 0 and self.error is not None and self.error <= self.target
+
+    @property
+    def status(self) -> str:
+        """``"converged: ..."`` or ``"not converged: error bar X above tolerance Y after N probes"`` and the like."""
+        probes = f"{len(self.values)} probe{'s' if len(self.values) != 1 else ''}"
+        if self.error is None:
+            return f"not converged: no error bar after {probes} (a single probe has no spread to measure)"
+        if self.tolerance <= 0:
+            return f"no tolerance set: error bar {self.error:.3g} after {probes}"
+        relation = "within" if self.converged else "above"
+        state = "converged" if self.converged else "not converged"
+        return f"{state}: error bar {self.error:.3g} {relation} tolerance {self.target:.3g} after {probes}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "mean": self.mean, "error": self.error, "values": json_array(self.values), "seconds": self.seconds,
-            "deflation": self.deflation, "deflated": self.deflated,
+            "deflation": self.deflation, "deflated": self.deflated, "tolerance": self.tolerance,
+            "converged": self.converged, "status": self.status,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HessianTrace:
+        """Also reads results stored before the tolerance was kept (0) or with an infinite single-probe error."""
         return cls(
-            float(data["mean"]), float(data["error"]), numpy_array(data["values"]), float(data["seconds"]),
-            int(data.get("deflation", 0)), float(data.get("deflated", 0.0)),
+            float(data["mean"]), finite_or_none(data["error"]), numpy_array(data["values"]), float(data["seconds"]),
+            int(data.get("deflation", 0)), float(data.get("deflated", 0.0)), float(data.get("tolerance", 0.0)),
         )
 
 
@@ -542,7 +586,8 @@ def hutchinson_trace(
     ``config.seed`` (Hutchinson 1989), deflated by the basis of ``krylov`` (a run of :func:`lanczos` with its basis,
     as :func:`lanczos_top_eigenvalues` returns) or, without one, of a new run of ``config.deflation`` steps (see the
     module docstring). The error bar is the standard error of the mean over probes; drawing stops once it is at most
-    ``config.trace_tolerance * |mean|``, after at least :data:`MIN_TRACE_PROBES` probes."""
+    ``config.trace_tolerance * |mean|``, after at least :data:`MIN_TRACE_PROBES` probes. A trace that reached
+    ``config.probes`` first is returned as not converged (:attr:`HessianTrace.status`)."""
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(probe_seed(config.seed))
     if krylov is None and config.deflation:
@@ -551,7 +596,7 @@ def hutchinson_trace(
     basis = None if krylov is None or krylov.basis is None else krylov.basis[0, : len(krylov.alphas[0])]
     deflated = 0.0 if basis is None else float(krylov.alphas[0].sum())
     values: list[float] = []
-    error = math.inf
+    error: float | None = None
     while len(values) < config.probes:
         probes = rademacher(min(config.block_size, config.probes - len(values)), operator.size, generator).to(operator.device)
         if basis is not None:
@@ -560,11 +605,13 @@ def hutchinson_trace(
         progress(len(values), config.probes, f"trace probe {len(values)}/{config.probes}")
         if len(values) > 1:
             error = float(np.std(values, ddof=1) / math.sqrt(len(values)))
-        if len(values) >= min(MIN_TRACE_PROBES, config.probes) and error <= config.trace_tolerance * abs(float(np.mean(values))):
+        enough = len(values) >= min(MIN_TRACE_PROBES, config.probes)
+        if enough and error is not None and error <= config.trace_tolerance * abs(float(np.mean(values))):
             break
     array = np.array(values)
     return HessianTrace(
-        float(array.mean()), error, array, time.perf_counter() - started, 0 if basis is None else len(basis), deflated
+        float(array.mean()), error, array, time.perf_counter() - started, 0 if basis is None else len(basis), deflated,
+        config.trace_tolerance,
     )
 
 
@@ -655,20 +702,24 @@ def hessian_eigenvalue_density(
 
 @dataclass(frozen=True)
 class LayerHessian:
-    """One layer's diagonal Hessian block: its parameters, top eigenvalue, and trace with its error bar."""
+    """One layer's diagonal Hessian block: its parameters, top eigenvalue, and trace with its error bar (``None``
+    for a single probe)."""
 
     layer: str
     parameters: tuple[str, ...]
     top_eigenvalue: float
     trace: float
-    trace_error: float
+    trace_error: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "parameters": list(self.parameters)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerHessian:
-        return cls(str(data["layer"]), tuple(data["parameters"]), float(data["top_eigenvalue"]), float(data["trace"]), float(data["trace_error"]))
+        return cls(
+            str(data["layer"]), tuple(data["parameters"]), float(data["top_eigenvalue"]), float(data["trace"]),
+            finite_or_none(data["trace_error"]),
+        )
 
 
 def layer_parameters(model: nn.Module) -> dict[str, list[str]]:
@@ -689,13 +740,15 @@ def layerwise_hessian(
     progress: Progress = no_progress,
     loss: Loss = cross_entropy_loss,
 ) -> list[LayerHessian]:
-    """Top eigenvalue and trace of each layer's block ``H_ll = ∇²_{θ_l} L`` (other parameters held fixed)."""
+    """Top eigenvalue and trace of each layer's block ``H_ll = ∇²_{θ_l} L`` (other parameters held fixed); progress
+    after every block of Hessian-vector products, so that a cancelled job stops within a few."""
     layers = layer_parameters(model)
     results = []
     for index, (layer, names) in enumerate(layers.items()):
         operator = HessianOperator(model, data, config, device, loss, names)
-        top, krylov = lanczos_top_eigenvalues(operator, 1, config, min_steps=config.deflation)
-        trace = hutchinson_trace(operator, config, krylov=krylov)
+        report = lambda done, total, message, index=index, layer=layer: progress(index, len(layers), f"layer {layer}: {message}")  # noqa: E731
+        top, krylov = lanczos_top_eigenvalues(operator, 1, config, report, min_steps=config.deflation)
+        trace = hutchinson_trace(operator, config, report, krylov=krylov)
         results.append(LayerHessian(layer, tuple(names), float(top.eigenvalues[0]), trace.mean, trace.error))
         progress(index + 1, len(layers), f"layer {layer}")
     return results
@@ -747,6 +800,143 @@ def perturbation_curve(
     return PerturbationCurve(ts_array, losses, accuracies, label)
 
 
+class SlowHessianWarning(SlowAnalysisWarning):
+    """A Hessian analysis is expected to take longer than ``HessianConfig.warn_seconds``."""
+
+
+HESSIAN_PRODUCTS = "Hessian-vector products"
+LOWER_FOR = {
+    "top eigenvalues": "iterations (or deflation)", "trace": "probes", "density": "steps or runs",
+    "layers": "iterations and probes, or turn layers off",
+}
+"""The options that bound each stage's Hessian-vector products."""
+
+
+def hessian_products(model: nn.Module, config: HessianConfig = HessianConfig()) -> dict[str, int]:
+    """The most Hessian-vector products :func:`hessian_report` can use, by stage (each may stop earlier): top-k
+    Lanczos ``min(max(iterations, deflation), n)``, the trace's ``probes``, the density's ``runs * min(steps, n)``,
+    and with ``layers`` the top eigenvalue and trace of every layer's block of ``n_l`` parameters. Counted from the
+    parameter shapes alone."""
+    sizes = [p.numel() for p in model.parameters() if p.requires_grad]
+    if not sizes:
+        raise AnalysisError(f"{type(model).__name__} has no trainable parameters: its Hessian is empty")
+    size = sum(sizes)
+    lanczos_steps = max(config.iterations, config.deflation)
+    products = {
+        "top eigenvalues": min(lanczos_steps, size),
+        "trace": config.probes,
+        "density": config.runs * min(config.steps, size),
+    }
+    if config.layers:
+        shapes = dict(model.named_parameters())
+        blocks = [sum(shapes[name].numel() for name in names) for names in layer_parameters(model).values()]
+        products["layers"] = sum(min(lanczos_steps, block) + config.probes for block in blocks)
+    return products
+
+
+def check_products(models: Sequence[nn.Module], config: HessianConfig) -> int:
+    """Refuse (:class:`CostLimitError`) Hessian analyses of ``models`` needing more than ``config.max_products``
+    Hessian-vector products in all; returns the count. Nothing is computed."""
+    stages: dict[str, int] = {}
+    for model in models:
+        for stage, count in hessian_products(model, config).items():
+            stages[stage] = stages.get(stage, 0) + count
+    total = sum(stages.values())
+    largest = max(stages, key=stages.__getitem__)
+    parts = ", ".join(f"{stage} {count:,}" for stage, count in stages.items())
+    lower = f"{LOWER_FOR[largest]} ({parts} for {len(models)} model(s)), or raise max_products"
+    check_units(total, config.max_products, HESSIAN_PRODUCTS, lower)
+    return total
+
+
+def estimate_hessian_cost(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    loss: Loss = cross_entropy_loss,
+) -> CostEstimate:
+    """The cost of :func:`hessian_report`: :func:`hessian_products` (an upper bound), the passes of data batches
+    they take, and seconds and memory measured on a probe of at most 128 examples, timed for a forward pass, a
+    gradient with its graph and one Hessian-vector product, and scaled to the sample. Memory: the state, the data,
+    the gradient graphs kept (the tensors autograd saves; every batch's with ``cache_graph``), the Lanczos basis
+    (the larger of the top-k and, reorthogonalised, the density run) and the top-k eigenvectors."""
+    device = device or default_device()
+    products = hessian_products(model, config)
+    inputs, targets = sample_data(data, config)
+    samples = len(inputs)
+    batches = math.ceil(samples / config.batch_size)
+    size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    operators = 1 + (len(layer_parameters(model)) if config.layers else 0)
+    lanczos_steps = min(max(config.iterations, config.deflation), size)
+    vector_passes = lanczos_steps + math.ceil(config.probes / config.block_size)
+    vector_passes += min(config.steps, size) * math.ceil(config.runs / config.block_size)
+    if config.layers:
+        vector_passes += products["layers"]
+    graphs = operators if config.cache_graph else vector_passes
+    curve_points = 2 * len(PERTURBATION_TS)
+    forwards = operators + curve_points
+
+    probe = (inputs[: min(128, samples)].to(device), targets[: min(128, samples)].to(device))
+    params = {n: p.detach().to(device).requires_grad_() for n, p in model.named_parameters() if p.requires_grad}
+    fixed = {k: v.detach().to(device) for k, v in model.state_dict().items() if k not in params}
+    leaves = list(params.values())
+    gradients: list[torch.Tensor] = []
+
+    def graph() -> None:
+        value = loss(functional_call(model, {**params, **fixed}, (probe[0],)), probe)
+        gradients[:] = torch.autograd.grad(value, leaves, create_graph=True, materialize_grads=True)
+
+    def timed(run: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        run()
+        return time.perf_counter() - started
+
+    with eval_mode(model), torch.enable_grad():
+        graph_bytes = saved_bytes(graph, shared=[*leaves, *fixed.values()]) / len(probe[0])
+        tangents = [torch.ones_like(leaf) for leaf in leaves]
+        hvp = lambda: torch.autograd.grad(gradients, leaves, tangents, retain_graph=True, materialize_grads=True)  # noqa: E731
+        hvp()
+        timings = [
+            timed(lambda: loss(functional_call(model, {**params, **fixed}, (probe[0],)), probe)), timed(graph), timed(hvp)
+        ]
+    forward, with_graph, product = (t / len(probe[0]) for t in timings)
+    seconds = samples * (forward * forwards + with_graph * graphs + product * sum(products.values()))
+    kept = samples if config.cache_graph else min(config.batch_size, samples)
+    state_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    basis = max(lanczos_steps, config.runs * min(config.steps, size) if config.reorthogonalize else config.runs)
+    vectors = (basis + config.top_k + 4 * config.block_size) * size * 4
+    memory = state_bytes + samples * inputs[0].numel() * inputs.element_size() + kept * graph_bytes + vectors
+    return CostEstimate(
+        sum(products.values()), HESSIAN_PRODUCTS, (forwards + graphs) * batches, (graphs + vector_passes) * batches,
+        (forwards + graphs) * samples, seconds, int(memory),
+    )
+
+
+def check_hessian_limits(estimate: CostEstimate, config: HessianConfig) -> None:
+    """Refuse (:class:`CostLimitError`) an estimate above ``config.max_seconds`` or ``config.max_memory_gb``; warn
+    (:class:`SlowHessianWarning`) above ``config.warn_seconds``."""
+    lower = "samples, iterations, probes, steps or runs"
+    check_estimate(
+        estimate, config.max_seconds, config.max_memory_gb, config.warn_seconds, lower, warning=SlowHessianWarning
+    )
+
+
+def check_hessian_cost(
+    model: nn.Module,
+    data: tuple[torch.Tensor, torch.Tensor],
+    config: HessianConfig = HessianConfig(),
+    device: torch.device | None = None,
+    loss: Loss = cross_entropy_loss,
+) -> CostEstimate:
+    """Every limit of ``config`` on :func:`hessian_report`, before any work: :func:`check_products` from the
+    parameter shapes, then :func:`check_hessian_limits` on :func:`estimate_hessian_cost`."""
+    check_products([model], config)
+    estimate = estimate_hessian_cost(model, data, config, device, loss)
+    check_hessian_limits(estimate, config)
+    return estimate
+
+
 @dataclass(frozen=True, eq=False)
 class HessianReport:
     """Everything :func:`hessian_report` computes, with the config and sample count used; JSON via :meth:`to_dict`."""
@@ -776,7 +966,7 @@ class HessianReport:
     def from_dict(cls, data: Mapping[str, Any]) -> HessianReport:
         return cls(
             TopEigenvalues.from_dict(data["top"]),
-            HessianTrace.from_dict(data["trace"]),
+            HessianTrace.from_dict({"tolerance": data["config"].get("trace_tolerance", 0.0), **data["trace"]}),
             EigenvalueDensity.from_dict(data["density"]),
             tuple(PerturbationCurve.from_dict(c) for c in data["curves"]),
             HessianConfig(**data["config"]),
@@ -797,6 +987,7 @@ def hessian_report(
     """The generalization study's Hessian analysis in one call: top-k eigenvalues, trace, eigenvalue density, and the
     loss along the top eigenvector and along a random filter-normalised direction (seeded by ``config.seed``), and
     with ``config.layers`` each layer's top eigenvalue and trace."""
+    check_hessian_cost(model, data, config, device, loss)
     started = time.perf_counter()
     operator = HessianOperator(model, data, config, device, loss)
     sample = operator.data

@@ -31,7 +31,6 @@ import contextlib
 import copy
 import math
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -43,10 +42,11 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from analysis import AnalysisError
+from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
-from fusion.errors import ArchitectureError, ConfigError, DatasetError, NonFiniteLoss
+from fusion.errors import ArchitectureError, ConfigError, CostLimitError, DatasetError, NonFiniteLoss
 from fusion.seeds import check_seed
 from fusion.train import Progress, no_progress
 
@@ -55,11 +55,11 @@ POINTS_PER_CALL_BUDGET = 25_000_000
 """Automatic chunking on CUDA: at most ``floor(budget / parameters)`` points per vmapped call (100 MB of float32 states)."""
 
 
-class GridTooLarge(AnalysisError):
-    """A landscape grid would take more points or time than the configured limits allow."""
+class GridTooLarge(CostLimitError, AnalysisError):
+    """A landscape grid would take more points, time or memory than the configured limits allow."""
 
 
-class SlowLandscapeWarning(UserWarning):
+class SlowLandscapeWarning(SlowAnalysisWarning):
     """A landscape grid is expected to take longer than ``LandscapeConfig.warn_seconds``."""
 
 
@@ -71,8 +71,9 @@ class LandscapeConfig:
     coefficients in ``linspace(-span, span, resolution)``, Li et al. plot ``[-1, 1]``; plane: the models' bounding box
     widened by ``margin`` of its extent on every side). ``samples`` per split (``None``: the whole split), drawn with
     ``seed``, which also seeds the random directions. ``points_per_call`` (0: automatic) bounds the vmapped chunk.
-    Grids above ``max_points`` points or ``max_seconds`` estimated seconds raise :class:`GridTooLarge`; above
-    ``warn_seconds`` a :class:`SlowLandscapeWarning` is issued.
+    Grids above ``max_points`` points, ``max_seconds`` estimated seconds or ``max_memory_gb`` estimated GiB raise
+    :class:`GridTooLarge` before any point is evaluated; above ``warn_seconds`` a :class:`SlowLandscapeWarning` is
+    issued.
     """
 
     resolution: int = field(default=21, metadata={"help": "grid points per axis"})
@@ -86,6 +87,7 @@ class LandscapeConfig:
     max_points: int = field(default=10_000, metadata={"help": "refuse grids with more points"})
     max_seconds: float = field(default=6 * 3600.0, metadata={"help": "refuse grids estimated to take longer (s)"})
     warn_seconds: float = field(default=600.0, metadata={"help": "warn for grids estimated to take longer (s)"})
+    max_memory_gb: float = field(default=16.0, metadata={"help": "refuse grids estimated to hold more memory (GiB)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.resolution, int) or not 2 <= self.resolution <= 1001:
@@ -105,6 +107,8 @@ class LandscapeConfig:
         if not (self.max_seconds > 0 and self.warn_seconds > 0):
             raise ConfigError(f"time limits must be positive, got max {self.max_seconds!r}, warn {self.warn_seconds!r}")
         check_seed(self.seed)
+        if not self.max_memory_gb > 0:
+            raise ConfigError(f"max_memory_gb must be positive, got {self.max_memory_gb!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,26 +290,19 @@ def evaluate_grid(
     return GridMetrics(*(np.array(c) for c in columns))
 
 
-@dataclass(frozen=True)
-class CostEstimate:
-    """What a grid costs: ``points``, forward passes over data batches (``forward_passes``; BatchNorm re-estimation
-    included), examples pushed through the network (``examples``), and the seconds expected from timing one batch."""
-
-    points: int
-    forward_passes: int
-    examples: int
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 @torch.no_grad()
 def estimate_cost(
-    model: nn.Module, data: Dataset, points: int, config: LandscapeConfig = LandscapeConfig(), device: torch.device | None = None
+    model: nn.Module,
+    data: Dataset,
+    points: int,
+    config: LandscapeConfig = LandscapeConfig(),
+    device: torch.device | None = None,
+    bases: int = 3,
 ) -> CostEstimate:
-    """Count the forward passes of a grid of ``points`` points and time one batch to estimate its seconds (pessimistic
-    for small models, which ``vmap`` evaluates several points at a time)."""
+    """Count the forward passes of a grid of ``points`` points over ``bases`` state_dicts and time one batch to
+    estimate its seconds (pessimistic for small models, which ``vmap`` evaluates several points at a time). Memory:
+    the stacked bases, one chunk of points' states, and the activations of a chunk on a batch (the tensors autograd
+    would save, an upper bound on what inference holds) and the data."""
     device = device or default_device()
     sizes = [len(split_sample(data, split, config.samples, config.seed)[0]) for split in ("train", "test")]
     passes_per_point = sum(math.ceil(n / config.batch_size) for n in sizes)
@@ -313,28 +310,50 @@ def estimate_cost(
     if config.recompute_batchnorm and has_batchnorm(model):
         passes_per_point += math.ceil(sizes[0] / config.batch_size)
         examples_per_point += sizes[0]
-    probe = data.split("train")[0][: min(config.batch_size, 256)].to(device)
+    train_x = data.split("train")[0]
+    probe = train_x[: min(config.batch_size, 256)].to(device)
     state = {k: v.to(device) for k, v in model.state_dict().items()}
+    params = {k: state[k].detach().clone().requires_grad_() for k, _ in model.named_parameters()}
     with eval_mode(model):
-        functional_call(model, state, (probe,))
+        with torch.enable_grad():
+            run = lambda: functional_call(model, {**state, **params}, (probe,))  # noqa: E731
+            activation = saved_bytes(run, [*params.values(), *state.values()]) / len(probe)
         started = time.perf_counter()
         functional_call(model, state, (probe,))
         per_example = (time.perf_counter() - started) / len(probe)
-    return CostEstimate(points, points * passes_per_point, points * examples_per_point, points * examples_per_point * per_example)
+    per_call = auto_points_per_call(model, device, config.points_per_call)
+    state_bytes = sum(v.numel() * 4 for v in float_state(model).values())
+    data_bytes = sum(sizes) * train_x[0].numel() * 4
+    memory = (bases + per_call) * state_bytes + per_call * min(config.batch_size, max(sizes)) * activation + data_bytes
+    passes = points * passes_per_point
+    seconds = points * examples_per_point * per_example
+    return CostEstimate(points, "grid points", passes, 0, points * examples_per_point, seconds, int(memory))
 
 
-def check_cost(model: nn.Module, data: Dataset, points: int, config: LandscapeConfig, device: torch.device) -> CostEstimate:
-    """Refuse (:class:`GridTooLarge`) a grid above the configured limits; warn above ``warn_seconds``."""
-    if points > config.max_points:
-        raise GridTooLarge(f"the grid has {points} points, above the limit of {config.max_points}; lower the resolution")
-    estimate = estimate_cost(model, data, points, config, device)
-    if estimate.seconds > config.max_seconds:
-        raise GridTooLarge(
-            f"the grid would take about {estimate.seconds:.0f} s ({estimate.forward_passes} forward passes), above the "
-            f"limit of {config.max_seconds:.0f} s; lower the resolution or the samples"
-        )
-    if estimate.seconds > config.warn_seconds:
-        warnings.warn(f"this landscape will take about {estimate.seconds:.0f} s", SlowLandscapeWarning, stacklevel=3)
+LOWER = "the resolution or the samples"
+
+
+def check_points(points: int, config: LandscapeConfig) -> None:
+    """Refuse (:class:`GridTooLarge`) a grid of more than ``config.max_points`` points; nothing is measured."""
+    check_units(points, config.max_points, "grid points", "the resolution", GridTooLarge)
+
+
+def check_limits(estimate: CostEstimate, config: LandscapeConfig) -> None:
+    """Refuse (:class:`GridTooLarge`) an estimate above ``max_seconds`` or ``max_memory_gb``; warn
+    (:class:`SlowLandscapeWarning`) above ``warn_seconds``."""
+    check_estimate(
+        estimate, config.max_seconds, config.max_memory_gb, config.warn_seconds, LOWER, GridTooLarge, SlowLandscapeWarning
+    )
+
+
+def check_cost(
+    model: nn.Module, data: Dataset, points: int, config: LandscapeConfig, device: torch.device, bases: int
+) -> CostEstimate:
+    """Every limit of ``config`` on a grid, checked before any point is evaluated: :func:`check_points`, then
+    :func:`check_limits` on :func:`estimate_cost`."""
+    check_points(points, config)
+    estimate = estimate_cost(model, data, points, config, device, bases)
+    check_limits(estimate, config)
     return estimate
 
 
@@ -396,9 +415,13 @@ def linear_interpolation(
     check_same_architecture([model_a, model_b])
     parameter_names(model_a)
     ts = np.linspace(0.0, 1.0, config.resolution)
-    check_cost(model_a, data, len(ts), config, device)
+    check_cost(model_a, data, len(ts), config, device, bases=2)
     coefficients = torch.tensor(np.stack([1 - ts, ts], axis=1))
     metrics = evaluate_grid(model_a, [float_state(model_a), float_state(model_b)], coefficients, data, config, device, progress)
+    for split, losses in (("train", metrics.train_loss), ("test", metrics.test_loss)):
+        if not np.isfinite(losses).all():
+            at = ", ".join(f"{t:.2f}" for t in ts[~np.isfinite(losses)][:5])
+            raise NonFiniteLoss(f"the {split} loss is NaN or infinite at t = {at}: there is no barrier to report")
     return InterpolationResult(
         ts,
         metrics,
@@ -517,7 +540,7 @@ def plane(
     xs, ys = zip(*basis.coordinates)
     x = padded_range(min(xs), max(xs), config.margin, config.resolution)
     y = padded_range(min(ys), max(ys), config.margin, config.resolution)
-    check_cost(models[0], data, len(x) * len(y), config, device)
+    check_cost(models[0], data, len(x) * len(y), config, device, bases=3)
     grid_x, grid_y = np.meshgrid(x, y)
     coefficients = torch.tensor(basis.affine(grid_x.ravel(), grid_y.ravel()))
     metrics = evaluate_grid(models[0], [float_state(m) for m in models], coefficients, data, config, device, progress)
@@ -594,7 +617,7 @@ def random_directions(
     parameter_names(model)
     alphas = np.linspace(-config.span, config.span, config.resolution)
     points = len(alphas) ** dims
-    check_cost(model, data, points, config, device)
+    check_cost(model, data, points, config, device, bases=1 + dims)
     generator = torch.Generator().manual_seed(config.seed)
     directions = [filter_normalized_direction(model, generator) for _ in range(dims)]
     if dims == 1:

@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import hashlib
 import string
+from functools import reduce
+from operator import add
 from typing import Any, Sequence
 
 import torch
 
-from analysis.hessian import HessianConfig, HessianReport, hessian_report
+from analysis.hessian import (
+    HessianConfig,
+    HessianReport,
+    check_hessian_limits,
+    check_products,
+    estimate_hessian_cost,
+    hessian_report,
+)
+from analysis.cost import CostEstimate
 from analysis.landscape import (
-    CostEstimate,
     InterpolationResult,
     LandscapeConfig,
     PlaneResult,
     RandomDirectionsResult,
+    check_limits,
+    check_points,
     estimate_cost,
     linear_interpolation,
     plane,
@@ -91,10 +102,11 @@ def landscape_models(workspace: Workspace, model_ids: Sequence[str], kind: str) 
 def landscape_cost(
     workspace: Workspace, model_ids: Sequence[str], kind: str, config: LandscapeConfig, dims: int = 2, device: torch.device | None = None
 ) -> CostEstimate:
-    """What a landscape would cost (points, forward passes, estimated seconds), measured on one batch."""
+    """What a landscape would cost (points, forward passes, estimated seconds and memory), measured on one batch."""
     models, records = landscape_models(workspace, model_ids, kind)
     points = config.resolution ** (2 if kind == "plane" or (kind == "random" and dims == 2) else 1)
-    return estimate_cost(models[0], load_dataset(records[0].dataset), points, config, device)
+    bases = 1 + dims if kind == "random" else len(models)
+    return estimate_cost(models[0], load_dataset(records[0].dataset), points, config, device, bases)
 
 
 def landscape_of(
@@ -136,6 +148,25 @@ def scaled(progress: Progress, part: int, parts: int, label: str) -> Progress:
     return lambda done, total, message: progress(part * 1000 + 1000 * done // max(total, 1), parts * 1000, f"{label}: {message}")
 
 
+def hessian_cost_of(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    config: HessianConfig = HessianConfig(),
+    split: str = "test",
+    device: torch.device | None = None,
+) -> CostEstimate:
+    """What :func:`hessians_of` would cost, summed over the models. Raises :class:`CostLimitError` above
+    ``config.max_products`` products in all, counted from the parameter shapes before anything is measured."""
+    if not model_ids:
+        raise ConfigError("choose at least one model")
+    loaded = [workspace.load(model_id) for model_id in model_ids]
+    check_products([model for model, _ in loaded], config)
+    estimates = (
+        estimate_hessian_cost(model, load_dataset(record.dataset).split(split), config, device) for model, record in loaded
+    )
+    return reduce(add, estimates)
+
+
 def hessians_of(
     workspace: Workspace,
     model_ids: Sequence[str],
@@ -144,9 +175,9 @@ def hessians_of(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, HessianReport]:
-    """:func:`hessian_of` for several models, one after the other, as one task."""
-    if not model_ids:
-        raise ConfigError("choose at least one model")
+    """:func:`hessian_of` for several models, one after the other, as one task, once the limits of ``config`` hold
+    for all of them together (:func:`hessian_cost_of`)."""
+    check_hessian_limits(hessian_cost_of(workspace, model_ids, config, split, device), config)
     return {
         model_id: hessian_of(workspace, model_id, config, split, device, scaled(progress, index, len(model_ids), model_id))
         for index, model_id in enumerate(model_ids)
@@ -172,12 +203,26 @@ def fusion_landscape(
     (parent A, parent B, fused); each is stored and returned under ``"A-B"``, ``"A-fused"``, ``"B-fused"``, ``"plane"``."""
     record = workspace.record(fused_id)
     pairs = fusion_pairs(record)
+    check_limits(fusion_landscape_cost(workspace, fused_id, config, device), config)
     names = ["A-B", "A-fused", "B-fused"]
     results: dict[str, LandscapeResult] = {}
     for index, (name, pair) in enumerate(zip(names, pairs)):
         results[name] = landscape_of(workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, 4, name))
     results["plane"] = landscape_of(workspace, [*record.parents, fused_id], "plane", config, device=device, progress=scaled(progress, 3, 4, "plane"))
     return results
+
+
+def fusion_landscape_cost(
+    workspace: Workspace, fused_id: str, config: LandscapeConfig = LandscapeConfig(), device: torch.device | None = None
+) -> CostEstimate:
+    """The cost of :func:`fusion_landscape`: its three lines and its plane, summed. Raises :class:`GridTooLarge` when
+    one grid has more than ``config.max_points`` points, before anything is measured."""
+    record = workspace.record(fused_id)
+    runs = [(pair, "interpolation", config.resolution) for pair in fusion_pairs(record)]
+    runs.append(([*record.parents, fused_id], "plane", config.resolution**2))
+    for _, _, points in runs:
+        check_points(points, config)
+    return reduce(add, (landscape_cost(workspace, ids, kind, config, device=device) for ids, kind, _ in runs))
 
 
 def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, LandscapeResult]:

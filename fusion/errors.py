@@ -67,3 +67,8 @@ class DamagedModelError(CheckpointError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return type(self), (self.model_id, self.reason)
+
+
+class CostLimitError(ConfigError):
+    """A run would need more work, time or memory than its configured limits allow; the message gives the figure
+    and the options to lower."""

@@ -181,10 +181,17 @@ def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device | Non
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device | None = None, batch_size: int = 1024
 ) -> Metrics:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) on ``(x, y)``."""
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on ``(x, y)``. Raises :class:`DatasetError` for
+    empty or non-finite inputs and :class:`NonFiniteLoss` when the model's outputs are not finite."""
     if len(x) == 0:
         raise DatasetError("cannot evaluate on an empty dataset")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+        raise DatasetError(f"{bad} of the {len(x)} inputs contain NaN or infinite values")
     logits = predict_logits(model, x, device, batch_size)
+    if not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).any(1).sum())
+        raise NonFiniteLoss(f"the model's outputs are NaN or infinite on {bad} of {len(x)} inputs: its weights diverged")
     return Metrics(
         loss=float(F.cross_entropy(logits, y.cpu())), accuracy=float((logits.argmax(1) == y.cpu()).float().mean())
     )

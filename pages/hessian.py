@@ -6,14 +6,15 @@ import streamlit as st
 
 from analysis.figures import eigenvalue_density_figure, layer_hessian_figure, perturbation_figure, top_eigenvalues_figure
 from analysis.hessian import HessianConfig
-from analysis.runs import HESSIAN, hessians_of, model_role, stored_hessian
+from analysis.runs import HESSIAN, hessian_cost_of, hessians_of, model_role, stored_hessian
 from ui.charts import show_chart
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
+from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
 from ui.options import command_line, non_default, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
+ESTIMATES = "hessian.estimates"
 
 st.title("Hessian")
 st.caption(
@@ -36,6 +37,7 @@ with st.form("hessian.form"):
     split = st.radio("Data", ["test", "train"], horizontal=True, key="hessian.split", disabled=disabled)
     values = option_widgets(HessianConfig, "hessian", disabled, columns=4)
     submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
+kind = job_kind(HESSIAN_KIND, sorted(chosen))
 if submitted:
     with report_errors():
         options = parse_options(HessianConfig, values)
@@ -44,11 +46,23 @@ if submitted:
             st.error("Choose at least one model.")
             st.stop()
         select_models(chosen)
-        start_job(f"Hessian of {len(chosen)} model(s)", hessians_of, ws, chosen, config, split, device=device(), kind=HESSIAN_KIND)
-show_job(job_runner().latest(HESSIAN_KIND))
+        cost = hessian_cost_of(ws, chosen, config, split, device())
+        st.session_state.setdefault(ESTIMATES, {})[kind] = (cost.describe(), cost.seconds > config.warn_seconds, config.warn_seconds)
+        start_job(f"Hessian of {len(chosen)} model(s)", hessians_of, ws, chosen, config, split, device=device(), kind=kind)
+job = job_runner().latest(kind)
+show_job(job)
+if job is not None and kind in st.session_state.get(ESTIMATES, {}):
+    described, slow, warn_seconds = st.session_state[ESTIMATES][kind]
+    if slow:
+        st.warning(f"Estimated before the start: up to {described}, above the warning threshold of {warn_seconds:.0f} s.")
+    else:
+        st.caption(f"Estimated before the start: up to {described}.")
 
 reports = {i: stored_hessian(ws, i) for i in chosen}
 done = {i: r for i, r in reports.items() if r is not None}
+if job is not None and job.active and not done:
+    st.info(computing_message(job))
+    st.stop()
 if not done:
     st.info("No Hessian computed yet for these models: press Compute (the defaults take about a minute per small model on a CPU).")
     st.stop()
@@ -61,7 +75,8 @@ rows = [
         "trace": r.trace.mean,
         "trace ± (std. error)": r.trace.error,
         "probes": len(r.trace.values),
-        "converged": r.top.converged,
+        "trace status": r.trace.status,
+        "top-k converged": r.top.converged,
         "samples": r.samples,
         "seconds": r.seconds,
     }

@@ -6,10 +6,18 @@ import streamlit as st
 
 from analysis.figures import interpolation_figure, plane_figure, random_directions_figure
 from analysis.landscape import LandscapeConfig
-from analysis.runs import fusion_landscape, landscape_cost, landscape_of, stored_fusion_landscape, stored_landscape
+from analysis.cost import CostEstimate
+from analysis.runs import (
+    fusion_landscape,
+    fusion_landscape_cost,
+    landscape_cost,
+    landscape_of,
+    stored_fusion_landscape,
+    stored_landscape,
+)
 from ui.charts import show_chart
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
+from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
 from ui.options import command_line
 from ui.state import device, job_runner, models_or_stop, selected_model_ids, workspace
 
@@ -18,10 +26,12 @@ FUSION, RANDOM, PAIR = "a fused model and its two parents", "random directions a
 
 
 @st.cache_data(show_spinner="Estimating the time…", max_entries=32)
-def estimate(root: str, ids: tuple[str, ...], kind: str, resolution: int, samples: int, dims: int) -> tuple[int, float]:
+def estimate(root: str, ids: tuple[str, ...], kind: str, fused: bool, resolution: int, samples: int, dims: int) -> CostEstimate:
+    """The cost of the landscape the page would compute: a fusion's three lines and plane, or one landscape."""
     config = LandscapeConfig(resolution=resolution, samples=samples or None)
-    cost = landscape_cost(workspace(), ids, kind, config, dims, device())
-    return cost.points, cost.seconds
+    if fused:
+        return fusion_landscape_cost(workspace(), ids[-1], config, device())
+    return landscape_cost(workspace(), ids, kind, config, dims, device())
 
 
 st.title("Loss landscape")
@@ -58,22 +68,23 @@ span = 1.0
 if kind == "random":
     span = right.number_input("Range of the directions", 0.01, 10.0, 1.0, key="landscape.span", disabled=disabled, help="coefficients in [-range, range]")
 recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn", disabled=disabled)
+job_key = job_kind(LANDSCAPE_KIND, [view, kind, *ids])
 with report_errors():
-    points, seconds = estimate(str(ws.root), tuple(ids), kind, int(resolution), int(samples), dims)
-    if view == FUSION:
-        total_points = points + 3 * int(resolution)
-        seconds *= total_points / points
-        points = total_points
-    st.caption(f"About {points} grid points, roughly {seconds:.0f} s on {device().type.upper()}.")
+    cost = estimate(str(ws.root), tuple(ids), kind, view == FUSION, int(resolution), int(samples), dims)
+    st.caption(f"About {cost.units} grid points, roughly {cost.seconds:.0f} s on {device().type.upper()}.")
+    if cost.seconds > LandscapeConfig().warn_seconds:
+        st.warning(f"This landscape will take about {cost.seconds:.0f} s: fewer points or examples make it faster.")
     with st.form("landscape.form", border=False):
         submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
     if submitted:
         config = LandscapeConfig(resolution=int(resolution), samples=int(samples) or None, span=float(span), recompute_batchnorm=recompute)
         if view == FUSION:
-            start_job(f"Landscape of {fused_id}", fusion_landscape, ws, fused_id, config, device=device(), kind=LANDSCAPE_KIND)
+            start_job(f"Landscape of {fused_id}", fusion_landscape, ws, fused_id, config, device=device(), kind=job_key)
         else:
-            start_job(f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=LANDSCAPE_KIND)
-show_job(job_runner().latest(LANDSCAPE_KIND))
+            start_job(f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=job_key)
+job = job_runner().latest(job_key)
+show_job(job)
+running = job is not None and job.active
 
 if view == FUSION:
     found = stored_fusion_landscape(ws, fused_id)
@@ -85,12 +96,12 @@ if view == FUSION:
         metric = st.radio("Plane metric", ["test_loss", "train_loss", "test_accuracy", "train_accuracy"], horizontal=True, key="landscape.metric")
         show_chart(plane_figure(found["plane"], metric), f"plane-{fused_id}-{metric}")
     if not found:
-        st.info("Not computed yet for this model: press Compute.")
+        st.info(computing_message(job) if running else "Not computed yet for this model: press Compute.")
     st.code(command_line(["landscape", "--models", *ids, "--kind", "plane"], {"resolution": int(resolution)}) + " --json", language="bash")
 else:
     result = stored_landscape(ws, list(ids), kind)
     if result is None:
-        st.info("Not computed yet for this choice: press Compute.")
+        st.info(computing_message(job) if running else "Not computed yet for this choice: press Compute.")
     elif kind == "random":
         show_chart(random_directions_figure(result), f"random-{ids[0]}")
     else:

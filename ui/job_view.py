@@ -8,7 +8,7 @@ so the page redraws its results from the workspace.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import streamlit as st
 
@@ -73,3 +73,14 @@ def show_job(job: Job | None, place: str = "main") -> None:
         live_job_progress(job.id, place)
     else:
         show_job_outcome(job)
+
+
+def job_kind(name: str, keys: Iterable[str]) -> str:
+    """The job kind of a page's run over these inputs (model ids, options), so that the page shows the job of the
+    current selection only, never another selection's finished job beside this one's empty result."""
+    return f"{name}:{'|'.join(keys)}"
+
+
+def computing_message(job: Job) -> str:
+    """What a page shows where its result will appear while ``job`` runs: ``"Computing: <progress>"``."""
+    return f"Computing: {job.message or job.status} ({job.summary()}). The results appear here when it finishes."
