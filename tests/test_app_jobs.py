@@ -7,6 +7,7 @@ import pytest
 
 from app_helpers import open_app, train_quick_models, wait_for_job
 from fusion.errors import FusionError
+from ui.job_view import job_kind
 from ui.jobs import JobBusy
 from ui.state import job_runner
 
@@ -22,7 +23,7 @@ def test_switching_pages_neither_stops_nor_duplicates_a_running_job(app_workspac
         return "finished"
 
     at = open_app("pages/hessian.py")
-    job = job_runner().submit("slow", slow_job, kind="hessian")
+    job = job_runner().submit("slow", slow_job, kind=job_kind("hessian", sorted(ids)))
     at.multiselect(key="hessian.models").set_value(ids)
     at.button(key="FormSubmitter:hessian.form-Compute").click().run()
     assert not at.exception
@@ -38,6 +39,7 @@ def test_switching_pages_neither_stops_nor_duplicates_a_running_job(app_workspac
     release.set()
     assert wait_for_job().status == "done"
     reloaded.run()
+    reloaded.multiselect(key="hessian.models").set_value(ids).run()
     assert not reloaded.exception
     assert any("finished" in str(s.value) for s in reloaded.success)
 

@@ -191,14 +191,14 @@ def test_automatic_chunks_are_one_point_on_the_cpu_and_bounded_by_the_budget_on_
 def test_cost_estimate_counts_forward_passes(trained_mlp) -> None:
     model, data = trained_mlp.model, trained_mlp.data
     estimate = estimate_cost(model, data, 10, LandscapeConfig(batch_size=500), CPU)
-    assert estimate.points == 10
+    assert estimate.units == 10
     assert estimate.forward_passes == 10 * (math.ceil(1347 / 500) + 1)
     assert estimate.examples == 10 * 1797 and estimate.seconds > 0
 
 
 def test_absurd_grids_are_refused_and_slow_ones_warned(trained_mlp) -> None:
     model, data = trained_mlp.model, trained_mlp.data
-    with pytest.raises(GridTooLarge, match="10201 points, above the limit of 10000"):
+    with pytest.raises(GridTooLarge, match="10,201 grid points, above the limit of 10,000"):
         random_directions(model, data, 2, LandscapeConfig(resolution=101), CPU)
     with pytest.raises(GridTooLarge, match="would take about"):
         linear_interpolation(model, model, data, LandscapeConfig(resolution=3, max_seconds=1e-9), CPU)

@@ -59,10 +59,16 @@ def test_default_spec_forwards_to_batch_by_classes_logits(arch: str, input_shape
 
 @pytest.mark.parametrize("arch", ["mlp", "resnet18"])
 def test_non_square_inputs_forward_where_the_architecture_allows_them(arch: str) -> None:
-    spec = default_spec(arch, (3, 8, 12), 10, width=0.125)
+    spec = default_spec(arch, (3, 8, 12), 10, width=0.125 if arch == "resnet18" else None)
     model = build_model(spec, seed=0).eval()
     with torch.no_grad():
         assert model(torch.randn(2, 3, 8, 12)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("arch,overrides", [("mlp", {"channels": (8,)}), ("mlp", {"width": 0.5}), ("cnn", {"width": 2.0})])
+def test_a_spec_refuses_fields_its_architecture_does_not_have(arch: str, overrides: dict) -> None:
+    with pytest.raises(ArchitectureError, match="takes hidden/channels lists|has no conv layers"):
+        default_spec(arch, (1, 8, 8), 10, **overrides)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
