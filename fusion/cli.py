@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from analysis.cli import add_analysis_commands
 from fusion.data import DATASETS, load_dataset
 from fusion.device import default_device, describe_device
-from fusion.errors import FusionError
+from fusion.errors import FusionError, UsageError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.fuse import REGISTRY, methods
 from fusion.options import OptionField, add_option_arguments, given_options, option_fields
@@ -193,14 +196,22 @@ def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None, help="biases")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse whose refusals raise :class:`UsageError` (so ``--json`` can report them) instead of printing the usage
+    and exiting; its sub-command parsers are of the same class."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--workspace", help="workspace folder (default: $FUSIONLAB_WORKSPACE or ~/.fusionlab/workspace)")
     common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress on stderr")
     common.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
 
-    main = argparse.ArgumentParser(prog="python -m fusion", description="FusionLab: train, fuse and analyse networks.")
+    main = CommandParser(prog="python -m fusion", description="FusionLab: train, fuse and analyse networks.")
     commands = main.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", parents=[common], help="train models and save them to the workspace")
@@ -263,21 +274,58 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def finite(value: Any, replaced: list[int]) -> Any:
+    """``value`` with every NaN or infinite float replaced by ``None`` (counted in ``replaced``), for strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        replaced[0] += 1
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v, replaced) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v, replaced) for v in value]
+    return value
+
+
+def strict_json(result: dict[str, Any]) -> str:
+    """One JSON object, valid by the standard: non-finite numbers become ``null`` and ``non_finite_values`` counts
+    them."""
+    replaced = [0]
+    cleaned = finite(result, replaced)
+    if replaced[0]:
+        cleaned["non_finite_values"] = replaced[0]
+    return json.dumps(cleaned, allow_nan=False)
+
+
+def failure(exc: BaseException, kind: str, message: str, as_json: bool, status: int) -> int:
+    """Report a failure as one line on stderr and, under ``--json``, one ``{"error": ...}`` object on stdout."""
+    if as_json:
+        print(json.dumps({"error": {"type": kind, "message": message}}))
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one command. Exit status 0 on success, 2 for a command line that does not parse, 1 for any other failure
+    and 130 when interrupted; a traceback is printed only with ``FUSIONLAB_DEBUG=1``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
     try:
-        workspace = Workspace(args.workspace)
-        result = args.run(args, workspace)
+        args = parser().parse_args(argv)
+        as_json = args.json
+        result = args.run(args, Workspace(args.workspace))
+        text = strict_json(result) if as_json else human_readable(result)
+    except UsageError as exc:
+        return failure(exc, "UsageError", str(exc), as_json, 2)
+    except KeyboardInterrupt as exc:
+        return failure(exc, "Interrupted", "interrupted", as_json, 130)
     except (FusionError, OSError, json.JSONDecodeError) as exc:
-        message = str(exc) or type(exc).__name__
-        if args.json:
-            print(json.dumps({"error": {"type": type(exc).__name__, "message": message}}))
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(human_readable(result))
+        return failure(exc, type(exc).__name__, str(exc) or type(exc).__name__, as_json, 1)
+    except Exception as exc:
+        if os.environ.get("FUSIONLAB_DEBUG") == "1":
+            traceback.print_exc()
+        message = f"internal error ({type(exc).__name__}: {exc}); rerun with FUSIONLAB_DEBUG=1 for the traceback"
+        return failure(exc, "InternalError", message, as_json, 1)
+    print(text)
     return 0
 
 
