@@ -52,6 +52,7 @@ from fusion.errors import (
     ArchitectureError,
     CheckpointError,
     DamagedModelError,
+    DamagedResultError,
     DatasetError,
     ExportError,
     WorkspaceError,
@@ -642,9 +643,22 @@ class Workspace:
         with self.writing():
             write_json_atomic(self.result_path(model_id, kind), dict(payload))
 
+    def has_result(self, model_id: str, kind: str) -> bool:
+        return self.result_path(model_id, kind).is_file()
+
     def load_result(self, model_id: str, kind: str) -> dict[str, Any] | None:
+        """The stored result of ``kind`` for ``model_id``, ``None`` when there is none; :class:`DamagedResultError`
+        naming the model when the file is not UTF-8 JSON holding an object."""
         path = self.result_path(model_id, kind)
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DamagedResultError(f"the stored {kind} result of {model_id} is damaged ({exc}); compute it again") from exc
+        if not isinstance(payload, dict):
+            raise DamagedResultError(f"the stored {kind} result of {model_id} is damaged (not a JSON object); compute it again")
+        return payload
 
 
 def place_new_file(source: str, target: Path) -> None:

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.fusion_figures import comparison_figure
+from fusion.errors import DamagedResultError
 from fusion.fuse import REGISTRY
 from fusion.pipeline import compare_fusion
 from fusion.train import TrainConfig
@@ -68,7 +69,7 @@ if submitted:
 job = job_runner().latest(FUSE_KIND)
 show_job(job)
 
-fused = [r for r in reversed(records) if r.parents and ws.load_result(r.id, "comparison") is not None]
+fused = [r for r in reversed(records) if r.parents and ws.has_result(r.id, "comparison")]
 if not fused:
     st.stop()
 if job is not None and job.status == "done" and isinstance(job.result, dict) and job.result.get("fused") in by_id:
@@ -85,7 +86,11 @@ st.subheader("Results")
 ids = [r.id for r in fused]
 shown = st.session_state.get(RESULT_KEY)
 shown_id = st.selectbox("Fused model", ids, index=ids.index(shown) if shown in ids else 0, format_func=lambda i: label(by_id[i]))
-comparison = ws.load_result(shown_id, "comparison")
+try:
+    comparison = ws.load_result(shown_id, "comparison")
+except DamagedResultError as exc:
+    st.warning(str(exc))
+    st.stop()
 table = pd.DataFrame(comparison["rows"])
 table["test accuracy (%)"] = 100 * table["test_accuracy"]
 st.dataframe(

@@ -94,3 +94,13 @@ def test_intra_fusion_from_the_page_compares_with_magnitude_pruning(app_workspac
     at.switch_page("pages/neuron_norms.py").run()
     assert not at.exception
     assert len(at.get("plotly_chart")) == 2
+
+
+def test_a_damaged_stored_comparison_is_a_warning_not_a_crash(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "average", ids)
+    fused = next(r for r in app_workspace.records() if r.method == "average")
+    app_workspace.result_path(fused.id, "comparison").write_bytes(b'{"rows": [\xff')
+    at = open_app("pages/fuse.py")
+    assert not at.exception
+    assert any("damaged" in str(w.value) and fused.id in str(w.value) for w in at.warning)

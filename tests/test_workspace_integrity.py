@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from app_helpers import messages, open_app, train_quick_models
 from fusion.cli import main
-from fusion.errors import CheckpointError, DamagedModelError, ExportError, FusionError
+from fusion.errors import CheckpointError, DamagedModelError, DamagedResultError, ExportError, FusionError
 from fusion.workspace import ModelRecord, Workspace, read_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -420,3 +420,12 @@ def test_two_concurrent_writers_into_one_workspace_keep_every_model(tmp_path: Pa
     for record in scan.records:
         workspace.load(record.id)
     assert list((root / ".staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b'{"rows": [1,', b"[1, 2]"], ids=["not-utf8", "truncated", "not-object"])
+def test_a_damaged_stored_result_raises_a_typed_error_naming_the_model(saved_mlp, workspace, content):
+    workspace.save_result(saved_mlp.id, "comparison", {"rows": []})
+    workspace.result_path(saved_mlp.id, "comparison").write_bytes(content)
+    with pytest.raises(DamagedResultError, match=f"comparison result of {saved_mlp.id} is damaged"):
+        workspace.load_result(saved_mlp.id, "comparison")
+    assert workspace.has_result(saved_mlp.id, "comparison")
