@@ -13,6 +13,9 @@ from analysis.figures import model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
 
+ACCURACY_RANGE = [0, 105]
+"""Accuracy axes start at 0, so a bar's height is its accuracy (a cut axis makes 52 % look empty)."""
+
 def role_colour(role: str) -> str:
     """The colour of a model role, the same on every page (see :func:`analysis.figures.model_colour`)."""
     return model_colour(role)
@@ -156,10 +159,7 @@ def comparison_figure(rows: Sequence[dict]) -> go.Figure:
             hovertemplate="%{x}<br>test accuracy %{y:.2f}%<extra></extra>",
         )
     )
-    low = min(100 * r["test_accuracy"] for r in rows)
-    figure.update_layout(
-        title="test accuracy", yaxis_title="test accuracy (%)", yaxis_range=[max(0, low - 10), 104], height=400
-    )
+    figure.update_layout(title="test accuracy", yaxis_title="test accuracy (%)", yaxis_range=ACCURACY_RANGE, height=400)
     return figure
 
 
@@ -196,15 +196,12 @@ def finetune_comparison_figure(
             annotation_position=corners[index % len(corners)],
             annotation_font_color=role_colour(role),
         )
-    shown = [100 * r[k] for r in rows for k in ("test_accuracy", "finetuned_accuracy") if r.get(k) is not None]
-    shown += [100 * a for _, _, a in references]
-    low = min(shown, default=0.0)
     figure.update_layout(
         barmode="group",
         title="test accuracy before and after fine-tuning",
         xaxis_title="fusion method",
         yaxis_title="test accuracy (%)",
-        yaxis_range=[max(0.0, low - 10), 104],
+        yaxis_range=ACCURACY_RANGE,
         height=420,
     )
     return figure

@@ -17,6 +17,8 @@ story after a reload.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
@@ -200,20 +202,39 @@ class Verdict:
         return round((self.ensemble_accuracy - self.best_parent_accuracy) * self.test_size)
 
     @property
+    def sampling_error(self) -> float:
+        """The test set's sampling error at the best parent's accuracy ``p``: the binomial standard error
+        ``sqrt(p (1 - p) / n)`` (a fraction; 0.0066 at 98 % on 450 images)."""
+        p = self.best_parent_accuracy
+        return math.sqrt(max(p * (1 - p), 0.0) / self.test_size)
+
+    @property
     def beats_best_parent(self) -> bool:
-        return self.images_ahead > 0
+        """Ahead by more than :data:`SIGNIFICANT` sampling errors; a smaller lead is within the test set's noise."""
+        margin = self.finetuned_accuracy - self.best_parent_accuracy
+        return self.images_ahead > 0 and margin > SIGNIFICANT * max(self.sampling_error, 0.5 / self.test_size)
 
     def explanation(self) -> str:
-        """The outcome of this run in two sentences, with the reason when the best parent was not beaten."""
+        """The outcome of this run in two sentences: the margin against the test set's sampling error, and the
+        reason when the best parent was not beaten."""
         point = 100 / self.test_size
+        error = 100 * self.sampling_error
         head = (
             f"Fine-tuned NT {100 * self.finetuned_accuracy:.2f}% vs best parent {100 * self.best_parent_accuracy:.2f}%: "
         )
         ahead = self.images_ahead
+        margin = f"{images(abs(ahead))} ({abs(ahead) * point:.2f} points)"
+        if self.beats_best_parent:
+            return head + (
+                f"{margin} ahead, more than {SIGNIFICANT:g} times the test set's sampling error of ±{error:.2f} points, "
+                f"so the transplanted model beats every parent, as the paper reports (the ensemble: "
+                f"{100 * self.ensemble_accuracy:.2f}%)."
+            )
         if ahead > 0:
             return head + (
-                f"{images(ahead)} ahead, so the transplanted model beats every parent, as the paper reports "
-                f"(the ensemble: {100 * self.ensemble_accuracy:.2f}%)."
+                f"{margin} ahead, within the test set's sampling error of ±{error:.2f} points ({self.test_size} "
+                f"images): on par with the best parent, not a measurable win (the ensemble: "
+                f"{100 * self.ensemble_accuracy:.2f}%)."
             )
         head += "a tie, the same number of test images right. " if ahead == 0 else f"{images(-ahead)} behind. "
         if self.ensemble_images_ahead <= 0:
@@ -227,6 +248,10 @@ class Verdict:
             f"best parent (1 image = {point:.2f} points), so there was something to gain; this short fine-tune did not "
             "recover it on this run."
         )
+
+
+SIGNIFICANT = 2.0
+"""A lead counts as beating the best parent above this many sampling errors (about a 95 % two-sided interval)."""
 
 
 def images(count: int) -> str:

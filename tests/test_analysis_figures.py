@@ -136,3 +136,13 @@ def test_random_direction_figures_in_one_and_two_dimensions() -> None:
     two = random_directions_figure(RandomDirectionsResult(alphas, 2, grid_metrics(5, 5), 0, "fused"))
     assert two.data[0].type == "contour" and two.data[1].x == (0.0,)
     assert "β" in two.layout.yaxis.title.text
+
+
+def test_accuracy_bars_start_at_zero_so_their_height_is_the_accuracy():
+    from analysis.fusion_figures import comparison_figure, finetune_comparison_figure
+
+    rows = [{"role": "parent A", "model": "a", "test_accuracy": 0.98}, {"role": "average", "model": "v", "test_accuracy": 0.52}]
+    grouped = [{"method": "average", "test_accuracy": 0.52, "finetuned_accuracy": 0.97}]
+    for figure in (comparison_figure(rows), finetune_comparison_figure(grouped, [("best parent", "parent A", 0.98)])):
+        low, high = figure.layout.yaxis.range
+        assert low == 0 and high >= 100

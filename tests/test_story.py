@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -111,15 +112,17 @@ def test_story_options_out_of_range_are_refused(changes: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    "finetuned, ensemble, expected",
+    "finetuned, ensemble, beats, expected",
     [
-        (0.9822, 0.9867, ["1 test image ahead", "beats every parent"]),
-        (0.9800, 0.9867, ["a tie", "something to gain"]),
-        (0.9778, 0.9711, ["1 test image behind", "does not beat the best parent", "0.22 points"]),
+        (0.9822, 0.9867, False, ["1 test image (0.22 points) ahead", "within the test set's sampling error of ±0.66", "on par"]),
+        (0.9956, 0.9867, True, ["7 test images (1.56 points) ahead", "beats every parent"]),
+        (0.9800, 0.9867, False, ["a tie", "something to gain"]),
+        (0.9778, 0.9711, False, ["1 test image behind", "does not beat the best parent", "0.22 points"]),
     ],
 )
-def test_verdict_counts_test_images_and_explains_why(finetuned: float, ensemble: float, expected: list[str]) -> None:
+def test_verdict_weighs_the_margin_against_the_sampling_error(finetuned, ensemble, beats, expected) -> None:
     verdict = Verdict(finetuned, 0.9800, ensemble, 450)
-    assert verdict.beats_best_parent == (finetuned > 0.9801)
+    assert verdict.sampling_error == pytest.approx(math.sqrt(0.98 * 0.02 / 450))
+    assert verdict.beats_best_parent is beats
     for text in expected:
         assert text in verdict.explanation()
