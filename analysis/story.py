@@ -57,6 +57,14 @@ STEP_TITLES = (
 BASELINES = ("ot", "average")
 
 
+def finetune_title(pruned_accuracy: float, finetuned_accuracy: float) -> str:
+    """Step 4's title from its outcome: whether the fine-tune won back accuracy the pruning lost."""
+    gain = 100 * (finetuned_accuracy - pruned_accuracy)
+    if gain > 0:
+        return f"A short fine-tune recovers {gain:.2f} points"
+    return "A short fine-tune does not recover" + (" (no change)" if gain == 0 else f" ({gain:.2f} points)")
+
+
 @dataclass(frozen=True)
 class StoryOptions:
     """Which parents the story fuses and how every fused model is fine-tuned.

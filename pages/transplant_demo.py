@@ -18,6 +18,7 @@ from analysis.story import (
     Story,
     StoryOptions,
     advance_story,
+    finetune_title,
     load_story,
 )
 from ui.charts import show_chart
@@ -29,6 +30,7 @@ from ui.state import device, job_runner, workspace
 STORY_KEY = "demo.story"
 SESSION_KEY = "demo.session"
 APPLIED_KEY = "demo.applied_job"
+RESTARTED_KEY = "demo.restarted_after"
 METHOD_LABELS = {"transplant": "Neuron Transplantation", "ot": "OT fusion", "average": "vanilla averaging"}
 
 st.title("Neuron Transplantation, step by step")
@@ -56,6 +58,7 @@ def restart() -> None:
     st.session_state[STORY_KEY] = None
     latest = job_runner().latest(kind)
     st.session_state[APPLIED_KEY] = latest.id if latest is not None else None
+    st.session_state[RESTARTED_KEY] = st.session_state[APPLIED_KEY]
 
 
 with st.form("demo.form"):
@@ -73,7 +76,8 @@ if submitted:
         start_job(
             f"NT demo · step {step + 1}: {STEP_TITLES[step]}", advance_story, ws, current, device=device(), kind=kind
         )
-show_job(job)
+if job is None or job.active or job.id != st.session_state.get(RESTARTED_KEY):
+    show_job(job)
 
 if story is None:
     st.info(f"Click **Next step** to begin with step 1: {STEP_TITLES[0].lower()}.")
@@ -158,7 +162,7 @@ if concatenation is not None and pruning is not None:
 
 finetune = story.finetune
 if concatenation is not None and pruning is not None and finetune is not None:
-    st.subheader(f"4. {STEP_TITLES[3]}")
+    st.subheader(f"4. {finetune_title(pruning.transplanted.test_accuracy, finetune.finetuned.test_accuracy)}")
     st.markdown(
         f"A short fine-tune ({finetune.config['epochs']} epochs of {str(finetune.config['optimizer']).upper()} at lr "
         f"{finetune.config['lr']:g}) lets the transplanted neurons, which come from different parents, adapt to each "

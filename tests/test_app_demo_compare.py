@@ -24,7 +24,7 @@ from analysis.comparison import (
 from analysis.fusion_figures import finetune_comparison_figure
 from analysis.hessian import HessianConfig
 from analysis.runs import hessian_of
-from analysis.story import STEP_TITLES
+from analysis.story import STEP_TITLES, finetune_title
 from fusion.errors import ConfigError
 from fusion.pipeline import fuse_and_save
 
@@ -62,7 +62,12 @@ def test_clicking_through_every_demo_step_shows_a_figure_each_time_within_two_mi
         assert job is not None and job.status == "done", job.error if job else "no job started"
         at.run()
         assert not at.exception and not at.error
-        assert [h.value for h in at.subheader][-1] == f"{step + 1}. {STEP_TITLES[step]}"
+        title = [h.value for h in at.subheader][-1]
+        if step == 3:
+            pruned, tuned = (at.session_state["demo.story"].pruning.transplanted, at.session_state["demo.story"].finetune.finetuned)
+            assert title == f"4. {finetune_title(pruned.test_accuracy, tuned.test_accuracy)}"
+        else:
+            assert title == f"{step + 1}. {STEP_TITLES[step]}"
         assert len(at.get("plotly_chart")) == figures
     elapsed = time.perf_counter() - started
     print(f"\ndemo through AppTest: {elapsed:.1f} s end to end")
@@ -83,6 +88,7 @@ def test_clicking_through_every_demo_step_shows_a_figure_each_time_within_two_mi
     assert not at.exception
     assert not at.get("plotly_chart")
     assert any("Next step" in m for m in messages(at.info))
+    assert not messages(at.success), "no banner of the finished story's last step after Restart"
 
 
 @pytest.fixture

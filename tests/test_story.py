@@ -15,6 +15,7 @@ from analysis.story import (
     Verdict,
     advance_story,
     concatenation_step,
+    finetune_title,
     load_story,
     parents_step,
 )
@@ -126,3 +127,15 @@ def test_verdict_weighs_the_margin_against_the_sampling_error(finetuned, ensembl
     assert verdict.beats_best_parent is beats
     for text in expected:
         assert text in verdict.explanation()
+
+
+@pytest.mark.parametrize(
+    "pruned, tuned, title",
+    [
+        (0.80, 0.97, "A short fine-tune recovers 17.00 points"),
+        (0.97, 0.97, "A short fine-tune does not recover (no change)"),
+        (0.97, 0.95, "A short fine-tune does not recover (-2.00 points)"),
+    ],
+)
+def test_the_fine_tune_steps_title_follows_its_outcome(pruned, tuned, title):
+    assert finetune_title(pruned, tuned) == title
