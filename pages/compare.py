@@ -21,7 +21,7 @@ from fusion.train import TrainConfig
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import command_line
+from ui.options import command_line, kept
 from ui.state import (
     device,
     job_runner,
@@ -70,11 +70,13 @@ methods = st.multiselect(
 
 with st.form("compare.form"):
     left, right = st.columns(2)
+    kept("compare.finetune.epochs", 5)
+    kept("compare.finetune.lr", 1e-3)
     epochs = left.number_input(
-        "Fine-tune epochs for every fused model (0: none)", 0, 500, 5, key="compare.finetune.epochs", disabled=disabled
+        "Fine-tune epochs for every fused model (0: none)", 0, 500, key="compare.finetune.epochs", disabled=disabled
     )
     lr = right.number_input(
-        "Fine-tune learning rate (Adam)", 1e-6, 1.0, 1e-3, format="%.0e", key="compare.finetune.lr", disabled=disabled
+        "Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="compare.finetune.lr", disabled=disabled
     )
     submitted = st.form_submit_button("Compare", type="primary", disabled=disabled)
 

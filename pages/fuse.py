@@ -12,7 +12,7 @@ from fusion.workspace import ModelRecord
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import command_line, non_default, option_widgets, parse_options
+from ui.options import command_line, kept, non_default, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 FUSE_KIND = "fuse"
@@ -48,8 +48,10 @@ with st.form("fuse.form"):
     st.markdown(f"**{method} options**")
     values = option_widgets(spec.options, f"fuse.{method}", disabled)
     left, right = st.columns(2)
-    epochs = left.number_input("Fine-tune epochs after fusion (0: none)", 0, 500, 0, key="fuse.finetune.epochs", disabled=disabled)
-    lr = right.number_input("Fine-tune learning rate (Adam)", 1e-6, 1.0, 1e-3, format="%.0e", key="fuse.finetune.lr", disabled=disabled)
+    kept("fuse.finetune.epochs", 0)
+    kept("fuse.finetune.lr", 1e-3)
+    epochs = left.number_input("Fine-tune epochs after fusion (0: none)", 0, 500, key="fuse.finetune.epochs", disabled=disabled)
+    lr = right.number_input("Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="fuse.finetune.lr", disabled=disabled)
     submitted = st.form_submit_button("Fuse", type="primary", disabled=disabled)
 
 if submitted:

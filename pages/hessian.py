@@ -10,7 +10,7 @@ from analysis.runs import HESSIAN, hessian_cost_of, hessians_of, model_role, sto
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
-from ui.options import command_line, non_default, option_widgets, parse_options
+from ui.options import command_line, kept, non_default, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
@@ -34,6 +34,7 @@ chosen = st.multiselect(
     format_func=lambda i: f"{by_id[i].name} ({i})", key="hessian.models", disabled=disabled,
 )
 with st.form("hessian.form"):
+    kept("hessian.split", "test", ("test", "train"))
     split = st.radio("Data", ["test", "train"], horizontal=True, key="hessian.split", disabled=disabled)
     values = option_widgets(HessianConfig, "hessian", disabled, columns=4)
     submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)

@@ -11,6 +11,7 @@ from ui.checkpoints import export_bytes, import_upload
 from ui.errors import report_errors
 from ui.forms import architecture_fields, training_fields
 from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import kept
 from ui.state import device, job_runner, select_models, selected_model_ids, workspace, workspace_models
 from ui.tables import escape_markdown, show_models_table
 from ui.training import dataset_signature, train_models
@@ -71,6 +72,8 @@ def train_section(ws: Workspace, disabled: bool) -> None:
     """Train one model per seed of a chosen architecture and recipe, as one job."""
     st.subheader("Train new models")
     left, right = st.columns(2)
+    kept("train.arch", ARCHITECTURES[0], ARCHITECTURES)
+    kept("train.dataset", DATASETS[0], DATASETS)
     arch = left.selectbox("Architecture", ARCHITECTURES, key="train.arch", disabled=disabled)
     dataset = right.selectbox("Dataset", DATASETS, key="train.dataset", disabled=disabled)
     with st.form("train"):

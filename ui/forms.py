@@ -13,6 +13,7 @@ import streamlit as st
 
 from fusion.models import default_spec
 from fusion.train import TrainConfig
+from ui.options import kept
 from ui.parsing import parse_int_list, parse_seeds
 from ui.training import SpecOptions, dataset_signature
 
@@ -53,23 +54,28 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
     key = f"{prefix}.{arch}.{dataset}"
     hidden = channels = width = None
     if arch == "cnn":
+        kept(f"{key}.channels", joined(defaults.channels))
         channels = st.text_input(
-            "Conv channels", joined(defaults.channels), key=f"{key}.channels", disabled=disabled,
+            "Conv channels", key=f"{key}.channels", disabled=disabled,
             help="Comma-separated output channels, one 3x3 conv + 2x2 max-pool each, e.g. 16,32",
         )
     if arch in ("mlp", "cnn"):
+        kept(f"{key}.hidden", joined(defaults.hidden))
         hidden = st.text_input(
-            "Hidden widths", joined(defaults.hidden), key=f"{key}.hidden", disabled=disabled,
+            "Hidden widths", key=f"{key}.hidden", disabled=disabled,
             help="Comma-separated widths of the hidden linear layers, e.g. 128,64 (empty: none)",
         )
     else:
+        kept(f"{key}.width", float(defaults.width))
         width = st.number_input(
-            "Width multiplier", min_value=0.0625, max_value=16.0, value=float(defaults.width), step=0.0625,
+            "Width multiplier", min_value=0.0625, max_value=16.0, step=0.0625,
             key=f"{key}.width", disabled=disabled, help="Scales every layer's channels (1 = the paper's widths)",
         )
     left, right = st.columns(2)
-    batch_norm = left.checkbox("Batch norm", defaults.batch_norm, key=f"{key}.bn", disabled=disabled)
-    bias = right.checkbox("Bias", defaults.bias, key=f"{key}.bias", disabled=disabled)
+    kept(f"{key}.bn", defaults.batch_norm)
+    kept(f"{key}.bias", defaults.bias)
+    batch_norm = left.checkbox("Batch norm", key=f"{key}.bn", disabled=disabled)
+    bias = right.checkbox("Bias", key=f"{key}.bias", disabled=disabled)
     return SpecInputs(arch, hidden, channels, width, batch_norm, bias)
 
 
@@ -101,22 +107,22 @@ def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
     """Fields for a training recipe, pre-filled from :class:`TrainConfig`'s defaults."""
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
+    for name, default in (("seeds", "0"), ("epochs", defaults.epochs), ("batch", defaults.batch_size), ("lr", defaults.lr)):
+        kept(f"{prefix}.{name}", default)
+    kept(f"{prefix}.optimizer", defaults.optimizer, OPTIMIZERS)
     seeds = left.text_input(
-        "Seeds", "0", key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2"
+        "Seeds", key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2"
     )
-    epochs = middle.number_input("Epochs", 1, 10_000, defaults.epochs, key=f"{prefix}.epochs", disabled=disabled)
-    batch_size = right.number_input(
-        "Batch size", 1, 65_536, defaults.batch_size, key=f"{prefix}.batch", disabled=disabled
-    )
+    epochs = middle.number_input("Epochs", 1, 10_000, key=f"{prefix}.epochs", disabled=disabled)
+    batch_size = right.number_input("Batch size", 1, 65_536, key=f"{prefix}.batch", disabled=disabled)
     left, right = st.columns(2)
     lr = left.number_input(
-        "Learning rate", min_value=1e-6, max_value=10.0, value=defaults.lr, step=1e-4, format="%.6f",
+        "Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.6f",
         key=f"{prefix}.lr", disabled=disabled,
     )
     optimizer = right.selectbox(
         "Optimizer",
         OPTIMIZERS,
-        index=OPTIMIZERS.index(defaults.optimizer),
         key=f"{prefix}.optimizer",
         disabled=disabled,
     )

@@ -12,22 +12,41 @@ from fusion.errors import ConfigError
 from fusion.options import OptionField, option_fields
 
 
+def kept(key: str, default: Any, allowed: Sequence[Any] | None = None) -> None:
+    """Give the widget ``key`` its value through Session State only (no ``value=``), so that it keeps what the user
+    typed when a rerun disables or re-creates it (a submitted form while its job runs): Streamlit resets a widget
+    whose identity changed to its default, so the last value is shadowed and set through Session State before the
+    widget is created, every run."""
+    shadow = f"kept.{key}"
+    if key in st.session_state and (allowed is None or st.session_state[key] in allowed):
+        st.session_state[shadow] = st.session_state[key]
+    value = st.session_state.get(shadow, default)
+    st.session_state[key] = value if allowed is None or value in allowed else default
+
+
 def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
     label = option.name.replace("_", " ")
+    common: dict[str, Any] = {"help": option.help, "key": key, "disabled": disabled}
     if option.kind == "bool":
-        return st.checkbox(label, value=bool(option.default), help=option.help, key=key, disabled=disabled)
+        kept(key, bool(option.default))
+        return st.checkbox(label, **common)
     if option.kind == "choice":
-        return st.selectbox(label, option.choices, index=option.choices.index(str(option.default)), help=option.help, key=key, disabled=disabled)
+        kept(key, str(option.default), option.choices)
+        return st.selectbox(label, option.choices, **common)
     if option.kind == "int":
-        return st.number_input(label, value=int(option.default), step=1, help=option.help, key=key, disabled=disabled)
+        kept(key, int(option.default))
+        return st.number_input(label, step=1, **common)
     if option.kind == "optional int":
-        return st.number_input(label + " (0: all)", value=int(option.default or 0), min_value=0, step=1, help=option.help, key=key, disabled=disabled)
+        kept(key, int(option.default or 0))
+        return st.number_input(label + " (0: all)", min_value=0, step=1, **common)
     if option.name == "sparsity":
-        return st.slider(label, 0.05, 0.95, float(option.default), 0.05, help=option.help, key=key, disabled=disabled)
+        kept(key, float(option.default))
+        return st.slider(label, 0.05, 0.95, step=0.05, **common)
     if option.kind == "float":
-        return st.number_input(label, value=float(option.default), format="%.4g", help=option.help, key=key, disabled=disabled)
-    text = st.text_input(label, value="" if option.default is None else ", ".join(map(str, option.default)), help=option.help + " (comma-separated; empty for the default)", key=key, disabled=disabled)
-    return text
+        kept(key, float(option.default))
+        return st.number_input(label, format="%.4g", **common)
+    kept(key, "" if option.default is None else ", ".join(map(str, option.default)))
+    return st.text_input(label, **{**common, "help": option.help + " (comma-separated; empty for the default)"})
 
 
 def option_widgets(options_class: type, prefix: str, disabled: bool, columns: int = 3) -> dict[str, Any]:
