@@ -21,7 +21,7 @@ from fusion.train import TrainConfig
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import command_line, kept
+from ui.options import fusion_command_lines, kept
 from ui.state import (
     device,
     job_runner,
@@ -139,17 +139,9 @@ right.download_button(
 
 
 def row_commands(row: ComparisonRow) -> list[str]:
-    """The command line that fuses like ``row`` and fine-tunes like it: one command when the fine-tune was the
-    command line's own recipe (Adam, batches of 64, seed 0), else a second ``finetune`` command for the fused model."""
-    fuse = ["fuse", "--method", row.method, "--models", *row.parents]
+    """The command lines that fuse like ``row`` (the method's defaults, as Compare runs them) and fine-tune like it."""
     tuned = by_id.get(row.finetuned_id) if row.finetuned_id is not None else None
-    if tuned is None:
-        return [command_line(fuse, {})]
-    recipe = tuned.provenance.get("options", {})
-    if recipe == TrainConfig(epochs=int(recipe.get("epochs", 1)), lr=float(recipe.get("lr", 1e-3))).to_dict():
-        return [command_line(fuse, {"finetune_epochs": recipe["epochs"], "finetune_lr": recipe["lr"]})]
-    flags = {k: recipe[k] for k in ("epochs", "lr", "batch_size", "optimizer", "seed") if k in recipe}
-    return [command_line(fuse, {}), command_line(["finetune", "FUSED_ID"], flags)]
+    return fusion_command_lines(row.method, row.parents, {}, tuned.provenance.get("options") if tuned else None)
 
 
 st.caption("Each row from the command line (FUSED_ID: the id the fuse command prints):")

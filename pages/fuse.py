@@ -12,7 +12,7 @@ from fusion.workspace import ModelRecord
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import command_line, kept, non_default, option_widgets, parse_options
+from ui.options import fusion_command_lines, kept, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 FUSE_KIND = "fuse"
@@ -112,6 +112,8 @@ if report.get("verified") and any(v is not None for v in report["verified"]):
 for note in report.get("notes", []):
     st.caption(note)
 record = by_id[shown_id]
-options = non_default(REGISTRY[comparison["method"]].options, record.provenance.get("options", {}))
-st.caption("The same fusion from the command line:")
-st.code(command_line(["fuse", "--method", comparison["method"], "--models", *comparison["parents"]], options), language="bash")
+tuned = next((by_id.get(r["id"]) for r in comparison["rows"] if r["role"] == "fine-tuned"), None)
+recipe = tuned.provenance.get("options") if tuned is not None else None
+lines = fusion_command_lines(comparison["method"], comparison["parents"], record.provenance.get("options", {}), recipe)
+st.caption("The same fusion from the command line" + (" (FUSED_ID: the id the fuse command prints):" if len(lines) > 1 else ":"))
+st.code("\n".join(lines), language="bash")

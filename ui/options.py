@@ -9,7 +9,9 @@ from typing import Any, Sequence
 import streamlit as st
 
 from fusion.errors import ConfigError
+from fusion.fuse import REGISTRY
 from fusion.options import OptionField, option_fields
+from fusion.train import TrainConfig
 
 
 def kept(key: str, default: Any, allowed: Sequence[Any] | None = None) -> None:
@@ -103,3 +105,21 @@ def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
         else:
             parts += [flag, str(value)]
     return shlex.join(parts)
+
+
+def fusion_command_lines(
+    method: str, parents: Sequence[str], options: dict[str, Any], finetune: dict[str, Any] | None = None
+) -> list[str]:
+    """The command line(s) that repeat a fusion: ``fuse`` with every option that differs from the method's default,
+    and its fine-tune recipe (a :class:`fusion.train.TrainConfig` as a dict) as ``--finetune-epochs/--finetune-lr``
+    when it is the command line's own (Adam, batches of 64, seed 0), else as a second ``finetune`` command of the
+    fused model (``FUSED_ID``: the id the first command prints)."""
+    fuse = ["fuse", "--method", method, "--models", *parents]
+    flags = non_default(REGISTRY[method].options, options)
+    if finetune is None:
+        return [command_line(fuse, flags)]
+    if finetune == TrainConfig(epochs=int(finetune.get("epochs", 1)), lr=float(finetune.get("lr", 1e-3))).to_dict():
+        return [command_line(fuse, {**flags, "finetune_epochs": finetune["epochs"], "finetune_lr": finetune["lr"]})]
+    recipe = {k: finetune[k] for k in ("epochs", "lr", "batch_size", "optimizer", "seed") if k in finetune}
+    return [command_line(fuse, flags), command_line(["finetune", "FUSED_ID"], recipe)]
+
