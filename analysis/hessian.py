@@ -111,7 +111,7 @@ class HessianConfig:
     :class:`SlowHessianWarning` is issued.
     """
 
-    samples: int | None = field(default=1000, metadata={"help": "examples the loss is averaged over (None: all)"})
+    samples: int | None = field(default=1000, metadata={"help": "examples the loss is averaged over (all when unset)"})
     batch_size: int = field(default=1000, metadata={"help": "examples per forward/backward pass"})
     iterations: int = field(default=100, metadata={"help": "maximum Lanczos steps for the top eigenvalues"})
     tolerance: float = field(default=1e-3, metadata={"help": "top-k stop: estimated eigenvalue error relative to |λ_1|"})

@@ -79,7 +79,7 @@ class LandscapeConfig:
     resolution: int = field(default=21, metadata={"help": "grid points per axis"})
     span: float = field(default=1.0, metadata={"help": "random directions: coefficients in [-span, span]"})
     margin: float = field(default=0.25, metadata={"help": "plane: grid margin around the models, relative to their extent"})
-    samples: int | None = field(default=None, metadata={"help": "examples per split (None: all)"})
+    samples: int | None = field(default=None, metadata={"help": "examples per split (all when unset)"})
     batch_size: int = field(default=1000, metadata={"help": "examples per forward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the sample and the random directions"})
     recompute_batchnorm: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics at every point"})

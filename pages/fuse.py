@@ -14,6 +14,7 @@ from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import fusion_command_lines, kept, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
+from ui.tables import blank_missing
 
 FUSE_KIND = "fuse"
 RESULT_KEY = "fuse.shown"
@@ -95,11 +96,13 @@ except DamagedResultError as exc:
     st.stop()
 table = pd.DataFrame(comparison["rows"])
 table["test accuracy (%)"] = 100 * table["test_accuracy"]
+table["time (s)"] = blank_missing(list(table["seconds"]))
+table["id"] = table["id"].fillna("–")
 st.dataframe(
-    table[["role", "model", "test accuracy (%)", "test_loss", "parameters", "seconds"]].rename(columns={"test_loss": "test loss", "seconds": "time (s)"}),
+    table[["role", "model", "id", "test accuracy (%)", "test_loss", "parameters", "time (s)"]].rename(columns={"test_loss": "test loss"}),
     hide_index=True,
     width="stretch",
-    column_config={"test accuracy (%)": st.column_config.NumberColumn(format="%.2f"), "test loss": st.column_config.NumberColumn(format="%.4f"), "time (s)": st.column_config.NumberColumn(format="%.2f")},
+    column_config={"test accuracy (%)": st.column_config.NumberColumn(format="%.2f"), "test loss": st.column_config.NumberColumn(format="%.4f")},
 )
 show_chart(comparison_figure(comparison["rows"]), f"comparison-{shown_id}")
 report = comparison["report"]

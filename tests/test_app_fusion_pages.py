@@ -31,8 +31,10 @@ def test_ot_fusion_from_the_page_shows_the_comparison_table_and_chart(app_worksp
     at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids, **{"fuse.ot.mode": "activations"})
     assert not at.exception
     assert not at.error
-    roles = list(at.dataframe[0].value["role"])
-    assert roles == ["parent A", "parent B", "ensemble", "average", "fused"]
+    table = at.dataframe[0].value
+    assert list(table["role"]) == ["parent A", "parent B", "ensemble", "average", "fused"]
+    assert list(table["id"])[:2] == ids and list(table["id"])[2:4] == ["–", "–"]
+    assert list(table["time (s)"])[:2] == ["–", "–"] and "None" not in list(table["time (s)"])
     assert at.get("plotly_chart")
     fused = [r for r in app_workspace.records() if r.method == "ot"]
     assert len(fused) == 1 and fused[0].provenance["options"]["mode"] == "activations"

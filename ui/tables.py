@@ -10,7 +10,7 @@ import streamlit as st
 
 from fusion.workspace import ModelRecord
 
-SUMMARY_COLUMNS = ("name", "architecture", "test accuracy (%)", "parameters")
+SUMMARY_COLUMNS = ("name", "id", "architecture", "test accuracy (%)", "parameters")
 DETAILED_COLUMNS = (
     "id",
     "name",
@@ -69,3 +69,9 @@ def show_models_table(records: Sequence[ModelRecord], detailed: bool = False) ->
             "created": st.column_config.TextColumn("created (UTC)"),
         },
     )
+
+
+def blank_missing(values: Sequence[float | None], digits: int = 2) -> list[str]:
+    """Numbers as text with ``digits`` decimals, a missing value as an en dash (never "None" or "nan")."""
+    return ["–" if v is None or v != v else f"{v:.{digits}f}" for v in values]
+
