@@ -215,7 +215,9 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
             "checkpoint. Save a plain state_dict (torch.save(model.state_dict(), ...)) or safetensors instead."
         ) from exc
     except Exception as exc:  # a corrupt pickle stream can fail in the unpickler with any error (IndexError...)
-        raise CheckpointError(f"{path.name} is not a safetensors or PyTorch checkpoint ({type(exc).__name__})") from exc
+        raise CheckpointError(
+            f"{path.name} is not a safetensors or PyTorch checkpoint: it is damaged or in another format"
+        ) from exc
     if isinstance(loaded, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(loaded.get(key), Mapping):

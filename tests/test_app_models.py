@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
-from fusion.errors import FusionError
+from fusion.errors import CheckpointError, FusionError
 from fusion.models import build_model, default_spec
 from ui.checkpoints import export_bytes, import_upload
 from ui.state import SELECTED_MODELS_KEY, job_runner
@@ -235,3 +235,14 @@ def test_import_upload_writes_no_file_named_by_the_browser(app_workspace, tmp_pa
 
     assert record.provenance["source"] == "upload: escape.pt"
     assert not (tmp_path.parent / "escape.pt").exists() and not list(tmp_path.rglob("escape.pt"))
+
+
+def test_an_import_error_names_the_users_file_in_plain_words(app_workspace):
+    whole = torch_bytes(build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(4,)), seed=0).state_dict())
+    corrupt = whole[: len(whole) // 2]
+    with pytest.raises(CheckpointError) as refused:
+        import_upload(app_workspace, corrupt, "my-model.pt", SpecOptions("mlp"), "digits")
+    message = str(refused.value)
+    assert message.startswith("my-model.pt ") and "damaged or in another format" in message
+    assert "uploaded-checkpoint" not in message and "Error)" not in message
+    assert not app_workspace.records()

@@ -51,7 +51,11 @@ def import_upload(
     with tempfile.TemporaryDirectory(prefix="fusionlab-upload-") as folder:
         path = Path(folder) / UPLOAD_NAME
         path.write_bytes(content)
-        model, record = workspace.import_checkpoint(path, spec=spec, dataset=dataset, name=name or None)
+        try:
+            model, record = workspace.import_checkpoint(path, spec=spec, dataset=dataset, name=name or None)
+        except CheckpointError as exc:
+            shown = Path(filename).name[:MAX_SOURCE_NAME] or "the upload"
+            raise CheckpointError(str(exc).replace(UPLOAD_NAME, shown)) from exc
     try:
         data = load_dataset(record.dataset)
         if (record.spec.input_shape, record.spec.num_classes) != (data.input_shape, data.num_classes):
