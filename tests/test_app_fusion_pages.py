@@ -106,3 +106,14 @@ def test_a_damaged_stored_comparison_is_a_warning_not_a_crash(app_workspace):
     at = open_app("pages/fuse.py")
     assert not at.exception
     assert any("damaged" in str(w.value) and fused.id in str(w.value) for w in at.warning)
+
+
+def test_option_widgets_are_labelled_in_words_not_option_names(app_workspace):
+    train_quick_models(app_workspace, seeds=(0, 1))
+    at = open_app("pages/fuse.py")
+    at.selectbox(key="fuse.method").set_value("ot").run()
+    assert at.checkbox(key="fuse.ot.recompute_bn").label == "Recompute BatchNorm statistics"
+    assert at.selectbox(key="fuse.ot.metric").label == "Ground metric"
+    assert at.number_input(key="fuse.ot.sweeps").label == "Sweeps"
+    labels = [w.label for w in (*at.checkbox, *at.selectbox, *at.number_input, *at.text_input)]
+    assert not [label for label in labels if "_" in label or label.islower()]

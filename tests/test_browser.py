@@ -148,14 +148,14 @@ def fuse_two_cnns_with_ot(page: Page) -> None:
     """Fuse with non-default options typed into the form, and check the form still shows them after the job."""
     select(page, "Method", "ot — ")
     multiselect(page, "Models (at least 2)", "demo cnn · seed 0 ", "demo cnn · seed 1 ")
-    sweeps = main_area(page).get_by_role("spinbutton", name="sweeps", exact=True)
+    sweeps = main_area(page).get_by_role("spinbutton", name="Sweeps", exact=True)
     sweeps.fill("2")
     leave(page, sweeps)
-    select(page, "metric", "sqeuclidean")
+    select(page, "Ground metric", "sqeuclidean")
     click_button(page, "Fuse")
     wait_for_job(page, "ot fusion of 2 model(s)")
-    expect(main_area(page).get_by_role("spinbutton", name="sweeps", exact=True)).to_have_value("2")
-    expect(main_area(page).get_by_role("combobox", name="metric", exact=True)).to_have_value("sqeuclidean")
+    expect(main_area(page).get_by_role("spinbutton", name="Sweeps", exact=True)).to_have_value("2")
+    expect(main_area(page).get_by_role("combobox", name="Ground metric", exact=True)).to_have_value("sqeuclidean")
 
 
 def landscape_of_the_fused_model(page: Page) -> None:

@@ -14,6 +14,43 @@ from fusion.options import OptionField, option_fields
 from fusion.train import TrainConfig
 
 
+LABELS = {
+    "recompute_bn": "Recompute BatchNorm statistics",
+    "recompute_batchnorm": "Recompute BatchNorm statistics",
+    "reg": "Sinkhorn regularisation",
+    "metric": "Ground metric",
+    "mode": "Compare neurons by",
+    "normalize_rows": "Normalise rows",
+    "cost_normalization": "Cost normalisation",
+    "repair": "REPAIR (renormalise neurons)",
+    "verify": "Verify hard alignments",
+    "onto": "Fuse onto",
+    "match_last": "Match the last hidden layers",
+    "relu_approximation": "ReLU approximation (merge)",
+    "top_k": "Top-k eigenvalues",
+    "trace_tolerance": "Trace tolerance",
+    "kernel_width": "Density kernel width",
+    "cache_graph": "Cache the gradient graph",
+    "reorthogonalize": "Reorthogonalise Lanczos vectors",
+    "block_size": "Vectors per product batch",
+    "layers": "Per-layer Hessians",
+    "max_products": "Max Hessian-vector products",
+    "max_seconds": "Max seconds",
+    "warn_seconds": "Warn above seconds",
+    "max_memory_gb": "Max memory (GiB)",
+    "points_per_call": "Points per vmapped call",
+    "finetune_epochs": "Fine-tune epochs",
+    "finetune_lr": "Fine-tune learning rate",
+    "finetune_optimizer": "Fine-tune optimizer",
+    "arch": "Architecture",
+}
+"""Widget labels for the option names that do not read as words; the others are the name, capitalised."""
+
+
+def label_of(option: OptionField) -> str:
+    return LABELS.get(option.name, option.name.replace("_", " ").capitalize())
+
+
 def kept(key: str, default: Any, allowed: Sequence[Any] | None = None) -> None:
     """Give the widget ``key`` its value through Session State only (no ``value=``), so that it keeps what the user
     typed when a rerun disables or re-creates it (a submitted form while its job runs): Streamlit resets a widget
@@ -27,7 +64,7 @@ def kept(key: str, default: Any, allowed: Sequence[Any] | None = None) -> None:
 
 
 def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
-    label = option.name.replace("_", " ")
+    label = label_of(option)
     common: dict[str, Any] = {"help": option.help, "key": key, "disabled": disabled}
     if option.kind == "bool":
         kept(key, bool(option.default))
