@@ -166,7 +166,7 @@ def landscape_of_the_fused_model(page: Page) -> None:
 def hessians_of_parents_and_fused(page: Page) -> None:
     parents_and_fused = ("demo cnn · seed 0 ", "demo cnn · seed 1 ", "cnn c16-32-h64 · ot of 2 ")
     multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
-    check(page, "layers")
+    check(page, "Per-layer Hessians")
     click_button(page, "Compute")
     wait_for_job(page, "Hessian of 3 model(s)")
 
