@@ -96,7 +96,7 @@ def worker(jobs_path: str, out_path: str, reference: str) -> None:
     x, y = data.split("train")
     loaders = {"train": [(x[i : i + 64], y[i : i + 64]) for i in range(0, len(x), 64)]}
     results = []
-    for job in torch.load(jobs_path, weights_only=False):
+    for job in torch.load(jobs_path, weights_only=True):
         model = build_model(SPEC)
         model.load_state_dict(job["state"])
         for method in ("intra", "prune"):
