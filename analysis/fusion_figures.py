@@ -16,6 +16,11 @@ from analysis.norms import GroupNorms, Survival
 ACCURACY_RANGE = [0, 105]
 """Accuracy axes start at 0, so a bar's height is its accuracy (a cut axis makes 52 % look empty)."""
 
+PLAN_SPACING = 0.24
+"""Gap between the plan and the cost matrix, as a fraction of the width: room for the plan's colour bar, which sits in
+it, clear of the cost matrix (whose rows are the plan's, so it shares the plan's row axis and has no title of its own)."""
+
+
 def role_colour(role: str) -> str:
     """The colour of a model role, the same on every page (see :func:`analysis.figures.model_colour`)."""
     return model_colour(role)
@@ -35,7 +40,8 @@ def transport_map_figure(group_map: GroupMap) -> go.Figure:
         rows=1,
         cols=columns,
         subplot_titles=("transport plan · n T", "ground cost C")[:columns],
-        horizontal_spacing=0.12,
+        horizontal_spacing=PLAN_SPACING,
+        shared_yaxes=True,
     )
     rows = [str(i) for i in order]
     figure.add_trace(
@@ -44,7 +50,7 @@ def transport_map_figure(group_map: GroupMap) -> go.Figure:
             y=rows,
             colorscale="Blues",
             zmin=0,
-            colorbar={"x": 0.44 if columns == 2 else 1.0, "title": "n T"},
+            colorbar={"x": (1 - PLAN_SPACING) / 2 + 0.01 if columns == 2 else 1.0, "title": "n T", "thickness": 14},
             hovertemplate="source %{y} → target %{x}<br>n·T = %{z:.3f}<extra></extra>",
         ),
         row=1,
@@ -65,10 +71,10 @@ def transport_map_figure(group_map: GroupMap) -> go.Figure:
     for col in range(1, columns + 1):
         figure.update_xaxes(title_text="reference neuron (target)", row=1, col=col)
         figure.update_yaxes(
-            title_text="aligned model's neuron (source, sorted)",
+            title_text="aligned model's neuron (source, sorted)" if col == 1 else None,
             autorange="reversed",
             type="category",
-            showticklabels=plan.shape[0] <= 64,
+            showticklabels=col == 1 and plan.shape[0] <= 64,
             row=1,
             col=col,
         )
@@ -170,7 +176,7 @@ def finetune_comparison_figure(
 
     ``rows`` carry ``method``, ``test_accuracy`` and ``finetuned_accuracy`` (``None`` where not fine-tuned), both as
     fractions; ``references`` are ``(label, role, accuracy)`` drawn as dashed lines in the role's colour (the best
-    parent, the ensemble)."""
+    parent, the ensemble), labelled in the legend, where no label can cover a bar's value."""
     figure = go.Figure()
     methods = [r["method"] for r in rows]
     for label, key, role in (("fused", "test_accuracy", "fused"), ("after fine-tuning", "finetuned_accuracy", "fine-tuned")):
@@ -186,15 +192,16 @@ def finetune_comparison_figure(
                 hovertemplate="%{x} · " + label + "<br>test accuracy %{y:.2f}%<extra></extra>",
             )
         )
-    corners = ("top left", "bottom left", "top right", "bottom right")
-    for index, (label, role, accuracy) in enumerate(sorted(references, key=lambda r: -r[2])):
-        figure.add_hline(
-            y=100 * accuracy,
-            line_dash="dash",
-            line_color=role_colour(role),
-            annotation_text=f"{label} {100 * accuracy:.2f}%",
-            annotation_position=corners[index % len(corners)],
-            annotation_font_color=role_colour(role),
+    for label, role, accuracy in sorted(references, key=lambda r: -r[2]):
+        figure.add_hline(y=100 * accuracy, line_dash="dash", line_color=role_colour(role))
+        figure.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="lines",
+                line={"dash": "dash", "color": role_colour(role)},
+                name=f"{label} {100 * accuracy:.2f}%",
+            )
         )
     figure.update_layout(
         barmode="group",

@@ -124,12 +124,50 @@ def load_digits() -> Dataset:
     )
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+"""The raw files torchvision's MNIST and Fashion-MNIST read, under ``root/<class name>/raw``."""
+
+
+def check_idx_file(path: Path) -> None:
+    """Refuse an IDX file (LeCun's MNIST format) whose header or length is wrong, naming it.
+
+    An IDX file is two zero bytes, a type code (``0x08``: unsigned bytes, the only type MNIST uses), the rank ``r``,
+    then ``r`` big-endian 32-bit sizes ``d_1 .. d_r`` and exactly ``d_1 * ... * d_r`` data bytes. torchvision reads
+    such a file with bare assertions, so a truncated or foreign file would otherwise end in an ``AssertionError``."""
+    with path.open("rb") as handle:
+        header = handle.read(4)
+        if len(header) < 4 or header[:2] != b"\0\0" or header[2] != 0x08 or not 1 <= header[3] <= 4:
+            raise DatasetError(f"{path} is not an MNIST IDX file of bytes (its header is {header.hex() or 'empty'})")
+        sizes = handle.read(4 * header[3])
+    if len(sizes) < 4 * header[3]:
+        raise DatasetError(f"{path} is truncated inside its header")
+    shape = [int.from_bytes(sizes[i : i + 4], "big") for i in range(0, len(sizes), 4)]
+    expected = 4 + len(sizes) + int(np.prod(shape))
+    actual = path.stat().st_size
+    if actual != expected:
+        raise DatasetError(
+            f"{path} holds {actual:,} bytes but its header ({' x '.join(map(str, shape))}) needs {expected:,}: "
+            "the file is truncated or damaged; delete it and download again"
+        )
+
+
+def check_raw_files(class_name: str, root: str) -> None:
+    """Check every present raw IDX file of MNIST or Fashion-MNIST before torchvision reads it."""
+    if class_name not in ("MNIST", "FashionMNIST"):
+        return
+    for name in IDX_FILES:
+        path = Path(root) / class_name / "raw" / name
+        if path.is_file():
+            check_idx_file(path)
+
+
 @functools.lru_cache(maxsize=4)
 def load_torchvision(key: str, root: str, download: bool) -> Dataset:
     import torchvision
 
     class_name, mean, std = TORCHVISION_DATASETS[key]
     factory = getattr(torchvision.datasets, class_name)
+    check_raw_files(class_name, root)
     splits = {}
     for train in (True, False):
         try:
@@ -143,7 +181,11 @@ def load_torchvision(key: str, root: str, download: bool) -> Dataset:
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         x = images.float().div_(255.0)
         x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
-        splits[train] = (x.contiguous(), torch.as_tensor(np.asarray(raw.targets)).long())
+        labels = torch.as_tensor(np.asarray(raw.targets)).long()
+        if len(labels) != len(x):
+            split = "training" if train else "test"
+            raise DatasetError(f"{class_name} under {root}: the {split} split has {len(x)} images but {len(labels)} labels")
+        splits[train] = (x.contiguous(), labels)
     if len(splits[True][0]) == 0:
         raise DatasetError(f"{class_name} under {root} is empty")
     return Dataset(

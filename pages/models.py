@@ -21,6 +21,7 @@ SELECTION_WIDGET = "models.selection"
 FROM_FILE = "from the file"
 CHECKPOINT_TYPES = ["safetensors", "pt", "pth", "bin"]
 FLASH_KEY = "models.flash"
+IMPORTED_KEY = "models.imported"
 
 
 def sync_selection() -> None:
@@ -113,6 +114,8 @@ def import_section(ws: Workspace, disabled: bool) -> None:
             spec_inputs = architecture_fields("import", arch, "digits" if dataset == FROM_FILE else dataset, disabled)
         name = st.text_input("Name (optional)", key="import.name", disabled=disabled)
         submitted = st.form_submit_button("Import", type="primary", disabled=disabled)
+    if IMPORTED_KEY in st.session_state:
+        st.success(st.session_state.pop(IMPORTED_KEY))
     if not submitted:
         return
     if upload is None:
@@ -129,7 +132,7 @@ def import_section(ws: Workspace, disabled: bool) -> None:
             device=device(),
         )
         accuracy = 100 * record.metrics["test_accuracy"]
-        st.session_state[FLASH_KEY] = (
+        st.session_state[IMPORTED_KEY] = (
             f"Imported {escape_markdown(record.name)} (`{record.id}`): test accuracy {accuracy:.1f} %."
         )
         st.rerun()

@@ -146,3 +146,28 @@ def test_accuracy_bars_start_at_zero_so_their_height_is_the_accuracy():
     for figure in (comparison_figure(rows), finetune_comparison_figure(grouped, [("best parent", "parent A", 0.98)])):
         low, high = figure.layout.yaxis.range
         assert low == 0 and high >= 100
+
+
+def test_transport_plan_colour_bar_sits_in_the_gap_clear_of_the_cost_matrix() -> None:
+    from analysis.fusion_figures import transport_map_figure
+    from analysis.maps import GroupMap
+
+    rng = np.random.default_rng(0)
+    figure = transport_map_figure(GroupMap(1, "fc1", np.eye(6) / 6, rng.random((6, 6))))
+    plan, cost = figure.data
+    plan_end = figure.layout.xaxis.domain[1]
+    cost_start = figure.layout.xaxis2.domain[0]
+    colour_bar_room = 0.1
+    assert plan_end <= plan.colorbar.x and plan.colorbar.x + colour_bar_room <= cost_start
+    assert figure.layout.yaxis2.title.text is None and figure.layout.yaxis2.showticklabels is False
+
+
+def test_compare_reference_lines_are_labelled_in_the_legend_not_over_the_bars() -> None:
+    from analysis.fusion_figures import finetune_comparison_figure
+
+    rows = [{"method": "ot", "test_accuracy": 0.8, "finetuned_accuracy": 0.93}]
+    figure = finetune_comparison_figure(rows, [("best parent", "parent B", 0.93), ("ensemble", "ensemble", 0.95)])
+    assert not figure.layout.annotations
+    legend = [trace.name for trace in figure.data if isinstance(trace, go.Scatter)]
+    assert legend == ["ensemble 95.00%", "best parent 93.00%"]
+    assert [shape.y0 for shape in figure.layout.shapes] == pytest.approx([95.0, 93.0])

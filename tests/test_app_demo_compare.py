@@ -207,9 +207,10 @@ def test_finetune_comparison_figure_draws_missing_fine_tunes_as_gaps_and_referen
         ],
         [("best parent", "parent B", 0.93)],
     )
-    before, after = figure.data
+    before, after, reference = figure.data
     assert list(before.y) == [90.0, 80.0] and list(after.y) == [None, 95.0]
     assert figure.layout.shapes[0].y0 == pytest.approx(93.0)
+    assert reference.name == "best parent 93.00%" and reference.x == (None,)
 
 
 def test_compare_page_offers_every_applicable_method_for_the_chosen_parents(app_workspace):

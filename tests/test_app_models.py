@@ -246,3 +246,23 @@ def test_an_import_error_names_the_users_file_in_plain_words(app_workspace):
     assert message.startswith("my-model.pt ") and "damaged or in another format" in message
     assert "uploaded-checkpoint" not in message and "Error)" not in message
     assert not app_workspace.records()
+
+
+def elements_in_order(node) -> list:
+    """Every element below ``node`` of an AppTest tree, in the order the page draws them."""
+    children = getattr(node, "children", None)
+    if not children:
+        return [node]
+    return [element for key in sorted(children) for element in elements_in_order(children[key])]
+
+
+def test_import_success_appears_below_the_import_button_not_at_the_top(app_workspace):
+    (record,) = train_quick_models(app_workspace)
+    at = open_app(MODELS)
+
+    upload(at, "exported.safetensors", export_bytes(app_workspace, record.id))
+
+    drawn = elements_in_order(at.main)
+    where = {getattr(e, "value", None): i for i, e in enumerate(drawn) if e.type in ("subheader", "success")}
+    (imported,) = [text for text in where if isinstance(text, str) and text.startswith("Imported")]
+    assert where["Import a checkpoint"] < where[imported]

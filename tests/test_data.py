@@ -173,3 +173,59 @@ def test_every_listed_dataset_is_loadable_by_name_or_refused_as_missing() -> Non
             assert name != "digits", error
             continue
         assert data.name == name
+
+
+def write_idx(path, array) -> None:
+    """Write ``array`` (unsigned bytes) as an IDX file: two zero bytes, type 0x08, rank, big-endian sizes, data."""
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def fake_mnist(root, class_name: str = "MNIST", n: int = 6):
+    import numpy as np
+
+    raw = root / class_name / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in ("train", "t10k"):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return raw
+
+
+def test_a_well_formed_local_mnist_loads_from_its_raw_files(tmp_path) -> None:
+    fake_mnist(tmp_path, n=6)
+    data = load_dataset("mnist", root=tmp_path)
+    assert data.x_train.shape == (6, 1, 28, 28) and data.y_test.shape == (6,)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda b: b[: len(b) // 2], "truncated or damaged"),
+        (lambda b: b"\x1f\x8b\x08\x00" + b[4:], "not an MNIST IDX file"),
+        (lambda b: b"", "not an MNIST IDX file"),
+        (lambda b: b[:6], "truncated inside its header"),
+        (lambda b: b + b"\0" * 10, "truncated or damaged"),
+    ],
+    ids=["halved", "gzip-magic", "empty", "cut-header", "trailing-bytes"],
+)
+def test_a_corrupt_mnist_raw_file_is_a_dataset_error_naming_the_file(tmp_path, damage, reason) -> None:
+    raw = fake_mnist(tmp_path, "FashionMNIST")
+    target = raw / "t10k-images-idx3-ubyte"
+    target.write_bytes(damage(target.read_bytes()))
+    with pytest.raises(DatasetError, match=reason) as caught:
+        load_dataset("fashion-mnist", root=tmp_path)
+    assert str(target) in str(caught.value)
+
+
+def test_mnist_with_more_labels_than_images_is_a_dataset_error(tmp_path) -> None:
+    import numpy as np
+
+    raw = fake_mnist(tmp_path)
+    write_idx(raw / "train-labels-idx1-ubyte", np.zeros(9))
+    with pytest.raises(DatasetError, match="6 images but 9 labels"):
+        load_dataset("mnist", root=tmp_path)
