@@ -141,6 +141,12 @@ def row_from_records(workspace: Workspace, fused: ModelRecord, tuned: ModelRecor
     )
 
 
+def reuse_note(fused: bool, tuned: bool) -> str:
+    """Which of a row's models an earlier run with the same inputs had stored (see :mod:`fusion.run_key`)."""
+    which = "fused and fine-tuned models" if fused and tuned else "fused model" if fused else "fine-tuned model"
+    return f"{which} reused: stored by an earlier run with the same inputs"
+
+
 def single_model_note(method: str, parent_id: str) -> str:
     return f"{method} works on one model: applied to the first parent, {parent_id}"
 
@@ -199,8 +205,12 @@ def compare_methods(
                 )
             )
             continue
-        tuned = finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning) if finetune else None
-        rows.append(row_from_records(workspace, run.record, tuned, single_model_note(method, ids[0]) if single else ""))
+        stored = finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning) if finetune else None
+        notes = [single_model_note(method, ids[0])] if single else []
+        if run.reused or (stored is not None and stored.reused):
+            notes.append(reuse_note(run.reused, stored is not None and stored.reused))
+        tuned = stored.record if stored is not None else None
+        rows.append(row_from_records(workspace, run.record, tuned, "; ".join(notes)))
         progress(offset + per_method, total, f"{method}: done")
     return MethodComparison(tuple(parent_ids), tuple(rows), skipped, finetune)
 

@@ -367,26 +367,11 @@ def parents_step(
     """Find the demo members of ``options`` in the workspace (same architecture, dataset and training recipe),
     train those that are missing with :func:`fusion.pipeline.build_demo_ensemble`, and report their test metrics."""
     started = time.perf_counter()
-    records = workspace.records()
-    members = options.members()
-    found: list[ModelRecord | None] = [
-        next(
-            (
-                r for r in records
-                if r.method == "train" and r.dataset == "digits" and r.spec == member.spec
-                and r.provenance.get("options") == member.config.to_dict()
-            ),
-            None,
-        )
-        for member in members
-    ]
-    missing = [m for m, r in zip(members, found) if r is None]
-    trained = iter(build_demo_ensemble(workspace, missing, device=device, progress=progress) if missing else [])
-    parents = [record if record is not None else next(trained) for record in found]
-    progress(1, 1, f"{len(parents)} demo {options.arch} parents ready")
+    stored = build_demo_ensemble(workspace, options.members(), device=device, progress=progress)
+    progress(1, 1, f"{len(stored)} demo {options.arch} parents ready")
     return ParentsStep(
-        tuple(Score.of(record, parent_role(k)) for k, record in enumerate(parents)),
-        tuple(r.id for r, old in zip(parents, found) if old is None),
+        tuple(Score.of(s.record, parent_role(k)) for k, s in enumerate(stored)),
+        tuple(s.record.id for s in stored if not s.reused),
         len(load_dataset("digits").y_test),
         time.perf_counter() - started,
     )
@@ -446,7 +431,7 @@ def pruning_step(
     return PruningStep(
         transplanted,
         concatenation.ensemble.test_accuracy - transplanted.test_accuracy,
-        tuple(transplant_survival(run.result.report.details)),
+        tuple(transplant_survival(run.report["details"])),
         norms,
         time.perf_counter() - started,
     )
@@ -463,7 +448,7 @@ def finetune_step(
     pruning = require(story.pruning, "pruning")
     config = story.options.finetune_config()
     assert pruning.transplanted.id is not None
-    record = finetune_and_save(workspace, pruning.transplanted.id, config, device=device, progress=progress)
+    record = finetune_and_save(workspace, pruning.transplanted.id, config, device=device, progress=progress).record
     finetuned = Score.of(record, "fine-tuned")
     verdict = Verdict(
         finetuned.test_accuracy, parents.best.test_accuracy, concatenation.ensemble.test_accuracy, parents.test_size
@@ -492,7 +477,7 @@ def baselines_step(
         def report(done: int, _: int, message: str, offset: int = offset + 1, method: str = method) -> None:
             progress(offset + done, total, f"{method} fine-tune: {message}")
 
-        tuned = finetune_and_save(workspace, run.record.id, config, device=device, progress=report)
+        tuned = finetune_and_save(workspace, run.record.id, config, device=device, progress=report).record
         pairs.append(FusedPair(method, Score.of(run.record, "fused"), Score.of(tuned, "fine-tuned")))
     return BaselinesStep(tuple(pairs), time.perf_counter() - started)
 

@@ -23,7 +23,7 @@ from fusion.errors import FusionError, UsageError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.fuse import REGISTRY, methods
 from fusion.options import OptionField, add_option_arguments, given_options, option_fields
-from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
+from fusion.pipeline import Stored, build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import ModelRecord, Workspace
 
@@ -43,6 +43,11 @@ def record_summary(record: ModelRecord, workspace: Workspace) -> dict[str, Any]:
         "test_loss": record.metrics.get("test_loss"),
         "path": str(workspace.model_dir(record.id)),
     }
+
+
+def stored_summary(stored: Stored, workspace: Workspace) -> dict[str, Any]:
+    """A model a run saved or reused (:class:`fusion.pipeline.Stored`), with ``reused`` saying which."""
+    return {**record_summary(stored.record, workspace), "reused": stored.reused}
 
 
 def stderr_progress(quiet: bool) -> Callable[[int, int, str], None]:
@@ -81,12 +86,12 @@ def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
             augment=args.augment,
         )
         records.append(train_and_save(workspace, spec, data.name, config, progress=stderr_progress(args.quiet)))
-    return {"models": [record_summary(r, workspace) for r in records], "device": str(default_device())}
+    return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
 
 
 def command_demo(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     records = build_demo_ensemble(workspace, progress=stderr_progress(args.quiet))
-    return {"models": [record_summary(r, workspace) for r in records], "device": str(default_device())}
+    return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
 
 
 def command_list(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
@@ -146,22 +151,22 @@ def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
     run = fuse_and_save(
         workspace, args.models, args.method, fusion_options(args), name=args.name, progress=stderr_progress(args.quiet)
     )
-    output: dict[str, Any] = {"method": args.method, "parents": args.models, **run.metrics, "report": run.result.report.to_dict()}
+    output: dict[str, Any] = {"method": args.method, "parents": args.models, **run.metrics, "report": run.report}
     if run.record is not None:
-        output["models"] = [record_summary(run.record, workspace)]
+        output["models"] = [{**record_summary(run.record, workspace), "reused": run.reused}]
     if args.finetune_epochs:
         config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0)
         if run.record is None:
             raise FusionError("an ensemble is not a single network and cannot be fine-tuned")
         tuned = finetune_and_save(workspace, run.record.id, config, progress=stderr_progress(args.quiet))
-        output["models"].append(record_summary(tuned, workspace))
+        output["models"].append(stored_summary(tuned, workspace))
     return output
 
 
 def command_finetune(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed)
-    record = finetune_and_save(workspace, args.id, config, progress=stderr_progress(args.quiet))
-    return {"models": [record_summary(record, workspace)]}
+    stored = finetune_and_save(workspace, args.id, config, progress=stderr_progress(args.quiet))
+    return {"models": [stored_summary(stored, workspace)]}
 
 
 def fusion_option_fields() -> list[OptionField]:
@@ -335,6 +340,7 @@ def human_readable(result: dict[str, Any]) -> str:
             f"{m['id']:<40} {m['arch']:<22} {m['dataset']:<9} {m['method']:<9} "
             + (f"test acc {100 * m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "")
             + ("  (no checksum: unverified)" if m.get("checksum") is False else "")
+            + ("  (reused: stored by an earlier run with the same inputs)" if m.get("reused") else "")
             for m in result["models"]
         ]
         lines += [f"BROKEN {b['id']}: {b['reason']}" for b in result.get("broken", [])]

@@ -5,6 +5,7 @@ The command line, the app and scripts all go through these, so each produces the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -13,11 +14,25 @@ import torch
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError
-from fusion.fuse import FusionResult, fuse
+from fusion.fuse import FusionResult, fuse, method_options
 from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec
+from fusion.run_key import run_key
 from fusion.train import Progress, TrainConfig, evaluate, no_progress, train
 from fusion.transport import Transport
 from fusion.workspace import ModelRecord, Workspace
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The model a run saved or, when ``reused``, the stored model of an earlier run with the same inputs
+    (:mod:`fusion.run_key`), returned instead of a copy."""
+
+    record: ModelRecord
+    reused: bool = False
+
+
+def train_key(spec: ModelSpec, dataset: str, config: TrainConfig) -> str:
+    return run_key("train", spec=spec.to_dict(), dataset=dataset, config=config.to_dict())
 
 
 def train_and_save(
@@ -29,8 +44,10 @@ def train_and_save(
     device: torch.device | None = None,
     progress: Progress = no_progress,
     download: bool = False,
-) -> ModelRecord:
-    """Build ``spec`` with initialisation seed ``config.seed``, train it on ``dataset`` and save it with its metrics.
+    reuse: bool = True,
+) -> Stored:
+    """Build ``spec`` with initialisation seed ``config.seed``, train it on ``dataset`` and save it with its metrics;
+    with ``reuse``, a model stored by a run of the same spec, dataset and recipe is returned untrained instead.
 
     The spec must match the dataset's input shape and class count, and its parameters must fit in the device's free
     memory (:func:`fusion.models.check_fits_in_memory`). Nothing is written when training fails.
@@ -41,12 +58,16 @@ def train_and_save(
             f"the spec expects inputs {spec.input_shape} and {spec.num_classes} classes; {dataset} has "
             f"{data.input_shape} and {data.num_classes}"
         )
+    key = train_key(spec, data.name, config)
+    found = workspace.find_run(key) if reuse else None
+    if found is not None:
+        return Stored(found, reused=True)
     device = device or default_device()
     check_fits_in_memory(spec, device)
     model = build_model(spec, seed=config.seed)
     result = train(model, data, config, device=device, progress=progress)
     assert result.test is not None
-    return workspace.save(
+    record = workspace.save(
         model,
         spec=spec,
         dataset=data.name,
@@ -58,10 +79,11 @@ def train_and_save(
             "train_loss": result.train_loss[-1],
             "train_seconds": result.seconds,
         },
-        provenance={"method": "train", "options": config.to_dict()},
+        provenance={"method": "train", "options": config.to_dict(), "run": key},
         seed=config.seed,
         name=name,
     )
+    return Stored(record)
 
 
 @dataclass(frozen=True)
@@ -88,8 +110,9 @@ def build_demo_ensemble(
     members: list[DemoMember] | None = None,
     device: torch.device | None = None,
     progress: Progress = no_progress,
-) -> list[ModelRecord]:
-    """Train and save every demo member on the offline digits dataset; progress counts epochs over all members."""
+) -> list[Stored]:
+    """Train and save every demo member on the offline digits dataset, reusing members already stored (see
+    :func:`train_and_save`); progress counts epochs over all members."""
     members = members if members is not None else demo_members()
     total = sum(m.config.epochs for m in members)
     done = 0
@@ -112,11 +135,21 @@ def build_demo_ensemble(
 @dataclass(frozen=True, eq=False)
 class FusionRun:
     """A fusion done from workspace models: the saved record (``None`` for the ensemble, which is not a single
-    network), the library's result and the fused model's test metrics."""
+    network), the library's result (``None`` when ``reused``: an earlier run with the same inputs stored ``record``)
+    and the fused model's test metrics."""
 
     record: ModelRecord | None
-    result: FusionResult
+    result: FusionResult | None
     metrics: dict[str, float]
+    reused: bool = False
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The fusion's report (:class:`fusion.fuse.FusionReport` as a dict), stored with the model when reused."""
+        if self.result is not None:
+            return self.result.report.to_dict()
+        assert self.record is not None
+        return dict(self.record.provenance.get("report", {}))
 
 
 def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
@@ -169,10 +202,21 @@ def fuse_and_save(
     name: str | None = None,
     device: torch.device | None = None,
     progress: Progress = no_progress,
+    reuse: bool = True,
 ) -> FusionRun:
     """Fuse workspace models and save the result with full provenance (parents, method, options, report) and, for
-    methods with maps, the transport plans as the ``transport`` attachment (keys ``model{k}/{group}``)."""
+    methods with maps, the transport plans as the ``transport`` attachment (keys ``model{k}/{group}``).
+
+    With ``reuse``, a model stored by a fusion of the same parents (in order) with the same method and full options
+    is returned instead of fusing again; the prediction ensemble is not stored, so it always runs."""
     options = dict(options or {})
+    key = run_key(
+        "fuse", method=method, parents=list(model_ids), options=dataclasses.asdict(method_options(method, options))
+    )
+    found = workspace.find_run(key) if reuse and method != "ensemble" else None
+    if found is not None:
+        scores = {k: found.metrics[k] for k in ("test_accuracy", "test_loss", "fusion_seconds") if k in found.metrics}
+        return FusionRun(found, None, scores, reused=True)
     loaded = [workspace.load(i) for i in model_ids]
     models, records = [m for m, _ in loaded], [r for _, r in loaded]
     if records:
@@ -198,6 +242,7 @@ def fuse_and_save(
             "parents": list(model_ids),
             "options": result.report.options,
             "report": result.report.to_dict(),
+            "run": key,
         },
         name=name or f"{spec.describe()} · {method} of {len(model_ids)}",
         attachments={"transport": maps} if maps else None,
@@ -222,21 +267,28 @@ def finetune_and_save(
     config: TrainConfig,
     device: torch.device | None = None,
     progress: Progress = no_progress,
-) -> ModelRecord:
-    """Fine-tune a workspace model on its dataset and save it as a new model whose parent is the original."""
+    reuse: bool = True,
+) -> Stored:
+    """Fine-tune a workspace model on its dataset and save it as a new model whose parent is the original; with
+    ``reuse``, a model stored by a fine-tune of the same model with the same recipe is returned instead."""
+    key = run_key("finetune", parent=model_id, config=config.to_dict())
+    found = workspace.find_run(key) if reuse else None
+    if found is not None:
+        return Stored(found, reused=True)
     model, record = workspace.load(model_id)
     data = load_dataset(record.dataset)
     result = train(model, data, config, device=device or default_device(), progress=progress)
     assert result.test is not None
-    return workspace.save(
+    tuned = workspace.save(
         model,
         spec=record.spec,
         dataset=record.dataset,
         normalization=record.normalization,
         metrics={"test_accuracy": result.test.accuracy, "test_loss": result.test.loss, "train_seconds": result.seconds},
-        provenance={"method": "finetune", "parents": [model_id], "options": config.to_dict()},
+        provenance={"method": "finetune", "parents": [model_id], "options": config.to_dict(), "run": key},
         name=f"{record.name} · fine-tuned {config.epochs} ep",
     )
+    return Stored(tuned)
 
 
 def parent_role(index: int) -> str:
@@ -311,11 +363,14 @@ def compare_fusion(
             "parameters": run.record.parameters
             if run.record
             else sum(p.numel() for p in run.result.model.parameters()),
-            "seconds": run.result.report.seconds,
+            "seconds": run.report["seconds"],
         }
     )
+    reused = [fused_id] if run.reused else []
     if finetune is not None and fused_id is not None:
-        tuned = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress)
+        stored = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress)
+        tuned = stored.record
+        reused += [tuned.id] if stored.reused else []
         rows.append(
             {
                 "model": tuned.name,
@@ -332,7 +387,8 @@ def compare_fusion(
         "parents": list(model_ids),
         "fused": fused_id,
         "rows": rows,
-        "report": run.result.report.to_dict(),
+        "report": run.report,
+        "reused": reused,
     }
     if fused_id is not None:
         workspace.save_result(fused_id, "comparison", comparison)

@@ -445,6 +445,10 @@ class Workspace:
         """Every loadable model in the workspace, oldest first (:meth:`scan` also names the broken entries)."""
         return list(self.scan().records)
 
+    def find_run(self, key: str) -> ModelRecord | None:
+        """The oldest loadable model stored by a run with key ``key`` (:mod:`fusion.run_key`), or ``None``."""
+        return next((r for r in self.records() if r.provenance.get("run") == key), None)
+
     def record(self, model_id: str) -> ModelRecord:
         """The metadata of ``model_id``; raises :class:`WorkspaceError` if there is none, :class:`DamagedModelError`
         if it is unreadable."""

@@ -53,7 +53,7 @@ def train_quick_models(
 ) -> list[ModelRecord]:
     """Small MLPs on digits trained for one epoch (a fraction of a second each), saved with their metrics."""
     spec = default_spec("mlp", (1, 8, 8), 10, hidden=hidden)
-    return [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=seed)) for seed in seeds]
+    return [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=seed)).record for seed in seeds]
 
 
 def messages(elements) -> list[str]:

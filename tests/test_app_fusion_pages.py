@@ -39,6 +39,15 @@ def test_ot_fusion_from_the_page_shows_the_comparison_table_and_chart(app_worksp
     fused = [r for r in app_workspace.records() if r.method == "ot"]
     assert len(fused) == 1 and fused[0].provenance["options"]["mode"] == "activations"
     assert any("--mode activations" in str(c.value) for c in at.code)
+    assert not any("Reused" in text for text in messages(at.info))
+
+    at.button(key=FUSE).click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception and not at.error
+    assert len([r for r in app_workspace.records() if r.method == "ot"]) == 1, "the same fusion again stores no copy"
+    assert any("Reused 1 stored model" in text and fused[0].id in text for text in messages(at.info))
+    assert list(at.dataframe[0].value["id"])[-1] == fused[0].id
 
 
 def test_fusing_a_single_model_with_ot_is_refused_and_saves_nothing(app_workspace):
@@ -89,7 +98,7 @@ def test_neuron_norms_page_shows_norms_and_the_transplant_survivors(app_workspac
 
 def test_intra_fusion_from_the_page_compares_with_magnitude_pruning(app_workspace):
     spec = default_spec("cnn", (1, 8, 8), 10, channels=(8, 8), hidden=(16,))
-    model = train_and_save(app_workspace, spec, "digits", TrainConfig(epochs=2))
+    model = train_and_save(app_workspace, spec, "digits", TrainConfig(epochs=2)).record
     at = fuse_through_the_page(open_app("pages/fuse.py"), "intra", [model.id])
     assert not at.exception
     assert list(at.dataframe[0].value["role"]) == ["parent A", "pruned", "fused"]

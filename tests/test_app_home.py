@@ -44,6 +44,15 @@ def test_build_demo_ensemble_trains_seven_models_and_lists_them(app_workspace):
     assert table["test accuracy (%)"].between(50, 100).all()
     assert "· 7 models" in at.markdown[1].value
     assert len(app_workspace.records()) == 7
+    assert not any("Reused" in text for text in messages(at.info))
+
+    at.button(key=f"FormSubmitter:demo-ensemble-{BUILD}").click().run()
+    job = wait_for_job()
+    at.run()
+    assert not at.exception and job is not None and job.status == "done"
+    assert len(app_workspace.records()) == 7, "a second build stores no copies"
+    assert any("Reused 7 stored models" in text for text in messages(at.info))
+    assert len(at.dataframe[0].value) == 7
 
 
 def test_cancel_stops_the_demo_build_at_the_next_progress_report(app_workspace):

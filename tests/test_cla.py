@@ -250,7 +250,7 @@ def test_cla_fuses_mlps_of_depth_3_and_5_far_above_chance_and_above_averaging_th
 
 def test_fuse_and_save_keeps_the_deep_layout_at_the_shallow_widths(workspace):
     specs = [default_spec("mlp", SHAPE, 10, hidden=(24,)), default_spec("mlp", SHAPE, 10, hidden=(32, 16, 16))]
-    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).id for s, spec in enumerate(specs)]
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).record.id for s, spec in enumerate(specs)]
     run = fuse_and_save(workspace, ids, "cla")
     record = workspace.record(run.record.id)
     assert record.spec == default_spec("mlp", SHAPE, 10, hidden=(24, 24, 24))
@@ -264,9 +264,9 @@ def test_fuse_and_save_keeps_the_deep_layout_at_the_shallow_widths(workspace):
 
 
 def test_fuse_and_save_refuses_cla_across_families(workspace):
-    a = train_and_save(workspace, default_spec("mlp", SHAPE, 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).id
+    a = train_and_save(workspace, default_spec("mlp", SHAPE, 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).record.id
     cnn = default_spec("cnn", SHAPE, 10, channels=(4,), hidden=(8,))
-    b = train_and_save(workspace, cnn, "digits", TrainConfig(epochs=1)).id
+    b = train_and_save(workspace, cnn, "digits", TrainConfig(epochs=1)).record.id
     before = len(workspace.records())
     with pytest.raises(ArchitectureError, match="cla"):
         fuse_and_save(workspace, [a, b], "cla")
@@ -275,7 +275,7 @@ def test_fuse_and_save_refuses_cla_across_families(workspace):
 
 def test_cli_fuses_networks_of_different_depth(workspace, capsys):
     specs = [default_spec("mlp", SHAPE, 10, hidden=(32, 16, 16, 8)), default_spec("mlp", SHAPE, 10, hidden=(32, 8))]
-    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).id for s, spec in enumerate(specs)]
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).record.id for s, spec in enumerate(specs)]
     code = main(
         ["fuse", "--method", "cla", "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet",
          "--layer-cost", "activations", "--no-match-last"]

@@ -10,7 +10,7 @@ from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.fuse import fuse
 from fusion.groups import neuron_groups
 from fusion.models import build_model, default_spec
-from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.pipeline import finetune_and_save, fuse_and_save, train_and_save
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import TransportError
 from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
@@ -142,7 +142,7 @@ def test_empty_inputs_are_refused():
 
 def test_fuse_and_save_records_provenance_and_transport_maps(workspace):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).id
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).record.id
         for s in range(2)
     ]
     run = fuse_and_save(workspace, ids, "ot", {"mode": "activations"})
@@ -156,9 +156,48 @@ def test_fuse_and_save_records_provenance_and_transport_maps(workspace):
     assert record.metrics["test_accuracy"] == pytest.approx(run.metrics["test_accuracy"])
 
 
+def test_the_same_fusion_twice_stores_one_model_and_says_the_second_was_reused(workspace, capsys):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        for s in range(2)
+    ]
+    first = fuse_and_save(workspace, ids, "ot")
+    second = fuse_and_save(workspace, ids, "ot", {"mode": "weights", "reference": 0})  # the defaults, spelled out
+    assert (first.reused, second.reused) == (False, True)
+    assert second.record == first.record and second.result is None
+    assert second.report == first.report and second.metrics == first.metrics
+    assert len(workspace.records()) == 3
+
+    others = [fuse_and_save(workspace, ids, "ot", {"mode": "activations"}), fuse_and_save(workspace, ids[::-1], "ot")]
+    assert not any(run.reused for run in others) and len(workspace.records()) == 5
+
+    tuned = [finetune_and_save(workspace, first.record.id, TrainConfig(epochs=1)) for _ in range(2)]
+    assert [t.reused for t in tuned] == [False, True] and tuned[0].record == tuned[1].record
+    assert len(workspace.records()) == 6
+
+    root = str(workspace.root)
+    code = main(["fuse", "--method", "ot", "--models", *ids, "--workspace", root, "--json", "--quiet", "--finetune-epochs", "1"])
+    output = json.loads(capsys.readouterr().out)
+    assert code == 0 and [m["id"] for m in output["models"]] == [first.record.id, tuned[0].record.id]
+    assert all(m["reused"] for m in output["models"]) and output["report"] == first.report
+    assert main(["fuse", "--method", "ot", "--models", *ids, "--workspace", root, "--quiet"]) == 0
+    assert "reused: stored by an earlier run with the same inputs" in capsys.readouterr().out
+    assert len(workspace.records()) == 6
+
+
+def test_the_prediction_ensemble_is_never_stored_so_never_reused(workspace):
+    ids = [
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        for s in range(2)
+    ]
+    runs = [fuse_and_save(workspace, ids, "ensemble") for _ in range(2)]
+    assert all(run.record is None and not run.reused and run.result is not None for run in runs)
+    assert len(workspace.records()) == 2
+
+
 def test_fusing_models_of_different_datasets_or_depths_saves_nothing(workspace):
-    a = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).id
-    b = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16, 8)), "digits", TrainConfig(epochs=1)).id
+    a = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).record.id
+    b = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16, 8)), "digits", TrainConfig(epochs=1)).record.id
     before = len(workspace.records())
     with pytest.raises(ArchitectureError, match="depth"):
         fuse_and_save(workspace, [a, b], "ot")
@@ -167,7 +206,7 @@ def test_fusing_models_of_different_datasets_or_depths_saves_nothing(workspace):
 
 def test_cli_fuse_prints_one_json_object_and_saves_the_model(workspace, capsys):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).id
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).record.id
         for s in range(2)
     ]
     code = main(["fuse", "--method", "ot", "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", "--solver", "sinkhorn", "--cost-normalization", "max"])
@@ -180,7 +219,7 @@ def test_cli_fuse_prints_one_json_object_and_saves_the_model(workspace, capsys):
 
 def test_cli_fuse_refuses_an_option_of_another_method(workspace, capsys):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).id
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
         for s in range(2)
     ]
     code = main(["fuse", "--method", "average", "--models", *ids, "--workspace", str(workspace.root), "--json", "--mode", "activations"])
@@ -190,7 +229,7 @@ def test_cli_fuse_refuses_an_option_of_another_method(workspace, capsys):
 
 def test_sinkhorn_that_does_not_converge_is_refused_and_nothing_is_saved(workspace):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(width,)), "digits", TrainConfig(epochs=1, seed=s)).id
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(width,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
         for s, width in enumerate((24, 16))
     ]
     before = len(workspace.records())
@@ -217,7 +256,7 @@ def test_an_untraceable_model_is_refused_with_a_typed_error():
 @pytest.mark.parametrize("method,count,extra", [("transplant", 3, ["--variant", "iterative"]), ("intra", 1, ["--sparsity", "0.25"]), ("prune", 1, [])])
 def test_cli_runs_the_other_methods(workspace, capsys, method, count, extra):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).id
+        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
         for s in range(count)
     ]
     code = main(["fuse", "--method", method, "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", *extra])

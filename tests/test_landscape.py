@@ -31,12 +31,15 @@ from analysis.landscape import (
     plane_basis,
     random_directions,
 )
+from analysis.runs import fusion_landscape
 from fusion.alignment import align
 from fusion.data import Dataset
 from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.groups import NORMS, neuron_groups
-from fusion.models import ModelSpec, build_model
-from fusion.train import evaluate
+from fusion.models import ModelSpec, build_model, default_spec
+from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.train import TrainConfig, evaluate
+from fusion.workspace import Workspace
 from tests.fusion_helpers import max_logit_difference, permuted_copy, randomised
 
 CPU = torch.device("cpu")
@@ -239,3 +242,28 @@ def test_interpolation_result_writes_diverged_points_as_null() -> None:
     text = json.dumps(result.to_dict(), allow_nan=False)
     again = InterpolationResult.from_dict(json.loads(text))
     assert np.isnan(again.metrics.train_loss[1]) and again.labels == ("parent A", "parent B")
+
+
+def test_a_fusion_landscape_over_a_limit_is_refused_before_its_lines_are_computed(workspace, monkeypatch) -> None:
+    spec = default_spec("mlp", (1, 8, 8), 10, hidden=(16,))
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in range(2)]
+    run = fuse_and_save(workspace, ids, "ot")
+    assert run.record is not None
+    batches: list[int] = []
+    load = Workspace.load
+
+    def counting_load(self: Workspace, model_id: str):
+        model, record = load(self, model_id)
+        model.register_forward_hook(lambda module, args, output: batches.append(len(args[0])))
+        return model, record
+
+    monkeypatch.setattr(Workspace, "load", counting_load)
+    with pytest.raises(GridTooLarge, match="10,201 grid points, above the limit of 10,000"):
+        fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=101), CPU)
+    assert batches == [], "the plane's grid is checked before the three lines are computed"
+    with pytest.raises(GridTooLarge, match="would take about"):
+        fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, max_seconds=1e-9), CPU)
+    measured = len(batches)
+    assert measured <= 4 * 3, "only the cost estimate's timing batches ran"
+    fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, samples=64), CPU)
+    assert len(batches) > measured + 4, "the counter sees the landscape's own forward passes"

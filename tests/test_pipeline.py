@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from fusion.data import Dataset
 from fusion.errors import ArchitectureError
 from fusion.models import ModelSpec
-from fusion.pipeline import build_demo_ensemble, demo_members, train_and_save
+from fusion.pipeline import build_demo_ensemble, demo_members, train_and_save, train_key
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import Workspace
 
@@ -18,7 +20,9 @@ def test_demo_ensemble_trains_seven_models_and_every_mlp_reaches_95_percent(
 ) -> None:
     calls: list[tuple[int, int, str]] = []
     members = demo_members()
-    records = build_demo_ensemble(workspace, progress=lambda *call: calls.append(call))
+    stored = build_demo_ensemble(workspace, progress=lambda *call: calls.append(call))
+    records = [s.record for s in stored]
+    assert not any(s.reused for s in stored)
 
     assert len(records) == 7
     assert [r.spec.arch for r in records] == ["mlp"] * 4 + ["cnn"] * 3
@@ -28,7 +32,11 @@ def test_demo_ensemble_trains_seven_models_and_every_mlp_reaches_95_percent(
         assert record.dataset == "digits"
         assert record.normalization == digits.normalization
         assert record.seed == member.config.seed
-        assert record.provenance == {"method": "train", "options": member.config.to_dict()}
+        assert record.provenance == {
+            "method": "train",
+            "options": member.config.to_dict(),
+            "run": train_key(member.spec, "digits", member.config),
+        }
         assert {"test_accuracy", "test_loss", "train_accuracy", "train_loss"} <= record.metrics.keys()
         model, stored = workspace.load(record.id)
         assert stored == record
@@ -45,6 +53,11 @@ def test_demo_ensemble_trains_seven_models_and_every_mlp_reaches_95_percent(
     total = sum(m.config.epochs for m in members)
     assert [done for done, _, _ in calls] == list(range(1, total + 1))
     assert all(t == total for _, t, _ in calls)
+
+    calls.clear()
+    again = build_demo_ensemble(workspace, progress=lambda *call: calls.append(call))
+    assert [s.record for s in again] == records and all(s.reused for s in again)
+    assert len(workspace.records()) == 7 and calls == [], "a second build trains nothing and stores no copy"
 
 
 MISFITS = {
@@ -67,18 +80,30 @@ def test_train_and_save_refuses_a_spec_that_does_not_fit_the_dataset(workspace: 
 def test_train_and_save_stores_metrics_that_match_the_saved_weights(workspace: Workspace, digits: Dataset) -> None:
     spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(16,))
     config = TrainConfig(epochs=2, lr=1e-2, seed=3)
-    record = train_and_save(workspace, spec, "digits", config, name="tiny")
+    record = train_and_save(workspace, spec, "digits", config, name="tiny").record
     assert record.name == "tiny" and record.seed == 3
-    assert record.provenance == {"method": "train", "options": config.to_dict()}
+    assert record.provenance == {"method": "train", "options": config.to_dict(), "run": train_key(spec, "digits", config)}
     model, _ = workspace.load(record.id)
     assert evaluate(model, *digits.split("test")).accuracy == pytest.approx(record.metrics["test_accuracy"])
     assert evaluate(model, *digits.split("train")).accuracy > 0.5
 
 
-def test_train_and_save_with_the_same_config_saves_identical_weights(workspace: Workspace) -> None:
+def test_train_and_save_with_the_same_config_reuses_the_stored_model(workspace: Workspace) -> None:
     spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(16,))
     config = TrainConfig(epochs=1, lr=1e-2, seed=11)
-    first, second = (train_and_save(workspace, spec, "digits", config) for _ in range(2))
+    first = train_and_save(workspace, spec, "digits", config)
+    second = train_and_save(workspace, spec, "digits", config, name="another name")
+    assert (first.reused, second.reused) == (False, True)
+    assert second.record == first.record and len(workspace.records()) == 1
+    other_seed = train_and_save(workspace, spec, "digits", replace(config, seed=12))
+    other_lr = train_and_save(workspace, spec, "digits", replace(config, lr=2e-2))
+    assert not other_seed.reused and not other_lr.reused and len(workspace.records()) == 3
+
+
+def test_train_and_save_without_reuse_saves_identical_weights(workspace: Workspace) -> None:
+    spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(16,))
+    config = TrainConfig(epochs=1, lr=1e-2, seed=11)
+    first, second = (train_and_save(workspace, spec, "digits", config, reuse=False).record for _ in range(2))
     assert first.id != second.id
     a, b = workspace.load(first.id)[0].state_dict(), workspace.load(second.id)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

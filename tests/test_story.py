@@ -139,3 +139,17 @@ def test_verdict_weighs_the_margin_against_the_sampling_error(finetuned, ensembl
 )
 def test_the_fine_tune_steps_title_follows_its_outcome(pruned, tuned, title):
     assert finetune_title(pruned, tuned) == title
+
+
+def test_telling_the_story_again_reuses_every_model_and_stores_no_copy(story: Story, story_workspace: Path) -> None:
+    workspace = Workspace(story_workspace)
+    before = {r.id for r in workspace.records()}
+    told = Story(QUICK)
+    while not told.finished:
+        told = advance_story(workspace, told)
+    assert {r.id for r in workspace.records()} == before
+    assert told.parents is not None and told.parents.trained == ()
+    assert [s.id for s in told.parents.scores] == [s.id for s in story.parents.scores]
+    assert told.pruning is not None and story.pruning is not None
+    assert told.pruning.transplanted == story.pruning.transplanted and told.pruning.survival == story.pruning.survival
+    assert told.method_pairs() == story.method_pairs()

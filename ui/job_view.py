@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 
 import streamlit as st
 
+from fusion.pipeline import FusionRun, Stored
 from ui.errors import report_errors
 from ui.jobs import Job, format_seconds
 from ui.state import job_runner
@@ -54,11 +55,34 @@ def live_job_progress(job_id: str, place: str = "main") -> None:
     )
 
 
+def reused_ids(result: Any) -> list[str]:
+    """The models a job's result returned from earlier runs with the same inputs instead of making them again
+    (:mod:`fusion.run_key`): from :class:`Stored` and :class:`FusionRun` results, lists of them, and dicts with
+    ``reused`` ids (:func:`fusion.pipeline.compare_fusion`)."""
+    if isinstance(result, Stored):
+        return [result.record.id] if result.reused else []
+    if isinstance(result, FusionRun):
+        return [result.record.id] if result.reused and result.record is not None else []
+    if isinstance(result, (list, tuple)):
+        return [i for item in result for i in reused_ids(item)]
+    if isinstance(result, dict):
+        return [str(i) for i in result.get("reused", [])]
+    return []
+
+
 def show_job_outcome(job: Job) -> None:
-    """How a finished job ended: a success, a warning (cancelled) or an error with the job's message."""
+    """How a finished job ended: a success (naming the models it reused), a warning (cancelled) or an error with the
+    job's message."""
     took = format_seconds(job.elapsed)
     if job.status == "done":
         st.success(f"{job.title}: finished in {took}.")
+        reused = reused_ids(job.result)
+        if reused:
+            ids = ", ".join(f"`{i}`" for i in reused)
+            st.info(
+                f"Reused {len(reused)} stored model{'' if len(reused) == 1 else 's'} instead of storing copies: an "
+                f"earlier run had the same inputs (parents, method, options, seed, data). {ids}"
+            )
     elif job.status == "cancelled":
         st.warning(f"{job.title}: cancelled after {took} ({job.message}).")
     else:

@@ -10,9 +10,9 @@ import torch
 from fusion.data import load_dataset, load_digits
 from fusion.errors import DatasetError
 from fusion.models import ModelSpec, default_spec
-from fusion.pipeline import train_and_save
+from fusion.pipeline import Stored, train_and_save
 from fusion.train import Progress, TrainConfig, no_progress
-from fusion.workspace import ModelRecord, Workspace
+from fusion.workspace import Workspace
 
 TORCHVISION_SIGNATURES: dict[str, tuple[tuple[int, int, int], int]] = {
     "mnist": ((1, 28, 28), 10),
@@ -70,8 +70,9 @@ def train_models(
     download: bool = False,
     device: torch.device | None = None,
     progress: Progress = no_progress,
-) -> list[ModelRecord]:
-    """Train one model per config (one per seed) with :func:`fusion.pipeline.train_and_save` and save each.
+) -> list[Stored]:
+    """Train one model per config (one per seed) with :func:`fusion.pipeline.train_and_save` and save each (or reuse
+    the stored model of an identical earlier run).
 
     Progress counts epochs over all configs. Models finished before a failure or a cancel stay in the workspace.
     """
