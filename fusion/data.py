@@ -17,6 +17,8 @@ dataset through :func:`load_dataset`, so inputs are always standardised the way 
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,16 +102,28 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
     return load_torchvision(key, str(Path(root).expanduser() if root else data_root()), download)
 
 
+DIGITS_SPLIT = Path(__file__).with_name("digits_split.npz")
+"""The digits split, frozen: the train and test indices (in their order) of scikit-learn's
+``train_test_split(test_size=0.25, random_state=0, stratify=target)``, which a test recomputes and compares."""
+
+
+def digits_csv() -> Path:
+    """scikit-learn's bundled ``digits.csv.gz`` (1,797 rows of 64 pixels in 0..16 and the label), found without
+    importing scikit-learn, whose import takes longer than training a demo model."""
+    found = importlib.util.find_spec("sklearn")
+    if found is None or not found.submodule_search_locations:
+        raise DatasetError("the digits dataset ships with scikit-learn, which is not installed")
+    return Path(next(iter(found.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+
+
 @functools.lru_cache(maxsize=1)
 def load_digits() -> Dataset:
-    from sklearn.datasets import load_digits as sklearn_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = sklearn_digits()
-    images = bunch.images.astype(np.float32) / 16.0
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
-    )
+    with gzip.open(digits_csv()) as file:
+        table = np.loadtxt(file, delimiter=",")
+    images, target = (table[:, :-1] / 16.0).astype(np.float32).reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    with np.load(DIGITS_SPLIT) as split:
+        train, test = split["train"].astype(np.int64), split["test"].astype(np.int64)
+    x_train, x_test, y_train, y_test = images[train], images[test], target[train], target[test]
     mean, std = float(x_train.mean()), float(x_train.std())
     normalise = lambda a: torch.from_numpy((a - mean) / std).unsqueeze(1).contiguous()  # noqa: E731
     return Dataset(

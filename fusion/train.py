@@ -111,8 +111,9 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place on ``data``'s training split and evaluate it on the test split.
 
-    Raises :class:`TrainingDiverged` as soon as a mini-batch loss is not finite; the caller's saved state is untouched
-    because nothing is written here.
+    Raises :class:`TrainingDiverged` at the end of an epoch whose loss is not finite; the caller's saved state is
+    untouched because nothing is written here. The epoch's loss and accuracy are summed on the device and read once
+    per epoch, so that no mini-batch waits for the host.
     """
     device = device or default_device()
     x_train, y_train = data.split("train")
@@ -138,7 +139,7 @@ def train(
     started = time.perf_counter()
     for epoch in range(config.epochs):
         model.train()
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long), 0
         for x, y in batches(x_train, y_train, config.batch_size, generator):
             if has_batch_norm and len(y) == 1 and seen > 0:
                 continue  # BatchNorm cannot normalise a single example in training mode: drop the trailing one
@@ -147,21 +148,22 @@ def train(
                 x = augment_batch(x, generator)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the training loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate "
-                    f"(now {config.lr}) or check the inputs for NaNs"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-        losses.append(total_loss / seen)
-        accuracies.append(correct / seen)
-        progress(epoch + 1, config.epochs, f"epoch {epoch + 1}/{config.epochs}: loss {total_loss / seen:.4f}")
+        epoch_loss = float(total_loss) / seen
+        if not math.isfinite(epoch_loss):
+            raise TrainingDiverged(
+                f"the training loss became {epoch_loss} in epoch {epoch + 1}; lower the learning rate "
+                f"(now {config.lr}) or check the inputs for NaNs"
+            )
+        losses.append(epoch_loss)
+        accuracies.append(int(correct) / seen)
+        progress(epoch + 1, config.epochs, f"epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.4f}")
     test = evaluate(model, *data.split("test"), device=device)
     return TrainResult(losses, accuracies, test, time.perf_counter() - started)
 

@@ -27,9 +27,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
-import ot
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from fusion.errors import ConfigError, FusionError
 
@@ -106,6 +104,11 @@ def transport_plan(
     ``reg`` is the entropic regularisation of Sinkhorn (otfusion's ``--reg``, default 0.01), relative to the cost's
     scale as given; costs are best normalised (``normalize_cost``) before Sinkhorn.
     """
+    # Imported here, not at the top: POT's package pulls in scikit-learn and SciPy's optimize its solvers (1.9 s
+    # together on a 2-core CPU), which training and the demo never need.
+    import ot
+    from scipy.optimize import linear_sum_assignment
+
     matrix = cost.detach().double().cpu().numpy()
     n, m = matrix.shape
     if not np.isfinite(matrix).all():

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +21,8 @@ from fusion.data import (
     load_digits,
 )
 from fusion.errors import DatasetError, FusionError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def toy_dataset(n_train: int = 50, n_test: int = 10) -> Dataset:
@@ -229,3 +236,26 @@ def test_mnist_with_more_labels_than_images_is_a_dataset_error(tmp_path) -> None
     write_idx(raw / "train-labels-idx1-ubyte", np.zeros(9))
     with pytest.raises(DatasetError, match="6 images but 9 labels"):
         load_dataset("mnist", root=tmp_path)
+
+
+def test_digits_read_without_scikit_learn_equal_scikit_learns_own_load_and_split() -> None:
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sklearn_digits()
+    images = bunch.images.astype(np.float32) / 16.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, bunch.target, test_size=0.25, random_state=0, stratify=bunch.target
+    )
+    data = load_digits()
+    mean, std = data.normalization.mean[0], data.normalization.std[0]
+    assert (mean, std) == (float(x_train.mean()), float(x_train.std()))
+    assert torch.equal(data.x_train, torch.from_numpy((x_train - mean) / std).unsqueeze(1))
+    assert torch.equal(data.x_test, torch.from_numpy((x_test - mean) / std).unsqueeze(1))
+    assert data.y_train.tolist() == y_train.tolist() and data.y_test.tolist() == y_test.tolist()
+
+
+def test_loading_digits_does_not_import_scikit_learn() -> None:
+    code = "import sys; from fusion.data import load_digits; load_digits(); print('sklearn' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"

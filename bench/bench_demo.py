@@ -1,0 +1,70 @@
+"""Where the time of ``python -m fusion demo`` goes, from a cold start (not run in CI).
+
+Each figure is a fresh interpreter, so every import is paid as a new user pays it: Python with torch alone; the
+command line's imports; the first optimiser (``torch.optim`` imports ``torch._dynamo`` on first use); loading the
+offline digits; then the whole ``demo`` command on an empty workspace (seven models trained and saved) and once more
+on the same workspace (every member reused, nothing trained). The training seconds of each member are read from the
+stored metrics. Run it on a quiet machine, ``--repeats`` times, and read the minimum.
+
+    .venv/bin/python bench/bench_demo.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROBES = {
+    "python + import torch": "import torch",
+    "python + import fusion.cli": "import fusion.cli",
+    "+ first optimiser (torch._dynamo)": "import fusion.cli, torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())",
+    "+ load digits": "import fusion.cli, torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); "
+    "from fusion.data import load_digits; load_digits()",
+}
+
+
+def wall(command: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rows: dict[str, list[float]] = {}
+    members: list[tuple[str, float]] = []
+    for _ in range(args.repeats):
+        for label, code in PROBES.items():
+            rows.setdefault(label, []).append(wall([sys.executable, "-c", code], env))
+        with tempfile.TemporaryDirectory() as folder:
+            demo = [sys.executable, "-m", "fusion", "demo", "--workspace", folder, "--quiet", "--json"]
+            rows.setdefault("python -m fusion demo (7 models trained)", []).append(wall(demo, env))
+            rows.setdefault("python -m fusion demo again (7 reused)", []).append(wall(demo, env))
+            models = Path(folder) / "models"
+            members = sorted(
+                (meta["name"], meta["metrics"]["train_seconds"])
+                for meta in (json.loads((m / "meta.json").read_text()) for m in models.iterdir())
+            )
+    print(f"cold-start wall seconds, min (max) over {args.repeats} runs, {os.cpu_count()} CPUs")
+    for label, times in rows.items():
+        print(f"  {label:<44} {min(times):6.2f} ({max(times):.2f})")
+    print("training seconds per member (last run):")
+    for name, seconds in members:
+        print(f"  {name:<44} {seconds:6.2f}")
+    print(f"  {'sum':<44} {sum(s for _, s in members):6.2f}")
+
+
+if __name__ == "__main__":
+    main()
