@@ -31,7 +31,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,6 +47,8 @@ from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, CostLimitError, DatasetError, NonFiniteLoss
+from fusion.groups import neuron_groups
+from fusion.repair import repair as renormalise_to_parents
 from fusion.seeds import check_seed
 from fusion.train import Progress, no_progress
 
@@ -257,16 +259,19 @@ def evaluate_grid(
     config: LandscapeConfig,
     device: torch.device,
     progress: Progress = no_progress,
+    renormalise: Callable[[nn.Module, list[float]], object] | None = None,
 ) -> GridMetrics:
     """Train and test metrics of every point ``sum_k C[p, k] S_k`` (see :func:`evaluate_combinations`), arrays ``(P,)``.
 
     With ``config.recompute_batchnorm`` (and BatchNorm in ``model``) each point's running statistics are first
-    re-estimated on the training sample, one point at a time.
+    re-estimated on the training sample, and with ``renormalise`` each point's network is then passed to
+    ``renormalise(network, C[p])`` to be changed in place (REPAIR), one point at a time.
     """
     train = split_sample(data, "train", config.samples, config.seed)
     test = split_sample(data, "test", config.samples, config.seed)
     points = len(coefficients)
-    if not (config.recompute_batchnorm and has_batchnorm(model)):
+    recompute = config.recompute_batchnorm and has_batchnorm(model)
+    if not recompute and renormalise is None:
         per_call = auto_points_per_call(model, device, config.points_per_call)
         results = []
         for index, (split, (x, y)) in enumerate((("train", train), ("test", test))):
@@ -279,14 +284,18 @@ def evaluate_grid(
     for point, weights in enumerate(coefficients.to(torch.float32)):
         state = {key: sum(float(c) * b[key].float() for c, b in zip(weights, bases)) for key in bases[0]}
         work.load_state_dict(state, strict=False)
-        recompute_batchnorm(work, train[0], device, config.batch_size)
+        if recompute:
+            recompute_batchnorm(work, train[0], device, config.batch_size)
+        if renormalise is not None:
+            renormalise(work, weights.tolist())
         recomputed = [float_state(work)]
         one = torch.ones(1, 1)
         for offset, (x, y) in ((0, train), (2, test)):
             loss, accuracy = evaluate_combinations(work, recomputed, one, x, y, config.batch_size, 1, device)
             columns[offset].append(float(loss[0]))
             columns[offset + 1].append(float(accuracy[0]))
-        progress(point + 1, points, f"point {point + 1}/{points} (BatchNorm recomputed)")
+        done = "REPAIRed" if renormalise is not None else "BatchNorm recomputed"
+        progress(point + 1, points, f"point {point + 1}/{points} ({done})")
     return GridMetrics(*(np.array(c) for c in columns))
 
 
@@ -373,10 +382,12 @@ class InterpolationResult:
     test_barrier: float
     recompute_batchnorm: bool
     labels: tuple[str, str] = ("parent A", "parent B")
+    repaired: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": "interpolation",
+            "repaired": self.repaired,
             "ts": json_array(self.ts),
             "metrics": self.metrics.to_dict(),
             "train_barrier": self.train_barrier,
@@ -394,6 +405,7 @@ class InterpolationResult:
             float(data["test_barrier"]),
             bool(data["recompute_batchnorm"]),
             tuple(data["labels"]),
+            bool(data.get("repaired", False)),
         )
 
 
@@ -405,19 +417,34 @@ def linear_interpolation(
     device: torch.device | None = None,
     progress: Progress = no_progress,
     labels: tuple[str, str] = ("parent A", "parent B"),
+    repair: bool = False,
 ) -> InterpolationResult:
     """Loss and accuracy along the segment ``(1 - t) θ_A + t θ_B``, ``t`` in ``linspace(0, 1, resolution)``, and the
     loss barrier ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Frankle et al. 2020, "Linear Mode Connectivity and the
     Lottery Ticket Hypothesis"; Entezari et al. 2022). BatchNorm statistics are interpolated too, or recomputed at
     every point with ``config.recompute_batchnorm``.
+
+    With ``repair`` every point is renormalised by REPAIR (:mod:`fusion.repair`; Jordan et al. 2023) to the
+    ``(1 - t, t)``-interpolation of the end points' neuron statistics on the training sample, as the REPAIR paper
+    draws its curves. The end points must then be neuron-aligned (B permuted to A, as an alignment leaves them); they
+    keep their own statistics, so the barrier compares like with like.
     """
     device = device or default_device()
     check_same_architecture([model_a, model_b])
     parameter_names(model_a)
     ts = np.linspace(0.0, 1.0, config.resolution)
-    check_cost(model_a, data, len(ts), config, device, bases=2)
+    check_cost(model_a, data, len(ts) * (repair_passes(model_a) if repair else 1), config, device, bases=2)
     coefficients = torch.tensor(np.stack([1 - ts, ts], axis=1))
-    metrics = evaluate_grid(model_a, [float_state(model_a), float_state(model_b)], coefficients, data, config, device, progress)
+    renormalise = None
+    if repair:
+        groups = neuron_groups(copy.deepcopy(model_a).cpu(), data.x_train[:2])
+        sample = split_sample(data, "train", config.samples, config.seed)[0]
+
+        def renormalise(network: nn.Module, weights: list[float]) -> None:
+            renormalise_to_parents(network, [model_a, model_b], groups, sample, weights, device, config.batch_size)
+
+    bases = [float_state(model_a), float_state(model_b)]
+    metrics = evaluate_grid(model_a, bases, coefficients, data, config, device, progress, renormalise)
     for split, losses in (("train", metrics.train_loss), ("test", metrics.test_loss)):
         if not np.isfinite(losses).all():
             at = ", ".join(f"{t:.2f}" for t in ts[~np.isfinite(losses)][:5])
@@ -429,7 +456,14 @@ def linear_interpolation(
         loss_barrier(ts, metrics.test_loss),
         config.recompute_batchnorm,
         labels,
+        repair,
     )
+
+
+def repair_passes(model: nn.Module) -> int:
+    """Passes over the data one REPAIRed point costs, counted as plain points: the two end points' statistics, one
+    measurement per layer it corrects (an upper bound: every weight layer), and the evaluation itself."""
+    return 3 + sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
 
 
 @dataclass(frozen=True, eq=False)

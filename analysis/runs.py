@@ -32,9 +32,11 @@ from analysis.landscape import (
     linear_interpolation,
     plane,
     random_directions,
+    repair_passes,
 )
 from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError
+from fusion.fuse import fuse
 from fusion.train import Progress, no_progress
 from fusion.workspace import ModelRecord, Workspace
 
@@ -192,6 +194,48 @@ def fusion_pairs(record: ModelRecord) -> list[tuple[str, str]]:
     return [(a, b), (a, record.id), (b, record.id)]
 
 
+ALIGNING = ("average", "ot", "matching")
+ALIGNED_LINES = {"A-B aligned": False, "A-B aligned + REPAIR": True}
+"""The interpolations between the parents in the fused model's neuron order, plain and REPAIRed at every point."""
+
+
+def aligned_parents(workspace: Workspace, fused_id: str, device: torch.device | None = None) -> list[torch.nn.Module]:
+    """The two parents of a fusion by averaging (``average``, ``ot``, ``matching``) in the fused model's neuron
+    order: its alignment run again with its stored options, which is deterministic, so it gives the maps it used."""
+    record = workspace.record(fused_id)
+    if record.method not in ALIGNING:
+        raise ConfigError(f"{fused_id} was fused by {record.method}, which does not align its parents by averaging")
+    parents = [workspace.load(parent)[0] for parent in record.parents]
+    options = {**record.provenance.get("options", {}), "repair": False, "recompute_bn": False}
+    result = fuse(parents, record.method, data=load_dataset(record.dataset), device=device, **options)
+    return result.aligned
+
+
+def aligned_lines(
+    workspace: Workspace,
+    fused_id: str,
+    config: LandscapeConfig = LandscapeConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, InterpolationResult]:
+    """The lines of :data:`ALIGNED_LINES` for a fusion by averaging, stored with the fused model."""
+    record = workspace.record(fused_id)
+    a, b = aligned_parents(workspace, fused_id, device)
+    data = load_dataset(record.dataset)
+    results = {}
+    for index, (name, repair) in enumerate(ALIGNED_LINES.items()):
+        report = scaled(progress, index, len(ALIGNED_LINES), name)
+        result = linear_interpolation(a, b, data, config, device, report, ("parent A", "parent B"), repair=repair)
+        payload = {"kind": "interpolation", "model_ids": list(record.parents), "dataset": record.dataset, "config": config.to_dict(), **result.to_dict()}
+        workspace.save_result(fused_id, landscape_key(aligned_kind(repair), [fused_id]), payload)
+        results[name] = result
+    return results
+
+
+def aligned_kind(repair: bool) -> str:
+    return "aligned-repaired" if repair else "aligned"
+
+
 def fusion_landscape(
     workspace: Workspace,
     fused_id: str,
@@ -199,16 +243,20 @@ def fusion_landscape(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, LandscapeResult]:
-    """For a model fused from two parents: the three interpolations of :func:`fusion_pairs` and the plane through
-    (parent A, parent B, fused); each is stored and returned under ``"A-B"``, ``"A-fused"``, ``"B-fused"``, ``"plane"``."""
+    """For a model fused from two parents: the three interpolations of :func:`fusion_pairs`, for a fusion by
+    averaging the two of :func:`aligned_lines`, and the plane through (parent A, parent B, fused); each is stored and
+    returned under ``"A-B"``, ``"A-fused"``, ``"B-fused"``, the names of :data:`ALIGNED_LINES` and ``"plane"``."""
     record = workspace.record(fused_id)
     pairs = fusion_pairs(record)
     check_limits(fusion_landscape_cost(workspace, fused_id, config, device), config)
     names = ["A-B", "A-fused", "B-fused"]
+    parts = 5 if record.method in ALIGNING else 4
     results: dict[str, LandscapeResult] = {}
     for index, (name, pair) in enumerate(zip(names, pairs)):
-        results[name] = landscape_of(workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, 4, name))
-    results["plane"] = landscape_of(workspace, [*record.parents, fused_id], "plane", config, device=device, progress=scaled(progress, 3, 4, "plane"))
+        results[name] = landscape_of(workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, parts, name))
+    if record.method in ALIGNING:
+        results.update(aligned_lines(workspace, fused_id, config, device, scaled(progress, 3, parts, "aligned")))
+    results["plane"] = landscape_of(workspace, [*record.parents, fused_id], "plane", config, device=device, progress=scaled(progress, parts - 1, parts, "plane"))
     return results
 
 
@@ -222,7 +270,12 @@ def fusion_landscape_cost(
     runs.append(([*record.parents, fused_id], "plane", config.resolution**2))
     for _, _, points in runs:
         check_points(points, config)
-    return reduce(add, (landscape_cost(workspace, ids, kind, config, device=device) for ids, kind, _ in runs))
+    costs = [landscape_cost(workspace, ids, kind, config, device=device) for ids, kind, _ in runs]
+    if record.method in ALIGNING:
+        model, _ = workspace.load(fused_id)
+        data = load_dataset(record.dataset)
+        costs += [estimate_cost(model, data, config.resolution * (1 + repair_passes(model)), config, device, bases=2)]
+    return reduce(add, costs)
 
 
 def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, LandscapeResult]:
@@ -233,6 +286,10 @@ def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, La
         result = stored_landscape(workspace, pair, "interpolation")
         if result is not None:
             found[name] = result
+    for name, repair in ALIGNED_LINES.items():
+        payload = workspace.load_result(fused_id, landscape_key(aligned_kind(repair), [fused_id]))
+        if payload is not None:
+            found[name] = InterpolationResult.from_dict(payload)
     surface = stored_landscape(workspace, [*record.parents, fused_id], "plane")
     if surface is not None:
         found["plane"] = surface

@@ -69,12 +69,14 @@ class FusionReport:
 @dataclass(frozen=True, eq=False)
 class FusionResult:
     """The fused model (an ensemble wrapper for ``method="ensemble"``), the maps that aligned each model to the
-    reference (``None`` for the reference and for methods without maps), the neuron groups, and the report."""
+    reference (``None`` for the reference and for methods without maps), the neuron groups, the report, and for the
+    methods that average (average, ot, matching) the input models in the fused model's neuron order."""
 
     model: nn.Module
     transports: list[dict[str, Transport] | None]
     groups: list[NeuronGroup]
     report: FusionReport
+    aligned: list[nn.Module] = field(default_factory=list)
 
 
 def method_options(method: str, options: dict[str, Any]) -> Any:
@@ -151,4 +153,4 @@ def fuse(
         notes,
         output.details,
     )
-    return FusionResult(output.model.eval(), output.transports, output.groups, report)
+    return FusionResult(output.model.eval(), output.transports, output.groups, report, list(output.aligned))

@@ -8,6 +8,7 @@ from analysis.figures import interpolation_figure, plane_figure, random_directio
 from analysis.landscape import LandscapeConfig
 from analysis.cost import CostEstimate
 from analysis.runs import (
+    ALIGNED_LINES,
     fusion_landscape,
     fusion_landscape_cost,
     landscape_cost,
@@ -92,6 +93,17 @@ if view == FUSION:
     if lines:
         st.dataframe(pd.DataFrame([{"line": n, "train barrier": r.train_barrier, "test barrier": r.test_barrier} for n, r in lines.items()]), hide_index=True, width="stretch")
         show_chart(interpolation_figure(lines), f"interpolation-{fused_id}")
+    aligned = {name: found[name] for name in ALIGNED_LINES if name in found}
+    if len(aligned) == len(ALIGNED_LINES):
+        st.markdown("**Parents aligned as the fusion aligned them, with and without REPAIR at every point**")
+        plain, repaired = (aligned[name].test_barrier for name in ALIGNED_LINES)
+        st.caption(
+            f"Test loss barrier {plain:.4g} nats aligned, {repaired:.4g} with REPAIR"
+            + (f" ({100 * (plain - repaired) / plain:.0f} % lower)" if plain > 0 else "")
+            + ": REPAIR renormalises each point's neurons to the interpolation of the parents' statistics (Jordan et "
+            "al. 2023). Where a curve passes t = 0.5 with weights (0.5, 0.5) is the fused model, or its REPAIRed form."
+        )
+        show_chart(interpolation_figure(aligned), f"interpolation-aligned-{fused_id}")
     if "plane" in found:
         metric = st.radio("Plane metric", ["test_loss", "train_loss", "test_accuracy", "train_accuracy"], horizontal=True, key="landscape.metric")
         show_chart(plane_figure(found["plane"], metric), f"plane-{fused_id}-{metric}")

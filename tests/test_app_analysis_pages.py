@@ -51,9 +51,12 @@ def test_landscape_page_draws_the_interpolations_and_the_plane_of_a_fusion(app_w
     wait_for_job()
     at.run()
     assert not at.exception and not at.error
-    assert set(stored_fusion_landscape(app_workspace, fused)) == {"A-B", "A-fused", "B-fused", "plane"}
+    found = stored_fusion_landscape(app_workspace, fused)
+    assert set(found) == {"A-B", "A-fused", "B-fused", "A-B aligned", "A-B aligned + REPAIR", "plane"}
+    assert [found[n].repaired for n in ("A-B", "A-B aligned", "A-B aligned + REPAIR")] == [False, False, True]
     assert list(at.dataframe[0].value["line"]) == ["A-B", "A-fused", "B-fused"]
-    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("plotly_chart")) == 3
+    assert any("with REPAIR" in str(c.value) for c in at.caption)
 
 
 def test_landscape_page_refuses_a_grid_of_absurd_size(app_workspace):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from analysis.landscape import LandscapeConfig, linear_interpolation
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.fuse import fuse
 from fusion.groups import neuron_groups
@@ -9,6 +10,7 @@ from fusion.repair import chain_ends, repair, statistics
 from fusion.train import TrainConfig, evaluate, train
 from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
 
+CPU = torch.device("cpu")
 X = torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
@@ -69,14 +71,49 @@ def test_repair_is_refused_for_methods_that_do_not_average():
         fuse(members, "average", repair=True)
 
 
-def test_repair_raises_the_accuracy_of_fused_digits_cnns(digits):
+@pytest.fixture(scope="module")
+def cnn_parents(digits):
+    """Two digits CNNs without BatchNorm (16-32 channels), trained 8 epochs from seeds 0 and 1."""
     spec = default_spec("cnn", (1, 8, 8), 10)
     parents = []
     for seed in (0, 1):
         model = build_model(spec, seed=seed)
         train(model, digits, TrainConfig(epochs=8, lr=2e-3, batch_size=64, seed=seed))
         parents.append(model.eval())
+    return parents
+
+
+def test_repair_raises_the_accuracy_of_fused_digits_cnns(digits, cnn_parents):
+    parents = cnn_parents
     for method in ("average", "ot"):
         plain = evaluate(fuse(parents, method, data=digits).model, digits.x_test, digits.y_test).accuracy
         repaired = evaluate(fuse(parents, method, data=digits, repair=True).model, digits.x_test, digits.y_test).accuracy
         assert repaired > plain + 0.01, (method, plain, repaired)
+
+
+def test_repair_along_the_aligned_interpolation_lowers_the_barrier_and_passes_through_the_repaired_fusion(
+    digits, cnn_parents
+):
+    config = LandscapeConfig(resolution=5)
+    fused = fuse(cnn_parents, "ot", data=digits)
+    a, b = fused.aligned
+    plain = linear_interpolation(a, b, digits, config, CPU)
+    repaired = linear_interpolation(a, b, digits, config, CPU, repair=True)
+    assert repaired.repaired and not plain.repaired
+    assert repaired.test_barrier < 0.5 * plain.test_barrier, (plain.test_barrier, repaired.test_barrier)
+    for end in (0, -1):
+        assert repaired.metrics.test_loss[end] == pytest.approx(plain.metrics.test_loss[end], rel=1e-4)
+    midpoint = fuse(cnn_parents, "ot", data=digits, repair=True).model
+    assert repaired.metrics.test_loss[2] == pytest.approx(evaluate(midpoint, digits.x_test, digits.y_test).loss, rel=1e-3)
+    assert plain.metrics.test_loss[2] == pytest.approx(evaluate(fused.model, digits.x_test, digits.y_test).loss, rel=1e-4)
+
+
+def test_repair_along_the_line_to_an_aligned_permuted_copy_changes_nothing(digits, cnn_parents):
+    model = cnn_parents[0]
+    groups = neuron_groups(model, digits.x_train[:2])
+    a, b = fuse([model, permuted_copy(model, groups, seed=3)], "matching", data=digits).aligned
+    config = LandscapeConfig(resolution=3, samples=300)
+    plain = linear_interpolation(a, b, digits, config, CPU)
+    repaired = linear_interpolation(a, b, digits, config, CPU, repair=True)
+    assert abs(plain.test_barrier) < 1e-4 and abs(repaired.test_barrier) < 1e-4
+    assert repaired.metrics.test_loss == pytest.approx(plain.metrics.test_loss, rel=1e-4)
