@@ -32,8 +32,8 @@ with st.form("demo-ensemble", border=True):
     mlps = sum(m.spec.arch == "mlp" for m in members)
     st.markdown(
         f"Trains {mlps} MLPs ({members[0].spec.describe()}) and {len(members) - mlps} small CNNs "
-        f"({members[-1].spec.describe()}) with different seeds on the offline 8x8 digits dataset: about ten seconds "
-        "on a CPU, and everything the other pages need."
+        f"({members[-1].spec.describe()}) with different seeds on the offline 8x8 digits dataset: about six seconds "
+        "of training on a 2-core CPU, and everything the other pages need. Models already built are reused."
     )
     build = st.form_submit_button("Build the demo ensemble", type="primary", disabled=inputs_disabled())
 if build:
