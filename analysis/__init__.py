@@ -1,10 +1,42 @@
 """Analyses of trained and fused networks: Hessian spectra (:mod:`analysis.hessian`), loss landscapes
-(:mod:`analysis.landscape`) and their plotly figures (:mod:`analysis.figures`). Nothing here imports Streamlit."""
+(:mod:`analysis.landscape`), neuron norms (:mod:`analysis.norms`), method comparisons (:mod:`analysis.comparison`),
+the same over workspace models with stored results (:mod:`analysis.runs`), and their plotly figures
+(:mod:`analysis.figures`). Nothing here imports Streamlit.
 
-from fusion.errors import FusionError, NonFiniteLoss
+    from analysis import hessian_report, HessianConfig, linear_interpolation, LandscapeConfig
 
-__all__ = ["AnalysisError", "NonFiniteLoss"]
+The names below are imported on first use.
+"""
+
+from __future__ import annotations
+
+from fusion.errors import FusionError
+from fusion.errors import NonFiniteLoss as NonFiniteLoss
+from fusion.exports import lazy_exports
+
+EXPORTS: dict[str, str] = {
+    "HessianConfig": "analysis.hessian",
+    "HessianReport": "analysis.hessian",
+    "hessian_report": "analysis.hessian",
+    "hessian_top_eigenvalues": "analysis.hessian",
+    "hessian_trace": "analysis.hessian",
+    "hessian_eigenvalue_density": "analysis.hessian",
+    "LandscapeConfig": "analysis.landscape",
+    "linear_interpolation": "analysis.landscape",
+    "plane": "analysis.landscape",
+    "random_directions": "analysis.landscape",
+    "loss_barrier": "analysis.landscape",
+    "neuron_norms": "analysis.norms",
+    "compare_methods": "analysis.comparison",
+    "hessian_of": "analysis.runs",
+    "landscape_of": "analysis.runs",
+    "fusion_landscape": "analysis.runs",
+}
+__all__ = sorted([*EXPORTS, "AnalysisError", "NonFiniteLoss"])
 
 
 class AnalysisError(FusionError, ValueError):
     """An analysis cannot run on the given model, data or options (no trainable parameters, k too large...)."""
+
+
+__getattr__, __dir__ = lazy_exports("analysis", globals(), EXPORTS)

@@ -3,26 +3,28 @@
 :func:`compare_methods` fuses the parents with each chosen method (the single-model methods, Intra-Fusion and magnitude
 pruning, take the first parent), optionally fine-tunes every fused model with one recipe, and returns one
 :class:`ComparisonRow` per method: test accuracy and loss before and after fine-tuning, parameters, fusion time and,
-when the workspace holds a Hessian report for the model (:func:`analysis.runs.hessian_of`), its top eigenvalue and trace.
-Methods whose constraints the parents do not meet are skipped with the reason. :func:`comparison_from_workspace`
-builds the same table from models already fused, without recomputing anything; :func:`to_csv` and
-:func:`to_markdown` export it.
+when the workspace holds a Hessian report for the model (:func:`analysis.runs.hessian_of`), its top eigenvalue and
+trace. Methods whose constraints the parents do not meet are skipped with the reason.
+:func:`comparison_from_workspace` builds the same table from models already fused, without recomputing anything;
+:func:`to_csv` and :func:`to_markdown` export it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from analysis.runs import stored_hessian
 from fusion.errors import ArchitectureError, ConfigError, FusionError
-from fusion.fuse import REGISTRY
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
-from fusion.train import Progress, TrainConfig, no_progress
+from fusion.progress import Progress, no_progress
+from fusion.registry import REGISTRY
+from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord, Workspace
 
 
@@ -65,7 +67,11 @@ class MethodComparison:
 
 
 def same_depth(a: ModelRecord, b: ModelRecord) -> bool:
-    return (a.spec.arch, len(a.spec.hidden), len(a.spec.channels)) == (b.spec.arch, len(b.spec.hidden), len(b.spec.channels))
+    return (a.spec.arch, len(a.spec.hidden), len(a.spec.channels)) == (
+        b.spec.arch,
+        len(b.spec.hidden),
+        len(b.spec.channels),
+    )
 
 
 def inapplicable_reason(records: Sequence[ModelRecord], method: str) -> str | None:
@@ -90,7 +96,7 @@ def inapplicable_reason(records: Sequence[ModelRecord], method: str) -> str | No
 
 
 def applicable_methods(records: Sequence[ModelRecord]) -> list[str]:
-    """The methods of :data:`fusion.fuse.REGISTRY` that can fuse these parents, in registry order."""
+    """The methods of :data:`fusion.registry.REGISTRY` that can fuse these parents, in registry order."""
     return [m for m in REGISTRY if inapplicable_reason(records, m) is None]
 
 
@@ -116,7 +122,9 @@ def hessian_summary(workspace: Workspace, model_id: str | None) -> tuple[float |
     return float(report.top.eigenvalues[0]), float(report.trace.mean)
 
 
-def row_from_records(workspace: Workspace, fused: ModelRecord, tuned: ModelRecord | None, note: str = "") -> ComparisonRow:
+def row_from_records(
+    workspace: Workspace, fused: ModelRecord, tuned: ModelRecord | None, note: str = ""
+) -> ComparisonRow:
     """A row from a fused model's record and, if any, its fine-tuned model's record (metrics as stored)."""
     top, trace = hessian_summary(workspace, fused.id)
     tuned_top, tuned_trace = hessian_summary(workspace, tuned.id if tuned else None)
@@ -205,7 +213,9 @@ def compare_methods(
                 )
             )
             continue
-        stored = finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning) if finetune else None
+        stored = (
+            finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning) if finetune else None
+        )
         notes = [single_model_note(method, ids[0])] if single else []
         if run.reused or (stored is not None and stored.reused):
             notes.append(reuse_note(run.reused, stored is not None and stored.reused))

@@ -46,9 +46,13 @@ class CostEstimate:
     def __add__(self, other: CostEstimate) -> CostEstimate:
         """Two runs one after the other: the work adds up, the peak memory is the larger one's."""
         return CostEstimate(
-            self.units + other.units, self.unit, self.forward_passes + other.forward_passes,
-            self.backward_passes + other.backward_passes, self.examples + other.examples,
-            self.seconds + other.seconds, max(self.memory_bytes, other.memory_bytes),
+            self.units + other.units,
+            self.unit,
+            self.forward_passes + other.forward_passes,
+            self.backward_passes + other.backward_passes,
+            self.examples + other.examples,
+            self.seconds + other.seconds,
+            max(self.memory_bytes, other.memory_bytes),
         )
 
     def describe(self) -> str:
@@ -86,7 +90,9 @@ def check_estimate(
             f"lower {lower}"
         )
     if estimate.seconds > warn_seconds:
-        warnings.warn(f"this run will take about {estimate.seconds:,.0f} s ({estimate.describe()})", warning, stacklevel=3)
+        warnings.warn(
+            f"this run will take about {estimate.seconds:,.0f} s ({estimate.describe()})", warning, stacklevel=3
+        )
 
 
 def saved_bytes(run: Callable[[], Any], shared: Iterable[torch.Tensor] = ()) -> int:

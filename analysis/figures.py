@@ -75,27 +75,47 @@ def eigenvalue_density_figure(
         colour = model_colour(role)
         upper = positive_floor(density.density + density.spread, peak)
         lower = positive_floor(np.maximum(density.density - density.spread, 0), peak)
-        figure.add_trace(go.Scatter(
-            x=np.concatenate([density.grid, density.grid[::-1]]), y=np.concatenate([upper, lower[::-1]]),
-            fill="toself", fillcolor=colour, opacity=0.2, line={"width": 0}, hoverinfo="skip",
-            name=f"{role} spread over runs", showlegend=False,
-        ))
-        figure.add_trace(go.Scatter(
-            x=density.grid, y=positive_floor(density.density, peak), mode="lines", line={"color": colour}, name=role,
-            hovertemplate="λ = %{x:.4g}<br>density = %{y:.3g}<extra>" + role + "</extra>",
-        ))
+        figure.add_trace(
+            go.Scatter(
+                x=np.concatenate([density.grid, density.grid[::-1]]),
+                y=np.concatenate([upper, lower[::-1]]),
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.2,
+                line={"width": 0},
+                hoverinfo="skip",
+                name=f"{role} spread over runs",
+                showlegend=False,
+            )
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=density.grid,
+                y=positive_floor(density.density, peak),
+                mode="lines",
+                line={"color": colour},
+                name=role,
+                hovertemplate="λ = %{x:.4g}<br>density = %{y:.3g}<extra>" + role + "</extra>",
+            )
+        )
         if tops and role in tops:
             values = tops[role].eigenvalues
-            figure.add_trace(go.Scatter(
-                x=values, y=np.interp(values, density.grid, positive_floor(density.density, peak)), mode="markers",
-                marker={"symbol": "diamond", "size": 10, "color": colour, "line": {"width": 1, "color": "black"}},
-                name=f"{role} top eigenvalues", text=[f"λ{i + 1}" for i in range(len(values))],
-                hovertemplate="%{text} = %{x:.5g}<extra>" + role + "</extra>",
-            ))
+            figure.add_trace(
+                go.Scatter(
+                    x=values,
+                    y=np.interp(values, density.grid, positive_floor(density.density, peak)),
+                    mode="markers",
+                    marker={"symbol": "diamond", "size": 10, "color": colour, "line": {"width": 1, "color": "black"}},
+                    name=f"{role} top eigenvalues",
+                    text=[f"λ{i + 1}" for i in range(len(values))],
+                    hovertemplate="%{text} = %{x:.5g}<extra>" + role + "</extra>",
+                )
+            )
     figure.update_layout(title="Hessian eigenvalue density (stochastic Lanczos quadrature)", hovermode="closest")
     figure.update_xaxes(title_text=EIGENVALUE_TITLE)
     figure.update_yaxes(
-        title_text="density (1 / λ), log scale", type="log",
+        title_text="density (1 / λ), log scale",
+        type="log",
         range=[np.log10(max(peak, 1e-300)) - DENSITY_DECADES, np.log10(max(peak, 1e-300)) + 0.3],
     )
     return figure
@@ -106,11 +126,16 @@ def top_eigenvalues_figure(tops: Mapping[str, TopEigenvalues]) -> go.Figure:
     figure = go.Figure()
     for role, top in tops.items():
         labels = [f"λ{i + 1}" for i in range(len(top.eigenvalues))]
-        figure.add_trace(go.Bar(
-            x=labels, y=top.eigenvalues, name=role, marker_color=model_colour(role),
-            customdata=np.stack([top.residuals], axis=1),
-            hovertemplate="%{x} = %{y:.5g}<br>residual ‖Hv − λv‖ ≈ %{customdata[0]:.2g}<extra>" + role + "</extra>",
-        ))
+        figure.add_trace(
+            go.Bar(
+                x=labels,
+                y=top.eigenvalues,
+                name=role,
+                marker_color=model_colour(role),
+                customdata=np.stack([top.residuals], axis=1),
+                hovertemplate="%{x} = %{y:.5g}<br>residual ‖Hv − λv‖ ≈ %{customdata[0]:.2g}<extra>" + role + "</extra>",
+            )
+        )
     figure.update_layout(title="Top Hessian eigenvalues", barmode="group")
     figure.update_xaxes(title_text="eigenvalue rank")
     figure.update_yaxes(title_text=EIGENVALUE_TITLE)
@@ -120,19 +145,38 @@ def top_eigenvalues_figure(tops: Mapping[str, TopEigenvalues]) -> go.Figure:
 def layer_hessian_figure(layers: Mapping[str, Sequence[LayerHessian]]) -> go.Figure:
     """Per layer (in model order) the top eigenvalue and the trace (± its error bar) of the layer's diagonal Hessian
     block, grouped bars per model (by role)."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("top eigenvalue of the layer's block", "trace of the layer's block"))
+    figure = make_subplots(
+        rows=1, cols=2, subplot_titles=("top eigenvalue of the layer's block", "trace of the layer's block")
+    )
     for role, blocks in layers.items():
         names = [block.layer for block in blocks]
         colour = model_colour(role)
-        figure.add_trace(go.Bar(
-            x=names, y=[block.top_eigenvalue for block in blocks], name=role, legendgroup=role, marker_color=colour,
-            hovertemplate="%{x}<br>λ1 = %{y:.5g}<extra>" + role + "</extra>",
-        ), row=1, col=1)
-        figure.add_trace(go.Bar(
-            x=names, y=[block.trace for block in blocks], name=role, legendgroup=role, showlegend=False, marker_color=colour,
-            error_y={"type": "data", "array": [block.trace_error for block in blocks]},
-            hovertemplate="%{x}<br>trace = %{y:.5g}<extra>" + role + "</extra>",
-        ), row=1, col=2)
+        figure.add_trace(
+            go.Bar(
+                x=names,
+                y=[block.top_eigenvalue for block in blocks],
+                name=role,
+                legendgroup=role,
+                marker_color=colour,
+                hovertemplate="%{x}<br>λ1 = %{y:.5g}<extra>" + role + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        figure.add_trace(
+            go.Bar(
+                x=names,
+                y=[block.trace for block in blocks],
+                name=role,
+                legendgroup=role,
+                showlegend=False,
+                marker_color=colour,
+                error_y={"type": "data", "array": [block.trace_error for block in blocks]},
+                hovertemplate="%{x}<br>trace = %{y:.5g}<extra>" + role + "</extra>",
+            ),
+            row=1,
+            col=2,
+        )
     figure.update_layout(title="Per-layer Hessian blocks (other layers held fixed)", barmode="group")
     figure.update_xaxes(title_text="layer")
     figure.update_yaxes(title_text=EIGENVALUE_TITLE, row=1, col=1)
@@ -149,14 +193,33 @@ def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]]) -> go
         for index, curve in enumerate(role_curves):
             style = {"color": model_colour(role), "dash": dashes[index % len(dashes)]}
             name = f"{role} · {curve.label}"
-            figure.add_trace(go.Scatter(
-                x=curve.ts, y=curve.loss, mode="lines+markers", line=style, name=name, legendgroup=name,
-                hovertemplate="t = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + name + "</extra>",
-            ), row=1, col=1)
-            figure.add_trace(go.Scatter(
-                x=curve.ts, y=100 * curve.accuracy, mode="lines+markers", line=style, name=name, legendgroup=name,
-                showlegend=False, hovertemplate="t = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + name + "</extra>",
-            ), row=1, col=2)
+            figure.add_trace(
+                go.Scatter(
+                    x=curve.ts,
+                    y=curve.loss,
+                    mode="lines+markers",
+                    line=style,
+                    name=name,
+                    legendgroup=name,
+                    hovertemplate="t = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + name + "</extra>",
+                ),
+                row=1,
+                col=1,
+            )
+            figure.add_trace(
+                go.Scatter(
+                    x=curve.ts,
+                    y=100 * curve.accuracy,
+                    mode="lines+markers",
+                    line=style,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=False,
+                    hovertemplate="t = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + name + "</extra>",
+                ),
+                row=1,
+                col=2,
+            )
     figure.update_layout(title="Loss along θ + t·v")
     figure.update_xaxes(title_text="step t along the direction (parameter units)")
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
@@ -170,14 +233,33 @@ def split_lines(figure: go.Figure, x: np.ndarray, metrics: GridMetrics, colour: 
         loss, accuracy = getattr(metrics, f"{split}_loss"), getattr(metrics, f"{split}_accuracy")
         style = {"color": colour, "dash": SPLIT_DASH[split]}
         label = f"{name} · {split}"
-        figure.add_trace(go.Scatter(
-            x=x, y=loss, mode="lines+markers", line=style, name=label, legendgroup=label,
-            hovertemplate=x_label + " = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + label + "</extra>",
-        ), row=1, col=1)
-        figure.add_trace(go.Scatter(
-            x=x, y=100 * accuracy, mode="lines+markers", line=style, name=label, legendgroup=label, showlegend=False,
-            hovertemplate=x_label + " = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + label + "</extra>",
-        ), row=1, col=2)
+        figure.add_trace(
+            go.Scatter(
+                x=x,
+                y=loss,
+                mode="lines+markers",
+                line=style,
+                name=label,
+                legendgroup=label,
+                hovertemplate=x_label + " = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + label + "</extra>",
+            ),
+            row=1,
+            col=1,
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=x,
+                y=100 * accuracy,
+                mode="lines+markers",
+                line=style,
+                name=label,
+                legendgroup=label,
+                showlegend=False,
+                hovertemplate=x_label + " = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + label + "</extra>",
+            ),
+            row=1,
+            col=2,
+        )
 
 
 def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figure:
@@ -190,11 +272,20 @@ def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figur
         label = f"{name} (barrier {result.test_barrier:.3f} test, {result.train_barrier:.3f} train)"
         split_lines(figure, result.ts, result.metrics, colour, label, "t")
         for end, role in ((0, result.labels[0]), (-1, result.labels[1])):
-            figure.add_trace(go.Scatter(
-                x=[result.ts[end]], y=[result.metrics.test_loss[end]], mode="markers", name=role, legendgroup=role,
-                showlegend=role not in marked, marker={"size": 12, "color": model_colour(role), "symbol": "circle"},
-                hovertemplate=role + "<br>test loss = %{y:.4f} nats<extra></extra>",
-            ), row=1, col=1)
+            figure.add_trace(
+                go.Scatter(
+                    x=[result.ts[end]],
+                    y=[result.metrics.test_loss[end]],
+                    mode="markers",
+                    name=role,
+                    legendgroup=role,
+                    showlegend=role not in marked,
+                    marker={"size": 12, "color": model_colour(role), "symbol": "circle"},
+                    hovertemplate=role + "<br>test loss = %{y:.4f} nats<extra></extra>",
+                ),
+                row=1,
+                col=1,
+            )
             marked.add(role)
     figure.update_layout(title="Linear interpolation between two models")
     figure.update_xaxes(title_text="interpolation weight t (0 = first model, 1 = second)")
@@ -215,19 +306,36 @@ def metric_values(metrics: GridMetrics, metric: str) -> tuple[np.ndarray, str]:
 def plane_figure(result: PlaneResult, metric: str = "test_loss") -> go.Figure:
     """A contour map of ``metric`` over the plane through three models, each marked in its role's colour."""
     values, title = metric_values(result.metrics, metric)
-    figure = go.Figure(go.Contour(
-        x=result.x, y=result.y, z=values, colorscale="Viridis", colorbar={"title": {"text": title}},
-        hovertemplate="x = %{x:.3f}<br>y = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>", name=title,
-    ))
+    figure = go.Figure(
+        go.Contour(
+            x=result.x,
+            y=result.y,
+            z=values,
+            colorscale="Viridis",
+            colorbar={"title": {"text": title}},
+            hovertemplate="x = %{x:.3f}<br>y = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>",
+            name=title,
+        )
+    )
     for (x, y), role in zip(result.coordinates, result.labels):
-        figure.add_trace(go.Scatter(
-            x=[x], y=[y], mode="markers+text", text=[role], textposition="top center", name=role, showlegend=False,
-            marker={"size": 13, "color": model_colour(role), "line": {"width": 1.5, "color": "white"}},
-            hovertemplate=role + "<br>x = %{x:.3f}, y = %{y:.3f}<extra></extra>",
-        ))
+        figure.add_trace(
+            go.Scatter(
+                x=[x],
+                y=[y],
+                mode="markers+text",
+                text=[role],
+                textposition="top center",
+                name=role,
+                showlegend=False,
+                marker={"size": 13, "color": model_colour(role), "line": {"width": 1.5, "color": "white"}},
+                hovertemplate=role + "<br>x = %{x:.3f}, y = %{y:.3f}<extra></extra>",
+            )
+        )
     figure.update_layout(title=f"Plane through three models: {title}")
     figure.update_xaxes(title_text="x along θ_B − θ_A (parameter-space distance)")
-    figure.update_yaxes(title_text="y, orthogonal, towards θ_C (parameter-space distance)", scaleanchor="x", scaleratio=1)
+    figure.update_yaxes(
+        title_text="y, orthogonal, towards θ_C (parameter-space distance)", scaleanchor="x", scaleratio=1
+    )
     return figure
 
 
@@ -244,16 +352,35 @@ def random_directions_figure(result: RandomDirectionsResult, metric: str = "test
         figure.update_layout(title=f"Loss along a random filter-normalised direction around {result.label}")
         return figure
     values, title = metric_values(result.metrics, metric)
-    figure = go.Figure(go.Contour(
-        x=result.alphas, y=result.alphas, z=values, colorscale="Viridis", colorbar={"title": {"text": title}},
-        hovertemplate="α = %{x:.3f}<br>β = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>", name=title,
-    ))
-    figure.add_trace(go.Scatter(
-        x=[0.0], y=[0.0], mode="markers+text", text=[result.label], textposition="top center", name=result.label, showlegend=False,
-        marker={"size": 13, "color": model_colour(result.label), "line": {"width": 1.5, "color": "white"}},
-        hovertemplate=result.label + "<extra></extra>",
-    ))
+    figure = go.Figure(
+        go.Contour(
+            x=result.alphas,
+            y=result.alphas,
+            z=values,
+            colorscale="Viridis",
+            colorbar={"title": {"text": title}},
+            hovertemplate="α = %{x:.3f}<br>β = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>",
+            name=title,
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[0.0],
+            y=[0.0],
+            mode="markers+text",
+            text=[result.label],
+            textposition="top center",
+            name=result.label,
+            showlegend=False,
+            marker={"size": 13, "color": model_colour(result.label), "line": {"width": 1.5, "color": "white"}},
+            hovertemplate=result.label + "<extra></extra>",
+        )
+    )
     figure.update_layout(title=f"Loss surface around {result.label} (Li et al. 2018 filter-normalised directions)")
     figure.update_xaxes(title_text=axis)
-    figure.update_yaxes(title_text="β along filter-normalised direction 2 (units of the weights' filter norms)", scaleanchor="x", scaleratio=1)
+    figure.update_yaxes(
+        title_text="β along filter-normalised direction 2 (units of the weights' filter norms)",
+        scaleanchor="x",
+        scaleratio=1,
+    )
     return figure

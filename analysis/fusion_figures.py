@@ -3,7 +3,7 @@ comparison of fused models. Pure functions of library results; colours per model
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -18,7 +18,8 @@ ACCURACY_RANGE = [0, 105]
 
 PLAN_SPACING = 0.24
 """Gap between the plan and the cost matrix, as a fraction of the width: room for the plan's colour bar, which sits in
-it, clear of the cost matrix (whose rows are the plan's, so it shares the plan's row axis and has no title of its own)."""
+it, clear of the cost matrix (whose rows are the plan's, so it shares the plan's row axis and has no title of its
+own)."""
 
 
 def role_colour(role: str) -> str:
@@ -169,9 +170,7 @@ def comparison_figure(rows: Sequence[dict]) -> go.Figure:
     return figure
 
 
-def finetune_comparison_figure(
-    rows: Sequence[dict], references: Sequence[tuple[str, str, float]] = ()
-) -> go.Figure:
+def finetune_comparison_figure(rows: Sequence[dict], references: Sequence[tuple[str, str, float]] = ()) -> go.Figure:
     """Test accuracy (%) of every fused model before and after fine-tuning, grouped per row's ``method``.
 
     ``rows`` carry ``method``, ``test_accuracy`` and ``finetuned_accuracy`` (``None`` where not fine-tuned), both as
@@ -179,7 +178,10 @@ def finetune_comparison_figure(
     parent, the ensemble), labelled in the legend, where no label can cover a bar's value."""
     figure = go.Figure()
     methods = [r["method"] for r in rows]
-    for label, key, role in (("fused", "test_accuracy", "fused"), ("after fine-tuning", "finetuned_accuracy", "fine-tuned")):
+    for label, key, role in (
+        ("fused", "test_accuracy", "fused"),
+        ("after fine-tuning", "finetuned_accuracy", "fine-tuned"),
+    ):
         values = [None if r.get(key) is None else 100 * r[key] for r in rows]
         figure.add_trace(
             go.Bar(

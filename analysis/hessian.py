@@ -78,8 +78,8 @@ from analysis.landscape import (
 )
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
+from fusion.progress import Progress, no_progress
 from fusion.seeds import check_seed
-from fusion.train import Progress, no_progress
 
 Loss = Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
 """``loss(outputs, (inputs, targets))``: a scalar, the mean over the batch."""
@@ -100,11 +100,12 @@ class HessianConfig:
     used test batches of 1000). Top-k: at most ``iterations`` Lanczos steps, stopping at relative residual
     ``tolerance`` (PyHessian's ``maxIter=100``, ``tol=1e-3``), ``top_k`` eigenvalues (3 in the study). Trace: at most
     ``probes`` Rademacher probes (PyHessian's ``maxIter=100``) after deflation by ``deflation`` Lanczos vectors,
-    stopping at a relative error bar ``trace_tolerance`` (0: every probe). Density: ``runs`` SLQ runs of ``steps`` Lanczos steps
-    (PyHessian's ``n_v``, ``iter=100``), a Gaussian kernel of width ``kernel_width`` times the spectrum's range, on a
-    grid of ``bins`` points, with full reorthogonalisation when ``reorthogonalize`` (memory ``runs * steps * n`` floats).
-    ``cache_graph`` computes each batch's gradient graph once and keeps it for every product (memory grows with
-    ``samples``); without it every product recomputes it. ``block_size`` vectors share one backward pass.
+    stopping at a relative error bar ``trace_tolerance`` (0: every probe). Density: ``runs`` SLQ runs of ``steps``
+    Lanczos steps (PyHessian's ``n_v``, ``iter=100``), a Gaussian kernel of width ``kernel_width`` times the
+    spectrum's range, on a grid of ``bins`` points, with full reorthogonalisation when ``reorthogonalize`` (memory
+    ``runs * steps * n`` floats). ``cache_graph`` computes each batch's gradient graph once and keeps it for every
+    product (memory grows with ``samples``); without it every product recomputes it. ``block_size`` vectors share one
+    backward pass.
     ``layers`` adds each layer's diagonal block to :func:`hessian_report` (:func:`layerwise_hessian`).
     Limits, checked before any work (:func:`check_hessian_cost`): at most ``max_products`` Hessian-vector products,
     ``max_seconds`` estimated seconds and ``max_memory_gb`` estimated GiB; above ``warn_seconds`` a
@@ -114,20 +115,32 @@ class HessianConfig:
     samples: int | None = field(default=1000, metadata={"help": "examples the loss is averaged over (all when unset)"})
     batch_size: int = field(default=1000, metadata={"help": "examples per forward/backward pass"})
     iterations: int = field(default=100, metadata={"help": "maximum Lanczos steps for the top eigenvalues"})
-    tolerance: float = field(default=1e-3, metadata={"help": "top-k stop: estimated eigenvalue error relative to |λ_1|"})
+    tolerance: float = field(
+        default=1e-3, metadata={"help": "top-k stop: estimated eigenvalue error relative to |λ_1|"}
+    )
     top_k: int = field(default=3, metadata={"help": "number of top eigenvalues"})
     probes: int = field(default=100, metadata={"help": "maximum Hutchinson probes for the trace"})
-    deflation: int = field(default=20, metadata={"help": "Lanczos vectors deflated from the trace's probes (0: plain Hutchinson)"})
-    trace_tolerance: float = field(default=1e-2, metadata={"help": "trace stop: error bar relative to |trace| (0: every probe)"})
+    deflation: int = field(
+        default=20, metadata={"help": "Lanczos vectors deflated from the trace's probes (0: plain Hutchinson)"}
+    )
+    trace_tolerance: float = field(
+        default=1e-2, metadata={"help": "trace stop: error bar relative to |trace| (0: every probe)"}
+    )
     steps: int = field(default=100, metadata={"help": "Lanczos steps per density run"})
     runs: int = field(default=4, metadata={"help": "independent density (SLQ) runs"})
     bins: int = field(default=1000, metadata={"help": "grid points of the density"})
-    kernel_width: float = field(default=0.01, metadata={"help": "Gaussian kernel width, relative to the spectrum's range"})
-    reorthogonalize: bool = field(default=True, metadata={"help": "fully reorthogonalise the density's Lanczos vectors"})
+    kernel_width: float = field(
+        default=0.01, metadata={"help": "Gaussian kernel width, relative to the spectrum's range"}
+    )
+    reorthogonalize: bool = field(
+        default=True, metadata={"help": "fully reorthogonalise the density's Lanczos vectors"}
+    )
     cache_graph: bool = field(default=True, metadata={"help": "keep each batch's gradient graph for all products"})
     block_size: int = field(default=1, metadata={"help": "vectors per Hessian-vector backward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the sample, start vectors and probes"})
-    layers: bool = field(default=False, metadata={"help": "also each layer's top eigenvalue and trace (one analysis per layer)"})
+    layers: bool = field(
+        default=False, metadata={"help": "also each layer's top eigenvalue and trace (one analysis per layer)"}
+    )
     max_products: int = field(default=10_000, metadata={"help": "refuse runs needing more Hessian-vector products"})
     max_seconds: float = field(default=6 * 3600.0, metadata={"help": "refuse runs estimated to take longer (s)"})
     warn_seconds: float = field(default=600.0, metadata={"help": "warn for runs estimated to take longer (s)"})
@@ -239,7 +252,8 @@ class HessianOperator:
         unknown = [name for name in names if name not in trainable]
         if unknown or not names:
             raise AnalysisError(
-                f"parameters must be names of trainable parameters ({', '.join(list(trainable)[:4])}...), got {unknown or names}"
+                f"parameters must be names of trainable parameters ({', '.join(list(trainable)[:4])}...), "
+                f"got {unknown or names}"
             )
         self.model = model
         self.loss = loss
@@ -298,13 +312,19 @@ class HessianOperator:
                 chunk = vectors[start : start + block]
                 tangents = self.space.unflatten(chunk if len(chunk) > 1 else chunk[0])
                 products = torch.autograd.grad(
-                    gradient, leaves, [tangents[n] for n in self.space.names], retain_graph=True,
-                    is_grads_batched=len(chunk) > 1, materialize_grads=True,
+                    gradient,
+                    leaves,
+                    [tangents[n] for n in self.space.names],
+                    retain_graph=True,
+                    is_grads_batched=len(chunk) > 1,
+                    materialize_grads=True,
                 )
                 flat = self.space.flatten(dict(zip(self.space.names, products)))
                 result[start : start + block] += flat.reshape(len(chunk), -1) * (len(x) / len(self.data[0]))
         if not bool(torch.isfinite(result).all()):
-            raise NonFiniteLoss("a Hessian-vector product is NaN or infinite: the loss is not twice differentiable here")
+            raise NonFiniteLoss(
+                "a Hessian-vector product is NaN or infinite: the loss is not twice differentiable here"
+            )
         self.products += len(vectors)
         return result
 
@@ -375,7 +395,12 @@ def lanczos(
                 q[run] = w[row] / beta[row]
                 beta_previous[run] = beta[row]
         active = continuing
-        result = Lanczos([np.array(a) for a in alphas], [np.array(b[: len(a) - 1]) for a, b in zip(alphas, betas)], residual_betas.copy(), basis)
+        result = Lanczos(
+            [np.array(a) for a in alphas],
+            [np.array(b[: len(a) - 1]) for a, b in zip(alphas, betas)],
+            residual_betas.copy(),
+            basis,
+        )
         if not active or (stop is not None and stop(result)):
             break
     longest = max(len(a) for a in alphas)
@@ -437,8 +462,13 @@ class TopEigenvalues:
     def from_dict(cls, data: Mapping[str, Any]) -> TopEigenvalues:
         space = ParameterSpace(tuple(data["parameters"]), tuple(tuple(s) for s in data["shapes"]))
         return cls(
-            numpy_array(data["eigenvalues"]), numpy_array(data["residuals"]), None, space,
-            int(data["iterations"]), bool(data["converged"]), float(data["seconds"]),
+            numpy_array(data["eigenvalues"]),
+            numpy_array(data["residuals"]),
+            None,
+            space,
+            int(data["iterations"]),
+            bool(data["converged"]),
+            float(data["seconds"]),
         )
 
 
@@ -451,7 +481,11 @@ def top_eigenvalues(
 
 
 def lanczos_top_eigenvalues(
-    operator: HessianOperator, k: int, config: HessianConfig = HessianConfig(), progress: Progress = no_progress, min_steps: int = 0
+    operator: HessianOperator,
+    k: int,
+    config: HessianConfig = HessianConfig(),
+    progress: Progress = no_progress,
+    min_steps: int = 0,
 ) -> tuple[TopEigenvalues, Lanczos]:
     """:func:`top_eigenvalues` and its Lanczos run, of at least ``min_steps`` steps (at most ``operator.size``), whose
     basis can deflate the trace (:func:`hutchinson_trace`)."""
@@ -479,7 +513,9 @@ def lanczos_top_eigenvalues(
     eigenvectors = eigenvectors / eigenvectors.norm(dim=1, keepdim=True)
     steps = len(run.alphas[0])
     done = steps == operator.size or run.residual_betas[0] == 0.0 or converged(run)
-    result = TopEigenvalues(values, residuals, eigenvectors.cpu(), operator.space, steps, bool(done), time.perf_counter() - started)
+    result = TopEigenvalues(
+        values, residuals, eigenvectors.cpu(), operator.space, steps, bool(done), time.perf_counter() - started
+    )
     return result, run
 
 
@@ -556,17 +592,28 @@ class HessianTrace:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mean": self.mean, "error": self.error, "values": json_array(self.values), "seconds": self.seconds,
-            "deflation": self.deflation, "deflated": self.deflated, "tolerance": self.tolerance,
-            "converged": self.converged, "status": self.status,
+            "mean": self.mean,
+            "error": self.error,
+            "values": json_array(self.values),
+            "seconds": self.seconds,
+            "deflation": self.deflation,
+            "deflated": self.deflated,
+            "tolerance": self.tolerance,
+            "converged": self.converged,
+            "status": self.status,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HessianTrace:
         """Also reads results stored before the tolerance was kept (0) or with an infinite single-probe error."""
         return cls(
-            float(data["mean"]), finite_or_none(data["error"]), numpy_array(data["values"]), float(data["seconds"]),
-            int(data.get("deflation", 0)), float(data.get("deflated", 0.0)), float(data.get("tolerance", 0.0)),
+            float(data["mean"]),
+            finite_or_none(data["error"]),
+            numpy_array(data["values"]),
+            float(data["seconds"]),
+            int(data.get("deflation", 0)),
+            float(data.get("deflated", 0.0)),
+            float(data.get("tolerance", 0.0)),
         )
 
 
@@ -598,7 +645,9 @@ def hutchinson_trace(
     values: list[float] = []
     error: float | None = None
     while len(values) < config.probes:
-        probes = rademacher(min(config.block_size, config.probes - len(values)), operator.size, generator).to(operator.device)
+        probes = rademacher(min(config.block_size, config.probes - len(values)), operator.size, generator).to(
+            operator.device
+        )
         if basis is not None:
             probes = probes - (probes @ basis.T) @ basis
         values += (deflated + (operator.matmul(probes) * probes).sum(1).double()).tolist()
@@ -610,7 +659,12 @@ def hutchinson_trace(
             break
     array = np.array(values)
     return HessianTrace(
-        float(array.mean()), error, array, time.perf_counter() - started, 0 if basis is None else len(basis), deflated,
+        float(array.mean()),
+        error,
+        array,
+        time.perf_counter() - started,
+        0 if basis is None else len(basis),
+        deflated,
         config.trace_tolerance,
     )
 
@@ -656,12 +710,19 @@ class EigenvalueDensity:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EigenvalueDensity:
         return cls(
-            numpy_array(data["grid"]), numpy_array(data["density"]), numpy_array(data["spread"]), float(data["sigma"]),
-            tuple(numpy_array(n) for n in data["nodes"]), tuple(numpy_array(w) for w in data["weights"]), float(data["seconds"]),
+            numpy_array(data["grid"]),
+            numpy_array(data["density"]),
+            numpy_array(data["spread"]),
+            float(data["sigma"]),
+            tuple(numpy_array(n) for n in data["nodes"]),
+            tuple(numpy_array(w) for w in data["weights"]),
+            float(data["seconds"]),
         )
 
 
-def slq_density(operator: HessianOperator, config: HessianConfig = HessianConfig(), progress: Progress = no_progress) -> EigenvalueDensity:
+def slq_density(
+    operator: HessianOperator, config: HessianConfig = HessianConfig(), progress: Progress = no_progress
+) -> EigenvalueDensity:
     """Stochastic Lanczos quadrature (Ghorbani et al. 2019, Sec. 3): ``config.runs`` runs of ``config.steps`` Lanczos
     steps from normalised Rademacher starts, advanced together one block product per step. Run ``r`` gives nodes
     ``θ_j`` and weights ``w_j = S_{1j}²`` of ``T = S Θ Sᵀ``; its density is ``Σ_j w_j N(t; θ_j, σ²)`` with
@@ -679,12 +740,17 @@ def slq_density(operator: HessianOperator, config: HessianConfig = HessianConfig
     high = max(float(n.max()) for n in nodes)
     sigma = config.kernel_width * ((high - low) or max(abs(high), 1.0))
     grid = np.linspace(low - 5 * sigma, high + 5 * sigma, config.bins)
-    per_run = np.stack([
-        (w[None, :] * np.exp(-0.5 * ((grid[:, None] - n[None, :]) / sigma) ** 2)).sum(1) / (sigma * math.sqrt(2 * math.pi))
-        for n, w in zip(nodes, weights)
-    ])
+    per_run = np.stack(
+        [
+            (w[None, :] * np.exp(-0.5 * ((grid[:, None] - n[None, :]) / sigma) ** 2)).sum(1)
+            / (sigma * math.sqrt(2 * math.pi))
+            for n, w in zip(nodes, weights)
+        ]
+    )
     spread = per_run.std(0, ddof=1) if config.runs > 1 else np.zeros_like(grid)
-    return EigenvalueDensity(grid, per_run.mean(0), spread, sigma, tuple(nodes), tuple(weights), time.perf_counter() - started)
+    return EigenvalueDensity(
+        grid, per_run.mean(0), spread, sigma, tuple(nodes), tuple(weights), time.perf_counter() - started
+    )
 
 
 def hessian_eigenvalue_density(
@@ -717,7 +783,10 @@ class LayerHessian:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LayerHessian:
         return cls(
-            str(data["layer"]), tuple(data["parameters"]), float(data["top_eigenvalue"]), float(data["trace"]),
+            str(data["layer"]),
+            tuple(data["parameters"]),
+            float(data["top_eigenvalue"]),
+            float(data["trace"]),
             finite_or_none(data["trace_error"]),
         )
 
@@ -726,7 +795,11 @@ def layer_parameters(model: nn.Module) -> dict[str, list[str]]:
     """``{module name: its own trainable parameter names}`` for every module holding parameters, in model order."""
     layers: dict[str, list[str]] = {}
     for module_name, module in model.named_modules():
-        names = [f"{module_name}.{n}" if module_name else n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        names = [
+            f"{module_name}.{n}" if module_name else n
+            for n, p in module.named_parameters(recurse=False)
+            if p.requires_grad
+        ]
         if names:
             layers[module_name] = names
     return layers
@@ -746,7 +819,10 @@ def layerwise_hessian(
     results = []
     for index, (layer, names) in enumerate(layers.items()):
         operator = HessianOperator(model, data, config, device, loss, names)
-        report = lambda done, total, message, index=index, layer=layer: progress(index, len(layers), f"layer {layer}: {message}")  # noqa: E731
+
+        def report(done, total, message, index=index, layer=layer):
+            return progress(index, len(layers), f"layer {layer}: {message}")
+
         top, krylov = lanczos_top_eigenvalues(operator, 1, config, report, min_steps=config.deflation)
         trace = hutchinson_trace(operator, config, report, krylov=krylov)
         results.append(LayerHessian(layer, tuple(names), float(top.eigenvalues[0]), trace.mean, trace.error))
@@ -764,11 +840,18 @@ class PerturbationCurve:
     label: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ts": json_array(self.ts), "loss": json_array(self.loss), "accuracy": json_array(self.accuracy), "label": self.label}
+        return {
+            "ts": json_array(self.ts),
+            "loss": json_array(self.loss),
+            "accuracy": json_array(self.accuracy),
+            "label": self.label,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PerturbationCurve:
-        return cls(numpy_array(data["ts"]), numpy_array(data["loss"]), numpy_array(data["accuracy"]), str(data["label"]))
+        return cls(
+            numpy_array(data["ts"]), numpy_array(data["loss"]), numpy_array(data["accuracy"]), str(data["label"])
+        )
 
 
 def perturbation_curve(
@@ -789,14 +872,19 @@ def perturbation_curve(
     unknown = sorted(set(direction) - set(origin))
     if unknown:
         raise AnalysisError(f"the direction names entries the model does not have: {', '.join(unknown[:3])}")
-    full = {k: direction[k].to(v.device, v.dtype).reshape(v.shape) if k in direction else torch.zeros_like(v) for k, v in origin.items()}
+    full = {
+        k: direction[k].to(v.device, v.dtype).reshape(v.shape) if k in direction else torch.zeros_like(v)
+        for k, v in origin.items()
+    }
     inputs, targets = data
     if len(inputs) == 0:
         raise DatasetError("a perturbation curve needs data, got an empty dataset")
     ts_array = np.asarray(ts, dtype=float)
     coefficients = torch.tensor(np.stack([np.ones_like(ts_array), ts_array], axis=1))
     per_call = auto_points_per_call(model, device)
-    losses, accuracies = evaluate_combinations(model, [origin, full], coefficients, inputs, targets, batch_size, per_call, device, progress, label)
+    losses, accuracies = evaluate_combinations(
+        model, [origin, full], coefficients, inputs, targets, batch_size, per_call, device, progress, label
+    )
     return PerturbationCurve(ts_array, losses, accuracies, label)
 
 
@@ -806,7 +894,9 @@ class SlowHessianWarning(SlowAnalysisWarning):
 
 HESSIAN_PRODUCTS = "Hessian-vector products"
 LOWER_FOR = {
-    "top eigenvalues": "iterations (or deflation)", "trace": "probes", "density": "steps or runs",
+    "top eigenvalues": "iterations (or deflation)",
+    "trace": "probes",
+    "density": "steps or runs",
     "layers": "iterations and probes, or turn layers off",
 }
 """The options that bound each stage's Hessian-vector products."""
@@ -898,7 +988,9 @@ def estimate_hessian_cost(
         hvp = lambda: torch.autograd.grad(gradients, leaves, tangents, retain_graph=True, materialize_grads=True)  # noqa: E731
         hvp()
         timings = [
-            timed(lambda: loss(functional_call(model, {**params, **fixed}, (probe[0],)), probe)), timed(graph), timed(hvp)
+            timed(lambda: loss(functional_call(model, {**params, **fixed}, (probe[0],)), probe)),
+            timed(graph),
+            timed(hvp),
         ]
     forward, with_graph, product = (t / len(probe[0]) for t in timings)
     seconds = samples * (forward * forwards + with_graph * graphs + product * sum(products.values()))
@@ -908,8 +1000,13 @@ def estimate_hessian_cost(
     vectors = (basis + config.top_k + 4 * config.block_size) * size * 4
     memory = state_bytes + samples * inputs[0].numel() * inputs.element_size() + kept * graph_bytes + vectors
     return CostEstimate(
-        sum(products.values()), HESSIAN_PRODUCTS, (forwards + graphs) * batches, (graphs + vector_passes) * batches,
-        (forwards + graphs) * samples, seconds, int(memory),
+        sum(products.values()),
+        HESSIAN_PRODUCTS,
+        (forwards + graphs) * batches,
+        (graphs + vector_passes) * batches,
+        (forwards + graphs) * samples,
+        seconds,
+        int(memory),
     )
 
 
@@ -994,7 +1091,9 @@ def hessian_report(
     stages = 6 if config.layers else 5
 
     def stage(index: int, name: str) -> Progress:
-        return lambda done, total, message: progress(index * 1000 + 1000 * done // total, stages * 1000, f"{name}: {message}")
+        return lambda done, total, message: progress(
+            index * 1000 + 1000 * done // total, stages * 1000, f"{name}: {message}"
+        )
 
     top, krylov = lanczos_top_eigenvalues(operator, config.top_k, config, stage(0, "top eigenvalues"), config.deflation)
     trace = hutchinson_trace(operator, config, stage(1, "trace"), krylov)
@@ -1002,11 +1101,25 @@ def hessian_report(
     density = slq_density(operator, config, stage(2, "density"))
     random = filter_normalized_direction(model, torch.Generator().manual_seed(config.seed))
     curves = (
-        perturbation_curve(model, top.direction(0), sample, device=device, progress=stage(3, "top eigenvector"), batch_size=config.batch_size),
         perturbation_curve(
-            model, random, sample, device=device, progress=stage(4, "random direction"),
-            label="random filter-normalised", batch_size=config.batch_size,
+            model,
+            top.direction(0),
+            sample,
+            device=device,
+            progress=stage(3, "top eigenvector"),
+            batch_size=config.batch_size,
+        ),
+        perturbation_curve(
+            model,
+            random,
+            sample,
+            device=device,
+            progress=stage(4, "random direction"),
+            label="random filter-normalised",
+            batch_size=config.batch_size,
         ),
     )
     layers = layerwise_hessian(model, sample, config, device, stage(5, "layers"), loss) if config.layers else []
-    return HessianReport(top, trace, density, curves, config, len(sample[0]), time.perf_counter() - started, tuple(layers))
+    return HessianReport(
+        top, trace, density, curves, config, len(sample[0]), time.perf_counter() - started, tuple(layers)
+    )

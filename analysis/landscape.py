@@ -48,13 +48,14 @@ from fusion.data import Dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, CostLimitError, DatasetError, NonFiniteLoss
 from fusion.groups import neuron_groups
+from fusion.progress import Progress, no_progress
 from fusion.repair import repair as renormalise_to_parents
 from fusion.seeds import check_seed
-from fusion.train import Progress, no_progress
 
 State = dict[str, torch.Tensor]
 POINTS_PER_CALL_BUDGET = 25_000_000
-"""Automatic chunking on CUDA: at most ``floor(budget / parameters)`` points per vmapped call (100 MB of float32 states)."""
+"""Automatic chunking on CUDA: at most ``floor(budget / parameters)`` points per vmapped call (100 MB of float32
+states)."""
 
 
 class GridTooLarge(CostLimitError, AnalysisError):
@@ -80,11 +81,15 @@ class LandscapeConfig:
 
     resolution: int = field(default=21, metadata={"help": "grid points per axis"})
     span: float = field(default=1.0, metadata={"help": "random directions: coefficients in [-span, span]"})
-    margin: float = field(default=0.25, metadata={"help": "plane: grid margin around the models, relative to their extent"})
+    margin: float = field(
+        default=0.25, metadata={"help": "plane: grid margin around the models, relative to their extent"}
+    )
     samples: int | None = field(default=None, metadata={"help": "examples per split (all when unset)"})
     batch_size: int = field(default=1000, metadata={"help": "examples per forward pass"})
     seed: int = field(default=0, metadata={"help": "seed of the sample and the random directions"})
-    recompute_batchnorm: bool = field(default=False, metadata={"help": "re-estimate BatchNorm statistics at every point"})
+    recompute_batchnorm: bool = field(
+        default=False, metadata={"help": "re-estimate BatchNorm statistics at every point"}
+    )
     points_per_call: int = field(default=0, metadata={"help": "grid points per vmapped call (0: automatic)"})
     max_points: int = field(default=10_000, metadata={"help": "refuse grids with more points"})
     max_seconds: float = field(default=6 * 3600.0, metadata={"help": "refuse grids estimated to take longer (s)"})
@@ -103,7 +108,9 @@ class LandscapeConfig:
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 65536:
             raise ConfigError(f"batch size must be an integer from 1 to 65536, got {self.batch_size!r}")
         if not isinstance(self.points_per_call, int) or not 0 <= self.points_per_call <= 4096:
-            raise ConfigError(f"points_per_call must be an integer from 0 (automatic) to 4096, got {self.points_per_call!r}")
+            raise ConfigError(
+                f"points_per_call must be an integer from 0 (automatic) to 4096, got {self.points_per_call!r}"
+            )
         if not isinstance(self.max_points, int) or self.max_points < 1:
             raise ConfigError(f"max_points must be a positive integer, got {self.max_points!r}")
         if not (self.max_seconds > 0 and self.warn_seconds > 0):
@@ -149,6 +156,8 @@ def json_array(values: np.ndarray) -> list[Any]:
 
 def numpy_array(values: Any) -> np.ndarray:
     return np.array(values, dtype=float)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` in eval mode for the block, its previous mode restored afterwards."""
@@ -275,8 +284,15 @@ def evaluate_grid(
         per_call = auto_points_per_call(model, device, config.points_per_call)
         results = []
         for index, (split, (x, y)) in enumerate((("train", train), ("test", test))):
-            report = lambda done, total, message, offset=index * points: progress(offset + done, 2 * points, message)
-            results.append(evaluate_combinations(model, bases, coefficients, x, y, config.batch_size, per_call, device, report, split))
+
+            def report(done, total, message, offset=index * points):
+                return progress(offset + done, 2 * points, message)
+
+            results.append(
+                evaluate_combinations(
+                    model, bases, coefficients, x, y, config.batch_size, per_call, device, report, split
+                )
+            )
         (train_loss, train_acc), (test_loss, test_acc) = results
         return GridMetrics(train_loss, train_acc, test_loss, test_acc)
     work = copy.deepcopy(model)
@@ -351,7 +367,13 @@ def check_limits(estimate: CostEstimate, config: LandscapeConfig) -> None:
     """Refuse (:class:`GridTooLarge`) an estimate above ``max_seconds`` or ``max_memory_gb``; warn
     (:class:`SlowLandscapeWarning`) above ``warn_seconds``."""
     check_estimate(
-        estimate, config.max_seconds, config.max_memory_gb, config.warn_seconds, LOWER, GridTooLarge, SlowLandscapeWarning
+        estimate,
+        config.max_seconds,
+        config.max_memory_gb,
+        config.warn_seconds,
+        LOWER,
+        GridTooLarge,
+        SlowLandscapeWarning,
     )
 
 
@@ -367,7 +389,8 @@ def check_cost(
 
 
 def loss_barrier(ts: np.ndarray, losses: np.ndarray) -> float:
-    """``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` over a curve sampled at ``ts`` (first and last points ``t = 0, 1``)."""
+    """``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` over a curve sampled at ``ts`` (first and last points
+    ``t = 0, 1``)."""
     ts, losses = np.asarray(ts, dtype=float), np.asarray(losses, dtype=float)
     return float(np.max(losses - ((1 - ts) * losses[0] + ts * losses[-1])))
 
@@ -578,7 +601,9 @@ def plane(
     grid_x, grid_y = np.meshgrid(x, y)
     coefficients = torch.tensor(basis.affine(grid_x.ravel(), grid_y.ravel()))
     metrics = evaluate_grid(models[0], [float_state(m) for m in models], coefficients, data, config, device, progress)
-    return PlaneResult(x, y, metrics.reshape(len(y), len(x)), tuple(basis.coordinates), tuple(labels), config.recompute_batchnorm)
+    return PlaneResult(
+        x, y, metrics.reshape(len(y), len(x)), tuple(basis.coordinates), tuple(labels), config.recompute_batchnorm
+    )
 
 
 def padded_range(low: float, high: float, margin: float, count: int) -> np.ndarray:
@@ -630,7 +655,13 @@ class RandomDirectionsResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RandomDirectionsResult:
-        return cls(numpy_array(data["alphas"]), int(data["dims"]), GridMetrics.from_dict(data["metrics"]), int(data["seed"]), str(data["label"]))
+        return cls(
+            numpy_array(data["alphas"]),
+            int(data["dims"]),
+            GridMetrics.from_dict(data["metrics"]),
+            int(data["seed"]),
+            str(data["label"]),
+        )
 
 
 def random_directions(

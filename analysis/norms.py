@@ -96,5 +96,13 @@ def pruning_survival(details: dict[str, Any]) -> list[Survival]:
     for name, record in details.get("groups", {}).items():
         kept = set(record["kept"])
         size = int(record["size"])
-        result.append(Survival(name, [0] * size, list(range(size)), [float(v) for v in record["importance"]], [i in kept for i in range(size)]))
+        result.append(
+            Survival(
+                name,
+                [0] * size,
+                list(range(size)),
+                [float(v) for v in record["importance"]],
+                [i in kept for i in range(size)],
+            )
+        )
     return result

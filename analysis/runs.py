@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import string
+from collections.abc import Sequence
 from functools import reduce
 from operator import add
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
+from analysis.cost import CostEstimate
 from analysis.hessian import (
     HessianConfig,
     HessianReport,
@@ -20,7 +22,6 @@ from analysis.hessian import (
     estimate_hessian_cost,
     hessian_report,
 )
-from analysis.cost import CostEstimate
 from analysis.landscape import (
     InterpolationResult,
     LandscapeConfig,
@@ -36,8 +37,8 @@ from analysis.landscape import (
 )
 from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError
-from fusion.fuse import fuse
-from fusion.train import Progress, no_progress
+from fusion.progress import Progress, no_progress
+from fusion.registry import fuse
 from fusion.workspace import ModelRecord, Workspace
 
 HESSIAN = "hessian"
@@ -69,7 +70,9 @@ def hessian_of(
     model, record = workspace.load(model_id)
     data = load_dataset(record.dataset)
     report = hessian_report(model, data.split(split), config, device, progress)
-    workspace.save_result(model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()})
+    workspace.save_result(
+        model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
+    )
     return report
 
 
@@ -84,7 +87,9 @@ def landscape_key(kind: str, model_ids: Sequence[str]) -> str:
     return f"landscape-{kind}-{digest}"
 
 
-def landscape_models(workspace: Workspace, model_ids: Sequence[str], kind: str) -> tuple[list[torch.nn.Module], list[ModelRecord]]:
+def landscape_models(
+    workspace: Workspace, model_ids: Sequence[str], kind: str
+) -> tuple[list[torch.nn.Module], list[ModelRecord]]:
     if kind not in LANDSCAPE_MODELS:
         raise ConfigError(f"landscape kind must be one of {', '.join(LANDSCAPE_MODELS)}, got {kind!r}")
     needed = LANDSCAPE_MODELS[kind]
@@ -95,14 +100,20 @@ def landscape_models(workspace: Workspace, model_ids: Sequence[str], kind: str) 
     for record in records[1:]:
         if record.dataset != records[0].dataset or record.spec != records[0].spec:
             raise ArchitectureError(
-                f"{record.id} ({record.spec.describe()}, {record.dataset}) does not share the architecture and dataset of "
-                f"{records[0].id} ({records[0].spec.describe()}, {records[0].dataset}); landscapes need one parameter space"
+                f"{record.id} ({record.spec.describe()}, {record.dataset}) does not share the architecture and "
+                f"dataset of {records[0].id} ({records[0].spec.describe()}, {records[0].dataset}); landscapes need "
+                "one parameter space"
             )
     return [model for model, _ in loaded], records
 
 
 def landscape_cost(
-    workspace: Workspace, model_ids: Sequence[str], kind: str, config: LandscapeConfig, dims: int = 2, device: torch.device | None = None
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    kind: str,
+    config: LandscapeConfig,
+    dims: int = 2,
+    device: torch.device | None = None,
 ) -> CostEstimate:
     """What a landscape would cost (points, forward passes, estimated seconds and memory), measured on one batch."""
     models, records = landscape_models(workspace, model_ids, kind)
@@ -132,7 +143,13 @@ def landscape_of(
         result = plane(models, data, config, device, progress, labels=(roles[0], roles[1], roles[2]))
     else:
         result = random_directions(models[0], data, dims, config, device, progress, label=roles[0])
-    payload: dict[str, Any] = {"kind": kind, "model_ids": list(model_ids), "dataset": records[0].dataset, "config": config.to_dict(), **result.to_dict()}
+    payload: dict[str, Any] = {
+        "kind": kind,
+        "model_ids": list(model_ids),
+        "dataset": records[0].dataset,
+        "config": config.to_dict(),
+        **result.to_dict(),
+    }
     workspace.save_result(model_ids[0], landscape_key(kind, model_ids), payload)
     return result
 
@@ -147,7 +164,9 @@ def stored_landscape(workspace: Workspace, model_ids: Sequence[str], kind: str) 
 
 def scaled(progress: Progress, part: int, parts: int, label: str) -> Progress:
     """Report one of ``parts`` sub-tasks on a common scale of ``parts * 1000`` steps."""
-    return lambda done, total, message: progress(part * 1000 + 1000 * done // max(total, 1), parts * 1000, f"{label}: {message}")
+    return lambda done, total, message: progress(
+        part * 1000 + 1000 * done // max(total, 1), parts * 1000, f"{label}: {message}"
+    )
 
 
 def hessian_cost_of(
@@ -164,7 +183,8 @@ def hessian_cost_of(
     loaded = [workspace.load(model_id) for model_id in model_ids]
     check_products([model for model, _ in loaded], config)
     estimates = (
-        estimate_hessian_cost(model, load_dataset(record.dataset).split(split), config, device) for model, record in loaded
+        estimate_hessian_cost(model, load_dataset(record.dataset).split(split), config, device)
+        for model, record in loaded
     )
     return reduce(add, estimates)
 
@@ -181,7 +201,9 @@ def hessians_of(
     for all of them together (:func:`hessian_cost_of`)."""
     check_hessian_limits(hessian_cost_of(workspace, model_ids, config, split, device), config)
     return {
-        model_id: hessian_of(workspace, model_id, config, split, device, scaled(progress, index, len(model_ids), model_id))
+        model_id: hessian_of(
+            workspace, model_id, config, split, device, scaled(progress, index, len(model_ids), model_id)
+        )
         for index, model_id in enumerate(model_ids)
     }
 
@@ -226,7 +248,13 @@ def aligned_lines(
     for index, (name, repair) in enumerate(ALIGNED_LINES.items()):
         report = scaled(progress, index, len(ALIGNED_LINES), name)
         result = linear_interpolation(a, b, data, config, device, report, ("parent A", "parent B"), repair=repair)
-        payload = {"kind": "interpolation", "model_ids": list(record.parents), "dataset": record.dataset, "config": config.to_dict(), **result.to_dict()}
+        payload = {
+            "kind": "interpolation",
+            "model_ids": list(record.parents),
+            "dataset": record.dataset,
+            "config": config.to_dict(),
+            **result.to_dict(),
+        }
         workspace.save_result(fused_id, landscape_key(aligned_kind(repair), [fused_id]), payload)
         results[name] = result
     return results
@@ -253,10 +281,19 @@ def fusion_landscape(
     parts = 5 if record.method in ALIGNING else 4
     results: dict[str, LandscapeResult] = {}
     for index, (name, pair) in enumerate(zip(names, pairs)):
-        results[name] = landscape_of(workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, parts, name))
+        results[name] = landscape_of(
+            workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, parts, name)
+        )
     if record.method in ALIGNING:
         results.update(aligned_lines(workspace, fused_id, config, device, scaled(progress, 3, parts, "aligned")))
-    results["plane"] = landscape_of(workspace, [*record.parents, fused_id], "plane", config, device=device, progress=scaled(progress, parts - 1, parts, "plane"))
+    results["plane"] = landscape_of(
+        workspace,
+        [*record.parents, fused_id],
+        "plane",
+        config,
+        device=device,
+        progress=scaled(progress, parts - 1, parts, "plane"),
+    )
     return results
 
 

@@ -17,12 +17,12 @@ story after a reload.
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,8 @@ from fusion.pipeline import (
     fuse_and_save,
     parent_role,
 )
-from fusion.train import Progress, TrainConfig, no_progress, predict_logits
+from fusion.progress import Progress, no_progress
+from fusion.train import TrainConfig, predict_logits
 from fusion.workspace import ModelRecord, Workspace
 
 STORY_RESULT = "story"
@@ -115,9 +116,14 @@ class Score:
     parameters: int
 
     @classmethod
-    def of(cls, record: ModelRecord, role: str) -> "Score":
+    def of(cls, record: ModelRecord, role: str) -> Score:
         return cls(
-            record.name, role, record.id, record.metrics["test_accuracy"], record.metrics["test_loss"], record.parameters
+            record.name,
+            role,
+            record.id,
+            record.metrics["test_accuracy"],
+            record.metrics["test_loss"],
+            record.parameters,
         )
 
 
@@ -139,8 +145,10 @@ class ParentsStep:
         return max(self.scores, key=lambda s: s.test_accuracy)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ParentsStep":
-        return cls(tuple(Score(**s) for s in data["scores"]), tuple(data["trained"]), data["test_size"], data["seconds"])
+    def from_dict(cls, data: Mapping[str, Any]) -> ParentsStep:
+        return cls(
+            tuple(Score(**s) for s in data["scores"]), tuple(data["trained"]), data["test_size"], data["seconds"]
+        )
 
 
 @dataclass(frozen=True)
@@ -161,10 +169,15 @@ class ConcatenationStep:
     seconds: float
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ConcatenationStep":
+    def from_dict(cls, data: Mapping[str, Any]) -> ConcatenationStep:
         return cls(
-            Score(**data["ensemble"]), Score(**data["wide"]), data["max_logit_difference"], data["disagreements"],
-            dict(data["parent_widths"]), dict(data["wide_widths"]), data["seconds"],
+            Score(**data["ensemble"]),
+            Score(**data["wide"]),
+            data["max_logit_difference"],
+            data["disagreements"],
+            dict(data["parent_widths"]),
+            dict(data["wide_widths"]),
+            data["seconds"],
         )
 
 
@@ -181,7 +194,7 @@ class PruningStep:
     seconds: float
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PruningStep":
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningStep:
         return cls(
             Score(**data["transplanted"]),
             data["accuracy_drop"],
@@ -228,14 +241,16 @@ class Verdict:
         point = 100 / self.test_size
         error = 100 * self.sampling_error
         head = (
-            f"Fine-tuned NT {100 * self.finetuned_accuracy:.2f}% vs best parent {100 * self.best_parent_accuracy:.2f}%: "
+            f"Fine-tuned NT {100 * self.finetuned_accuracy:.2f}% vs best parent "
+            f"{100 * self.best_parent_accuracy:.2f}%: "
         )
         ahead = self.images_ahead
         margin = f"{images(abs(ahead))} ({abs(ahead) * point:.2f} points)"
         if self.beats_best_parent:
             return head + (
-                f"{margin} ahead, more than {SIGNIFICANT:g} times the test set's sampling error of ±{error:.2f} points, "
-                f"so the transplanted model beats every parent, as the paper reports (the ensemble: "
+                f"{margin} ahead, more than {SIGNIFICANT:g} times the test set's sampling error of "
+                f"±{error:.2f} points, so the transplanted model beats every parent, as the paper reports (the "
+                f"ensemble: "
                 f"{100 * self.ensemble_accuracy:.2f}%)."
             )
         if ahead > 0:
@@ -276,7 +291,7 @@ class FinetuneStep:
     seconds: float
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneStep":
+    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneStep:
         return cls(Score(**data["finetuned"]), dict(data["config"]), Verdict(**data["verdict"]), data["seconds"])
 
 
@@ -297,7 +312,7 @@ class BaselinesStep:
     seconds: float
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "BaselinesStep":
+    def from_dict(cls, data: Mapping[str, Any]) -> BaselinesStep:
         return cls(
             tuple(FusedPair(p["method"], Score(**p["fused"]), Score(**p["finetuned"])) for p in data["pairs"]),
             data["seconds"],
@@ -341,7 +356,7 @@ class Story:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Story":
+    def from_dict(cls, data: Mapping[str, Any]) -> Story:
         def step(name: str, kind: Any) -> Any:
             return kind.from_dict(data[name]) if data.get(name) is not None else None
 
@@ -420,8 +435,12 @@ def pruning_step(
     parents = require(story.parents, "parents")
     concatenation = require(story.concatenation, "concatenation")
     run = fuse_and_save(
-        workspace, parents.ids, "transplant", name=f"demo story · NT of {len(parents.ids)} {story.options.arch}",
-        device=device, progress=progress,
+        workspace,
+        parents.ids,
+        "transplant",
+        name=f"demo story · NT of {len(parents.ids)} {story.options.arch}",
+        device=device,
+        progress=progress,
     )
     assert run.record is not None
     transplanted = Score.of(run.record, "fused")
@@ -468,7 +487,10 @@ def baselines_step(
     for index, method in enumerate(BASELINES):
         offset = index * (config.epochs + 1)
         run = fuse_and_save(
-            workspace, parents.ids, method, name=f"demo story · {method} of {len(parents.ids)} {story.options.arch}",
+            workspace,
+            parents.ids,
+            method,
+            name=f"demo story · {method} of {len(parents.ids)} {story.options.arch}",
             device=device,
         )
         assert run.record is not None

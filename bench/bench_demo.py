@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 PROBES = {
     "python + import torch": "import torch",
-    "python + import fusion.cli": "import fusion.cli",
-    "+ first optimiser (torch._dynamo)": "import fusion.cli, torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())",
-    "+ load digits": "import fusion.cli, torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); "
+    "python + import cli.main": "import cli.main",
+    "+ first optimiser (torch._dynamo)": "import cli.main, torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters())",
+    "+ load digits": "import cli.main, torch; torch.optim.Adam(torch.nn.Linear(2, 2).parameters()); "
     "from fusion.data import load_digits; load_digits()",
 }
 

@@ -18,11 +18,11 @@ CIFAR is not available offline) trained for ``--resnet-epochs`` epochs. For each
    (``--pyhessian-trace-tol``) and spends its whole budget of ``probes``.
    Because the two stop on different criteria, both error bars (standard error over probes) are printed, and ours
    is run a second time with the fewest probes whose error bar is at most PyHessian's (read off the seeded first
-   run's probes; the timed run recomputes them): the time ratio at equal accuracy (target: at least 3). In ``trials`` alternating runs: seconds,
-   Hessian-vector products, peak resident memory above the start (sampled every 5 ms; CUDA: peak allocated), the
-   values and the median time ratios PyHessian / ours. On the CPU the allocator keeps memory the
-   first one freed, so only the first one's peak is comparable. With more than one batch PyHessian takes its
-   ``dataloader`` path (forward and backward rebuilt for every product).
+   run's probes; the timed run recomputes them): the time ratio at equal accuracy (target: at least 3). In
+   ``trials`` alternating runs: seconds, Hessian-vector products, peak resident memory above the start (sampled
+   every 5 ms; CUDA: peak allocated), the values and the median time ratios PyHessian / ours. On the CPU the
+   allocator keeps memory the first one freed, so only the first one's peak is comparable. With more than one batch
+   PyHessian takes its ``dataloader`` path (forward and backward rebuilt for every product).
 3. Eigenvalue density: ours (SLQ, ``runs`` runs of ``steps`` steps) against PyHessian's ``density()``, whose exception
    (it calls ``torch.eig``, removed from PyTorch) is caught and reported.
 
@@ -124,8 +124,13 @@ def upsampled(digits: Dataset) -> Dataset:
         return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
 
     return Dataset(
-        "digits32", resize(digits.x_train), digits.y_train, resize(digits.x_test), digits.y_test,
-        digits.num_classes, digits.normalization,
+        "digits32",
+        resize(digits.x_train),
+        digits.y_train,
+        resize(digits.x_test),
+        digits.y_test,
+        digits.num_classes,
+        digits.normalization,
     )
 
 
@@ -182,10 +187,13 @@ def hvp_methods(work: Workload, batch_size: int, block: int, rounds: int) -> dic
         "forward+backward": (forward_backward, 1),
         "double backward, graph rebuilt, 1 vector": (double_backward, 1),
         "double backward, cached graph, 1 vector (PyHessian, ours)": (
-            lambda: torch.autograd.grad(cached, leaves, grad_outputs=[one[n] for n in names], retain_graph=True), 1
+            lambda: torch.autograd.grad(cached, leaves, grad_outputs=[one[n] for n in names], retain_graph=True),
+            1,
         ),
         f"double backward, cached graph, {block} vectors": (
-            lambda: torch.autograd.grad(cached, leaves, grad_outputs=[many[n] for n in names], retain_graph=True, is_grads_batched=True),
+            lambda: torch.autograd.grad(
+                cached, leaves, grad_outputs=[many[n] for n in names], retain_graph=True, is_grads_batched=True
+            ),
             block,
         ),
         "forward-over-reverse, 1 vector": (lambda: jvp(gradient, (params,), (one,)), 1),
@@ -212,14 +220,23 @@ def counting(function: Callable[..., Any], counter: list[int], vectors: Callable
 
 
 def run_pyhessian(
-    work: Workload, batch_size: int, device: torch.device, iterations: int, tolerance: float, probes: int, trace_tolerance: float
+    work: Workload,
+    batch_size: int,
+    device: torch.device,
+    iterations: int,
+    tolerance: float,
+    probes: int,
+    trace_tolerance: float,
 ) -> dict[str, Any]:
     import pyhessian
 
     module = sys.modules["pyhessian.hessian"]  # the package's ``hessian`` attribute is the class, not the module
 
     model = copy.deepcopy(work.model).to(device)
-    batches = [(work.inputs[i : i + batch_size], work.targets[i : i + batch_size]) for i in range(0, len(work.inputs), batch_size)]
+    batches = [
+        (work.inputs[i : i + batch_size], work.targets[i : i + batch_size])
+        for i in range(0, len(work.inputs), batch_size)
+    ]
     products = [0]
     original = module.hessian_vector_product
     module.hessian_vector_product = counting(original, products, lambda *a, **k: 1)
@@ -229,7 +246,9 @@ def run_pyhessian(
             if len(batches) == 1:
                 reference = pyhessian.hessian(model, nn.CrossEntropyLoss(), data=batches[0], cuda=device.type == "cuda")
             else:
-                reference = pyhessian.hessian(model, nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda")
+                reference = pyhessian.hessian(
+                    model, nn.CrossEntropyLoss(), dataloader=batches, cuda=device.type == "cuda"
+                )
                 reference.dataloader_hv_product = counting(reference.dataloader_hv_product, products, lambda *a, **k: 1)
             torch.manual_seed(0)
             (top,), _ = reference.eigenvalues(maxIter=iterations, tol=tolerance, top_n=1)
@@ -239,19 +258,33 @@ def run_pyhessian(
     finally:
         module.hessian_vector_product = original
     return {
-        "seconds": seconds, "products": products[0], "eigen_products": eigen_products, "memory": memory.peak,
-        "top": top, "trace": statistics.mean(values), "probes": len(values),
+        "seconds": seconds,
+        "products": products[0],
+        "eigen_products": eigen_products,
+        "memory": memory.peak,
+        "top": top,
+        "trace": statistics.mean(values),
+        "probes": len(values),
         "trace_error": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("inf"),
         "reference": reference,
     }
 
 
 def run_ours(
-    work: Workload, batch_size: int, device: torch.device, iterations: int, tolerance: float, probes: int,
+    work: Workload,
+    batch_size: int,
+    device: torch.device,
+    iterations: int,
+    tolerance: float,
+    probes: int,
     trace_tolerance: float = HessianConfig.trace_tolerance,
 ) -> dict[str, Any]:
     config = HessianConfig(
-        samples=None, batch_size=batch_size, iterations=iterations, tolerance=tolerance, probes=probes,
+        samples=None,
+        batch_size=batch_size,
+        iterations=iterations,
+        tolerance=tolerance,
+        probes=probes,
         trace_tolerance=min(trace_tolerance, 0.99),
     )
     with PeakMemory(device) as memory:
@@ -262,14 +295,21 @@ def run_ours(
         trace = hutchinson_trace(operator, config, krylov=krylov)
         seconds = time.perf_counter() - started
     return {
-        "seconds": seconds, "products": operator.products, "eigen_products": eigen_products, "memory": memory.peak,
-        "top": float(top.eigenvalues[0]), "trace": trace.mean, "trace_error": trace.error, "probes": len(trace.values),
+        "seconds": seconds,
+        "products": operator.products,
+        "eigen_products": eigen_products,
+        "memory": memory.peak,
+        "top": float(top.eigenvalues[0]),
+        "trace": trace.mean,
+        "trace_error": trace.error,
+        "probes": len(trace.values),
         "values": trace.values,
     }
 
 
 def probes_for(values: Sequence[float], error: float) -> int | None:
-    """The fewest leading probes (at least ``MIN_TRACE_PROBES``) of a seeded run whose error bar is at most ``error``."""
+    """The fewest leading probes (at least ``MIN_TRACE_PROBES``) of a seeded run whose error bar is at most
+    ``error``."""
     for count in range(min(MIN_TRACE_PROBES, len(values)), len(values) + 1):
         if statistics.stdev(values[:count]) / count**0.5 <= error:
             return count
@@ -285,7 +325,9 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1e-3)
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--resnet-epochs", type=int, default=2)
-    parser.add_argument("--pyhessian-trace-tol", type=float, default=0.0, help="PyHessian trace(tol=...); 0: every probe")
+    parser.add_argument(
+        "--pyhessian-trace-tol", type=float, default=0.0, help="PyHessian trace(tol=...); 0: every probe"
+    )
     parser.add_argument("--trials", type=int, default=2, help="alternating runs of ours and PyHessian (median)")
     parser.add_argument("--block", type=int, default=4, help="vectors per call in the method comparison")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds of the HVP methods")
@@ -296,7 +338,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device {device}, {args.threads} threads, {args.batches} batch(es) of {args.batch_size}, torch {torch.__version__}")
+    print(
+        f"device {device}, {args.threads} threads, {args.batches} batch(es) of {args.batch_size}, "
+        f"torch {torch.__version__}"
+    )
     for work in workloads(args.batches, args.batch_size, args.only, args.resnet_epochs):
         print(f"\n== {work.name}: {sum(p.numel() for p in work.model.parameters()):,} parameters", flush=True)
         if not args.skip_methods:
@@ -313,14 +358,18 @@ def main() -> None:
                 ours, theirs = run_ours(work, *limits), run_pyhessian(work, *limits, args.pyhessian_trace_tol)
             probes = probes_for(ours["values"], theirs["trace_error"])
             if probes is None:
-                probes = probes_for(run_ours(work, *limits[:-1], 10 * args.probes, trace_tolerance=0.0)["values"], theirs["trace_error"])
+                probes = probes_for(
+                    run_ours(work, *limits[:-1], 10 * args.probes, trace_tolerance=0.0)["values"], theirs["trace_error"]
+                )
             matched = run_ours(work, *limits[:-1], probes or 10 * args.probes, trace_tolerance=0.0)
             trials.append((ours, theirs, matched))
             for name, result in (("ours", ours), ("PyHessian", theirs), ("ours, PyHessian's accuracy", matched)):
                 first = (name == "ours") == (trial % 2 == 0) and name != "ours, PyHessian's accuracy"
                 print(
-                    f"  trial {trial + 1} {name:27s}{' (first)' if first else '        '} {result['seconds']:8.2f} s, {result['products']:4d} HVPs "
-                    f"({result['eigen_products']} for the eigenvalue, {result['probes']} probes), peak memory {result['memory'] / 2**20:8.1f} MiB, "
+                    f"  trial {trial + 1} {name:27s}{' (first)' if first else '        '} "
+                    f"{result['seconds']:8.2f} s, {result['products']:4d} HVPs "
+                    f"({result['eigen_products']} for the eigenvalue, {result['probes']} probes), "
+                    f"peak memory {result['memory'] / 2**20:8.1f} MiB, "
                     f"λ1 {result['top']:.6g}, trace {result['trace']:.6g} ± {result['trace_error']:.3g}",
                     flush=True,
                 )
@@ -328,15 +377,22 @@ def main() -> None:
         matched_ratio = statistics.median(theirs["seconds"] / matched["seconds"] for _, theirs, matched in trials)
         ours, theirs, matched = trials[-1]
         combined = (ours["trace_error"] ** 2 + theirs["trace_error"] ** 2) ** 0.5
-        print(f"  time ratio PyHessian / ours (median over trials): defaults {ratio:.2f}x with a "
-              f"{theirs['trace_error'] / max(ours['trace_error'], 1e-30):.2f}x smaller error bar; at PyHessian's accuracy "
-              f"{matched_ratio:.2f}x (target >= 3). λ1 relative difference {abs(ours['top'] - theirs['top']) / abs(theirs['top']):.2e}; "
-              f"trace difference {abs(ours['trace'] - theirs['trace']) / max(combined, 1e-30):.2f} combined error bars", flush=True)
+        print(
+            f"  time ratio PyHessian / ours (median over trials): defaults {ratio:.2f}x with a "
+            f"{theirs['trace_error'] / max(ours['trace_error'], 1e-30):.2f}x smaller error bar; "
+            f"at PyHessian's accuracy {matched_ratio:.2f}x (target >= 3). λ1 relative difference "
+            f"{abs(ours['top'] - theirs['top']) / abs(theirs['top']):.2e}; "
+            f"trace difference {abs(ours['trace'] - theirs['trace']) / max(combined, 1e-30):.2f} combined error bars",
+            flush=True,
+        )
         config = HessianConfig(samples=None, batch_size=args.batch_size, steps=args.steps, runs=args.runs)
         started = time.perf_counter()
         density = hessian_eigenvalue_density(work.model, (work.inputs, work.targets), config, device)
-        print(f"  ours density: {args.runs} runs x {len(density.nodes[0])} steps in {time.perf_counter() - started:.2f} s, "
-              f"nodes in [{min(n.min() for n in density.nodes):.4g}, {max(n.max() for n in density.nodes):.4g}]")
+        print(
+            f"  ours density: {args.runs} runs x {len(density.nodes[0])} steps in "
+            f"{time.perf_counter() - started:.2f} s, "
+            f"nodes in [{min(n.min() for n in density.nodes):.4g}, {max(n.max() for n in density.nodes):.4g}]"
+        )
         try:
             theirs["reference"].density(iter=args.steps, n_v=args.runs)
             print("  PyHessian density(): ran")

@@ -63,7 +63,10 @@ def main() -> None:
             started = time.perf_counter()
             random_directions(model, data, 2, config, torch.device("cpu"))
             ours = time.perf_counter() - started
-            line += f" | ours ({per_call} point{'s' if per_call > 1 else ''}/call) {points * examples / ours:10.0f} ex/s, ratio {plain / ours:.2f}"
+            line += (
+                f" | ours ({per_call} point{'s' if per_call > 1 else ''}/call) "
+                f"{points * examples / ours:10.0f} ex/s, ratio {plain / ours:.2f}"
+            )
         print(line, flush=True)
 
 

@@ -7,9 +7,9 @@ same way, so equal seeds give equal weights), with exact weights-mode OT: Euclid
 normalisation, uniform marginals, ensemble step 0.5 (the reference's published CIFAR-10 VGG11 configuration; see
 bench/otfusion_reference.py). Reported: the median wall time of each (the reference with its default cost routine,
 which builds an (n, m, fan_in) difference tensor, and with the ``--ground-metric-eff`` routine its published commands
-use), the ratios, the peak resident memory each adds, and how far our fused weights are from the reference's when ours runs its configuration exactly
-(``correction="reference"``, the reference with ``--skip-last-layer`` so that neither permutes the class outputs).
-Without ``OTFUSION_REF`` only ours is measured.
+use), the ratios, the peak resident memory each adds, and how far our fused weights are from the reference's when
+ours runs its configuration exactly (``correction="reference"``, the reference with ``--skip-last-layer`` so that
+neither permutes the class outputs). Without ``OTFUSION_REF`` only ours is measured.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otfusion_reference as reference  # noqa: E402
 
-from fusion.fuse import fuse  # noqa: E402
 from fusion.models import ModelSpec, build_model  # noqa: E402
+from fusion.registry import fuse  # noqa: E402
 
 SPEC = ModelSpec("vgg11", (3, 32, 32), 10, bias=False)
 OURS = {"reference": 1, "verify": True}
@@ -76,8 +76,10 @@ def main() -> None:
     probe = torch.randn(8, *SPEC.input_shape, generator=torch.Generator().manual_seed(0))
     device = torch.device("cpu")
     ours_s, ours_mib, result = measured(lambda: fuse([a, b], "ot", inputs=probe, device=device, **OURS), args.repeat)
-    print(f"ours      : {ours_s:6.2f} s (median of {args.repeat}), peak +{ours_mib:.0f} MiB, "
-          f"{sum(p.numel() for p in a.parameters()) / 1e6:.2f}M parameters, {args.threads} threads")
+    print(
+        f"ours      : {ours_s:6.2f} s (median of {args.repeat}), peak +{ours_mib:.0f} MiB, "
+        f"{sum(p.numel() for p in a.parameters()) / 1e6:.2f}M parameters, {args.threads} threads"
+    )
     if not reference.reference_available():
         print(f"reference : not measured ({reference.reference_unavailable_reason()})")
         return
@@ -85,10 +87,13 @@ def main() -> None:
     assert all(torch.equal(x, y) for x, y in zip(reference.layer_weights(ref_a), reference.layer_weights(a)))
     for label, efficient in (("default cost routine", False), ("--ground-metric-eff", True)):
         theirs_s, theirs_mib, _ = measured(
-            lambda: reference.reference_fuse_weights(ref_a, ref_b, ground_metric_eff=efficient), args.repeat
+            lambda efficient=efficient: reference.reference_fuse_weights(ref_a, ref_b, ground_metric_eff=efficient),
+            args.repeat,
         )
-        print(f"reference ({label}): {theirs_s:6.2f} s (median of {args.repeat}), peak +{theirs_mib:.0f} MiB; "
-              f"ours is {theirs_s / ours_s:.1f}x faster with {theirs_mib / max(ours_mib, 1):.1f}x less peak memory")
+        print(
+            f"reference ({label}): {theirs_s:6.2f} s (median of {args.repeat}), peak +{theirs_mib:.0f} MiB; "
+            f"ours is {theirs_s / ours_s:.1f}x faster with {theirs_mib / max(ours_mib, 1):.1f}x less peak memory"
+        )
 
     exact = fuse([a, b], "ot", inputs=probe, device=device, correction="reference", **OURS).model
     theirs_state, _ = reference.reference_fuse_weights(ref_a, ref_b, skip_last_layer=True)

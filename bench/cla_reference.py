@@ -7,9 +7,10 @@ with FusionLab's trainer (Adam, ``--epochs``) on the digits padded with zeros (i
 (784 inputs: the reference's MLP takes MNIST-sized inputs only). Seed pair ``s`` trains the deep net with seed ``s``
 and the shallow one with ``s + 100``. Both codes then fuse the SAME two models, with the activation/CKA layer cost,
 identity balancing (``--balance-method add``), exact OT on activations of the SAME 200 training samples
-(FusionLab's sample of seed 0, given to the reference as its activation loader), before any fine-tuning. Printed per seed pair: parents,
-prediction ensemble (mean of softmax), the layer map and test accuracy of the reference and of FusionLab's ``cla``
-in its four orientation x correction combinations (``onto`` shallow/deep, ``correction`` reference/marginals).
+(FusionLab's sample of seed 0, given to the reference as its activation loader), before any fine-tuning. Printed
+per seed pair: parents, prediction ensemble (mean of softmax), the layer map and test accuracy of the reference and
+of FusionLab's ``cla`` in its four orientation x correction combinations (``onto`` shallow/deep, ``correction``
+reference/marginals).
 
 The reference is imported at run time from ``--reference`` (a plain work tree, e.g.
 ``git --git-dir=<mirror> archive HEAD | tar -x -C /tmp/clafusion-ref``) and skipped when absent. Nothing of it is
@@ -49,8 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from fusion.data import Dataset, load_dataset
-from fusion.fuse import fuse
 from fusion.models import build_model, default_spec
+from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, predict_logits, train
 
 DEEP, SHALLOW = (400, 200, 100, 50, 25), (400, 200, 100)
@@ -92,8 +93,11 @@ def reference_code(path: Path):
             from model import get_model_from_name
 
             yield types.SimpleNamespace(
-                align_layers=align_layers, data=reference_data, parameters=parameters,
-                wasserstein=wasserstein_ensemble, model=get_model_from_name,
+                align_layers=align_layers,
+                data=reference_data,
+                parameters=parameters,
+                wasserstein=wasserstein_ensemble,
+                model=get_model_from_name,
             )
         finally:
             os.chdir(here)

@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusion.data import Dataset, load_dataset
-from fusion.fuse import fuse
 from fusion.models import ModelSpec, build_model, default_spec
+from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train
 
 CPU = torch.device("cpu")
@@ -78,7 +78,9 @@ def fine_tuned(model: torch.nn.Module, data: Dataset, epochs: int) -> float:
     return accuracy(tuned, data)
 
 
-def fused(models: list[torch.nn.Module], method: str, options: dict[str, Any], data: Dataset) -> tuple[torch.nn.Module, float]:
+def fused(
+    models: list[torch.nn.Module], method: str, options: dict[str, Any], data: Dataset
+) -> tuple[torch.nn.Module, float]:
     started = time.perf_counter()
     model = fuse(models, method, data=data, device=CPU, **options).model
     return model, time.perf_counter() - started

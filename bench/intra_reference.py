@@ -47,10 +47,10 @@ import torch
 
 from fusion.alignment import apply_transports, group_sizes, with_state
 from fusion.data import load_digits
-from fusion.fuse import fuse
-from fusion.methods.intra import IntraOptions, intra_fuse, prepare
 from fusion.methods.base import Context
+from fusion.methods.intra import IntraOptions, intra_fuse, prepare
 from fusion.models import build_model, default_spec
+from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import Transport
 
@@ -102,10 +102,25 @@ def worker(jobs_path: str, out_path: str, reference: str) -> None:
         for method in ("intra", "prune"):
             pruned = copy.deepcopy(model).eval()
             transport = OptimalTransport(gpu_id=-1) if method == "intra" else None
-            prune(pruned, loaders, x[:1], 10, job["importance"], -1, sparsity=job["sparsity"],
-                  optimal_transport=transport, backward_pruning=True, group_idxs=PROTOCOLS[job["protocol"]])
-            results.append({**{k: job[k] for k in ("seed", "importance", "sparsity", "protocol")}, "method": method,
-                            "accuracy": accuracy(pruned)})
+            prune(
+                pruned,
+                loaders,
+                x[:1],
+                10,
+                job["importance"],
+                -1,
+                sparsity=job["sparsity"],
+                optimal_transport=transport,
+                backward_pruning=True,
+                group_idxs=PROTOCOLS[job["protocol"]],
+            )
+            results.append(
+                {
+                    **{k: job[k] for k in ("seed", "importance", "sparsity", "protocol")},
+                    "method": method,
+                    "accuracy": accuracy(pruned),
+                }
+            )
     Path(out_path).write_text(json.dumps(results))
 
 
@@ -133,15 +148,41 @@ def main() -> None:
             for sparsity in args.sparsities:
                 for protocol in args.protocols:
                     for method, acc in ours(model, importance, sparsity, protocol).items():
-                        rows.append(dict(seed=seed, importance=importance, sparsity=sparsity, protocol=protocol,
-                                         method=method, side="ours", accuracy=acc))
-                    jobs.append(dict(seed=seed, importance=importance, sparsity=sparsity, protocol=protocol,
-                                     state=model.state_dict()))
+                        rows.append(
+                            dict(
+                                seed=seed,
+                                importance=importance,
+                                sparsity=sparsity,
+                                protocol=protocol,
+                                method=method,
+                                side="ours",
+                                accuracy=acc,
+                            )
+                        )
+                    jobs.append(
+                        dict(
+                            seed=seed,
+                            importance=importance,
+                            sparsity=sparsity,
+                            protocol=protocol,
+                            state=model.state_dict(),
+                        )
+                    )
     if args.reference and Path(args.reference, "torch_pruning").is_dir():
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(jobs, f"{tmp}/jobs.pt")
-            subprocess.run([sys.executable, __file__, "--reference", args.reference, "--worker", f"{tmp}/jobs.pt",
-                            f"{tmp}/out.json"], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--reference",
+                    args.reference,
+                    "--worker",
+                    f"{tmp}/jobs.pt",
+                    f"{tmp}/out.json",
+                ],
+                check=True,
+            )
             rows += [dict(r, side="reference") for r in json.loads(Path(f"{tmp}/out.json").read_text())]
     else:
         print("reference not given or not found: our numbers only")

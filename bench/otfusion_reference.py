@@ -118,8 +118,21 @@ REFERENCE_CORRECTION_EPS = 1e-7
 
 # Top-level module names the reference defines; a stale module of the same name elsewhere would shadow it.
 _REFERENCE_MODULES = (
-    "wasserstein_ensemble", "parameters", "ground_metric", "routines", "model", "utils", "data", "partition",
-    "baseline", "compute_activations", "train", "models", "vgg", "cifar_utils", "hyperparameters",
+    "wasserstein_ensemble",
+    "parameters",
+    "ground_metric",
+    "routines",
+    "model",
+    "utils",
+    "data",
+    "partition",
+    "baseline",
+    "compute_activations",
+    "train",
+    "models",
+    "vgg",
+    "cifar_utils",
+    "hyperparameters",
 )
 
 _ref: dict[str, Any] = {}
@@ -128,17 +141,24 @@ _unavailable: list[str] = []
 
 def _base_flags() -> list[str]:
     return [
-        "--gpu-id", "-1",
-        "--model-name", "vgg11_nobias",
-        "--dataset", "Cifar10",
-        "--geom-ensemble-type", "wts",
+        "--gpu-id",
+        "-1",
+        "--model-name",
+        "vgg11_nobias",
+        "--dataset",
+        "Cifar10",
+        "--geom-ensemble-type",
+        "wts",
         "--exact",
         "--correction",
         "--past-correction",
-        "--ground-metric", "euclidean",
+        "--ground-metric",
+        "euclidean",
         "--not-squared",
-        "--ground-metric-normalize", "none",
-        "--ensemble-step", "0.5",
+        "--ground-metric-normalize",
+        "none",
+        "--ensemble-step",
+        "0.5",
         "--prelu-acts",
     ]
 
@@ -170,8 +190,12 @@ def _load() -> dict[str, Any] | None:
         _unavailable.append(f"{root}/cifar is missing: run `cd {root} && unzip -q cifar.zip` first")
         return None
     paths = [root, os.path.join(root, "cifar"), os.path.join(root, "cifar", "models")]
-    clash = [m for m in _REFERENCE_MODULES if m in sys.modules
-             and not os.path.abspath(getattr(sys.modules[m], "__file__", None) or "/").startswith(root + os.sep)]
+    clash = [
+        m
+        for m in _REFERENCE_MODULES
+        if m in sys.modules
+        and not os.path.abspath(getattr(sys.modules[m], "__file__", None) or "/").startswith(root + os.sep)
+    ]
     if clash:
         _unavailable.append(f"modules already imported from elsewhere would shadow the reference: {clash}")
         return None
@@ -354,8 +378,9 @@ def _child(seed_a: int, seed_b: int, threads: int, ground_metric_eff: bool, skip
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     busy_start = _busy_cpu_seconds()
     cpu_start = time.process_time()
-    _, seconds = reference_fuse_weights(model_a, model_b, ground_metric_eff=ground_metric_eff,
-                                        skip_last_layer=skip_last_layer)
+    _, seconds = reference_fuse_weights(
+        model_a, model_b, ground_metric_eff=ground_metric_eff, skip_last_layer=skip_last_layer
+    )
     cpu_seconds = time.process_time() - cpu_start
     busy_end = _busy_cpu_seconds()
     maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -378,11 +403,28 @@ def _child(seed_a: int, seed_b: int, threads: int, ground_metric_eff: bool, skip
     return out
 
 
-def measure(repeat: int = 3, *, seed_a: int = 0, seed_b: int = 1, threads: int = 2, ground_metric_eff: bool = False,
-            skip_last_layer: bool = False, timeout: float = 900.0) -> dict[str, Any]:
+def measure(
+    repeat: int = 3,
+    *,
+    seed_a: int = 0,
+    seed_b: int = 1,
+    threads: int = 2,
+    ground_metric_eff: bool = False,
+    skip_last_layer: bool = False,
+    timeout: float = 900.0,
+) -> dict[str, Any]:
     """Time the reference fusion ``repeat`` times, each in a fresh subprocess; medians of seconds and peak memory."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--seed-a", str(seed_a), "--seed-b", str(seed_b),
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--seed-a",
+        str(seed_a),
+        "--seed-b",
+        str(seed_b),
+        "--threads",
+        str(threads),
+    ]
     if ground_metric_eff:
         cmd.append("--ground-metric-eff")
     if skip_last_layer:
@@ -427,8 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     if not reference_available():
         print(json.dumps({"available": False, "reason": reference_unavailable_reason()}))
         return 0
-    result = measure(opts.repeat, seed_a=opts.seed_a, seed_b=opts.seed_b, threads=opts.threads,
-                     ground_metric_eff=opts.ground_metric_eff, skip_last_layer=opts.skip_last_layer)
+    result = measure(
+        opts.repeat,
+        seed_a=opts.seed_a,
+        seed_b=opts.seed_b,
+        threads=opts.threads,
+        ground_metric_eff=opts.ground_metric_eff,
+        skip_last_layer=opts.skip_last_layer,
+    )
     print(json.dumps(result, indent=2))
     return 0
 

@@ -1,5 +1,7 @@
+"""``python -m fusion``: the command line (:mod:`cli`), kept under the library's name, which users know."""
+
 import sys
 
-from fusion.cli import main
+from cli.main import main
 
 sys.exit(main())

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError, FusionError
-from fusion.seeds import check_seed
 from fusion.groups import NORMS, Member, NeuronGroup, groups_by_module
-from fusion.train import Progress, no_progress, predict_logits
-from fusion.transport import CostNormalization, Correction, Metric, Solver, Transport, marginal, solve_transport
+from fusion.progress import Progress, no_progress
+from fusion.seeds import check_seed
+from fusion.train import predict_logits
+from fusion.transport import Correction, CostNormalization, Metric, Solver, Transport, marginal, solve_transport
 
 
 class AlignmentError(FusionError):
@@ -45,16 +46,31 @@ class AlignOptions:
     """How neurons are compared and matched. Defaults follow otfusion's published weights-mode configuration
     (exact OT, Euclidean not squared, uniform marginals, no normalisation)."""
 
-    mode: Literal["weights", "activations"] = field(default="weights", metadata={"help": "compare neurons by incoming weights or by activations on training samples"})
-    solver: Solver = field(default="exact", metadata={"help": "exact OT (a permutation for equal widths) or entropic Sinkhorn"})
+    mode: Literal["weights", "activations"] = field(
+        default="weights",
+        metadata={"help": "compare neurons by incoming weights or by activations on training samples"},
+    )
+    solver: Solver = field(
+        default="exact", metadata={"help": "exact OT (a permutation for equal widths) or entropic Sinkhorn"}
+    )
     reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation, relative to the normalised cost"})
     metric: Metric = field(default="euclidean", metadata={"help": "ground metric between neuron features"})
     normalize_rows: bool = field(default=False, metadata={"help": "scale each neuron's feature to unit norm first"})
     cost_normalization: CostNormalization = field(default="none", metadata={"help": "rescale the cost matrix"})
-    marginals: Literal["uniform", "importance"] = field(default="uniform", metadata={"help": "neuron masses: equal, or proportional to feature norm"})
-    correction: Correction = field(default="marginals", metadata={"help": "maps from the plan: exact for unequal widths, or otfusion's T/beta on both sides"})
-    features: Literal["incoming", "both"] = field(default="incoming", metadata={"help": "incoming weights only (OT fusion) or incoming and outgoing (weight matching)"})
-    sweeps: int = field(default=1, metadata={"help": "passes over all groups; later passes use every group's latest map"})
+    marginals: Literal["uniform", "importance"] = field(
+        default="uniform", metadata={"help": "neuron masses: equal, or proportional to feature norm"}
+    )
+    correction: Correction = field(
+        default="marginals",
+        metadata={"help": "maps from the plan: exact for unequal widths, or otfusion's T/beta on both sides"},
+    )
+    features: Literal["incoming", "both"] = field(
+        default="incoming",
+        metadata={"help": "incoming weights only (OT fusion) or incoming and outgoing (weight matching)"},
+    )
+    sweeps: int = field(
+        default=1, metadata={"help": "passes over all groups; later passes use every group's latest map"}
+    )
     samples: int = field(default=200, metadata={"help": "training samples for activation features"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
 
@@ -105,14 +121,17 @@ def block_index(permutation: np.ndarray, repeat: int, device: torch.device) -> t
     return (index[:, None] * repeat + torch.arange(repeat, device=device)[None, :]).reshape(-1)
 
 
-def transform(tensor: torch.Tensor, member: Member, transport: Transport, side: Literal["producer", "consumer"]) -> torch.Tensor:
+def transform(
+    tensor: torch.Tensor, member: Member, transport: Transport, side: Literal["producer", "consumer"]
+) -> torch.Tensor:
     """Apply a group's map to one member: ``new[j] = sum_i M[i, j] old[i]`` along ``member.dim`` (blocks of
     ``member.repeat`` entries per neuron), with ``M`` the producer or consumer matrix; an index gather for a
     permutation, so that hard alignments are exact."""
     n, m = transport.shape
     if tensor.shape[member.dim] != n * member.repeat:
         raise ArchitectureError(
-            f"{member.key}: dim {member.dim} has {tensor.shape[member.dim]} entries, the map expects {n} x {member.repeat}"
+            f"{member.key}: dim {member.dim} has {tensor.shape[member.dim]} entries, "
+            f"the map expects {n} x {member.repeat}"
         )
     if transport.permutation is not None:
         return tensor.index_select(member.dim, block_index(transport.permutation, member.repeat, tensor.device))
@@ -172,7 +191,9 @@ def resize_attributes(module: nn.Module) -> None:
 class FeatureBuilder:
     """Neuron features in weights mode for a pair of state_dicts; see the module docstring."""
 
-    def __init__(self, groups: list[NeuronGroup], features: str, sizes_a: dict[str, int], sizes_b: dict[str, int]) -> None:
+    def __init__(
+        self, groups: list[NeuronGroup], features: str, sizes_a: dict[str, int], sizes_b: dict[str, int]
+    ) -> None:
         self.features = features
         self.sizes_a, self.sizes_b = sizes_a, sizes_b
         self.writes, self.reads = groups_by_module(groups)
@@ -187,12 +208,16 @@ class FeatureBuilder:
         if transports is not None and source is not None:
             group, repeat = source
             if group.name in transports:
-                tensor = transform(tensor, Member(member.module, "weight", 1, repeat), transports[group.name], "consumer")
+                tensor = transform(
+                    tensor, Member(member.module, "weight", 1, repeat), transports[group.name], "consumer"
+                )
             elif self.sizes_a[group.name] != self.sizes_b[group.name]:
                 return None
         return tensor.reshape(size, -1)
 
-    def outgoing(self, state: dict[str, torch.Tensor], member: Member, transports: dict[str, Transport] | None, size: int) -> torch.Tensor:
+    def outgoing(
+        self, state: dict[str, torch.Tensor], member: Member, transports: dict[str, Transport] | None, size: int
+    ) -> torch.Tensor:
         tensor = state[member.key]
         target = self.writes.get(member.module)
         if transports is not None and target is not None and target.name in transports:

@@ -19,7 +19,9 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, inputs: torch.Tensor, device: torch.device | None = None, batch_size: int = 256) -> nn.Module:
+def recompute_batchnorm(
+    model: nn.Module, inputs: torch.Tensor, device: torch.device | None = None, batch_size: int = 256
+) -> nn.Module:
     """Reset and re-estimate every BatchNorm's running statistics on ``inputs`` (in place; returns the model in eval
     mode). Batches smaller than 2 are skipped, since they carry no variance."""
     if len(inputs) < 2:

@@ -20,9 +20,9 @@ import functools
 import gzip
 import importlib.util
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -187,7 +187,11 @@ def load_torchvision(key: str, root: str, download: bool) -> Dataset:
         try:
             raw = factory(root=root, train=train, download=download)
         except RuntimeError as exc:
-            hint = "" if download else " Allow the download (--download, or the checkbox in the app) if the network allows."
+            hint = (
+                ""
+                if download
+                else " Allow the download (--download, or the checkbox in the app) if the network allows."
+            )
             raise DatasetError(f"{class_name} was not found under {root}.{hint} ({exc})") from exc
         except OSError as exc:
             raise DatasetError(f"{class_name} could not be downloaded to {root}: {exc}") from exc
@@ -198,7 +202,9 @@ def load_torchvision(key: str, root: str, download: bool) -> Dataset:
         labels = torch.as_tensor(np.asarray(raw.targets)).long()
         if len(labels) != len(x):
             split = "training" if train else "test"
-            raise DatasetError(f"{class_name} under {root}: the {split} split has {len(x)} images but {len(labels)} labels")
+            raise DatasetError(
+                f"{class_name} under {root}: the {split} split has {len(x)} images but {len(labels)} labels"
+            )
         splits[train] = (x.contiguous(), labels)
     if len(splits[True][0]) == 0:
         raise DatasetError(f"{class_name} under {root} is empty")

@@ -32,7 +32,8 @@ class UnsupportedArchitecture(ArchitectureError):
 
 @dataclass(frozen=True)
 class Member:
-    """One parameter (or buffer) slice of a group: entries ``[k*repeat, (k+1)*repeat)`` of ``dim`` belong to neuron k."""
+    """One parameter (or buffer) slice of a group: entries ``[k*repeat, (k+1)*repeat)`` of ``dim`` belong to
+    neuron k."""
 
     module: str
     param: str
@@ -117,7 +118,10 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
         except UnsupportedArchitecture:
             raise
         except Exception as exc:
-            raise UnsupportedArchitecture(f"the model could not be traced on an input of shape {tuple(example_inputs.shape)}: {type(exc).__name__}: {exc}") from exc
+            raise UnsupportedArchitecture(
+                f"the model could not be traced on an input of shape {tuple(example_inputs.shape)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         groups = [describe(graph, group, names, order) for group in found]
     finally:
         model.train(was_training)
@@ -132,7 +136,9 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     return sorted(groups, key=lambda g: order[modules[g.layers[0]]])
 
 
-def describe(graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str], order: dict[nn.Module, int]) -> NeuronGroup:
+def describe(
+    graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str], order: dict[nn.Module, int]
+) -> NeuronGroup:
     size = len(group.items[0].idxs)
     producers: list[Member] = []
     consumers: list[Member] = []
@@ -143,7 +149,9 @@ def describe(graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, 
             raise UnsupportedArchitecture("bare nn.Parameter tensors in the forward pass are not supported")
         if not isinstance(module, (*LAYERS, *NORMS)):
             if any(True for _ in module.parameters(recurse=False)):
-                raise UnsupportedArchitecture(f"{names.get(module, module)}: layers of type {type(module).__name__} are not supported")
+                raise UnsupportedArchitecture(
+                    f"{names.get(module, module)}: layers of type {type(module).__name__} are not supported"
+                )
             continue
         name = names[module]
         out_side = graph.is_out_channel_pruning_fn(item.dep.handler)
@@ -196,7 +204,9 @@ def slice_repeat(idxs: list[int], root_idxs: list[int], size: int, name: str) ->
         raise UnsupportedArchitecture(f"{name}: {len(idxs)} entries cannot be split among {size} neurons")
     repeat = len(idxs) // size
     mapping = sorted(zip(idxs, root_idxs))
-    if [i for i, _ in mapping] != list(range(len(idxs))) or [r for _, r in mapping] != [i // repeat for i in range(len(idxs))]:
+    if [i for i, _ in mapping] != list(range(len(idxs))) or [r for _, r in mapping] != [
+        i // repeat for i in range(len(idxs))
+    ]:
         raise UnsupportedArchitecture(f"{name}: its channels map to non-contiguous slices (concatenation or split)")
     return repeat
 

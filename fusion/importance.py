@@ -55,7 +55,9 @@ def neuron_importance(
     return total.sqrt() if kind == "l2" else total
 
 
-def loss_gradients(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+def loss_gradients(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
     """Gradients of the mean cross-entropy over ``(inputs, labels)`` for every parameter, in eval mode."""
     model.eval()
     model.zero_grad(set_to_none=True)

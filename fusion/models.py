@@ -80,13 +80,15 @@ class ModelSpec:
         if self.arch == "mlp" and self.channels:
             raise ArchitectureError(f"an mlp has no conv layers: give hidden widths, not channels={self.channels}")
         if self.arch in ("mlp", "cnn") and self.width != 1.0:
-            raise ArchitectureError(f"{self.arch} takes hidden/channels lists, not a width multiplier (got {self.width})")
+            raise ArchitectureError(
+                f"{self.arch} takes hidden/channels lists, not a width multiplier (got {self.width})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -103,7 +105,11 @@ class ModelSpec:
         if self.arch == "mlp":
             body = "-".join(map(str, self.hidden)) or "linear"
         elif self.arch == "cnn":
-            body = "c" + "-".join(map(str, self.channels)) + ("-h" + "-".join(map(str, self.hidden)) if self.hidden else "")
+            body = (
+                "c"
+                + "-".join(map(str, self.channels))
+                + ("-h" + "-".join(map(str, self.hidden)) if self.hidden else "")
+            )
         else:
             body = f"x{self.width:g}"
         return f"{self.arch}{'-bn' if self.batch_norm else ''} {body}"
@@ -133,7 +139,9 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-def conv_stack(in_channels: int, size: int, plan: tuple[int | str, ...], spec: ModelSpec) -> tuple[nn.Sequential, int, int]:
+def conv_stack(
+    in_channels: int, size: int, plan: tuple[int | str, ...], spec: ModelSpec
+) -> tuple[nn.Sequential, int, int]:
     """Conv 3x3 (pad 1) -> (BN) -> ReLU for each int in ``plan``, 2x2 max-pool for each "M".
 
     A pool that would shrink the map below 1x1 is skipped, so the same plan serves 8x8 digits and 32x32 CIFAR.
@@ -235,7 +243,9 @@ class ResNet(nn.Module):
             stride = 1 if stage == 0 else 2
             stage_blocks = []
             for b in range(blocks):
-                stage_blocks.append(BasicBlock(in_channels, out_channels, stride if b == 0 else 1, spec.batch_norm, bias))
+                stage_blocks.append(
+                    BasicBlock(in_channels, out_channels, stride if b == 0 else 1, spec.batch_norm, bias)
+                )
                 in_channels = out_channels
             stages.append(nn.Sequential(*stage_blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -334,9 +344,9 @@ def check_fits_in_memory(spec: ModelSpec, device: torch.device) -> int:
     needed, free = parameters * TRAINING_BYTES_PER_PARAMETER, available_memory(device)
     if needed > free:
         raise MemoryLimitError(
-            f"{spec.describe()} has about {parameters:,} parameters; training it needs at least {needed / 2**30:.1f} GiB "
-            f"({TRAINING_BYTES_PER_PARAMETER} bytes a parameter: weights, gradients, Adam states) but {device.type} has "
-            f"{free / 2**30:.1f} GiB available"
+            f"{spec.describe()} has about {parameters:,} parameters; training it needs at least "
+            f"{needed / 2**30:.1f} GiB ({TRAINING_BYTES_PER_PARAMETER} bytes a parameter: weights, gradients, "
+            f"Adam states) but {device.type} has {free / 2**30:.1f} GiB available"
         )
     return parameters
 

@@ -6,18 +6,20 @@ The command line, the app and scripts all go through these, so each produces the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError
-from fusion.fuse import FusionResult, fuse, method_options
 from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec
+from fusion.progress import Progress, no_progress
+from fusion.registry import FusionResult, fuse, method_options
 from fusion.run_key import run_key
-from fusion.train import Progress, TrainConfig, evaluate, no_progress, train
+from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import Transport
 from fusion.workspace import ModelRecord, Workspace
 
@@ -145,7 +147,7 @@ class FusionRun:
 
     @property
     def report(self) -> dict[str, Any]:
-        """The fusion's report (:class:`fusion.fuse.FusionReport` as a dict), stored with the model when reused."""
+        """The fusion's report (:class:`fusion.registry.FusionReport` as a dict), stored with the model when reused."""
         if self.result is not None:
             return self.result.report.to_dict()
         assert self.record is not None

@@ -21,8 +21,8 @@ averaging. In a network with BatchNorm the recomputed statistics already restore
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -80,7 +80,11 @@ def chain_ends(model: nn.Module, groups: Sequence[NeuronGroup], example: torch.T
 
 @torch.no_grad()
 def statistics(
-    model: nn.Module, names: Sequence[str], inputs: torch.Tensor, device: torch.device, batch_size: int = 256,
+    model: nn.Module,
+    names: Sequence[str],
+    inputs: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
     stop_after: str | None = None,
 ) -> dict[str, Statistics]:
     """Mean and standard deviation (population, over samples and spatial positions) of every neuron at the output of
@@ -122,8 +126,14 @@ def statistics(
     return result
 
 
-def targets(parents: Sequence[nn.Module], weights: Sequence[float], names: Sequence[str], inputs: torch.Tensor,
-            device: torch.device, batch_size: int) -> dict[str, Statistics]:
+def targets(
+    parents: Sequence[nn.Module],
+    weights: Sequence[float],
+    names: Sequence[str],
+    inputs: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, Statistics]:
     """``sum_k w_k`` of the parents' means and of their standard deviations, per chain end."""
     measured = [statistics(parent, names, inputs, device, batch_size) for parent in parents]
     return {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +18,12 @@ from torch import nn
 from fusion.data import Dataset, batches
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError, FusionError, NonFiniteLoss
+from fusion.progress import Progress, no_progress
 from fusion.seeds import check_seed
-
-Progress = Callable[[int, int, str], None]
-"""``progress(done, total, message)``: how every long computation reports how far it got."""
 
 
 class TrainingDiverged(FusionError):
     """The loss became NaN or infinite: the learning rate is too high, or the inputs are broken."""
-
-
-def no_progress(done: int, total: int, message: str) -> None:
-    """The progress callback that reports nothing."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +162,9 @@ def train(
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device | None = None, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, x: torch.Tensor, device: torch.device | None = None, batch_size: int = 1024
+) -> torch.Tensor:
     """Logits ``(N, classes)`` of ``model`` in eval mode, computed in batches on ``device``, returned on the CPU."""
     device = device or default_device()
     was_training = model.training
@@ -193,7 +188,9 @@ def evaluate(
     logits = predict_logits(model, x, device, batch_size)
     if not bool(torch.isfinite(logits).all()):
         bad = int((~torch.isfinite(logits)).any(1).sum())
-        raise NonFiniteLoss(f"the model's outputs are NaN or infinite on {bad} of {len(x)} inputs: its weights diverged")
+        raise NonFiniteLoss(
+            f"the model's outputs are NaN or infinite on {bad} of {len(x)} inputs: its weights diverged"
+        )
     return Metrics(
         loss=float(F.cross_entropy(logits, y.cpu())), accuracy=float((logits.argmax(1) == y.cpu()).float().mean())
     )

@@ -23,8 +23,9 @@ both equal ``n T`` and, for a hard assignment, the permutation matrix. otfusion'
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ class TransportError(FusionError):
     """The transport problem could not be solved (non-finite costs, solver failure)."""
 
 
-def ground_cost(a: torch.Tensor, b: torch.Tensor, metric: Metric = "euclidean", normalize_rows: bool = False) -> torch.Tensor:
+def ground_cost(
+    a: torch.Tensor, b: torch.Tensor, metric: Metric = "euclidean", normalize_rows: bool = False
+) -> torch.Tensor:
     """Pairwise cost ``C: (n, m)`` between the rows of ``a: (n, d)`` and ``b: (m, d)``.
 
     ``euclidean``: ``||a_i - b_j||``; ``sqeuclidean``: its square; ``cosine``: ``1 - <a_i, b_j> / (|a_i| |b_j|)``.
@@ -52,7 +55,9 @@ def ground_cost(a: torch.Tensor, b: torch.Tensor, metric: Metric = "euclidean", 
     below the gaps between distinct neurons' costs); the plan is then solved in float64.
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise TransportError(f"features must be (n, d) and (m, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise TransportError(
+            f"features must be (n, d) and (m, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     a, b = a.float(), b.float()
     if normalize_rows or metric == "cosine":
         a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -131,7 +136,9 @@ def transport_plan(
             raise ConfigError(f"Sinkhorn needs a positive regularisation, got {reg}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            plan, log = ot.sinkhorn(mu, nu, matrix, reg, method="sinkhorn_log", numItermax=SINKHORN_ITERATIONS, stopThr=1e-9, log=True)
+            plan, log = ot.sinkhorn(
+                mu, nu, matrix, reg, method="sinkhorn_log", numItermax=SINKHORN_ITERATIONS, stopThr=1e-9, log=True
+            )
         if not np.isfinite(plan).all() or plan.sum() <= 0:
             raise TransportError(f"Sinkhorn failed at reg={reg}; raise the regularisation or normalise the cost")
         violation = float(np.abs(plan.sum(0) - nu).max() + np.abs(plan.sum(1) - mu).max())
@@ -168,8 +175,12 @@ class Transport:
 
     @classmethod
     def from_plan(
-        cls, plan: np.ndarray, cost: float = 0.0, correction: Correction = "marginals", cost_matrix: torch.Tensor | None = None
-    ) -> "Transport":
+        cls,
+        plan: np.ndarray,
+        cost: float = 0.0,
+        correction: Correction = "marginals",
+        cost_matrix: torch.Tensor | None = None,
+    ) -> Transport:
         plan = np.asarray(plan, dtype=np.float64)
         n, m = plan.shape
         column_sums, row_sums = plan.sum(0), plan.sum(1)
@@ -190,14 +201,20 @@ class Transport:
         return cls(plan, producer.float(), consumer.float(), permutation, float(cost), cost_matrix)
 
     @classmethod
-    def identity(cls, size: int) -> "Transport":
+    def identity(cls, size: int) -> Transport:
         return cls.from_plan(np.eye(size) / size)
 
     @classmethod
-    def selection(cls, size: int, kept: Sequence[int]) -> "Transport":
+    def selection(cls, size: int, kept: Sequence[int]) -> Transport:
         """Keep the neurons ``kept`` (in that order) of ``size`` and drop the others: pruning without merging."""
         index = np.asarray(kept, dtype=np.int64)
-        if index.ndim != 1 or len(index) == 0 or len(set(index.tolist())) != len(index) or index.min() < 0 or index.max() >= size:
+        if (
+            index.ndim != 1
+            or len(index) == 0
+            or len(set(index.tolist())) != len(index)
+            or index.min() < 0
+            or index.max() >= size
+        ):
             raise TransportError(f"kept neurons must be distinct indices in [0, {size}), got {list(kept)[:8]}")
         plan = np.zeros((size, len(index)))
         plan[index, np.arange(len(index))] = 1.0 / len(index)

@@ -35,11 +35,12 @@ import shutil
 import stat
 import tempfile
 import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -106,7 +107,7 @@ class ModelRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelRecord:
         if not isinstance(data, Mapping):
             raise CheckpointError(f"invalid model metadata: a JSON object was expected, not {type(data).__name__}")
         try:
@@ -243,7 +244,9 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None
         if missing:
             parts.append(f"missing {len(missing)} ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''})")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} ({', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''})")
+            parts.append(
+                f"unexpected {len(unexpected)} ({', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''})"
+            )
         if wrong:
             parts.append(f"wrong shapes: {'; '.join(wrong[:3])}{'...' if len(wrong) > 3 else ''}")
         raise CheckpointError("the checkpoint does not fit the chosen architecture: " + ", ".join(parts))
@@ -381,10 +384,14 @@ class Workspace:
         check_finite(state, "the model")
         load_state_into(build_model(spec), state)
         provenance = dict(provenance or {"method": "train"})
-        label = f"s{seed}" if provenance.get("method") == "train" and seed is not None else provenance.get("method", "m")
+        label = (
+            f"s{seed}" if provenance.get("method") == "train" and seed is not None else provenance.get("method", "m")
+        )
         record = ModelRecord(
             id=self.new_id(spec, dataset, str(label)),
-            name=name or f"{spec.describe()} · {provenance.get('method', 'train')}" + (f" · seed {seed}" if seed is not None else ""),
+            name=name
+            or f"{spec.describe()} · {provenance.get('method', 'train')}"
+            + (f" · seed {seed}" if seed is not None else ""),
             spec=spec,
             dataset=dataset,
             normalization=normalization,
@@ -661,9 +668,13 @@ class Workspace:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DamagedResultError(f"the stored {kind} result of {model_id} is damaged ({exc}); compute it again") from exc
+            raise DamagedResultError(
+                f"the stored {kind} result of {model_id} is damaged ({exc}); compute it again"
+            ) from exc
         if not isinstance(payload, dict):
-            raise DamagedResultError(f"the stored {kind} result of {model_id} is damaged (not a JSON object); compute it again")
+            raise DamagedResultError(
+                f"the stored {kind} result of {model_id} is damaged (not a JSON object); compute it again"
+            )
         return payload
 
 

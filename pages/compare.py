@@ -16,7 +16,7 @@ from analysis.comparison import (
     to_markdown,
 )
 from analysis.fusion_figures import finetune_comparison_figure, parent_role
-from fusion.fuse import REGISTRY
+from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
 from ui.charts import show_chart
 from ui.errors import report_errors
@@ -87,7 +87,13 @@ if submitted:
         select_models(chosen)
         start_job(
             f"comparison of {len(methods) - len(skipped)} method(s) on {len(chosen)} parent(s)",
-            compare_methods, ws, chosen, methods, finetune, device=device(), kind=COMPARE_KIND,
+            compare_methods,
+            ws,
+            chosen,
+            methods,
+            finetune,
+            device=device(),
+            kind=COMPARE_KIND,
         )
 
 job = job_runner().latest(COMPARE_KIND)
@@ -134,7 +140,11 @@ left.download_button(
     "Download CSV", to_csv(rows), file_name="fusion-comparison.csv", mime="text/csv", key="compare.csv"
 )
 right.download_button(
-    "Download Markdown", to_markdown(rows), file_name="fusion-comparison.md", mime="text/markdown", key="compare.markdown"
+    "Download Markdown",
+    to_markdown(rows),
+    file_name="fusion-comparison.md",
+    mime="text/markdown",
+    key="compare.markdown",
 )
 
 

@@ -5,8 +5,8 @@ import streamlit as st
 
 from analysis.fusion_figures import comparison_figure
 from fusion.errors import DamagedResultError
-from fusion.fuse import REGISTRY
 from fusion.pipeline import compare_fusion
+from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord
 from ui.charts import show_chart
@@ -51,22 +51,36 @@ with st.form("fuse.form"):
     left, right = st.columns(2)
     kept("fuse.finetune.epochs", 0)
     kept("fuse.finetune.lr", 1e-3)
-    epochs = left.number_input("Fine-tune epochs after fusion (0: none)", 0, 500, key="fuse.finetune.epochs", disabled=disabled)
-    lr = right.number_input("Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="fuse.finetune.lr", disabled=disabled)
+    epochs = left.number_input(
+        "Fine-tune epochs after fusion (0: none)", 0, 500, key="fuse.finetune.epochs", disabled=disabled
+    )
+    lr = right.number_input(
+        "Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="fuse.finetune.lr", disabled=disabled
+    )
     submitted = st.form_submit_button("Fuse", type="primary", disabled=disabled)
 
 if submitted:
     with report_errors():
         if not spec.min_models <= len(chosen) <= (spec.max_models or len(chosen)):
-            st.error(f"{method} needs {'one model' if spec.max_models == 1 else f'at least {spec.min_models} models'}; {len(chosen)} chosen.")
+            st.error(
+                f"{method} needs {'one model' if spec.max_models == 1 else f'at least {spec.min_models} models'}; "
+                f"{len(chosen)} chosen."
+            )
             st.stop()
         options = parse_options(spec.options, values)
         finetune = TrainConfig(epochs=int(epochs), lr=float(lr)) if epochs else None
         select_models(chosen)
         st.session_state[RESULT_KEY] = None
         start_job(
-            f"{method} fusion of {len(chosen)} model(s)", compare_fusion, ws, chosen, method, options, finetune,
-            device=device(), kind=FUSE_KIND,
+            f"{method} fusion of {len(chosen)} model(s)",
+            compare_fusion,
+            ws,
+            chosen,
+            method,
+            options,
+            finetune,
+            device=device(),
+            kind=FUSE_KIND,
         )
 
 job = job_runner().latest(FUSE_KIND)
@@ -88,7 +102,9 @@ def label(record: ModelRecord) -> str:
 st.subheader("Results")
 ids = [r.id for r in fused]
 shown = st.session_state.get(RESULT_KEY)
-shown_id = st.selectbox("Fused model", ids, index=ids.index(shown) if shown in ids else 0, format_func=lambda i: label(by_id[i]))
+shown_id = st.selectbox(
+    "Fused model", ids, index=ids.index(shown) if shown in ids else 0, format_func=lambda i: label(by_id[i])
+)
 try:
     comparison = ws.load_result(shown_id, "comparison")
 except DamagedResultError as exc:
@@ -99,10 +115,15 @@ table["test accuracy (%)"] = 100 * table["test_accuracy"]
 table["time (s)"] = blank_missing(list(table["seconds"]))
 table["id"] = table["id"].fillna("–")
 st.dataframe(
-    table[["role", "model", "id", "test accuracy (%)", "test_loss", "parameters", "time (s)"]].rename(columns={"test_loss": "test loss"}),
+    table[["role", "model", "id", "test accuracy (%)", "test_loss", "parameters", "time (s)"]].rename(
+        columns={"test_loss": "test loss"}
+    ),
     hide_index=True,
     width="stretch",
-    column_config={"test accuracy (%)": st.column_config.NumberColumn(format="%.2f"), "test loss": st.column_config.NumberColumn(format="%.4f")},
+    column_config={
+        "test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
+        "test loss": st.column_config.NumberColumn(format="%.4f"),
+    },
 )
 show_chart(comparison_figure(comparison["rows"]), f"comparison-{shown_id}")
 report = comparison["report"]
@@ -118,5 +139,8 @@ record = by_id[shown_id]
 tuned = next((by_id.get(r["id"]) for r in comparison["rows"] if r["role"] == "fine-tuned"), None)
 recipe = tuned.provenance.get("options") if tuned is not None else None
 lines = fusion_command_lines(comparison["method"], comparison["parents"], record.provenance.get("options", {}), recipe)
-st.caption("The same fusion from the command line" + (" (FUSED_ID: the id the fuse command prints):" if len(lines) > 1 else ":"))
+st.caption(
+    "The same fusion from the command line"
+    + (" (FUSED_ID: the id the fuse command prints):" if len(lines) > 1 else ":")
+)
 st.code("\n".join(lines), language="bash")

@@ -4,7 +4,12 @@ eigenvector, for parents and fused models side by side."""
 import pandas as pd
 import streamlit as st
 
-from analysis.figures import eigenvalue_density_figure, layer_hessian_figure, perturbation_figure, top_eigenvalues_figure
+from analysis.figures import (
+    eigenvalue_density_figure,
+    layer_hessian_figure,
+    perturbation_figure,
+    top_eigenvalues_figure,
+)
 from analysis.hessian import HessianConfig
 from analysis.runs import HESSIAN, hessian_cost_of, hessians_of, model_role, stored_hessian
 from ui.charts import show_chart
@@ -30,8 +35,11 @@ if "hessian.models" not in st.session_state:
     st.session_state["hessian.models"] = [i for i in selected_model_ids() if i in by_id][:4] or [records[0].id]
 st.session_state["hessian.models"] = [i for i in st.session_state["hessian.models"] if i in by_id]
 chosen = st.multiselect(
-    "Models (parents and fused side by side)", list(by_id),
-    format_func=lambda i: f"{by_id[i].name} ({i})", key="hessian.models", disabled=disabled,
+    "Models (parents and fused side by side)",
+    list(by_id),
+    format_func=lambda i: f"{by_id[i].name} ({i})",
+    key="hessian.models",
+    disabled=disabled,
 )
 with st.form("hessian.form"):
     kept("hessian.split", "test", ("test", "train"))
@@ -48,14 +56,22 @@ if submitted:
             st.stop()
         select_models(chosen)
         cost = hessian_cost_of(ws, chosen, config, split, device())
-        st.session_state.setdefault(ESTIMATES, {})[kind] = (cost.describe(), cost.seconds > config.warn_seconds, config.warn_seconds)
-        start_job(f"Hessian of {len(chosen)} model(s)", hessians_of, ws, chosen, config, split, device=device(), kind=kind)
+        st.session_state.setdefault(ESTIMATES, {})[kind] = (
+            cost.describe(),
+            cost.seconds > config.warn_seconds,
+            config.warn_seconds,
+        )
+        start_job(
+            f"Hessian of {len(chosen)} model(s)", hessians_of, ws, chosen, config, split, device=device(), kind=kind
+        )
 job = job_runner().latest(kind)
 show_job(job)
 if job is not None and kind in st.session_state.get(ESTIMATES, {}):
     described, slow, warn_seconds = st.session_state[ESTIMATES][kind]
     if slow:
-        st.warning(f"Estimated before the start: up to {described}, above the warning threshold of {warn_seconds:.0f} s.")
+        st.warning(
+            f"Estimated before the start: up to {described}, above the warning threshold of {warn_seconds:.0f} s."
+        )
     else:
         st.caption(f"Estimated before the start: up to {described}.")
 
@@ -65,7 +81,10 @@ if job is not None and job.active and not done:
     st.info(computing_message(job))
     st.stop()
 if not done:
-    st.info("No Hessian computed yet for these models: press Compute (the defaults take about a minute per small model on a CPU).")
+    st.info(
+        "No Hessian computed yet for these models: press Compute (the defaults take about a minute per small model "
+        "on a CPU)."
+    )
     st.stop()
 roles = {i: model_role(by_id[i], index) for index, i in enumerate(chosen)}
 labels = {i: f"{roles[i]} · {by_id[i].name}" for i in done}
@@ -83,9 +102,21 @@ rows = [
     }
     for i, r in done.items()
 ]
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={"trace": st.column_config.NumberColumn(format="%.4g"), "trace ± (std. error)": st.column_config.NumberColumn(format="%.2g"), "seconds": st.column_config.NumberColumn(format="%.1f")})
+st.dataframe(
+    pd.DataFrame(rows),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "trace": st.column_config.NumberColumn(format="%.4g"),
+        "trace ± (std. error)": st.column_config.NumberColumn(format="%.2g"),
+        "seconds": st.column_config.NumberColumn(format="%.1f"),
+    },
+)
 by_role = {roles[i]: r for i, r in done.items()}
-show_chart(eigenvalue_density_figure({k: r.density for k, r in by_role.items()}, {k: r.top for k, r in by_role.items()}), "hessian-density")
+show_chart(
+    eigenvalue_density_figure({k: r.density for k, r in by_role.items()}, {k: r.top for k, r in by_role.items()}),
+    "hessian-density",
+)
 show_chart(perturbation_figure({k: r.curves for k, r in by_role.items()}), "hessian-perturbation")
 show_chart(top_eigenvalues_figure({k: r.top for k, r in by_role.items()}), "hessian-top-eigenvalues")
 with_layers = {k: r.layers for k, r in by_role.items() if r.layers}
@@ -93,7 +124,10 @@ if with_layers:
     show_chart(layer_hessian_figure(with_layers), "hessian-layers")
 st.caption("The same analysis from the command line, for each model (its stored settings and data split):")
 lines = [
-    command_line(["hessian", i], {**non_default(HessianConfig, r.config.to_dict()), "split": ws.load_result(i, HESSIAN)["split"]}) + " --json"
+    command_line(
+        ["hessian", i], {**non_default(HessianConfig, r.config.to_dict()), "split": ws.load_result(i, HESSIAN)["split"]}
+    )
+    + " --json"
     for i, r in done.items()
 ]
 st.code("\n".join(lines), language="bash")

@@ -4,9 +4,9 @@ barriers, the plane through parent A, parent B and the fused model, and random f
 import pandas as pd
 import streamlit as st
 
+from analysis.cost import CostEstimate
 from analysis.figures import interpolation_figure, plane_figure, random_directions_figure
 from analysis.landscape import LandscapeConfig
-from analysis.cost import CostEstimate
 from analysis.runs import (
     ALIGNED_LINES,
     fusion_landscape,
@@ -27,7 +27,9 @@ FUSION, RANDOM, PAIR = "a fused model and its two parents", "random directions a
 
 
 @st.cache_data(show_spinner="Estimating the time…", max_entries=32)
-def estimate(root: str, ids: tuple[str, ...], kind: str, fused: bool, resolution: int, samples: int, dims: int) -> CostEstimate:
+def estimate(
+    root: str, ids: tuple[str, ...], kind: str, fused: bool, resolution: int, samples: int, dims: int
+) -> CostEstimate:
     """The cost of the landscape the page would compute: a fusion's three lines and plane, or one landscape."""
     config = LandscapeConfig(resolution=resolution, samples=samples or None)
     if fused:
@@ -43,31 +45,67 @@ st.caption(
 )
 ws, records, by_id = models_or_stop()
 disabled = inputs_disabled()
-fused = [r.id for r in records if len(r.parents) == 2 and all(p in by_id and by_id[p].spec == r.spec for p in r.parents)]
-view = st.radio("Landscape", [FUSION, RANDOM, PAIR] if fused else [RANDOM, PAIR], horizontal=True, key="landscape.view", disabled=disabled)
+fused = [
+    r.id for r in records if len(r.parents) == 2 and all(p in by_id and by_id[p].spec == r.spec for p in r.parents)
+]
+view = st.radio(
+    "Landscape",
+    [FUSION, RANDOM, PAIR] if fused else [RANDOM, PAIR],
+    horizontal=True,
+    key="landscape.view",
+    disabled=disabled,
+)
 label = lambda i: f"{by_id[i].name} ({i})"  # noqa: E731
 selected = [i for i in selected_model_ids() if i in by_id]
 
 if view == FUSION:
     start = next((i for i in selected if i in fused), fused[0])
-    fused_id = st.selectbox("Fused model", fused, index=fused.index(start), format_func=label, key="landscape.fused", disabled=disabled)
+    fused_id = st.selectbox(
+        "Fused model", fused, index=fused.index(start), format_func=label, key="landscape.fused", disabled=disabled
+    )
     ids, kind, dims = (*by_id[fused_id].parents, fused_id), "plane", 2
 elif view == RANDOM:
-    model_id = st.selectbox("Model", list(by_id), index=list(by_id).index(selected[0]) if selected else 0, format_func=label, key="landscape.model", disabled=disabled)
+    model_id = st.selectbox(
+        "Model",
+        list(by_id),
+        index=list(by_id).index(selected[0]) if selected else 0,
+        format_func=label,
+        key="landscape.model",
+        disabled=disabled,
+    )
     dims = st.radio("Directions", [1, 2], index=1, horizontal=True, key="landscape.dims", disabled=disabled)
     ids, kind = (model_id,), "random"
 else:
     left, right = st.columns(2)
     a = left.selectbox("Model A", list(by_id), format_func=label, key="landscape.a", disabled=disabled)
-    b = right.selectbox("Model B", list(by_id), index=min(1, len(by_id) - 1), format_func=label, key="landscape.b", disabled=disabled)
+    b = right.selectbox(
+        "Model B", list(by_id), index=min(1, len(by_id) - 1), format_func=label, key="landscape.b", disabled=disabled
+    )
     ids, kind, dims = (a, b), "interpolation", 1
 
 left, middle, right = st.columns(3)
-resolution = left.number_input("Points per axis", 2, 201, 11 if kind != "interpolation" else 21, key=f"landscape.resolution.{kind}", disabled=disabled)
-samples = middle.number_input("Examples per split (0: all)", 0, 100_000, 0, step=100, key="landscape.samples", disabled=disabled)
+resolution = left.number_input(
+    "Points per axis",
+    2,
+    201,
+    11 if kind != "interpolation" else 21,
+    key=f"landscape.resolution.{kind}",
+    disabled=disabled,
+)
+samples = middle.number_input(
+    "Examples per split (0: all)", 0, 100_000, 0, step=100, key="landscape.samples", disabled=disabled
+)
 span = 1.0
 if kind == "random":
-    span = right.number_input("Range of the directions", 0.01, 10.0, 1.0, key="landscape.span", disabled=disabled, help="coefficients in [-range, range]")
+    span = right.number_input(
+        "Range of the directions",
+        0.01,
+        10.0,
+        1.0,
+        key="landscape.span",
+        disabled=disabled,
+        help="coefficients in [-range, range]",
+    )
 recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn", disabled=disabled)
 job_key = job_kind(LANDSCAPE_KIND, [view, kind, *ids])
 with report_errors():
@@ -78,11 +116,15 @@ with report_errors():
     with st.form("landscape.form", border=False):
         submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
     if submitted:
-        config = LandscapeConfig(resolution=int(resolution), samples=int(samples) or None, span=float(span), recompute_batchnorm=recompute)
+        config = LandscapeConfig(
+            resolution=int(resolution), samples=int(samples) or None, span=float(span), recompute_batchnorm=recompute
+        )
         if view == FUSION:
             start_job(f"Landscape of {fused_id}", fusion_landscape, ws, fused_id, config, device=device(), kind=job_key)
         else:
-            start_job(f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=job_key)
+            start_job(
+                f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=job_key
+            )
 job = job_runner().latest(job_key)
 show_job(job)
 running = job is not None and job.active
@@ -91,7 +133,16 @@ if view == FUSION:
     found = stored_fusion_landscape(ws, fused_id)
     lines = {name: found[name] for name in ("A-B", "A-fused", "B-fused") if name in found}
     if lines:
-        st.dataframe(pd.DataFrame([{"line": n, "train barrier": r.train_barrier, "test barrier": r.test_barrier} for n, r in lines.items()]), hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"line": n, "train barrier": r.train_barrier, "test barrier": r.test_barrier}
+                    for n, r in lines.items()
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
         show_chart(interpolation_figure(lines), f"interpolation-{fused_id}")
     aligned = {name: found[name] for name in ALIGNED_LINES if name in found}
     if len(aligned) == len(ALIGNED_LINES):
@@ -105,11 +156,19 @@ if view == FUSION:
         )
         show_chart(interpolation_figure(aligned), f"interpolation-aligned-{fused_id}")
     if "plane" in found:
-        metric = st.radio("Plane metric", ["test_loss", "train_loss", "test_accuracy", "train_accuracy"], horizontal=True, key="landscape.metric")
+        metric = st.radio(
+            "Plane metric",
+            ["test_loss", "train_loss", "test_accuracy", "train_accuracy"],
+            horizontal=True,
+            key="landscape.metric",
+        )
         show_chart(plane_figure(found["plane"], metric), f"plane-{fused_id}-{metric}")
     if not found:
         st.info(computing_message(job) if running else "Not computed yet for this model: press Compute.")
-    st.code(command_line(["landscape", "--models", *ids, "--kind", "plane"], {"resolution": int(resolution)}) + " --json", language="bash")
+    st.code(
+        command_line(["landscape", "--models", *ids, "--kind", "plane"], {"resolution": int(resolution)}) + " --json",
+        language="bash",
+    )
 else:
     result = stored_landscape(ws, list(ids), kind)
     if result is None:

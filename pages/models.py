@@ -92,7 +92,14 @@ def train_section(ws: Workspace, disabled: bool) -> None:
             seeds = ", ".join(str(c.seed) for c in configs)
             start_job(
                 f"Train {spec.describe()} on {dataset} (seed {seeds})",
-                train_models, ws, options, dataset, configs, download=download, device=device(), kind=TRAIN_KIND,
+                train_models,
+                ws,
+                options,
+                dataset,
+                configs,
+                download=download,
+                device=device(),
+                kind=TRAIN_KIND,
             )
     show_job(job_runner().latest(TRAIN_KIND))
 

@@ -21,12 +21,17 @@ derived = [r.id for r in records if r.parents]
 selected = [i for i in selected_model_ids() if i in by_id]
 start = next((i for i in selected if i in derived), derived[0] if derived else records[0].id)
 model_id = st.selectbox(
-    "Model (its parents are shown beside it)", list(by_id), index=list(by_id).index(start),
-    format_func=lambda i: f"{by_id[i].name} ({i})", key="norms.model",
+    "Model (its parents are shown beside it)",
+    list(by_id),
+    index=list(by_id).index(start),
+    format_func=lambda i: f"{by_id[i].name} ({i})",
+    key="norms.model",
 )
 record = by_id[model_id]
 family = [ws.record(p) for p in record.parents if p in by_id] + [record]
-roles = [parent_role(k) for k in range(len(family) - 1)] + ["pruned" if record.method in ("intra", "prune") else "fused" if record.parents else "parent A"]
+roles = [parent_role(k) for k in range(len(family) - 1)] + [
+    "pruned" if record.method in ("intra", "prune") else "fused" if record.parents else "parent A"
+]
 side = st.radio("Norm", ["incoming", "outgoing"], horizontal=True, key="norms.side")
 
 with report_errors():
@@ -38,11 +43,15 @@ details = record.provenance.get("report", {}).get("details", {})
 if record.method == "transplant":
     st.subheader("Which neurons survived the transplantation")
     tables = transplant_survival(details)
-    counts = pd.DataFrame([{"group": t.group, **{parent_role(p): n for p, n in sorted(t.kept_per_parent().items())}} for t in tables])
+    counts = pd.DataFrame(
+        [{"group": t.group, **{parent_role(p): n for p, n in sorted(t.kept_per_parent().items())}} for t in tables]
+    )
     st.dataframe(counts, hide_index=True, width="stretch")
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
     table = next(t for t in tables if t.group == group)
-    show_chart(survival_figure(table, [parent_role(k) for k in range(len(record.parents))]), f"survival-{model_id}-{group}")
+    show_chart(
+        survival_figure(table, [parent_role(k) for k in range(len(record.parents))]), f"survival-{model_id}-{group}"
+    )
 elif record.method in ("intra", "prune"):
     st.subheader("Kept and " + ("merged" if record.method == "intra" else "dropped") + " neurons")
     tables = pruning_survival(details)

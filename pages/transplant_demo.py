@@ -106,8 +106,9 @@ trained = f" ({len(parents.trained)} of them trained just now)" if parents.train
 st.markdown(
     f"Neuron Transplantation fuses fully trained members of an ensemble into one network of a member's size. Here "
     f"they are {len(parents.scores)} demo {options.arch.upper()}s{trained}, trained on the 8×8 digits with the same "
-    f"recipe from different seeds. The best of them, {parents.best.model}, reaches {percent(parents.best.test_accuracy)} "
-    f"on the {parents.test_size} test images (one image is {100 / parents.test_size:.2f} points): that is the bar to beat."
+    f"recipe from different seeds. The best of them, {parents.best.model}, reaches "
+    f"{percent(parents.best.test_accuracy)} on the {parents.test_size} test images (one image is "
+    f"{100 / parents.test_size:.2f} points): that is the bar to beat."
 )
 show_chart(comparison_figure(rows(*parents.scores)), "nt-demo-parents")
 

@@ -18,13 +18,18 @@ st.caption(
 ws = workspace()
 fused = [r for r in reversed(workspace_models(ws)) if r.method in MAPPED_METHODS]
 if not fused:
-    st.info("No model fused with transport maps yet: run OT fusion, matching, CLAFusion or Intra-Fusion on the Fuse page.")
+    st.info(
+        "No model fused with transport maps yet: run OT fusion, matching, CLAFusion or Intra-Fusion on the Fuse page."
+    )
     st.stop()
 by_id = {r.id: r for r in fused}
 selected = [i for i in selected_model_ids() if i in by_id]
 model_id = st.selectbox(
-    "Fused model", list(by_id), index=list(by_id).index(selected[0]) if selected else 0,
-    format_func=lambda i: f"{by_id[i].name} ({i})", key="maps.model",
+    "Fused model",
+    list(by_id),
+    index=list(by_id).index(selected[0]) if selected else 0,
+    format_func=lambda i: f"{by_id[i].name} ({i})",
+    key="maps.model",
 )
 maps = stored_maps(ws, model_id)
 if not maps:
@@ -32,14 +37,29 @@ if not maps:
     st.stop()
 summary = pd.DataFrame([summarise(m).to_dict() for m in maps])
 st.dataframe(
-    summary.rename(columns={"model": "parent", "permutation_distance": "distance from a permutation", "moved": "neurons moved", "total_cost": "total cost <T, C>"}),
+    summary.rename(
+        columns={
+            "model": "parent",
+            "permutation_distance": "distance from a permutation",
+            "moved": "neurons moved",
+            "total_cost": "total cost <T, C>",
+        }
+    ),
     hide_index=True,
     width="stretch",
-    column_config={"distance from a permutation": st.column_config.NumberColumn(format="%.4f"), "total cost <T, C>": st.column_config.NumberColumn(format="%.4g")},
+    column_config={
+        "distance from a permutation": st.column_config.NumberColumn(format="%.4f"),
+        "total cost <T, C>": st.column_config.NumberColumn(format="%.4g"),
+    },
 )
 parents = sorted({m.model for m in maps})
 left, right = st.columns(2)
-parent = left.selectbox("Aligned parent", parents, format_func=lambda k: f"parent {k} ({by_id[model_id].parents[k] if k < len(by_id[model_id].parents) else 'self'})", key="maps.parent")
+parent = left.selectbox(
+    "Aligned parent",
+    parents,
+    format_func=lambda k: f"parent {k} ({by_id[model_id].parents[k] if k < len(by_id[model_id].parents) else 'self'})",
+    key="maps.parent",
+)
 groups = [m for m in maps if m.model == parent]
 group = right.selectbox("Neuron group", [m.group for m in groups], key="maps.group")
 show_chart(transport_map_figure(next(m for m in groups if m.group == group)), f"transport-{model_id}-{parent}-{group}")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_helpers import app_workspace  # noqa: F401  (the AppTest fixture, for every test module)
 from hypothesis import settings
 from torch import nn
 
-from app_helpers import app_workspace  # noqa: F401  (the AppTest fixture, for every test module)
 from fusion.data import Dataset, load_dataset
 from fusion.models import ModelSpec, build_model
 from fusion.train import TrainConfig, TrainResult, train

@@ -28,7 +28,11 @@ def test_aligned_model_computes_same_function(name, mode):
     assert all(t.permutation is not None for t in alignment.transports.values())
 
 
-@pytest.mark.parametrize("options", [AlignOptions(), AlignOptions(mode="activations"), AlignOptions(metric="sqeuclidean", features="both", sweeps=50)], ids=["ot-weights", "ot-activations", "weight-matching"])
+@pytest.mark.parametrize(
+    "options",
+    [AlignOptions(), AlignOptions(mode="activations"), AlignOptions(metric="sqeuclidean", features="both", sweeps=50)],
+    ids=["ot-weights", "ot-activations", "weight-matching"],
+)
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_permuted_copy_aligns_back_to_the_original_weights(name, options):
     original = randomised(SMALL[name], seed=0)
@@ -113,7 +117,9 @@ def test_activation_alignment_without_inputs_is_refused():
         align(a, a, neuron_groups(a, X), AlignOptions(mode="activations"))
 
 
-@pytest.mark.parametrize("field,value", [("mode", "gradients"), ("sweeps", 0), ("samples", 0), ("reg", -1.0), ("metric", "l1")])
+@pytest.mark.parametrize(
+    "field,value", [("mode", "gradients"), ("sweeps", 0), ("samples", 0), ("reg", -1.0), ("metric", "l1")]
+)
 def test_absurd_alignment_options_are_refused(field, value):
     with pytest.raises(ConfigError):
         AlignOptions(**{field: value})

@@ -4,8 +4,8 @@ status 1 and a JSON error on refused input."""
 from __future__ import annotations
 
 import json
-import shlex
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +16,27 @@ import pytest
 from analysis.hessian import HessianConfig, HessianReport
 from analysis.landscape import InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.runs import landscape_key
-from fusion.cli import main, parser
-from fusion.options import given_options, option_fields
+from cli.arguments import given_options
+from cli.main import main, parser
 from fusion.models import build_model
+from fusion.options import option_fields
 from fusion.workspace import ModelRecord, Workspace
 from ui.options import command_line, non_default
 
-FAST_HESSIAN = ["--samples", "120", "--probes", "4", "--runs", "2", "--steps", "8", "--iterations", "30", "--top-k", "2"]
+FAST_HESSIAN = [
+    "--samples",
+    "120",
+    "--probes",
+    "4",
+    "--runs",
+    "2",
+    "--steps",
+    "8",
+    "--iterations",
+    "30",
+    "--top-k",
+    "2",
+]
 
 
 def run_json(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, Any]:
@@ -38,20 +52,49 @@ def cli_workspace(isolated_fusionlab_home: Path) -> Workspace:
 @pytest.fixture
 def records(trained_mlp, cli_workspace: Workspace) -> list[ModelRecord]:
     """The trained MLP, an untrained one of the same spec (parents) and another saved as a fusion result."""
-    return [trained_mlp.save_to(cli_workspace), *(
-        cli_workspace.save(
-            build_model(trained_mlp.spec, seed=seed), spec=trained_mlp.spec, dataset="digits",
-            normalization=trained_mlp.data.normalization, provenance={"method": method}, seed=seed,
-        )
-        for seed, method in ((1, "train"), (2, "ot"))
-    )]
+    return [
+        trained_mlp.save_to(cli_workspace),
+        *(
+            cli_workspace.save(
+                build_model(trained_mlp.spec, seed=seed),
+                spec=trained_mlp.spec,
+                dataset="digits",
+                normalization=trained_mlp.data.normalization,
+                provenance={"method": method},
+                seed=seed,
+            )
+            for seed, method in ((1, "train"), (2, "ot"))
+        ),
+    ]
 
 
-def test_hessian_command_prints_one_json_object_and_stores_the_result(repo_root: Path, records, cli_workspace: Workspace) -> None:
-    env = {**os.environ, "FUSIONLAB_WORKSPACE": str(cli_workspace.root), "FUSIONLAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+def test_hessian_command_prints_one_json_object_and_stores_the_result(
+    repo_root: Path, records, cli_workspace: Workspace
+) -> None:
+    env = {
+        **os.environ,
+        "FUSIONLAB_WORKSPACE": str(cli_workspace.root),
+        "FUSIONLAB_DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "fusion", "hessian", records[0].id, "--json", *FAST_HESSIAN, "--layers", "--deflation", "5"],
-        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "fusion",
+            "hessian",
+            records[0].id,
+            "--json",
+            *FAST_HESSIAN,
+            "--layers",
+            "--deflation",
+            "5",
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
@@ -63,14 +106,30 @@ def test_hessian_command_prints_one_json_object_and_stores_the_result(repo_root:
     assert report.top.eigenvalues.tolist() == output["top_eigenvalues"]
     assert report.trace.mean == pytest.approx(output["trace"])
     assert stored["dataset"] == "digits" and stored["split"] == "test"
-    assert [layer["layer"] for layer in output["layers"]] == [layer.layer for layer in report.layers] == ["layers.1", "layers.3"]
-    assert report.config.layers and report.config.deflation == 5 and report.trace.deflation >= 5, "the eigenvalue run's basis"
+    assert (
+        [layer["layer"] for layer in output["layers"]]
+        == [layer.layer for layer in report.layers]
+        == ["layers.1", "layers.3"]
+    )
+    assert report.config.layers and report.config.deflation == 5 and report.trace.deflation >= 5, (
+        "the eigenvalue run's basis"
+    )
 
 
 def test_every_hessian_setting_round_trips_through_the_command_line_the_page_shows() -> None:
     config = HessianConfig(
-        samples=None, batch_size=64, top_k=2, tolerance=1e-4, deflation=0, trace_tolerance=0.0, kernel_width=0.02,
-        reorthogonalize=False, cache_graph=False, block_size=2, layers=True, seed=3,
+        samples=None,
+        batch_size=64,
+        top_k=2,
+        tolerance=1e-4,
+        deflation=0,
+        trace_tolerance=0.0,
+        kernel_width=0.02,
+        reorthogonalize=False,
+        cache_graph=False,
+        block_size=2,
+        layers=True,
+        seed=3,
     )
     line = command_line(["hessian", "ID"], non_default(HessianConfig, config.to_dict()))
     args = parser().parse_args(shlex.split(line)[3:])
@@ -79,11 +138,19 @@ def test_every_hessian_setting_round_trips_through_the_command_line_the_page_sho
 
 @pytest.mark.parametrize(
     "kind, models, result_type",
-    [("interpolation", [0, 0], InterpolationResult), ("plane", [0, 1, 2], PlaneResult), ("random", [0], RandomDirectionsResult)],
+    [
+        ("interpolation", [0, 0], InterpolationResult),
+        ("plane", [0, 1, 2], PlaneResult),
+        ("random", [0], RandomDirectionsResult),
+    ],
 )
-def test_landscape_command_stores_each_kind(capsys, records, cli_workspace: Workspace, kind: str, models: list[int], result_type) -> None:
+def test_landscape_command_stores_each_kind(
+    capsys, records, cli_workspace: Workspace, kind: str, models: list[int], result_type
+) -> None:
     ids = [records[i].id for i in models]
-    status, output = run_json(capsys, "landscape", "--models", *ids, "--kind", kind, "--resolution", "3", "--samples", "100")
+    status, output = run_json(
+        capsys, "landscape", "--models", *ids, "--kind", kind, "--resolution", "3", "--samples", "100"
+    )
     assert status == 0, output
     assert output["kind"] == kind and output["model_ids"] == ids
     stored = cli_workspace.load_result(ids[0], landscape_key(kind, ids))

@@ -35,7 +35,9 @@ def density() -> EigenvalueDensity:
 
 
 def top() -> TopEigenvalues:
-    return TopEigenvalues(np.array([9.0, 4.0, 1.0]), np.array([1e-4, 1e-4, 1e-3]), None, ParameterSpace(("w",), ((3,),)), 12, True, 0.5)
+    return TopEigenvalues(
+        np.array([9.0, 4.0, 1.0]), np.array([1e-4, 1e-4, 1e-3]), None, ParameterSpace(("w",), ((3,),)), 12, True, 0.5
+    )
 
 
 def test_every_role_has_its_own_stable_colour() -> None:
@@ -70,16 +72,21 @@ def test_density_axis_spans_seven_decades_below_the_highest_density() -> None:
 
 def test_interpolation_figure_lists_every_end_model_once() -> None:
     ts = np.linspace(0, 1, 5)
-    figure = interpolation_figure({
-        "A → B": InterpolationResult(ts, grid_metrics(5), 0.3, 0.4, False, ("parent A", "parent B")),
-        "A → fused": InterpolationResult(ts, grid_metrics(5), 0.0, 0.1, False, ("parent A", "fused")),
-    })
+    figure = interpolation_figure(
+        {
+            "A → B": InterpolationResult(ts, grid_metrics(5), 0.3, 0.4, False, ("parent A", "parent B")),
+            "A → fused": InterpolationResult(ts, grid_metrics(5), 0.0, 0.1, False, ("parent A", "fused")),
+        }
+    )
     shown = [t.name for t in figure.data if t.mode == "markers" and t.showlegend is not False]
     assert shown == ["parent A", "parent B", "fused"]
 
 
 def test_layer_figure_has_eigenvalue_and_trace_bars_per_model_with_error_bars() -> None:
-    blocks = [LayerHessian("layers.1", ("layers.1.weight",), 3.0, 10.0, 0.5), LayerHessian("layers.3", ("layers.3.weight",), 1.0, 4.0, 0.2)]
+    blocks = [
+        LayerHessian("layers.1", ("layers.1.weight",), 3.0, 10.0, 0.5),
+        LayerHessian("layers.3", ("layers.3.weight",), 1.0, 4.0, 0.2),
+    ]
     figure = layer_hessian_figure({"parent A": blocks, "fused": blocks[:1]})
     assert [t.type for t in figure.data] == ["bar"] * 4
     assert list(figure.data[0].x) == ["layers.1", "layers.3"] and list(figure.data[1].error_y.array) == [0.5, 0.2]
@@ -96,10 +103,15 @@ def test_top_eigenvalue_figure_has_one_bar_trace_per_model() -> None:
 
 def test_perturbation_figure_overlays_models_and_directions() -> None:
     ts = np.linspace(-0.5, 0.5, 21)
-    curves = [PerturbationCurve(ts, ts**2, 1 - ts**2, "top eigenvector"), PerturbationCurve(ts, ts**4, 1 - ts**4, "random")]
+    curves = [
+        PerturbationCurve(ts, ts**2, 1 - ts**2, "top eigenvector"),
+        PerturbationCurve(ts, ts**4, 1 - ts**4, "random"),
+    ]
     figure = perturbation_figure({"parent A": curves, "fused": curves[:1]})
     assert len(figure.data) == 2 * 3
-    assert figure.layout.yaxis.title.text == "cross-entropy (nats)" and figure.layout.yaxis2.title.text == "accuracy (%)"
+    assert (
+        figure.layout.yaxis.title.text == "cross-entropy (nats)" and figure.layout.yaxis2.title.text == "accuracy (%)"
+    )
     assert figure.data[2].line.dash == "dash" and figure.data[4].line.color == model_colour("fused")
     assert max(figure.data[1].y) == pytest.approx(100.0)
 
@@ -117,7 +129,14 @@ def test_interpolation_figure_shows_train_and_test_and_the_endpoints() -> None:
 
 
 def test_plane_figure_is_a_contour_with_the_three_models() -> None:
-    result = PlaneResult(np.linspace(-1, 2, 4), np.linspace(-1, 2, 3), grid_metrics(3, 4), ((0, 0), (1, 0), (0.5, 1)), ("parent A", "parent B", "fused"), False)
+    result = PlaneResult(
+        np.linspace(-1, 2, 4),
+        np.linspace(-1, 2, 3),
+        grid_metrics(3, 4),
+        ((0, 0), (1, 0), (0.5, 1)),
+        ("parent A", "parent B", "fused"),
+        False,
+    )
     figure = plane_figure(result, "test_accuracy")
     assert figure.data[0].type == "contour"
     np.testing.assert_allclose(figure.data[0].z, 100 * result.metrics.test_accuracy)
@@ -141,7 +160,10 @@ def test_random_direction_figures_in_one_and_two_dimensions() -> None:
 def test_accuracy_bars_start_at_zero_so_their_height_is_the_accuracy():
     from analysis.fusion_figures import comparison_figure, finetune_comparison_figure
 
-    rows = [{"role": "parent A", "model": "a", "test_accuracy": 0.98}, {"role": "average", "model": "v", "test_accuracy": 0.52}]
+    rows = [
+        {"role": "parent A", "model": "a", "test_accuracy": 0.98},
+        {"role": "average", "model": "v", "test_accuracy": 0.52},
+    ]
     grouped = [{"method": "average", "test_accuracy": 0.52, "finetuned_accuracy": 0.97}]
     for figure in (comparison_figure(rows), finetune_comparison_figure(grouped, [("best parent", "parent A", 0.98)])):
         low, high = figure.layout.yaxis.range

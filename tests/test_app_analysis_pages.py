@@ -1,6 +1,7 @@
 """AppTest runs of the Hessian and Loss landscape pages: forms, jobs, stored results, bad input."""
 
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
+
 from analysis.runs import stored_fusion_landscape, stored_hessian
 from fusion.pipeline import fuse_and_save
 

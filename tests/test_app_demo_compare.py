@@ -64,7 +64,10 @@ def test_clicking_through_every_demo_step_shows_a_figure_each_time_within_two_mi
         assert not at.exception and not at.error
         title = [h.value for h in at.subheader][-1]
         if step == 3:
-            pruned, tuned = (at.session_state["demo.story"].pruning.transplanted, at.session_state["demo.story"].finetune.finetuned)
+            pruned, tuned = (
+                at.session_state["demo.story"].pruning.transplanted,
+                at.session_state["demo.story"].finetune.finetuned,
+            )
             assert title == f"4. {finetune_title(pruned.test_accuracy, tuned.test_accuracy)}"
         else:
             assert title == f"{step + 1}. {STEP_TITLES[step]}"

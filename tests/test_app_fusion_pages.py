@@ -1,6 +1,7 @@
 """AppTest runs of the Fuse, Transport maps and Neuron norms pages, driven through their forms and jobs."""
 
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
+
 from fusion.models import default_spec
 from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.train import TrainConfig

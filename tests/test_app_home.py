@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from app_helpers import messages, open_app, wait_for_job
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import messages, open_app, wait_for_job
 from fusion.errors import ConfigError
 from ui.jobs import JobBusy, JobRunner
 from ui.state import job_runner

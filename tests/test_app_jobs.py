@@ -4,8 +4,8 @@ second job, and a new session (a reload) finds the job running or its finished r
 import threading
 
 import pytest
-
 from app_helpers import open_app, train_quick_models, wait_for_job
+
 from fusion.errors import FusionError
 from ui.job_view import job_kind
 from ui.jobs import JobBusy

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_helpers import messages, open_app, train_quick_models, wait_for_job
 from safetensors.torch import load as load_safetensors
 
-from app_helpers import messages, open_app, train_quick_models, wait_for_job
 from fusion.errors import CheckpointError, FusionError
 from fusion.models import build_model, default_spec
 from ui.checkpoints import export_bytes, import_upload
@@ -189,15 +189,27 @@ def bad_uploads(sentinel: Path) -> dict[str, tuple[str, bytes, str, str, str]]:
     return {
         "not a checkpoint": ("notes.pt", b"these are my notes, not weights" * 4, "mlp", "digits", "not a safetensors"),
         "torch pickle with code": (
-            "evil.pt", torch_bytes({"w": CreatesFileWhenUnpickled(sentinel)}), "mlp", "digits", "pickled code"
+            "evil.pt",
+            torch_bytes({"w": CreatesFileWhenUnpickled(sentinel)}),
+            "mlp",
+            "digits",
+            "pickled code",
         ),
         "raw pickle with code": (
-            "evil.bin", pickle.dumps(CreatesFileWhenUnpickled(sentinel), protocol=2), "mlp", "digits", "code"
+            "evil.bin",
+            pickle.dumps(CreatesFileWhenUnpickled(sentinel), protocol=2),
+            "mlp",
+            "digits",
+            "code",
         ),
         "mismatched state_dict": ("small.pt", torch_bytes(mismatched), "mlp", "digits", "does not fit"),
         "nan weights": ("nan.pt", torch_bytes(nan), "mlp", "digits", "NaN"),
         "plain state_dict without an architecture": (
-            "plain.pt", torch_bytes(mismatched), "from the file", "digits", "needs an architecture"
+            "plain.pt",
+            torch_bytes(mismatched),
+            "from the file",
+            "digits",
+            "needs an architecture",
         ),
     }
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn
+from typing import NoReturn
 
 import pytest
-
 from browser.harness import (
     CHART,
     CHROMIUM,
@@ -100,8 +100,8 @@ def check(page: Page, label: str) -> None:
 def multiselect(page: Page, label: str, *options: str) -> None:
     """Make the multiselect labelled ``label`` hold exactly the options that start with ``options`` (the pages
     preselect the models chosen elsewhere, so some may be there already and others must go)."""
-    widget = main_area(page).get_by_test_id("stMultiSelect").filter(
-        has=page.get_by_role("combobox", name=label, exact=True)
+    widget = (
+        main_area(page).get_by_test_id("stMultiSelect").filter(has=page.get_by_role("combobox", name=label, exact=True))
     )
     box = widget.get_by_role("combobox")
     tags = widget.locator("[data-tag]")
@@ -123,8 +123,10 @@ def multiselect(page: Page, label: str, *options: str) -> None:
 
 def wait_for_job(page: Page, title: str) -> None:
     """Wait until the page reports how the job whose title starts with ``title`` ended; it must have finished."""
-    ended = main_area(page).get_by_test_id("stAlert").filter(
-        has_text=re.compile(re.escape(title) + r".*(: finished in|: cancelled after| failed: )")
+    ended = (
+        main_area(page)
+        .get_by_test_id("stAlert")
+        .filter(has_text=re.compile(re.escape(title) + r".*(: finished in|: cancelled after| failed: )"))
     )
     expect(ended).to_be_visible(timeout=JOB_TIMEOUT_MS)
     outcome = ended.inner_text()

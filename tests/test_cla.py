@@ -12,15 +12,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cli.main import main
 from fusion.alignment import activation_features
-from fusion.cli import main
 from fusion.errors import ArchitectureError, ConfigError
-from fusion.fuse import fuse
 from fusion.groups import neuron_groups
 from fusion.methods.cla import CLAOptions, align_layers, layer_cost, linear_cka
 from fusion.methods.layers import insert_identity_layers, merge_layers, spec_of
 from fusion.models import build_model, default_spec
 from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train
 from tests.fusion_helpers import max_logit_difference, randomised
 
@@ -95,7 +95,7 @@ def brute_force(cost: np.ndarray, match_last: bool) -> float:
         layer_map = (0, *middle)
         if match_last and n > 1 and layer_map[-1] != m - 1:
             continue
-        best = min(best, sum(cost[l, k] for k, l in enumerate(layer_map)))
+        best = min(best, sum(cost[deep_index, k] for k, deep_index in enumerate(layer_map)))
     return best
 
 
@@ -115,7 +115,9 @@ def test_layer_alignment_is_strictly_increasing_fixes_the_ends_and_is_optimal(co
     assert all(b > a for a, b in itertools.pairwise(layer_map)) and layer_map[-1] < m
     if match_last and n > 1:
         assert layer_map[-1] == m - 1
-    assert sum(cost[l, k] for k, l in enumerate(layer_map)) == pytest.approx(brute_force(cost, match_last))
+    assert sum(cost[deep_index, k] for k, deep_index in enumerate(layer_map)) == pytest.approx(
+        brute_force(cost, match_last)
+    )
 
 
 def test_layer_alignment_follows_the_cheap_layers():
@@ -175,8 +177,10 @@ def test_the_fused_network_has_the_widths_of_the_network_it_was_aligned_onto(ont
     details = result.report.details
     assert details["layer_map"] == [0, 3] and details["onto"] == (1 if onto == "shallow" else 0)
     widths = {
-        ("shallow", "identity"): [32, 32, 32, 16], ("deep", "identity"): [48, 24, 16, 16],
-        ("shallow", "merge"): [32, 16], ("deep", "merge"): [48, 16],
+        ("shallow", "identity"): [32, 32, 32, 16],
+        ("deep", "identity"): [48, 24, 16, 16],
+        ("shallow", "merge"): [32, 16],
+        ("deep", "merge"): [48, 16],
     }[onto, balance]
     assert [m.out_features for m in result.model.layers if isinstance(m, torch.nn.Linear)] == [*widths, 10]
     assert details["spec_from"] == (0 if balance == "identity" else 1)
@@ -204,8 +208,13 @@ def test_networks_of_different_families_are_refused():
 
 @pytest.mark.parametrize(
     "options",
-    [{"layer_cost": "weights"}, {"balance": "stack"}, {"onto": "middle"}, {"relu_approximation": "tanh"},
-     {"weights": (1.0,)}],
+    [
+        {"layer_cost": "weights"},
+        {"balance": "stack"},
+        {"onto": "middle"},
+        {"relu_approximation": "tanh"},
+        {"weights": (1.0,)},
+    ],
 )
 def test_absurd_cla_options_are_refused(options):
     with pytest.raises(ConfigError):
@@ -225,7 +234,10 @@ def digits_mlps(digits):
     64-64-64-64, so that the balanced pair can be averaged without alignment). Adam, 20 epochs, about 4 s."""
     models = {}
     for name, hidden, seed in [
-        ("shallow", (128, 64), 0), ("deep", (128, 96, 64, 64), 1), ("shallow64", (64, 64), 0), ("deep64", (64,) * 4, 1)
+        ("shallow", (128, 64), 0),
+        ("deep", (128, 96, 64, 64), 1),
+        ("shallow64", (64, 64), 0),
+        ("deep64", (64,) * 4, 1),
     ]:
         model = build_model(default_spec("mlp", digits.input_shape, digits.num_classes, hidden=hidden), seed=seed)
         train(model, digits, TrainConfig(epochs=20, lr=1e-3, seed=seed), device=torch.device("cpu"))
@@ -250,7 +262,10 @@ def test_cla_fuses_mlps_of_depth_3_and_5_far_above_chance_and_above_averaging_th
 
 def test_fuse_and_save_keeps_the_deep_layout_at_the_shallow_widths(workspace):
     specs = [default_spec("mlp", SHAPE, 10, hidden=(24,)), default_spec("mlp", SHAPE, 10, hidden=(32, 16, 16))]
-    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).record.id for s, spec in enumerate(specs)]
+    ids = [
+        train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).record.id
+        for s, spec in enumerate(specs)
+    ]
     run = fuse_and_save(workspace, ids, "cla")
     record = workspace.record(run.record.id)
     assert record.spec == default_spec("mlp", SHAPE, 10, hidden=(24, 24, 24))
@@ -264,7 +279,9 @@ def test_fuse_and_save_keeps_the_deep_layout_at_the_shallow_widths(workspace):
 
 
 def test_fuse_and_save_refuses_cla_across_families(workspace):
-    a = train_and_save(workspace, default_spec("mlp", SHAPE, 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).record.id
+    a = train_and_save(
+        workspace, default_spec("mlp", SHAPE, 10, hidden=(16,)), "digits", TrainConfig(epochs=1)
+    ).record.id
     cnn = default_spec("cnn", SHAPE, 10, channels=(4,), hidden=(8,))
     b = train_and_save(workspace, cnn, "digits", TrainConfig(epochs=1)).record.id
     before = len(workspace.records())
@@ -275,10 +292,25 @@ def test_fuse_and_save_refuses_cla_across_families(workspace):
 
 def test_cli_fuses_networks_of_different_depth(workspace, capsys):
     specs = [default_spec("mlp", SHAPE, 10, hidden=(32, 16, 16, 8)), default_spec("mlp", SHAPE, 10, hidden=(32, 8))]
-    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).record.id for s, spec in enumerate(specs)]
+    ids = [
+        train_and_save(workspace, spec, "digits", TrainConfig(epochs=2, seed=s)).record.id
+        for s, spec in enumerate(specs)
+    ]
     code = main(
-        ["fuse", "--method", "cla", "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet",
-         "--layer-cost", "activations", "--no-match-last"]
+        [
+            "fuse",
+            "--method",
+            "cla",
+            "--models",
+            *ids,
+            "--workspace",
+            str(workspace.root),
+            "--json",
+            "--quiet",
+            "--layer-cost",
+            "activations",
+            "--no-match-last",
+        ]
     )
     output = json.loads(capsys.readouterr().out)
     assert code == 0

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from fusion.cli import main
+from cli.main import main
 from fusion.train import predict_logits
 from fusion.workspace import ModelRecord, Workspace
 
@@ -21,7 +21,12 @@ from fusion.workspace import ModelRecord, Workspace
 def run_module(repo_root: Path, workspace_root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FUSIONLAB_WORKSPACE": str(workspace_root), "FUSIONLAB_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "fusion", *args], cwd=repo_root, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "fusion", *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
         check=False,
     )
 
@@ -46,8 +51,20 @@ def cli_model(trained_mlp, cli_workspace: Workspace) -> ModelRecord:
 
 def test_train_json_prints_exactly_one_json_object(repo_root: Path, tmp_path: Path) -> None:
     workspace_root = tmp_path / "ws"
-    result = run_module(repo_root, workspace_root, "train", "--arch", "mlp", "--dataset", "digits", "--seed", "0",
-                        "--json", "--epochs", "5")
+    result = run_module(
+        repo_root,
+        workspace_root,
+        "train",
+        "--arch",
+        "mlp",
+        "--dataset",
+        "digits",
+        "--seed",
+        "0",
+        "--json",
+        "--epochs",
+        "5",
+    )
     assert result.returncode == 0, result.stderr
     output = json.loads(result.stdout)
     assert isinstance(output, dict)
@@ -183,16 +200,30 @@ REFUSALS = {
     "invalid-spec": (lambda tmp: ["train", "--arch", "cnn", "--channels", "0"], "ArchitectureError", "positive"),
     "unknown-model": (lambda tmp: ["evaluate", "mlp-digits-s0-000000"], "WorkspaceError", "no model"),
     "malformed-id": (lambda tmp: ["export", "../../etc", "--out", str(tmp)], "WorkspaceError", "not a model id"),
-    "random-bytes": (lambda tmp: ["import", str(write_random_bytes(tmp / "x.pt")), "--arch", "mlp", "--dataset",
-                                  "digits"], "CheckpointError", "x.pt"),
+    "random-bytes": (
+        lambda tmp: ["import", str(write_random_bytes(tmp / "x.pt")), "--arch", "mlp", "--dataset", "digits"],
+        "CheckpointError",
+        "x.pt",
+    ),
     "missing-file": (lambda tmp: ["import", str(tmp / "absent.pt")], "CheckpointError", "no checkpoint"),
     "arch-without-dataset": (
-        lambda tmp: ["import", str(tmp / "absent.pt"), "--arch", "mlp"], "FusionError", "--dataset"
+        lambda tmp: ["import", str(tmp / "absent.pt"), "--arch", "mlp"],
+        "FusionError",
+        "--dataset",
     ),
     "malformed-spec-file": (
-        lambda tmp: ["import", str(write_random_bytes(tmp / "x.pt")), "--dataset", "digits", "--spec",
-                     str(write_json(tmp / "spec.json", {"arch": "mlp", "input_shape": [1, 8, 8], "num_classes": 10,
-                                                        "hidden": ["wide"]}))],
+        lambda tmp: [
+            "import",
+            str(write_random_bytes(tmp / "x.pt")),
+            "--dataset",
+            "digits",
+            "--spec",
+            str(
+                write_json(
+                    tmp / "spec.json", {"arch": "mlp", "input_shape": [1, 8, 8], "num_classes": 10, "hidden": ["wide"]}
+                )
+            ),
+        ],
         "ArchitectureError",
         "invalid model spec",
     ),

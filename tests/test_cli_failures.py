@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from fusion.cli import main, strict_json
+from cli.main import main
+from cli.output import strict_json
 
 MISSING = "no-such-model"
 
@@ -115,7 +116,7 @@ def test_a_failure_without_json_is_one_line_on_stderr(stored, capsys):
 
 
 def test_an_internal_error_is_reported_without_a_traceback_unless_debugging(stored, capsys, monkeypatch):
-    monkeypatch.setattr("fusion.cli.describe_device", lambda device: 1 / 0)
+    monkeypatch.setattr("cli.commands.describe_device", lambda device: 1 / 0)
     root, _ = stored
     assert main(["device", "--json", "--workspace", str(root / "ws")]) == 1
     out, err = capsys.readouterr()
@@ -135,8 +136,12 @@ def test_non_finite_numbers_become_null_and_are_counted():
 def test_the_real_entry_point_behaves_the_same(template, status, stored, repo_root):
     env = {**os.environ, "PYTHONPATH": str(repo_root)}
     done = subprocess.run(
-        [sys.executable, "-m", "fusion", *command(template, stored)], capture_output=True, text=True, env=env,
-        cwd=repo_root, timeout=120,
+        [sys.executable, "-m", "fusion", *command(template, stored)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=repo_root,
+        timeout=120,
     )
     assert done.returncode == status
     assert "error" in json.loads(done.stdout)

@@ -4,8 +4,9 @@ import shlex
 
 import pytest
 
-from fusion.cli import fusion_options, parser
-from fusion.fuse import method_options
+from cli.commands import fusion_options
+from cli.main import parser
+from fusion.registry import method_options
 from fusion.train import TrainConfig
 from ui.options import fusion_command_lines
 

@@ -3,14 +3,14 @@ import json
 import pytest
 import torch
 
+from cli.main import main
 from fusion.batchnorm import recompute_batchnorm
-from fusion.cli import main
 from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError, DatasetError
-from fusion.fuse import fuse
 from fusion.groups import neuron_groups
 from fusion.models import build_model, default_spec
 from fusion.pipeline import finetune_and_save, fuse_and_save, train_and_save
+from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import TransportError
 from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
@@ -142,7 +142,9 @@ def test_empty_inputs_are_refused():
 
 def test_fuse_and_save_records_provenance_and_transport_maps(workspace):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)
+        ).record.id
         for s in range(2)
     ]
     run = fuse_and_save(workspace, ids, "ot", {"mode": "activations"})
@@ -158,7 +160,9 @@ def test_fuse_and_save_records_provenance_and_transport_maps(workspace):
 
 def test_the_same_fusion_twice_stores_one_model_and_says_the_second_was_reused(workspace, capsys):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)
+        ).record.id
         for s in range(2)
     ]
     first = fuse_and_save(workspace, ids, "ot")
@@ -176,7 +180,9 @@ def test_the_same_fusion_twice_stores_one_model_and_says_the_second_was_reused(w
     assert len(workspace.records()) == 6
 
     root = str(workspace.root)
-    code = main(["fuse", "--method", "ot", "--models", *ids, "--workspace", root, "--json", "--quiet", "--finetune-epochs", "1"])
+    code = main(
+        ["fuse", "--method", "ot", "--models", *ids, "--workspace", root, "--json", "--quiet", "--finetune-epochs", "1"]
+    )
     output = json.loads(capsys.readouterr().out)
     assert code == 0 and [m["id"] for m in output["models"]] == [first.record.id, tuned[0].record.id]
     assert all(m["reused"] for m in output["models"]) and output["report"] == first.report
@@ -187,7 +193,9 @@ def test_the_same_fusion_twice_stores_one_model_and_says_the_second_was_reused(w
 
 def test_the_prediction_ensemble_is_never_stored_so_never_reused(workspace):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)
+        ).record.id
         for s in range(2)
     ]
     runs = [fuse_and_save(workspace, ids, "ensemble") for _ in range(2)]
@@ -196,8 +204,12 @@ def test_the_prediction_ensemble_is_never_stored_so_never_reused(workspace):
 
 
 def test_fusing_models_of_different_datasets_or_depths_saves_nothing(workspace):
-    a = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1)).record.id
-    b = train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16, 8)), "digits", TrainConfig(epochs=1)).record.id
+    a = train_and_save(
+        workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1)
+    ).record.id
+    b = train_and_save(
+        workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16, 8)), "digits", TrainConfig(epochs=1)
+    ).record.id
     before = len(workspace.records())
     with pytest.raises(ArchitectureError, match="depth"):
         fuse_and_save(workspace, [a, b], "ot")
@@ -206,10 +218,28 @@ def test_fusing_models_of_different_datasets_or_depths_saves_nothing(workspace):
 
 def test_cli_fuse_prints_one_json_object_and_saves_the_model(workspace, capsys):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=2, seed=s)
+        ).record.id
         for s in range(2)
     ]
-    code = main(["fuse", "--method", "ot", "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", "--solver", "sinkhorn", "--cost-normalization", "max"])
+    code = main(
+        [
+            "fuse",
+            "--method",
+            "ot",
+            "--models",
+            *ids,
+            "--workspace",
+            str(workspace.root),
+            "--json",
+            "--quiet",
+            "--solver",
+            "sinkhorn",
+            "--cost-normalization",
+            "max",
+        ]
+    )
     output = json.loads(capsys.readouterr().out)
     assert code == 0
     assert output["models"][0]["id"] in {r.id for r in workspace.records()}
@@ -219,17 +249,34 @@ def test_cli_fuse_prints_one_json_object_and_saves_the_model(workspace, capsys):
 
 def test_cli_fuse_refuses_an_option_of_another_method(workspace, capsys):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)
+        ).record.id
         for s in range(2)
     ]
-    code = main(["fuse", "--method", "average", "--models", *ids, "--workspace", str(workspace.root), "--json", "--mode", "activations"])
+    code = main(
+        [
+            "fuse",
+            "--method",
+            "average",
+            "--models",
+            *ids,
+            "--workspace",
+            str(workspace.root),
+            "--json",
+            "--mode",
+            "activations",
+        ]
+    )
     assert code == 1
     assert json.loads(capsys.readouterr().out)["error"]["type"] == "ConfigError"
 
 
 def test_sinkhorn_that_does_not_converge_is_refused_and_nothing_is_saved(workspace):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(width,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(width,)), "digits", TrainConfig(epochs=1, seed=s)
+        ).record.id
         for s, width in enumerate((24, 16))
     ]
     before = len(workspace.records())
@@ -253,13 +300,20 @@ def test_an_untraceable_model_is_refused_with_a_typed_error():
         fuse([Untraceable(), Untraceable()], "ot", inputs=X)
 
 
-@pytest.mark.parametrize("method,count,extra", [("transplant", 3, ["--variant", "iterative"]), ("intra", 1, ["--sparsity", "0.25"]), ("prune", 1, [])])
+@pytest.mark.parametrize(
+    "method,count,extra",
+    [("transplant", 3, ["--variant", "iterative"]), ("intra", 1, ["--sparsity", "0.25"]), ("prune", 1, [])],
+)
 def test_cli_runs_the_other_methods(workspace, capsys, method, count, extra):
     ids = [
-        train_and_save(workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)).record.id
+        train_and_save(
+            workspace, default_spec("mlp", (1, 8, 8), 10, hidden=(16,)), "digits", TrainConfig(epochs=1, seed=s)
+        ).record.id
         for s in range(count)
     ]
-    code = main(["fuse", "--method", method, "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", *extra])
+    code = main(
+        ["fuse", "--method", method, "--models", *ids, "--workspace", str(workspace.root), "--json", "--quiet", *extra]
+    )
     output = json.loads(capsys.readouterr().out)
     assert code == 0, output
     saved = workspace.record(output["models"][0]["id"])

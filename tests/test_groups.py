@@ -56,7 +56,7 @@ def test_every_parameter_slice_belongs_to_exactly_one_group(name):
     producer_keys = [m.key for g in groups for m in g.producers]
     assert len(producer_keys) == len(set(producer_keys))
     output_layer = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
-    for key, tensor in model.state_dict().items():
+    for key, _tensor in model.state_dict().items():
         if key.endswith("num_batches_tracked") or key.startswith(output_layer + "."):
             continue
         assert key in producer_keys, f"{key} has no group"

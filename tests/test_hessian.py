@@ -120,7 +120,9 @@ def test_krylov_deflation_shrinks_the_error_bar_and_a_full_basis_makes_the_trace
     deflated = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=20, trace_tolerance=0.0), CPU)
     assert deflated.error < plain.error / 3, "the outlying eigenvalues dominate the plain probes' variance"
     ordered = np.sort(eigenvalues)
-    assert ordered[:20].sum() - 1e-4 <= deflated.deflated <= ordered[-20:].sum() + 1e-4, "Ky Fan: tr QᵀHQ over 20 orthonormal vectors"
+    assert ordered[:20].sum() - 1e-4 <= deflated.deflated <= ordered[-20:].sum() + 1e-4, (
+        "Ky Fan: tr QᵀHQ over 20 orthonormal vectors"
+    )
     # the Krylov space stops growing at an invariant subspace (168 of the 310 eigenvalues are 0): tr T_m is then tr H
     full = hessian_trace(model, (x, y), dataclasses.replace(EXACT, deflation=310, probes=12, trace_tolerance=0.0), CPU)
     assert full.deflation < 310 and full.deflated == pytest.approx(eigenvalues.sum(), rel=1e-4)
@@ -135,7 +137,9 @@ def test_trace_stops_at_its_relative_error_bar_but_not_before_ten_probes(tiny) -
     assert MIN_TRACE_PROBES < len(tight.values) < 400
     assert tight.error <= 0.02 * abs(tight.mean)
     shorter = tight.values[:-1]
-    assert shorter.std(ddof=1) / math.sqrt(len(shorter)) > 0.02 * abs(shorter.mean()), "it stopped at the first probe that met the target"
+    assert shorter.std(ddof=1) / math.sqrt(len(shorter)) > 0.02 * abs(shorter.mean()), (
+        "it stopped at the first probe that met the target"
+    )
 
 
 def test_slq_density_integrates_to_one_and_sits_on_the_spectrum(tiny, spectrum) -> None:
@@ -143,11 +147,16 @@ def test_slq_density_integrates_to_one_and_sits_on_the_spectrum(tiny, spectrum) 
     _, eigenvalues = spectrum
     density = hessian_eigenvalue_density(model, (x, y), EXACT, CPU)
     assert np.trapezoid(density.density, density.grid) == pytest.approx(1.0, abs=1e-3)
-    inside = (density.grid >= eigenvalues.min() - 3 * density.sigma) & (density.grid <= eigenvalues.max() + 3 * density.sigma)
+    inside = (density.grid >= eigenvalues.min() - 3 * density.sigma) & (
+        density.grid <= eigenvalues.max() + 3 * density.sigma
+    )
     assert np.trapezoid(np.where(inside, density.density, 0.0), density.grid) >= 0.99
     per_run_means = np.array([(w * n).sum() for n, w in zip(density.nodes, density.weights)])
     standard_error = per_run_means.std(ddof=1) / math.sqrt(len(per_run_means))
-    assert abs(np.trapezoid(density.grid * density.density, density.grid) - eigenvalues.mean()) <= 4 * standard_error + 1e-6
+    assert (
+        abs(np.trapezoid(density.grid * density.density, density.grid) - eigenvalues.mean())
+        <= 4 * standard_error + 1e-6
+    )
     assert all(w.sum() == pytest.approx(1.0) for w in density.weights)
     assert density.spread.shape == density.grid.shape and np.all(density.spread >= 0)
 
@@ -208,19 +217,25 @@ def test_perturbation_curve_passes_through_the_model_at_t_zero(tiny) -> None:
     assert curve.accuracy[10] == pytest.approx(metrics.accuracy)
     curvature = (curve.loss[0] + curve.loss[-1] - 2 * curve.loss[10]) / 0.25
     assert curvature == pytest.approx(top.eigenvalues[0], rel=0.2), "second difference along v_1 ≈ λ_1"
-    random = perturbation_curve(model, filter_normalized_direction(model, torch.Generator().manual_seed(0)), (x, y), device=CPU)
+    random = perturbation_curve(
+        model, filter_normalized_direction(model, torch.Generator().manual_seed(0)), (x, y), device=CPU
+    )
     assert random.loss[10] == pytest.approx(metrics.loss, rel=1e-5)
 
 
 def test_report_round_trips_through_json(tiny) -> None:
     model, x, y = tiny
-    config = HessianConfig(samples=100, batch_size=50, top_k=2, iterations=30, probes=6, steps=10, runs=2, bins=200, layers=True)
+    config = HessianConfig(
+        samples=100, batch_size=50, top_k=2, iterations=30, probes=6, steps=10, runs=2, bins=200, layers=True
+    )
     progress: list[tuple[int, int]] = []
     report = hessian_report(model, (x, y), config, CPU, lambda done, total, message: progress.append((done, total)))
     stored = json.loads(json.dumps(report.to_dict()))
     again = HessianReport.from_dict(stored)
     assert again.layers == report.layers and [layer.layer for layer in report.layers] == list(layer_parameters(model))
-    assert report.layers == tuple(layerwise_hessian(model, sample_data((x, y), config), config, CPU)), "on the report's sample"
+    assert report.layers == tuple(layerwise_hessian(model, sample_data((x, y), config), config, CPU)), (
+        "on the report's sample"
+    )
     np.testing.assert_allclose(again.top.eigenvalues, report.top.eigenvalues)
     assert again.trace.mean == report.trace.mean and again.config == config and again.samples == 100
     assert isinstance(again.density, EigenvalueDensity) and len(again.curves) == 2

@@ -12,9 +12,9 @@ from analysis.landscape import LandscapeConfig, linear_interpolation
 from fusion.alignment import AlignOptions
 from fusion.data import Dataset
 from fusion.errors import ConfigError, DatasetError, MemoryLimitError, NonFiniteLoss
-from fusion.fuse import fuse
 from fusion.models import build_model, check_fits_in_memory, default_spec, parameter_count, parameter_estimate
 from fusion.pipeline import train_and_save
+from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate
 
 X = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))

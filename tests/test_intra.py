@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from fusion.errors import ConfigError
-from fusion.fuse import fuse
 from fusion.groups import neuron_groups
 from fusion.methods.intra import IntraOptions, fold_batchnorm, intra_fuse
 from fusion.models import build_model, default_spec, layer_widths
+from fusion.registry import fuse
 from tests.fusion_helpers import SMALL, max_logit_difference, randomised
 from tests.test_alignment import widened
 

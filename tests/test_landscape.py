@@ -56,7 +56,9 @@ def permuted(trained_mlp) -> tuple[nn.Module, nn.Module, list]:
 
 @pytest.fixture(scope="module")
 def bn_cnn(digits: Dataset) -> nn.Module:
-    return randomised(ModelSpec("cnn", digits.input_shape, digits.num_classes, channels=(4,), hidden=(8,), batch_norm=True), seed=2)
+    return randomised(
+        ModelSpec("cnn", digits.input_shape, digits.num_classes, channels=(4,), hidden=(8,), batch_norm=True), seed=2
+    )
 
 
 def test_interpolating_a_model_with_itself_is_flat(trained_mlp) -> None:
@@ -64,7 +66,9 @@ def test_interpolating_a_model_with_itself_is_flat(trained_mlp) -> None:
     result = linear_interpolation(model, model, data, LandscapeConfig(resolution=5), CPU)
     np.testing.assert_allclose(result.ts, np.linspace(0, 1, 5))
     assert abs(result.train_barrier) < 1e-6 and abs(result.test_barrier) < 1e-6
-    assert result.metrics.test_loss == pytest.approx(np.full(5, evaluate(model, *data.split("test"), CPU).loss), rel=1e-5)
+    assert result.metrics.test_loss == pytest.approx(
+        np.full(5, evaluate(model, *data.split("test"), CPU).loss), rel=1e-5
+    )
 
 
 def test_a_permuted_copy_shows_a_barrier_that_alignment_removes(trained_mlp, permuted) -> None:
@@ -88,7 +92,9 @@ def test_interpolation_can_reestimate_batchnorm_statistics_at_every_point(digits
 
 def test_recomputing_batchnorm_leaves_the_model_untouched(digits: Dataset, bn_cnn) -> None:
     before = {k: v.clone() for k, v in bn_cnn.state_dict().items()}
-    linear_interpolation(bn_cnn, bn_cnn, digits, LandscapeConfig(resolution=2, samples=100, recompute_batchnorm=True), CPU)
+    linear_interpolation(
+        bn_cnn, bn_cnn, digits, LandscapeConfig(resolution=2, samples=100, recompute_batchnorm=True), CPU
+    )
     assert all(torch.equal(before[k], v) for k, v in bn_cnn.state_dict().items())
 
 
@@ -150,7 +156,9 @@ def test_filter_normalised_directions_match_the_filter_norms(bn_cnn) -> None:
     for key, value in direction.items():
         module = key.rpartition(".")[0]
         if value.dim() >= 2:
-            torch.testing.assert_close(value.flatten(1).norm(dim=1), state[key].flatten(1).norm(dim=1), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                value.flatten(1).norm(dim=1), state[key].flatten(1).norm(dim=1), rtol=1e-5, atol=1e-6
+            )
             assert module not in norms
         else:
             assert torch.count_nonzero(value) == 0, f"{key}: bias, BatchNorm and buffer directions are zero"
@@ -216,7 +224,9 @@ def test_bad_inputs_are_refused(trained_mlp, digits: Dataset) -> None:
         linear_interpolation(model, other, data, SMALL, CPU)
     with pytest.raises(AnalysisError, match="no trainable parameters"):
         random_directions(nn.Sequential(nn.Flatten()), data, 1, SMALL, CPU)
-    empty = Dataset("digits", digits.x_train[:0], digits.y_train[:0], digits.x_test, digits.y_test, 10, digits.normalization)
+    empty = Dataset(
+        "digits", digits.x_train[:0], digits.y_train[:0], digits.x_test, digits.y_test, 10, digits.normalization
+    )
     with pytest.raises(DatasetError, match="empty"):
         linear_interpolation(model, model, empty, SMALL, CPU)
     with pytest.raises(ConfigError, match="dims"):
@@ -227,7 +237,12 @@ def test_bad_inputs_are_refused(trained_mlp, digits: Dataset) -> None:
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"resolution": 1}, "resolution"), ({"span": 0.0}, "span"), ({"samples": 0}, "samples"), ({"max_points": 0}, "max_points")],
+    [
+        ({"resolution": 1}, "resolution"),
+        ({"span": 0.0}, "span"),
+        ({"samples": 0}, "samples"),
+        ({"max_points": 0}, "max_points"),
+    ],
 )
 def test_invalid_landscape_configs_are_refused(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

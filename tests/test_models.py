@@ -65,7 +65,9 @@ def test_non_square_inputs_forward_where_the_architecture_allows_them(arch: str)
         assert model(torch.randn(2, 3, 8, 12)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch,overrides", [("mlp", {"channels": (8,)}), ("mlp", {"width": 0.5}), ("cnn", {"width": 2.0})])
+@pytest.mark.parametrize(
+    "arch,overrides", [("mlp", {"channels": (8,)}), ("mlp", {"width": 0.5}), ("cnn", {"width": 2.0})]
+)
 def test_a_spec_refuses_fields_its_architecture_does_not_have(arch: str, overrides: dict) -> None:
     with pytest.raises(ArchitectureError, match="takes hidden/channels lists|has no conv layers"):
         default_spec(arch, (1, 8, 8), 10, **overrides)

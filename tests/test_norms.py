@@ -1,8 +1,8 @@
 import torch
 
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
-from fusion.fuse import fuse
 from fusion.models import layer_widths
+from fusion.registry import fuse
 from tests.fusion_helpers import SMALL, randomised
 
 X = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -20,7 +20,9 @@ def test_flattened_channels_count_their_whole_spatial_block_as_outgoing():
     model = randomised(SMALL["cnn"], seed=0)
     last_conv = neuron_norms(model, X)[1]
     columns = model.classifier[1].weight.detach().double().reshape(-1, 12, 4)
-    assert torch.allclose(torch.tensor(last_conv.outgoing, dtype=torch.float64), columns.pow(2).sum((0, 2)).sqrt(), atol=1e-6)
+    assert torch.allclose(
+        torch.tensor(last_conv.outgoing, dtype=torch.float64), columns.pow(2).sum((0, 2)).sqrt(), atol=1e-6
+    )
 
 
 def test_transplant_survival_accounts_for_every_neuron_and_keeps_the_original_width():

@@ -82,7 +82,11 @@ def test_train_and_save_stores_metrics_that_match_the_saved_weights(workspace: W
     config = TrainConfig(epochs=2, lr=1e-2, seed=3)
     record = train_and_save(workspace, spec, "digits", config, name="tiny").record
     assert record.name == "tiny" and record.seed == 3
-    assert record.provenance == {"method": "train", "options": config.to_dict(), "run": train_key(spec, "digits", config)}
+    assert record.provenance == {
+        "method": "train",
+        "options": config.to_dict(),
+        "run": train_key(spec, "digits", config),
+    }
     model, _ = workspace.load(record.id)
     assert evaluate(model, *digits.split("test")).accuracy == pytest.approx(record.metrics["test_accuracy"])
     assert evaluate(model, *digits.split("train")).accuracy > 0.5

@@ -3,9 +3,9 @@ import torch
 
 from analysis.landscape import LandscapeConfig, linear_interpolation
 from fusion.errors import ArchitectureError, ConfigError
-from fusion.fuse import fuse
 from fusion.groups import neuron_groups
 from fusion.models import build_model, default_spec
+from fusion.registry import fuse
 from fusion.repair import chain_ends, repair, statistics
 from fusion.train import TrainConfig, evaluate, train
 from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
@@ -52,7 +52,9 @@ def test_a_layer_without_bias_is_only_rescaled_and_said_so():
     after = statistics(result.model, names, X, torch.device("cpu"))
     measured = [statistics(p, names, X, torch.device("cpu")) for p in parents]
     for end in names:
-        torch.testing.assert_close(after[end].std, (measured[0][end].std + measured[1][end].std) / 2, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(
+            after[end].std, (measured[0][end].std + measured[1][end].std) / 2, rtol=1e-3, atol=1e-4
+        )
 
 
 def test_repair_refuses_parents_not_in_the_fused_models_neuron_order():
@@ -87,7 +89,9 @@ def test_repair_raises_the_accuracy_of_fused_digits_cnns(digits, cnn_parents):
     parents = cnn_parents
     for method in ("average", "ot"):
         plain = evaluate(fuse(parents, method, data=digits).model, digits.x_test, digits.y_test).accuracy
-        repaired = evaluate(fuse(parents, method, data=digits, repair=True).model, digits.x_test, digits.y_test).accuracy
+        repaired = evaluate(
+            fuse(parents, method, data=digits, repair=True).model, digits.x_test, digits.y_test
+        ).accuracy
         assert repaired > plain + 0.01, (method, plain, repaired)
 
 
@@ -104,8 +108,12 @@ def test_repair_along_the_aligned_interpolation_lowers_the_barrier_and_passes_th
     for end in (0, -1):
         assert repaired.metrics.test_loss[end] == pytest.approx(plain.metrics.test_loss[end], rel=1e-4)
     midpoint = fuse(cnn_parents, "ot", data=digits, repair=True).model
-    assert repaired.metrics.test_loss[2] == pytest.approx(evaluate(midpoint, digits.x_test, digits.y_test).loss, rel=1e-3)
-    assert plain.metrics.test_loss[2] == pytest.approx(evaluate(fused.model, digits.x_test, digits.y_test).loss, rel=1e-4)
+    assert repaired.metrics.test_loss[2] == pytest.approx(
+        evaluate(midpoint, digits.x_test, digits.y_test).loss, rel=1e-3
+    )
+    assert plain.metrics.test_loss[2] == pytest.approx(
+        evaluate(fused.model, digits.x_test, digits.y_test).loss, rel=1e-4
+    )
 
 
 def test_repair_along_the_line_to_an_aligned_permuted_copy_changes_nothing(digits, cnn_parents):

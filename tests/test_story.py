@@ -115,7 +115,12 @@ def test_story_options_out_of_range_are_refused(changes: dict) -> None:
 @pytest.mark.parametrize(
     "finetuned, ensemble, beats, expected",
     [
-        (0.9822, 0.9867, False, ["1 test image (0.22 points) ahead", "within the test set's sampling error of ±0.66", "on par"]),
+        (
+            0.9822,
+            0.9867,
+            False,
+            ["1 test image (0.22 points) ahead", "within the test set's sampling error of ±0.66", "on par"],
+        ),
         (0.9956, 0.9867, True, ["7 test images (1.56 points) ahead", "beats every parent"]),
         (0.9800, 0.9867, False, ["a tie", "something to gain"]),
         (0.9778, 0.9711, False, ["1 test image behind", "does not beat the best parent", "0.22 points"]),

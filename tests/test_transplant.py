@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from fusion.errors import ArchitectureError, ConfigError
-from fusion.fuse import fuse
 from fusion.groups import neuron_groups
 from fusion.methods.transplant import concatenate
 from fusion.models import build_model, default_spec, layer_widths
+from fusion.registry import fuse
 from tests.fusion_helpers import SMALL, randomised
 
 X = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -34,7 +34,9 @@ def test_cosine_cost_ignores_scale_and_row_normalisation_makes_euclidean_scale_f
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 12), m=st.integers(1, 12), seed=st.integers(0, 1000), solver=st.sampled_from(["exact", "sinkhorn"]))
+@given(
+    n=st.integers(1, 12), m=st.integers(1, 12), seed=st.integers(0, 1000), solver=st.sampled_from(["exact", "sinkhorn"])
+)
 def test_plans_respect_their_marginals(n, m, seed, solver):
     cost = normalize_cost(ground_cost(features(n, 3, seed), features(m, 3, seed + 1)), "max")
     rng = np.random.default_rng(seed)

@@ -362,8 +362,12 @@ def other_architecture(state: dict, spec: ModelSpec) -> dict:
 
 @pytest.mark.parametrize(
     ("mutate", "problem"),
-    [(remove_key, "missing.*layers.3.bias"), (add_key, "unexpected.*layers.9.weight"),
-     (transpose_weight, "wrong shapes.*layers.1.weight"), (other_architecture, "wrong shapes")],
+    [
+        (remove_key, "missing.*layers.3.bias"),
+        (add_key, "unexpected.*layers.9.weight"),
+        (transpose_weight, "wrong shapes.*layers.1.weight"),
+        (other_architecture, "wrong shapes"),
+    ],
     ids=["missing-key", "extra-key", "wrong-shape", "other-width"],
 )
 def test_state_dict_that_does_not_fit_the_spec_is_refused_naming_the_problem(
@@ -408,8 +412,14 @@ BAD_IDS = ["../outside", "a/b", "/etc", "..", "", "UPPER", "has space", "trailin
 def test_malformed_model_ids_are_refused_everywhere(workspace: Workspace, saved_mlp, model_id: str) -> None:
     outside = workspace.root.parent / "outside"
     outside.mkdir(exist_ok=True)
-    for action in (workspace.model_dir, workspace.record, workspace.load, workspace.delete,
-                   lambda i: workspace.update(i, name="x"), lambda i: workspace.save_result(i, "hessian", {})):
+    for action in (
+        workspace.model_dir,
+        workspace.record,
+        workspace.load,
+        workspace.delete,
+        lambda i: workspace.update(i, name="x"),
+        lambda i: workspace.save_result(i, "hessian", {}),
+    ):
         with pytest.raises(WorkspaceError):
             action(model_id)
     assert outside.is_dir()

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_helpers import messages, open_app, train_quick_models
 from safetensors.torch import save_file
 
-from app_helpers import messages, open_app, train_quick_models
-from fusion.cli import main
-from fusion.errors import CheckpointError, DamagedModelError, DamagedResultError, ExportError, FusionError
+from cli.main import main
+from fusion.errors import CheckpointError, DamagedModelError, DamagedResultError, ExportError
 from fusion.workspace import ModelRecord, Workspace, read_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +39,13 @@ def break_entries(workspace: Workspace) -> dict[str, str]:
         (models / name).mkdir()
         (models / name / "meta.json").write_bytes(content)
     (models / "no-meta").mkdir()
-    return {"not-utf8": "UTF-8", "truncated-json": "JSON", "invalid-record": "metadata", "json-list": "object",
-            "no-meta": "meta.json"}
+    return {
+        "not-utf8": "UTF-8",
+        "truncated-json": "JSON",
+        "invalid-record": "metadata",
+        "json-list": "object",
+        "no-meta": "meta.json",
+    }
 
 
 def run_json(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, dict]:
@@ -162,8 +167,14 @@ def test_export_never_writes_into_the_workspaces_own_folders(trained_mlp, worksp
     other = trained_mlp.save_to(workspace)
     victim = weights_path(workspace, other)
     before = victim.read_bytes()
-    targets = [victim, workspace.model_dir(other.id), workspace.root, workspace.root / "models",
-               workspace.root / ".staging", workspace.root / "models" / "new.safetensors"]
+    targets = [
+        victim,
+        workspace.model_dir(other.id),
+        workspace.root,
+        workspace.root / "models",
+        workspace.root / ".staging",
+        workspace.root / "models" / "new.safetensors",
+    ]
     for target in targets:
         with pytest.raises(ExportError, match="inside the workspace"):
             workspace.export(saved_mlp.id, target, overwrite=True)
@@ -209,8 +220,10 @@ def test_save_stores_the_sha256_of_each_file(trained_mlp, workspace: Workspace) 
     record = trained_mlp.save_to(workspace, attachments={"transport": {"m": torch.eye(3)}})
     folder = workspace.model_dir(record.id)
     stored = json.loads((folder / "meta.json").read_text())["checksums"]
-    assert stored == {name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
-                      for name in ("model.safetensors", "transport.safetensors")}
+    assert stored == {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        for name in ("model.safetensors", "transport.safetensors")
+    }
     assert workspace.record(record.id).checksums == stored
 
 
@@ -257,8 +270,13 @@ def test_a_model_saved_before_checksums_loads_unverified(capsys, trained_mlp, wo
 
 @pytest.mark.parametrize(
     "command",
-    [["evaluate", "{a}"], ["export", "{a}", "--out", "{tmp}"], ["finetune", "{a}", "--epochs", "1"],
-     ["fuse", "--method", "average", "--models", "{a}", "{b}"], ["hessian", "{a}"]],
+    [
+        ["evaluate", "{a}"],
+        ["export", "{a}", "--out", "{tmp}"],
+        ["finetune", "{a}", "--epochs", "1"],
+        ["fuse", "--method", "average", "--models", "{a}", "{b}"],
+        ["hessian", "{a}"],
+    ],
     ids=["evaluate", "export", "finetune", "fuse", "hessian"],
 )
 def test_every_command_on_a_truncated_model_exits_1_with_a_typed_error(capsys, trained_mlp, tmp_path, command):
@@ -277,8 +295,11 @@ def test_every_command_on_a_truncated_model_exits_1_with_a_typed_error(capsys, t
 @pytest.mark.parametrize("header", ["{not json", "null", "[1, 2]"], ids=["not-json", "null", "list"])
 def test_an_export_with_damaged_metadata_is_refused_even_with_a_spec(trained_mlp, workspace, tmp_path, header):
     path = tmp_path / "export.safetensors"
-    save_file({k: v.contiguous() for k, v in trained_mlp.model.state_dict().items()}, str(path),
-              metadata={"fusionlab": header})
+    save_file(
+        {k: v.contiguous() for k, v in trained_mlp.model.state_dict().items()},
+        str(path),
+        metadata={"fusionlab": header},
+    )
     with pytest.raises(CheckpointError, match="FusionLab metadata"):
         workspace.import_checkpoint(path, spec=trained_mlp.spec, dataset="digits")
     assert workspace.records() == []
@@ -354,9 +375,26 @@ def test_kill_9_during_saves_leaves_only_whole_models_and_the_next_open_cleans_u
     kills = (1, 3, 6, 10)
     for kill_at_save in kills:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fusion", "train", "--arch", "mlp", "--hidden", "256", "256", "--epochs", "1",
-             "--quiet", "--seed", *seeds],
-            cwd=REPO_ROOT, env=subprocess_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "fusion",
+                "train",
+                "--arch",
+                "mlp",
+                "--hidden",
+                "256",
+                "256",
+                "--epochs",
+                "1",
+                "--quiet",
+                "--seed",
+                *seeds,
+            ],
+            cwd=REPO_ROOT,
+            env=subprocess_env(root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             assert wait_for_staging(staging, process, kill_at_save), process.stderr.read().decode()
@@ -401,8 +439,13 @@ def test_two_concurrent_writers_into_one_workspace_keep_every_model(tmp_path: Pa
     root, start, count = tmp_path / "shared", tmp_path / "start", 40
     Workspace(root)
     writers = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(start), tag, str(count)], cwd=REPO_ROOT,
-                         env=subprocess_env(root), stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(root), str(start), tag, str(count)],
+            cwd=REPO_ROOT,
+            env=subprocess_env(root),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for tag in ("a", "b")
     ]
     deadline = time.monotonic() + 120
@@ -422,7 +465,9 @@ def test_two_concurrent_writers_into_one_workspace_keep_every_model(tmp_path: Pa
     assert list((root / ".staging").iterdir()) == []
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe", b'{"rows": [1,', b"[1, 2]"], ids=["not-utf8", "truncated", "not-object"])
+@pytest.mark.parametrize(
+    "content", [b"\xff\xfe", b'{"rows": [1,', b"[1, 2]"], ids=["not-utf8", "truncated", "not-object"]
+)
 def test_a_damaged_stored_result_raises_a_typed_error_naming_the_model(saved_mlp, workspace, content):
     workspace.save_result(saved_mlp.id, "comparison", {"rows": []})
     workspace.result_path(saved_mlp.id, "comparison").write_bytes(content)

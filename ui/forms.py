@@ -56,20 +56,29 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
     if arch == "cnn":
         kept(f"{key}.channels", joined(defaults.channels))
         channels = st.text_input(
-            "Conv channels", key=f"{key}.channels", disabled=disabled,
+            "Conv channels",
+            key=f"{key}.channels",
+            disabled=disabled,
             help="Comma-separated output channels, one 3x3 conv + 2x2 max-pool each, e.g. 16,32",
         )
     if arch in ("mlp", "cnn"):
         kept(f"{key}.hidden", joined(defaults.hidden))
         hidden = st.text_input(
-            "Hidden widths", key=f"{key}.hidden", disabled=disabled,
+            "Hidden widths",
+            key=f"{key}.hidden",
+            disabled=disabled,
             help="Comma-separated widths of the hidden linear layers, e.g. 128,64 (empty: none)",
         )
     else:
         kept(f"{key}.width", float(defaults.width))
         width = st.number_input(
-            "Width multiplier", min_value=0.0625, max_value=16.0, step=0.0625,
-            key=f"{key}.width", disabled=disabled, help="Scales every layer's channels (1 = the paper's widths)",
+            "Width multiplier",
+            min_value=0.0625,
+            max_value=16.0,
+            step=0.0625,
+            key=f"{key}.width",
+            disabled=disabled,
+            help="Scales every layer's channels (1 = the paper's widths)",
         )
     left, right = st.columns(2)
     kept(f"{key}.bn", defaults.batch_norm)
@@ -107,18 +116,26 @@ def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
     """Fields for a training recipe, pre-filled from :class:`TrainConfig`'s defaults."""
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
-    for name, default in (("seeds", "0"), ("epochs", defaults.epochs), ("batch", defaults.batch_size), ("lr", defaults.lr)):
+    for name, default in (
+        ("seeds", "0"),
+        ("epochs", defaults.epochs),
+        ("batch", defaults.batch_size),
+        ("lr", defaults.lr),
+    ):
         kept(f"{prefix}.{name}", default)
     kept(f"{prefix}.optimizer", defaults.optimizer, OPTIMIZERS)
-    seeds = left.text_input(
-        "Seeds", key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2"
-    )
+    seeds = left.text_input("Seeds", key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2")
     epochs = middle.number_input("Epochs", 1, 10_000, key=f"{prefix}.epochs", disabled=disabled)
     batch_size = right.number_input("Batch size", 1, 65_536, key=f"{prefix}.batch", disabled=disabled)
     left, right = st.columns(2)
     lr = left.number_input(
-        "Learning rate", min_value=1e-6, max_value=10.0, step=1e-4, format="%.6f",
-        key=f"{prefix}.lr", disabled=disabled,
+        "Learning rate",
+        min_value=1e-6,
+        max_value=10.0,
+        step=1e-4,
+        format="%.6f",
+        key=f"{prefix}.lr",
+        disabled=disabled,
     )
     optimizer = right.selectbox(
         "Optimizer",

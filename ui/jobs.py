@@ -15,15 +15,16 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
 from fusion.errors import FusionError
-from fusion.train import Progress
+from fusion.progress import Progress
 
 logger = logging.getLogger("fusionlab.app")
 

@@ -4,15 +4,15 @@ the command line that reproduces a run."""
 from __future__ import annotations
 
 import shlex
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import streamlit as st
 
 from fusion.errors import ConfigError
-from fusion.fuse import REGISTRY
 from fusion.options import OptionField, option_fields
+from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
-
 
 LABELS = {
     "recompute_bn": "Recompute BatchNorm statistics",
@@ -127,7 +127,9 @@ def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]
 def non_default(options_class: type, options: dict[str, Any]) -> dict[str, Any]:
     """The options that differ from the dataclass defaults (lists compared as tuples)."""
     defaults = {f.name: f.default for f in option_fields(options_class)}
-    return {k: v for k, v in options.items() if k in defaults and (tuple(v) if isinstance(v, list) else v) != defaults[k]}
+    return {
+        k: v for k, v in options.items() if k in defaults and (tuple(v) if isinstance(v, list) else v) != defaults[k]
+    }
 
 
 def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
@@ -159,4 +161,3 @@ def fusion_command_lines(
         return [command_line(fuse, {**flags, "finetune_epochs": finetune["epochs"], "finetune_lr": finetune["lr"]})]
     recipe = {k: finetune[k] for k in ("epochs", "lr", "batch_size", "optimizer", "seed") if k in finetune}
     return [command_line(fuse, flags), command_line(["finetune", "FUSED_ID"], recipe)]
-

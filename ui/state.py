@@ -8,8 +8,8 @@ that widget runs, and the selection must survive page switches.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import streamlit as st
 import torch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import streamlit as st
@@ -74,4 +74,3 @@ def show_models_table(records: Sequence[ModelRecord], detailed: bool = False) ->
 def blank_missing(values: Sequence[float | None], digits: int = 2) -> list[str]:
     """Numbers as text with ``digits`` decimals, a missing value as an en dash (never "None" or "nan")."""
     return ["–" if v is None or v != v else f"{v:.{digits}f}" for v in values]
-

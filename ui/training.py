@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -11,7 +11,8 @@ from fusion.data import load_dataset, load_digits
 from fusion.errors import DatasetError
 from fusion.models import ModelSpec, default_spec
 from fusion.pipeline import Stored, train_and_save
-from fusion.train import Progress, TrainConfig, no_progress
+from fusion.progress import Progress, no_progress
+from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
 TORCHVISION_SIGNATURES: dict[str, tuple[tuple[int, int, int], int]] = {

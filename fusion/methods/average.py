@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,8 +25,11 @@ def mixture_weights(count: int, weights: Sequence[float] | None) -> list[float]:
     return [float(w) / total for w in weights]
 
 
-def average_states(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-    """``sum_k w_k theta_k`` entry by entry; integer buffers (``num_batches_tracked``) are taken from the first model."""
+def average_states(
+    states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """``sum_k w_k theta_k`` entry by entry; integer buffers (``num_batches_tracked``) are taken from the first
+    model."""
     names = set(states[0])
     for index, state in enumerate(states[1:], start=1):
         if set(state) != names:

@@ -1,15 +1,16 @@
-"""What every fusion method receives and returns, so that :func:`fusion.fuse.fuse` can dispatch to any of them."""
+"""What every fusion method receives and returns, so that :func:`fusion.registry.fuse` can dispatch to any of them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from fusion.groups import NeuronGroup
-from fusion.train import Progress, no_progress
+from fusion.progress import Progress, no_progress
 from fusion.transport import Transport
 
 

@@ -90,16 +90,57 @@ class CLAOptions(AlignOptions):
     """CLAFusion: how layers are compared and balanced, then :class:`AlignOptions` for the OT fusion of the balanced
     pair (activation-based by default, as in the reference's runs) and the averaging weights."""
 
-    mode: Literal["weights", "activations"] = field(default="activations", metadata={"help": "compare neurons by incoming weights or by activations on training samples"})
-    layer_cost: LayerCost = field(default="cka", metadata={"help": "layer cost: 1 - linear CKA, Wasserstein distance between activations, or squared width difference"})
-    balance: Balance = field(default="identity", metadata={"help": "add identity layers to the shallower net, or merge layers of the deeper MLP"})
-    onto: Onto = field(default="shallow", metadata={"help": "align the deep net onto the balanced shallow one (the reference code; fused widths are the shallow net's) or the shallow onto the deep one"})
-    correction: Correction = field(default="reference", metadata={"help": "maps from the plan: exact for unequal widths (marginals), or otfusion's T/beta on both sides (reference, more accurate here)"})
+    mode: Literal["weights", "activations"] = field(
+        default="activations",
+        metadata={"help": "compare neurons by incoming weights or by activations on training samples"},
+    )
+    layer_cost: LayerCost = field(
+        default="cka",
+        metadata={
+            "help": "layer cost: 1 - linear CKA, Wasserstein distance between activations, or squared width difference"
+        },
+    )
+    balance: Balance = field(
+        default="identity",
+        metadata={"help": "add identity layers to the shallower net, or merge layers of the deeper MLP"},
+    )
+    onto: Onto = field(
+        default="shallow",
+        metadata={
+            "help": (
+                "align the deep net onto the balanced shallow one (the reference code; fused widths are the shallow "
+                "net's) or the shallow onto the deep one"
+            )
+        },
+    )
+    correction: Correction = field(
+        default="reference",
+        metadata={
+            "help": (
+                "maps from the plan: exact for unequal widths (marginals), or otfusion's T/beta on both sides "
+                "(reference, more accurate here)"
+            )
+        },
+    )
     match_last: bool = field(default=True, metadata={"help": "match the last hidden layers as well as the first ones"})
-    relu_approximation: ReluApproximation = field(default="sum", metadata={"help": "merge: ReLU of a merged layer as a 0/1 diagonal (sum, majority), the firing rate (average), or dropped (none)"})
-    weights: tuple[float, ...] | None = field(default=None, metadata={"help": "averaging weights per model (uniform by default)"})
-    recompute_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"})
-    verify: bool = field(default=True, metadata={"help": "check that every hard alignment preserves its model's function"})
+    relu_approximation: ReluApproximation = field(
+        default="sum",
+        metadata={
+            "help": (
+                "merge: ReLU of a merged layer as a 0/1 diagonal (sum, majority), the firing rate (average), "
+                "or dropped (none)"
+            )
+        },
+    )
+    weights: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "averaging weights per model (uniform by default)"}
+    )
+    recompute_bn: bool = field(
+        default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"}
+    )
+    verify: bool = field(
+        default=True, metadata={"help": "check that every hard alignment preserves its model's function"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,17 +186,17 @@ def align_layers(cost: np.ndarray | Sequence[Sequence[float]], match_last: bool 
     table = np.full((free + 1, last + 1), np.inf)
     table[0, :] = 0.0
     for k in range(1, free + 1):
-        for l in range(k, last + 1):
-            table[k, l] = min(table[k, l - 1], table[k - 1, l - 1] + matrix[l, k])
+        for deep_index in range(k, last + 1):
+            table[k, deep_index] = min(table[k, deep_index - 1], table[k - 1, deep_index - 1] + matrix[deep_index, k])
     result = [0] * n
     if match_last:
         result[-1] = m - 1
-    l = last
+    deep_index = last
     for k in range(free, 0, -1):
-        while l > k and table[k, l] == table[k, l - 1]:
-            l -= 1
-        result[k] = l
-        l -= 1
+        while deep_index > k and table[k, deep_index] == table[k, deep_index - 1]:
+            deep_index -= 1
+        result[k] = deep_index
+        deep_index -= 1
     return result
 
 
@@ -214,12 +255,12 @@ def layer_cost_matrix(
     cost = np.full((len(deep), len(shallow)), np.nan)
     row, column = 0, 0
     for m, n in zip(deep_stages, shallow_stages):
-        for l, k in itertools.product(range(row, row + m), range(column, column + n)):
+        for deep_index, k in itertools.product(range(row, row + m), range(column, column + n)):
             if how == "widths":
-                cost[l, k] = float((deep[l].size - shallow[k].size) ** 2)
+                cost[deep_index, k] = float((deep[deep_index].size - shallow[k].size) ** 2)
                 continue
-            value = layer_cost(deep_features[deep[l].name], shallow_features[shallow[k].name], how, samples)
-            cost[l, k] = np.nan if value is None else value
+            value = layer_cost(deep_features[deep[deep_index].name], shallow_features[shallow[k].name], how, samples)
+            cost[deep_index, k] = np.nan if value is None else value
         row, column = row + m, column + n
     return cost
 
@@ -264,8 +305,14 @@ def run_cla(models: Sequence[nn.Module], options: CLAOptions, context: Context) 
     ]
     deep_stages, shallow_stages = stage_sizes(specs[deep]), stage_sizes(specs[shallow])
     cost = layer_cost_matrix(
-        layers[deep], layers[shallow], features[deep], features[shallow], deep_stages, shallow_stages,
-        options.layer_cost, len(sample),
+        layers[deep],
+        layers[shallow],
+        features[deep],
+        features[shallow],
+        deep_stages,
+        shallow_stages,
+        options.layer_cost,
+        len(sample),
     )
     layer_map = stagewise_layer_map(cost, deep_stages, shallow_stages, options.match_last)
 

@@ -3,10 +3,10 @@
 Both prune one network to a target sparsity per neuron group, keeping the ``m = round(n (1 - sparsity))`` most
 important neurons (:mod:`fusion.importance`, L1 by default). Magnitude pruning drops the others. Intra-Fusion instead
 merges every neuron into the kept ones with an optimal transport plan ``T: (n, m)`` between all neurons and the kept
-ones (marginals proportional to importance by default, as in the paper, or uniform), on the cost ``C_ij = ||f_i/|f_i| - f_kj/|f_kj| ||`` between
-unit-normalised neuron features ``f`` (the group's incoming rows and outgoing columns concatenated). Each neuron's
-outgoing weights are handed, plan-weighted, to the kept neurons it was sent to (``diag(1/mu) T``). Each kept neuron's
-incoming weights and bias (``rows``):
+ones (marginals proportional to importance by default, as in the paper, or uniform), on the cost
+``C_ij = ||f_i/|f_i| - f_kj/|f_kj| ||`` between unit-normalised neuron features ``f`` (the group's incoming rows and
+outgoing columns concatenated). Each neuron's outgoing weights are handed, plan-weighted, to the kept neurons it was
+sent to (``diag(1/mu) T``). Each kept neuron's incoming weights and bias (``rows``):
 
 - ``rescaled`` (default): the plan-weighted average of the rows sent to it (``P = T diag(1/nu)``), rescaled so that
   its norm is the average of their norms: ``P'_ij = P_ij s_j``, ``s_j = sum_i P_ij |r_i| / |sum_i P_ij r_i|`` (``r_i``
@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -62,7 +63,10 @@ class PruneOptions:
 class IntraOptions(PruneOptions):
     """Intra-Fusion: magnitude pruning's choice of kept neurons, then an OT merge of all neurons into them."""
 
-    marginals: Literal["uniform", "importance"] = field(default="importance", metadata={"help": "neuron masses: proportional to importance (the paper's choice), or equal"})
+    marginals: Literal["uniform", "importance"] = field(
+        default="importance",
+        metadata={"help": "neuron masses: proportional to importance (the paper's choice), or equal"},
+    )
     solver: Solver = field(default="exact", metadata={"help": "exact OT or entropic Sinkhorn"})
     reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation (costs are normalised by their max)"})
     rows: Literal["rescaled", "barycentre", "sum"] = field(
@@ -105,7 +109,10 @@ def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
 
 
 def kept_neurons(
-    state: dict[str, torch.Tensor], groups: list[NeuronGroup], options: PruneOptions, gradients: dict[str, torch.Tensor] | None
+    state: dict[str, torch.Tensor],
+    groups: list[NeuronGroup],
+    options: PruneOptions,
+    gradients: dict[str, torch.Tensor] | None,
 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
     """The ``round(n (1 - sparsity))`` most important neurons of every group (sorted), and every neuron's importance."""
     kept, scores = {}, {}
@@ -174,7 +181,9 @@ def intra_fuse(
     return with_state(model, apply_transports(state, groups, transports)).eval(), transports
 
 
-def prepare(model: nn.Module, options: PruneOptions, context: Context) -> tuple[nn.Module, list[NeuronGroup], dict[str, list[int]], dict[str, torch.Tensor]]:
+def prepare(
+    model: nn.Module, options: PruneOptions, context: Context
+) -> tuple[nn.Module, list[NeuronGroup], dict[str, list[int]], dict[str, torch.Tensor]]:
     folded = fold_batchnorm(model.cpu(), context.example())
     groups = neuron_groups(folded, context.example())
     gradients = None
@@ -187,7 +196,12 @@ def prepare(model: nn.Module, options: PruneOptions, context: Context) -> tuple[
     return folded, groups, kept, scores
 
 
-def pruning_details(groups: list[NeuronGroup], kept: dict[str, list[int]], scores: dict[str, torch.Tensor], transports: dict[str, Transport] | None) -> dict:
+def pruning_details(
+    groups: list[NeuronGroup],
+    kept: dict[str, list[int]],
+    scores: dict[str, torch.Tensor],
+    transports: dict[str, Transport] | None,
+) -> dict:
     details = {}
     for group in groups:
         entry = {"size": group.size, "kept": kept[group.name], "importance": scores[group.name].tolist()}
@@ -213,4 +227,6 @@ def run_intra(models: Sequence[nn.Module], options: IntraOptions, context: Conte
     folded, groups, kept, scores = prepare(models[0], options, context)
     pruned, transports = intra_fuse(folded, groups, kept, options, scores)
     reports = [GroupReport(g.name, [g.size], [transports[g.name].cost], []) for g in groups]
-    return MethodOutput(pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, transports))
+    return MethodOutput(
+        pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, transports)
+    )

@@ -57,8 +57,12 @@ def spec_of(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelSpec:
     if isinstance(model, MLP):
         linears = [m for m in model.layers if isinstance(m, nn.Linear)]
         spec = ModelSpec(
-            "mlp", input_shape, linears[-1].out_features, hidden=tuple(m.out_features for m in linears[:-1]),
-            batch_norm=any(isinstance(m, nn.BatchNorm1d) for m in model.layers), bias=linears[0].bias is not None,
+            "mlp",
+            input_shape,
+            linears[-1].out_features,
+            hidden=tuple(m.out_features for m in linears[:-1]),
+            batch_norm=any(isinstance(m, nn.BatchNorm1d) for m in model.layers),
+            bias=linears[0].bias is not None,
         )
     elif isinstance(model, VGG):
         convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
@@ -66,8 +70,12 @@ def spec_of(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelSpec:
         if arch is None:
             raise ArchitectureError(f"a VGG with {len(convs)} conv layers is none of {', '.join(VGG_LAYERS)}")
         spec = ModelSpec(
-            arch, input_shape, model.classifier.out_features, width=convs[-1].out_channels / 512,
-            batch_norm=any(isinstance(m, nn.BatchNorm2d) for m in model.features), bias=convs[0].bias is not None,
+            arch,
+            input_shape,
+            model.classifier.out_features,
+            width=convs[-1].out_channels / 512,
+            batch_norm=any(isinstance(m, nn.BatchNorm2d) for m in model.features),
+            bias=convs[0].bias is not None,
         )
     elif isinstance(model, ResNet):
         blocks = tuple(len(getattr(model, f"layer{stage}")) for stage in range(1, 5))
@@ -75,8 +83,12 @@ def spec_of(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelSpec:
         if arch is None:
             raise ArchitectureError(f"a ResNet with {blocks} blocks per stage is none of {', '.join(RESNET_BLOCKS)}")
         spec = ModelSpec(
-            arch, input_shape, model.linear.out_features, width=model.linear.in_features / 512,
-            batch_norm=isinstance(model.bn1, nn.BatchNorm2d), bias=model.linear.bias is not None,
+            arch,
+            input_shape,
+            model.linear.out_features,
+            width=model.linear.in_features / 512,
+            batch_norm=isinstance(model.bn1, nn.BatchNorm2d),
+            bias=model.linear.bias is not None,
         )
     else:
         raise ArchitectureError(
@@ -153,7 +165,7 @@ def copy_unit(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor], 
         if new is None:
             continue
         for key in [k for k in target if k.startswith(new + ".")]:
-            target[key] = source[old + key[len(new):]].clone()
+            target[key] = source[old + key[len(new) :]].clone()
 
 
 def identity_unit(target: dict[str, torch.Tensor], unit: Unit, eps: float) -> None:
@@ -201,8 +213,8 @@ def insert_identity_layers(
 
     ``layer_map[k]`` is the deep hidden layer that shallow hidden layer ``k`` lands on (strictly increasing, starting at
     0); every other deep position gets an identity layer as wide as the layer before it. MLP: hidden widths
-    ``(w_0, ..., w_0, w_1, ...)``; VGG: the deep VGG's plan at the shallow VGG's width multiplier (so each stage must map
-    onto the same stage).
+    ``(w_0, ..., w_0, w_1, ...)``; VGG: the deep VGG's plan at the shallow VGG's width multiplier (so each stage must
+    map onto the same stage).
     """
     depth = sum(stage_sizes(deep_spec))
     if layer_map[0] != 0 or any(b <= a for a, b in itertools.pairwise(layer_map)) or layer_map[-1] >= depth:
@@ -261,7 +273,7 @@ def insert_identity_blocks(
         if position in matched:
             old = old_blocks[matched[position]]
             for key in keys:
-                state[key] = source[old + key[len(block):]].clone()
+                state[key] = source[old + key[len(block) :]].clone()
             continue
         for key in keys:
             state[key] = torch.zeros_like(state[key])
@@ -352,4 +364,3 @@ def merge_layers(
     merged_model.load_state_dict(state)
     merged = [p for p in range(len(old_units)) if p not in set(layer_map)]
     return Balanced(merged_model.eval(), spec, [], merged)
-

@@ -7,8 +7,9 @@ verified to preserve their model's function, and the aligned parameters are aver
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -17,8 +18,8 @@ from fusion.alignment import AlignOptions, align, is_hard, verify_alignment, wit
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import average_states, mixture_weights
 from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.progress import Progress, no_progress
 from fusion.seeds import check_seed
-from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
 
@@ -26,11 +27,26 @@ from fusion.transport import Transport
 class FusionOptions:
     """Options shared by the fusion methods that average aligned models."""
 
-    reference: int = field(default=0, metadata={"help": "index of the model whose widths and neuron order the fused model keeps"})
-    weights: tuple[float, ...] | None = field(default=None, metadata={"help": "averaging weights per model (uniform by default)"})
-    recompute_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"})
-    verify: bool = field(default=True, metadata={"help": "check that every hard alignment preserves its model's function"})
-    repair: bool = field(default=False, metadata={"help": "REPAIR (Jordan et al. 2023): renormalise every fused neuron to the parents' interpolated mean and std"})
+    reference: int = field(
+        default=0, metadata={"help": "index of the model whose widths and neuron order the fused model keeps"}
+    )
+    weights: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "averaging weights per model (uniform by default)"}
+    )
+    recompute_bn: bool = field(
+        default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"}
+    )
+    verify: bool = field(
+        default=True, metadata={"help": "check that every hard alignment preserves its model's function"}
+    )
+    repair: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "REPAIR (Jordan et al. 2023): renormalise every fused neuron to the parents' interpolated mean and std"
+            )
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.weights is not None:
@@ -54,7 +70,9 @@ class MatchingOptions(FusionOptions):
     """Permutation matching (Git Re-Basin): exact assignment on squared Euclidean costs of incoming and outgoing
     weights, iterated over the groups until no permutation changes (at most ``sweeps`` passes), or on activations."""
 
-    mode: Literal["weights", "activations"] = field(default="weights", metadata={"help": "weight matching or activation matching"})
+    mode: Literal["weights", "activations"] = field(
+        default="weights", metadata={"help": "weight matching or activation matching"}
+    )
     sweeps: int = field(default=100, metadata={"help": "maximum passes over the groups"})
     samples: int = field(default=200, metadata={"help": "training samples for activation matching"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
@@ -65,8 +83,13 @@ class MatchingOptions(FusionOptions):
 
     def align_options(self) -> AlignOptions:
         return AlignOptions(
-            mode=self.mode, solver="exact", metric="sqeuclidean", features="both", sweeps=self.sweeps,
-            samples=self.samples, seed=self.seed,
+            mode=self.mode,
+            solver="exact",
+            metric="sqeuclidean",
+            features="both",
+            sweeps=self.sweeps,
+            samples=self.samples,
+            seed=self.seed,
         )
 
 
@@ -120,7 +143,9 @@ def aligned_average(
     return AlignedAverage(fused, transports, costs, seconds, sweeps, verified, aligned)
 
 
-def run_aligned_average(models: Sequence[nn.Module], align_options: AlignOptions, options: FusionOptions, context: Context) -> MethodOutput:
+def run_aligned_average(
+    models: Sequence[nn.Module], align_options: AlignOptions, options: FusionOptions, context: Context
+) -> MethodOutput:
     groups = neuron_groups(models[options.reference].cpu(), context.example())
     sample = context.sample(align_options.samples, align_options.seed) if align_options.mode == "activations" else None
     probe = context.probe if context.probe is not None else context.example()
@@ -134,7 +159,9 @@ def run_aligned_average(models: Sequence[nn.Module], align_options: AlignOptions
         )
         for g in groups
     ]
-    return MethodOutput(result.model, result.transports, groups, reports, result.sweeps, result.verified, aligned=result.aligned)
+    return MethodOutput(
+        result.model, result.transports, groups, reports, result.sweeps, result.verified, aligned=result.aligned
+    )
 
 
 def group_width(model: nn.Module, group: NeuronGroup) -> int:

@@ -15,8 +15,9 @@ Unlike the reference implementation, which keeps ``int(n * (1 - ratio))`` neuron
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -34,9 +35,13 @@ class TransplantOptions:
     """Neuron Transplantation's options (defaults of the reference implementation)."""
 
     importance: Importance = field(default="l2sq", metadata={"help": "neuron magnitude that decides who survives"})
-    variant: Literal["all", "iterative", "hierarchical"] = field(default="all", metadata={"help": "concatenate all models at once, one at a time, or pairwise in a tree"})
+    variant: Literal["all", "iterative", "hierarchical"] = field(
+        default="all", metadata={"help": "concatenate all models at once, one at a time, or pairwise in a tree"}
+    )
     reference: int = field(default=0, metadata={"help": "index of the model whose widths the pruned model takes"})
-    recompute_bn: bool = field(default=True, metadata={"help": "recompute BatchNorm statistics on training data after pruning"})
+    recompute_bn: bool = field(
+        default=True, metadata={"help": "recompute BatchNorm statistics on training data after pruning"}
+    )
 
     def __post_init__(self) -> None:
         if self.importance not in ("l1", "l2", "l2sq", "taylor"):
@@ -80,7 +85,11 @@ def concatenate(models: Sequence[nn.Module], groups: list[NeuronGroup]) -> nn.Mo
 
 
 def prune_to(
-    model: nn.Module, groups: list[NeuronGroup], widths: dict[str, int], kind: Importance, gradients: dict[str, torch.Tensor] | None
+    model: nn.Module,
+    groups: list[NeuronGroup],
+    widths: dict[str, int],
+    kind: Importance,
+    gradients: dict[str, torch.Tensor] | None,
 ) -> tuple[nn.Module, dict[str, list[int]], dict[str, list[float]]]:
     """Keep the ``widths[g]`` most important neurons of every group (in their original order); returns the pruned
     model, the kept indices and every neuron's importance, per group."""
@@ -130,7 +139,10 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
         raise ArchitectureError("Neuron Transplantation needs models of one architecture (parameter names differ)")
     groups = neuron_groups(reference.cpu(), context.example())
     widths = group_sizes(reference.state_dict(), groups)
-    origins = [{g.name: [(k, i) for i in range(group_sizes(m.state_dict(), [g])[g.name])] for g in groups} for k, m in enumerate(models)]
+    origins = [
+        {g.name: [(k, i) for i in range(group_sizes(m.state_dict(), [g])[g.name])] for g in groups}
+        for k, m in enumerate(models)
+    ]
     items = list(zip(models, origins))
     steps = 0
     total = {"all": 1, "iterative": len(models) - 1, "hierarchical": len(models) - 1}[options.variant]
@@ -142,7 +154,9 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
             batch, items = items[:2], items[2:]
         else:
             batch, items = items[:2], items[2:]
-        fused, survivors, record = transplant_step([m for m, _ in batch], [o for _, o in batch], groups, widths, options, context)
+        fused, survivors, record = transplant_step(
+            [m for m, _ in batch], [o for _, o in batch], groups, widths, options, context
+        )
         steps += 1
         context.progress(steps, total, f"transplanted {len(batch)} models")
         if options.variant == "hierarchical":
@@ -151,7 +165,14 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
             items = [(fused, survivors)] + items
     model, survivors = items[0]
     kept_from = {
-        name: {"parent": [p for p, _ in survivors[name]], "neuron": [i for _, i in survivors[name]]} for name in survivors
+        name: {"parent": [p for p, _ in survivors[name]], "neuron": [i for _, i in survivors[name]]}
+        for name in survivors
     }
     reports = [GroupReport(g.name, [group_sizes(m.state_dict(), [g])[g.name] for m in models], [], []) for g in groups]
-    return MethodOutput(model, [None] * len(models), groups, reports, details={"kept_from": kept_from, "groups": record, "variant": options.variant})
+    return MethodOutput(
+        model,
+        [None] * len(models),
+        groups,
+        reports,
+        details={"kept_from": kept_from, "groups": record, "variant": options.variant},
+    )

@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -85,11 +86,22 @@ def streamlit_server(workspace: Path, log: Path) -> Iterator[str]:
         "FUSIONLAB_DATA": str(workspace.parent / "data"),
     }
     command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
         # An edited source file would otherwise put a "Rerun?" prompt in the status widget, which reads as "busy".
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as output:
@@ -144,7 +156,7 @@ def wait_until_idle(page: Page, timeout_ms: int = 60_000, quiet_polls: int = 4) 
     quiet = 0
     while quiet < quiet_polls:
         busy = page.evaluate(
-            "() => document.querySelector('[data-testid=\"stStatusWidget\"], [data-stale=\"true\"]') !== null"
+            '() => document.querySelector(\'[data-testid="stStatusWidget"], [data-stale="true"]\') !== null'
         )
         quiet = 0 if busy else quiet + 1
         if time.monotonic() > deadline:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,22 +25,40 @@ from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import run_average, run_ensemble
 from fusion.methods.base import Context, GroupReport, MethodOutput, MethodSpec
 from fusion.methods.cla import CLAOptions, run_cla
-from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
+from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.methods.transplant import TransplantOptions, run_transplant
+from fusion.progress import Progress, no_progress
 from fusion.repair import repair
-from fusion.train import Progress, no_progress
 from fusion.transport import Transport
 
 REGISTRY: dict[str, MethodSpec] = {
     "average": MethodSpec(FusionOptions, run_average, 2, None, "vanilla weight averaging, no alignment"),
-    "ensemble": MethodSpec(FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"),
-    "ot": MethodSpec(OTOptions, run_ot, 2, None, "OT fusion (Singh & Jaggi 2020): align neurons by optimal transport, then average"),
+    "ensemble": MethodSpec(
+        FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"
+    ),
+    "ot": MethodSpec(
+        OTOptions, run_ot, 2, None, "OT fusion (Singh & Jaggi 2020): align neurons by optimal transport, then average"
+    ),
     "matching": MethodSpec(MatchingOptions, run_matching, 2, None, "permutation matching (Git Re-Basin), then average"),
-    "cla": MethodSpec(CLAOptions, run_cla, 2, 2, "CLAFusion (Nguyen et al. 2023): align layers across depths, balance depths, then OT fusion"),
-    "intra": MethodSpec(IntraOptions, run_intra, 1, 1, "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT"),
+    "cla": MethodSpec(
+        CLAOptions,
+        run_cla,
+        2,
+        2,
+        "CLAFusion (Nguyen et al. 2023): align layers across depths, balance depths, then OT fusion",
+    ),
+    "intra": MethodSpec(
+        IntraOptions, run_intra, 1, 1, "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT"
+    ),
     "prune": MethodSpec(PruneOptions, run_prune, 1, 1, "magnitude pruning: keep the largest neurons, drop the rest"),
-    "transplant": MethodSpec(TransplantOptions, run_transplant, 2, None, "Neuron Transplantation: concatenate, keep the largest neurons, fine-tune"),
+    "transplant": MethodSpec(
+        TransplantOptions,
+        run_transplant,
+        2,
+        None,
+        "Neuron Transplantation: concatenate, keep the largest neurons, fine-tune",
+    ),
 }
 BATCHNORM_SAMPLES = 5000
 
@@ -87,7 +106,9 @@ def method_options(method: str, options: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(options) - known
     if unknown:
-        raise ConfigError(f"{method} has no option {', '.join(sorted(unknown))}; its options are {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{method} has no option {', '.join(sorted(unknown))}; its options are {', '.join(sorted(known))}"
+        )
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     try:
         return cls(**options)
@@ -121,7 +142,9 @@ def fuse(
     config = method_options(method, options)
     spec = REGISTRY[method]
     if len(models) < spec.min_models or (spec.max_models is not None and len(models) > spec.max_models):
-        wanted = f"{spec.min_models}" + ("" if spec.max_models == spec.min_models else f" to {spec.max_models or 'any number of'}")
+        wanted = f"{spec.min_models}" + (
+            "" if spec.max_models == spec.min_models else f" to {spec.max_models or 'any number of'}"
+        )
         raise ConfigError(f"{method} takes {wanted} models, got {len(models)}")
     reference = getattr(config, "reference", 0)
     if not 0 <= reference < len(models):

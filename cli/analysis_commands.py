@@ -1,5 +1,5 @@
-"""The ``hessian`` and ``landscape`` commands of ``python -m fusion``; :mod:`fusion.cli` registers them through
-:func:`add_analysis_commands`. Each stores its result with the (first) model in the workspace and returns a summary."""
+"""The ``hessian`` and ``landscape`` commands; :mod:`cli.main` registers them through :func:`add_analysis_commands`.
+Each stores its result with the (first) model in the workspace and returns a summary."""
 
 from __future__ import annotations
 
@@ -9,21 +9,16 @@ from typing import Any
 from analysis.hessian import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
+from cli.arguments import add_option_arguments, given_options
+from cli.output import stderr_progress
 from fusion.device import default_device
-from fusion.options import add_option_arguments, given_options, option_fields
-from fusion.train import Progress
+from fusion.options import option_fields
 from fusion.workspace import Workspace
-
-
-def progress_reporter(args: argparse.Namespace) -> Progress:
-    from fusion.cli import stderr_progress  # fusion.cli imports this module, so the import waits until a command runs
-
-    return stderr_progress(args.quiet)
 
 
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     config = HessianConfig(**given_options(args, option_fields(HessianConfig)))
-    report = hessian_of(workspace, args.id, config, args.split, progress=progress_reporter(args))
+    report = hessian_of(workspace, args.id, config, args.split, progress=stderr_progress(args.quiet))
     return {
         "id": args.id,
         "dataset": workspace.record(args.id).dataset,
@@ -51,7 +46,7 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         seed=args.seed,
         recompute_batchnorm=args.recompute_batchnorm,
     )
-    result = landscape_of(workspace, args.models, args.kind, config, args.dims, progress=progress_reporter(args))
+    result = landscape_of(workspace, args.models, args.kind, config, args.dims, progress=stderr_progress(args.quiet))
     summary: dict[str, Any] = {}
     if args.kind == "interpolation":
         summary = {"train_barrier": result.train_barrier, "test_barrier": result.test_barrier}
@@ -74,7 +69,9 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
 def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
     """Register ``hessian ID`` and ``landscape --models ...`` on ``python -m fusion``'s subparsers."""
     hessian = subparsers.add_parser(
-        "hessian", parents=[common], help="Hessian top-k eigenvalues, trace, eigenvalue density and eigenvector perturbation"
+        "hessian",
+        parents=[common],
+        help="Hessian top-k eigenvalues, trace, eigenvalue density and eigenvector perturbation",
     )
     hessian.add_argument("id")
     hessian.add_argument("--split", choices=("train", "test"), default="test", help="data the loss is taken over")
@@ -82,13 +79,21 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     hessian.set_defaults(run=command_hessian)
 
     landscape_defaults = LandscapeConfig()
-    landscape = subparsers.add_parser("landscape", parents=[common], help="loss landscape: interpolation, plane or random directions")
+    landscape = subparsers.add_parser(
+        "landscape", parents=[common], help="loss landscape: interpolation, plane or random directions"
+    )
     landscape.add_argument("--models", nargs="+", required=True, help="2 ids (interpolation), 3 (plane) or 1 (random)")
     landscape.add_argument("--kind", choices=tuple(LANDSCAPE_MODELS), default="interpolation")
     landscape.add_argument("--resolution", type=int, default=landscape_defaults.resolution, help="points per axis")
-    landscape.add_argument("--range", type=float, default=landscape_defaults.span, help="random directions: coefficients in [-R, R]")
+    landscape.add_argument(
+        "--range", type=float, default=landscape_defaults.span, help="random directions: coefficients in [-R, R]"
+    )
     landscape.add_argument("--dims", type=int, choices=(1, 2), default=2, help="random directions: 1-D or 2-D")
-    landscape.add_argument("--samples", type=int, default=landscape_defaults.samples, help="examples per split (default all)")
+    landscape.add_argument(
+        "--samples", type=int, default=landscape_defaults.samples, help="examples per split (default all)"
+    )
     landscape.add_argument("--seed", type=int, default=landscape_defaults.seed)
-    landscape.add_argument("--recompute-batchnorm", action="store_true", help="re-estimate BatchNorm statistics at every point")
+    landscape.add_argument(
+        "--recompute-batchnorm", action="store_true", help="re-estimate BatchNorm statistics at every point"
+    )
     landscape.set_defaults(run=command_landscape)

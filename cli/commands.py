@@ -1,0 +1,168 @@
+"""The workspace commands: train, demo, list, evaluate, export, import, fuse, finetune, delete, device. Each takes the
+parsed arguments and the workspace, calls the library, and returns the summary the command prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from cli.arguments import add_option_arguments, given_options
+from cli.output import record_summary, stderr_progress, stored_summary
+from fusion.data import load_dataset
+from fusion.device import default_device, describe_device
+from fusion.errors import FusionError
+from fusion.models import ARCHITECTURES, ModelSpec, default_spec
+from fusion.options import OptionField, option_fields
+from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
+from fusion.registry import REGISTRY
+from fusion.train import TrainConfig, evaluate
+from fusion.workspace import Workspace
+
+
+def spec_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
+    return default_spec(
+        args.arch,
+        input_shape,
+        num_classes,
+        hidden=tuple(args.hidden) if args.hidden else None,
+        channels=tuple(args.channels) if args.channels else None,
+        width=args.width,
+        batch_norm=args.batch_norm,
+        bias=args.bias,
+    )
+
+
+def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--arch", choices=ARCHITECTURES, required=required, help="architecture")
+    parser.add_argument("--hidden", type=int, nargs="+", help="hidden linear widths (mlp, cnn)")
+    parser.add_argument("--channels", type=int, nargs="+", help="conv channels (cnn)")
+    parser.add_argument("--width", type=float, help="width multiplier (vgg, resnet)")
+    parser.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=None, help="BatchNorm layers")
+    parser.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None, help="biases")
+
+
+def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    data = load_dataset(args.dataset, download=args.download)
+    spec = spec_from_args(args, data.input_shape, data.num_classes)
+    records = []
+    for seed in args.seed:
+        config = TrainConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            seed=seed,
+            augment=args.augment,
+        )
+        records.append(train_and_save(workspace, spec, data.name, config, progress=stderr_progress(args.quiet)))
+    return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
+
+
+def command_demo(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    records = build_demo_ensemble(workspace, progress=stderr_progress(args.quiet))
+    return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
+
+
+def command_list(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    """The loadable models (``checksum``: false for one saved before checksums, read unverified) and every broken
+    entry with its reason."""
+    scan = workspace.scan()
+    return {
+        "workspace": str(workspace.root),
+        "models": [{**record_summary(r, workspace), "checksum": bool(r.checksums)} for r in scan.records],
+        "broken": [{"id": b.id, "reason": b.reason} for b in scan.broken],
+    }
+
+
+def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    model, record = workspace.load(args.id)
+    data = load_dataset(record.dataset, download=args.download)
+    results = {}
+    for split in ("train", "test"):
+        metrics = evaluate(model, *data.split(split))
+        results[f"{split}_accuracy"], results[f"{split}_loss"] = metrics.accuracy, metrics.loss
+    record = workspace.update(args.id, metrics={**record.metrics, **results})
+    return {"id": record.id, "dataset": record.dataset, "device": str(default_device()), **results}
+
+
+def command_export(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    path = workspace.export(args.id, args.out, overwrite=args.force)
+    return {"id": args.id, "path": str(path)}
+
+
+def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    spec = None
+    if args.arch:
+        if not args.dataset:
+            raise FusionError("--arch needs --dataset (the dataset the checkpoint was trained on)")
+        data = load_dataset(args.dataset, download=args.download)
+        spec = spec_from_args(args, data.input_shape, data.num_classes)
+    if args.spec:
+        spec = ModelSpec.from_dict(json.loads(Path(args.spec).read_text()))
+    model, record = workspace.import_checkpoint(args.checkpoint, spec=spec, dataset=args.dataset, name=args.name)
+    data = load_dataset(record.dataset, download=args.download)
+    metrics = evaluate(model, *data.split("test"))
+    record = workspace.update(record.id, metrics={"test_accuracy": metrics.accuracy, "test_loss": metrics.loss})
+    return {"models": [record_summary(record, workspace)]}
+
+
+def fusion_option_fields() -> list[OptionField]:
+    """Every method's options, each name once (the first method's help and default)."""
+    fields: dict[str, OptionField] = {}
+    for spec in REGISTRY.values():
+        for option in option_fields(spec.options):
+            fields.setdefault(option.name, option)
+    return list(fields.values())
+
+
+def add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser, fusion_option_fields())
+    parser.add_argument(
+        "--ensemble-step", type=float, help="otfusion's --ensemble-step s: weights (1-s, s) for two models"
+    )
+
+
+def fusion_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The fusion options given on the command line (unset flags keep the method's defaults)."""
+    options = given_options(args, fusion_option_fields())
+    if args.ensemble_step is not None:
+        if "weights" in options:
+            raise FusionError("give --ensemble-step or --weights, not both")
+        options["weights"] = (1.0 - args.ensemble_step, args.ensemble_step)
+    return options
+
+
+def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    run = fuse_and_save(
+        workspace, args.models, args.method, fusion_options(args), name=args.name, progress=stderr_progress(args.quiet)
+    )
+    output: dict[str, Any] = {"method": args.method, "parents": args.models, **run.metrics, "report": run.report}
+    if run.record is not None:
+        output["models"] = [{**record_summary(run.record, workspace), "reused": run.reused}]
+    if args.finetune_epochs:
+        config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0)
+        if run.record is None:
+            raise FusionError("an ensemble is not a single network and cannot be fine-tuned")
+        tuned = finetune_and_save(workspace, run.record.id, config, progress=stderr_progress(args.quiet))
+        output["models"].append(stored_summary(tuned, workspace))
+    return output
+
+
+def command_finetune(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    config = TrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed
+    )
+    stored = finetune_and_save(workspace, args.id, config, progress=stderr_progress(args.quiet))
+    return {"models": [stored_summary(stored, workspace)]}
+
+
+def command_delete(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    workspace.delete(args.id)
+    return {"deleted": args.id}
+
+
+def command_device(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    return {"device": str(default_device()), "description": describe_device()}

@@ -1,0 +1,23 @@
+"""The README's library example runs as printed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def library_example() -> str:
+    section = README.read_text().split("## Library use", 1)[1]
+    match = re.search(r"```python\n(.*?)```", section, re.S)
+    assert match, "the Library use section has a python example"
+    return match.group(1)
+
+
+def test_the_readme_library_example_runs_and_fuses(capsys) -> None:
+    exec(compile(library_example(), str(README), "exec"), {})
+    fused, barrier = capsys.readouterr().out.strip().splitlines()
+    accuracy = float(re.search(r"fused: ([\d.]+) %", fused).group(1))
+    assert accuracy > 80 and "REPAIR renormalised" in fused
+    assert float(re.search(r"([-\d.]+) nats", barrier).group(1)) < 1.0
