@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from analysis.norms import GroupNorms, Survival, neuron_norms, transplant_survival
-from fusion.alignment import group_sizes
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
@@ -44,6 +43,7 @@ from fusion.pipeline import (
     parent_role,
 )
 from fusion.progress import Progress, no_progress
+from fusion.surgery import group_sizes
 from fusion.train import TrainConfig, predict_logits
 from fusion.workspace import ModelRecord, Workspace
 

@@ -45,12 +45,12 @@ from pathlib import Path
 
 import torch
 
-from fusion.alignment import apply_transports, group_sizes, with_state
 from fusion.data import load_digits
 from fusion.methods.base import Context
 from fusion.methods.intra import IntraOptions, intra_fuse, prepare
 from fusion.models import build_model, default_spec
 from fusion.registry import fuse
+from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import Transport
 

@@ -15,7 +15,7 @@ import torch
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError
-from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec
+from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec, family
 from fusion.progress import Progress, no_progress
 from fusion.registry import FusionResult, fuse, method_options
 from fusion.run_key import run_key
@@ -168,8 +168,8 @@ def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
                 f"{b.describe()}; OT fusion can fuse different widths"
             )
         if method == "cla":
-            if (a.arch.rstrip("0123456789"), a.input_shape, a.num_classes, a.batch_norm, a.bias) != (
-                b.arch.rstrip("0123456789"),
+            if (family(a), a.input_shape, a.num_classes, a.batch_norm, a.bias) != (
+                family(b),
                 b.input_shape,
                 b.num_classes,
                 b.batch_norm,

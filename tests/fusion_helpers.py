@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from fusion.alignment import apply_transports, with_state
 from fusion.groups import NORMS, NeuronGroup
 from fusion.models import ModelSpec, build_model, default_spec
+from fusion.surgery import apply_transports, with_state
 from fusion.transport import Transport
 
 SMALL = {

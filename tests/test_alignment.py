@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.alignment import AlignmentError, AlignOptions, align, apply_transports, verify_alignment, with_state
+from fusion.alignment import AlignmentError, AlignOptions, align, verify_alignment
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import neuron_groups
 from fusion.models import build_model, default_spec
+from fusion.surgery import apply_transports, with_state
 from fusion.transport import Transport
 from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
 

@@ -17,8 +17,8 @@ from fusion.alignment import activation_features
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import neuron_groups
 from fusion.methods.cla import CLAOptions, align_layers, layer_cost, linear_cka
-from fusion.methods.layers import insert_identity_layers, merge_layers, spec_of
-from fusion.models import build_model, default_spec
+from fusion.methods.depth_balance import insert_identity_layers, merge_layers
+from fusion.models import build_model, default_spec, spec_of
 from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train

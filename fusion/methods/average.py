@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusion.alignment import with_state
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.methods.base import Context, MethodOutput
+from fusion.surgery import with_state
 
 
 def mixture_weights(count: int, weights: Sequence[float] | None) -> list[float]:

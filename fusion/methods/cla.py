@@ -26,10 +26,10 @@ Heterogeneous Neural Networks", ICASSP 2023; reference code hsgser/clafusion).
    ResNets are aligned stage by stage (convs between max-pools; blocks of one stage), as in the reference, so that
    balancing keeps the deep layout.
 
-3. **Balancing** (:mod:`fusion.methods.layers`): ``identity`` inserts identity layers into the shallower network where
-   ``A`` leaves deep layers unmatched (identity matrices, centre-1 kernels, residual blocks with a zero branch:
-   exactly function preserving); ``merge`` (MLPs only) merges the unmatched layers
-   of the deeper network into their successors (approximate: their ReLUs become diagonal matrices).
+3. **Balancing** (:mod:`fusion.methods.depth_balance`): ``identity`` inserts identity layers into the shallower
+   network where ``A`` leaves deep layers unmatched (identity matrices, centre-1 kernels, residual blocks with a zero
+   branch: exactly function preserving); ``merge`` (MLPs only) merges the unmatched layers of the deeper network
+   into their successors (approximate: their ReLUs become diagonal matrices).
 
 4. **OT fusion** with unequal widths (:func:`fusion.methods.ot.run_aligned_average`). ``onto`` picks the network
    the other one is aligned onto, whose widths the fused model keeps: ``shallow`` (default, as the reference code:
@@ -66,17 +66,15 @@ from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import neuron_groups
 from fusion.methods.average import mixture_weights
 from fusion.methods.base import Context, MethodOutput
-from fusion.methods.layers import (
+from fusion.methods.depth_balance import (
     HiddenLayer,
     ReluApproximation,
-    family,
     hidden_layers,
     insert_identity_layers,
     merge_layers,
-    spec_of,
-    stage_sizes,
 )
 from fusion.methods.ot import FusionOptions, run_aligned_average
+from fusion.models import family, spec_of, stage_sizes
 from fusion.train import predict_logits
 from fusion.transport import Correction, ground_cost, transport_plan
 

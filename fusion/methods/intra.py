@@ -37,11 +37,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusion.alignment import apply_transports, group_sizes, with_state
 from fusion.errors import ConfigError
 from fusion.groups import NORMS, NeuronGroup, neuron_groups
 from fusion.importance import Importance, loss_gradients, neuron_importance, neuron_slices
 from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.transport import Solver, Transport, ground_cost, marginal, transport_plan
 
 

@@ -14,12 +14,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusion.alignment import AlignOptions, align, is_hard, verify_alignment, with_state
+from fusion.alignment import AlignOptions, align, is_hard, verify_alignment
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import average_states, mixture_weights
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.progress import Progress, no_progress
 from fusion.seeds import check_seed
+from fusion.surgery import with_state
 from fusion.transport import Transport
 
 

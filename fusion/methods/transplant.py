@@ -22,11 +22,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fusion.alignment import apply_transports, group_sizes, with_state
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.transport import Transport
 
 

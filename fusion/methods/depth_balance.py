@@ -2,10 +2,11 @@
 merged into their successors (Nguyen et al., "On Cross-Layer Alignment for Model Fusion of Heterogeneous Neural
 Networks", ICASSP 2023, Sec. 3.2; hsgser/clafusion ``--balance-method add|merge``).
 
-A network is described by its :class:`fusion.models.ModelSpec` (read back from the module by :func:`spec_of`) and by
-its *units*: the hidden conv/linear layers in execution order, each with the BatchNorm that follows it, plus the output
-layer. Both come from the neuron groups (:func:`fusion.groups.neuron_groups`): one group per hidden layer for MLPs and
-VGGs. ResNets are balanced block by block (:func:`insert_identity_blocks`).
+A network is described by its :class:`fusion.models.ModelSpec` (read back from the module by
+:func:`fusion.models.spec_of`) and by its *units*: the hidden conv/linear layers in execution order, each with the
+BatchNorm that follows it, plus the output layer. Both come from the neuron groups
+(:func:`fusion.groups.neuron_groups`): one group per hidden layer for MLPs and VGGs. ResNets are balanced block by
+block (:func:`insert_identity_blocks`).
 
 Identity layers keep the function exactly, because every inserted layer reads a post-ReLU (non-negative) input ``h``:
 
@@ -36,7 +37,7 @@ from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import NeuronGroup, neuron_groups
-from fusion.models import MLP, RESNET_BLOCKS, VGG, VGG_LAYERS, ModelSpec, ResNet, build_model
+from fusion.models import ModelSpec, block_names, build_model, family, stage_sizes
 
 ReluApproximation = Literal["sum", "majority", "average", "none"]
 
@@ -47,82 +48,6 @@ class Unit:
 
     layer: str
     norm: str | None
-
-
-def spec_of(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelSpec:
-    """The spec that rebuilds ``model`` (an MLP or a VGG of the zoo), checked parameter shape by parameter shape.
-
-    Raises :class:`ArchitectureError` for other networks, which CLAFusion does not balance here.
-    """
-    if isinstance(model, MLP):
-        linears = [m for m in model.layers if isinstance(m, nn.Linear)]
-        spec = ModelSpec(
-            "mlp",
-            input_shape,
-            linears[-1].out_features,
-            hidden=tuple(m.out_features for m in linears[:-1]),
-            batch_norm=any(isinstance(m, nn.BatchNorm1d) for m in model.layers),
-            bias=linears[0].bias is not None,
-        )
-    elif isinstance(model, VGG):
-        convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-        arch = next((a for a, plan in VGG_LAYERS.items() if sum(x != "M" for x in plan) == len(convs)), None)
-        if arch is None:
-            raise ArchitectureError(f"a VGG with {len(convs)} conv layers is none of {', '.join(VGG_LAYERS)}")
-        spec = ModelSpec(
-            arch,
-            input_shape,
-            model.classifier.out_features,
-            width=convs[-1].out_channels / 512,
-            batch_norm=any(isinstance(m, nn.BatchNorm2d) for m in model.features),
-            bias=convs[0].bias is not None,
-        )
-    elif isinstance(model, ResNet):
-        blocks = tuple(len(getattr(model, f"layer{stage}")) for stage in range(1, 5))
-        arch = next((a for a, counts in RESNET_BLOCKS.items() if counts == blocks), None)
-        if arch is None:
-            raise ArchitectureError(f"a ResNet with {blocks} blocks per stage is none of {', '.join(RESNET_BLOCKS)}")
-        spec = ModelSpec(
-            arch,
-            input_shape,
-            model.linear.out_features,
-            width=model.linear.in_features / 512,
-            batch_norm=isinstance(model.bn1, nn.BatchNorm2d),
-            bias=model.linear.bias is not None,
-        )
-    else:
-        raise ArchitectureError(
-            f"CLAFusion balances MLPs, VGGs and ResNets of the model zoo, got {type(model).__name__}"
-        )
-    expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
-    if expected != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
-        raise ArchitectureError(f"{type(model).__name__}: its layer widths are not those of any {spec.arch} spec")
-    return spec
-
-
-def family(spec: ModelSpec) -> str:
-    return spec.arch.rstrip("0123456789")
-
-
-def stage_sizes(spec: ModelSpec) -> list[int]:
-    """Hidden layers per stage: one stage for an MLP; for a VGG, the convs between max-pools (from the plan, so that
-    pools skipped on small inputs do not merge stages); for a ResNet, its residual blocks per stage."""
-    if spec.arch == "mlp":
-        return [len(spec.hidden)]
-    if spec.arch in RESNET_BLOCKS:
-        return list(RESNET_BLOCKS[spec.arch])
-    sizes, count = [], 0
-    for item in VGG_LAYERS[spec.arch]:
-        if item == "M":
-            sizes.append(count)
-            count = 0
-        else:
-            count += 1
-    return [s for s in sizes if s]
-
-
-def block_names(spec: ModelSpec) -> list[str]:
-    return [f"layer{stage + 1}.{b}" for stage, count in enumerate(RESNET_BLOCKS[spec.arch]) for b in range(count)]
 
 
 @dataclass(frozen=True)

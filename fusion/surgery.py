@@ -1,0 +1,102 @@
+"""Model surgery: a neuron group's map applied to every member of the group, and a network rebuilt around a new
+state_dict. Alignment, averaging, pruning, transplantation and the demo story all change networks through these.
+
+A map ``M: (n, m)`` (a :class:`fusion.transport.Transport`) takes a group of ``n`` neurons to ``m``: every producer
+(the rows of the layers that write the group, their biases and BatchNorm entries) becomes ``M^T`` applied along its
+neuron dimension and every consumer (the input columns of the layers that read it) the same on its input side, in
+blocks of ``repeat`` entries per neuron (a flatten after a conv). A permutation is an index gather, exact.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusion.errors import ArchitectureError
+from fusion.groups import NORMS, Member, NeuronGroup
+from fusion.transport import Transport
+
+
+def block_index(permutation: np.ndarray, repeat: int, device: torch.device) -> torch.Tensor:
+    index = torch.as_tensor(permutation, dtype=torch.long, device=device)
+    return (index[:, None] * repeat + torch.arange(repeat, device=device)[None, :]).reshape(-1)
+
+
+def transform(
+    tensor: torch.Tensor, member: Member, transport: Transport, side: Literal["producer", "consumer"]
+) -> torch.Tensor:
+    """Apply a group's map to one member: ``new[j] = sum_i M[i, j] old[i]`` along ``member.dim`` (blocks of
+    ``member.repeat`` entries per neuron), with ``M`` the producer or consumer matrix; an index gather for a
+    permutation, so that hard alignments are exact."""
+    n, m = transport.shape
+    if tensor.shape[member.dim] != n * member.repeat:
+        raise ArchitectureError(
+            f"{member.key}: dim {member.dim} has {tensor.shape[member.dim]} entries, "
+            f"the map expects {n} x {member.repeat}"
+        )
+    if transport.permutation is not None:
+        return tensor.index_select(member.dim, block_index(transport.permutation, member.repeat, tensor.device))
+    matrix = (transport.producer if side == "producer" else transport.consumer).to(tensor.device, tensor.dtype)
+    moved = tensor.movedim(member.dim, 0)
+    rest = moved.shape[1:]
+    blocks = moved.reshape(n, member.repeat, -1)
+    result = torch.einsum("ij,irk->jrk", matrix, blocks).reshape(m * member.repeat, *rest)
+    return result.movedim(0, member.dim).contiguous()
+
+
+def apply_transports(
+    state: dict[str, torch.Tensor], groups: list[NeuronGroup], transports: dict[str, Transport]
+) -> dict[str, torch.Tensor]:
+    """A new state_dict with every group's map applied to its producers and consumers (groups without a map stay)."""
+    result = dict(state)
+    for group in groups:
+        transport = transports.get(group.name)
+        if transport is None:
+            continue
+        for member in group.producers:
+            result[member.key] = transform(result[member.key], member, transport, "producer")
+        for member in group.consumers:
+            result[member.key] = transform(result[member.key], member, transport, "consumer")
+    return result
+
+
+def with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A deep copy of ``model`` holding ``state``; layers whose widths changed are resized (their ``in_features``,
+    ``out_channels``, ``num_features``... updated), so this serves unequal widths, concatenation and pruning."""
+    result = copy.deepcopy(model)
+    modules = dict(result.named_modules())
+    for key, value in state.items():
+        module_name, _, attribute = key.rpartition(".")
+        module = modules[module_name]
+        current = getattr(module, attribute)
+        if current.shape != value.shape:
+            if isinstance(current, nn.Parameter):
+                setattr(module, attribute, nn.Parameter(value.clone(), requires_grad=current.requires_grad))
+            else:
+                module.register_buffer(attribute, value.clone())
+            resize_attributes(module)
+    result.load_state_dict(state)
+    return result
+
+
+def resize_attributes(module: nn.Module) -> None:
+    weight = getattr(module, "weight", None)
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = weight.shape
+    elif isinstance(module, nn.modules.conv._ConvNd):
+        module.out_channels, module.in_channels = int(weight.shape[0]), int(weight.shape[1]) * module.groups
+    elif isinstance(module, NORMS):
+        module.num_features = int((weight if weight is not None else module.running_mean).shape[0])
+
+
+def group_sizes(state: dict[str, torch.Tensor], groups: list[NeuronGroup]) -> dict[str, int]:
+    """The width of every group in a model's state_dict (widths may differ between models of one architecture)."""
+    sizes = {}
+    for group in groups:
+        member = next(m for m in group.producers if m.param == "weight" and m.module in group.layers)
+        sizes[group.name] = state[member.key].shape[0] // member.repeat
+    return sizes
