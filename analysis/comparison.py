@@ -23,7 +23,7 @@ from analysis.runs import stored_hessian
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
 from fusion.progress import Progress, no_progress
-from fusion.registry import REGISTRY
+from fusion.registry import REGISTRY, method_spec
 from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord, Workspace
 
@@ -77,9 +77,7 @@ def same_depth(a: ModelRecord, b: ModelRecord) -> bool:
 def inapplicable_reason(records: Sequence[ModelRecord], method: str) -> str | None:
     """Why ``method`` cannot fuse these parents (too few or too many, other architectures, equal depths for
     CLAFusion), or ``None`` when it can. Single-model methods always apply: they take the first parent."""
-    if method not in REGISTRY:
-        raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(REGISTRY)}")
-    spec = REGISTRY[method]
+    spec = method_spec(method)
     if spec.max_models == 1:
         return None if records else f"{method} needs one model, none chosen"
     if len(records) < spec.min_models:
@@ -90,8 +88,8 @@ def inapplicable_reason(records: Sequence[ModelRecord], method: str) -> str | No
         check_compatible(records, method)
     except ArchitectureError as exc:
         return str(exc)
-    if method == "cla" and same_depth(records[0], records[1]):
-        return "CLAFusion is for networks of different depths; these parents have the same depth"
+    if spec.parents == "other depths" and same_depth(records[0], records[1]):
+        return f"{method} is for networks of different depths; these parents have the same depth"
     return None
 
 

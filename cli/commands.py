@@ -109,17 +109,18 @@ def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, 
     return {"models": [record_summary(record, workspace)]}
 
 
-def fusion_option_fields() -> list[OptionField]:
-    """Every method's options, each name once (the first method's help and default)."""
+def fusion_option_fields(method: str | None = None) -> list[OptionField]:
+    """The options of ``method`` with its own defaults or, for ``None``, every method's options, each name once (the
+    first method's help and default)."""
     fields: dict[str, OptionField] = {}
-    for spec in REGISTRY.values():
+    for spec in [REGISTRY[method]] if method is not None else REGISTRY.values():
         for option in option_fields(spec.options):
             fields.setdefault(option.name, option)
     return list(fields.values())
 
 
-def add_fusion_options(parser: argparse.ArgumentParser) -> None:
-    add_option_arguments(parser, fusion_option_fields())
+def add_fusion_options(parser: argparse.ArgumentParser, method: str | None = None) -> None:
+    add_option_arguments(parser, fusion_option_fields(method))
     parser.add_argument(
         "--ensemble-step", type=float, help="otfusion's --ensemble-step s: weights (1-s, s) for two models"
     )

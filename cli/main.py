@@ -47,7 +47,17 @@ class CommandParser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def parser() -> argparse.ArgumentParser:
+def help_method(argv: Sequence[str]) -> str | None:
+    """The method of ``fuse --method M ... --help``, whose help then lists that method's own options and defaults (a
+    run accepts every method's flags, so that an option of another method is refused by name)."""
+    if "fuse" not in argv or not {"-h", "--help"} & set(argv) or "--method" not in argv[:-1]:
+        return None
+    method = argv[argv.index("--method") + 1]
+    return method if method in methods() else None
+
+
+def parser(method: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``method``, ``fuse`` lists only that method's options."""
     common = CommandParser(add_help=False)
     common.add_argument(
         "--workspace", help="workspace folder (default: $FUSIONLAB_WORKSPACE or ~/.fusionlab/workspace)"
@@ -100,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
     fuse_.add_argument("--name")
     fuse_.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the fused model for N epochs")
     fuse_.add_argument("--finetune-lr", type=float, default=1e-3)
-    add_fusion_options(fuse_)
+    add_fusion_options(fuse_, method)
     fuse_.set_defaults(run=command_fuse)
 
     finetune = commands.add_parser("finetune", parents=[common], help="fine-tune a model and save it as a new one")
@@ -125,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     try:
-        args = parser().parse_args(argv)
+        args = parser(help_method(argv)).parse_args(argv)
         as_json = args.json
         result = args.run(args, Workspace(args.workspace))
         text = strict_json(result) if as_json else human_readable(result)

@@ -15,9 +15,10 @@ import torch
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError
-from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec, family
+from fusion.methods.base import parents_mismatch
+from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec
 from fusion.progress import Progress, no_progress
-from fusion.registry import FusionResult, fuse, method_options
+from fusion.registry import FusionResult, fuse, method_options, method_spec
 from fusion.run_key import run_key
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import Transport
@@ -155,44 +156,19 @@ class FusionRun:
 
 
 def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
-    """Refuse parents that a method cannot fuse: other datasets, other architectures or depths, and for vanilla
-    averaging other widths. Raises :class:`ArchitectureError` naming the first mismatch."""
+    """Refuse parents that a method cannot fuse: other datasets, or architectures its registry entry's rule
+    (:data:`fusion.methods.base.ParentRule`) does not allow. Raises :class:`ArchitectureError` naming the first
+    mismatch."""
+    rule = method_spec(method).parents
     first = records[0]
     for record in records[1:]:
         if record.dataset != first.dataset:
             raise ArchitectureError(f"{record.id} was trained on {record.dataset}, {first.id} on {first.dataset}")
-        a, b = first.spec, record.spec
-        if method == "average" and a != b:
+        needed = parents_mismatch(first.spec, record.spec, rule)
+        if needed is not None:
             raise ArchitectureError(
-                f"vanilla averaging needs identical architectures: {first.id} is {a.describe()}, {record.id} is "
-                f"{b.describe()}; OT fusion can fuse different widths"
-            )
-        if method == "cla":
-            if (family(a), a.input_shape, a.num_classes, a.batch_norm, a.bias) != (
-                family(b),
-                b.input_shape,
-                b.num_classes,
-                b.batch_norm,
-                b.bias,
-            ):
-                raise ArchitectureError(
-                    f"mismatched architectures: {first.id} is {a.describe()}, {record.id} is {b.describe()}; cla needs "
-                    "one family (mlp, vgg or resnet) with the same inputs, classes, BatchNorm and biases"
-                )
-            continue
-        same_family = (a.arch, a.input_shape, a.num_classes, a.batch_norm, a.bias, len(a.hidden), len(a.channels)) == (
-            b.arch,
-            b.input_shape,
-            b.num_classes,
-            b.batch_norm,
-            b.bias,
-            len(b.hidden),
-            len(b.channels),
-        )
-        if not same_family:
-            raise ArchitectureError(
-                f"mismatched architectures: {first.id} is {a.describe()}, {record.id} is {b.describe()}; "
-                f"{method} needs the same architecture and depth (widths may differ)"
+                f"mismatched architectures: {first.id} is {first.spec.describe()}, {record.id} is "
+                f"{record.spec.describe()}; {method} needs {needed}"
             )
 
 

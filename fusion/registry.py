@@ -33,7 +33,9 @@ from fusion.repair import repair
 from fusion.transport import Transport
 
 REGISTRY: dict[str, MethodSpec] = {
-    "average": MethodSpec(FusionOptions, run_average, 2, None, "vanilla weight averaging, no alignment"),
+    "average": MethodSpec(
+        FusionOptions, run_average, 2, None, "vanilla weight averaging, no alignment", parents="identical"
+    ),
     "ensemble": MethodSpec(
         FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"
     ),
@@ -47,6 +49,7 @@ REGISTRY: dict[str, MethodSpec] = {
         2,
         2,
         "CLAFusion (Nguyen et al. 2023): align layers across depths, balance depths, then OT fusion",
+        parents="other depths",
     ),
     "intra": MethodSpec(
         IntraOptions, run_intra, 1, 1, "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT"
@@ -98,11 +101,16 @@ class FusionResult:
     aligned: list[nn.Module] = field(default_factory=list)
 
 
-def method_options(method: str, options: dict[str, Any]) -> Any:
-    """The options dataclass of ``method`` built from keyword options; unknown names or values raise ConfigError."""
+def method_spec(method: str) -> MethodSpec:
+    """The registry entry of ``method``; an unknown name raises ConfigError listing the known ones."""
     if method not in REGISTRY:
         raise ConfigError(f"unknown fusion method {method!r}; expected one of {', '.join(REGISTRY)}")
-    cls = REGISTRY[method].options
+    return REGISTRY[method]
+
+
+def method_options(method: str, options: dict[str, Any]) -> Any:
+    """The options dataclass of ``method`` built from keyword options; unknown names or values raise ConfigError."""
+    cls = method_spec(method).options
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(options) - known
     if unknown:

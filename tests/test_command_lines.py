@@ -5,7 +5,7 @@ import shlex
 import pytest
 
 from cli.commands import fusion_options
-from cli.main import parser
+from cli.main import main, parser
 from fusion.registry import method_options
 from fusion.train import TrainConfig
 from ui.options import fusion_command_lines
@@ -52,3 +52,14 @@ def test_another_fine_tune_recipe_becomes_a_finetune_command():
     assert parsed(fuse).finetune_epochs == 0
     args = parsed(finetune)
     assert (args.epochs, args.lr, args.optimizer, args.batch_size, args.seed) == (4, 0.01, "sgd", 32, 5)
+
+
+@pytest.mark.parametrize("method,sweeps", [("matching", 100), ("ot", 1)])
+def test_fuse_help_for_one_method_lists_its_own_options_and_defaults(method, sweeps, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fuse", "--method", method, "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    sweeps_help = text.split("--sweeps SWEEPS ")[-1].split(" --")[0]
+    assert sweeps_help.endswith(f"(default {sweeps})"), sweeps_help
+    assert ("--solver" in text) == (method == "ot") and "--variant" not in text and "--sparsity" not in text

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,9 +9,10 @@ from fusion.batchnorm import recompute_batchnorm
 from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.groups import neuron_groups
+from fusion.methods.base import parents_mismatch
 from fusion.models import build_model, default_spec
-from fusion.pipeline import finetune_and_save, fuse_and_save, train_and_save
-from fusion.registry import fuse
+from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, train_and_save
+from fusion.registry import REGISTRY, fuse
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import TransportError
 from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
@@ -318,3 +320,26 @@ def test_cli_runs_the_other_methods(workspace, capsys, method, count, extra):
     assert code == 0, output
     saved = workspace.record(output["models"][0]["id"])
     assert saved.method == method and saved.parents == ids
+
+
+def test_which_parents_a_method_accepts_is_its_registry_entrys_rule(workspace, monkeypatch):
+    narrow, wide, deep = (default_spec("mlp", (1, 8, 8), 10, hidden=h) for h in ((16,), (24,), (16, 8)))
+    assert {m: s.parents for m, s in REGISTRY.items() if s.parents != "same depth"} == {
+        "average": "identical",
+        "cla": "other depths",
+    }
+    assert parents_mismatch(narrow, narrow, "identical") is None
+    assert "identical" in parents_mismatch(narrow, wide, "identical")
+    assert parents_mismatch(narrow, wide, "same depth") is None and "depth" in parents_mismatch(
+        narrow, deep, "same depth"
+    )
+    assert parents_mismatch(narrow, deep, "other depths") is None
+    cnn = default_spec("cnn", (1, 8, 8), 10)
+    assert "one family" in parents_mismatch(narrow, cnn, "other depths")
+
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1)).record.id for spec in (narrow, wide)]
+    records = [workspace.record(i) for i in ids]
+    with pytest.raises(ArchitectureError, match="average needs identical architectures"):
+        check_compatible(records, "average")
+    monkeypatch.setitem(REGISTRY, "average", replace(REGISTRY["average"], parents="same depth"))
+    check_compatible(records, "average")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from fusion.groups import NeuronGroup
+from fusion.models import ModelSpec, family
 from fusion.progress import Progress, no_progress
 from fusion.transport import Transport
 
@@ -72,16 +73,38 @@ class MethodOutput:
     aligned: list[nn.Module] = field(default_factory=list)
 
 
+ParentRule = Literal["identical", "same depth", "other depths"]
+"""What a method's input models must share: ``identical`` specs (vanilla averaging), the ``same depth``: one
+architecture with any widths (alignment by OT or matching), or one family at ``other depths`` (CLAFusion)."""
+
+
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its options dataclass, its function, how many input models it takes, and a one-line
-    description for the app and the command line."""
+    """A registered method: its options dataclass, its function, how many input models it takes, a one-line
+    description for the app and the command line, and what its input models must share."""
 
     options: type
     run: Callable[[Sequence[nn.Module], Any, Context], MethodOutput]
     min_models: int
     max_models: int | None
     summary: str
+    parents: ParentRule = "same depth"
+
+
+def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None:
+    """What two input models' specs would need to share under ``rule`` and do not, or ``None`` when they can be fused
+    together."""
+    if rule == "identical":
+        return None if a == b else "identical architectures (OT fusion can fuse different widths)"
+    if rule == "other depths":
+        shared = (family(a), a.input_shape, a.num_classes, a.batch_norm, a.bias)
+        if shared == (family(b), b.input_shape, b.num_classes, b.batch_norm, b.bias):
+            return None
+        return "one family (mlp, vgg or resnet) with the same inputs, classes, BatchNorm and biases"
+    shared = (a.arch, a.input_shape, a.num_classes, a.batch_norm, a.bias, len(a.hidden), len(a.channels))
+    if shared == (b.arch, b.input_shape, b.num_classes, b.batch_norm, b.bias, len(b.hidden), len(b.channels)):
+        return None
+    return "the same architecture and depth (widths may differ)"
 
 
 def options_dict(options: Any) -> dict[str, Any]:
