@@ -27,10 +27,6 @@ def role_colour(role: str) -> str:
     return model_colour(role)
 
 
-def parent_role(index: int) -> str:
-    return f"parent {chr(ord('A') + index)}"
-
-
 def transport_map_figure(group_map: GroupMap) -> go.Figure:
     """The plan (scaled by the number of source neurons, so a permutation shows ones) with rows sorted so that a
     permutation reads as a diagonal, and the ground cost beside it in the same row order."""

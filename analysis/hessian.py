@@ -66,16 +66,10 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis import AnalysisError, NonFiniteLoss
+from analysis.arrays import json_array, numpy_array
 from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
-from analysis.landscape import (
-    auto_points_per_call,
-    eval_mode,
-    evaluate_combinations,
-    filter_normalized_direction,
-    float_state,
-    json_array,
-    numpy_array,
-)
+from analysis.landscape import auto_points_per_call, evaluate_combinations, filter_normalized_direction
+from analysis.states import eval_mode, float_state
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
 from fusion.progress import Progress, no_progress

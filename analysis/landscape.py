@@ -27,11 +27,10 @@ under load from other jobs at 1.5-2x: not a gain worth a default. With
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +41,9 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from analysis import AnalysisError
+from analysis.arrays import json_array, numpy_array
 from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
+from analysis.states import State, eval_mode, float_state
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
@@ -52,7 +53,6 @@ from fusion.progress import Progress, no_progress
 from fusion.repair import repair as renormalise_to_parents
 from fusion.seeds import check_seed
 
-State = dict[str, torch.Tensor]
 POINTS_PER_CALL_BUDGET = 25_000_000
 """Automatic chunking on CUDA: at most ``floor(budget / parameters)`` points per vmapped call (100 MB of float32
 states)."""
@@ -144,34 +144,6 @@ class GridMetrics:
 
 
 METRIC_NAMES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-
-
-def json_array(values: np.ndarray) -> list[Any]:
-    """``values.tolist()`` with NaN and infinities (a diverged point far out in a landscape) written as ``None``."""
-    array = np.asarray(values, dtype=float)
-    cleaned = array.astype(object)
-    cleaned[~np.isfinite(array)] = None
-    return cleaned.tolist()
-
-
-def numpy_array(values: Any) -> np.ndarray:
-    return np.array(values, dtype=float)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block, its previous mode restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def float_state(model: nn.Module) -> State:
-    """The floating-point entries of ``model``'s state_dict (parameters and running statistics), detached."""
-    return {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
 def parameter_names(model: nn.Module) -> list[str]:

@@ -5,7 +5,6 @@ and saves the result as JSON beside the first model, so revisiting a page shows 
 from __future__ import annotations
 
 import hashlib
-import string
 from collections.abc import Sequence
 from functools import reduce
 from operator import add
@@ -37,6 +36,7 @@ from analysis.landscape import (
 )
 from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError
+from fusion.pipeline import parent_role
 from fusion.progress import Progress, no_progress
 from fusion.registry import fuse
 from fusion.workspace import ModelRecord, Workspace
@@ -49,7 +49,7 @@ LandscapeResult = InterpolationResult | PlaneResult | RandomDirectionsResult
 def model_role(record: ModelRecord, index: int) -> str:
     """The colour role of a model: trained or imported models are parents by position, derived ones by provenance."""
     if record.method in ("train", "import"):
-        return f"parent {string.ascii_uppercase[index % 26]}"
+        return parent_role(index)
     if record.method == "finetune":
         return "fine-tuned"
     if record.method in ("intra", "prune"):

@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.landscape import LandscapeConfig, filter_normalized_direction, float_state, random_directions
+from analysis.landscape import LandscapeConfig, filter_normalized_direction, random_directions
+from analysis.states import float_state
 from fusion.data import Dataset, load_dataset
 from fusion.models import build_model, default_spec
 from fusion.train import evaluate

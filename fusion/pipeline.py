@@ -6,6 +6,7 @@ The command line, the app and scripts all go through these, so each produces the
 from __future__ import annotations
 
 import dataclasses
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -270,7 +271,8 @@ def finetune_and_save(
 
 
 def parent_role(index: int) -> str:
-    return f"parent {chr(ord('A') + index)}"
+    """The role of the ``index``-th parent in tables, figures and colours: ``parent A``, ``parent B``, ..."""
+    return f"parent {string.ascii_uppercase[index % 26]}"
 
 
 def compare_fusion(

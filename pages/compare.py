@@ -15,7 +15,8 @@ from analysis.comparison import (
     to_csv,
     to_markdown,
 )
-from analysis.fusion_figures import finetune_comparison_figure, parent_role
+from analysis.fusion_figures import finetune_comparison_figure
+from fusion.pipeline import parent_role
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
 from ui.charts import show_chart

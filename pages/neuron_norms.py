@@ -4,9 +4,10 @@ Neuron Transplantation and Intra-Fusion kept."""
 import pandas as pd
 import streamlit as st
 
-from analysis.fusion_figures import neuron_norms_figure, parent_role, survival_figure
+from analysis.fusion_figures import neuron_norms_figure, survival_figure
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
 from fusion.data import load_dataset
+from fusion.pipeline import parent_role
 from ui.charts import show_chart
 from ui.errors import report_errors
 from ui.state import models_or_stop, selected_model_ids

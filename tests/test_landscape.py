@@ -24,7 +24,6 @@ from analysis.landscape import (
     estimate_cost,
     evaluate_combinations,
     filter_normalized_direction,
-    float_state,
     linear_interpolation,
     loss_barrier,
     plane,
@@ -32,6 +31,7 @@ from analysis.landscape import (
     random_directions,
 )
 from analysis.runs import fusion_landscape
+from analysis.states import float_state
 from fusion.alignment import align
 from fusion.data import Dataset
 from fusion.errors import ArchitectureError, ConfigError, DatasetError
