@@ -15,12 +15,12 @@ from fusion.errors import NonFiniteLoss as NonFiniteLoss
 from fusion.exports import lazy_exports
 
 EXPORTS: dict[str, str] = {
-    "HessianConfig": "analysis.hessian",
+    "HessianConfig": "analysis.hessian_config",
     "HessianReport": "analysis.hessian",
     "hessian_report": "analysis.hessian",
-    "hessian_top_eigenvalues": "analysis.hessian",
-    "hessian_trace": "analysis.hessian",
-    "hessian_eigenvalue_density": "analysis.hessian",
+    "hessian_top_eigenvalues": "analysis.hessian_estimators",
+    "hessian_trace": "analysis.hessian_estimators",
+    "hessian_eigenvalue_density": "analysis.hessian_estimators",
     "LandscapeConfig": "analysis.landscape",
     "linear_interpolation": "analysis.landscape",
     "plane": "analysis.landscape",

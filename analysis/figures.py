@@ -15,8 +15,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.hessian import EigenvalueDensity, LayerHessian, PerturbationCurve, TopEigenvalues
+from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEigenvalues
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
+from analysis.perturbation import PerturbationCurve
 from fusion.errors import ConfigError
 
 PARENT_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#8C6D31", "#332288", "#44AA99")

@@ -13,14 +13,8 @@ from typing import Any
 import torch
 
 from analysis.cost import CostEstimate
-from analysis.hessian import (
-    HessianConfig,
-    HessianReport,
-    check_hessian_limits,
-    check_products,
-    estimate_hessian_cost,
-    hessian_report,
-)
+from analysis.hessian import HessianReport, check_hessian_limits, check_products, estimate_hessian_cost, hessian_report
+from analysis.hessian_config import HessianConfig
 from analysis.landscape import (
     InterpolationResult,
     LandscapeConfig,

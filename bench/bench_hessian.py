@@ -53,14 +53,14 @@ from torch.func import functional_call, grad, jvp, linearize, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis.hessian import (
+from analysis.hessian_config import HessianConfig
+from analysis.hessian_estimators import (
     MIN_TRACE_PROBES,
-    HessianConfig,
-    HessianOperator,
     hessian_eigenvalue_density,
     hutchinson_trace,
     lanczos_top_eigenvalues,
 )
+from analysis.hessian_operator import HessianOperator
 from fusion.data import Dataset, load_dataset
 from fusion.models import build_model, default_spec
 from fusion.train import TrainConfig, train

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from analysis.hessian import HessianConfig
+from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
 from cli.arguments import add_option_arguments, given_options

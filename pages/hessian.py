@@ -10,7 +10,7 @@ from analysis.figures import (
     perturbation_figure,
     top_eigenvalues_figure,
 )
-from analysis.hessian import HessianConfig
+from analysis.hessian_config import HessianConfig
 from analysis.runs import HESSIAN, hessian_cost_of, hessians_of, model_role, stored_hessian
 from ui.charts import show_chart
 from ui.errors import report_errors

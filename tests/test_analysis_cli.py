@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from analysis.hessian import HessianConfig, HessianReport
+from analysis.hessian import HessianReport
+from analysis.hessian_config import HessianConfig
 from analysis.landscape import InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.runs import landscape_key
 from cli.arguments import given_options

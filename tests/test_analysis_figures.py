@@ -16,8 +16,10 @@ from analysis.figures import (
     random_directions_figure,
     top_eigenvalues_figure,
 )
-from analysis.hessian import EigenvalueDensity, LayerHessian, ParameterSpace, PerturbationCurve, TopEigenvalues
+from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEigenvalues
+from analysis.hessian_operator import ParameterSpace
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
+from analysis.perturbation import PerturbationCurve
 from fusion.errors import ConfigError
 
 ROLES = ["parent A", "parent B", "parent C", "fused", "ensemble", "pruned", "fine-tuned"]

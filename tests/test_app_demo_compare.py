@@ -22,7 +22,7 @@ from analysis.comparison import (
     to_markdown,
 )
 from analysis.fusion_figures import finetune_comparison_figure
-from analysis.hessian import HessianConfig
+from analysis.hessian_config import HessianConfig
 from analysis.runs import hessian_of
 from analysis.story import STEP_TITLES, finetune_title
 from fusion.errors import ConfigError

@@ -15,23 +15,20 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis import AnalysisError, NonFiniteLoss
-from analysis.hessian import (
+from analysis.hessian import HessianReport, hessian_report
+from analysis.hessian_config import HessianConfig
+from analysis.hessian_estimators import (
     MIN_TRACE_PROBES,
     EigenvalueDensity,
-    HessianConfig,
-    HessianOperator,
-    HessianReport,
-    ParameterSpace,
     hessian_eigenvalue_density,
-    hessian_report,
     hessian_top_eigenvalues,
     hessian_trace,
     layer_parameters,
     layerwise_hessian,
-    perturbation_curve,
-    sample_data,
 )
+from analysis.hessian_operator import HessianOperator, ParameterSpace, sample_data
 from analysis.landscape import filter_normalized_direction
+from analysis.perturbation import perturbation_curve
 from fusion.data import Dataset
 from fusion.errors import ConfigError, DatasetError
 from fusion.models import ModelSpec, build_model

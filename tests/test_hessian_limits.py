@@ -6,14 +6,10 @@ import json
 import pytest
 import torch
 
-from analysis.hessian import (
-    HessianConfig,
-    HessianOperator,
-    check_products,
-    hessian_products,
-    hessian_report,
-    hutchinson_trace,
-)
+from analysis.hessian import check_products, hessian_products, hessian_report
+from analysis.hessian_config import HessianConfig
+from analysis.hessian_estimators import hutchinson_trace
+from analysis.hessian_operator import HessianOperator
 from fusion.errors import CostLimitError
 from fusion.models import build_model, default_spec
 

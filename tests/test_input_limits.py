@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.hessian import HessianConfig
+from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig, linear_interpolation
 from fusion.alignment import AlignOptions
 from fusion.data import Dataset
