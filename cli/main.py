@@ -35,7 +35,7 @@ from cli.output import failure, human_readable, strict_json
 from fusion.data import DATASETS
 from fusion.errors import FusionError, UsageError
 from fusion.registry import methods
-from fusion.train import TrainConfig
+from fusion.train import OPTIMIZERS, TrainConfig
 from fusion.workspace import Workspace
 
 
@@ -77,7 +77,7 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--optimizer", choices=("adam", "sgd"), default=defaults.optimizer)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     train.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR)")
     train.set_defaults(run=command_train)
@@ -118,7 +118,7 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     finetune.add_argument("--epochs", type=int, default=5)
     finetune.add_argument("--lr", type=float, default=1e-3)
     finetune.add_argument("--batch-size", type=int, default=64)
-    finetune.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    finetune.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
     finetune.add_argument("--seed", type=int, default=0)
     finetune.set_defaults(run=command_finetune)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,10 @@ class TrainingDiverged(FusionError):
     """The loss became NaN or infinite: the learning rate is too high, or the inputs are broken."""
 
 
+Optimizer = Literal["adam", "sgd"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training or fine-tuning run.
@@ -34,14 +39,14 @@ class TrainConfig:
     32x32 colour images and is off by default.
     """
 
-    epochs: int = 30
-    lr: float = 1e-3
-    batch_size: int = 64
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    seed: int = 0
-    augment: bool = False
+    epochs: int = field(default=30, metadata={"help": "passes over the training split"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (cosine schedule to 0)"})
+    batch_size: int = field(default=64, metadata={"help": "examples per step"})
+    optimizer: Optimizer = field(default="adam", metadata={"help": "Adam, or SGD with momentum"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay"})
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation and the batch order"})
+    augment: bool = field(default=False, metadata={"help": "random crops and flips (CIFAR)"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1 or self.epochs > 10_000:
@@ -50,8 +55,8 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be in (0, 10], got {self.lr!r}")
         if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 65536:
             raise ConfigError(f"batch size must be an integer from 1 to 65536, got {self.batch_size!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 import streamlit as st
 
 from fusion.models import default_spec
-from fusion.train import TrainConfig
+from fusion.train import OPTIMIZERS, TrainConfig
 from ui.options import kept
 from ui.parsing import parse_int_list, parse_seeds
 from ui.training import SpecOptions, dataset_signature
-
-OPTIMIZERS = ("adam", "sgd")
 
 
 def joined(values: tuple[int, ...]) -> str:
