@@ -212,7 +212,9 @@ def compare_methods(
             )
             continue
         stored = (
-            finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning) if finetune else None
+            finetune_and_save(workspace, run.record.id, finetune, device=device, progress=tuning, model=run.model)
+            if finetune
+            else None
         )
         notes = [single_model_note(method, ids[0])] if single else []
         if run.reused or (stored is not None and stored.reused):

@@ -499,7 +499,9 @@ def baselines_step(
         def report(done: int, _: int, message: str, offset: int = offset + 1, method: str = method) -> None:
             progress(offset + done, total, f"{method} fine-tune: {message}")
 
-        tuned = finetune_and_save(workspace, run.record.id, config, device=device, progress=report).record
+        tuned = finetune_and_save(
+            workspace, run.record.id, config, device=device, progress=report, model=run.model
+        ).record
         pairs.append(FusedPair(method, Score.of(run.record, "fused"), Score.of(tuned, "fine-tuned")))
     return BaselinesStep(tuple(pairs), time.perf_counter() - started)
 

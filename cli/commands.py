@@ -147,7 +147,9 @@ def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
         config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0)
         if run.record is None:
             raise FusionError("an ensemble is not a single network and cannot be fine-tuned")
-        tuned = finetune_and_save(workspace, run.record.id, config, progress=stderr_progress(args.quiet))
+        tuned = finetune_and_save(
+            workspace, run.record.id, config, progress=stderr_progress(args.quiet), model=run.model
+        )
         output["models"].append(stored_summary(tuned, workspace))
     return output
 

@@ -5,6 +5,7 @@ The command line, the app and scripts all go through these, so each produces the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import string
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from fusion.data import load_dataset
 from fusion.device import default_device
@@ -146,6 +148,8 @@ class FusionRun:
     result: FusionResult | None
     metrics: dict[str, float]
     reused: bool = False
+    model: nn.Module | None = None
+    """The network saved as ``record`` when this run made it, so that fine-tuning it needs no reload."""
 
     @property
     def report(self) -> dict[str, Any]:
@@ -226,7 +230,7 @@ def fuse_and_save(
         name=name or f"{spec.describe()} · {method} of {len(model_ids)}",
         attachments={"transport": maps} if maps else None,
     )
-    return FusionRun(record, result, scores)
+    return FusionRun(record, result, scores, model=model)
 
 
 def map_tensors(transports: Sequence[dict[str, Transport] | None]) -> dict[str, torch.Tensor]:
@@ -247,14 +251,20 @@ def finetune_and_save(
     device: torch.device | None = None,
     progress: Progress = no_progress,
     reuse: bool = True,
+    model: nn.Module | None = None,
 ) -> Stored:
     """Fine-tune a workspace model on its dataset and save it as a new model whose parent is the original; with
-    ``reuse``, a model stored by a fine-tune of the same model with the same recipe is returned instead."""
+    ``reuse``, a model stored by a fine-tune of the same model with the same recipe is returned instead. ``model``,
+    when given, is the network stored as ``model_id`` already in memory (:attr:`FusionRun.model`): a copy of it is
+    trained instead of reading the file again."""
     key = run_key("finetune", parent=model_id, config=config.to_dict())
     found = workspace.find_run(key) if reuse else None
     if found is not None:
         return Stored(found, reused=True)
-    model, record = workspace.load(model_id)
+    if model is None:
+        model, record = workspace.load(model_id)
+    else:
+        model, record = copy.deepcopy(model), workspace.record(model_id)
     data = load_dataset(record.dataset)
     result = train(model, data, config, device=device or default_device(), progress=progress)
     assert result.test is not None
@@ -348,7 +358,7 @@ def compare_fusion(
     )
     reused = [fused_id] if run.reused else []
     if finetune is not None and fused_id is not None:
-        stored = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress)
+        stored = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress, model=run.model)
         tuned = stored.record
         reused += [tuned.id] if stored.reused else []
         rows.append(

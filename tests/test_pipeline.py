@@ -10,7 +10,14 @@ import torch
 from fusion.data import Dataset
 from fusion.errors import ArchitectureError
 from fusion.models import ModelSpec
-from fusion.pipeline import build_demo_ensemble, demo_members, train_and_save, train_key
+from fusion.pipeline import (
+    build_demo_ensemble,
+    demo_members,
+    finetune_and_save,
+    fuse_and_save,
+    train_and_save,
+    train_key,
+)
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import Workspace
 
@@ -111,3 +118,24 @@ def test_train_and_save_without_reuse_saves_identical_weights(workspace: Workspa
     assert first.id != second.id
     a, b = workspace.load(first.id)[0].state_dict(), workspace.load(second.id)[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tuning_a_fusion_in_memory_equals_fine_tuning_it_from_disk(workspace: Workspace, monkeypatch) -> None:
+    spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(16,))
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in range(2)]
+    run = fuse_and_save(workspace, ids, "ot")
+    assert run.record is not None and run.model is not None
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    stored, _ = workspace.load(run.record.id)
+    assert all(torch.equal(before[k], v) for k, v in stored.state_dict().items()), "run.model is the saved network"
+
+    loads: list[str] = []
+    load = Workspace.load
+    monkeypatch.setattr(Workspace, "load", lambda self, i: loads.append(i) or load(self, i))
+    config = TrainConfig(epochs=2, seed=3)
+    in_memory = finetune_and_save(workspace, run.record.id, config, model=run.model, reuse=False).record
+    assert loads == [], "no reload of the fused model"
+    from_disk = finetune_and_save(workspace, run.record.id, config, reuse=False).record
+    a, b = (workspace.load(r.id)[0].state_dict() for r in (in_memory, from_disk))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items()), "the run's model is untouched"
