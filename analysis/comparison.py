@@ -6,7 +6,9 @@ pruning, take the first parent), optionally fine-tunes every fused model with on
 when the workspace holds a Hessian report for the model (:func:`analysis.runs.hessian_of`), its top eigenvalue and
 trace. Methods whose constraints the parents do not meet are skipped with the reason.
 :func:`comparison_from_workspace` builds the same table from models already fused, without recomputing anything;
-:func:`to_csv` and :func:`to_markdown` export it.
+:func:`to_csv` and :func:`to_markdown` export it. :func:`compare_fusion` is the Fuse page's view of one method: the
+fused model beside its parents and its baselines (the ensemble, vanilla averaging, magnitude pruning for
+Intra-Fusion), stored with the fused model.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Any
 import torch
 
 from analysis.runs import stored_hessian
+from fusion.data import load_dataset
+from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, FusionError
-from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
+from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, parent_role
 from fusion.progress import Progress, no_progress
-from fusion.registry import REGISTRY, method_spec
-from fusion.train import TrainConfig
+from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.train import TrainConfig, evaluate
 from fusion.workspace import ModelRecord, Workspace
 
 
@@ -319,3 +323,103 @@ def to_markdown(rows: Sequence[ComparisonRow]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     lines += ["| " + " | ".join(markdown_cell(c, record[c]) for c in columns) + " |" for record in table_records(rows)]
     return "\n".join(lines) + "\n"
+
+
+def compare_fusion(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    method: str,
+    options: dict[str, Any] | None = None,
+    finetune: TrainConfig | None = None,
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> dict[str, Any]:
+    """Fuse workspace models and compare the result with its baselines on the test split.
+
+    Rows: every parent, the prediction ensemble and vanilla averaging (when the parents allow them), magnitude pruning
+    beside Intra-Fusion, the fused model and, with ``finetune``, the fused model fine-tuned. Each row has ``model``,
+    ``role``, ``id`` (saved models), ``test_accuracy``, ``test_loss``, ``parameters`` and ``seconds``. The comparison
+    is stored with the fused model as its ``comparison`` result and returned with the fused model's id.
+    """
+    device = device or default_device()
+    records = [workspace.record(i) for i in model_ids]
+    data = load_dataset(records[0].dataset) if records else None
+    rows: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        rows.append(
+            {
+                "model": record.name,
+                "role": parent_role(index),
+                "id": record.id,
+                "test_accuracy": record.metrics.get("test_accuracy", float("nan")),
+                "test_loss": record.metrics.get("test_loss", float("nan")),
+                "parameters": record.parameters,
+                "seconds": None,
+            }
+        )
+    run = fuse_and_save(workspace, model_ids, method, options, device=device, progress=progress)
+    assert data is not None
+    models = [workspace.load(i)[0] for i in model_ids]
+    baselines: list[tuple[str, str, dict[str, Any]]] = []
+    if len(models) >= 2 and method != "ensemble":
+        baselines.append(("prediction ensemble", "ensemble", {}))
+    if len(models) >= 2 and method != "average" and all(r.spec == records[0].spec for r in records):
+        baselines.append(("vanilla average", "average", {}))
+    if method == "intra":
+        pruning = {k: v for k, v in (options or {}).items() if k in ("sparsity", "importance")}
+        baselines.append(("magnitude pruning", "prune", pruning))
+    for label, baseline, baseline_options in baselines:
+        result = fuse(models, baseline, data=data, device=device, **baseline_options)
+        metrics = evaluate(result.model, *data.split("test"), device=device)
+        rows.append(
+            {
+                "model": label,
+                "role": "ensemble" if baseline == "ensemble" else "average" if baseline == "average" else "pruned",
+                "id": None,
+                "test_accuracy": metrics.accuracy,
+                "test_loss": metrics.loss,
+                "parameters": sum(p.numel() for p in result.model.parameters()),
+                "seconds": result.report.seconds,
+            }
+        )
+    fused_id = run.record.id if run.record is not None else None
+    rows.append(
+        {
+            "model": run.record.name if run.record else "prediction ensemble",
+            "role": "fused",
+            "id": fused_id,
+            "test_accuracy": run.metrics["test_accuracy"],
+            "test_loss": run.metrics["test_loss"],
+            "parameters": run.record.parameters
+            if run.record
+            else sum(p.numel() for p in run.result.model.parameters()),
+            "seconds": run.report["seconds"],
+        }
+    )
+    reused = [fused_id] if run.reused else []
+    if finetune is not None and fused_id is not None:
+        stored = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress, model=run.model)
+        tuned = stored.record
+        reused += [tuned.id] if stored.reused else []
+        rows.append(
+            {
+                "model": tuned.name,
+                "role": "fine-tuned",
+                "id": tuned.id,
+                "test_accuracy": tuned.metrics["test_accuracy"],
+                "test_loss": tuned.metrics["test_loss"],
+                "parameters": tuned.parameters,
+                "seconds": tuned.metrics.get("train_seconds"),
+            }
+        )
+    comparison = {
+        "method": method,
+        "parents": list(model_ids),
+        "fused": fused_id,
+        "rows": rows,
+        "report": run.report,
+        "reused": reused,
+    }
+    if fused_id is not None:
+        workspace.save_result(fused_id, "comparison", comparison)
+    return comparison

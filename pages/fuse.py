@@ -3,9 +3,9 @@
 import pandas as pd
 import streamlit as st
 
+from analysis.comparison import compare_fusion
 from analysis.fusion_figures import comparison_figure
 from fusion.errors import DamagedResultError
-from fusion.pipeline import compare_fusion
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord

@@ -59,7 +59,7 @@ def live_job_progress(job_id: str, place: str = "main") -> None:
 def reused_ids(result: Any) -> list[str]:
     """The models a job's result returned from earlier runs with the same inputs instead of making them again
     (:mod:`fusion.run_key`): from :class:`Stored` and :class:`FusionRun` results, lists of them, and dicts with
-    ``reused`` ids (:func:`fusion.pipeline.compare_fusion`)."""
+    ``reused`` ids (:func:`analysis.comparison.compare_fusion`)."""
     if isinstance(result, Stored):
         return [result.record.id] if result.reused else []
     if isinstance(result, FusionRun):
