@@ -1,7 +1,6 @@
 """Compare: every fusion method on one set of parents in one table, with a chart, CSV and Markdown exports and the
 command lines that reproduce each row (:mod:`analysis.comparison`)."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.comparison import (
@@ -30,6 +29,7 @@ from ui.state import (
     select_models,
     selected_model_ids,
 )
+from ui.tables import dashed_table
 
 COMPARE_KIND = "compare"
 
@@ -97,6 +97,19 @@ if submitted:
             kind=COMPARE_KIND,
         )
 
+TABLE_FORMATS = {
+    "test accuracy (%)": "%.2f",
+    "fine-tuned accuracy (%)": "%.2f",
+    "test loss": "%.4f",
+    "fine-tuned loss": "%.4f",
+    "parameters": "localized",
+    "fusion time (s)": "%.2f",
+    "top Hessian eigenvalue": "%.4g",
+    "Hessian trace": "%.4g",
+    "fine-tuned top eigenvalue": "%.4g",
+    "fine-tuned Hessian trace": "%.4g",
+}
+
 job = job_runner().latest(COMPARE_KIND)
 show_job(job)
 
@@ -115,19 +128,8 @@ if comparison is None or not comparison.rows:
 for method, reason in comparison.skipped.items():
     st.info(f"{method} skipped: {reason}")
 rows = comparison.rows
-st.dataframe(
-    pd.DataFrame(table_records(rows)),
-    hide_index=True,
-    width="stretch",
-    column_config={
-        "test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
-        "fine-tuned accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
-        "test loss": st.column_config.NumberColumn(format="%.4f"),
-        "fine-tuned loss": st.column_config.NumberColumn(format="%.4f"),
-        "parameters": st.column_config.NumberColumn(format="localized"),
-        "fusion time (s)": st.column_config.NumberColumn(format="%.2f"),
-    },
-)
+table, column_config = dashed_table(table_records(rows), TABLE_FORMATS)
+st.dataframe(table, hide_index=True, width="stretch", column_config=column_config)
 references = [
     (f"{parent_role(k)}: {by_id[i].name}", parent_role(k), by_id[i].metrics["test_accuracy"])
     for k, i in enumerate(comparison.parents)

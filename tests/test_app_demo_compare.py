@@ -127,7 +127,8 @@ def test_compare_page_tabulates_every_method_and_exports_one_row_per_method(app_
     assert not at.exception and not at.error
     table = at.dataframe[0].value
     assert list(table["method"]) == methods
-    assert table["fine-tuned accuracy (%)"].notna().tolist() == [False, True, True]
+    assert [v != "–" for v in table["fine-tuned accuracy (%)"]] == [False, True, True]
+    assert table["id"].iloc[0] == "–" and not table.isna().any().any(), "missing values read '–', never 'None'"
     assert at.get("plotly_chart")
     assert at.download_button(key="compare.csv").label == "Download CSV"
     assert at.download_button(key="compare.markdown").label == "Download Markdown"

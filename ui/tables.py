@@ -74,3 +74,21 @@ def show_models_table(records: Sequence[ModelRecord], detailed: bool = False) ->
 def blank_missing(values: Sequence[float | None], digits: int = 2) -> list[str]:
     """Numbers as text with ``digits`` decimals, a missing value as an en dash (never "None" or "nan")."""
     return ["–" if v is None or v != v else f"{v:.{digits}f}" for v in values]
+
+
+def dashed_table(records: Sequence[dict], formats: dict[str, str]) -> tuple[pd.DataFrame, dict]:
+    """A table of ``records`` whose missing values read "–" (Streamlit writes "None"), and its column config.
+
+    A column without missing values stays numeric, shown with its ``formats`` entry (a printf format, or
+    ``localized``); a column with one becomes text, its numbers formatted the same way."""
+    frame = pd.DataFrame(list(records))
+    config = {}
+    for column in frame.columns:
+        missing = frame[column].isna()
+        spec = formats.get(column)
+        if missing.any():
+            text = "{:,}" if spec == "localized" else "{}" if spec is None else "{:" + spec.lstrip("%") + "}"
+            frame[column] = ["–" if gap else text.format(v) for v, gap in zip(frame[column], missing)]
+        elif spec is not None:
+            config[column] = st.column_config.NumberColumn(format=spec)
+    return frame, config
