@@ -33,7 +33,7 @@ from fusion.errors import ArchitectureError, ConfigError
 from fusion.pipeline import parent_role
 from fusion.progress import Progress, no_progress
 from fusion.registry import fuse
-from fusion.workspace import ModelRecord, Workspace
+from fusion.workspace import LoadOnce, ModelRecord, Workspace
 
 HESSIAN = "hessian"
 LANDSCAPE_MODELS = {"interpolation": 2, "plane": 3, "random": 1}
@@ -268,6 +268,7 @@ def fusion_landscape(
     """For a model fused from two parents: the three interpolations of :func:`fusion_pairs`, for a fusion by
     averaging the two of :func:`aligned_lines`, and the plane through (parent A, parent B, fused); each is stored and
     returned under ``"A-B"``, ``"A-fused"``, ``"B-fused"``, the names of :data:`ALIGNED_LINES` and ``"plane"``."""
+    workspace = LoadOnce(workspace)  # the lines, the plane and the cost estimate share the loaded models
     record = workspace.record(fused_id)
     pairs = fusion_pairs(record)
     check_limits(fusion_landscape_cost(workspace, fused_id, config, device), config)

@@ -678,6 +678,23 @@ class Workspace:
         return payload
 
 
+class LoadOnce:
+    """A workspace seen by one job that reads the same models several times: :meth:`load` loads each model once and
+    returns that same network afterwards (callers treat it as read-only); everything else is the workspace's."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.loaded: dict[str, tuple[nn.Module, ModelRecord]] = {}
+
+    def load(self, model_id: str) -> tuple[nn.Module, ModelRecord]:
+        if model_id not in self.loaded:
+            self.loaded[model_id] = self.workspace.load(model_id)
+        return self.loaded[model_id]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.workspace, name)
+
+
 def place_new_file(source: str, target: Path) -> None:
     """Move ``source`` to ``target`` only if ``target`` does not exist (``FileExistsError`` otherwise), atomically
     where the filesystem has hard links."""

@@ -282,3 +282,16 @@ def test_a_fusion_landscape_over_a_limit_is_refused_before_its_lines_are_compute
     assert measured <= 4 * 3, "only the cost estimate's timing batches ran"
     fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, samples=64), CPU)
     assert len(batches) > measured + 4, "the counter sees the landscape's own forward passes"
+
+
+def test_a_fusion_landscape_loads_each_of_its_models_once(workspace, monkeypatch) -> None:
+    spec = default_spec("mlp", (1, 8, 8), 10, hidden=(8,))
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in range(2)]
+    run = fuse_and_save(workspace, ids, "ot")
+    assert run.record is not None
+    loads: list[str] = []
+    load = Workspace.load
+    monkeypatch.setattr(Workspace, "load", lambda self, i: loads.append(i) or load(self, i))
+    results = fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, samples=64), CPU)
+    assert set(results) == {"A-B", "A-fused", "B-fused", "A-B aligned", "A-B aligned + REPAIR", "plane"}
+    assert sorted(loads) == sorted([*ids, run.record.id]), loads
