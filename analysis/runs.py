@@ -8,7 +8,6 @@ import hashlib
 from collections.abc import Sequence
 from functools import reduce
 from operator import add
-from typing import Any
 
 import torch
 
@@ -137,15 +136,26 @@ def landscape_of(
         result = plane(models, data, config, device, progress, labels=(roles[0], roles[1], roles[2]))
     else:
         result = random_directions(models[0], data, dims, config, device, progress, label=roles[0])
-    payload: dict[str, Any] = {
-        "kind": kind,
-        "model_ids": list(model_ids),
-        "dataset": records[0].dataset,
-        "config": config.to_dict(),
-        **result.to_dict(),
-    }
-    workspace.save_result(model_ids[0], landscape_key(kind, model_ids), payload)
+    save_landscape(
+        workspace, model_ids[0], landscape_key(kind, model_ids), kind, model_ids, records[0].dataset, config, result
+    )
     return result
+
+
+def save_landscape(
+    workspace: Workspace,
+    owner: str,
+    key: str,
+    kind: str,
+    model_ids: Sequence[str],
+    dataset: str,
+    config: LandscapeConfig,
+    result: LandscapeResult,
+) -> None:
+    """Store ``result`` as the ``key`` result of model ``owner``, with the models, dataset and config it was made
+    from."""
+    payload = {"kind": kind, "model_ids": list(model_ids), "dataset": dataset, "config": config.to_dict()}
+    workspace.save_result(owner, key, {**payload, **result.to_dict()})
 
 
 def stored_landscape(workspace: Workspace, model_ids: Sequence[str], kind: str) -> LandscapeResult | None:
@@ -241,15 +251,10 @@ def aligned_lines(
     results = {}
     for index, (name, repair) in enumerate(ALIGNED_LINES.items()):
         report = scaled(progress, index, len(ALIGNED_LINES), name)
-        result = linear_interpolation(a, b, data, config, device, report, ("parent A", "parent B"), repair=repair)
-        payload = {
-            "kind": "interpolation",
-            "model_ids": list(record.parents),
-            "dataset": record.dataset,
-            "config": config.to_dict(),
-            **result.to_dict(),
-        }
-        workspace.save_result(fused_id, landscape_key(aligned_kind(repair), [fused_id]), payload)
+        labels = (parent_role(0), parent_role(1))
+        result = linear_interpolation(a, b, data, config, device, report, labels, repair=repair)
+        key = landscape_key(aligned_kind(repair), [fused_id])
+        save_landscape(workspace, fused_id, key, "interpolation", record.parents, record.dataset, config, result)
         results[name] = result
     return results
 

@@ -1,6 +1,5 @@
 """Fuse: pick models and a method, run it as a job, and compare the fused model with its parents and baselines."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.comparison import compare_fusion
@@ -14,7 +13,7 @@ from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import fusion_command_lines, kept, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
-from ui.tables import blank_missing
+from ui.tables import dashed_table
 
 FUSE_KIND = "fuse"
 RESULT_KEY = "fuse.shown"
@@ -110,21 +109,22 @@ try:
 except DamagedResultError as exc:
     st.warning(str(exc))
     st.stop()
-table = pd.DataFrame(comparison["rows"])
-table["test accuracy (%)"] = 100 * table["test_accuracy"]
-table["time (s)"] = blank_missing(list(table["seconds"]))
-table["id"] = table["id"].fillna("–")
-st.dataframe(
-    table[["role", "model", "id", "test accuracy (%)", "test_loss", "parameters", "time (s)"]].rename(
-        columns={"test_loss": "test loss"}
-    ),
-    hide_index=True,
-    width="stretch",
-    column_config={
-        "test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
-        "test loss": st.column_config.NumberColumn(format="%.4f"),
-    },
+table, column_config = dashed_table(
+    [
+        {
+            "role": row["role"],
+            "model": row["model"],
+            "id": row["id"],
+            "test accuracy (%)": 100 * row["test_accuracy"],
+            "test loss": row["test_loss"],
+            "parameters": row["parameters"],
+            "time (s)": row["seconds"],
+        }
+        for row in comparison["rows"]
+    ],
+    {"test accuracy (%)": "%.2f", "test loss": "%.4f", "parameters": "localized", "time (s)": "%.2f"},
 )
+st.dataframe(table, hide_index=True, width="stretch", column_config=column_config)
 show_chart(comparison_figure(comparison["rows"]), f"comparison-{shown_id}")
 report = comparison["report"]
 details = report.get("details", {})

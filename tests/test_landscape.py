@@ -259,11 +259,17 @@ def test_interpolation_result_writes_diverged_points_as_null() -> None:
     assert np.isnan(again.metrics.train_loss[1]) and again.labels == ("parent A", "parent B")
 
 
-def test_a_fusion_landscape_over_a_limit_is_refused_before_its_lines_are_computed(workspace, monkeypatch) -> None:
+def stored_ot_fusion(workspace: Workspace) -> tuple[list[str], str]:
+    """Two one-epoch digits MLPs saved in ``workspace`` and their OT fusion: the parents' ids and the fused id."""
     spec = default_spec("mlp", (1, 8, 8), 10, hidden=(16,))
     ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in range(2)]
     run = fuse_and_save(workspace, ids, "ot")
     assert run.record is not None
+    return ids, run.record.id
+
+
+def test_a_fusion_landscape_over_a_limit_is_refused_before_its_lines_are_computed(workspace, monkeypatch) -> None:
+    _, fused = stored_ot_fusion(workspace)
     batches: list[int] = []
     load = Workspace.load
 
@@ -274,24 +280,21 @@ def test_a_fusion_landscape_over_a_limit_is_refused_before_its_lines_are_compute
 
     monkeypatch.setattr(Workspace, "load", counting_load)
     with pytest.raises(GridTooLarge, match="10,201 grid points, above the limit of 10,000"):
-        fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=101), CPU)
+        fusion_landscape(workspace, fused, LandscapeConfig(resolution=101), CPU)
     assert batches == [], "the plane's grid is checked before the three lines are computed"
     with pytest.raises(GridTooLarge, match="would take about"):
-        fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, max_seconds=1e-9), CPU)
+        fusion_landscape(workspace, fused, LandscapeConfig(resolution=3, max_seconds=1e-9), CPU)
     measured = len(batches)
     assert measured <= 4 * 3, "only the cost estimate's timing batches ran"
-    fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, samples=64), CPU)
+    fusion_landscape(workspace, fused, LandscapeConfig(resolution=3, samples=64), CPU)
     assert len(batches) > measured + 4, "the counter sees the landscape's own forward passes"
 
 
 def test_a_fusion_landscape_loads_each_of_its_models_once(workspace, monkeypatch) -> None:
-    spec = default_spec("mlp", (1, 8, 8), 10, hidden=(8,))
-    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in range(2)]
-    run = fuse_and_save(workspace, ids, "ot")
-    assert run.record is not None
+    ids, fused = stored_ot_fusion(workspace)
     loads: list[str] = []
     load = Workspace.load
     monkeypatch.setattr(Workspace, "load", lambda self, i: loads.append(i) or load(self, i))
-    results = fusion_landscape(workspace, run.record.id, LandscapeConfig(resolution=3, samples=64), CPU)
+    results = fusion_landscape(workspace, fused, LandscapeConfig(resolution=3, samples=64), CPU)
     assert set(results) == {"A-B", "A-fused", "B-fused", "A-B aligned", "A-B aligned + REPAIR", "plane"}
-    assert sorted(loads) == sorted([*ids, run.record.id]), loads
+    assert sorted(loads) == sorted([*ids, fused]), loads

@@ -71,11 +71,6 @@ def show_models_table(records: Sequence[ModelRecord], detailed: bool = False) ->
     )
 
 
-def blank_missing(values: Sequence[float | None], digits: int = 2) -> list[str]:
-    """Numbers as text with ``digits`` decimals, a missing value as an en dash (never "None" or "nan")."""
-    return ["–" if v is None or v != v else f"{v:.{digits}f}" for v in values]
-
-
 def dashed_table(records: Sequence[dict], formats: dict[str, str]) -> tuple[pd.DataFrame, dict]:
     """A table of ``records`` whose missing values read "–" (Streamlit writes "None"), and its column config.
 
