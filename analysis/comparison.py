@@ -6,9 +6,9 @@ pruning, take the first parent), optionally fine-tunes every fused model with on
 when the workspace holds a Hessian report for the model (:func:`analysis.runs.hessian_of`), its top eigenvalue and
 trace. Methods whose constraints the parents do not meet are skipped with the reason.
 :func:`comparison_from_workspace` builds the same table from models already fused, without recomputing anything;
-:func:`to_csv` and :func:`to_markdown` export it. :func:`compare_fusion` is the Fuse page's view of one method: the
-fused model beside its parents and its baselines (the ensemble, vanilla averaging, magnitude pruning for
-Intra-Fusion), stored with the fused model.
+:func:`to_csv` and :func:`to_markdown` export it. :func:`compare_fusion` is the Fuse page's view of one method: a
+:class:`FusionComparison` of the fused model beside its parents and its baselines (:func:`baselines_of`), one
+:class:`analysis.scores.Score` per model, stored with the fused model. Both load each parent once.
 """
 
 from __future__ import annotations
@@ -16,24 +16,26 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from analysis.runs import stored_hessian
+from analysis.scores import Score
 from fusion.data import load_dataset
 from fusion.device import default_device
-from fusion.errors import ArchitectureError, ConfigError, FusionError
+from fusion.errors import ArchitectureError, ConfigError, DamagedResultError, FusionError
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, parent_role
 from fusion.progress import Progress, no_progress
+from fusion.records import Record, RecordError
 from fusion.registry import REGISTRY, fuse, method_spec
 from fusion.train import TrainConfig, evaluate
-from fusion.workspace import ModelRecord, Workspace
+from fusion.workspace import LoadOnce, ModelRecord, Workspace
 
 
 @dataclass(frozen=True)
-class ComparisonRow:
+class ComparisonRow(Record):
     """One method's fused model (``id`` is ``None`` for the prediction ensemble, which is not one network) and, when
     fine-tuned, the fine-tuned model. Accuracies are fractions, losses mean cross-entropies on the test split,
     ``fusion_seconds`` the wall time of the fusion alone; Hessian values are ``None`` until computed."""
@@ -54,9 +56,6 @@ class ComparisonRow:
     finetuned_top_eigenvalue: float | None = None
     finetuned_hessian_trace: float | None = None
     note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -173,8 +172,10 @@ def compare_methods(
     each fused network with ``finetune`` when given (saved too), and return one row per method that ran.
 
     Methods that do not apply (:func:`inapplicable_reason`), or that the library refuses while fusing, are listed in
-    ``skipped``. Raises :class:`ConfigError` as :func:`check_comparison` does.
+    ``skipped``. Each parent is loaded once for every method. Raises :class:`ConfigError` as :func:`check_comparison`
+    does.
     """
+    workspace = LoadOnce(workspace)
     parent_ids = list(dict.fromkeys(parent_ids))
     records = [workspace.record(i) for i in parent_ids]
     methods = list(dict.fromkeys(methods))
@@ -325,6 +326,49 @@ def to_markdown(rows: Sequence[ComparisonRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class FusionComparison(Record):
+    """One fusion beside its parents and baselines (:func:`compare_fusion`): the method, the parents' ids, the fused
+    model's id (``None`` for the prediction ensemble), one :class:`Score` per model (roles ``parent A``...,
+    ``ensemble``, ``average``, ``pruned``, ``fused``, ``fine-tuned``), the fusion's report and the ids of the models
+    that earlier runs with the same inputs had stored."""
+
+    method: str
+    parents: tuple[str, ...]
+    fused: str | None
+    rows: tuple[Score, ...]
+    report: dict[str, Any]
+    reused: tuple[str, ...] = ()
+
+
+COMPARISON = "comparison"
+"""The result name under which a fused model keeps its :class:`FusionComparison`."""
+
+BASELINE_LABELS: dict[str, tuple[str, str]] = {
+    "ensemble": ("prediction ensemble", "ensemble"),
+    "average": ("vanilla average", "average"),
+    "prune": ("magnitude pruning", "pruned"),
+}
+"""Each baseline method's label and role in a comparison."""
+
+
+def baselines_of(records: Sequence[ModelRecord], method: str, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The baselines a fusion by ``method`` is shown beside, with their options: for a method that prunes its model
+    (:attr:`MethodSpec.output`), magnitude pruning with the pruning options they share (the same sparsity and
+    importance); otherwise the prediction ensemble and vanilla averaging (for identical architectures) of two or
+    more parents, with their defaults. A method is not its own baseline."""
+    baselines: dict[str, dict[str, Any]] = {}
+    if method_spec(method).output == "pruned":
+        shared = {f.name for f in fields(method_spec("prune").options)}
+        baselines["prune"] = {k: v for k, v in options.items() if k in shared}
+    elif len(records) >= 2:
+        baselines["ensemble"] = {}
+        if all(r.spec == records[0].spec for r in records):
+            baselines["average"] = {}
+    baselines.pop(method, None)
+    return baselines
+
+
 def compare_fusion(
     workspace: Workspace,
     model_ids: Sequence[str],
@@ -333,93 +377,51 @@ def compare_fusion(
     finetune: TrainConfig | None = None,
     device: torch.device | None = None,
     progress: Progress = no_progress,
-) -> dict[str, Any]:
-    """Fuse workspace models and compare the result with its baselines on the test split.
-
-    Rows: every parent, the prediction ensemble and vanilla averaging (when the parents allow them), magnitude pruning
-    beside Intra-Fusion, the fused model and, with ``finetune``, the fused model fine-tuned. Each row has ``model``,
-    ``role``, ``id`` (saved models), ``test_accuracy``, ``test_loss``, ``parameters`` and ``seconds``. The comparison
-    is stored with the fused model as its ``comparison`` result and returned with the fused model's id.
-    """
+) -> FusionComparison:
+    """Fuse workspace models and compare the result with its baselines (:func:`baselines_of`) on the test split:
+    every parent, the baselines, the fused model and, with ``finetune``, the fused model fine-tuned. Each parent is
+    loaded once. The comparison is stored with the fused model as its ``comparison`` result."""
     device = device or default_device()
+    options = dict(options or {})
+    workspace = LoadOnce(workspace)
     records = [workspace.record(i) for i in model_ids]
-    data = load_dataset(records[0].dataset) if records else None
-    rows: list[dict[str, Any]] = []
-    for index, record in enumerate(records):
-        rows.append(
-            {
-                "model": record.name,
-                "role": parent_role(index),
-                "id": record.id,
-                "test_accuracy": record.metrics.get("test_accuracy", float("nan")),
-                "test_loss": record.metrics.get("test_loss", float("nan")),
-                "parameters": record.parameters,
-                "seconds": None,
-            }
-        )
+    rows = [Score.of(record, parent_role(index)) for index, record in enumerate(records)]
     run = fuse_and_save(workspace, model_ids, method, options, device=device, progress=progress)
-    assert data is not None
+    data = load_dataset(records[0].dataset)
     models = [workspace.load(i)[0] for i in model_ids]
-    baselines: list[tuple[str, str, dict[str, Any]]] = []
-    if len(models) >= 2 and method != "ensemble":
-        baselines.append(("prediction ensemble", "ensemble", {}))
-    if len(models) >= 2 and method != "average" and all(r.spec == records[0].spec for r in records):
-        baselines.append(("vanilla average", "average", {}))
-    if method == "intra":
-        pruning = {k: v for k, v in (options or {}).items() if k in ("sparsity", "importance")}
-        baselines.append(("magnitude pruning", "prune", pruning))
-    for label, baseline, baseline_options in baselines:
+    for baseline, baseline_options in baselines_of(records, method, options).items():
         result = fuse(models, baseline, data=data, device=device, **baseline_options)
         metrics = evaluate(result.model, *data.split("test"), device=device)
-        rows.append(
-            {
-                "model": label,
-                "role": "ensemble" if baseline == "ensemble" else "average" if baseline == "average" else "pruned",
-                "id": None,
-                "test_accuracy": metrics.accuracy,
-                "test_loss": metrics.loss,
-                "parameters": sum(p.numel() for p in result.model.parameters()),
-                "seconds": result.report.seconds,
-            }
+        label, role = BASELINE_LABELS[baseline]
+        parameters = sum(p.numel() for p in result.model.parameters())
+        rows.append(Score(label, role, None, metrics.accuracy, metrics.loss, parameters, result.report.seconds))
+    if run.record is not None:
+        rows.append(Score.of(run.record, "fused", run.report["seconds"]))
+    else:
+        assert run.result is not None
+        parameters = sum(p.numel() for p in run.result.model.parameters())
+        scores = (run.metrics["test_accuracy"], run.metrics["test_loss"], parameters, run.report["seconds"])
+        rows.append(Score("prediction ensemble", "fused", None, *scores))
+    reused = [run.record.id] if run.reused and run.record is not None else []
+    if finetune is not None and run.record is not None:
+        stored = finetune_and_save(
+            workspace, run.record.id, finetune, device=device, progress=progress, model=run.model
         )
+        rows.append(Score.of(stored.record, "fine-tuned", stored.record.metrics.get("train_seconds")))
+        reused += [stored.record.id] if stored.reused else []
     fused_id = run.record.id if run.record is not None else None
-    rows.append(
-        {
-            "model": run.record.name if run.record else "prediction ensemble",
-            "role": "fused",
-            "id": fused_id,
-            "test_accuracy": run.metrics["test_accuracy"],
-            "test_loss": run.metrics["test_loss"],
-            "parameters": run.record.parameters
-            if run.record
-            else sum(p.numel() for p in run.result.model.parameters()),
-            "seconds": run.report["seconds"],
-        }
-    )
-    reused = [fused_id] if run.reused else []
-    if finetune is not None and fused_id is not None:
-        stored = finetune_and_save(workspace, fused_id, finetune, device=device, progress=progress, model=run.model)
-        tuned = stored.record
-        reused += [tuned.id] if stored.reused else []
-        rows.append(
-            {
-                "model": tuned.name,
-                "role": "fine-tuned",
-                "id": tuned.id,
-                "test_accuracy": tuned.metrics["test_accuracy"],
-                "test_loss": tuned.metrics["test_loss"],
-                "parameters": tuned.parameters,
-                "seconds": tuned.metrics.get("train_seconds"),
-            }
-        )
-    comparison = {
-        "method": method,
-        "parents": list(model_ids),
-        "fused": fused_id,
-        "rows": rows,
-        "report": run.report,
-        "reused": reused,
-    }
+    comparison = FusionComparison(method, tuple(model_ids), fused_id, tuple(rows), run.report, tuple(reused))
     if fused_id is not None:
-        workspace.save_result(fused_id, "comparison", comparison)
+        workspace.save_result(fused_id, COMPARISON, comparison.to_dict())
     return comparison
+
+
+def stored_comparison(workspace: Workspace, fused_id: str) -> FusionComparison | None:
+    """The comparison stored with a fused model, or ``None``; :class:`DamagedResultError` when it cannot be read."""
+    payload = workspace.load_result(fused_id, COMPARISON)
+    if payload is None:
+        return None
+    try:
+        return FusionComparison.from_dict(payload)
+    except RecordError as exc:
+        raise DamagedResultError(f"the comparison stored with {fused_id!r} cannot be read: {exc}") from exc

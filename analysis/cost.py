@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from fusion.errors import CostLimitError
+from fusion.records import Record
 
 GIB = 2**30
 
@@ -25,7 +26,7 @@ class SlowAnalysisWarning(UserWarning):
 
 
 @dataclass(frozen=True)
-class CostEstimate:
+class CostEstimate(Record):
     """The cost of one run: ``units`` of work (grid points, or Hessian-vector products, as ``unit`` says; for a
     Hessian an upper bound, since its iterations may stop early), passes of a data batch through the network
     (``forward_passes``) and back (``backward_passes``), examples pushed through (``examples``), the seconds expected
@@ -58,9 +59,6 @@ class CostEstimate:
     def describe(self) -> str:
         """``"up to 10,500 Hessian-vector products, about 42 s, 0.3 GiB"``."""
         return f"{self.units:,} {self.unit}, about {self.seconds:,.0f} s, {self.memory_gb:.2g} GiB"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def check_units(units: int, limit: int, unit: str, lower: str, error: type[CostLimitError] = CostLimitError) -> None:

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from analysis.figures import model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
+from analysis.scores import Score
 
 ACCURACY_RANGE = [0, 105]
 """Accuracy axes start at 0, so a bar's height is its accuracy (a cut axis makes 52 % look empty)."""
@@ -149,14 +150,14 @@ def survival_figure(survival: Survival, parents: Sequence[str]) -> go.Figure:
     return figure
 
 
-def comparison_figure(rows: Sequence[dict]) -> go.Figure:
+def comparison_figure(rows: Sequence[Score]) -> go.Figure:
     """Test accuracy (%) of every model in a comparison, one bar each, coloured by role."""
     figure = go.Figure(
         go.Bar(
-            x=[r["model"] for r in rows],
-            y=[100 * r["test_accuracy"] for r in rows],
-            marker_color=[role_colour(r["role"]) for r in rows],
-            text=[f"{100 * r['test_accuracy']:.2f}" for r in rows],
+            x=[r.model for r in rows],
+            y=[100 * r.test_accuracy for r in rows],
+            marker_color=[role_colour(r.role) for r in rows],
+            text=[f"{100 * r.test_accuracy:.2f}" for r in rows],
             textposition="outside",
             cliponaxis=False,
             hovertemplate="%{x}<br>test accuracy %{y:.2f}%<extra></extra>",

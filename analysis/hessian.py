@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from analysis.perturbation import PERTURBATION_TS, PerturbationCurve, perturbati
 from analysis.states import eval_mode
 from fusion.device import default_device
 from fusion.progress import Progress, no_progress
+from fusion.records import Record, RecordError, from_json
 
 
 class SlowHessianWarning(SlowAnalysisWarning):
@@ -190,7 +191,7 @@ def check_hessian_cost(
 
 
 @dataclass(frozen=True, eq=False)
-class HessianReport:
+class HessianReport(Record):
     """Everything :func:`hessian_report` computes, with the config and sample count used; JSON via :meth:`to_dict`."""
 
     top: TopEigenvalues
@@ -202,30 +203,14 @@ class HessianReport:
     seconds: float
     layers: tuple[LayerHessian, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "top": self.top.to_dict(),
-            "trace": self.trace.to_dict(),
-            "density": self.density.to_dict(),
-            "curves": [c.to_dict() for c in self.curves],
-            "config": self.config.to_dict(),
-            "samples": self.samples,
-            "seconds": self.seconds,
-            "layers": [layer.to_dict() for layer in self.layers],
-        }
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HessianReport:
-        return cls(
-            TopEigenvalues.from_dict(data["top"]),
-            HessianTrace.from_dict({"tolerance": data["config"].get("trace_tolerance", 0.0), **data["trace"]}),
-            EigenvalueDensity.from_dict(data["density"]),
-            tuple(PerturbationCurve.from_dict(c) for c in data["curves"]),
-            HessianConfig(**data["config"]),
-            int(data["samples"]),
-            float(data["seconds"]),
-            tuple(LayerHessian.from_dict(layer) for layer in data.get("layers", [])),
-        )
+    def from_dict(cls, data: Any) -> HessianReport:
+        """Also reads reports stored before the trace kept its tolerance (the config's is the one it ran with)."""
+        try:
+            trace = {"tolerance": data["config"].get("trace_tolerance", 0.0), **data["trace"]}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise RecordError(f"HessianReport: a trace and a config object are needed ({exc!r})") from exc
+        return from_json(cls, {**data, "trace": trace})
 
 
 def hessian_report(

@@ -4,15 +4,15 @@ the limits checked before any work (:mod:`analysis.hessian`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from fusion.errors import ConfigError
+from fusion.records import Record
 from fusion.seeds import check_seed
 
 
 @dataclass(frozen=True)
-class HessianConfig:
+class HessianConfig(Record):
     """Data, iteration counts and seeds of the Hessian analyses.
 
     ``samples`` examples (``None``: all given) drawn with ``seed``, in batches of ``batch_size`` (the otfusion study
@@ -96,6 +96,3 @@ class HessianConfig:
         for name in ("max_seconds", "warn_seconds", "max_memory_gb"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,23 +37,23 @@ import torch
 from torch import nn
 
 from analysis import AnalysisError
-from analysis.arrays import json_array, numpy_array
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_operator import HessianOperator, Loss, ParameterSpace, cross_entropy_loss
 from analysis.lanczos import Lanczos, lanczos, lanczos_start, ritz_pairs
 from fusion.errors import ConfigError
 from fusion.progress import Progress, no_progress
+from fusion.records import Record, RecordError, from_json, to_json
 
 
 @dataclass(frozen=True, eq=False)
-class TopEigenvalues:
+class TopEigenvalues(Record):
     """The ``k`` largest eigenvalues ``λ_1 ≥ ... ≥ λ_k`` of the Hessian, Ritz residual bounds
     ``||H v_i - λ_i v_i||`` (estimates), the unit eigenvectors ``(k, n)`` over ``space`` (``None`` when read back from a
     stored result), the Lanczos steps (= Hessian-vector products) used, and whether the tolerance was met."""
 
     eigenvalues: np.ndarray
     residuals: np.ndarray
-    eigenvectors: torch.Tensor | None
+    eigenvectors: torch.Tensor | None = field(metadata={"stored": False})
     space: ParameterSpace
     iterations: int
     converged: bool
@@ -66,28 +66,17 @@ class TopEigenvalues:
         return self.space.unflatten(self.eigenvectors[index])
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "eigenvalues": json_array(self.eigenvalues),
-            "residuals": json_array(self.residuals),
-            "parameters": list(self.space.names),
-            "shapes": [list(s) for s in self.space.shapes],
-            "iterations": self.iterations,
-            "converged": self.converged,
-            "seconds": self.seconds,
-        }
+        """The space stored flat, as ``parameters`` (names) and ``shapes``."""
+        stored = to_json(self)
+        space = stored.pop("space")
+        return {**stored, "parameters": space["names"], "shapes": space["shapes"]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TopEigenvalues:
-        space = ParameterSpace(tuple(data["parameters"]), tuple(tuple(s) for s in data["shapes"]))
-        return cls(
-            numpy_array(data["eigenvalues"]),
-            numpy_array(data["residuals"]),
-            None,
-            space,
-            int(data["iterations"]),
-            bool(data["converged"]),
-            float(data["seconds"]),
-        )
+    def from_dict(cls, data: Any) -> TopEigenvalues:
+        if not isinstance(data, Mapping):
+            raise RecordError(f"TopEigenvalues: expected an object, got {type(data).__name__}")
+        space = {"names": data.get("parameters"), "shapes": data.get("shapes")}
+        return from_json(cls, {**data, "space": space})
 
 
 def top_eigenvalues(
@@ -166,13 +155,8 @@ MIN_TRACE_PROBES = 10
 """Probes drawn before ``trace_tolerance`` may stop the trace, so that the error bar's own estimate is reasonable."""
 
 
-def finite_or_none(value: Any) -> float | None:
-    """A stored error bar: ``None`` when missing or not finite (results once stored ``Infinity`` for one probe)."""
-    return float(value) if value is not None and math.isfinite(float(value)) else None
-
-
 @dataclass(frozen=True, eq=False)
-class HessianTrace:
+class HessianTrace(Record):
     """The estimate ``mean`` of ``tr H``, its error bar ``error = std / sqrt(P)`` (``None`` for a single probe, which
     has no spread to measure), the ``P`` per-probe estimates ``tr T_m + (P z_p)ᵀ H (P z_p)``, the exact part
     ``deflated = tr T_m`` over the ``deflation = m`` Lanczos vectors (0 and 0.0 for plain Hutchinson), and the
@@ -209,30 +193,8 @@ class HessianTrace:
         return f"{state}: error bar {self.error:.3g} {relation} tolerance {self.target:.3g} after {probes}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean,
-            "error": self.error,
-            "values": json_array(self.values),
-            "seconds": self.seconds,
-            "deflation": self.deflation,
-            "deflated": self.deflated,
-            "tolerance": self.tolerance,
-            "converged": self.converged,
-            "status": self.status,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HessianTrace:
-        """Also reads results stored before the tolerance was kept (0) or with an infinite single-probe error."""
-        return cls(
-            float(data["mean"]),
-            finite_or_none(data["error"]),
-            numpy_array(data["values"]),
-            float(data["seconds"]),
-            int(data.get("deflation", 0)),
-            float(data.get("deflated", 0.0)),
-            float(data.get("tolerance", 0.0)),
-        )
+        """The fields, and for readers of the JSON the derived ``converged`` and ``status``."""
+        return {**to_json(self), "converged": self.converged, "status": self.status}
 
 
 def probe_seed(seed: int) -> int:
@@ -301,7 +263,7 @@ def hessian_trace(
 
 
 @dataclass(frozen=True, eq=False)
-class EigenvalueDensity:
+class EigenvalueDensity(Record):
     """The SLQ eigenvalue density: ``density`` and its ``spread`` (standard deviation over runs) on ``grid``
     (``(bins,)``; ``∫ density = 1``), the Gaussian kernel width ``sigma``, and per run the quadrature ``nodes``
     (Ritz values) and ``weights`` (summing to 1)."""
@@ -313,29 +275,6 @@ class EigenvalueDensity:
     nodes: tuple[np.ndarray, ...]
     weights: tuple[np.ndarray, ...]
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "grid": json_array(self.grid),
-            "density": json_array(self.density),
-            "spread": json_array(self.spread),
-            "sigma": self.sigma,
-            "nodes": [json_array(n) for n in self.nodes],
-            "weights": [json_array(w) for w in self.weights],
-            "seconds": self.seconds,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EigenvalueDensity:
-        return cls(
-            numpy_array(data["grid"]),
-            numpy_array(data["density"]),
-            numpy_array(data["spread"]),
-            float(data["sigma"]),
-            tuple(numpy_array(n) for n in data["nodes"]),
-            tuple(numpy_array(w) for w in data["weights"]),
-            float(data["seconds"]),
-        )
 
 
 def slq_density(
@@ -385,7 +324,7 @@ def hessian_eigenvalue_density(
 
 
 @dataclass(frozen=True)
-class LayerHessian:
+class LayerHessian(Record):
     """One layer's diagonal Hessian block: its parameters, top eigenvalue, and trace with its error bar (``None``
     for a single probe)."""
 
@@ -394,19 +333,6 @@ class LayerHessian:
     top_eigenvalue: float
     trace: float
     trace_error: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "parameters": list(self.parameters)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LayerHessian:
-        return cls(
-            str(data["layer"]),
-            tuple(data["parameters"]),
-            float(data["top_eigenvalue"]),
-            float(data["trace"]),
-            finite_or_none(data["trace_error"]),
-        )
 
 
 def layer_parameters(model: nn.Module) -> dict[str, list[str]]:

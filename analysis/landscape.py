@@ -31,7 +31,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,6 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from analysis import AnalysisError
-from analysis.arrays import json_array, numpy_array
 from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
 from analysis.states import State, eval_mode, float_state
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
@@ -50,6 +49,7 @@ from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, CostLimitError, DatasetError, NonFiniteLoss
 from fusion.groups import neuron_groups
 from fusion.progress import Progress, no_progress
+from fusion.records import Record, to_json
 from fusion.repair import repair as renormalise_to_parents
 from fusion.seeds import check_seed
 
@@ -67,7 +67,7 @@ class SlowLandscapeWarning(SlowAnalysisWarning):
 
 
 @dataclass(frozen=True)
-class LandscapeConfig:
+class LandscapeConfig(Record):
     """Grid, data and limits of a landscape.
 
     ``resolution`` points per axis (interpolation: ``t`` in ``linspace(0, 1, resolution)``; random directions:
@@ -119,12 +119,9 @@ class LandscapeConfig:
         if not self.max_memory_gb > 0:
             raise ConfigError(f"max_memory_gb must be positive, got {self.max_memory_gb!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True, eq=False)
-class GridMetrics:
+class GridMetrics(Record):
     """Mean cross-entropy and accuracy (a fraction) on the train and test splits; every array has the grid's shape."""
 
     train_loss: np.ndarray
@@ -134,13 +131,6 @@ class GridMetrics:
 
     def reshape(self, *shape: int) -> GridMetrics:
         return GridMetrics(*(getattr(self, name).reshape(shape) for name in METRIC_NAMES))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: json_array(getattr(self, name)) for name in METRIC_NAMES}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GridMetrics:
-        return cls(*(numpy_array(data[name]) for name in METRIC_NAMES))
 
 
 METRIC_NAMES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
@@ -368,7 +358,7 @@ def loss_barrier(ts: np.ndarray, losses: np.ndarray) -> float:
 
 
 @dataclass(frozen=True, eq=False)
-class InterpolationResult:
+class InterpolationResult(Record):
     """Metrics along ``(1 - t) θ_A + t θ_B`` at ``ts`` (shape ``(T,)``) and the loss barriers of both splits."""
 
     ts: np.ndarray
@@ -380,28 +370,7 @@ class InterpolationResult:
     repaired: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "interpolation",
-            "repaired": self.repaired,
-            "ts": json_array(self.ts),
-            "metrics": self.metrics.to_dict(),
-            "train_barrier": self.train_barrier,
-            "test_barrier": self.test_barrier,
-            "recompute_batchnorm": self.recompute_batchnorm,
-            "labels": list(self.labels),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InterpolationResult:
-        return cls(
-            numpy_array(data["ts"]),
-            GridMetrics.from_dict(data["metrics"]),
-            float(data["train_barrier"]),
-            float(data["test_barrier"]),
-            bool(data["recompute_batchnorm"]),
-            tuple(data["labels"]),
-            bool(data.get("repaired", False)),
-        )
+        return {"kind": "interpolation", **to_json(self)}
 
 
 def linear_interpolation(
@@ -519,7 +488,7 @@ def plane_basis(models: Sequence[nn.Module]) -> PlaneBasis:
 
 
 @dataclass(frozen=True, eq=False)
-class PlaneResult:
+class PlaneResult(Record):
     """Metrics on the grid ``x`` (shape ``(R,)``) by ``y`` (``(R,)``) of a plane; metric arrays are ``(R_y, R_x)``.
     ``coordinates[i]`` is model i's ``(x, y)``, named ``labels[i]``."""
 
@@ -531,26 +500,7 @@ class PlaneResult:
     recompute_batchnorm: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "plane",
-            "x": json_array(self.x),
-            "y": json_array(self.y),
-            "metrics": self.metrics.to_dict(),
-            "coordinates": [list(c) for c in self.coordinates],
-            "labels": list(self.labels),
-            "recompute_batchnorm": self.recompute_batchnorm,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PlaneResult:
-        return cls(
-            numpy_array(data["x"]),
-            numpy_array(data["y"]),
-            GridMetrics.from_dict(data["metrics"]),
-            tuple((float(x), float(y)) for x, y in data["coordinates"]),
-            tuple(data["labels"]),
-            bool(data["recompute_batchnorm"]),
-        )
+        return {"kind": "plane", **to_json(self)}
 
 
 def plane(
@@ -605,7 +555,7 @@ def filter_normalized_direction(model: nn.Module, generator: torch.Generator) ->
 
 
 @dataclass(frozen=True, eq=False)
-class RandomDirectionsResult:
+class RandomDirectionsResult(Record):
     """Metrics around one model along ``dims`` (1 or 2) filter-normalised directions: coefficients ``alphas``
     (``(R,)``); metric arrays ``(R,)`` for one direction, ``(R_β, R_α)`` for two (rows follow the second)."""
 
@@ -616,24 +566,7 @@ class RandomDirectionsResult:
     label: str = "model"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": "random",
-            "alphas": json_array(self.alphas),
-            "dims": self.dims,
-            "metrics": self.metrics.to_dict(),
-            "seed": self.seed,
-            "label": self.label,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RandomDirectionsResult:
-        return cls(
-            numpy_array(data["alphas"]),
-            int(data["dims"]),
-            GridMetrics.from_dict(data["metrics"]),
-            int(data["seed"]),
-            str(data["label"]),
-        )
+        return {"kind": "random", **to_json(self)}
 
 
 def random_directions(

@@ -12,10 +12,11 @@ Display order: source neurons sorted by their main target (ties by mass), so a p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from fusion.records import Record
 from fusion.workspace import Workspace
 
 
@@ -30,7 +31,7 @@ class GroupMap:
 
 
 @dataclass(frozen=True)
-class MapSummary:
+class MapSummary(Record):
     """Per group: shape ``(n, m)``, distance from a permutation, neurons that changed place, total cost."""
 
     model: int
@@ -40,9 +41,6 @@ class MapSummary:
     permutation_distance: float
     moved: int | None
     total_cost: float | None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:

@@ -9,7 +9,7 @@ parent, which neurons survived, from the fusion report's details.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,18 +17,16 @@ from torch import nn
 
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.importance import neuron_slices
+from fusion.records import Record
 
 
 @dataclass(frozen=True)
-class GroupNorms:
+class GroupNorms(Record):
     """Incoming and outgoing L2 norm of every neuron of one group (lists of floats, one per neuron)."""
 
     group: str
     incoming: list[float]
     outgoing: list[float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, size: int) -> GroupNorms:
@@ -54,7 +52,7 @@ def neuron_norms(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupNo
 
 
 @dataclass(frozen=True)
-class Survival:
+class Survival(Record):
     """One group of a Neuron Transplantation: for each neuron of the concatenated model, its parent, its index in
     that parent, its importance and whether it survived the pruning."""
 

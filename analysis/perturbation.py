@@ -6,46 +6,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from analysis import AnalysisError
-from analysis.arrays import json_array, numpy_array
 from analysis.landscape import auto_points_per_call, evaluate_combinations
 from analysis.states import float_state
 from fusion.device import default_device
 from fusion.errors import DatasetError
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 
 PERTURBATION_TS = tuple(float(t) for t in np.linspace(-0.5, 0.5, 21))
 """The otfusion generalization study's ``t`` grid for the loss along ``θ + t v``."""
 
 
 @dataclass(frozen=True, eq=False)
-class PerturbationCurve:
+class PerturbationCurve(Record):
     """Loss and accuracy at ``θ + t v`` for ``ts`` (``(T,)``), along the direction named ``label``."""
 
     ts: np.ndarray
     loss: np.ndarray
     accuracy: np.ndarray
     label: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ts": json_array(self.ts),
-            "loss": json_array(self.loss),
-            "accuracy": json_array(self.accuracy),
-            "label": self.label,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PerturbationCurve:
-        return cls(
-            numpy_array(data["ts"]), numpy_array(data["loss"]), numpy_array(data["accuracy"]), str(data["label"])
-        )
 
 
 def perturbation_curve(

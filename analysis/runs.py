@@ -31,7 +31,7 @@ from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.pipeline import parent_role
 from fusion.progress import Progress, no_progress
-from fusion.registry import fuse
+from fusion.registry import REGISTRY, fuse, method_spec
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
 
 HESSIAN = "hessian"
@@ -45,7 +45,7 @@ def model_role(record: ModelRecord, index: int) -> str:
         return parent_role(index)
     if record.method == "finetune":
         return "fine-tuned"
-    if record.method in ("intra", "prune"):
+    if record.method in REGISTRY and method_spec(record.method).output == "pruned":
         return "pruned"
     return "fused"
 
@@ -220,7 +220,11 @@ def fusion_pairs(record: ModelRecord) -> list[tuple[str, str]]:
     return [(a, b), (a, record.id), (b, record.id)]
 
 
-ALIGNING = ("average", "ot", "matching")
+def averages_aligned(record: ModelRecord) -> bool:
+    """Whether a model was made by a method that averages aligned parents (:attr:`MethodSpec.output`)."""
+    return record.method in REGISTRY and method_spec(record.method).output == "aligned average"
+
+
 ALIGNED_LINES = {"A-B aligned": False, "A-B aligned + REPAIR": True}
 """The interpolations between the parents in the fused model's neuron order, plain and REPAIRed at every point."""
 
@@ -229,7 +233,7 @@ def aligned_parents(workspace: Workspace, fused_id: str, device: torch.device | 
     """The two parents of a fusion by averaging (``average``, ``ot``, ``matching``) in the fused model's neuron
     order: its alignment run again with its stored options, which is deterministic, so it gives the maps it used."""
     record = workspace.record(fused_id)
-    if record.method not in ALIGNING:
+    if not averages_aligned(record):
         raise ConfigError(f"{fused_id} was fused by {record.method}, which does not align its parents by averaging")
     parents = [workspace.load(parent)[0] for parent in record.parents]
     options = {**record.provenance.get("options", {}), "repair": False, "recompute_bn": False}
@@ -278,13 +282,13 @@ def fusion_landscape(
     pairs = fusion_pairs(record)
     check_limits(fusion_landscape_cost(workspace, fused_id, config, device), config)
     names = ["A-B", "A-fused", "B-fused"]
-    parts = 5 if record.method in ALIGNING else 4
+    parts = 5 if averages_aligned(record) else 4
     results: dict[str, LandscapeResult] = {}
     for index, (name, pair) in enumerate(zip(names, pairs)):
         results[name] = landscape_of(
             workspace, pair, "interpolation", config, device=device, progress=scaled(progress, index, parts, name)
         )
-    if record.method in ALIGNING:
+    if averages_aligned(record):
         results.update(aligned_lines(workspace, fused_id, config, device, scaled(progress, 3, parts, "aligned")))
     results["plane"] = landscape_of(
         workspace,
@@ -308,7 +312,7 @@ def fusion_landscape_cost(
     for _, _, points in runs:
         check_points(points, config)
     costs = [landscape_cost(workspace, ids, kind, config, device=device) for ids, kind, _ in runs]
-    if record.method in ALIGNING:
+    if averages_aligned(record):
         model, _ = workspace.load(fused_id)
         data = load_dataset(record.dataset)
         costs += [estimate_cost(model, data, config.resolution * (1 + repair_passes(model)), config, device, bases=2)]

@@ -20,14 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from analysis.norms import GroupNorms, Survival, neuron_norms, transplant_survival
+from analysis.scores import Score
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
@@ -43,9 +43,10 @@ from fusion.pipeline import (
     parent_role,
 )
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 from fusion.surgery import group_sizes
 from fusion.train import TrainConfig, predict_logits
-from fusion.workspace import ModelRecord, Workspace
+from fusion.workspace import Workspace
 
 STORY_RESULT = "story"
 STEP_TITLES = (
@@ -67,7 +68,7 @@ def finetune_title(pruned_accuracy: float, finetuned_accuracy: float) -> str:
 
 
 @dataclass(frozen=True)
-class StoryOptions:
+class StoryOptions(Record):
     """Which parents the story fuses and how every fused model is fine-tuned.
 
     The default fine-tune is the reference implementation's (its experiment 11: 30 epochs of SGD, lr 0.01, momentum
@@ -104,31 +105,7 @@ class StoryOptions:
 
 
 @dataclass(frozen=True)
-class Score:
-    """One model of the story on the test split: label, role (its colour on every page), workspace id (``None`` for
-    models that are not saved), accuracy (a fraction), mean cross-entropy and parameter count."""
-
-    model: str
-    role: str
-    id: str | None
-    test_accuracy: float
-    test_loss: float
-    parameters: int
-
-    @classmethod
-    def of(cls, record: ModelRecord, role: str) -> Score:
-        return cls(
-            record.name,
-            role,
-            record.id,
-            record.metrics["test_accuracy"],
-            record.metrics["test_loss"],
-            record.parameters,
-        )
-
-
-@dataclass(frozen=True)
-class ParentsStep:
+class ParentsStep(Record):
     """The K parents with their stored test metrics; ``trained`` lists the ids trained by this step."""
 
     scores: tuple[Score, ...]
@@ -144,15 +121,9 @@ class ParentsStep:
     def best(self) -> Score:
         return max(self.scores, key=lambda s: s.test_accuracy)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ParentsStep:
-        return cls(
-            tuple(Score(**s) for s in data["scores"]), tuple(data["trained"]), data["test_size"], data["seconds"]
-        )
-
 
 @dataclass(frozen=True)
-class ConcatenationStep:
+class ConcatenationStep(Record):
     """The wide model against the prediction ensemble on the test split.
 
     ``max_logit_difference`` is ``max |wide(x) - (1/K) sum_k f_k(x)|`` over every test image and class;
@@ -168,21 +139,9 @@ class ConcatenationStep:
     wide_widths: dict[str, int]
     seconds: float
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConcatenationStep:
-        return cls(
-            Score(**data["ensemble"]),
-            Score(**data["wide"]),
-            data["max_logit_difference"],
-            data["disagreements"],
-            dict(data["parent_widths"]),
-            dict(data["wide_widths"]),
-            data["seconds"],
-        )
-
 
 @dataclass(frozen=True)
-class PruningStep:
+class PruningStep(Record):
     """Neuron Transplantation without its fine-tune: the transplanted model, its accuracy drop from the ensemble (a
     fraction), per group which concatenated neurons survived, and the neuron norms of the parents and of the
     transplanted model (keyed by role)."""
@@ -193,19 +152,9 @@ class PruningStep:
     norms: dict[str, list[GroupNorms]]
     seconds: float
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PruningStep:
-        return cls(
-            Score(**data["transplanted"]),
-            data["accuracy_drop"],
-            tuple(Survival(**s) for s in data["survival"]),
-            {role: [GroupNorms(**g) for g in groups] for role, groups in data["norms"].items()},
-            data["seconds"],
-        )
-
 
 @dataclass(frozen=True)
-class Verdict:
+class Verdict(Record):
     """The fine-tuned transplanted model against the best parent and the ensemble, counted in test images."""
 
     finetuned_accuracy: float
@@ -282,7 +231,7 @@ def images(count: int) -> str:
 
 
 @dataclass(frozen=True)
-class FinetuneStep:
+class FinetuneStep(Record):
     """The transplanted model after the story's fine-tune, the recipe used and the verdict against the parents."""
 
     finetuned: Score
@@ -290,13 +239,9 @@ class FinetuneStep:
     verdict: Verdict
     seconds: float
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FinetuneStep:
-        return cls(Score(**data["finetuned"]), dict(data["config"]), Verdict(**data["verdict"]), data["seconds"])
-
 
 @dataclass(frozen=True)
-class FusedPair:
+class FusedPair(Record):
     """One fusion method's model before and after the story's fine-tune."""
 
     method: str
@@ -305,22 +250,15 @@ class FusedPair:
 
 
 @dataclass(frozen=True)
-class BaselinesStep:
+class BaselinesStep(Record):
     """OT fusion and vanilla averaging of the same parents, each before and after the same fine-tune."""
 
     pairs: tuple[FusedPair, ...]
     seconds: float
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BaselinesStep:
-        return cls(
-            tuple(FusedPair(p["method"], Score(**p["fused"]), Score(**p["finetuned"])) for p in data["pairs"]),
-            data["seconds"],
-        )
-
 
 @dataclass(frozen=True)
-class Story:
+class Story(Record):
     """The steps done so far (``None`` for those still to come) and the options they ran with."""
 
     options: StoryOptions = StoryOptions()
@@ -351,23 +289,6 @@ class Story:
         if self.pruning is not None and self.finetune is not None:
             pairs.append(FusedPair("transplant", self.pruning.transplanted, self.finetune.finetuned))
         return pairs + list(self.baselines.pairs if self.baselines is not None else ())
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Story:
-        def step(name: str, kind: Any) -> Any:
-            return kind.from_dict(data[name]) if data.get(name) is not None else None
-
-        return cls(
-            StoryOptions(**data["options"]),
-            step("parents", ParentsStep),
-            step("concatenation", ConcatenationStep),
-            step("pruning", PruningStep),
-            step("finetune", FinetuneStep),
-            step("baselines", BaselinesStep),
-        )
 
 
 def require(step: Any, name: str) -> Any:

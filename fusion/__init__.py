@@ -51,6 +51,8 @@ EXPORTS: dict[str, str] = {
     "DatasetError": "fusion.errors",
     "CheckpointError": "fusion.errors",
     "WorkspaceError": "fusion.errors",
+    "Record": "fusion.records",
+    "RecordError": "fusion.records",
 }
 __all__ = sorted(EXPORTS)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -31,6 +31,7 @@ from torch import nn
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, groups_by_module
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 from fusion.seeds import check_seed
 from fusion.surgery import apply_transports, group_sizes, transform, with_state
 from fusion.train import predict_logits
@@ -42,7 +43,7 @@ class AlignmentError(FusionError):
 
 
 @dataclass(frozen=True)
-class AlignOptions:
+class AlignOptions(Record):
     """How neurons are compared and matched. Defaults follow otfusion's published weights-mode configuration
     (exact OT, Euclidean not squared, uniform marginals, no normalisation)."""
 
@@ -94,9 +95,6 @@ class AlignOptions:
         if not (self.reg > 0 and np.isfinite(self.reg)):
             raise ConfigError(f"reg must be positive, got {self.reg}")
         check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, eq=False)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fusion.errors import DatasetError
+from fusion.records import Record
 
 TORCHVISION_DATASETS = {
     "mnist": ("MNIST", (0.1307,), (0.3081,)),
@@ -39,14 +40,11 @@ DATASETS = ("digits", *TORCHVISION_DATASETS)
 
 
 @dataclass(frozen=True)
-class Normalization:
+class Normalization(Record):
     """Per-channel standardisation ``x' = (x - mean) / std`` applied to inputs scaled to [0, 1]."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"mean": list(self.mean), "std": list(self.std)}
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,6 +11,7 @@ classifier that otfusion uses on CIFAR; ResNet as in He et al. (2016), CIFAR var
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from fusion.device import available_memory
 from fusion.errors import ArchitectureError, MemoryLimitError
+from fusion.records import Record, RecordError, from_json
 from fusion.seeds import check_seed
 
 VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
@@ -31,7 +33,7 @@ ARCHITECTURES = ("mlp", "cnn", *VGG_LAYERS, *RESNET_BLOCKS)
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Record):
     """Everything needed to rebuild a network.
 
     Parameters
@@ -84,20 +86,15 @@ class ModelSpec:
                 f"{self.arch} takes hidden/channels lists, not a width multiplier (got {self.width})"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+    def from_dict(cls, data: Any) -> ModelSpec:
+        """Strict, unlike other records: a spec field this version does not know would build another network."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)} if isinstance(data, Mapping) else set()
         if unknown:
             raise ArchitectureError(f"unknown model spec fields: {', '.join(sorted(unknown))}")
         try:
-            return cls(**data)
-        except ArchitectureError:
-            raise
-        except (TypeError, ValueError) as exc:
+            return from_json(cls, data)
+        except RecordError as exc:
             raise ArchitectureError(f"invalid model spec: {exc}") from exc
 
     def describe(self) -> str:

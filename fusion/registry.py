@@ -29,6 +29,7 @@ from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prun
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.methods.transplant import TransplantOptions, run_transplant
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 from fusion.repair import repair
 from fusion.transport import Transport
 
@@ -37,7 +38,7 @@ REGISTRY: dict[str, MethodSpec] = {
         FusionOptions, run_average, 2, None, "vanilla weight averaging, no alignment", parents="identical"
     ),
     "ensemble": MethodSpec(
-        FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits"
+        FusionOptions, run_ensemble, 2, None, "prediction ensemble: the mean of the members' logits", output="ensemble"
     ),
     "ot": MethodSpec(
         OTOptions, run_ot, 2, None, "OT fusion (Singh & Jaggi 2020): align neurons by optimal transport, then average"
@@ -50,17 +51,26 @@ REGISTRY: dict[str, MethodSpec] = {
         2,
         "CLAFusion (Nguyen et al. 2023): align layers across depths, balance depths, then OT fusion",
         parents="other depths",
+        output="network",
     ),
     "intra": MethodSpec(
-        IntraOptions, run_intra, 1, 1, "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT"
+        IntraOptions,
+        run_intra,
+        1,
+        1,
+        "Intra-Fusion: prune one model by merging removed neurons into kept ones with OT",
+        output="pruned",
     ),
-    "prune": MethodSpec(PruneOptions, run_prune, 1, 1, "magnitude pruning: keep the largest neurons, drop the rest"),
+    "prune": MethodSpec(
+        PruneOptions, run_prune, 1, 1, "magnitude pruning: keep the largest neurons, drop the rest", output="pruned"
+    ),
     "transplant": MethodSpec(
         TransplantOptions,
         run_transplant,
         2,
         None,
         "Neuron Transplantation: concatenate, keep the largest neurons, fine-tune",
+        output="network",
     ),
 }
 BATCHNORM_SAMPLES = 5000
@@ -71,7 +81,7 @@ def methods() -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class FusionReport:
+class FusionReport(Record):
     """What a fusion did: method, the full options, wall time, per-group reports, sweeps used per model, the max
     logit difference of each verified hard alignment (``None`` where not applicable), notes and method details."""
 
@@ -83,9 +93,6 @@ class FusionReport:
     verified: list[float | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, eq=False)
@@ -166,7 +173,9 @@ def fuse(
     started = time.perf_counter()
     output = spec.run(models, config, context)
     notes: list[str] = []
-    if getattr(config, "recompute_bn", False) and has_batchnorm(output.model):
+    if spec.output == "ensemble":
+        notes.append("the ensemble's members keep their own BatchNorm statistics")
+    elif getattr(config, "recompute_bn", False) and has_batchnorm(output.model):
         if pool is None:
             raise ConfigError("recomputing BatchNorm statistics needs training inputs (data= or inputs=)")
         subset = context.sample(BATCHNORM_SAMPLES, seed=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import torch
@@ -20,6 +20,7 @@ from fusion.data import Dataset, batches
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError, FusionError, NonFiniteLoss
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 from fusion.seeds import check_seed
 
 
@@ -32,7 +33,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Record):
     """Hyper-parameters of one training or fine-tuning run.
 
     ``augment`` applies random crops (padding 4) and horizontal flips, the usual CIFAR augmentation; it is meant for
@@ -62,9 +63,6 @@ class TrainConfig:
         if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
             raise ConfigError(f"weight decay must be in [0, 1), got {self.weight_decay!r}")
         check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from fusion.errors import (
     WorkspaceError,
 )
 from fusion.models import ModelSpec, build_model, parameter_count
+from fusion.records import Record, RecordError, from_json
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 METADATA_KEY = "fusionlab"
@@ -69,7 +70,7 @@ CHANGED_FILE = "{name} does not match the sha256 stored when it was saved: the f
 
 
 @dataclass(frozen=True)
-class ModelRecord:
+class ModelRecord(Record):
     """What the workspace knows about one model.
 
     ``provenance`` says where it came from: ``{"method": "train", "options": {...}}`` for a trained model,
@@ -91,40 +92,14 @@ class ModelRecord:
     """sha256 (hex) of each of the model's files by name (``model.safetensors``, attachments); empty for a model saved
     before checksums existed, whose files are then read unverified."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "spec": self.spec.to_dict(),
-            "dataset": self.dataset,
-            "normalization": self.normalization.to_dict(),
-            "seed": self.seed,
-            "metrics": self.metrics,
-            "provenance": self.provenance,
-            "created": self.created,
-            "parameters": self.parameters,
-            "checksums": self.checksums,
-        }
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelRecord:
+    def from_dict(cls, data: Any) -> ModelRecord:
+        """Also reads metadata written without a ``name`` (the id names the model then) or a ``seed``."""
         if not isinstance(data, Mapping):
             raise CheckpointError(f"invalid model metadata: a JSON object was expected, not {type(data).__name__}")
         try:
-            return cls(
-                id=str(data["id"]),
-                name=str(data.get("name", data["id"])),
-                spec=ModelSpec.from_dict(dict(data["spec"])),
-                dataset=str(data["dataset"]),
-                normalization=Normalization(tuple(data["normalization"]["mean"]), tuple(data["normalization"]["std"])),
-                seed=data.get("seed"),
-                metrics={k: float(v) for k, v in dict(data.get("metrics", {})).items()},
-                provenance=dict(data.get("provenance", {})),
-                created=str(data.get("created", "")),
-                parameters=int(data.get("parameters", 0)),
-                checksums={str(k): str(v) for k, v in dict(data.get("checksums", {})).items()},
-            )
-        except (KeyError, TypeError, ValueError, AttributeError, ArchitectureError) as exc:
+            return from_json(cls, {"name": data.get("id"), "seed": None, **data})
+        except (RecordError, ArchitectureError) as exc:
             raise CheckpointError(f"invalid model metadata: {exc}") from exc
 
     @property

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from analysis.comparison import compare_fusion
+from analysis.comparison import COMPARISON, FusionComparison, compare_fusion, stored_comparison
 from analysis.fusion_figures import comparison_figure
 from fusion.errors import DamagedResultError
 from fusion.registry import REGISTRY
@@ -85,13 +85,13 @@ if submitted:
 job = job_runner().latest(FUSE_KIND)
 show_job(job)
 
-fused = [r for r in reversed(records) if r.parents and ws.has_result(r.id, "comparison")]
+fused = [r for r in reversed(records) if r.parents and ws.has_result(r.id, COMPARISON)]
 if not fused:
     st.stop()
-if job is not None and job.status == "done" and isinstance(job.result, dict) and job.result.get("fused") in by_id:
+if job is not None and job.status == "done" and isinstance(job.result, FusionComparison) and job.result.fused in by_id:
     st.session_state.setdefault(RESULT_KEY, None)
     if st.session_state[RESULT_KEY] is None:
-        st.session_state[RESULT_KEY] = job.result["fused"]
+        st.session_state[RESULT_KEY] = job.result.fused
 
 
 def label(record: ModelRecord) -> str:
@@ -105,28 +105,29 @@ shown_id = st.selectbox(
     "Fused model", ids, index=ids.index(shown) if shown in ids else 0, format_func=lambda i: label(by_id[i])
 )
 try:
-    comparison = ws.load_result(shown_id, "comparison")
+    comparison = stored_comparison(ws, shown_id)
 except DamagedResultError as exc:
     st.warning(str(exc))
     st.stop()
+assert comparison is not None
 table, column_config = dashed_table(
     [
         {
-            "role": row["role"],
-            "model": row["model"],
-            "id": row["id"],
-            "test accuracy (%)": 100 * row["test_accuracy"],
-            "test loss": row["test_loss"],
-            "parameters": row["parameters"],
-            "time (s)": row["seconds"],
+            "role": row.role,
+            "model": row.model,
+            "id": row.id,
+            "test accuracy (%)": 100 * row.test_accuracy,
+            "test loss": row.test_loss,
+            "parameters": row.parameters,
+            "time (s)": row.seconds,
         }
-        for row in comparison["rows"]
+        for row in comparison.rows
     ],
     {"test accuracy (%)": "%.2f", "test loss": "%.4f", "parameters": "localized", "time (s)": "%.2f"},
 )
 st.dataframe(table, hide_index=True, width="stretch", column_config=column_config)
-show_chart(comparison_figure(comparison["rows"]), f"comparison-{shown_id}")
-report = comparison["report"]
+show_chart(comparison_figure(comparison.rows), f"comparison-{shown_id}")
+report = comparison.report
 details = report.get("details", {})
 if "layer_map" in details:
     st.markdown(f"**CLAFusion layer map** (shallow hidden layer → deep hidden layer): `{details['layer_map']}`")
@@ -136,9 +137,9 @@ if report.get("verified") and any(v is not None for v in report["verified"]):
 for note in report.get("notes", []):
     st.caption(note)
 record = by_id[shown_id]
-tuned = next((by_id.get(r["id"]) for r in comparison["rows"] if r["role"] == "fine-tuned"), None)
+tuned = next((by_id.get(r.id) for r in comparison.rows if r.role == "fine-tuned" and r.id is not None), None)
 recipe = tuned.provenance.get("options") if tuned is not None else None
-lines = fusion_command_lines(comparison["method"], comparison["parents"], record.provenance.get("options", {}), recipe)
+lines = fusion_command_lines(comparison.method, comparison.parents, record.provenance.get("options", {}), recipe)
 st.caption(
     "The same fusion from the command line"
     + (" (FUSED_ID: the id the fuse command prints):" if len(lines) > 1 else ":")

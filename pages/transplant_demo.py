@@ -14,7 +14,6 @@ from analysis.fusion_figures import (
 )
 from analysis.story import (
     STEP_TITLES,
-    Score,
     Story,
     StoryOptions,
     advance_story,
@@ -91,10 +90,6 @@ st.caption(
 )
 
 
-def rows(*scores: Score) -> list[dict]:
-    return [{"model": s.model, "role": s.role, "test_accuracy": s.test_accuracy} for s in scores]
-
-
 def percent(value: float) -> str:
     return f"{100 * value:.2f}%"
 
@@ -110,7 +105,7 @@ st.markdown(
     f"{percent(parents.best.test_accuracy)} on the {parents.test_size} test images (one image is "
     f"{100 / parents.test_size:.2f} points): that is the bar to beat."
 )
-show_chart(comparison_figure(rows(*parents.scores)), "nt-demo-parents")
+show_chart(comparison_figure(parents.scores), "nt-demo-parents")
 
 concatenation = story.concatenation
 if concatenation is not None:
@@ -125,7 +120,7 @@ if concatenation is not None:
         f"classified differently, and both reach {percent(concatenation.wide.test_accuracy)}."
     )
     show_chart(
-        comparison_figure(rows(*parents.scores, concatenation.ensemble, concatenation.wide)), "nt-demo-concatenation"
+        comparison_figure([*parents.scores, concatenation.ensemble, concatenation.wide]), "nt-demo-concatenation"
     )
 
 pruning = story.pruning
@@ -139,7 +134,7 @@ if concatenation is not None and pruning is not None:
         f"{percent(pruning.transplanted.test_accuracy)} ({100 * pruning.accuracy_drop:.2f} points), the post-fusion "
         "loss the paper describes."
     )
-    show_chart(comparison_figure(rows(concatenation.ensemble, pruning.transplanted)), "nt-demo-pruning")
+    show_chart(comparison_figure([concatenation.ensemble, pruning.transplanted]), "nt-demo-pruning")
     roles = [s.role for s in parents.scores]
     counts = pd.DataFrame(
         [
@@ -174,7 +169,7 @@ if concatenation is not None and pruning is not None and finetune is not None:
     verdict = finetune.verdict
     (st.success if verdict.beats_best_parent else st.info)(verdict.explanation())
     show_chart(
-        comparison_figure(rows(*parents.scores, concatenation.ensemble, pruning.transplanted, finetune.finetuned)),
+        comparison_figure([*parents.scores, concatenation.ensemble, pruning.transplanted, finetune.finetuned]),
         "nt-demo-finetune",
     )
 

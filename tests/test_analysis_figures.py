@@ -161,11 +161,9 @@ def test_random_direction_figures_in_one_and_two_dimensions() -> None:
 
 def test_accuracy_bars_start_at_zero_so_their_height_is_the_accuracy():
     from analysis.fusion_figures import comparison_figure, finetune_comparison_figure
+    from analysis.scores import Score
 
-    rows = [
-        {"role": "parent A", "model": "a", "test_accuracy": 0.98},
-        {"role": "average", "model": "v", "test_accuracy": 0.52},
-    ]
+    rows = [Score("a", "parent A", "a", 0.98, 0.1, 100), Score("v", "average", None, 0.52, 1.5, 100)]
     grouped = [{"method": "average", "test_accuracy": 0.52, "finetuned_accuracy": 0.97}]
     for figure in (comparison_figure(rows), finetune_comparison_figure(grouped, [("best parent", "parent A", 0.98)])):
         low, high = figure.layout.yaxis.range

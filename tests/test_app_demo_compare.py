@@ -14,10 +14,13 @@ from app_helpers import messages, open_app, train_quick_models, wait_for_job
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
 from analysis.comparison import (
+    COMPARISON,
     ComparisonRow,
     check_comparison,
+    compare_fusion,
     compare_methods,
     inapplicable_reason,
+    stored_comparison,
     to_csv,
     to_markdown,
 )
@@ -25,8 +28,10 @@ from analysis.fusion_figures import finetune_comparison_figure
 from analysis.hessian_config import HessianConfig
 from analysis.runs import hessian_of
 from analysis.story import STEP_TITLES, finetune_title
-from fusion.errors import ConfigError
+from fusion.errors import ConfigError, DamagedResultError
 from fusion.pipeline import fuse_and_save
+from fusion.train import TrainConfig
+from fusion.workspace import Workspace
 
 DEMO = "pages/transplant_demo.py"
 NEXT = "FormSubmitter:demo.form-Next step"
@@ -227,3 +232,45 @@ def test_compare_page_offers_every_applicable_method_for_the_chosen_parents(app_
     assert at.multiselect(key="compare.methods").value == everything_but_cla
     at.multiselect(key="compare.parents").set_value(ids[:1]).run()
     assert at.multiselect(key="compare.methods").value == ["intra", "prune"]
+
+
+def counting_loads(monkeypatch) -> list[str]:
+    loads: list[str] = []
+    load = Workspace.load
+    monkeypatch.setattr(Workspace, "load", lambda self, i: loads.append(i) or load(self, i))
+    return loads
+
+
+def test_a_comparison_of_five_methods_loads_each_parent_once(workspace, monkeypatch):
+    parents = [r.id for r in train_quick_models(workspace, seeds=(0, 1), hidden=(16,))]
+    loads = counting_loads(monkeypatch)
+    comparison = compare_methods(workspace, parents, ["average", "ot", "matching", "transplant", "prune"])
+    assert [r.method for r in comparison.rows] == ["average", "ot", "matching", "transplant", "prune"]
+    assert sorted(loads) == sorted(parents), loads
+
+
+def test_fusion_comparison_loads_each_parent_once_and_reads_back_as_stored(workspace, monkeypatch):
+    parents = [r.id for r in train_quick_models(workspace, seeds=(0, 1), hidden=(16,))]
+    loads = counting_loads(monkeypatch)
+    comparison = compare_fusion(workspace, parents, "ot", finetune=TrainConfig(epochs=1))
+    assert sorted(loads) == sorted(parents), loads
+    roles = [row.role for row in comparison.rows]
+    assert roles == ["parent A", "parent B", "ensemble", "average", "fused", "fine-tuned"]
+    fused = workspace.record(comparison.fused)
+    assert comparison.rows[4].test_accuracy == fused.metrics["test_accuracy"] and comparison.rows[4].seconds > 0
+    assert stored_comparison(workspace, comparison.fused) == comparison
+
+
+def test_intra_fusion_is_compared_with_magnitude_pruning_at_its_own_sparsity(workspace):
+    parent = train_quick_models(workspace, seeds=(0,), hidden=(16,))[0]
+    comparison = compare_fusion(workspace, [parent.id], "intra", {"sparsity": 0.25})
+    pruned, fused = comparison.rows[1], comparison.rows[2]
+    assert (pruned.role, fused.role) == ("pruned", "fused")
+    assert pruned.parameters == fused.parameters < parent.parameters
+
+
+def test_a_damaged_stored_comparison_is_a_damaged_result_error(workspace, saved_mlp):
+    payload = {"method": "ot", "parents": ["a"], "fused": None, "report": {}, "rows": [{"model": 3}]}
+    workspace.save_result(saved_mlp.id, COMPARISON, payload)
+    with pytest.raises(DamagedResultError, match=r"rows\[0\]\.model: expected a string"):
+        stored_comparison(workspace, saved_mlp.id)

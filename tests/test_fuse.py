@@ -45,13 +45,21 @@ def test_ensemble_predicts_the_mean_of_its_members_logits():
         assert torch.allclose(result.model(X), expected, atol=1e-6)
 
 
-def test_fusion_leaves_its_input_models_untouched():
-    models = [randomised(SMALL["resnet18-bn"], seed=s) for s in range(2)]
+@pytest.mark.parametrize("method", list(REGISTRY))
+def test_fusion_leaves_its_input_models_untouched(method: str):
+    """A comparison hands the same loaded parents to every method (fusion.workspace.LoadOnce)."""
+    specs = [SMALL["resnet18-bn"]] * 2
+    if method == "cla":
+        specs = [default_spec("mlp", (1, 8, 8), 10, hidden=hidden, batch_norm=True) for hidden in [(16,), (16, 8)]]
+    models = [randomised(spec, seed=s) for s, spec in enumerate(specs)]
+    models = models[: REGISTRY[method].max_models or 2]
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
-    fuse(models, "ot", inputs=X)
-    for model, state in zip(models, before):
+    modes = [[m.training for m in model.modules()] for model in models]
+    fuse(models, method, inputs=X)
+    for model, state, mode in zip(models, before, modes):
         for key, value in model.state_dict().items():
             assert torch.equal(value, state[key]), key
+        assert [m.training for m in model.modules()] == mode
 
 
 def test_unequal_widths_fuse_into_the_reference_width():

@@ -208,12 +208,20 @@ def test_interrupted_import_leaves_the_workspace_unchanged(
     assert snapshot(workspace) == before
 
 
-def test_failed_metadata_write_leaves_the_old_meta_intact(workspace: Workspace, saved_mlp) -> None:
+def test_failed_metadata_write_leaves_the_old_meta_intact(
+    workspace: Workspace, saved_mlp, monkeypatch: pytest.MonkeyPatch
+) -> None:
     meta = workspace.model_dir(saved_mlp.id) / "meta.json"
     old = meta.read_bytes()
-    with pytest.raises(TypeError):
+
+    def half_dump(payload, stream, **options) -> None:
+        stream.write('{"id": ')
+        raise TypeError("simulated failure halfway through the JSON")
+
+    with monkeypatch.context() as patch, pytest.raises(TypeError, match="halfway"):
         # json.dump fails after writing part of the file: the half-written temporary must not replace meta.json
-        workspace.update(saved_mlp.id, metrics={"test_accuracy": 0.5, "zzz": object()})
+        patch.setattr(json, "dump", half_dump)
+        workspace.update(saved_mlp.id, metrics={"test_accuracy": 0.5})
     assert meta.read_bytes() == old
     assert sorted(p.name for p in meta.parent.iterdir()) == ["meta.json", "model.safetensors"]
     assert workspace.record(saved_mlp.id) == saved_mlp

@@ -13,6 +13,7 @@ from typing import Any
 
 import streamlit as st
 
+from analysis.comparison import FusionComparison
 from fusion.pipeline import FusionRun, Stored
 from ui.errors import report_errors
 from ui.jobs import Job, format_seconds
@@ -59,15 +60,15 @@ def live_job_progress(job_id: str, place: str = "main") -> None:
 def reused_ids(result: Any) -> list[str]:
     """The models a job's result returned from earlier runs with the same inputs instead of making them again
     (:mod:`fusion.run_key`): from :class:`Stored` and :class:`FusionRun` results, lists of them, and dicts with
-    ``reused`` ids (:func:`analysis.comparison.compare_fusion`)."""
+    ``reused`` ids (:class:`analysis.comparison.FusionComparison`)."""
     if isinstance(result, Stored):
         return [result.record.id] if result.reused else []
     if isinstance(result, FusionRun):
         return [result.record.id] if result.reused and result.record is not None else []
     if isinstance(result, (list, tuple)):
         return [i for item in result for i in reused_ids(item)]
-    if isinstance(result, dict):
-        return [str(i) for i in result.get("reused", [])]
+    if isinstance(result, FusionComparison):
+        return list(result.reused)
     return []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -73,4 +74,5 @@ def run_average(models: Sequence[nn.Module], options: Any, context: Context) -> 
 
 
 def run_ensemble(models: Sequence[nn.Module], options: Any, context: Context) -> MethodOutput:
-    return MethodOutput(Ensemble(models).eval(), [None] * len(models))
+    """The prediction ensemble of copies of the models, so that the inputs stay untouched however it is used."""
+    return MethodOutput(Ensemble([copy.deepcopy(m) for m in models]).eval(), [None] * len(models))

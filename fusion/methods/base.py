@@ -77,11 +77,16 @@ ParentRule = Literal["identical", "same depth", "other depths"]
 """What a method's input models must share: ``identical`` specs (vanilla averaging), the ``same depth``: one
 architecture with any widths (alignment by OT or matching), or one family at ``other depths`` (CLAFusion)."""
 
+Output = Literal["aligned average", "ensemble", "pruned", "network"]
+"""What a method makes: an ``aligned average`` (one network of the reference's widths, returned with the input models
+in its neuron order), the prediction ``ensemble`` (not one network, so never stored), a ``pruned`` copy of its one
+model, or another ``network`` (of another depth or made by concatenation)."""
+
 
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method: its options dataclass, its function, how many input models it takes, a one-line
-    description for the app and the command line, and what its input models must share."""
+    description for the app and the command line, what its input models must share and what it makes."""
 
     options: type
     run: Callable[[Sequence[nn.Module], Any, Context], MethodOutput]
@@ -89,6 +94,7 @@ class MethodSpec:
     max_models: int | None
     summary: str
     parents: ParentRule = "same depth"
+    output: Output = "aligned average"
 
 
 def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None:

@@ -8,7 +8,7 @@ verified to preserve their model's function, and the aligned parameters are aver
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -19,13 +19,14 @@ from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import average_states, mixture_weights
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 from fusion.seeds import check_seed
 from fusion.surgery import with_state
 from fusion.transport import Transport
 
 
 @dataclass(frozen=True)
-class FusionOptions:
+class FusionOptions(Record):
     """Options shared by the fusion methods that average aligned models."""
 
     reference: int = field(
@@ -52,9 +53,6 @@ class FusionOptions:
     def __post_init__(self) -> None:
         if self.weights is not None:
             mixture_weights(len(self.weights), self.weights)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
