@@ -17,11 +17,15 @@ from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.options import OptionField, option_fields
 from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
 from fusion.registry import REGISTRY
+from fusion.sources import SOURCES, is_sourced, trust_factory
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import Workspace
 
 
 def spec_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
+    """The spec the ``--arch`` options describe; a ``python:`` factory named on the command line is trusted."""
+    if args.arch.startswith("python:"):
+        trust_factory(args.arch.removeprefix("python:"))
     return default_spec(
         args.arch,
         input_shape,
@@ -34,8 +38,26 @@ def spec_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int], 
     )
 
 
+def architecture(value: str) -> str:
+    """An ``--arch`` value: a zoo architecture or ``SOURCE:NAME`` of a known source (the source checks the name)."""
+    if value in ARCHITECTURES or (is_sourced(value) and value.partition(":")[0] in SOURCES):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"invalid choice: {value!r} (choose from {', '.join(ARCHITECTURES)}, or SOURCE:NAME with SOURCE one of "
+        f"{', '.join(SOURCES)})"
+    )
+
+
 def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--arch", choices=ARCHITECTURES, required=required, help="architecture")
+    parser.add_argument(
+        "--arch",
+        type=architecture,
+        required=required,
+        metavar="ARCH",
+        help=f"a zoo architecture ({', '.join(ARCHITECTURES)}) or SOURCE:NAME: torchvision:resnet18, timm:resnet18, "
+        "otfusion:mlpnet (also otfusion:vgg11_nobias, otfusion:resnet18_nobias_nobn), python:MODULE:CALLABLE (your "
+        "own factory, called with input_shape and num_classes)",
+    )
     parser.add_argument("--hidden", type=int, nargs="+", help="hidden linear widths (mlp, cnn)")
     parser.add_argument("--channels", type=int, nargs="+", help="conv channels (cnn)")
     parser.add_argument("--width", type=float, help="width multiplier (vgg, resnet)")

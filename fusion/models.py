@@ -21,7 +21,9 @@ from torch import nn
 from fusion.device import available_memory
 from fusion.errors import ArchitectureError, MemoryLimitError
 from fusion.records import Record, RecordError, from_json
+from fusion.seed_models import ZOO_ALIASES
 from fusion.seeds import check_seed
+from fusion.sources import build_sourced, check_arch, is_sourced
 
 VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -38,7 +40,9 @@ class ModelSpec(Record):
 
     Parameters
     ----------
-    arch : one of :data:`ARCHITECTURES`.
+    arch : one of :data:`ARCHITECTURES`, or ``SOURCE:NAME`` from an architecture source (:mod:`fusion.sources`:
+        ``torchvision:resnet18``, ``timm:resnet18``, ``otfusion:mlpnet``, ``python:MODULE:CALLABLE``), which builds
+        the network as its source defines it: the zoo's knobs below do not apply to it.
     input_shape : ``(C, H, W)`` of one input.
     num_classes : number of output logits.
     hidden : widths of the hidden linear layers (``mlp`` and ``cnn``).
@@ -61,7 +65,9 @@ class ModelSpec(Record):
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if self.arch not in ARCHITECTURES:
+        if is_sourced(self.arch):
+            self.check_sourced()
+        elif self.arch not in ARCHITECTURES:
             raise ArchitectureError(f"unknown architecture {self.arch!r}; expected one of {', '.join(ARCHITECTURES)}")
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ArchitectureError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
@@ -86,6 +92,24 @@ class ModelSpec(Record):
                 f"{self.arch} takes hidden/channels lists, not a width multiplier (got {self.width})"
             )
 
+    def check_sourced(self) -> None:
+        check_arch(self.arch)
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ArchitectureError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+        if self.num_classes < 2:
+            raise ArchitectureError(f"num_classes must be at least 2, got {self.num_classes}")
+        zoo_knobs = (self.hidden, self.channels, self.width, self.batch_norm, self.bias)
+        if zoo_knobs != ((), (), 1.0, False, True):
+            raise ArchitectureError(
+                f"{self.arch} is built as its source defines it: hidden, channels, width, batch_norm and bias apply to "
+                "the zoo's architectures only"
+            )
+
+    @property
+    def sourced(self) -> bool:
+        """Whether the network comes from an architecture source rather than the zoo."""
+        return is_sourced(self.arch)
+
     @classmethod
     def from_dict(cls, data: Any) -> ModelSpec:
         """Strict, unlike other records: a spec field this version does not know would build another network."""
@@ -98,7 +122,9 @@ class ModelSpec(Record):
             raise ArchitectureError(f"invalid model spec: {exc}") from exc
 
     def describe(self) -> str:
-        """A short human label, e.g. ``mlp 128-64``, ``vgg11-bn x0.25``."""
+        """A short human label, e.g. ``mlp 128-64``, ``vgg11-bn x0.25``, ``torchvision:resnet18``."""
+        if self.sourced:
+            return self.arch
         if self.arch == "mlp":
             body = "-".join(map(str, self.hidden)) or "linear"
         elif self.arch == "cnn":
@@ -261,8 +287,13 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
 
     The global RNG is left untouched when a seed is given.
     """
-    if spec.arch == "mlp":
-        factory: type[nn.Module] = MLP
+    if spec.sourced:
+
+        def factory(spec: ModelSpec) -> nn.Module:
+            return build_sourced(spec.arch, spec.input_shape, spec.num_classes)
+
+    elif spec.arch == "mlp":
+        factory = MLP
     elif spec.arch == "cnn":
         factory = CNN
     elif spec.arch in VGG_LAYERS:
@@ -285,6 +316,10 @@ def parameter_estimate(spec: ModelSpec) -> int:
     spec too large for memory can be refused before anything is allocated). A layer of ``n`` outputs over ``m``
     inputs holds ``n m k^2`` weights (``k = 3`` for convs, 1 for linear layers and 1x1 shortcuts), ``n`` biases when
     it has them, and BatchNorm adds ``2 n`` (its scale and shift)."""
+
+    if spec.sourced:
+        with torch.device("meta"):
+            return parameter_count(build_model(spec))
 
     def layer(fan_in: int, out: int, kernel: int, bias: bool, norm: bool) -> int:
         return fan_in * out * kernel * kernel + (out if bias else 0) + (2 * out if norm else 0)
@@ -349,13 +384,16 @@ def check_fits_in_memory(spec: ModelSpec, device: torch.device) -> int:
 
 
 def default_spec(arch: str, input_shape: tuple[int, int, int], num_classes: int, **overrides: Any) -> ModelSpec:
-    """The zoo's default spec of ``arch`` for a dataset; keyword arguments override single fields.
+    """The zoo's default spec of ``arch`` for a dataset; keyword arguments override single fields. A seed
+    repository's name for a zoo architecture (``otfusion:vgg11_nobias``, :data:`ZOO_ALIASES`) gives that zoo spec.
 
     Defaults: MLP 128-64 with bias; CNN with 16-32 channels and a 64-unit hidden layer; VGG with bias, no BN;
     ResNet with BN, no bias. On 8x8 inputs VGG and ResNet default to width 1/4 so they train in seconds.
     """
     small = input_shape[1] <= 8
     base: dict[str, Any] = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes}
+    alias = ZOO_ALIASES.get(arch, {})
+    arch = alias.get("arch", arch)
     if arch == "mlp":
         base.update(hidden=(128, 64))
     elif arch == "cnn":
@@ -364,6 +402,7 @@ def default_spec(arch: str, input_shape: tuple[int, int, int], num_classes: int,
         base.update(width=0.25 if small else 1.0)
     elif arch in RESNET_BLOCKS:
         base.update(batch_norm=True, bias=False, width=0.25 if small else 1.0)
+    base.update(alias)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return ModelSpec(**base)
 
@@ -387,8 +426,12 @@ def conform(model: nn.Module, like: ModelSpec) -> tuple[ModelSpec, nn.Module]:
     ``like``'s family), with the spec that rebuilds it: widths are read from the layers, BatchNorm and biases from
     what the model has; weights are copied layer by layer and biases the model lacks are zero.
 
+    A network from an architecture source keeps ``like``'s spec: it must have ``like``'s parameters, shape by shape.
+
     Raises :class:`ArchitectureError` when no spec of the family describes the model.
     """
+    if like.sourced:
+        return like, rebuilt(model, like)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     widths = layer_widths(model)
@@ -425,6 +468,23 @@ def conform(model: nn.Module, like: ModelSpec) -> tuple[ModelSpec, nn.Module]:
     if not torch.allclose(expected, actual, atol=1e-4 * max(1.0, float(expected.abs().max()))):
         raise ArchitectureError(f"the model is not a {spec.describe()}: its outputs differ once rebuilt")
     return spec, target
+
+
+def rebuilt(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """A fresh build of ``spec`` holding ``model``'s state; :class:`ArchitectureError` naming the parameters that
+    differ when ``model`` does not have the spec's parameters."""
+    target = build_model(spec)
+    expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
+    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if expected != actual:
+        changed = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+        shown = ", ".join(f"{k} {actual.get(k)} != {expected.get(k)}" for k in changed[:3])
+        raise ArchitectureError(
+            f"the model no longer has the parameters of {spec.arch}, which cannot describe other widths: {shown}"
+            + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        )
+    target.load_state_dict(model.state_dict())
+    return target.eval()
 
 
 def spec_of(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelSpec:

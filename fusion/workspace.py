@@ -60,6 +60,7 @@ from fusion.errors import (
 )
 from fusion.models import ModelSpec, build_model, parameter_count
 from fusion.records import Record, RecordError, from_json
+from fusion.sources import trust_stored
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 METADATA_KEY = "fusionlab"
@@ -204,8 +205,13 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in loaded.items()}
 
 
+def listed(names: list[str], shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load ``state`` into ``model`` after checking that every name and shape fits; nothing is changed otherwise."""
+    """Load ``state`` into ``model`` after checking that every name and shape fits; nothing is changed otherwise.
+    The refusal names every parameter of a wrong shape, and the missing and unexpected names (the first eight)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -217,13 +223,11 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None
     if missing or unexpected or wrong:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} ({', '.join(missing[:3])}{'...' if len(missing) > 3 else ''})")
+            parts.append(f"missing {len(missing)} ({listed(missing)})")
         if unexpected:
-            parts.append(
-                f"unexpected {len(unexpected)} ({', '.join(unexpected[:3])}{'...' if len(unexpected) > 3 else ''})"
-            )
+            parts.append(f"unexpected {len(unexpected)} ({listed(unexpected)})")
         if wrong:
-            parts.append(f"wrong shapes: {'; '.join(wrong[:3])}{'...' if len(wrong) > 3 else ''}")
+            parts.append(f"wrong shapes (checkpoint != architecture): {'; '.join(wrong)}")
         raise CheckpointError("the checkpoint does not fit the chosen architecture: " + ", ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
@@ -331,7 +335,7 @@ class Workspace:
         return self.root / "models" / model_id
 
     def new_id(self, spec: ModelSpec, dataset: str, label: str) -> str:
-        return f"{spec.arch}-{slug(dataset)}-{slug(label)[:16]}-{uuid.uuid4().hex[:6]}"
+        return f"{slug(spec.arch)}-{slug(dataset)}-{slug(label)[:16]}-{uuid.uuid4().hex[:6]}"
 
     def save(
         self,
@@ -494,6 +498,7 @@ class Workspace:
         spec; a model saved without checksums loads unverified.
         """
         record = self.record(model_id)
+        trust_stored(record.spec.arch)
         model = build_model(record.spec)
         try:
             load_state_into(model, self.read_tensors(record, WEIGHTS_FILE))

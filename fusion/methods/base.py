@@ -103,6 +103,8 @@ def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None
     if rule == "identical":
         return None if a == b else "identical architectures (OT fusion can fuse different widths)"
     if rule == "other depths":
+        if a.sourced or b.sourced:
+            return "the zoo's MLPs, VGGs or ResNets (CLAFusion balances their depths from the zoo's layer plans)"
         shared = (family(a), a.input_shape, a.num_classes, a.batch_norm, a.bias)
         if shared == (family(b), b.input_shape, b.num_classes, b.batch_norm, b.bias):
             return None

@@ -1,0 +1,160 @@
+"""Architecture sources: networks from outside FusionLab's zoo, named in a spec's ``arch`` as ``SOURCE:NAME`` so that a
+saved model rebuilds exactly.
+
+=======================  =====================================================================================
+``torchvision:NAME``     a classification model of ``torchvision.models``: ``get_model(NAME, weights=None,
+                         num_classes=...)``; its stem takes 3-channel images
+``timm:NAME``            ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=C)``
+``otfusion:NAME``        otfusion's own architectures with their parameter names (:mod:`fusion.seed_models`)
+``python:MODULE:NAME``   ``NAME(input_shape=(C, H, W), num_classes=K)`` from the importable ``MODULE``: a user's
+                         own factory returning an ``nn.Module``
+=======================  =====================================================================================
+
+Nothing is downloaded: a source builds randomly initialised networks and weights come from the user's own files.
+A ``python:`` factory is code, so it runs only when trusted: listed in the environment variable
+``FUSIONLAB_FACTORIES`` (comma-separated ``MODULE:NAME``, the app server's configuration) or trusted in this process
+by :func:`trust_factory` (the command line trusts the one its ``--arch`` names). A stored spec or an imported file
+naming another factory is refused, so a checkpoint can never make FusionLab run code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import re
+from collections.abc import Callable
+
+from torch import nn
+
+from fusion.errors import ArchitectureError
+from fusion.seed_models import SEED_MODELS, ZOO_ALIASES, build_seed_model
+
+SOURCES = ("torchvision", "timm", "otfusion", "python")
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+TRUSTED_FACTORIES_VARIABLE = "FUSIONLAB_FACTORIES"
+trusted_here: set[str] = set()
+
+
+def is_sourced(arch: str) -> bool:
+    return ":" in arch
+
+
+def split_arch(arch: str) -> tuple[str, str]:
+    """``("torchvision", "resnet18")`` for ``torchvision:resnet18``; :class:`ArchitectureError` for another source."""
+    source, _, name = arch.partition(":")
+    if source not in SOURCES or not name:
+        raise ArchitectureError(f"unknown architecture source in {arch!r}: expected SOURCE:NAME, SOURCE in {SOURCES}")
+    return source, name
+
+
+@functools.cache
+def torchvision_names() -> frozenset[str]:
+    import torchvision.models
+
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+def timm_module():
+    try:
+        import timm
+    except ImportError as exc:
+        raise ArchitectureError("timm is not installed: pip install timm (no weights are downloaded)") from exc
+    return timm
+
+
+def trust_factory(name: str) -> None:
+    """Let ``python:`` specs naming ``MODULE:NAME`` build in this process (the caller vouches for the code)."""
+    check_factory_name(name)
+    trusted_here.add(name)
+
+
+def trust_stored(arch: str) -> None:
+    """Trust the factory of a model already in the workspace: it entered through a trusted path (trained, or imported
+    with its factory trusted), so its own workspace may rebuild it. An import never calls this."""
+    if arch.startswith("python:"):
+        trust_factory(arch.removeprefix("python:"))
+
+
+def trusted_factories() -> set[str]:
+    listed = {item.strip() for item in os.environ.get(TRUSTED_FACTORIES_VARIABLE, "").split(",") if item.strip()}
+    return listed | trusted_here
+
+
+def check_factory_name(name: str) -> None:
+    if not FACTORY_PATTERN.fullmatch(name):
+        raise ArchitectureError(f"a factory is named MODULE:CALLABLE (e.g. mypackage.nets:small_resnet), got {name!r}")
+
+
+def check_arch(arch: str) -> None:
+    """Refuse an ``arch`` whose source does not know its name."""
+    source, name = split_arch(arch)
+    if source == "torchvision" and name not in torchvision_names():
+        raise ArchitectureError(f"torchvision has no classification model {name!r} (torchvision.models.list_models())")
+    if source == "timm" and not timm_module().is_model(name):
+        raise ArchitectureError(f"timm has no model {name!r} (timm.list_models())")
+    if source == "otfusion" and arch not in SEED_MODELS and arch not in ZOO_ALIASES:
+        build_seed_model(arch, (1, 1, 1), 2)
+    if source == "python":
+        check_factory_name(name)
+
+
+def build_sourced(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The randomly initialised network ``arch`` names, for inputs of ``input_shape`` and ``num_classes`` outputs."""
+    source, name = split_arch(arch)
+    if source == "torchvision":
+        return build_torchvision(name, input_shape, num_classes)
+    if source == "timm":
+        return call(
+            arch,
+            lambda: timm_module().create_model(
+                name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0]
+            ),
+        )
+    if source == "otfusion":
+        return build_seed_model(arch, input_shape, num_classes)
+    return build_factory(name, input_shape, num_classes)
+
+
+def build_torchvision(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    import torchvision.models
+
+    if input_shape[0] != 3:
+        raise ArchitectureError(
+            f"torchvision:{name} takes 3-channel images, the inputs have {input_shape[0]} (use timm:, which adapts "
+            "its stem with in_chans, or a 3-channel dataset)"
+        )
+    extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    return call(
+        f"torchvision:{name}",
+        lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra),
+    )
+
+
+def build_factory(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    check_factory_name(name)
+    if name not in trusted_factories():
+        raise ArchitectureError(
+            f"the factory {name} is not trusted: list it in {TRUSTED_FACTORIES_VARIABLE} (the server's configuration) "
+            "or name it with --arch python:MODULE:CALLABLE on the command line"
+        )
+    module_name, _, attribute = name.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ArchitectureError(f"the factory {name} cannot be imported: {exc}") from exc
+    return call(f"python:{name}", lambda: factory(input_shape=input_shape, num_classes=num_classes))
+
+
+def call(arch: str, make: Callable[[], object]) -> nn.Module:
+    """``make()``, which must return an ``nn.Module``; any failure becomes an :class:`ArchitectureError` naming
+    ``arch``."""
+    try:
+        model = make()
+    except ArchitectureError:
+        raise
+    except Exception as exc:  # a user's factory or a library's constructor may raise anything
+        raise ArchitectureError(f"{arch} could not be built: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ArchitectureError(f"{arch} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
