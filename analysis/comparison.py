@@ -26,6 +26,7 @@ from analysis.scores import Score
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, DamagedResultError, FusionError
+from fusion.models import parameter_count
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, parent_role
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, RecordError
@@ -393,13 +394,13 @@ def compare_fusion(
         result = fuse(models, baseline, data=data, device=device, **baseline_options)
         metrics = evaluate(result.model, *data.split("test"), device=device)
         label, role = BASELINE_LABELS[baseline]
-        parameters = sum(p.numel() for p in result.model.parameters())
+        parameters = parameter_count(result.model)
         rows.append(Score(label, role, None, metrics.accuracy, metrics.loss, parameters, result.report.seconds))
     if run.record is not None:
         rows.append(Score.of(run.record, "fused", run.report["seconds"]))
     else:
         assert run.result is not None
-        parameters = sum(p.numel() for p in run.result.model.parameters())
+        parameters = parameter_count(run.result.model)
         scores = (run.metrics["test_accuracy"], run.metrics["test_loss"], parameters, run.report["seconds"])
         rows.append(Score("prediction ensemble", "fused", None, *scores))
     reused = [run.record.id] if run.reused and run.record is not None else []

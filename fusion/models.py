@@ -94,10 +94,6 @@ class ModelSpec(Record):
 
     def check_sourced(self) -> None:
         check_arch(self.arch)
-        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise ArchitectureError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
-        if self.num_classes < 2:
-            raise ArchitectureError(f"num_classes must be at least 2, got {self.num_classes}")
         zoo_knobs = (self.hidden, self.channels, self.width, self.batch_norm, self.bias)
         if zoo_knobs != ((), (), 1.0, False, True):
             raise ArchitectureError(
@@ -470,18 +466,39 @@ def conform(model: nn.Module, like: ModelSpec) -> tuple[ModelSpec, nn.Module]:
     return spec, target
 
 
+def listed(names: list[str], shown: int = 8) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def state_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """How ``state`` does not fit ``model``: every entry of a wrong shape (``state != model``), and the missing and
+    unexpected names (the first eight of each); ``None`` when every name and shape fits."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} ({listed(missing)})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} ({listed(unexpected)})")
+    if wrong:
+        parts.append(f"wrong shapes (given != architecture): {'; '.join(wrong)}")
+    return ", ".join(parts) or None
+
+
 def rebuilt(model: nn.Module, spec: ModelSpec) -> nn.Module:
-    """A fresh build of ``spec`` holding ``model``'s state; :class:`ArchitectureError` naming the parameters that
-    differ when ``model`` does not have the spec's parameters."""
+    """A fresh build of ``spec`` holding ``model``'s state; :class:`ArchitectureError` naming what differs
+    (:func:`state_mismatch`) when ``model`` does not have the spec's parameters."""
     target = build_model(spec)
-    expected = {k: tuple(v.shape) for k, v in target.state_dict().items()}
-    actual = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if expected != actual:
-        changed = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
-        shown = ", ".join(f"{k} {actual.get(k)} != {expected.get(k)}" for k in changed[:3])
+    mismatch = state_mismatch(target, model.state_dict())
+    if mismatch:
         raise ArchitectureError(
-            f"the model no longer has the parameters of {spec.arch}, which cannot describe other widths: {shown}"
-            + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+            f"the model no longer has the parameters of {spec.arch}, whose widths are fixed: {mismatch}"
         )
     target.load_state_dict(model.state_dict())
     return target.eval()

@@ -196,8 +196,8 @@ def fuse_and_save(
     key = run_key(
         "fuse", method=method, parents=list(model_ids), options=dataclasses.asdict(method_options(method, options))
     )
-    stored = method_spec(method).output != "ensemble"
-    found = workspace.find_run(key) if reuse and stored else None
+    storable = method_spec(method).output != "ensemble"
+    found = workspace.find_run(key) if reuse and storable else None
     if found is not None:
         scores = {k: found.metrics[k] for k in ("test_accuracy", "test_loss", "fusion_seconds") if k in found.metrics}
         return FusionRun(found, None, scores, reused=True)
@@ -210,7 +210,7 @@ def fuse_and_save(
     result = fuse(models, method, data=data, device=device, progress=progress, **options)
     metrics = evaluate(result.model, *data.split("test"), device=device)
     scores = {"test_accuracy": metrics.accuracy, "test_loss": metrics.loss, "fusion_seconds": result.report.seconds}
-    if not stored:
+    if not storable:
         return FusionRun(None, result, scores)
     like = records[result.report.details.get("spec_from", result.report.options.get("reference", 0))].spec
     spec, model = conform(result.model, like)

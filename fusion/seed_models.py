@@ -49,8 +49,19 @@ ZOO_ALIASES: dict[str, dict[str, Any]] = {
 """The seed architectures that are zoo specs, by the name their repository gives them."""
 
 
-def build_seed_model(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def check_seed_arch(arch: str) -> None:
+    """Refuse a seed-repository name that is not a module of its own; the zoo's aliases name zoo specs
+    (:func:`fusion.models.default_spec` and ``--arch`` resolve them), never a stored ``arch``."""
+    if arch in ZOO_ALIASES:
+        raise ArchitectureError(
+            f"{arch} is the zoo's {ZOO_ALIASES[arch]['arch']} without bias or BatchNorm: build it with "
+            f"default_spec({arch!r}, ...) or --arch {arch}"
+        )
     if arch not in SEED_MODELS:
         known = ", ".join([*SEED_MODELS, *ZOO_ALIASES])
         raise ArchitectureError(f"unknown seed-repository architecture {arch!r}; known: {known}")
+
+
+def build_seed_model(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    check_seed_arch(arch)
     return SEED_MODELS[arch](input_shape, num_classes)

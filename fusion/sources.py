@@ -28,7 +28,7 @@ from collections.abc import Callable
 from torch import nn
 
 from fusion.errors import ArchitectureError
-from fusion.seed_models import SEED_MODELS, ZOO_ALIASES, build_seed_model
+from fusion.seed_models import build_seed_model, check_seed_arch
 
 SOURCES = ("torchvision", "timm", "otfusion", "python")
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -93,8 +93,8 @@ def check_arch(arch: str) -> None:
         raise ArchitectureError(f"torchvision has no classification model {name!r} (torchvision.models.list_models())")
     if source == "timm" and not timm_module().is_model(name):
         raise ArchitectureError(f"timm has no model {name!r} (timm.list_models())")
-    if source == "otfusion" and arch not in SEED_MODELS and arch not in ZOO_ALIASES:
-        build_seed_model(arch, (1, 1, 1), 2)
+    if source == "otfusion":
+        check_seed_arch(arch)
     if source == "python":
         check_factory_name(name)
 

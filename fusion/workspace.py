@@ -58,7 +58,7 @@ from fusion.errors import (
     ExportError,
     WorkspaceError,
 )
-from fusion.models import ModelSpec, build_model, parameter_count
+from fusion.models import ModelSpec, build_model, parameter_count, state_mismatch
 from fusion.records import Record, RecordError, from_json
 from fusion.sources import trust_stored
 
@@ -205,30 +205,13 @@ def read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     return {str(k).removeprefix("module."): v for k, v in loaded.items()}
 
 
-def listed(names: list[str], shown: int = 8) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load ``state`` into ``model`` after checking that every name and shape fits; nothing is changed otherwise.
-    The refusal names every parameter of a wrong shape, and the missing and unexpected names (the first eight)."""
+    """Load ``state`` into ``model`` after checking that every name and shape fits (:func:`state_mismatch`); nothing
+    is changed otherwise."""
+    mismatch = state_mismatch(model, state)
+    if mismatch:
+        raise CheckpointError(f"the checkpoint does not fit the chosen architecture: {mismatch}")
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} ({listed(missing)})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} ({listed(unexpected)})")
-        if wrong:
-            parts.append(f"wrong shapes (checkpoint != architecture): {'; '.join(wrong)}")
-        raise CheckpointError("the checkpoint does not fit the chosen architecture: " + ", ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 

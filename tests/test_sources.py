@@ -12,7 +12,7 @@ from cli.main import main
 from fusion.data import dataset_normalization
 from fusion.errors import ArchitectureError
 from fusion.groups import neuron_groups
-from fusion.models import ModelSpec, build_model, default_spec, parameter_count, parameter_estimate
+from fusion.models import ModelSpec, build_model, conform, default_spec, parameter_count, parameter_estimate
 from fusion.registry import fuse
 from fusion.sources import TRUSTED_FACTORIES_VARIABLE, trusted_here
 from fusion.workspace import Workspace
@@ -63,6 +63,7 @@ def test_timm_adapts_its_stem_to_grey_images_and_torchvision_says_it_cannot() ->
         ("timm:not_a_net", {}, "timm has no model 'not_a_net'"),
         ("keras:resnet18", {}, "unknown architecture source"),
         ("otfusion:lenet", {}, "unknown seed-repository architecture"),
+        ("otfusion:vgg11_nobias", {}, "is the zoo's vgg11 without bias or BatchNorm"),
         ("python:no-colon", {}, "MODULE:CALLABLE"),
         ("torchvision:resnet18", {"width": 0.5}, "apply to the zoo's architectures only"),
         ("torchvision:resnet18", {"batch_norm": True}, "apply to the zoo's architectures only"),
@@ -232,3 +233,10 @@ def test_cla_refuses_library_models_by_name() -> None:
     models = [build_model(ModelSpec("torchvision:resnet18", (3, 16, 16), 10), s) for s in range(2)]
     with pytest.raises(ArchitectureError, match="model zoo"):
         fuse(models, "cla", inputs=RGB)
+
+
+def test_a_pruned_library_model_cannot_be_stored_under_its_source_and_the_error_names_the_parameters() -> None:
+    spec = ModelSpec("torchvision:resnet18", (3, 16, 16), 10)
+    pruned = fuse([build_model(spec, seed=0)], "prune", inputs=RGB, sparsity=0.5).model
+    with pytest.raises(ArchitectureError, match=r"widths are fixed.*wrong shapes.*conv1\.weight \(32, 3, 7, 7\)"):
+        conform(pruned, spec)
