@@ -139,14 +139,14 @@ _ref: dict[str, Any] = {}
 _unavailable: list[str] = []
 
 
-def _base_flags() -> list[str]:
+def _base_flags(model_name: str = "vgg11_nobias", dataset: str = "Cifar10") -> list[str]:
     return [
         "--gpu-id",
         "-1",
         "--model-name",
-        "vgg11_nobias",
+        model_name,
         "--dataset",
-        "Cifar10",
+        dataset,
         "--geom-ensemble-type",
         "wts",
         "--exact",
@@ -235,9 +235,16 @@ def _require() -> dict[str, Any]:
     return ref
 
 
-def reference_flags(*, ground_metric_eff: bool = False, skip_last_layer: bool = False) -> list[str]:
-    """The reference command-line flags this module runs with."""
-    flags = _base_flags()
+def reference_flags(
+    *,
+    ground_metric_eff: bool = False,
+    skip_last_layer: bool = False,
+    model_name: str = "vgg11_nobias",
+    dataset: str = "Cifar10",
+) -> list[str]:
+    """The reference command-line flags this module runs with (``--model-name mlpnet --dataset mnist`` for its MNIST
+    MLPs)."""
+    flags = _base_flags(model_name, dataset)
     if ground_metric_eff:
         flags.append("--ground-metric-eff")
     if skip_last_layer:
@@ -245,10 +252,11 @@ def reference_flags(*, ground_metric_eff: bool = False, skip_last_layer: bool = 
     return flags
 
 
-def reference_args(*, ground_metric_eff: bool = False, skip_last_layer: bool = False) -> argparse.Namespace:
-    """A fresh ``Namespace`` from the reference's own parser (it adds attributes to it while fusing)."""
+def reference_args(**flags: Any) -> argparse.Namespace:
+    """A fresh ``Namespace`` from the reference's own parser (it adds attributes to it while fusing); ``flags`` are
+    :func:`reference_flags`' keywords."""
     parser = _require()["parameters"].get_parser()
-    return parser.parse_args(reference_flags(ground_metric_eff=ground_metric_eff, skip_last_layer=skip_last_layer))
+    return parser.parse_args(reference_flags(**flags))
 
 
 def reference_vgg11(seed: int) -> nn.Module:
@@ -267,6 +275,8 @@ def reference_fuse_weights(
     *,
     ground_metric_eff: bool = False,
     skip_last_layer: bool = False,
+    model_name: str = "vgg11_nobias",
+    dataset: str = "Cifar10",
 ) -> tuple[OrderedDict[str, torch.Tensor], float]:
     """Fuse ``model_a`` onto ``model_b`` with the reference; returns (fused state_dict, seconds of the fusion call).
 
@@ -275,7 +285,9 @@ def reference_fuse_weights(
     to /dev/null (their formatting of tensors for printing is still inside the timed call).
     """
     ref = _require()
-    args = reference_args(ground_metric_eff=ground_metric_eff, skip_last_layer=skip_last_layer)
+    args = reference_args(
+        ground_metric_eff=ground_metric_eff, skip_last_layer=skip_last_layer, model_name=model_name, dataset=dataset
+    )
     names = [name for name, _ in model_b.named_parameters()]
     with _quiet():
         start = time.perf_counter()
