@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusion.groups import NeuronGroup, neuron_groups
-from fusion.importance import neuron_slices
+from fusion.groups import NeuronGroup, neuron_groups, neuron_slices
 from fusion.records import Record
+from fusion.surgery import group_sizes
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,14 @@ class GroupNorms(Record):
     outgoing: list[float]
 
 
-def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, size: int) -> GroupNorms:
-    incoming = torch.zeros(size, dtype=torch.float64)
-    outgoing = torch.zeros(size, dtype=torch.float64)
+def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[str, int]) -> GroupNorms:
+    incoming = torch.zeros(sizes[group.name], dtype=torch.float64)
+    outgoing = torch.zeros(sizes[group.name], dtype=torch.float64)
     for member in group.producers:
         if member.param == "weight" and member.module in group.layers:
-            incoming += neuron_slices(state[member.key], member, size).double().pow(2).sum(1)
+            incoming += neuron_slices(state[member.key], member, sizes).double().pow(2).sum(1)
     for member in group.consumers:
-        outgoing += neuron_slices(state[member.key], member, size).double().pow(2).sum(1)
+        outgoing += neuron_slices(state[member.key], member, sizes).double().pow(2).sum(1)
     return GroupNorms(group.name, incoming.sqrt().tolist(), outgoing.sqrt().tolist())
 
 
@@ -44,11 +44,8 @@ def neuron_norms(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupNo
     """The norms of every neuron group of ``model``, in execution order."""
     groups = neuron_groups(model, example_inputs)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    result = []
-    for group in groups:
-        layer = next(m for m in group.producers if m.param == "weight" and m.module in group.layers)
-        result.append(group_norms(state, group, state[layer.key].shape[0] // layer.repeat))
-    return result
+    sizes = group_sizes(state, groups)
+    return [group_norms(state, group, sizes) for group in groups]
 
 
 @dataclass(frozen=True)

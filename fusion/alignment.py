@@ -10,7 +10,9 @@ Features (``AlignOptions.mode``):
   of the group (weights, biases, BatchNorm parameters), after its input side has been aligned with the map of the group
   it reads: ``W_A T_in`` (per kernel position for convs, per spatial position after a flatten). Groups are processed in
   the order the network computes them; a residual group whose inputs are not yet aligned uses them unaligned in the
-  first sweep, and further sweeps re-solve every group with all others' latest maps. With ``features="both"`` the
+  first sweep, and further sweeps re-solve every group with all others' latest maps (skipping a group when none of
+  the maps its features depend on has changed since it was last solved: it would get the same map). With
+  ``features="both"`` the
   outgoing columns of the consumers (their outputs aligned) join the feature: with the squared Euclidean cost and an
   exact solver this is Git Re-Basin's weight matching (Ainsworth et al., ICLR 2023), iterated to a fixed point.
 - ``activations``: neuron i is its activation map at the group's outputs (after BatchNorm when there is one) over a
@@ -29,13 +31,22 @@ import torch
 from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError, FusionError
-from fusion.groups import Member, NeuronGroup, groups_by_module
+from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.seeds import check_seed
 from fusion.surgery import apply_transports, group_sizes, transform, with_state
 from fusion.train import predict_logits
-from fusion.transport import Correction, CostNormalization, Metric, Solver, Transport, marginal, solve_transport
+from fusion.transport import (
+    Correction,
+    CostNormalization,
+    Gram,
+    Metric,
+    Solver,
+    Transport,
+    marginal,
+    solve_transport,
+)
 
 
 class AlignmentError(FusionError):
@@ -115,65 +126,111 @@ class Alignment:
 
 
 class FeatureBuilder:
-    """Neuron features in weights mode for a pair of state_dicts; see the module docstring."""
+    """Neuron features in weights mode for a pair of state_dicts (see the module docstring), as the products of
+    their blocks (:class:`fusion.transport.Gram`). Blocks are summed by the groups whose maps they depend on, and
+    such a sum is recomputed only when one of those maps has changed since (``versions``); with ``keep`` false
+    (a single sweep) nothing is kept."""
 
     def __init__(
-        self, groups: list[NeuronGroup], features: str, sizes_a: dict[str, int], sizes_b: dict[str, int]
+        self,
+        groups: list[NeuronGroup],
+        features: str,
+        sizes_a: dict[str, int],
+        sizes_b: dict[str, int],
+        keep: bool = True,
     ) -> None:
-        self.features = features
+        self.features, self.keep = features, keep
         self.sizes_a, self.sizes_b = sizes_a, sizes_b
         self.writes, self.reads = groups_by_module(groups)
+        self.blocks = {group.name: self.dependencies(group) for group in groups}
+        self.cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[int, ...], Gram | None]] = {}
 
-    def incoming(
-        self, state: dict[str, torch.Tensor], member: Member, transports: dict[str, Transport] | None, size: int
-    ) -> torch.Tensor | None:
-        """The member's rows with their input side aligned; ``None`` when that input's map is not known yet and the
-        two models' widths there differ (the rows cannot be compared then)."""
-        tensor = state[member.key]
-        source = self.reads.get(member.module) if member.param == "weight" else None
-        if transports is not None and source is not None:
-            group, repeat = source
-            if group.name in transports:
-                tensor = transform(
-                    tensor, Member(member.module, "weight", 1, repeat), transports[group.name], "consumer"
-                )
-            elif self.sizes_a[group.name] != self.sizes_b[group.name]:
-                return None
-        return tensor.reshape(size, -1)
+    def dependencies(self, group: NeuronGroup) -> dict[tuple[str, ...], list[tuple[str, Member]]]:
+        """The group's feature blocks (``("in", producer)`` and ``("out", consumer)``) by the groups they depend on:
+        those a producer reads, and the one a consumer writes."""
+        blocks: dict[tuple[str, ...], list[tuple[str, Member]]] = {}
+        for member in group.producers:
+            if member.param in ("running_mean", "running_var"):
+                continue
+            reads = self.reads.get(member.module, ()) if member.param == "weight" else ()
+            blocks.setdefault(tuple(sorted({read.group for read in reads})), []).append(("in", member))
+        if self.features == "both":
+            for member in group.consumers:
+                written = self.writes.get(member.module)
+                blocks.setdefault((written.name,) if written else (), []).append(("out", member))
+        return blocks
 
-    def outgoing(
-        self, state: dict[str, torch.Tensor], member: Member, transports: dict[str, Transport] | None, size: int
-    ) -> torch.Tensor:
-        tensor = state[member.key]
-        target = self.writes.get(member.module)
-        if transports is not None and target is not None and target.name in transports:
-            tensor = transform(tensor, Member(member.module, "weight", 0, 1), transports[target.name], "producer")
-        return tensor.movedim(1, 0).reshape(size, -1)
+    def depends(self, group: NeuronGroup) -> set[str]:
+        """The groups whose maps enter this group's features; a group is solved again only when one has changed."""
+        return {name for names in self.blocks[group.name] for name in names}
 
-    def pair(
+    def gram(
         self,
         group: NeuronGroup,
         state_a: dict[str, torch.Tensor],
         state_b: dict[str, torch.Tensor],
         transports: dict[str, Transport],
-        size_a: int,
-        size_b: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features ``(size_a, d)`` of A (input side aligned with ``transports``) and ``(size_b, d)`` of B."""
-        parts_a, parts_b = [], []
-        for member in group.producers:
-            if member.param in ("running_mean", "running_var"):
-                continue
-            a = self.incoming(state_a, member, transports, size_a)
-            if a is None:
-                continue
-            parts_a.append(a)
-            parts_b.append(self.incoming(state_b, member, None, size_b))
-        if self.features == "both":
-            for member in group.consumers:
-                parts_a.append(self.outgoing(state_a, member, transports, size_a))
-                parts_b.append(self.outgoing(state_b, member, None, size_b))
-        return torch.cat(parts_a, 1), torch.cat(parts_b, 1)
+        versions: dict[str, int],
+    ) -> Gram:
+        """The products of A's features (input side aligned with ``transports``) with B's."""
+        total = None
+        for names, blocks in self.blocks[group.name].items():
+            stamp = tuple(versions.get(name, 0) for name in names)
+            cached = self.cache.get((group.name, names))
+            if cached is None or cached[0] != stamp:
+                summed = None
+                for side, member in blocks:
+                    if side == "in":
+                        a = self.incoming(state_a, member, transports, self.sizes_a)
+                        if a is None:
+                            continue
+                        b = self.incoming(state_b, member, None, self.sizes_b)
+                    else:
+                        a = self.outgoing(state_a, member, transports, self.sizes_a)
+                        b = self.outgoing(state_b, member, None, self.sizes_b)
+                    part = Gram.of(a, b)
+                    summed = part if summed is None else summed + part
+                cached = (stamp, summed)
+                if self.keep:
+                    self.cache[(group.name, names)] = cached
+            if cached[1] is not None:
+                total = cached[1] if total is None else total + cached[1]
+        return total
+
+    def incoming(
+        self,
+        state: dict[str, torch.Tensor],
+        member: Member,
+        transports: dict[str, Transport] | None,
+        sizes: dict[str, int],
+    ) -> torch.Tensor | None:
+        """The member's rows with their input side aligned; ``None`` when the map of a group it reads is not known
+        yet and the two models' widths there differ (the rows cannot be compared then)."""
+        tensor = state[member.key]
+        inputs = self.reads.get(member.module, ()) if member.param == "weight" else ()
+        if transports is not None and inputs:
+            current = dict(sizes)
+            for read in inputs:
+                if read.group in transports:
+                    tensor = transform(tensor, read, transports[read.group], "consumer", current)
+                    current[read.group] = transports[read.group].shape[1]
+                elif self.sizes_a[read.group] != self.sizes_b[read.group]:
+                    return None
+        return neuron_slices(tensor, member, sizes)
+
+    def outgoing(
+        self,
+        state: dict[str, torch.Tensor],
+        member: Member,
+        transports: dict[str, Transport] | None,
+        sizes: dict[str, int],
+    ) -> torch.Tensor:
+        tensor = state[member.key]
+        target = self.writes.get(member.module)
+        if transports is not None and target is not None and target.name in transports:
+            written = next(m for m in target.producers if m.key == member.key)
+            tensor = transform(tensor, written, transports[target.name], "producer", sizes)
+        return neuron_slices(tensor, member, sizes)
 
 
 @torch.no_grad()
@@ -187,7 +244,8 @@ def activation_features(
 
     def hook(name: str):
         def record(module: nn.Module, args: object, output: torch.Tensor) -> None:
-            collected[name].append(output.detach().movedim(1, 0).reshape(output.shape[1], -1).float().cpu())
+            channels = output.detach().movedim(channel_dim(module), 0)
+            collected[name].append(channels.reshape(len(channels), -1).float().cpu())
 
         return record
 
@@ -230,29 +288,33 @@ def align(
             raise ConfigError("activation-based alignment needs training inputs")
         acts_a = activation_features(model, groups, inputs, device)
         acts_b = activation_features(reference, groups, inputs, device)
-    builder = FeatureBuilder(groups, options.features, sizes_a, sizes_b)
+    builder = FeatureBuilder(groups, options.features, sizes_a, sizes_b, keep=options.sweeps > 1)
     transports: dict[str, Transport] = {}
     costs: dict[str, float] = {}
     seconds: dict[str, float] = {}
     sweeps = 1 if options.mode == "activations" else options.sweeps
     done_sweeps = 0
+    versions: dict[str, int] = {}
+    solved_at: dict[str, dict[str, int]] = {}
     for sweep in range(sweeps):
         changed = False
         for index, group in enumerate(groups):
+            step = (sweep * len(groups) + index + 1, sweeps * len(groups))
+            inputs_at = {name: versions.get(name, 0) for name in builder.depends(group)}
+            if solved_at.get(group.name) == inputs_at:
+                progress(*step, f"sweep {sweep + 1}: group {group.name} unchanged")
+                continue
             started = time.perf_counter()
             if options.mode == "activations":
-                features_a, features_b = acts_a[group.name].to(device), acts_b[group.name].to(device)
+                gram = Gram.of(acts_a[group.name].to(device), acts_b[group.name].to(device))
             else:
-                features_a, features_b = builder.pair(
-                    group, state_a, state_b, transports, sizes_a[group.name], sizes_b[group.name]
-                )
+                gram = builder.gram(group, state_a, state_b, transports, versions)
             mu = nu = None
             if options.marginals == "importance":
-                mu = marginal(len(features_a), features_a.norm(dim=1))
-                nu = marginal(len(features_b), features_b.norm(dim=1))
+                mu = marginal(len(gram.norms_a), gram.norms_a.sqrt())
+                nu = marginal(len(gram.norms_b), gram.norms_b.sqrt())
             transport = solve_transport(
-                features_a,
-                features_b,
+                gram,
                 metric=options.metric,
                 normalize_rows=options.normalize_rows,
                 cost_normalization=options.cost_normalization,
@@ -265,10 +327,12 @@ def align(
             previous = transports.get(group.name)
             if previous is None or not np.array_equal(previous.plan, transport.plan):
                 changed = True
+                versions[group.name] = versions.get(group.name, 0) + 1
             transports[group.name] = transport
+            solved_at[group.name] = inputs_at
             costs[group.name] = transport.cost
             seconds[group.name] = seconds.get(group.name, 0.0) + time.perf_counter() - started
-            progress(sweep * len(groups) + index + 1, sweeps * len(groups), f"sweep {sweep + 1}: group {group.name}")
+            progress(*step, f"sweep {sweep + 1}: group {group.name}")
         done_sweeps = sweep + 1
         if not changed:
             break

@@ -5,7 +5,14 @@ conv layer that writes the neurons, and of the BatchNorm parameters and running 
 *consumers* (the slices along dim 1 of the weight of every layer that reads them). Residual additions tie the channels
 of several layers together; they then belong to one group, so one permutation or transport map serves all of them.
 A flatten between a conv and a linear layer makes each channel own ``H*W`` consecutive input columns of the linear
-layer (``repeat``). The network's inputs and its output logits belong to no group: they are never permuted.
+layer (``repeat``). A concatenation makes one tensor dimension hold several groups one after another (a DenseNet
+layer's BatchNorm and input columns span the channels of every earlier layer of its block): each member then records
+the groups that precede it along that dimension (``before``), so its slice is found for any widths of the groups. A
+depthwise convolution ties each output channel to the same input channel: its rows are producers of its input's
+group. LayerNorm over the channels and bare per-channel parameters (a layer scale, a class token) are per-neuron
+producers too; a group that a LayerNorm normalises records it (``normalized``): permuting such a group is exact, but
+concatenating models is not their ensemble. The network's inputs and its output logits belong to no group: they are
+never permuted.
 
 The groups come from torch-pruning's dependency graph (Fang et al., "DepGraph: Towards Any Structural Pruning",
 CVPR 2023), so any model it can trace is supported; layers it cannot describe as slices raise
@@ -14,6 +21,8 @@ CVPR 2023), so any model it can trace is supported; layers it cannot describe as
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +33,7 @@ from fusion.errors import ArchitectureError
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CHANNEL_NORMS = (*NORMS, nn.LayerNorm)
 
 
 class UnsupportedArchitecture(ArchitectureError):
@@ -32,27 +42,54 @@ class UnsupportedArchitecture(ArchitectureError):
 
 @dataclass(frozen=True)
 class Member:
-    """One parameter (or buffer) slice of a group: entries ``[k*repeat, (k+1)*repeat)`` of ``dim`` belong to
-    neuron k."""
+    """One parameter (or buffer) slice of group ``group``: along ``dim``, after the slices of the groups ``before``
+    (``(group, repeat)`` pairs, in order), entries ``[start + k*repeat, start + (k+1)*repeat)`` belong to neuron k;
+    the slices of the groups ``after`` follow it."""
 
     module: str
     param: str
     dim: int
     repeat: int = 1
+    group: str = ""
+    before: tuple[tuple[str, int], ...] = ()
+    after: tuple[tuple[str, int], ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.module}.{self.param}" if self.module else self.param
+
+    def span(self, sizes: Mapping[str, int]) -> tuple[int, int]:
+        """``(start, length)`` of the slice along ``dim`` when the groups have widths ``sizes``."""
+        start = sum(sizes[name] * repeat for name, repeat in self.before)
+        return start, sizes[self.group] * self.repeat
+
+    def extent(self, sizes: Mapping[str, int]) -> int:
+        """The length of the whole dimension when the groups have widths ``sizes``."""
+        start, length = self.span(sizes)
+        return start + length + sum(sizes[name] * repeat for name, repeat in self.after)
+
+
+def neuron_slices(tensor: torch.Tensor, member: Member, sizes: Mapping[str, int]) -> torch.Tensor:
+    """``(n, d)``: the entries of ``tensor`` that belong to each of the ``n = sizes[member.group]`` neurons."""
+    start, length = member.span(sizes)
+    return tensor.narrow(member.dim, start, length).movedim(member.dim, 0).reshape(sizes[member.group], -1)
+
+
+def channel_dim(module: nn.Module) -> int:
+    """The dimension of a module's output that holds its channels: last for linear layers (tokens or channels-last
+    maps before them), else 1."""
+    return -1 if isinstance(module, nn.Linear) else 1
 
 
 @dataclass(frozen=True)
 class NeuronGroup:
     """The slices of a model that move together when neurons are permuted, transported, merged or pruned.
 
-    ``producers``: slices along the output side (weight rows, biases, BatchNorm parameters and statistics);
-    ``consumers``: slices along the input side of the next layers; ``layers``: the conv/linear modules among the
-    producers, in execution order; ``chains``: for each of those layers, the module whose output carries the group's
-    neurons (the BatchNorm directly following the layer, or the layer itself).
+    ``producers``: slices along the output side (weight rows, biases, normalisation parameters and statistics, bare
+    per-channel parameters); ``consumers``: slices along the input side of the next layers; ``layers``: the
+    conv/linear modules among the producers, in execution order; ``chains``: for each of those layers, the module whose
+    output carries the group's neurons (the BatchNorm directly following the layer, or the layer itself);
+    ``normalized``: the LayerNorms that normalise over the group's neurons.
     """
 
     name: str
@@ -61,6 +98,7 @@ class NeuronGroup:
     consumers: tuple[Member, ...]
     layers: tuple[str, ...]
     chains: tuple[tuple[str, str], ...]
+    normalized: tuple[str, ...] = ()
 
     def members(self) -> tuple[Member, ...]:
         return self.producers + self.consumers
@@ -99,17 +137,19 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
 
     Parameters
     ----------
-    model : any network torch-pruning can trace, made of linear/conv layers (``groups=1``), BatchNorm, activations,
-        pooling, flatten and residual additions.
+    model : any network torch-pruning can trace, made of linear and (depthwise) conv layers, BatchNorm, LayerNorm over
+        channels, per-channel parameters, activations, pooling, flatten, residual additions, gating products and
+        concatenations.
     example_inputs : a batch of inputs ``(N, ...)``; only shapes matter.
 
-    Raises :class:`UnsupportedArchitecture` for layers that cannot be sliced (grouped convolutions, LayerNorm over
-    channels, bare parameters, concatenations that split a channel's index range).
+    Raises :class:`UnsupportedArchitecture` for layers that cannot be sliced (grouped convolutions that are not
+    depthwise, layers with parameters of unknown role, a layer whose outputs are split between groups).
     """
     was_training = model.training
     model.eval()
     try:
         names = {module: name for name, module in model.named_modules()}
+        parameters = {id(param): name for name, param in model.named_parameters()}
         example_inputs = example_inputs[:1]
         try:
             order, fixed = trace_order(model, example_inputs)
@@ -122,106 +162,196 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
                 f"the model could not be traced on an input of shape {tuple(example_inputs.shape)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        groups = [describe(graph, group, names, order) for group in found]
+        described = [describe(graph, group, names, parameters, order) for group in found]
     finally:
         model.train(was_training)
-    claimed: dict[str, str] = {}
-    for group in groups:
-        for member in group.members():
-            key = f"{member.key}@{member.dim}"
-            if key in claimed:
-                raise UnsupportedArchitecture(f"{member.key} belongs to two groups ({claimed[key]}, {group.name})")
-            claimed[key] = group.name
     modules = dict(model.named_modules())
-    return sorted(groups, key=lambda g: order[modules[g.layers[0]]])
+    groups = sorted(place(described, model.state_dict()), key=lambda g: order[modules[g.layers[0]]])
+    return groups
+
+
+def place(described: list[tuple[NeuronGroup, list[int]]], state: dict[str, torch.Tensor]) -> list[NeuronGroup]:
+    """Name every member's group and the groups before and after it along its dimension (from the traced offsets);
+    check that the members of every tensor dimension tile it exactly and that every layer writes one group."""
+    sizes = {group.name: group.size for group, _ in described}
+    tiles: dict[tuple[str, int], list[tuple[int, str, Member]]] = {}
+    for group, offsets in described:
+        for member, offset in zip(group.members(), offsets):
+            tiles.setdefault((member.key, member.dim), []).append((offset, group.name, member))
+    neighbours: dict[tuple[str, int, int], dict[str, tuple[tuple[str, int], ...]]] = {}
+    for (key, dim), tiled in tiles.items():
+        tiled.sort(key=lambda t: t[0])
+        sequence = [(name, member.repeat) for _, name, member in tiled]
+        position = 0
+        for index, (offset, name, member) in enumerate(tiled):
+            if offset != position:
+                holder = "two groups" if offset < position else "no group"
+                raise UnsupportedArchitecture(
+                    f"{key}: entries {position}..{offset - 1} of dim {dim} belong to {holder}"
+                )
+            neighbours[(key, dim, offset)] = {"before": tuple(sequence[:index]), "after": tuple(sequence[index + 1 :])}
+            position += sizes[name] * member.repeat
+        if position != state[key].shape[dim]:
+            raise UnsupportedArchitecture(
+                f"{key}: only {position} of the {state[key].shape[dim]} entries of dim {dim} belong to neuron groups"
+            )
+    placed = []
+    for group, offsets in described:
+        members = [
+            dataclasses.replace(m, group=group.name, **neighbours[(m.key, m.dim, o)])
+            for m, o in zip(group.members(), offsets)
+        ]
+        producers, consumers = members[: len(group.producers)], members[len(group.producers) :]
+        for member in producers:
+            if member.module in group.layers and (member.before or member.after):
+                raise UnsupportedArchitecture(f"{member.module}: its outputs are split between neuron groups")
+        placed.append(dataclasses.replace(group, producers=tuple(producers), consumers=tuple(consumers)))
+    return placed
 
 
 def describe(
-    graph: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str], order: dict[nn.Module, int]
-) -> NeuronGroup:
+    graph: tp.DependencyGraph,
+    group: tp.Group,
+    names: dict[nn.Module, str],
+    parameters: dict[int, str],
+    order: dict[nn.Module, int],
+) -> tuple[NeuronGroup, list[int]]:
+    """One torch-pruning group as a :class:`NeuronGroup` (members not yet placed) and each member's traced offset."""
     size = len(group.items[0].idxs)
-    producers: list[Member] = []
-    consumers: list[Member] = []
+    producers: list[tuple[Member, int]] = []
+    consumers: list[tuple[Member, int]] = []
     producer_modules: list[nn.Module] = []
+    full: set[nn.Module] = set()
+    normalized: list[str] = []
     for item in group.items:
         module = item.dep.target.module
+        out_side = graph.is_out_channel_pruning_fn(item.dep.handler)
         if isinstance(module, nn.Parameter):
-            raise UnsupportedArchitecture("bare nn.Parameter tensors in the forward pass are not supported")
-        if not isinstance(module, (*LAYERS, *NORMS)):
+            producers.append((parameter_member(module, parameters.get(id(module)), len(item.idxs)), 0))
+            continue
+        if not isinstance(module, (*LAYERS, *CHANNEL_NORMS)):
             if any(True for _ in module.parameters(recurse=False)):
                 raise UnsupportedArchitecture(
                     f"{names.get(module, module)}: layers of type {type(module).__name__} are not supported"
                 )
             continue
         name = names[module]
-        out_side = graph.is_out_channel_pruning_fn(item.dep.handler)
-        repeat = slice_repeat(item.idxs, item.root_idxs, size, name)
+        offset, repeat = slice_layout(item.idxs, item.root_idxs, size, name)
         if isinstance(module, LAYERS):
-            if getattr(module, "groups", 1) != 1:
-                raise UnsupportedArchitecture(f"{name}: grouped or depthwise convolutions are not supported")
+            depthwise = module_is_depthwise(module, name)
             if out_side:
-                producers.append(Member(name, "weight", 0, repeat))
+                producers.append((Member(name, "weight", 0, repeat), offset))
                 if module.bias is not None:
-                    producers.append(Member(name, "bias", 0, repeat))
+                    producers.append((Member(name, "bias", 0, repeat), offset))
                 producer_modules.append(module)
-            else:
-                consumers.append(Member(name, "weight", 1, repeat))
-        elif isinstance(module, NORMS):
+            elif not depthwise:
+                consumers.append((Member(name, "weight", 1, repeat), offset))
+        else:
+            if isinstance(module, nn.LayerNorm):
+                check_layer_norm(module, name)
+                normalized.append(name)
             for param in ("weight", "bias"):
                 if getattr(module, param, None) is not None:
-                    producers.append(Member(name, param, 0, repeat))
-            if module.running_mean is not None:
-                producers += [Member(name, "running_mean", 0, repeat), Member(name, "running_var", 0, repeat)]
+                    producers.append((Member(name, param, 0, repeat), offset))
+            if getattr(module, "running_mean", None) is not None:
+                producers += [(Member(name, "running_mean", 0, repeat), offset)]
+                producers += [(Member(name, "running_var", 0, repeat), offset)]
             producer_modules.append(module)
+        if offset == 0 and len(item.idxs) == size * repeat:
+            full.add(module)
     layers = sorted((m for m in producer_modules if isinstance(m, LAYERS)), key=lambda m: order.get(m, 0))
     if not layers:
         raise UnsupportedArchitecture("a neuron group without a producing linear or conv layer")
-    return NeuronGroup(
+    described = NeuronGroup(
         name=names[layers[0]],
         size=size,
-        producers=tuple(producers),
-        consumers=tuple(consumers),
+        producers=tuple(m for m, _ in producers),
+        consumers=tuple(m for m, _ in consumers),
         layers=tuple(names[m] for m in layers),
-        chains=tuple((names[layer], names[end]) for layer, end in chains(producer_modules, order)),
+        chains=tuple((names[layer], names[end]) for layer, end in chains(producer_modules, full, order)),
+        normalized=tuple(normalized),
+    )
+    return described, [o for _, o in producers] + [o for _, o in consumers]
+
+
+def module_is_depthwise(module: nn.Module, name: str) -> bool:
+    """Whether a conv is depthwise (one input channel per output channel); other grouped convolutions are refused."""
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        return False
+    if groups == module.in_channels == module.out_channels:
+        return True
+    raise UnsupportedArchitecture(
+        f"{name}: grouped convolutions (groups={groups}, {module.in_channels} to {module.out_channels} channels) "
+        "are not supported; only depthwise ones are"
     )
 
 
-def chains(modules: list[nn.Module], order: dict[nn.Module, int]) -> list[tuple[nn.Module, nn.Module]]:
-    """Each conv/linear producer with its BatchNorm if one directly follows it in execution order, else itself."""
+def check_layer_norm(module: nn.LayerNorm, name: str) -> None:
+    if len(module.normalized_shape) != 1 or module.weight is None:
+        raise UnsupportedArchitecture(
+            f"{name}: only LayerNorms over the channel dimension with affine parameters are supported"
+        )
+
+
+def parameter_member(parameter: nn.Parameter, name: str | None, count: int) -> Member:
+    """A bare parameter used in the forward pass (a layer scale, a class token): its neuron dimension is its last
+    dimension longer than one (torch-pruning's convention), which must hold one entry per neuron."""
+    if name is None:
+        raise UnsupportedArchitecture("a parameter outside the model's modules is used in the forward pass")
+    dims = [d for d, length in enumerate(parameter.shape) if length > 1]
+    if not dims or parameter.shape[dims[-1]] != count:
+        raise UnsupportedArchitecture(f"{name}: parameter of shape {tuple(parameter.shape)} has no channel dimension")
+    module, _, param = name.rpartition(".")
+    return Member(module, param, dims[-1])
+
+
+def chains(
+    modules: list[nn.Module], full: set[nn.Module], order: dict[nn.Module, int]
+) -> list[tuple[nn.Module, nn.Module]]:
+    """Each conv/linear producer with the BatchNorm that directly follows it in execution order and normalises exactly
+    its outputs, else with itself."""
     pairs = []
     ranked = sorted(modules, key=lambda m: order.get(m, 0))
     for index, module in enumerate(ranked):
         if isinstance(module, LAYERS):
             following = ranked[index + 1] if index + 1 < len(ranked) else None
-            chained = isinstance(following, NORMS) and order.get(following, 0) == order.get(module, 0) + 1
+            chained = (
+                isinstance(following, NORMS)
+                and following in full
+                and order.get(following, 0) == order.get(module, 0) + 1
+            )
             pairs.append((module, following if chained else module))
     return pairs
 
 
-def slice_repeat(idxs: list[int], root_idxs: list[int], size: int, name: str) -> int:
-    """How many consecutive entries each neuron owns in this member (``H*W`` after a flatten, else 1)."""
+def slice_layout(idxs: list[int], root_idxs: list[int], size: int, name: str) -> tuple[int, int]:
+    """``(offset, repeat)``: where this member's entries start along its dimension, and how many consecutive entries
+    each neuron owns (``H*W`` after a flatten, else 1)."""
     if len(idxs) % size:
         raise UnsupportedArchitecture(f"{name}: {len(idxs)} entries cannot be split among {size} neurons")
     repeat = len(idxs) // size
     mapping = sorted(zip(idxs, root_idxs))
-    if [i for i, _ in mapping] != list(range(len(idxs))) or [r for _, r in mapping] != [
+    offset = mapping[0][0]
+    if [i for i, _ in mapping] != list(range(offset, offset + len(idxs))) or [r for _, r in mapping] != [
         i // repeat for i in range(len(idxs))
     ]:
-        raise UnsupportedArchitecture(f"{name}: its channels map to non-contiguous slices (concatenation or split)")
-    return repeat
+        raise UnsupportedArchitecture(f"{name}: its channels map to interleaved slices of a neuron group")
+    return offset, repeat
 
 
-def groups_by_module(groups: list[NeuronGroup]) -> tuple[dict[str, NeuronGroup], dict[str, tuple[NeuronGroup, int]]]:
-    """``(output_group, input_group)``: the group a conv/linear module writes, and the group (with its repeat) it reads.
+def groups_by_module(groups: list[NeuronGroup]) -> tuple[dict[str, NeuronGroup], dict[str, tuple[Member, ...]]]:
+    """``(writes, reads)``: the group a conv/linear module writes, and the consumer members through which it reads
+    groups (several after a concatenation), in order along its input dimension.
 
     Modules reading the network input, or writing the logits, are absent from the respective mapping.
     """
     writes: dict[str, NeuronGroup] = {}
-    reads: dict[str, tuple[NeuronGroup, int]] = {}
+    reads: dict[str, list[Member]] = {}
     for group in groups:
         for member in group.producers:
             if member.param == "weight" and member.module in group.layers:
                 writes[member.module] = group
         for member in group.consumers:
-            reads[member.module] = (group, member.repeat)
-    return writes, reads
+            reads.setdefault(member.module, []).append(member)
+    return writes, {name: tuple(sorted(members, key=lambda m: len(m.before))) for name, members in reads.items()}

@@ -12,36 +12,33 @@ torch-pruning's ``MagnitudeImportance``):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.groups import Member, NeuronGroup
+from fusion.groups import NeuronGroup, neuron_slices
 
 Importance = Literal["l1", "l2", "l2sq", "taylor"]
-
-
-def neuron_slices(tensor: torch.Tensor, member: Member, size: int) -> torch.Tensor:
-    """``(size, d)``: the entries of ``tensor`` that belong to each neuron of the group."""
-    return tensor.movedim(member.dim, 0).reshape(size, -1)
 
 
 def neuron_importance(
     state: dict[str, torch.Tensor],
     group: NeuronGroup,
+    sizes: Mapping[str, int],
     kind: Importance = "l2sq",
     gradients: dict[str, torch.Tensor] | None = None,
-    size: int | None = None,
 ) -> torch.Tensor:
-    """Importance ``(size,)`` of every neuron of ``group`` in ``state`` (see the module docstring)."""
-    size = size or group.size
+    """Importance ``(n,)`` of every neuron of ``group`` in ``state``, whose groups have widths ``sizes``
+    (:func:`fusion.surgery.group_sizes`); see the module docstring."""
+    size = sizes[group.name]
     total = torch.zeros(size, dtype=torch.float64)
     for member in group.members():
         if member.param != "weight":
             continue
-        values = neuron_slices(state[member.key], member, size).double()
+        values = neuron_slices(state[member.key], member, sizes).double()
         if kind == "l1":
             total += values.abs().sum(1)
         elif kind in ("l2", "l2sq"):
@@ -49,7 +46,7 @@ def neuron_importance(
         elif kind == "taylor":
             if gradients is None:
                 raise ConfigError("taylor importance needs gradients of the loss")
-            total += (values * neuron_slices(gradients[member.key], member, size).double()).abs().sum(1)
+            total += (values * neuron_slices(gradients[member.key], member, sizes).double()).abs().sum(1)
         else:
             raise ConfigError(f"unknown importance {kind!r}; expected l1, l2, l2sq or taylor")
     return total.sqrt() if kind == "l2" else total

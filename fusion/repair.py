@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from fusion.errors import ArchitectureError, DatasetError
-from fusion.groups import LAYERS, NORMS, NeuronGroup, trace_order
+from fusion.groups import LAYERS, NORMS, NeuronGroup, channel_dim, trace_order
 from fusion.methods.average import mixture_weights
 
 DEAD = 1e-6
@@ -98,7 +98,8 @@ def statistics(
 
     def hook(name: str):
         def record(module: nn.Module, args: object, output: torch.Tensor) -> None:
-            values = output.detach().double().transpose(0, 1).reshape(output.shape[1], -1)
+            channels = output.detach().double().movedim(channel_dim(module), 0)
+            values = channels.reshape(len(channels), -1)
             sums[name] = sums.get(name, 0) + values.sum(1)
             squares[name] = squares.get(name, 0) + values.square().sum(1)
             count[name] += values.shape[1]

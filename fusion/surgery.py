@@ -10,6 +10,7 @@ blocks of ``repeat`` entries per neuron (a flatten after a conv). A permutation 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -27,40 +28,58 @@ def block_index(permutation: np.ndarray, repeat: int, device: torch.device) -> t
 
 
 def transform(
-    tensor: torch.Tensor, member: Member, transport: Transport, side: Literal["producer", "consumer"]
+    tensor: torch.Tensor,
+    member: Member,
+    transport: Transport,
+    side: Literal["producer", "consumer"],
+    sizes: Mapping[str, int] | None = None,
 ) -> torch.Tensor:
     """Apply a group's map to one member: ``new[j] = sum_i M[i, j] old[i]`` along ``member.dim`` (blocks of
     ``member.repeat`` entries per neuron), with ``M`` the producer or consumer matrix; an index gather for a
-    permutation, so that hard alignments are exact."""
+    permutation, so that hard alignments are exact. ``sizes`` (the current widths of the groups) place a member that
+    shares its dimension with other groups; the rest of that dimension is kept."""
     n, m = transport.shape
-    if tensor.shape[member.dim] != n * member.repeat:
+    start, length = member.span(sizes) if sizes is not None else (0, n * member.repeat)
+    whole = tensor.shape[member.dim]
+    expected = member.extent(sizes) if sizes is not None else length
+    if length != n * member.repeat or whole != expected:
         raise ArchitectureError(
-            f"{member.key}: dim {member.dim} has {tensor.shape[member.dim]} entries, "
-            f"the map expects {n} x {member.repeat}"
+            f"{member.key}: dim {member.dim} has {whole} entries, the map expects {n} x {member.repeat}"
+            + (f" from entry {start}" if start else "")
         )
+    piece = tensor.narrow(member.dim, start, length)
     if transport.permutation is not None:
-        return tensor.index_select(member.dim, block_index(transport.permutation, member.repeat, tensor.device))
-    matrix = (transport.producer if side == "producer" else transport.consumer).to(tensor.device, tensor.dtype)
-    moved = tensor.movedim(member.dim, 0)
-    rest = moved.shape[1:]
-    blocks = moved.reshape(n, member.repeat, -1)
-    result = torch.einsum("ij,irk->jrk", matrix, blocks).reshape(m * member.repeat, *rest)
-    return result.movedim(0, member.dim).contiguous()
+        moved = piece.index_select(member.dim, block_index(transport.permutation, member.repeat, tensor.device))
+    else:
+        matrix = (transport.producer if side == "producer" else transport.consumer).to(tensor.device, tensor.dtype)
+        rows = piece.movedim(member.dim, 0)
+        blocks = rows.reshape(n, member.repeat, -1)
+        result = torch.einsum("ij,irk->jrk", matrix, blocks).reshape(m * member.repeat, *rows.shape[1:])
+        moved = result.movedim(0, member.dim)
+    if length == whole:
+        return moved.contiguous()
+    head = tensor.narrow(member.dim, 0, start)
+    tail = tensor.narrow(member.dim, start + length, whole - start - length)
+    return torch.cat([head, moved, tail], member.dim)
 
 
 def apply_transports(
     state: dict[str, torch.Tensor], groups: list[NeuronGroup], transports: dict[str, Transport]
 ) -> dict[str, torch.Tensor]:
-    """A new state_dict with every group's map applied to its producers and consumers (groups without a map stay)."""
+    """A new state_dict with every group's map applied to its producers and consumers (groups without a map stay).
+    Groups are mapped one after another; a dimension shared by several groups finds each slice at the widths of the
+    groups mapped so far."""
     result = dict(state)
+    sizes = group_sizes(state, groups)
     for group in groups:
         transport = transports.get(group.name)
         if transport is None:
             continue
         for member in group.producers:
-            result[member.key] = transform(result[member.key], member, transport, "producer")
+            result[member.key] = transform(result[member.key], member, transport, "producer", sizes)
         for member in group.consumers:
-            result[member.key] = transform(result[member.key], member, transport, "consumer")
+            result[member.key] = transform(result[member.key], member, transport, "consumer", sizes)
+        sizes[group.name] = transport.shape[1]
     return result
 
 
@@ -84,13 +103,19 @@ def with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def resize_attributes(module: nn.Module) -> None:
+    """Module attributes that state widths, set from the (resized) weights; a depthwise conv stays depthwise."""
     weight = getattr(module, "weight", None)
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = weight.shape
     elif isinstance(module, nn.modules.conv._ConvNd):
-        module.out_channels, module.in_channels = int(weight.shape[0]), int(weight.shape[1]) * module.groups
+        if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+            module.groups = module.in_channels = module.out_channels = int(weight.shape[0])
+        else:
+            module.out_channels, module.in_channels = int(weight.shape[0]), int(weight.shape[1]) * module.groups
     elif isinstance(module, NORMS):
         module.num_features = int((weight if weight is not None else module.running_mean).shape[0])
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = (int(weight.shape[0]),)
 
 
 def group_sizes(state: dict[str, torch.Tensor], groups: list[NeuronGroup]) -> dict[str, int]:

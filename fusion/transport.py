@@ -44,6 +44,30 @@ class TransportError(FusionError):
     """The transport problem could not be solved (non-finite costs, solver failure)."""
 
 
+@dataclass(frozen=True, eq=False)
+class Gram:
+    """Inner products ``<a_i, b_j>`` and squared norms ``|a_i|^2``, ``|b_j|^2`` of two feature sets. The ground costs
+    are functions of these alone, and for features made of blocks (a neuron's rows in several layers) they are sums
+    over the blocks, so the blocks need never be concatenated and an unchanged block's products can be kept."""
+
+    dot: torch.Tensor
+    norms_a: torch.Tensor
+    norms_b: torch.Tensor
+
+    @classmethod
+    def of(cls, a: torch.Tensor, b: torch.Tensor) -> Gram:
+        """The products of ``a: (n, d)`` and ``b: (m, d)``, in float32 on their device."""
+        if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+            raise TransportError(
+                f"features must be (n, d) and (m, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
+        a, b = a.float(), b.float()
+        return cls(a @ b.T, torch.linalg.vector_norm(a, dim=1).square(), torch.linalg.vector_norm(b, dim=1).square())
+
+    def __add__(self, other: Gram) -> Gram:
+        return Gram(self.dot + other.dot, self.norms_a + other.norms_a, self.norms_b + other.norms_b)
+
+
 def ground_cost(
     a: torch.Tensor, b: torch.Tensor, metric: Metric = "euclidean", normalize_rows: bool = False
 ) -> torch.Tensor:
@@ -54,17 +78,20 @@ def ground_cost(
     the features' device through one matrix product (the cancellation in ``|a|^2 + |b|^2 - 2<a, b>`` stays far
     below the gaps between distinct neurons' costs); the plan is then solved in float64.
     """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise TransportError(
-            f"features must be (n, d) and (m, d) with the same d, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    a, b = a.float(), b.float()
+    return gram_cost(Gram.of(a, b), metric, normalize_rows)
+
+
+def gram_cost(gram: Gram, metric: Metric = "euclidean", normalize_rows: bool = False) -> torch.Tensor:
+    """:func:`ground_cost` from the features' products; a row of norm zero stays zero when normalised."""
+    dot, norms_a, norms_b = gram.dot, gram.norms_a, gram.norms_b
     if normalize_rows or metric == "cosine":
-        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        b = b / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        scale_a = 1.0 / norms_a.sqrt().clamp_min(1e-12)
+        scale_b = 1.0 / norms_b.sqrt().clamp_min(1e-12)
+        dot = dot * scale_a[:, None] * scale_b[None, :]
+        norms_a, norms_b = norms_a * scale_a.square(), norms_b * scale_b.square()
     if metric == "cosine":
-        return 1.0 - a @ b.T
-    squared = ((a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * a @ b.T).clamp_min(0.0)
+        return 1.0 - dot
+    squared = (norms_a[:, None] + norms_b[None, :] - 2.0 * dot).clamp_min(0.0)
     if metric == "sqeuclidean":
         return squared
     if metric == "euclidean":
@@ -223,8 +250,8 @@ class Transport:
 
 
 def solve_transport(
-    a: torch.Tensor,
-    b: torch.Tensor,
+    a: torch.Tensor | Gram,
+    b: torch.Tensor | None = None,
     *,
     metric: Metric = "euclidean",
     normalize_rows: bool = False,
@@ -235,8 +262,10 @@ def solve_transport(
     nu: np.ndarray | None = None,
     correction: Correction = "marginals",
 ) -> Transport:
-    """Ground cost between features ``a: (n, d)`` and ``b: (m, d)``, transport plan, and the resulting maps."""
-    cost = normalize_cost(ground_cost(a, b, metric, normalize_rows), cost_normalization)
+    """Ground cost between features ``a: (n, d)`` and ``b: (m, d)`` (or from their products, a :class:`Gram`),
+    transport plan, and the resulting maps."""
+    gram = a if isinstance(a, Gram) else Gram.of(a, b)
+    cost = normalize_cost(gram_cost(gram, metric, normalize_rows), cost_normalization)
     plan = transport_plan(cost, mu, nu, solver, reg)
     cost = cost.detach().cpu()
     return Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()), correction, cost.float())

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.groups import NORMS, NeuronGroup, neuron_groups
-from fusion.importance import Importance, loss_gradients, neuron_importance, neuron_slices
+from fusion.groups import NORMS, NeuronGroup, neuron_groups, neuron_slices
+from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.transport import Solver, Transport, ground_cost, marginal, transport_plan
@@ -116,8 +116,9 @@ def kept_neurons(
 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
     """The ``round(n (1 - sparsity))`` most important neurons of every group (sorted), and every neuron's importance."""
     kept, scores = {}, {}
+    sizes = group_sizes(state, groups)
     for group in groups:
-        importance = neuron_importance(state, group, options.importance, gradients)
+        importance = neuron_importance(state, group, sizes, options.importance, gradients)
         count = round(group.size * (1 - options.sparsity))
         if group.size < 2 or count < 1:
             raise ConfigError(
@@ -128,24 +129,24 @@ def kept_neurons(
     return kept, scores
 
 
-def neuron_features(state: dict[str, torch.Tensor], group: NeuronGroup) -> torch.Tensor:
+def neuron_features(state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[str, int]) -> torch.Tensor:
     """``(n, d)``: each neuron's incoming rows (weights, biases, normalisation) and outgoing columns, concatenated."""
     parts = [
-        neuron_slices(state[m.key], m, group.size)
-        for m in group.members()
-        if m.param not in ("running_mean", "running_var")
+        neuron_slices(state[m.key], m, sizes) for m in group.members() if m.param not in ("running_mean", "running_var")
     ]
     return torch.cat(parts, 1)
 
 
-def merged_rows(state: dict[str, torch.Tensor], group: NeuronGroup, transport: Transport, rows: str) -> Transport:
+def merged_rows(
+    state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[str, int], transport: Transport, rows: str
+) -> Transport:
     """``transport`` with its producer map chosen by ``rows`` (module docstring)."""
     if rows == "barycentre":
         return transport
     if rows == "sum":
         return dataclasses.replace(transport, producer=transport.consumer)
     incoming = torch.cat(
-        [neuron_slices(state[m.key], m, group.size) for m in group.producers if m.param == "weight"], 1
+        [neuron_slices(state[m.key], m, sizes) for m in group.producers if m.param == "weight"], 1
     ).double()
     producer = transport.producer.double()
     scale = (producer.T @ incoming.norm(dim=1)) / (producer.T @ incoming).norm(dim=1).clamp_min(1e-12)
@@ -163,8 +164,9 @@ def intra_fuse(
     model and the maps."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     transports = {}
+    sizes = group_sizes(state, groups)
     for group in groups:
-        features = neuron_features(state, group)
+        features = neuron_features(state, group, sizes)
         index = kept[group.name]
         cost = ground_cost(features, features[index], "euclidean", normalize_rows=True)
         mu = nu = None
@@ -177,7 +179,7 @@ def intra_fuse(
             cost = cost / cost.max().clamp_min(1e-12)
         plan = transport_plan(cost, mu, nu, options.solver, options.reg)
         transport = Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()))
-        transports[group.name] = merged_rows(state, group, transport, options.rows)
+        transports[group.name] = merged_rows(state, group, sizes, transport, options.rows)
     return with_state(model, apply_transports(state, groups, transports)).eval(), transports
 
 

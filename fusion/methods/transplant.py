@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError
-from fusion.groups import NeuronGroup, neuron_groups
+from fusion.groups import Member, NeuronGroup, UnsupportedArchitecture, neuron_groups
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.surgery import apply_transports, group_sizes, with_state
@@ -51,37 +51,72 @@ class TransplantOptions:
 
 
 def concatenate(models: Sequence[nn.Module], groups: list[NeuronGroup]) -> nn.Module:
-    """The wide model of the module docstring: it computes the mean of the K models' logits."""
+    """The wide model of the module docstring: it computes the mean of the K models' logits.
+
+    Every group of the wide model holds the K models' neurons one model after another. Each model's tensors are
+    placed into the wide layout (each slice of a group at its block), so a weight that reads one group and writes
+    another becomes block diagonal; tensors with no group along any dimension (the output bias) are averaged, and those
+    with no group on their output side (the output layer) are divided by K.
+    """
+    for group in groups:
+        if group.normalized:
+            raise UnsupportedArchitecture(
+                f"{group.normalized[0]}: a LayerNorm normalises over all the neurons of group {group.name}, so the "
+                "concatenated network would not compute the ensemble"
+            )
     states = [{k: v.detach() for k, v in m.state_dict().items()} for m in models]
     sizes = [group_sizes(s, groups) for s in states]
-    out_group: dict[str, NeuronGroup] = {m.key: g for g in groups for m in g.producers}
-    in_group: dict[str, tuple[NeuronGroup, int]] = {m.key: (g, m.repeat) for g in groups for m in g.consumers}
+    wide_sizes = {g.name: sum(size[g.name] for size in sizes) for g in groups}
+    members: dict[str, list[Member]] = {}
+    for group in groups:
+        for member in group.members():
+            members.setdefault(member.key, []).append(member)
     wide: dict[str, torch.Tensor] = {}
-    count = len(models)
     for key, first in states[0].items():
-        rows = out_group.get(key)
-        columns = in_group.get(key)
         if not first.is_floating_point():
             wide[key] = first.clone()
-        elif rows is None and columns is None:
-            wide[key] = sum(s[key] for s in states) / count
-        elif columns is None:
-            wide[key] = torch.cat([s[key] for s in states], 0)
-        elif rows is None:
-            wide[key] = torch.cat([s[key] for s in states], 1) / count
-        else:
-            group, repeat = columns
-            height = sum(s[key].shape[0] for s in states)
-            width = sum(size[group.name] * repeat for size in sizes)
-            block = torch.zeros((height, width, *first.shape[2:]), dtype=first.dtype)
-            row = column = 0
-            for state, size in zip(states, sizes):
-                part = state[key]
-                block[row : row + part.shape[0], column : column + size[group.name] * repeat] = part
-                row += part.shape[0]
-                column += size[group.name] * repeat
-            wide[key] = block
+            continue
+        placed = members.get(key, [])
+        if not placed:
+            wide[key] = sum(s[key] for s in states) / len(models)
+            continue
+        dims = sorted({m.dim for m in placed})
+        shape = list(first.shape)
+        for dim in dims:
+            shape[dim] = sum(m.span(wide_sizes)[1] for m in placed if m.dim == dim)
+        total = torch.zeros(shape, dtype=first.dtype)
+        for k, state in enumerate(states):
+            offsets = {g.name: sum(size[g.name] for size in sizes[:k]) for g in groups}
+            index = block_positions(state[key].shape, placed, sizes[k], wide_sizes, offsets)
+            total.index_put_(index, state[key], accumulate=True)
+        produced = any(m in g.producers for g in groups for m in placed)
+        wide[key] = total if produced else total / len(models)
     return with_state(models[0], wide).eval()
+
+
+def block_positions(
+    shape: torch.Size,
+    placed: list[Member],
+    sizes: dict[str, int],
+    wide_sizes: dict[str, int],
+    offsets: dict[str, int],
+) -> tuple[torch.Tensor, ...]:
+    """Broadcast index tensors that send each entry of one model's tensor (groups of widths ``sizes``) to its place in
+    the wide tensor, where that model's neurons of group g start at ``offsets[g]``; dimensions without a group keep
+    their entries."""
+    depth = max((m.dim for m in placed), default=-1) + 1
+    index = []
+    for dim in range(depth):
+        positions = torch.arange(shape[dim])
+        for member in (m for m in placed if m.dim == dim):
+            start, length = member.span(sizes)
+            wide_start, _ = member.span(wide_sizes)
+            local = torch.arange(length)
+            positions[start : start + length] = wide_start + offsets[member.group] * member.repeat + local
+        view = [1] * depth
+        view[dim] = shape[dim]
+        index.append(positions.view(view))
+    return tuple(index)
 
 
 def prune_to(
@@ -97,7 +132,7 @@ def prune_to(
     sizes = group_sizes(state, groups)
     transports, kept, scores = {}, {}, {}
     for group in groups:
-        importance = neuron_importance(state, group, kind, gradients, size=sizes[group.name])
+        importance = neuron_importance(state, group, sizes, kind, gradients)
         keep = sorted(torch.topk(importance, widths[group.name]).indices.tolist())
         transports[group.name] = Transport.selection(sizes[group.name], keep)
         kept[group.name], scores[group.name] = keep, importance.tolist()
