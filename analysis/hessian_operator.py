@@ -170,17 +170,27 @@ class HessianOperator:
             for start in range(0, len(vectors), block):
                 chunk = vectors[start : start + block]
                 tangents = self.space.unflatten(chunk if len(chunk) > 1 else chunk[0])
-                products = torch.autograd.grad(
-                    gradient,
-                    leaves,
-                    [tangents[n] for n in self.space.names],
-                    retain_graph=True,
-                    is_grads_batched=len(chunk) > 1,
-                    materialize_grads=True,
-                )
-                flat = self.space.flatten(dict(zip(self.space.names, products)))
-                result[start : start + block] += flat.reshape(len(chunk), -1) * (len(x) / len(self.data[0]))
-        if not bool(torch.isfinite(result).all()):
+                try:
+                    products = torch.autograd.grad(
+                        gradient,
+                        leaves,
+                        [tangents[n] for n in self.space.names],
+                        retain_graph=True,
+                        is_grads_batched=len(chunk) > 1,
+                        materialize_grads=True,
+                    )
+                except RuntimeError as exc:
+                    if "derivative for" not in str(exc):
+                        raise
+                    raise AnalysisError(
+                        f"the model uses an operation without a second derivative in PyTorch ({exc}): its Hessian "
+                        "cannot be multiplied"
+                    ) from exc
+                weight = len(x) / len(self.data[0])
+                for part, product in zip(self.space.unflatten(result[start : start + block]).values(), products):
+                    part.add_(product.reshape(part.shape), alpha=weight)
+        # One reduction instead of a boolean copy of every entry; a finite but overflowing sum is checked in full.
+        if not math.isfinite(float(result.sum())) and not bool(torch.isfinite(result).all()):
             raise NonFiniteLoss(
                 "a Hessian-vector product is NaN or infinite: the loss is not twice differentiable here"
             )

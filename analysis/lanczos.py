@@ -70,14 +70,15 @@ def lanczos(
     for step in range(steps):
         if basis is not None:
             basis[active, step] = q[active]
-        w = operator.matmul(q[active])
-        alpha = (w * q[active]).sum(1)
-        w = w - alpha[:, None] * q[active] - beta_previous[active, None] * previous[active]
-        if basis is not None:
-            for row, run in enumerate(active):
+        w = operator.matmul(q if len(active) == count else q[active])
+        alpha = torch.zeros(len(active), device=operator.device)
+        for row, run in enumerate(active):
+            alpha[row] = torch.dot(w[row], q[run])
+            w[row].add_(q[run], alpha=-float(alpha[row])).add_(previous[run], alpha=-float(beta_previous[run]))
+            if basis is not None:
                 span = basis[run, : step + 1]
                 for _ in range(2):
-                    w[row] -= span.T @ (span @ w[row])
+                    w[row].addmv_(span.T, span @ w[row], alpha=-1.0)
         beta = w.norm(dim=1)
         progress(step + 1, steps, f"Lanczos step {step + 1}/{steps}")
         continuing = []
@@ -89,8 +90,8 @@ def lanczos(
             if step + 1 < steps and not broke_down:
                 continuing.append(run)
                 betas[run].append(float(beta[row]))
-                previous[run] = q[run]
-                q[run] = w[row] / beta[row]
+                previous[run].copy_(q[run])
+                q[run].copy_(w[row]).div_(beta[row])
                 beta_previous[run] = beta[row]
         active = continuing
         result = Lanczos(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fusion.groups import NeuronGroup, neuron_groups, neuron_slices
+from fusion.groups import NeuronGroup, neuron_groups, slice_norms
 from fusion.records import Record
 from fusion.surgery import group_sizes
 
@@ -34,9 +34,9 @@ def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[
     outgoing = torch.zeros(sizes[group.name], dtype=torch.float64)
     for member in group.producers:
         if member.param == "weight" and member.module in group.layers:
-            incoming += neuron_slices(state[member.key], member, sizes).double().pow(2).sum(1)
+            incoming += slice_norms(state[member.key], member, sizes).square()
     for member in group.consumers:
-        outgoing += neuron_slices(state[member.key], member, sizes).double().pow(2).sum(1)
+        outgoing += slice_norms(state[member.key], member, sizes).square()
     return GroupNorms(group.name, incoming.sqrt().tolist(), outgoing.sqrt().tolist())
 
 

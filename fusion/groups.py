@@ -22,6 +22,7 @@ CVPR 2023), so any model it can trace is supported; layers it cannot describe as
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -73,6 +74,16 @@ def neuron_slices(tensor: torch.Tensor, member: Member, sizes: Mapping[str, int]
     """``(n, d)``: the entries of ``tensor`` that belong to each of the ``n = sizes[member.group]`` neurons."""
     start, length = member.span(sizes)
     return tensor.narrow(member.dim, start, length).movedim(member.dim, 0).reshape(sizes[member.group], -1)
+
+
+def slice_norms(tensor: torch.Tensor, member: Member, sizes: Mapping[str, int], order: float = 2) -> torch.Tensor:
+    """``(n,)`` float64: the ``order``-norm of each neuron's entries of ``tensor`` (the rows of :func:`neuron_slices`),
+    reduced in place without copying the slices."""
+    start, length = member.span(sizes)
+    count, dim = sizes[member.group], member.dim % tensor.dim()
+    view = tensor.narrow(dim, start, length).unflatten(dim, (count, length // count))
+    others = tuple(d for d in range(view.dim()) if d != dim)
+    return torch.linalg.vector_norm(view, order, dim=others, dtype=torch.float64)
 
 
 def channel_dim(module: nn.Module) -> int:
@@ -153,7 +164,9 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
         example_inputs = example_inputs[:1]
         try:
             order, fixed = trace_order(model, example_inputs)
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
+                graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
             found = list(graph.get_all_groups(ignored_layers=fixed))
         except UnsupportedArchitecture:
             raise

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.groups import NeuronGroup, neuron_slices
+from fusion.groups import NeuronGroup, neuron_slices, slice_norms
 
 Importance = Literal["l1", "l2", "l2sq", "taylor"]
 
@@ -38,14 +38,14 @@ def neuron_importance(
     for member in group.members():
         if member.param != "weight":
             continue
-        values = neuron_slices(state[member.key], member, sizes).double()
         if kind == "l1":
-            total += values.abs().sum(1)
+            total += slice_norms(state[member.key], member, sizes, 1)
         elif kind in ("l2", "l2sq"):
-            total += values.pow(2).sum(1)
+            total += slice_norms(state[member.key], member, sizes).square()
         elif kind == "taylor":
             if gradients is None:
                 raise ConfigError("taylor importance needs gradients of the loss")
+            values = neuron_slices(state[member.key], member, sizes).double()
             total += (values * neuron_slices(gradients[member.key], member, sizes).double()).abs().sum(1)
         else:
             raise ConfigError(f"unknown importance {kind!r}; expected l1, l2, l2sq or taylor")

@@ -84,21 +84,27 @@ def apply_transports(
 
 
 def with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """A deep copy of ``model`` holding ``state``; layers whose widths changed are resized (their ``in_features``,
-    ``out_channels``, ``num_features``... updated), so this serves unequal widths, concatenation and pruning."""
-    result = copy.deepcopy(model)
+    """A deep copy of ``model`` holding ``state`` (each tensor copied once, in the model's dtype and device); layers
+    whose widths changed are resized (their ``in_features``, ``out_channels``, ``num_features``... updated), so this
+    serves unequal widths, concatenation and pruning."""
+    current = dict(model.state_dict(keep_vars=True))
+    if set(current) != set(state):
+        raise ArchitectureError(
+            f"the state and the model differ in their keys: {sorted(set(current) ^ set(state))[:4]}"
+        )
+    memo: dict[int, torch.Tensor] = {}
+    resized = set()
+    for key, tensor in current.items():
+        value = state[key].detach().to(device=tensor.device, dtype=tensor.dtype, copy=True)
+        if isinstance(tensor, nn.Parameter):
+            value = nn.Parameter(value, requires_grad=tensor.requires_grad)
+        memo.setdefault(id(tensor), value)
+        if tensor.shape != value.shape:
+            resized.add(key.rpartition(".")[0])
+    result = copy.deepcopy(model, memo)
     modules = dict(result.named_modules())
-    for key, value in state.items():
-        module_name, _, attribute = key.rpartition(".")
-        module = modules[module_name]
-        current = getattr(module, attribute)
-        if current.shape != value.shape:
-            if isinstance(current, nn.Parameter):
-                setattr(module, attribute, nn.Parameter(value.clone(), requires_grad=current.requires_grad))
-            else:
-                module.register_buffer(attribute, value.clone())
-            resize_attributes(module)
-    result.load_state_dict(state)
+    for name in resized:
+        resize_attributes(modules[name])
     return result
 
 
@@ -125,3 +131,12 @@ def group_sizes(state: dict[str, torch.Tensor], groups: list[NeuronGroup]) -> di
         member = next(m for m in group.producers if m.param == "weight" and m.module in group.layers)
         sizes[group.name] = state[member.key].shape[0] // member.repeat
     return sizes
+
+
+def permuted(model: nn.Module, groups: list[NeuronGroup], seed: int) -> nn.Module:
+    """A copy of ``model`` computing the same function with the neurons of every group shuffled by a seeded random
+    permutation: the test that an alignment finds its way back."""
+    rng = np.random.default_rng(seed)
+    shuffles = {g.name: Transport.from_plan(np.eye(g.size)[rng.permutation(g.size)] / g.size) for g in groups}
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return with_state(model, apply_transports(state, groups, shuffles)).eval()

@@ -3,14 +3,11 @@ neuron-permuted copies."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from fusion.groups import NORMS, NeuronGroup
+from fusion.groups import NORMS
 from fusion.models import ModelSpec, build_model, default_spec
-from fusion.surgery import apply_transports, with_state
-from fusion.transport import Transport
 
 SMALL = {
     "mlp-bias": default_spec("mlp", (1, 8, 8), 10, hidden=(32, 16), bias=True),
@@ -33,17 +30,6 @@ def randomised(spec: ModelSpec, seed: int) -> nn.Module:
                 module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.3)
                 module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
     return model.eval()
-
-
-def random_permutations(groups: list[NeuronGroup], seed: int) -> dict[str, Transport]:
-    rng = np.random.default_rng(seed)
-    return {g.name: Transport.from_plan(np.eye(g.size)[rng.permutation(g.size)] / g.size) for g in groups}
-
-
-def permuted_copy(model: nn.Module, groups: list[NeuronGroup], seed: int) -> nn.Module:
-    """The same function with the neurons of every group shuffled."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    return with_state(model, apply_transports(state, groups, random_permutations(groups, seed))).eval()
 
 
 def max_logit_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:

@@ -10,9 +10,9 @@ from fusion.alignment import AlignmentError, AlignOptions, align, verify_alignme
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import neuron_groups
 from fusion.models import build_model, default_spec
-from fusion.surgery import apply_transports, with_state
+from fusion.surgery import apply_transports, permuted, with_state
 from fusion.transport import Transport
-from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
+from tests.fusion_helpers import SMALL, max_logit_difference, randomised
 
 X = torch.randn(128, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 ARCHITECTURES = ["mlp-bias", "vgg11-bn", "resnet18-bn"]
@@ -38,7 +38,7 @@ def test_aligned_model_computes_same_function(name, mode):
 def test_permuted_copy_aligns_back_to_the_original_weights(name, options):
     original = randomised(SMALL[name], seed=0)
     groups = neuron_groups(original, X)
-    shuffled = permuted_copy(original, groups, seed=7)
+    shuffled = permuted(original, groups, seed=7)
     assert max_logit_difference(shuffled, original, X) < 1e-4
     alignment = align(shuffled, original, groups, options, inputs=X)
     for key, value in original.state_dict().items():

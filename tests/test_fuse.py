@@ -13,9 +13,10 @@ from fusion.methods.base import parents_mismatch
 from fusion.models import build_model, default_spec
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, train_and_save
 from fusion.registry import REGISTRY, fuse
+from fusion.surgery import permuted
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import TransportError
-from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
+from tests.fusion_helpers import SMALL, max_logit_difference, randomised
 
 X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -24,7 +25,7 @@ X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 @pytest.mark.parametrize("name", ["mlp-bias", "vgg11-bn", "resnet18-bn"])
 def test_fusing_a_model_with_its_permuted_copy_recovers_its_function(name, method, options):
     model = randomised(SMALL[name], seed=0)
-    shuffled = permuted_copy(model, neuron_groups(model, X), seed=3)
+    shuffled = permuted(model, neuron_groups(model, X), seed=3)
     result = fuse([model, shuffled], method, inputs=X, recompute_bn=False, **options)
     assert max_logit_difference(result.model, model, X) < 1e-4
     assert all(error is None or error < 1e-4 for error in result.report.verified)
@@ -32,7 +33,7 @@ def test_fusing_a_model_with_its_permuted_copy_recovers_its_function(name, metho
 
 def test_vanilla_average_of_a_permuted_copy_breaks_the_function():
     model = randomised(SMALL["mlp-bias"], seed=0)
-    shuffled = permuted_copy(model, neuron_groups(model, X), seed=3)
+    shuffled = permuted(model, neuron_groups(model, X), seed=3)
     result = fuse([model, shuffled], "average", inputs=X)
     assert max_logit_difference(result.model, model, X) > 1e-2
 

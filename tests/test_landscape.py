@@ -38,20 +38,21 @@ from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.groups import NORMS, neuron_groups
 from fusion.models import ModelSpec, build_model, default_spec
 from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.surgery import permuted
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import Workspace
-from tests.fusion_helpers import max_logit_difference, permuted_copy, randomised
+from tests.fusion_helpers import max_logit_difference, randomised
 
 CPU = torch.device("cpu")
 SMALL = LandscapeConfig(resolution=5, samples=300)
 
 
 @pytest.fixture(scope="module")
-def permuted(trained_mlp) -> tuple[nn.Module, nn.Module, list]:
+def permuted_mlp(trained_mlp) -> tuple[nn.Module, nn.Module, list]:
     """The trained MLP, a neuron-permuted copy of it (the same function) and its neuron groups."""
     model = trained_mlp.model
     groups = neuron_groups(model, trained_mlp.data.x_train[:2])
-    return model, permuted_copy(model, groups, seed=1), groups
+    return model, permuted(model, groups, seed=1), groups
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,8 @@ def test_interpolating_a_model_with_itself_is_flat(trained_mlp) -> None:
     )
 
 
-def test_a_permuted_copy_shows_a_barrier_that_alignment_removes(trained_mlp, permuted) -> None:
-    model, copy_, groups = permuted
+def test_a_permuted_copy_shows_a_barrier_that_alignment_removes(trained_mlp, permuted_mlp) -> None:
+    model, copy_, groups = permuted_mlp
     data = trained_mlp.data
     assert max_logit_difference(model, copy_, data.x_test) < 1e-4
     before = linear_interpolation(model, copy_, data, SMALL, CPU)
@@ -104,8 +105,8 @@ def test_loss_barrier_is_the_largest_gap_above_the_chord() -> None:
     assert loss_barrier(ts, np.array([1.0, 1.25, 1.5, 1.75, 2.0])) == pytest.approx(0.0)
 
 
-def test_plane_coordinates_reproduce_the_three_models(trained_mlp, permuted, digits: Dataset) -> None:
-    model, copy_, _ = permuted
+def test_plane_coordinates_reproduce_the_three_models(trained_mlp, permuted_mlp, digits: Dataset) -> None:
+    model, copy_, _ = permuted_mlp
     third = build_model(trained_mlp.spec, seed=5)
     models = [model, copy_, third]
     basis = plane_basis(models)
@@ -124,8 +125,8 @@ def test_plane_coordinates_reproduce_the_three_models(trained_mlp, permuted, dig
     np.testing.assert_allclose(losses, [evaluate(m, x_test, y_test, CPU).loss for m in models], rtol=1e-5)
 
 
-def test_plane_grid_covers_the_models_and_round_trips_through_json(trained_mlp, permuted) -> None:
-    model, copy_, _ = permuted
+def test_plane_grid_covers_the_models_and_round_trips_through_json(trained_mlp, permuted_mlp) -> None:
+    model, copy_, _ = permuted_mlp
     third = build_model(trained_mlp.spec, seed=5)
     result = plane([model, copy_, third], trained_mlp.data, SMALL, CPU, labels=("parent A", "parent B", "fused"))
     assert result.metrics.test_loss.shape == (5, 5)
@@ -136,8 +137,8 @@ def test_plane_grid_covers_the_models_and_round_trips_through_json(trained_mlp, 
     assert again.labels == ("parent A", "parent B", "fused")
 
 
-def test_collinear_models_span_no_plane(trained_mlp, permuted) -> None:
-    model, copy_, _ = permuted
+def test_collinear_models_span_no_plane(trained_mlp, permuted_mlp) -> None:
+    model, copy_, _ = permuted_mlp
     middle = copy.deepcopy(model)
     with torch.no_grad():
         for p, a, b in zip(middle.parameters(), model.parameters(), copy_.parameters()):
@@ -177,7 +178,7 @@ def test_random_directions_pass_through_the_model_at_the_origin(trained_mlp) -> 
     np.testing.assert_allclose(stored.metrics.test_loss, two.metrics.test_loss)
 
 
-@pytest.mark.parametrize("fixture", ["permuted", "bn_cnn"])
+@pytest.mark.parametrize("fixture", ["permuted_mlp", "bn_cnn"])
 def test_vmapped_chunks_give_the_same_metrics_as_one_point_per_call(fixture, request, digits: Dataset) -> None:
     model = request.getfixturevalue(fixture)
     model = model[0] if isinstance(model, tuple) else model

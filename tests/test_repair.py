@@ -7,8 +7,9 @@ from fusion.groups import neuron_groups
 from fusion.models import build_model, default_spec
 from fusion.registry import fuse
 from fusion.repair import chain_ends, repair, statistics
+from fusion.surgery import permuted
 from fusion.train import TrainConfig, evaluate, train
-from tests.fusion_helpers import SMALL, max_logit_difference, permuted_copy, randomised
+from tests.fusion_helpers import SMALL, max_logit_difference, randomised
 
 CPU = torch.device("cpu")
 X = torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -18,7 +19,7 @@ X = torch.randn(256, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 @pytest.mark.parametrize("name", ["mlp-bias", "cnn", "vgg11-bn", "resnet18-bn"])
 def test_repair_leaves_a_model_fused_with_its_permuted_copy_unchanged(name, method):
     model = randomised(SMALL[name], seed=0)
-    shuffled = permuted_copy(model, neuron_groups(model, X), seed=3)
+    shuffled = permuted(model, neuron_groups(model, X), seed=3)
     result = fuse([model, shuffled], method, inputs=X, recompute_bn=False, repair=True)
     assert max_logit_difference(result.model, model, X) < 1e-3
     assert any(note.startswith("REPAIR renormalised") for note in result.report.notes)
@@ -119,7 +120,7 @@ def test_repair_along_the_aligned_interpolation_lowers_the_barrier_and_passes_th
 def test_repair_along_the_line_to_an_aligned_permuted_copy_changes_nothing(digits, cnn_parents):
     model = cnn_parents[0]
     groups = neuron_groups(model, digits.x_train[:2])
-    a, b = fuse([model, permuted_copy(model, groups, seed=3)], "matching", data=digits).aligned
+    a, b = fuse([model, permuted(model, groups, seed=3)], "matching", data=digits).aligned
     config = LandscapeConfig(resolution=3, samples=300)
     plain = linear_interpolation(a, b, digits, config, CPU)
     repaired = linear_interpolation(a, b, digits, config, CPU, repair=True)

@@ -15,9 +15,10 @@ from fusion.groups import neuron_groups
 from fusion.models import ModelSpec, build_model, conform, default_spec, parameter_count, parameter_estimate
 from fusion.registry import fuse
 from fusion.sources import TRUSTED_FACTORIES_VARIABLE, trusted_here
+from fusion.surgery import permuted
 from fusion.workspace import Workspace
 from tests.data_helpers import fake_mnist
-from tests.fusion_helpers import max_logit_difference, permuted_copy, randomised
+from tests.fusion_helpers import max_logit_difference, randomised
 
 RGB = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -42,7 +43,7 @@ def test_a_neuron_permuted_copy_of_a_library_resnet_fuses_back_to_its_function(a
     assert parameter_estimate(spec) == parameter_count(model)
     first, second = (build_model(spec, seed=5).state_dict().values() for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    copy = permuted_copy(model, neuron_groups(model, RGB[:2]), seed=3)
+    copy = permuted(model, neuron_groups(model, RGB[:2]), seed=3)
     assert max_logit_difference(model, copy, RGB) < 1e-4
     fused = fuse([model, copy], "ot", inputs=RGB, recompute_bn=False)
     assert max(v for v in fused.report.verified if v is not None) < 1e-4

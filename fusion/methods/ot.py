@@ -57,7 +57,12 @@ class FusionOptions(Record):
 
 @dataclass(frozen=True)
 class OTOptions(AlignOptions, FusionOptions):
-    """OT fusion: :class:`AlignOptions` for the maps, :class:`FusionOptions` for the average."""
+    """OT fusion: :class:`AlignOptions` for the maps, :class:`FusionOptions` for the average. In weights mode the
+    groups are swept until no map changes (at most ``sweeps`` passes): a plain network's groups only read earlier
+    ones, so its second pass changes nothing and the maps are the one-pass maps of the reference implementation,
+    while a residual group, solved first with its later blocks' inputs unaligned, is solved again with them aligned."""
+
+    sweeps: int = field(default=10, metadata={"help": "maximum passes over the groups (stops when no map changes)"})
 
     def __post_init__(self) -> None:
         AlignOptions.__post_init__(self)
