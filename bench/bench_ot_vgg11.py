@@ -15,9 +15,7 @@ neither permutes the class outputs). Without ``OTFUSION_REF`` only ours is measu
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,44 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otfusion_reference as reference  # noqa: E402
+from memory import measured  # noqa: E402
 
 from fusion.models import ModelSpec, build_model  # noqa: E402
 from fusion.registry import fuse  # noqa: E402
 
 SPEC = ModelSpec("vgg11", (3, 32, 32), 10, bias=False)
 OURS = {"reference": 1, "verify": True}
-
-
-def resident_peak_reset() -> None:
-    """Reset the process's peak resident set size (Linux: writing 5 to /proc/self/clear_refs)."""
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def resident_peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def resident_now_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def measured(call, repeat: int) -> tuple[float, float, object]:
-    """Median seconds over ``repeat`` calls and the peak resident memory (MiB) above the level before them."""
-    times, peaks, result = [], [], None
-    for _ in range(repeat):
-        baseline = resident_now_mib()
-        resident_peak_reset()
-        started = time.perf_counter()
-        result = call()
-        times.append(time.perf_counter() - started)
-        peaks.append(resident_peak_mib() - baseline)
-    return statistics.median(times), max(peaks), result
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from typing import Any
 
 from cli.arguments import add_option_arguments, given_options
 from cli.output import record_summary, stderr_progress, stored_summary
-from fusion.data import load_dataset
+from fusion.data import DATASET_FORMS, check_dataset_name, load_dataset
 from fusion.device import default_device, describe_device
-from fusion.errors import FusionError
+from fusion.errors import DatasetError, FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.options import OptionField, option_fields
 from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
@@ -48,6 +48,26 @@ def architecture(value: str) -> str:
     )
 
 
+def dataset_name(value: str) -> str:
+    """A ``--dataset`` value in canonical form (:func:`fusion.data.check_dataset_name`); a malformed one is a usage
+    error."""
+    try:
+        return check_dataset_name(value)
+    except DatasetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_dataset_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--dataset",
+        type=dataset_name,
+        default=default,
+        metavar="DATASET",
+        help=f"{DATASET_FORMS}; an image folder holds one sub-folder of images per class, or train and test (or val) "
+        "folders of them (see the README)",
+    )
+
+
 def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument(
         "--arch",
@@ -79,7 +99,16 @@ def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
             seed=seed,
             augment=args.augment,
         )
-        records.append(train_and_save(workspace, spec, data.name, config, progress=stderr_progress(args.quiet)))
+        stored = train_and_save(
+            workspace,
+            spec,
+            data.name,
+            config,
+            progress=stderr_progress(args.quiet),
+            download=args.download,
+            pretrained=args.pretrained,
+        )
+        records.append(stored)
     return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
 
 

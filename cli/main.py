@@ -18,6 +18,7 @@ from typing import Any
 
 from cli.analysis_commands import add_analysis_commands
 from cli.commands import (
+    add_dataset_option,
     add_fusion_options,
     add_spec_options,
     command_delete,
@@ -32,7 +33,6 @@ from cli.commands import (
     command_train,
 )
 from cli.output import failure, human_readable, strict_json
-from fusion.data import DATASETS
 from fusion.errors import FusionError, UsageError
 from fusion.registry import methods
 from fusion.train import OPTIMIZERS, TrainConfig
@@ -64,14 +64,18 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    common.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
+    common.add_argument(
+        "--download",
+        action="store_true",
+        help="allow torchvision to download a missing dataset (an image folder is read in place, never downloaded)",
+    )
 
     main = CommandParser(prog="python -m fusion", description="FusionLab: train, fuse and analyse networks.")
     commands = main.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", parents=[common], help="train models and save them to the workspace")
     add_spec_options(train, required=True)
-    train.add_argument("--dataset", default="digits", choices=DATASETS)
+    add_dataset_option(train, default="digits")
     train.add_argument("--seed", type=int, nargs="+", default=[0], help="one model per seed")
     defaults = TrainConfig()
     train.add_argument("--epochs", type=int, default=defaults.epochs)
@@ -80,6 +84,14 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     train.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
     train.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     train.add_argument("--augment", action="store_true", help="random crops and flips (CIFAR)")
+    train.add_argument(
+        "--pretrained",
+        nargs="?",
+        const="default",
+        metavar="TAG",
+        help="start a torchvision:/timm: network from its published weights (TAG, e.g. IMAGENET1K_V1; default: the "
+        "library's default) found in the local cache; --download fetches them if missing",
+    )
     train.set_defaults(run=command_train)
 
     commands.add_parser("demo", parents=[common], help="build the offline demo ensemble").set_defaults(run=command_demo)
@@ -100,7 +112,7 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     import_.add_argument("checkpoint")
     add_spec_options(import_, required=False)
     import_.add_argument("--spec", help="a JSON file holding a model spec (instead of --arch ...)")
-    import_.add_argument("--dataset", choices=DATASETS)
+    add_dataset_option(import_, default=None)
     import_.add_argument("--name")
     import_.set_defaults(run=command_import)
 

@@ -10,6 +10,11 @@ MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 come from torchvision under a local
 ``~/.fusionlab/data``); they are downloaded only when asked for with ``download=True``. Their normalisation constants
 are the usual per-channel training-set statistics.
 
+``imagefolder:PATH`` and ``imagefolder:PATH@SIZE`` are a user's own images (:mod:`fusion.image_folder` reads them:
+layout, split, size and channels), standardised per channel with their training split's mean and (population)
+standard deviation; a channel constant over the training split keeps a standard deviation of 1. A folder is read
+once per process: restart to see files changed since.
+
 The :class:`Normalization` a dataset uses is stored with every model trained on it, and every analysis reloads the
 dataset through :func:`load_dataset`, so inputs are always standardised the way the model saw them in training.
 """
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 
 from fusion.errors import DatasetError
+from fusion.image_folder import ImageFolderName, is_image_folder, parse_image_folder_name, read_image_folder
 from fusion.records import Record
 
 TORCHVISION_DATASETS = {
@@ -37,6 +43,15 @@ TORCHVISION_DATASETS = {
     "cifar100": ("CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 DATASETS = ("digits", *TORCHVISION_DATASETS)
+TORCHVISION_SIGNATURES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+"""``(input_shape, num_classes)`` of each torchvision dataset, known without loading it."""
+DATASET_FORMS = f"{', '.join(DATASETS)}, imagefolder:PATH or imagefolder:PATH@SIZE (SIZE: N for NxN, or HxW)"
+"""Every form a dataset name takes, for messages and help texts."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,8 @@ class Dataset:
     num_classes: int
     normalization: Normalization
     description: str = field(default="")
+    classes: tuple[str, ...] = field(default=())
+    """The class names, index ``i`` naming label ``i``."""
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -86,18 +103,48 @@ def data_root() -> Path:
     return Path(os.environ.get("FUSIONLAB_DATA", Path.home() / ".fusionlab" / "data")).expanduser()
 
 
+def check_dataset_name(name: str) -> str:
+    """The canonical form of a dataset name: a built-in name in lower case, or ``imagefolder:ABSOLUTE_PATH`` with
+    ``@N`` (square) or ``@HxW`` when a size is given.
+
+    Checks the form only; whether an image folder exists and holds images is checked when it is loaded. Raises
+    :class:`DatasetError` for an unknown name or a malformed image-folder name.
+    """
+    if is_image_folder(name):
+        return parse_image_folder_name(name).canonical
+    key = name.lower().strip()
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {DATASET_FORMS}")
+    return key
+
+
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False) -> Dataset:
     """Load a dataset by name; see the module docstring for splits and normalisation.
 
-    Raises :class:`DatasetError` for an unknown name, or for a torchvision dataset that is not under ``root`` and was
-    not allowed (or could not be) downloaded. Results are cached per process; never modify the returned tensors.
+    ``root`` and ``download`` concern the torchvision datasets only; an image folder is read where its name says.
+    Raises :class:`DatasetError` for an unknown name, for a torchvision dataset that is not under ``root`` and was not
+    allowed (or could not be) downloaded, or for an image folder that cannot be read as a dataset. Results are cached
+    per process; never modify the returned tensors.
     """
-    key = name.lower().strip()
-    if key not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    key = check_dataset_name(name)
+    if is_image_folder(key):
+        return load_image_folder(parse_image_folder_name(key))
     if key == "digits":
         return load_digits()
     return load_torchvision(key, str(Path(root).expanduser() if root else data_root()), download)
+
+
+def dataset_signature(name: str) -> tuple[tuple[int, int, int], int]:
+    """``(input_shape, num_classes)`` of a dataset without loading (or downloading) a torchvision one.
+
+    Used to show a form's defaults and to check options before a job starts; the job itself builds its spec from the
+    loaded dataset. digits and an image folder are loaded (and so cached for the job).
+    """
+    key = check_dataset_name(name)
+    if key in TORCHVISION_SIGNATURES:
+        return TORCHVISION_SIGNATURES[key]
+    data = load_dataset(key)
+    return data.input_shape, data.num_classes
 
 
 DIGITS_SPLIT = Path(__file__).with_name("digits_split.npz")
@@ -133,6 +180,7 @@ def load_digits() -> Dataset:
         num_classes=10,
         normalization=Normalization((mean,), (std,)),
         description="scikit-learn 8x8 digits, 1,347 train / 450 test (stratified, random_state=0), offline",
+        classes=tuple(str(digit) for digit in range(10)),
     )
 
 
@@ -181,6 +229,7 @@ def load_torchvision(key: str, root: str, download: bool) -> Dataset:
     factory = getattr(torchvision.datasets, class_name)
     check_raw_files(class_name, root)
     splits = {}
+    classes: tuple[str, ...] = ()
     for train in (True, False):
         try:
             raw = factory(root=root, train=train, download=download)
@@ -204,6 +253,7 @@ def load_torchvision(key: str, root: str, download: bool) -> Dataset:
                 f"{class_name} under {root}: the {split} split has {len(x)} images but {len(labels)} labels"
             )
         splits[train] = (x.contiguous(), labels)
+        classes = tuple(str(c) for c in raw.classes)
     if len(splits[True][0]) == 0:
         raise DatasetError(f"{class_name} under {root} is empty")
     return Dataset(
@@ -215,18 +265,41 @@ def load_torchvision(key: str, root: str, download: bool) -> Dataset:
         num_classes=100 if key == "cifar100" else 10,
         normalization=Normalization(mean, std),
         description=f"torchvision {class_name} from {root}",
+        classes=classes,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_image_folder(folder: ImageFolderName) -> Dataset:
+    """An image folder as a :class:`Dataset`, standardised per channel with its training split's statistics (layout,
+    split and channels: :mod:`fusion.image_folder`)."""
+    images = read_image_folder(folder)
+    x_train = images.x[: images.train]
+    mean = x_train.double().mean(dim=(0, 2, 3))
+    std = x_train.double().std(dim=(0, 2, 3), correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    x = ((images.x - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).contiguous()
+    return Dataset(
+        name=folder.canonical,
+        x_train=x[: images.train],
+        y_train=images.y[: images.train],
+        x_test=x[images.train :],
+        y_test=images.y[images.train :],
+        num_classes=len(images.classes),
+        normalization=Normalization(tuple(mean.tolist()), tuple(std.tolist())),
+        description=images.description,
+        classes=images.classes,
     )
 
 
 def dataset_normalization(name: str) -> Normalization:
-    """The normalisation ``load_dataset(name)`` applies, known without loading a torchvision dataset."""
-    key = name.lower().strip()
-    if key == "digits":
-        return load_digits().normalization
-    if key not in TORCHVISION_DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    _, mean, std = TORCHVISION_DATASETS[key]
-    return Normalization(mean, std)
+    """The normalisation ``load_dataset(name)`` applies, known without loading a torchvision dataset (digits and an
+    image folder, whose statistics are their training split's, are loaded)."""
+    key = check_dataset_name(name)
+    if key in TORCHVISION_DATASETS:
+        _, mean, std = TORCHVISION_DATASETS[key]
+        return Normalization(mean, std)
+    return load_dataset(key).normalization
 
 
 def batches(

@@ -20,6 +20,7 @@ from fusion.device import default_device
 from fusion.errors import ArchitectureError
 from fusion.methods.base import parents_mismatch
 from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform, default_spec
+from fusion.pretrained import initialise, pretrained_weights
 from fusion.progress import Progress, no_progress
 from fusion.registry import FusionResult, fuse, method_options, method_spec
 from fusion.run_key import run_key
@@ -37,8 +38,9 @@ class Stored:
     reused: bool = False
 
 
-def train_key(spec: ModelSpec, dataset: str, config: TrainConfig) -> str:
-    return run_key("train", spec=spec.to_dict(), dataset=dataset, config=config.to_dict())
+def train_key(spec: ModelSpec, dataset: str, config: TrainConfig, pretrained: str | None = None) -> str:
+    extra = {} if pretrained is None else {"pretrained": pretrained}
+    return run_key("train", spec=spec.to_dict(), dataset=dataset, config=config.to_dict(), **extra)
 
 
 def train_and_save(
@@ -51,9 +53,14 @@ def train_and_save(
     progress: Progress = no_progress,
     download: bool = False,
     reuse: bool = True,
+    pretrained: str | None = None,
 ) -> Stored:
     """Build ``spec`` with initialisation seed ``config.seed``, train it on ``dataset`` and save it with its metrics;
     with ``reuse``, a model stored by a run of the same spec, dataset and recipe is returned untrained instead.
+
+    ``pretrained`` starts a ``torchvision:``/``timm:`` network from its published weights of that tag (``"default"``:
+    the library's default weights) found in the local cache, or downloaded when ``download``
+    (:mod:`fusion.pretrained`); a head for another number of classes keeps its seeded initialisation.
 
     The spec must match the dataset's input shape and class count, and its parameters must fit in the device's free
     memory (:func:`fusion.models.check_fits_in_memory`). Nothing is written when training fails.
@@ -64,13 +71,17 @@ def train_and_save(
             f"the spec expects inputs {spec.input_shape} and {spec.num_classes} classes; {dataset} has "
             f"{data.input_shape} and {data.num_classes}"
         )
-    key = train_key(spec, data.name, config)
+    published = None
+    if pretrained is not None:
+        published = pretrained_weights(spec.arch, None if pretrained == "default" else pretrained, download)
+    key = train_key(spec, data.name, config, None if published is None else published[0].tag)
     found = workspace.find_run(key) if reuse else None
     if found is not None:
         return Stored(found, reused=True)
     device = device or default_device()
     check_fits_in_memory(spec, device)
     model = build_model(spec, seed=config.seed)
+    start = None if published is None else initialise(model, *published)
     result = train(model, data, config, device=device, progress=progress)
     assert result.test is not None
     record = workspace.save(
@@ -85,7 +96,8 @@ def train_and_save(
             "train_loss": result.train_loss[-1],
             "train_seconds": result.seconds,
         },
-        provenance={"method": "train", "options": config.to_dict(), "run": key},
+        provenance={"method": "train", "options": config.to_dict(), "run": key}
+        | ({} if start is None else {"pretrained": start.to_dict()}),
         seed=config.seed,
         name=name,
     )

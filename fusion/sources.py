@@ -28,7 +28,7 @@ from collections.abc import Callable
 from torch import nn
 
 from fusion.errors import ArchitectureError
-from fusion.seed_models import build_seed_model, check_seed_arch
+from fusion.seed_models import SEED_MODELS, ZOO_ALIASES, build_seed_model, check_seed_arch
 
 SOURCES = ("torchvision", "timm", "otfusion", "python")
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -76,9 +76,29 @@ def trust_stored(arch: str) -> None:
         trust_factory(arch.removeprefix("python:"))
 
 
+def listed_factories() -> set[str]:
+    """The factories the server's configuration lists in ``FUSIONLAB_FACTORIES``."""
+    return {item.strip() for item in os.environ.get(TRUSTED_FACTORIES_VARIABLE, "").split(",") if item.strip()}
+
+
 def trusted_factories() -> set[str]:
-    listed = {item.strip() for item in os.environ.get(TRUSTED_FACTORIES_VARIABLE, "").split(",") if item.strip()}
-    return listed | trusted_here
+    return listed_factories() | trusted_here
+
+
+def source_choices(source: str) -> tuple[str, ...]:
+    """The ``arch`` names a front end offers for ``source``: torchvision's classification models, otfusion's
+    architectures, the factories ``FUSIONLAB_FACTORIES`` lists (only those: a factory a command or a stored model
+    trusted in this process is not the server's offer). ``()`` for timm, whose names (``timm.list_models()``, over a
+    thousand) are typed and checked by :func:`check_arch`."""
+    if source not in SOURCES:
+        raise ArchitectureError(f"unknown architecture source {source!r}; expected one of {', '.join(SOURCES)}")
+    if source == "torchvision":
+        return tuple(f"torchvision:{name}" for name in sorted(torchvision_names()))
+    if source == "otfusion":
+        return (*SEED_MODELS, *ZOO_ALIASES)
+    if source == "python":
+        return tuple(f"python:{name}" for name in sorted(listed_factories()))
+    return ()
 
 
 def check_factory_name(name: str) -> None:

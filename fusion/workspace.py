@@ -48,13 +48,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from fusion.data import DATASETS, Normalization, dataset_normalization
+from fusion.data import Normalization, check_dataset_name, dataset_normalization
+from fusion.image_folder import is_image_folder, parse_image_folder_name
 from fusion.errors import (
     ArchitectureError,
     CheckpointError,
     DamagedModelError,
     DamagedResultError,
-    DatasetError,
     ExportError,
     WorkspaceError,
 )
@@ -120,8 +120,8 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "model"
+def slug(text: str, length: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower())[:length].strip("-") or "model"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -318,7 +318,9 @@ class Workspace:
         return self.root / "models" / model_id
 
     def new_id(self, spec: ModelSpec, dataset: str, label: str) -> str:
-        return f"{slug(spec.arch)}-{slug(dataset)}-{slug(label)[:16]}-{uuid.uuid4().hex[:6]}"
+        """``ARCH-DATASET-LABEL-RANDOM`` within the 81 characters of an id: an image folder by its folder's name."""
+        short = parse_image_folder_name(dataset).path.name if is_image_folder(dataset) else dataset
+        return f"{slug(spec.arch, 32)}-{slug(short, 24)}-{slug(label, 16)}-{uuid.uuid4().hex[:6]}"
 
     def save(
         self,
@@ -340,8 +342,7 @@ class Workspace:
 
         Raises :class:`CheckpointError` if the model has NaN/inf weights or does not fit ``spec`` (nothing is written).
         """
-        if dataset not in DATASETS:
-            raise DatasetError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        dataset = check_dataset_name(dataset)
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         check_finite(state, "the model")
         load_state_into(build_model(spec), state)

@@ -4,21 +4,20 @@ import functools
 
 import streamlit as st
 
-from fusion.data import DATASETS
-from fusion.models import ARCHITECTURES
+from fusion.data import DATASETS, dataset_signature
+from fusion.models import check_fits_in_memory
 from fusion.workspace import ModelRecord, Workspace
 from ui.checkpoints import export_bytes, import_upload
 from ui.errors import report_errors
-from ui.forms import architecture_fields, training_fields
+from ui.forms import FROM_FILE, architecture_fields, architecture_select, training_fields
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import kept
 from ui.state import device, job_runner, select_models, selected_model_ids, workspace, workspace_models
 from ui.tables import escape_markdown, show_models_table
-from ui.training import dataset_signature, train_models
+from ui.training import train_models
 
 TRAIN_KIND = "train"
 SELECTION_WIDGET = "models.selection"
-FROM_FILE = "from the file"
 CHECKPOINT_TYPES = ["safetensors", "pt", "pth", "bin"]
 FLASH_KEY = "models.flash"
 IMPORTED_KEY = "models.imported"
@@ -72,11 +71,10 @@ def model_actions(ws: Workspace, records: list[ModelRecord], disabled: bool) -> 
 def train_section(ws: Workspace, disabled: bool) -> None:
     """Train one model per seed of a chosen architecture and recipe, as one job."""
     st.subheader("Train new models")
-    left, right = st.columns(2)
-    kept("train.arch", ARCHITECTURES[0], ARCHITECTURES)
+    source_column, arch_column, dataset_column = st.columns(3)
+    arch = architecture_select("train", (source_column, arch_column), disabled)
     kept("train.dataset", DATASETS[0], DATASETS)
-    arch = left.selectbox("Architecture", ARCHITECTURES, key="train.arch", disabled=disabled)
-    dataset = right.selectbox("Dataset", DATASETS, key="train.dataset", disabled=disabled)
+    dataset = dataset_column.selectbox("Dataset", DATASETS, key="train.dataset", disabled=disabled)
     with st.form("train"):
         spec_inputs = architecture_fields("train", arch, dataset, disabled)
         training_inputs = training_fields("train", disabled)
@@ -89,6 +87,7 @@ def train_section(ws: Workspace, disabled: bool) -> None:
             options = spec_inputs.parse()
             configs = training_inputs.parse()
             spec = options.build(*dataset_signature(dataset))
+            check_fits_in_memory(spec, device())
             seeds = ", ".join(str(c.seed) for c in configs)
             start_job(
                 f"Train {spec.describe()} on {dataset} (seed {seeds})",
@@ -111,13 +110,14 @@ def import_section(ws: Workspace, disabled: bool) -> None:
         "A FusionLab export carries its architecture and dataset. A plain state_dict needs both: choose them below. "
         "Files are read without executing code; pickles that carry code are refused."
     )
-    left, right = st.columns(2)
-    arch = left.selectbox("Architecture", [FROM_FILE, *ARCHITECTURES], key="import.arch", disabled=disabled)
-    dataset = right.selectbox("Dataset", [FROM_FILE, *DATASETS], key="import.dataset", disabled=disabled)
+    source_column, arch_column, dataset_column = st.columns(3)
+    arch = architecture_select("import", (source_column, arch_column), disabled, from_file=True)
+    kept("import.dataset", FROM_FILE, [FROM_FILE, *DATASETS])
+    dataset = dataset_column.selectbox("Dataset", [FROM_FILE, *DATASETS], key="import.dataset", disabled=disabled)
     with st.form("import"):
         upload = st.file_uploader("Checkpoint", type=CHECKPOINT_TYPES, key="import.file", disabled=disabled)
         spec_inputs = None
-        if arch != FROM_FILE:
+        if arch is not None:
             spec_inputs = architecture_fields("import", arch, "digits" if dataset == FROM_FILE else dataset, disabled)
         name = st.text_input("Name (optional)", key="import.name", disabled=disabled)
         submitted = st.form_submit_button("Import", type="primary", disabled=disabled)

@@ -40,8 +40,10 @@ def torch_bytes(obj) -> bytes:
 
 
 def upload(at, filename: str, content: bytes, arch: str = "from the file", dataset: str = "from the file"):
-    """Choose architecture and dataset, put a file into the uploader and press Import."""
-    at.selectbox(key="import.arch").set_value(arch).run()
+    """Choose the architecture (from the zoo) and dataset, put a file into the uploader and press Import."""
+    at.selectbox(key="import.source").set_value("from the file" if arch == "from the file" else "zoo").run()
+    if arch != "from the file":
+        at.selectbox(key="import.arch").set_value(arch).run()
     at.selectbox(key="import.dataset").set_value(dataset).run()
     at.file_uploader(key="import.file").upload(filename, content)
     return at.button(key=IMPORT).click().run()

@@ -54,7 +54,7 @@ def test_another_fine_tune_recipe_becomes_a_finetune_command():
     assert (args.epochs, args.lr, args.optimizer, args.batch_size, args.seed) == (4, 0.01, "sgd", 32, 5)
 
 
-@pytest.mark.parametrize("method,sweeps", [("matching", 100), ("ot", 10)])
+@pytest.mark.parametrize("method,sweeps", [("matching", 100), ("ot", 3)])
 def test_fuse_help_for_one_method_lists_its_own_options_and_defaults(method, sweeps, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fuse", "--method", method, "--help"])

@@ -58,13 +58,18 @@ def test_exact_plan_for_equal_widths_is_the_optimal_permutation():
     assert transport.cost == pytest.approx(0.0, abs=1e-3)
 
 
-def test_exact_emd_agrees_with_the_assignment_shortcut():
-    a, b = features(7, 5, 2), features(7, 5, 3)
-    cost = ground_cost(a, b)
-    hungarian = transport_plan(cost)
-    emd = transport_plan(cost, marginal(7) * 1.0, marginal(7) * 1.0 + 0.0)  # explicit marginals take ot.emd
-    c = cost.double().numpy()
-    assert (hungarian * c).sum() == pytest.approx((emd * c).sum(), rel=1e-9)
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 1000), levels=st.sampled_from([0, 3]))
+def test_the_assignment_shortcut_is_as_cheap_as_exact_emd(n, seed, levels):
+    """Jonker-Volgenant's permutation costs what the network simplex's plan costs, with ties too (``levels``
+    distinct cost values; 0: continuous costs)."""
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, levels, (n, n)).astype(float) if levels else rng.random((n, n))
+    assignment = transport_plan(torch.from_numpy(c))
+    emd = transport_plan(torch.from_numpy(c), marginal(n) * 1.0, marginal(n) * 1.0 + 0.0)  # explicit: ot.emd
+    assert sorted(np.flatnonzero(assignment) % n) == list(range(n))
+    assert np.allclose(assignment.sum(0), 1.0 / n) and np.allclose(assignment.sum(1), 1.0 / n)
+    assert (assignment * c).sum() == pytest.approx((emd * c).sum(), rel=1e-9, abs=1e-12)
 
 
 def test_producer_columns_and_consumer_rows_sum_to_one_for_unequal_widths():

@@ -1,4 +1,4 @@
-"""Form fields shared by pages: an architecture's options and a training recipe.
+"""Form fields shared by pages: an architecture (its source, then its name), its options and a training recipe.
 
 Widgets return raw values; :meth:`SpecInputs.parse` and :meth:`TrainingInputs.parse` turn them into library objects
 when the form is submitted, raising :class:`fusion.errors.ConfigError` for bad text, so nothing runs on a typo.
@@ -7,19 +7,82 @@ Defaults come from :func:`fusion.models.default_spec` and :class:`fusion.train.T
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
-from fusion.models import default_spec
+from fusion.data import dataset_signature
+from fusion.errors import ConfigError
+from fusion.models import ARCHITECTURES, default_spec
+from fusion.sources import SOURCES, is_sourced, source_choices
 from fusion.train import OPTIMIZERS, TrainConfig
 from ui.options import kept
 from ui.parsing import parse_int_list, parse_seeds
-from ui.training import SpecOptions, dataset_signature
+from ui.training import SpecOptions
+
+ZOO = "zoo"
+FROM_FILE = "from the file"
+SOURCE_LABELS = {
+    FROM_FILE: FROM_FILE,
+    ZOO: "FusionLab zoo",
+    "torchvision": "torchvision",
+    "timm": "timm",
+    "otfusion": "otfusion (seed repositories)",
+    "python": "your factories",
+}
+DEFAULT_ARCHS = {"torchvision": "torchvision:resnet18"}
+TIMM_DEFAULT = "resnet18"
 
 
 def joined(values: tuple[int, ...]) -> str:
     return ",".join(map(str, values))
+
+
+def offered_sources(from_file: bool = False) -> list[str]:
+    """The zoo and every architecture source (the factories only when ``FUSIONLAB_FACTORIES`` lists some), after
+    :data:`FROM_FILE` when ``from_file``."""
+    sources = [ZOO, *(source for source in SOURCES if source != "python" or source_choices("python"))]
+    return [FROM_FILE, *sources] if from_file else sources
+
+
+def architecture_select(
+    prefix: str, columns: Sequence[DeltaGenerator], disabled: bool = False, from_file: bool = False
+) -> str | None:
+    """A "Source" select in ``columns[0]`` and that source's architecture in ``columns[1]``: a select of the zoo's,
+    torchvision's, otfusion's or the listed factories' names, a text input for timm (checked when the form is
+    submitted). Returns the ``arch``, or ``None`` for :data:`FROM_FILE` (offered first when ``from_file``).
+
+    Keys: ``{prefix}.source``, ``{prefix}.arch`` for the zoo, ``{prefix}.arch.{source}`` for the others, each kept
+    across reruns, so switching sources back and forth keeps every choice.
+    """
+    sources = offered_sources(from_file)
+    kept(f"{prefix}.source", sources[0], sources)
+    source = columns[0].selectbox(
+        "Source", sources, format_func=SOURCE_LABELS.__getitem__, key=f"{prefix}.source", disabled=disabled
+    )
+    if source == FROM_FILE:
+        return None
+    if source == "timm":
+        kept(f"{prefix}.arch.timm", TIMM_DEFAULT)
+        name = columns[1].text_input(
+            "Architecture",
+            key=f"{prefix}.arch.timm",
+            disabled=disabled,
+            help="A timm model name (timm.list_models()), e.g. resnet18; checked when you submit",
+        )
+        return f"timm:{name.strip()}"
+    choices = ARCHITECTURES if source == ZOO else source_choices(source)
+    key = f"{prefix}.arch" if source == ZOO else f"{prefix}.arch.{source}"
+    kept(key, DEFAULT_ARCHS.get(source, choices[0]), choices)
+    return columns[1].selectbox(
+        "Architecture",
+        choices,
+        format_func=lambda arch: arch.partition(":")[2] or arch,
+        key=key,
+        disabled=disabled,
+    )
 
 
 @dataclass(frozen=True)
@@ -27,13 +90,15 @@ class SpecInputs:
     """What the architecture fields hold: text for the layer lists, numbers and flags for the rest."""
 
     arch: str
-    hidden: str | None
-    channels: str | None
-    width: float | None
-    batch_norm: bool
-    bias: bool
+    hidden: str | None = None
+    channels: str | None = None
+    width: float | None = None
+    batch_norm: bool | None = None
+    bias: bool | None = None
 
     def parse(self) -> SpecOptions:
+        if self.arch.endswith(":"):
+            raise ConfigError(f"type the name of a {self.arch.removesuffix(':')} model, e.g. resnet18")
         return SpecOptions(
             arch=self.arch,
             hidden=None if self.hidden is None else parse_int_list(self.hidden, "hidden widths", allow_empty=True),
@@ -46,8 +111,15 @@ class SpecInputs:
 
 def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = False) -> SpecInputs:
     """Fields for the options of ``arch`` (layer widths for mlp/cnn, a width multiplier for vgg/resnet, batch norm,
-    bias), pre-filled with the zoo's defaults for ``dataset``. Widget keys start with ``prefix``.
+    bias), pre-filled with the zoo's defaults for ``dataset``. Widget keys start with ``prefix``. An architecture from
+    a source has none of these options: only a caption, and :meth:`SpecInputs.parse` gives ``SpecOptions(arch)``.
     """
+    if is_sourced(arch):
+        st.caption(
+            f"`{arch}` is built as its source defines it, with the number of classes and the input shape of the "
+            "dataset; the zoo's options (widths, batch norm, bias) do not apply."
+        )
+        return SpecInputs(arch)
     defaults = default_spec(arch, *dataset_signature(dataset))
     key = f"{prefix}.{arch}.{dataset}"
     hidden = channels = width = None

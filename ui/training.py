@@ -7,34 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fusion.data import load_dataset, load_digits
-from fusion.errors import DatasetError
+from fusion.data import load_dataset
 from fusion.models import ModelSpec, default_spec
 from fusion.pipeline import Stored, train_and_save
 from fusion.progress import Progress, no_progress
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
-
-TORCHVISION_SIGNATURES: dict[str, tuple[tuple[int, int, int], int]] = {
-    "mnist": ((1, 28, 28), 10),
-    "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "cifar100": ((3, 32, 32), 100),
-}
-
-
-def dataset_signature(name: str) -> tuple[tuple[int, int, int], int]:
-    """``(input_shape, num_classes)`` of a dataset without loading (or downloading) a torchvision one.
-
-    Used to show a form's defaults and to check options before a job starts; the job itself builds its spec from the
-    loaded dataset.
-    """
-    if name == "digits":
-        data = load_digits()
-        return data.input_shape, data.num_classes
-    if name not in TORCHVISION_SIGNATURES:
-        raise DatasetError(f"unknown dataset {name!r}; expected digits or one of {', '.join(TORCHVISION_SIGNATURES)}")
-    return TORCHVISION_SIGNATURES[name]
 
 
 @dataclass(frozen=True)

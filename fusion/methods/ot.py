@@ -58,11 +58,14 @@ class FusionOptions(Record):
 @dataclass(frozen=True)
 class OTOptions(AlignOptions, FusionOptions):
     """OT fusion: :class:`AlignOptions` for the maps, :class:`FusionOptions` for the average. In weights mode the
-    groups are swept until no map changes (at most ``sweeps`` passes): a plain network's groups only read earlier
-    ones, so its second pass changes nothing and the maps are the one-pass maps of the reference implementation,
-    while a residual group, solved first with its later blocks' inputs unaligned, is solved again with them aligned."""
+    groups are swept until no map changes, at most ``sweeps`` passes: a plain network's groups only read earlier ones,
+    so its second pass changes nothing and the maps are the one-pass maps of the reference implementation, while a
+    residual group, solved first with its later blocks' inputs unaligned, is solved again with them aligned. Three
+    passes bring a neuron-shuffled torchvision ResNet-18 back exactly (one does not: logits off by 0.2); two
+    independent ResNet-50s still change maps after ten (0.7 s a pass on 2 cores), with no objective that the passes
+    are known to lower, so the default stops at three."""
 
-    sweeps: int = field(default=10, metadata={"help": "maximum passes over the groups (stops when no map changes)"})
+    sweeps: int = field(default=3, metadata={"help": "maximum passes over the groups (stops when no map changes)"})
 
     def __post_init__(self) -> None:
         AlignOptions.__post_init__(self)
