@@ -49,7 +49,6 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from fusion.data import Normalization, check_dataset_name, dataset_normalization
-from fusion.image_folder import is_image_folder, parse_image_folder_name
 from fusion.errors import (
     ArchitectureError,
     CheckpointError,
@@ -58,6 +57,7 @@ from fusion.errors import (
     ExportError,
     WorkspaceError,
 )
+from fusion.image_folder import is_image_folder, parse_image_folder_name
 from fusion.models import ModelSpec, build_model, parameter_count, state_mismatch
 from fusion.records import Record, RecordError, from_json
 from fusion.sources import trust_stored

@@ -4,12 +4,13 @@ import functools
 
 import streamlit as st
 
-from fusion.data import DATASETS, dataset_signature
+from fusion.data import TORCHVISION_DATASETS, dataset_signature
+from fusion.errors import FusionError
 from fusion.models import check_fits_in_memory
 from fusion.workspace import ModelRecord, Workspace
 from ui.checkpoints import export_bytes, import_upload
 from ui.errors import report_errors
-from ui.forms import FROM_FILE, architecture_fields, architecture_select, training_fields
+from ui.forms import architecture_fields, architecture_select, dataset_select, training_fields
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import kept
 from ui.state import device, job_runner, select_models, selected_model_ids, workspace, workspace_models
@@ -21,6 +22,7 @@ SELECTION_WIDGET = "models.selection"
 CHECKPOINT_TYPES = ["safetensors", "pt", "pth", "bin"]
 FLASH_KEY = "models.flash"
 IMPORTED_KEY = "models.imported"
+PRETRAINED_SOURCES = ("torchvision:", "timm:")
 
 
 def sync_selection() -> None:
@@ -68,18 +70,42 @@ def model_actions(ws: Workspace, records: list[ModelRecord], disabled: bool) -> 
             st.rerun()
 
 
+def readable(dataset: str) -> bool:
+    """Whether the dataset's shape and classes can be known (an image folder is read for them); if not, the reason is
+    shown and the form below waits for a readable one."""
+    try:
+        dataset_signature(dataset)
+    except FusionError as exc:
+        st.error(str(exc))
+        return False
+    return True
+
+
 def train_section(ws: Workspace, disabled: bool) -> None:
     """Train one model per seed of a chosen architecture and recipe, as one job."""
     st.subheader("Train new models")
     source_column, arch_column, dataset_column = st.columns(3)
     arch = architecture_select("train", (source_column, arch_column), disabled)
-    kept("train.dataset", DATASETS[0], DATASETS)
-    dataset = dataset_column.selectbox("Dataset", DATASETS, key="train.dataset", disabled=disabled)
+    dataset = dataset_select("train", dataset_column, disabled)
+    if not readable(dataset):
+        return
     with st.form("train"):
         spec_inputs = architecture_fields("train", arch, dataset, disabled)
         training_inputs = training_fields("train", disabled)
+        pretrained = False
+        if arch.startswith(PRETRAINED_SOURCES):
+            kept("train.pretrained", False)
+            pretrained = st.checkbox(
+                "Start from the published pretrained weights",
+                key="train.pretrained",
+                disabled=disabled,
+                help="The library's default weights, read from the local cache (downloaded only with the box below); "
+                "a head for another number of classes keeps its random initialisation",
+            )
         download = st.checkbox(
-            "Download the dataset if it is missing", key="train.download", disabled=disabled or dataset == "digits"
+            "Download the dataset or weights if they are missing",
+            key="train.download",
+            disabled=disabled or not (dataset in TORCHVISION_DATASETS or arch.startswith(PRETRAINED_SOURCES)),
         )
         submitted = st.form_submit_button("Train", type="primary", disabled=disabled)
     if submitted:
@@ -97,6 +123,7 @@ def train_section(ws: Workspace, disabled: bool) -> None:
                 dataset,
                 configs,
                 download=download,
+                pretrained="default" if pretrained else None,
                 device=device(),
                 kind=TRAIN_KIND,
             )
@@ -112,13 +139,14 @@ def import_section(ws: Workspace, disabled: bool) -> None:
     )
     source_column, arch_column, dataset_column = st.columns(3)
     arch = architecture_select("import", (source_column, arch_column), disabled, from_file=True)
-    kept("import.dataset", FROM_FILE, [FROM_FILE, *DATASETS])
-    dataset = dataset_column.selectbox("Dataset", [FROM_FILE, *DATASETS], key="import.dataset", disabled=disabled)
+    dataset = dataset_select("import", dataset_column, disabled, from_file=True)
+    if dataset is not None and not readable(dataset):
+        return
     with st.form("import"):
         upload = st.file_uploader("Checkpoint", type=CHECKPOINT_TYPES, key="import.file", disabled=disabled)
         spec_inputs = None
         if arch is not None:
-            spec_inputs = architecture_fields("import", arch, "digits" if dataset == FROM_FILE else dataset, disabled)
+            spec_inputs = architecture_fields("import", arch, dataset or "digits", disabled)
         name = st.text_input("Name (optional)", key="import.name", disabled=disabled)
         submitted = st.form_submit_button("Import", type="primary", disabled=disabled)
     if IMPORTED_KEY in st.session_state:
@@ -134,7 +162,7 @@ def import_section(ws: Workspace, disabled: bool) -> None:
             upload.getvalue(),
             upload.name,
             options=spec_inputs.parse() if spec_inputs is not None else None,
-            dataset=None if dataset == FROM_FILE else dataset,
+            dataset=dataset,
             name=name.strip() or None,
             device=device(),
         )

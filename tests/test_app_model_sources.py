@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 
+import huggingface_hub
 import pytest
 import torch
 from app_helpers import messages, open_app, wait_for_job
@@ -12,6 +13,7 @@ from app_helpers import messages, open_app, wait_for_job
 from fusion.errors import ArchitectureError
 from fusion.models import build_model, default_spec
 from fusion.sources import TRUSTED_FACTORIES_VARIABLE, source_choices, trust_factory, trusted_here
+from tests.data_helpers import make_folder
 from ui.forms import SpecInputs
 from ui.state import job_runner
 from ui.training import SpecOptions
@@ -159,4 +161,59 @@ def test_a_torchvision_import_on_grey_digits_is_refused_and_nothing_is_stored(ap
 
     assert not at.exception
     assert any("takes 3-channel images" in e for e in messages(at.error)), messages(at.error)
+    assert app_workspace.records() == []
+
+
+def choose_image_folder(at, prefix: str, folder: str, size: str = ""):
+    at.selectbox(key=f"{prefix}.dataset").set_value("image folder").run()
+    at.text_input(key=f"{prefix}.dataset.folder").input(folder).run()
+    at.text_input(key=f"{prefix}.dataset.size").input(size).run()
+    return at
+
+
+def test_a_cnn_trains_on_an_image_folder_resized_from_the_page(app_workspace, tmp_path):
+    root = make_folder(tmp_path / "colours")
+    at = choose_image_folder(choose(open_app(MODELS), "train", "zoo", "cnn"), "train", str(root), "8")
+    at.number_input(key="train.epochs").set_value(1)
+    at.button(key=TRAIN).click().run()
+    assert not at.exception and not at.error, messages(at.error)
+
+    job = wait_for_job()
+    assert job is not None and job.status == "done", job.error if job else "no job"
+    at.run()
+
+    (record,) = app_workspace.records()
+    assert record.dataset == f"imagefolder:{root}@8"
+    assert record.spec.input_shape == (3, 8, 8) and record.spec.num_classes == 3
+    assert at.text_input(key="train.dataset.folder").value == str(root), "the form keeps the folder after the job"
+
+
+def test_an_unreadable_image_folder_is_named_and_the_form_waits(app_workspace, tmp_path):
+    (tmp_path / "empty").mkdir()
+    at = choose_image_folder(open_app(MODELS), "train", str(tmp_path / "empty"))
+
+    assert not at.exception
+    assert any("has no class folders" in e for e in messages(at.error)), messages(at.error)
+    assert TRAIN not in [button.key for button in at.button]
+
+
+def test_pretrained_weights_are_offered_for_torchvision_and_timm_only(app_workspace):
+    at = choose(open_app(MODELS), "train", "timm", "timm:resnet18")
+    assert at.checkbox(key="train.pretrained").label.startswith("Start from the published pretrained weights")
+    choose(at, "train", "zoo", "cnn")
+    assert "train.pretrained" not in [box.key for box in at.checkbox]
+
+
+def test_pretrained_weights_missing_from_the_cache_fail_the_job_with_the_reason(app_workspace, tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    at = choose(open_app(MODELS), "train", "timm", "timm:resnet18")
+    at.checkbox(key="train.pretrained").check()
+    at.number_input(key="train.epochs").set_value(1)
+    at.button(key=TRAIN).click().run()
+
+    job = wait_for_job()
+    assert job is not None and job.status == "failed"
+    assert "not in the local Hugging Face cache" in job.error
+    at.run()
+    assert not at.exception
     assert app_workspace.records() == []

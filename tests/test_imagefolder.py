@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from PIL import Image
 
 from cli.main import main
 from fusion.data import check_dataset_name, dataset_normalization, dataset_signature, load_dataset, load_image_folder
@@ -22,26 +19,7 @@ from fusion.image_folder import IMAGE_EXTENSIONS, stratified_split
 from fusion.models import ModelSpec, build_model, default_spec
 from fusion.train import TrainConfig, train
 from fusion.workspace import ID_PATTERN, Workspace
-
-COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-
-
-def write_image(path: Path, colour: tuple[int, ...], size: tuple[int, int] = (12, 12), seed: int = 0) -> None:
-    """A ``size`` (H, W) image of ``colour`` with a little noise; one value gives a grayscale image."""
-    noise = np.random.default_rng(seed).integers(-30, 30, size=(*size, len(colour)))
-    pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels.squeeze(-1) if len(colour) == 1 else pixels).save(path)
-
-
-def make_folder(
-    root: Path, colours: Mapping[str, tuple[int, ...]] = COLOURS, per_class: int = 8, size: tuple[int, int] = (12, 12)
-) -> Path:
-    """``root/<class>/<i>.png``: ``per_class`` images of each class's colour."""
-    for name, colour in colours.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            write_image(root / name / f"{i:02d}.png", colour, size, seed=i)
-    return root
+from tests.data_helpers import COLOURS, make_folder, write_image
 
 
 @pytest.fixture

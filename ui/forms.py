@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from fusion.data import dataset_signature
+from fusion.data import DATASETS, dataset_signature
 from fusion.errors import ConfigError
+from fusion.image_folder import IMAGE_FOLDER_PREFIX
 from fusion.models import ARCHITECTURES, default_spec
 from fusion.sources import SOURCES, is_sourced, source_choices
 from fusion.train import OPTIMIZERS, TrainConfig
@@ -83,6 +84,40 @@ def architecture_select(
         key=key,
         disabled=disabled,
     )
+
+
+IMAGE_FOLDER = "image folder"
+
+
+def dataset_select(prefix: str, column: DeltaGenerator, disabled: bool = False, from_file: bool = False) -> str | None:
+    """A "Dataset" select in ``column``: the built-in datasets and an image folder (a folder path and an optional size
+    below the select, composed into ``imagefolder:PATH[@SIZE]``, :mod:`fusion.image_folder`). Returns the name, or
+    ``None`` for :data:`FROM_FILE` (offered first when ``from_file``). Keys start with ``{prefix}.dataset``."""
+    choices = [*([FROM_FILE] if from_file else []), *DATASETS, IMAGE_FOLDER]
+    key = f"{prefix}.dataset"
+    kept(key, choices[0], choices)
+    chosen = column.selectbox("Dataset", choices, key=key, disabled=disabled)
+    if chosen == FROM_FILE:
+        return None
+    if chosen != IMAGE_FOLDER:
+        return chosen
+    kept(f"{key}.folder", "")
+    kept(f"{key}.size", "")
+    folder = column.text_input(
+        "Image folder",
+        key=f"{key}.folder",
+        disabled=disabled,
+        help="A folder on the server with one sub-folder of images per class (torchvision's ImageFolder layout), "
+        "optionally split into train/ and test/",
+    )
+    size = column.text_input(
+        "Resize to",
+        key=f"{key}.size",
+        disabled=disabled,
+        placeholder="keep (all images one size)",
+        help="N for N x N pixels, or HxW; empty keeps the images' own size, which must then be the same for all",
+    )
+    return f"{IMAGE_FOLDER_PREFIX}{folder.strip()}" + (f"@{size.strip()}" if size.strip() else "")
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,15 @@ def train_models(
     configs: Sequence[TrainConfig],
     *,
     download: bool = False,
+    pretrained: str | None = None,
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> list[Stored]:
     """Train one model per config (one per seed) with :func:`fusion.pipeline.train_and_save` and save each (or reuse
     the stored model of an identical earlier run).
 
-    Progress counts epochs over all configs. Models finished before a failure or a cancel stay in the workspace.
+    ``pretrained`` starts every model from published weights (:func:`fusion.pipeline.train_and_save`). Progress
+    counts epochs over all configs. Models finished before a failure or a cancel stay in the workspace.
     """
     data = load_dataset(dataset, download=download)
     spec = options.build(data.input_shape, data.num_classes)
@@ -65,6 +67,17 @@ def train_models(
         def seed_progress(epoch: int, epochs: int, message: str, offset: int = done, seed: int = config.seed) -> None:
             progress(offset + epoch, total, f"seed {seed}: {message}")
 
-        records.append(train_and_save(workspace, spec, data.name, config, device=device, progress=seed_progress))
+        records.append(
+            train_and_save(
+                workspace,
+                spec,
+                data.name,
+                config,
+                device=device,
+                progress=seed_progress,
+                download=download,
+                pretrained=pretrained,
+            )
+        )
         done += config.epochs
     return records
