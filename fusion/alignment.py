@@ -32,6 +32,7 @@ from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
+from fusion.heads import head_transports
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.seeds import check_seed
@@ -296,6 +297,48 @@ def align(
     done_sweeps = 0
     versions: dict[str, int] = {}
     solved_at: dict[str, dict[str, int]] = {}
+    partners = {g.name: [p for p in groups if p.attention == g.attention] if g.heads > 1 else [g] for g in groups}
+
+    def gram_of(group: NeuronGroup) -> Gram:
+        if options.mode == "activations":
+            return Gram.of(acts_a[group.name].to(device), acts_b[group.name].to(device))
+        return builder.gram(group, state_a, state_b, transports, versions)
+
+    def solve(group: NeuronGroup) -> list[Transport]:
+        """The group's map, or, for an attention group, the maps of all its attention's groups at once."""
+        if group.heads > 1:
+            if options.solver != "exact" or options.marginals != "uniform":
+                raise ConfigError(
+                    f"{group.attention}: attention heads are aligned by exact permutations with uniform marginals "
+                    f"(solver='exact', marginals='uniform'), got solver={options.solver!r}, "
+                    f"marginals={options.marginals!r}"
+                )
+            return head_transports(
+                [gram_of(p) for p in partners[group.name]],
+                group.heads,
+                metric=options.metric,
+                normalize_rows=options.normalize_rows,
+                cost_normalization=options.cost_normalization,
+                correction=options.correction,
+            )
+        gram = gram_of(group)
+        mu = nu = None
+        if options.marginals == "importance":
+            mu = marginal(len(gram.norms_a), gram.norms_a.sqrt())
+            nu = marginal(len(gram.norms_b), gram.norms_b.sqrt())
+        transport = solve_transport(
+            gram,
+            metric=options.metric,
+            normalize_rows=options.normalize_rows,
+            cost_normalization=options.cost_normalization,
+            solver=options.solver,
+            reg=options.reg,
+            mu=mu,
+            nu=nu,
+            correction=options.correction,
+        )
+        return [transport]
+
     for sweep in range(sweeps):
         changed = False
         for index, group in enumerate(groups):
@@ -305,33 +348,19 @@ def align(
                 progress(*step, f"sweep {sweep + 1}: group {group.name} unchanged")
                 continue
             started = time.perf_counter()
-            if options.mode == "activations":
-                gram = Gram.of(acts_a[group.name].to(device), acts_b[group.name].to(device))
-            else:
-                gram = builder.gram(group, state_a, state_b, transports, versions)
-            mu = nu = None
-            if options.marginals == "importance":
-                mu = marginal(len(gram.norms_a), gram.norms_a.sqrt())
-                nu = marginal(len(gram.norms_b), gram.norms_b.sqrt())
-            transport = solve_transport(
-                gram,
-                metric=options.metric,
-                normalize_rows=options.normalize_rows,
-                cost_normalization=options.cost_normalization,
-                solver=options.solver,
-                reg=options.reg,
-                mu=mu,
-                nu=nu,
-                correction=options.correction,
-            )
-            previous = transports.get(group.name)
-            if previous is None or not np.array_equal(previous.plan, transport.plan):
-                changed = True
-                versions[group.name] = versions.get(group.name, 0) + 1
-            transports[group.name] = transport
-            solved_at[group.name] = inputs_at
-            costs[group.name] = transport.cost
-            seconds[group.name] = seconds.get(group.name, 0.0) + time.perf_counter() - started
+            solved = solve(group)
+            elapsed = (time.perf_counter() - started) / len(solved)
+            for partner, transport in zip(partners[group.name], solved):
+                previous = transports.get(partner.name)
+                if previous is None or not np.array_equal(previous.plan, transport.plan):
+                    changed = True
+                    versions[partner.name] = versions.get(partner.name, 0) + 1
+                transports[partner.name] = transport
+                costs[partner.name] = transport.cost
+                seconds[partner.name] = seconds.get(partner.name, 0.0) + elapsed
+            for partner in partners[group.name]:
+                depends = builder.depends(partner)
+                solved_at[partner.name] = inputs_at if partner is group else {n: versions.get(n, 0) for n in depends}
             progress(*step, f"sweep {sweep + 1}: group {group.name}")
         done_sweeps = sweep + 1
         if not changed:

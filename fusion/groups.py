@@ -11,8 +11,9 @@ the groups that precede it along that dimension (``before``), so its slice is fo
 depthwise convolution ties each output channel to the same input channel: its rows are producers of its input's
 group. LayerNorm over the channels and bare per-channel parameters (a layer scale, a class token) are per-neuron
 producers too; a group that a LayerNorm normalises records it (``normalized``): permuting such a group is exact, but
-concatenating models is not their ensemble. The network's inputs and its output logits belong to no group: they are
-never permuted.
+concatenating models is not their ensemble. An attention module's projections form a query/key group and a value
+group whose maps keep its heads whole (:mod:`fusion.heads`). The network's inputs and its output logits belong to no
+group: they are never permuted.
 
 The groups come from torch-pruning's dependency graph (Fang et al., "DepGraph: Towards Any Structural Pruning",
 CVPR 2023), so any model it can trace is supported; layers it cannot describe as slices raise
@@ -100,7 +101,9 @@ class NeuronGroup:
     per-channel parameters); ``consumers``: slices along the input side of the next layers; ``layers``: the
     conv/linear modules among the producers, in execution order; ``chains``: for each of those layers, the module whose
     output carries the group's neurons (the BatchNorm directly following the layer, or the layer itself);
-    ``normalized``: the LayerNorms that normalise over the group's neurons.
+    ``normalized``: the LayerNorms that normalise over the group's neurons; ``heads``: the number of equal consecutive
+    blocks (attention heads) that every map must keep whole, and ``attention`` the attention module whose groups share
+    one assignment of heads (:mod:`fusion.heads`).
     """
 
     name: str
@@ -110,6 +113,8 @@ class NeuronGroup:
     layers: tuple[str, ...]
     chains: tuple[tuple[str, str], ...]
     normalized: tuple[str, ...] = ()
+    heads: int = 1
+    attention: str = ""
 
     def members(self) -> tuple[Member, ...]:
         return self.producers + self.consumers
@@ -156,6 +161,9 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     Raises :class:`UnsupportedArchitecture` for layers that cannot be sliced (grouped convolutions that are not
     depthwise, layers with parameters of unknown role, a layer whose outputs are split between groups).
     """
+    from fusion.heads import attention_modules, split_attention  # they build on this module's groups
+
+    attention = attention_modules(model)
     was_training = model.training
     model.eval()
     try:
@@ -164,7 +172,7 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
         example_inputs = example_inputs[:1]
         try:
             order, fixed = trace_order(model, example_inputs)
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), torch.enable_grad():
                 warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
                 graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
             found = list(graph.get_all_groups(ignored_layers=fixed))
@@ -179,8 +187,8 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     finally:
         model.train(was_training)
     modules = dict(model.named_modules())
-    groups = sorted(place(described, model.state_dict()), key=lambda g: order[modules[g.layers[0]]])
-    return groups
+    groups = split_attention(place(described, model.state_dict()), attention)
+    return sorted(groups, key=lambda g: order[modules[g.layers[0]]])
 
 
 def place(described: list[tuple[NeuronGroup, list[int]]], state: dict[str, torch.Tensor]) -> list[NeuronGroup]:

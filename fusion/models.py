@@ -1,11 +1,12 @@
-"""The model zoo: MLP, small CNN, VGG-11/13/16 and CIFAR-style ResNet-18/34.
+"""The model zoo: MLP, small CNN, VGG-11/13/16, CIFAR-style ResNet-18/34 and a small Vision Transformer.
 
 Every model is built from a :class:`ModelSpec`, a small frozen and JSON-serialisable description, so a saved
 state_dict plus its spec rebuilds the exact network. All architectures adapt to the dataset's input shape
 ``(C, H, W)`` (8x8x1 digits, 28x28x1 MNIST, 32x32x3 CIFAR) and number of classes.
 
 Layer naming follows the reference implementations: VGG as in Simonyan & Zisserman (2015) with the single linear
-classifier that otfusion uses on CIFAR; ResNet as in He et al. (2016), CIFAR variant (3x3 stem, no max-pool).
+classifier that otfusion uses on CIFAR; ResNet as in He et al. (2016), CIFAR variant (3x3 stem, no max-pool); the
+ViT in :mod:`fusion.vit`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fusion.records import Record, RecordError, from_json
 from fusion.seed_models import ZOO_ALIASES
 from fusion.seeds import check_seed
 from fusion.sources import build_sourced, check_arch, is_sourced
+from fusion.vit import VIT_GRID, ViT
 
 VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -31,7 +33,7 @@ VGG_LAYERS: dict[str, tuple[int | str, ...]] = {
     "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
 }
 RESNET_BLOCKS: dict[str, tuple[int, int, int, int]] = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-ARCHITECTURES = ("mlp", "cnn", *VGG_LAYERS, *RESNET_BLOCKS)
+ARCHITECTURES = ("mlp", "cnn", *VGG_LAYERS, *RESNET_BLOCKS, "vit")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class ModelSpec(Record):
     channels : output channels of the conv layers (``cnn`` only; each conv is followed by a 2x2 max-pool).
     batch_norm : BatchNorm after every conv (and, for ``mlp``/``cnn``, after every hidden linear layer).
     bias : biases in conv and linear layers (ResNet convs never carry a bias when ``batch_norm`` is on).
-    width : width multiplier of VGG and ResNet channels.
+    width : width multiplier of VGG and ResNet channels, and of the ViT's embedding (64 at width 1).
     """
 
     arch: str
@@ -79,8 +81,15 @@ class ModelSpec(Record):
             raise ArchitectureError("layer widths above 65536 are not supported")
         if not 0 < self.width <= 16:
             raise ArchitectureError(f"width multiplier must be in (0, 16], got {self.width}")
-        if self.arch in ("cnn", *VGG_LAYERS) and self.input_shape[1] != self.input_shape[2]:
+        if self.arch in ("cnn", *VGG_LAYERS, "vit") and self.input_shape[1] != self.input_shape[2]:
             raise ArchitectureError(f"{self.arch} needs square inputs (H == W), got input_shape={self.input_shape}")
+        if self.arch == "vit" and self.input_shape[1] % VIT_GRID:
+            raise ArchitectureError(
+                f"vit cuts an image into {VIT_GRID}x{VIT_GRID} patches: its side must be a multiple of {VIT_GRID}, "
+                f"got {self.input_shape[1]}"
+            )
+        if self.arch == "vit" and self.batch_norm:
+            raise ArchitectureError("vit normalises with LayerNorm: batch_norm does not apply")
         if self.arch == "cnn" and not self.channels:
             raise ArchitectureError("a cnn needs at least one conv layer: give channels, e.g. (16, 32)")
         if self.arch not in ("mlp", "cnn") and (self.hidden or self.channels):
@@ -294,6 +303,11 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         factory = CNN
     elif spec.arch in VGG_LAYERS:
         factory = VGG
+    elif spec.arch == "vit":
+
+        def factory(spec: ModelSpec) -> nn.Module:
+            return ViT(spec.input_shape, spec.num_classes, spec.width, spec.bias)
+
     else:
         factory = ResNet
     if seed is None:
@@ -313,7 +327,7 @@ def parameter_estimate(spec: ModelSpec) -> int:
     inputs holds ``n m k^2`` weights (``k = 3`` for convs, 1 for linear layers and 1x1 shortcuts), ``n`` biases when
     it has them, and BatchNorm adds ``2 n`` (its scale and shift)."""
 
-    if spec.sourced:
+    if spec.sourced or spec.arch == "vit":
         with torch.device("meta"):
             return parameter_count(build_model(spec))
 
@@ -384,7 +398,8 @@ def default_spec(arch: str, input_shape: tuple[int, int, int], num_classes: int,
     repository's name for a zoo architecture (``otfusion:vgg11_nobias``, :data:`ZOO_ALIASES`) gives that zoo spec.
 
     Defaults: MLP 128-64 with bias; CNN with 16-32 channels and a 64-unit hidden layer; VGG with bias, no BN;
-    ResNet with BN, no bias. On 8x8 inputs VGG and ResNet default to width 1/4 so they train in seconds.
+    ResNet with BN, no bias; ViT with bias, width 1 (64 channels, 4 heads, 4 blocks). On 8x8 inputs VGG and ResNet
+    default to width 1/4 so they train in seconds.
     """
     small = input_shape[1] <= 8
     base: dict[str, Any] = {"arch": arch, "input_shape": input_shape, "num_classes": num_classes}

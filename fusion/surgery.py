@@ -135,8 +135,22 @@ def group_sizes(state: dict[str, torch.Tensor], groups: list[NeuronGroup]) -> di
 
 def permuted(model: nn.Module, groups: list[NeuronGroup], seed: int) -> nn.Module:
     """A copy of ``model`` computing the same function with the neurons of every group shuffled by a seeded random
-    permutation: the test that an alignment finds its way back."""
+    permutation (attention heads shuffled whole, one order per attention module, with their dimensions shuffled
+    inside: :mod:`fusion.heads`): the test that an alignment finds its way back."""
+    from fusion.heads import head_targets  # it builds on the groups this module transforms
+
     rng = np.random.default_rng(seed)
-    shuffles = {g.name: Transport.from_plan(np.eye(g.size)[rng.permutation(g.size)] / g.size) for g in groups}
+    head_orders: dict[str, np.ndarray] = {}
+    shuffles = {}
+    for group in groups:
+        if group.heads > 1:
+            order = head_orders.setdefault(group.attention, rng.permutation(group.heads))
+            width = group.size // group.heads
+            targets = head_targets(group.size, group.heads, order, [rng.permutation(width) for _ in order])
+        else:
+            targets = rng.permutation(group.size)
+        plan = np.zeros((group.size, group.size))
+        plan[np.arange(group.size), targets] = 1.0 / group.size
+        shuffles[group.name] = Transport.from_plan(plan)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return with_state(model, apply_transports(state, groups, shuffles)).eval()

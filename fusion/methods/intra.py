@@ -39,6 +39,7 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.groups import NORMS, NeuronGroup, neuron_groups, neuron_slices
+from fusion.heads import refuse_head_pruning
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.surgery import apply_transports, group_sizes, with_state
@@ -188,6 +189,7 @@ def prepare(
 ) -> tuple[nn.Module, list[NeuronGroup], dict[str, list[int]], dict[str, torch.Tensor]]:
     folded = fold_batchnorm(model.cpu(), context.example())
     groups = neuron_groups(folded, context.example())
+    refuse_head_pruning(groups, "pruning")
     gradients = None
     if options.importance == "taylor":
         if context.labels is None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import Member, NeuronGroup, UnsupportedArchitecture, neuron_groups
+from fusion.heads import refuse_head_pruning
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.surgery import apply_transports, group_sizes, with_state
@@ -128,6 +129,7 @@ def prune_to(
 ) -> tuple[nn.Module, dict[str, list[int]], dict[str, list[float]]]:
     """Keep the ``widths[g]`` most important neurons of every group (in their original order); returns the pruned
     model, the kept indices and every neuron's importance, per group."""
+    refuse_head_pruning(groups, "Neuron Transplantation's pruning")
     state = {k: v.detach() for k, v in model.state_dict().items()}
     sizes = group_sizes(state, groups)
     transports, kept, scores = {}, {}, {}

@@ -1,0 +1,158 @@
+"""Attention heads as neuron groups, and the maps that keep them whole.
+
+torch-pruning's dependency graph puts the query, key and value projections of an attention module into one group with
+the output projection's columns. Their neurons are not free to move one by one: the ``d`` outputs of ``q``, ``k`` and
+``v`` fall into ``heads`` consecutive blocks of ``d / heads``, and head ``h``'s attention weights
+``softmax(q_h k_h^T / sqrt(d / heads))`` only ever mix head ``h``'s values. The function is unchanged exactly when
+
+- the heads are permuted (one permutation for the queries, keys and values of a head), and
+- within a head, one permutation is applied to the query and the key dimensions (``q_h k_h^T`` is a sum over them) and
+  another to the value dimensions and the output projection's matching columns.
+
+:func:`split_attention` therefore splits the traced group into a query/key group (producers ``q`` and ``k``, no
+consumers) and a value group (producer ``v``, consumer ``proj``), both with ``heads`` blocks and the attention module's
+name, and :func:`head_transports` finds their maps together: for every pair of heads ``(a, b)`` of the two models, the
+best within-head assignment of each group (a linear assignment of ``d / heads`` dimensions on the group's ground cost),
+the pair's cost the sum over the groups; then the assignment of heads of least total cost. The maps are permutations,
+so the aligned model computes exactly the source's function; soft (Sinkhorn) or importance-weighted maps of attention
+dimensions would not, and are refused.
+
+A module is treated as attention when it has a ``num_heads`` attribute; FusionLab's own layout (separate linear
+``q``, ``k``, ``v`` and ``proj``, :mod:`fusion.vit`) is supported, fused projections (``nn.MultiheadAttention``,
+timm's ``qkv``) are refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from fusion.errors import ConfigError
+from fusion.groups import NeuronGroup, UnsupportedArchitecture
+from fusion.transport import Correction, CostNormalization, Gram, Metric, Transport, gram_cost, normalize_cost
+
+PROJECTIONS = ("q", "k", "v", "proj")
+
+
+def attention_modules(model: nn.Module) -> dict[str, int]:
+    """The attention modules of ``model`` by name, with their head counts; refuses a layout other than separate
+    linear ``q``, ``k``, ``v`` and ``proj`` projections."""
+    found = {}
+    for name, module in model.named_modules():
+        heads = getattr(module, "num_heads", None)
+        if not isinstance(heads, int):
+            continue
+        if not all(isinstance(getattr(module, part, None), nn.Linear) for part in PROJECTIONS):
+            raise UnsupportedArchitecture(
+                f"{name}: attention of type {type(module).__name__} (fused query/key/value projections) is not "
+                "supported; FusionLab aligns attention with separate linear q, k, v and proj layers (the zoo's vit)"
+            )
+        found[name] = heads
+    return found
+
+
+def split_attention(groups: list[NeuronGroup], attention: dict[str, int]) -> list[NeuronGroup]:
+    """``groups`` with the traced group of each module of ``attention`` (:func:`attention_modules`) replaced by its
+    query/key group and its value group (see the module docstring); the other groups unchanged."""
+    if not attention:
+        return groups
+    result = []
+    for group in groups:
+        name = next((a for a in attention if group.layers[0] in (f"{a}.{p}" for p in PROJECTIONS)), None)
+        if name is None:
+            result.append(group)
+            continue
+        result.extend(split_group(group, name, attention[name]))
+    return result
+
+
+def split_group(group: NeuronGroup, name: str, heads: int) -> tuple[NeuronGroup, NeuronGroup]:
+    q, k, v, proj = (f"{name}.{part}" for part in PROJECTIONS)
+    modules = {m.module for m in group.producers}
+    if modules != {q, k, v} or {m.module for m in group.consumers} != {proj}:
+        raise UnsupportedArchitecture(
+            f"{name}: the neurons of its q, k and v projections are shared with other layers "
+            f"({', '.join(sorted(modules - {q, k, v}))}), so its heads cannot be aligned"
+        )
+    if group.size % heads:
+        raise UnsupportedArchitecture(f"{name}: {group.size} dimensions do not split into {heads} heads")
+
+    def part(label: str, layers: tuple[str, ...], consumers: tuple) -> NeuronGroup:
+        group_name = f"{name}.{label}"
+        return NeuronGroup(
+            name=group_name,
+            size=group.size,
+            producers=tuple(dataclasses.replace(m, group=group_name) for m in group.producers if m.module in layers),
+            consumers=tuple(dataclasses.replace(m, group=group_name) for m in consumers),
+            layers=layers,
+            chains=tuple((layer, layer) for layer in layers),
+            heads=heads,
+            attention=name,
+        )
+
+    return part("q", (q, k), ()), part("v", (v,), group.consumers)
+
+
+def assignment(cost: np.ndarray) -> tuple[np.ndarray, float]:
+    """The columns assigned to each row by the least-cost one-to-one assignment of a square ``cost``, and its cost."""
+    from lap import lapjv
+
+    _, columns, _ = lapjv(np.ascontiguousarray(cost, dtype=np.float64), extend_cost=False)
+    return columns, float(cost[np.arange(len(cost)), columns].sum())
+
+
+def head_transports(
+    grams: Sequence[Gram],
+    heads: int,
+    *,
+    metric: Metric,
+    normalize_rows: bool,
+    cost_normalization: CostNormalization,
+    correction: Correction,
+) -> list[Transport]:
+    """The maps of one attention module's groups (their features' products ``grams``, each ``d x d``): a head
+    assignment shared by the groups, and per group a within-head assignment for every matched pair of heads."""
+    costs = [normalize_cost(gram_cost(g, metric, normalize_rows), cost_normalization).double().cpu() for g in grams]
+    size = costs[0].shape[0]
+    if any(c.shape != (size, size) for c in costs):
+        raise ConfigError("attention heads are aligned between models of one width only")
+    width = size // heads
+    blocks = [c.numpy().reshape(heads, width, heads, width).transpose(0, 2, 1, 3) for c in costs]
+    within = np.empty((len(costs), heads, heads, width), dtype=np.int64)
+    pair = np.zeros((heads, heads))
+    for index, block in enumerate(blocks):
+        for a in range(heads):
+            for b in range(heads):
+                within[index, a, b], cost = assignment(block[a, b])
+                pair[a, b] += cost
+    matched, _ = assignment(pair)
+    transports = []
+    for index, cost in enumerate(costs):
+        plan = np.zeros((size, size))
+        for a, b in enumerate(matched):
+            plan[a * width + np.arange(width), b * width + within[index, a, b]] = 1.0 / size
+        total = float((torch.from_numpy(plan) * cost).sum())
+        transports.append(Transport.from_plan(plan, total, correction, cost.float()))
+    return transports
+
+
+def head_targets(size: int, heads: int, order: np.ndarray, within: Sequence[np.ndarray]) -> np.ndarray:
+    """Where each of ``size`` dimensions goes when head ``a`` moves to head ``order[a]`` and its dimension ``i`` to
+    position ``within[a][i]`` inside it."""
+    width = size // heads
+    return np.concatenate([order[a] * width + np.asarray(within[a]) for a in range(heads)])
+
+
+def refuse_head_pruning(groups: Sequence[NeuronGroup], method: str) -> None:
+    """Pruning keeps the most important dimensions of a group wherever they are, so it would leave attention heads of
+    different widths (and ``num_heads`` blocks of mixed heads): refused by name until heads are pruned whole."""
+    attention = next((g.attention for g in groups if g.heads > 1), None)
+    if attention is not None:
+        raise UnsupportedArchitecture(
+            f"{attention}: {method} would drop the dimensions of its attention heads unevenly; pruning attention "
+            "(whole heads, or equal dimensions per head) is not supported yet"
+        )
