@@ -1,15 +1,17 @@
-"""Which fusion method to pick: every method on five digits architectures, K = 2 and 3, over seeds (not run in CI).
+"""Which fusion method to pick: every method on six digits architectures, K = 2 and 3, over seeds (not run in CI).
 
-For each architecture (MLP 128-64, CNN 16-32, the same CNN with BatchNorm, VGG11 with BatchNorm at width 1/4,
-ResNet-18 at width 1/4) and each of ``--groups`` groups of three parents trained from their own seeds, the first two
-(K = 2) and all three (K = 3) parents are fused by every method that fuses K models: vanilla averaging, OT fusion
-by weights and by activations, weight matching (Git Re-Basin) and Neuron Transplantation; the averaging ones also with
-REPAIR. Every fused model is then fine-tuned with the same short recipe. Intra-Fusion and magnitude pruning (50 %)
-are run on every parent (K = 1). The table gives test accuracy (%) as mean ± standard deviation over the groups,
-beside the parents' mean and the prediction ensemble, and the fusion's wall seconds. ``--json`` also writes every
-number. The whole run takes about 10 minutes on 2 CPU cores.
+For each architecture (MLP 128-64, CNN 16-32, the same CNN with BatchNorm, VGG11 with BatchNorm at width 1/4, ResNet-18
+at width 1/4, the zoo's ViT at width 1; ``--architectures`` picks some) and each of ``--groups`` groups of three parents
+trained from their own seeds, the first two (K = 2) and all three (K = 3) parents are fused by every method that fuses K
+models: vanilla averaging, OT fusion by weights and by activations, weight matching (Git Re-Basin) and Neuron
+Transplantation; the averaging ones also with REPAIR. Every fused model is then fine-tuned with the same short recipe.
+Intra-Fusion and magnitude pruning (50 %) are run on every parent (K = 1); a method that refuses an architecture (a
+typed ``FusionError``) leaves its cells empty and is listed under the table with its reason. The table gives test
+accuracy (%) as mean ± standard deviation over the groups, beside the parents' mean and the prediction ensemble, and the
+fusion's wall seconds. ``--json`` also writes every number. The whole run takes about 10 minutes on 2 CPU cores.
 
-    .venv/bin/python bench/fusion_quality.py [--groups 3] [--finetune-epochs 5] [--json results.json]
+    .venv/bin/python bench/fusion_quality.py [--groups 3] [--finetune-epochs 5] [--architectures "ViT x1"]
+        [--json results.json]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusion.data import Dataset, load_dataset
+from fusion.errors import FusionError
 from fusion.models import ModelSpec, build_model, default_spec
 from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train
@@ -41,6 +44,7 @@ ARCHITECTURES: dict[str, tuple[ModelSpec, TrainConfig]] = {
     "CNN 16-32 BN": (default_spec("cnn", SHAPE, 10, batch_norm=True), TrainConfig(epochs=20, lr=2e-3)),
     "VGG11-BN x0.25": (default_spec("vgg11", SHAPE, 10, batch_norm=True), TrainConfig(epochs=20, lr=1e-3)),
     "ResNet-18 x0.25": (default_spec("resnet18", SHAPE, 10), TrainConfig(epochs=15, lr=1e-3)),
+    "ViT x1": (default_spec("vit", SHAPE, 10), TrainConfig(epochs=30, lr=2e-3)),
 }
 FUSIONS: list[tuple[str, str, dict[str, Any], bool]] = [
     ("average", "average", {}, True),
@@ -79,10 +83,16 @@ def fine_tuned(model: torch.nn.Module, data: Dataset, epochs: int) -> float:
 
 
 def fused(
-    models: list[torch.nn.Module], method: str, options: dict[str, Any], data: Dataset
-) -> tuple[torch.nn.Module, float]:
+    models: list[torch.nn.Module], method: str, options: dict[str, Any], data: Dataset, refusals: dict[str, str]
+) -> tuple[torch.nn.Module | None, float]:
+    """The fused model and its seconds; ``None`` when the method refuses the models (the reason kept in
+    ``refusals``)."""
     started = time.perf_counter()
-    model = fuse(models, method, data=data, device=CPU, **options).model
+    try:
+        model = fuse(models, method, data=data, device=CPU, **options).model
+    except FusionError as exc:
+        refusals[f"{method} {options}"] = str(exc)
+        return None, 0.0
     return model, time.perf_counter() - started
 
 
@@ -94,10 +104,13 @@ def spread(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def run(groups: int, epochs: int) -> dict[tuple[str, int, str], Cell]:
+def run(
+    groups: int, epochs: int, architectures: list[str], refusals: dict[str, str]
+) -> dict[tuple[str, int, str], Cell]:
     data = load_dataset("digits")
     cells: dict[tuple[str, int, str], Cell] = {}
-    for arch, (spec, recipe) in ARCHITECTURES.items():
+    for arch in architectures:
+        spec, recipe = ARCHITECTURES[arch]
         started = time.perf_counter()
         for group in range(groups):
             parents = []
@@ -113,19 +126,24 @@ def run(groups: int, epochs: int) -> dict[tuple[str, int, str], Cell]:
                     cell = cells.setdefault((arch, k, label), Cell())
                     cell.parents.append(statistics.mean(scores[:k]))
                     cell.ensemble.append(ensemble)
-                    model, seconds = fused(chosen, method, options, data)
+                    model, seconds = fused(chosen, method, options, data, refusals)
+                    if model is None:
+                        continue
                     cell.fused.append(accuracy(model, data))
                     cell.tuned.append(fine_tuned(model, data, epochs))
                     cell.seconds.append(seconds)
                     if repairable:
-                        model, _ = fused(chosen, method, {**options, "repair": True}, data)
-                        cell.repaired.append(accuracy(model, data))
-                        cell.repaired_tuned.append(fine_tuned(model, data, epochs))
+                        model, _ = fused(chosen, method, {**options, "repair": True}, data, refusals)
+                        if model is not None:
+                            cell.repaired.append(accuracy(model, data))
+                            cell.repaired_tuned.append(fine_tuned(model, data, epochs))
             for label, method, options in PRUNINGS:
                 cell = cells.setdefault((arch, 1, label), Cell())
                 for parent, score in zip(parents, scores):
-                    model, seconds = fused([parent], method, options, data)
                     cell.parents.append(score)
+                    model, seconds = fused([parent], method, options, data, refusals)
+                    if model is None:
+                        continue
                     cell.fused.append(accuracy(model, data))
                     cell.tuned.append(fine_tuned(model, data, epochs))
                     cell.seconds.append(seconds)
@@ -152,11 +170,15 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=3, help="groups of three parents (the spread is over groups)")
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument("--architectures", nargs="+", choices=list(ARCHITECTURES), default=list(ARCHITECTURES))
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
-    cells = run(args.groups, args.finetune_epochs)
+    refusals: dict[str, str] = {}
+    cells = run(args.groups, args.finetune_epochs, args.architectures, refusals)
     print(table(cells, args.finetune_epochs))
+    for what, reason in refusals.items():
+        print(f"refused: {what}: {reason}")
     print(f"\n{args.groups} groups, {time.perf_counter() - started:.0f} s in all, {torch.get_num_threads()} threads")
     if args.json:
         payload = [{"architecture": a, "K": k, "method": m, **vars(c)} for (a, k, m), c in cells.items()]

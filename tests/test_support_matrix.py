@@ -31,6 +31,7 @@ ARCHITECTURES = [
     "otfusion:mlpnet",
     "otfusion:vgg11_nobias",
     "otfusion:resnet18_nobias_nobn",
+    "vit",
 ]
 REPORTS: dict[str, SupportReport] = {}
 
