@@ -15,7 +15,7 @@ from fusion.device import default_device, describe_device
 from fusion.errors import DatasetError, FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.options import OptionField, option_fields
-from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save
+from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save, vit_demo_members
 from fusion.registry import REGISTRY
 from fusion.sources import SOURCES, is_sourced, trust_factory
 from fusion.train import TrainConfig, evaluate
@@ -113,7 +113,8 @@ def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
 
 
 def command_demo(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    records = build_demo_ensemble(workspace, progress=stderr_progress(args.quiet))
+    members = vit_demo_members() if args.vit else None
+    records = build_demo_ensemble(workspace, members, progress=stderr_progress(args.quiet))
     return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
 
 

@@ -94,7 +94,9 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     )
     train.set_defaults(run=command_train)
 
-    commands.add_parser("demo", parents=[common], help="build the offline demo ensemble").set_defaults(run=command_demo)
+    demo = commands.add_parser("demo", parents=[common], help="build the offline demo ensemble")
+    demo.add_argument("--vit", action="store_true", help="build the demo's pair of Vision Transformers instead")
+    demo.set_defaults(run=command_demo)
     commands.add_parser("list", parents=[common], help="list the workspace's models").set_defaults(run=command_list)
     commands.add_parser("device", parents=[common], help="the compute device in use").set_defaults(run=command_device)
 

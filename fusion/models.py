@@ -437,11 +437,12 @@ def conform(model: nn.Module, like: ModelSpec) -> tuple[ModelSpec, nn.Module]:
     ``like``'s family), with the spec that rebuilds it: widths are read from the layers, BatchNorm and biases from
     what the model has; weights are copied layer by layer and biases the model lacks are zero.
 
-    A network from an architecture source keeps ``like``'s spec: it must have ``like``'s parameters, shape by shape.
+    A network from an architecture source, or a ViT (whose fusions keep every width), keeps ``like``'s spec: it must
+    have ``like``'s parameters, shape by shape.
 
     Raises :class:`ArchitectureError` when no spec of the family describes the model.
     """
-    if like.sourced:
+    if like.sourced or like.arch == "vit":
         return like, rebuilt(model, like)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]

@@ -123,6 +123,13 @@ def demo_members(mlps: int = 4, cnns: int = 3) -> list[DemoMember]:
     ]
 
 
+def vit_demo_members(count: int = 2) -> list[DemoMember]:
+    """The demo's ViT pair: ``count`` zoo ViTs (``vit``, width 1) on digits, seeds 0, 1, ..., trained with Adam at
+    2e-3 for 30 epochs (93 to 95 % test accuracy, about a minute each on 2 CPU cores)."""
+    vit = default_spec("vit", (1, 8, 8), 10)
+    return [DemoMember(vit, TrainConfig(epochs=30, lr=2e-3, batch_size=64, seed=s)) for s in range(count)]
+
+
 def build_demo_ensemble(
     workspace: Workspace,
     members: list[DemoMember] | None = None,
