@@ -75,8 +75,9 @@ def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
         required=required,
         metavar="ARCH",
         help=f"a zoo architecture ({', '.join(ARCHITECTURES)}) or SOURCE:NAME: torchvision:resnet18, timm:resnet18, "
-        "otfusion:mlpnet (also otfusion:vgg11_nobias, otfusion:resnet18_nobias_nobn), python:MODULE:CALLABLE (your "
-        "own factory, called with input_shape and num_classes)",
+        "otfusion:mlpnet, nt:smallnn, clafusion:vgg13_student_nobias (the seed repositories' networks with their "
+        "parameter names; the README lists them), python:MODULE:CALLABLE (your own factory, called with input_shape "
+        "and num_classes)",
     )
     parser.add_argument("--hidden", type=int, nargs="+", help="hidden linear widths (mlp, cnn)")
     parser.add_argument("--channels", type=int, nargs="+", help="conv channels (cnn)")

@@ -212,9 +212,15 @@ def place(described: list[tuple[NeuronGroup, list[int]]], state: dict[str, torch
                 )
             neighbours[(key, dim, offset)] = {"before": tuple(sequence[:index]), "after": tuple(sequence[index + 1 :])}
             position += sizes[name] * member.repeat
-        if position != state[key].shape[dim]:
+        if position < state[key].shape[dim]:
             raise UnsupportedArchitecture(
                 f"{key}: only {position} of the {state[key].shape[dim]} entries of dim {dim} belong to neuron groups"
+            )
+        if position > state[key].shape[dim]:
+            raise UnsupportedArchitecture(
+                f"{key}: the traced neuron groups claim {position} entries of dim {dim}, which has "
+                f"{state[key].shape[dim]} (a layer whose outputs are split and rearranged, such as a fused "
+                "query/key/value projection, cannot be sliced)"
             )
     placed = []
     for group, offsets in described:

@@ -59,8 +59,8 @@ class FcMlp(nn.Module):
     - ``nt:smallnn_combined``: NT's ``CombinedNeuralNetwork`` (``model.py``, ex1's wide baseline), 2048-2048-2048;
       with.
 
-    Inputs: any ``(C, H, W)``; the repositories train them on 1x28x28 MNIST
-    (784 inputs) and, NT's, on 3x32x32 CIFAR-10/SVHN (3072 inputs).
+    Inputs: any ``(C, H, W)``; the repositories train them on 1x28x28 MNIST (784 inputs) and NT's also on 3x32x32
+    CIFAR-10/SVHN (3072 inputs); CLAFusion's last layer always has 10 outputs, ours ``num_classes``.
     """
 
     def __init__(
@@ -102,8 +102,8 @@ class NTAdaptiveMlp(nn.Module):
 
 
 def lenet_size(input_shape: tuple[int, int, int], padding: int, arch: str) -> int:
-    """The side of LeNet's last feature map: two 5x5 convs (``padding`` on the first), each followed by a 2x2
-    max-pool."""
+    """``h * w`` of LeNet's last feature map: two 5x5 convs (``padding`` on the first), each followed by a 2x2
+    max-pool; :class:`ArchitectureError` when the inputs are too small for them."""
     height, width = input_shape[1:]
     sides = [((side + 2 * padding - 4) // 2 - 4) // 2 for side in (height, width)]
     if min(sides) < 1:
@@ -319,8 +319,9 @@ classifier bias, at its width ratios (``cifar/train.py``); a ResNet whose ``avg_
 
 def describe_alias(options: dict[str, Any]) -> str:
     """``vgg11 without bias or BatchNorm``, ``resnet18 with BatchNorm, without bias``, ... for an alias's options."""
-    has = [part for part, key in (("bias", "bias"), ("BatchNorm", "batch_norm")) if options[key]]
-    lacks = [part for part, key in (("bias", "bias"), ("BatchNorm", "batch_norm")) if not options[key]]
+    parts = {"bias": options["bias"], "BatchNorm": options["batch_norm"]}
+    has = [part for part, present in parts.items() if present]
+    lacks = [part for part, present in parts.items() if not present]
     text = ", ".join(
         ([f"with {' and '.join(has)}"] if has else [])
         + ([f"without {' or '.join(lacks)}"] if lacks else [])

@@ -5,7 +5,9 @@ saved model rebuilds exactly.
 ``torchvision:NAME``     a classification model of ``torchvision.models``: ``get_model(NAME, weights=None,
                          num_classes=...)``; its stem takes 3-channel images
 ``timm:NAME``            ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=C)``
-``otfusion:NAME``        otfusion's own architectures with their parameter names (:mod:`fusion.seed_models`)
+``otfusion:NAME``       a seed repository's own architectures with their parameter names (otfusion, Neuron
+``nt:NAME``              Transplantation, CLAFusion: :mod:`fusion.seed_models`)
+``clafusion:NAME``
 ``python:MODULE:NAME``   ``NAME(input_shape=(C, H, W), num_classes=K)`` from the importable ``MODULE``: a user's
                          own factory returning an ``nn.Module``
 =======================  =====================================================================================
@@ -28,9 +30,9 @@ from collections.abc import Callable
 from torch import nn
 
 from fusion.errors import ArchitectureError
-from fusion.seed_models import SEED_MODELS, ZOO_ALIASES, build_seed_model, check_seed_arch
+from fusion.seed_models import SEED_REPOSITORIES, build_seed_model, check_seed_arch, seed_choices
 
-SOURCES = ("torchvision", "timm", "otfusion", "python")
+SOURCES = ("torchvision", "timm", *SEED_REPOSITORIES, "python")
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 TRUSTED_FACTORIES_VARIABLE = "FUSIONLAB_FACTORIES"
 trusted_here: set[str] = set()
@@ -86,16 +88,16 @@ def trusted_factories() -> set[str]:
 
 
 def source_choices(source: str) -> tuple[str, ...]:
-    """The ``arch`` names a front end offers for ``source``: torchvision's classification models, otfusion's
-    architectures, the factories ``FUSIONLAB_FACTORIES`` lists (only those: a factory a command or a stored model
-    trusted in this process is not the server's offer). ``()`` for timm, whose names (``timm.list_models()``, over a
-    thousand) are typed and checked by :func:`check_arch`."""
+    """The ``arch`` names a front end offers for ``source``: torchvision's classification models, a seed
+    repository's architectures, the factories ``FUSIONLAB_FACTORIES`` lists (only those: a factory a command or a
+    stored model trusted in this process is not the server's offer). ``()`` for timm, whose names
+    (``timm.list_models()``, over a thousand) are typed and checked by :func:`check_arch`."""
     if source not in SOURCES:
         raise ArchitectureError(f"unknown architecture source {source!r}; expected one of {', '.join(SOURCES)}")
     if source == "torchvision":
         return tuple(f"torchvision:{name}" for name in sorted(torchvision_names()))
-    if source == "otfusion":
-        return (*SEED_MODELS, *ZOO_ALIASES)
+    if source in SEED_REPOSITORIES:
+        return seed_choices(source)
     if source == "python":
         return tuple(f"python:{name}" for name in sorted(listed_factories()))
     return ()
@@ -113,7 +115,7 @@ def check_arch(arch: str) -> None:
         raise ArchitectureError(f"torchvision has no classification model {name!r} (torchvision.models.list_models())")
     if source == "timm" and not timm_module().is_model(name):
         raise ArchitectureError(f"timm has no model {name!r} (timm.list_models())")
-    if source == "otfusion":
+    if source in SEED_REPOSITORIES:
         check_seed_arch(arch)
     if source == "python":
         check_factory_name(name)
@@ -131,7 +133,7 @@ def build_sourced(arch: str, input_shape: tuple[int, int, int], num_classes: int
                 name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0]
             ),
         )
-    if source == "otfusion":
+    if source in SEED_REPOSITORIES:
         return build_seed_model(arch, input_shape, num_classes)
     return build_factory(name, input_shape, num_classes)
 

@@ -14,7 +14,7 @@ from fusion.errors import ArchitectureError
 from fusion.models import build_model, default_spec
 from fusion.sources import TRUSTED_FACTORIES_VARIABLE, source_choices, trust_factory, trusted_here
 from tests.data_helpers import make_folder
-from ui.forms import SpecInputs
+from ui.forms import SOURCE_LABELS, SpecInputs, offered_sources
 from ui.state import job_runner
 from ui.training import SpecOptions
 
@@ -217,3 +217,8 @@ def test_pretrained_weights_missing_from_the_cache_fail_the_job_with_the_reason(
     at.run()
     assert not at.exception
     assert app_workspace.records() == []
+
+
+def test_every_source_has_a_label_on_the_page():
+    assert set(offered_sources(from_file=True)) <= set(SOURCE_LABELS)
+    assert {"nt", "clafusion"} <= set(offered_sources())

@@ -30,7 +30,9 @@ SOURCE_LABELS = {
     ZOO: "FusionLab zoo",
     "torchvision": "torchvision",
     "timm": "timm",
-    "otfusion": "otfusion (seed repositories)",
+    "otfusion": "otfusion (seed repository)",
+    "nt": "Neuron Transplantation (seed repository)",
+    "clafusion": "CLAFusion (seed repository)",
     "python": "your factories",
 }
 DEFAULT_ARCHS = {"torchvision": "torchvision:resnet18"}
