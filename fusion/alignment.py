@@ -307,10 +307,9 @@ def align(
     def solve(group: NeuronGroup) -> list[Transport]:
         """The group's map, or, for an attention group, the maps of all its attention's groups at once."""
         if group.heads > 1:
-            if options.solver != "exact" or options.marginals != "uniform":
+            if options.marginals != "uniform":
                 raise ConfigError(
-                    f"{group.attention}: attention heads are aligned by exact permutations with uniform marginals "
-                    f"(solver='exact', marginals='uniform'), got solver={options.solver!r}, "
+                    f"{group.attention}: attention heads are aligned with uniform marginals, got "
                     f"marginals={options.marginals!r}"
                 )
             return head_transports(
@@ -320,6 +319,8 @@ def align(
                 normalize_rows=options.normalize_rows,
                 cost_normalization=options.cost_normalization,
                 correction=options.correction,
+                solver=options.solver,
+                reg=options.reg,
             )
         gram = gram_of(group)
         mu = nu = None

@@ -14,8 +14,10 @@ consumers) and a value group (producer ``v``, consumer ``proj``), both with ``he
 name, and :func:`head_transports` finds their maps together: for every pair of heads ``(a, b)`` of the two models, the
 best within-head assignment of each group (a linear assignment of ``d / heads`` dimensions on the group's ground cost),
 the pair's cost the sum over the groups; then the assignment of heads of least total cost. The maps are permutations,
-so the aligned model computes exactly the source's function; soft (Sinkhorn) or importance-weighted maps of attention
-dimensions would not, and are refused.
+so the aligned model computes exactly the source's function. With Sinkhorn, heads are still matched one to one and
+whole, and inside each matched pair the dimensions are coupled softly (Imfeld et al., "Transformer Fusion with Optimal
+Transport", ICLR 2024, find soft alignment helps transformers); the aligned model is then an approximation, as every
+soft map is. Importance-weighted marginals of attention dimensions are refused.
 
 A module is treated as attention when it has a ``num_heads`` attribute; FusionLab's own layout (separate linear
 ``q``, ``k``, ``v`` and ``proj``, :mod:`fusion.vit`) is supported, fused projections (``nn.MultiheadAttention``,
@@ -33,7 +35,17 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.groups import NeuronGroup, UnsupportedArchitecture
-from fusion.transport import Correction, CostNormalization, Gram, Metric, Transport, gram_cost, normalize_cost
+from fusion.transport import (
+    Correction,
+    CostNormalization,
+    Gram,
+    Metric,
+    Solver,
+    Transport,
+    gram_cost,
+    normalize_cost,
+    transport_plan,
+)
 
 PROJECTIONS = ("q", "k", "v", "proj")
 
@@ -113,9 +125,13 @@ def head_transports(
     normalize_rows: bool,
     cost_normalization: CostNormalization,
     correction: Correction,
+    solver: Solver = "exact",
+    reg: float = 0.01,
 ) -> list[Transport]:
     """The maps of one attention module's groups (their features' products ``grams``, each ``d x d``): a head
-    assignment shared by the groups, and per group a within-head assignment for every matched pair of heads."""
+    assignment shared by the groups, and per group a within-head assignment for every matched pair of heads; with
+    ``solver="sinkhorn"`` each matched pair's dimensions are coupled by an entropic plan instead (Sinkhorn on the
+    pair's block of the cost, :func:`fusion.transport.transport_plan`), heads still matched whole and one to one."""
     costs = [normalize_cost(gram_cost(g, metric, normalize_rows), cost_normalization).double().cpu() for g in grams]
     size = costs[0].shape[0]
     if any(c.shape != (size, size) for c in costs):
@@ -134,7 +150,12 @@ def head_transports(
     for index, cost in enumerate(costs):
         plan = np.zeros((size, size))
         for a, b in enumerate(matched):
-            plan[a * width + np.arange(width), b * width + within[index, a, b]] = 1.0 / size
+            if solver == "sinkhorn":
+                block = torch.from_numpy(np.ascontiguousarray(blocks[index][a, b]))
+                soft = transport_plan(block, solver="sinkhorn", reg=reg) / heads
+                plan[a * width : (a + 1) * width, b * width : (b + 1) * width] = soft
+            else:
+                plan[a * width + np.arange(width), b * width + within[index, a, b]] = 1.0 / size
         total = float((torch.from_numpy(plan) * cost).sum())
         transports.append(Transport.from_plan(plan, total, correction, cost.float()))
     return transports

@@ -110,9 +110,20 @@ def test_every_hard_alignment_of_two_independent_vits_is_verified(method):
     assert len(verified) == 1 and verified[0] < 1e-4
 
 
-def test_soft_maps_of_attention_heads_are_refused_by_name():
-    with pytest.raises(ConfigError, match="blocks.0.attn: attention heads are aligned by exact permutations"):
-        fuse([vit(0), vit(1)], "ot", inputs=X, recompute_bn=False, solver="sinkhorn")
+def test_soft_maps_couple_dimensions_only_inside_heads_matched_one_to_one():
+    result = fuse([vit(1), vit(0)], "ot", inputs=X, recompute_bn=False, solver="sinkhorn", cost_normalization="max")
+    for name in ("blocks.0.attn.q", "blocks.2.attn.v"):
+        plan = result.transports[1][name].plan.reshape(4, 16, 4, 16).sum(axis=(1, 3))
+        assert (np.count_nonzero(plan > 1e-12, axis=1) == 1).all(), "each head sends its mass to one head"
+        assert np.allclose(plan.sum(0), 0.25) and np.allclose(plan.sum(1), 0.25)
+        assert np.count_nonzero(result.transports[1][name].plan > 1e-9) > 64, "inside the heads the plan is soft"
+    shared = [result.transports[1][f"blocks.1.attn.{p}"].plan.reshape(4, 16, 4, 16).sum(axis=(1, 3)) for p in "qv"]
+    assert np.array_equal(shared[0] > 1e-12, shared[1] > 1e-12), "query/key and value groups share the heads' order"
+
+
+def test_importance_marginals_of_attention_are_refused_by_name():
+    with pytest.raises(ConfigError, match="blocks.0.attn: attention heads are aligned with uniform marginals"):
+        fuse([vit(0), vit(1)], "ot", inputs=X, recompute_bn=False, marginals="importance")
 
 
 @pytest.mark.parametrize("method", ["intra", "prune"])
