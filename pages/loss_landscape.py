@@ -21,6 +21,7 @@ from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
 from ui.options import command_line
 from ui.state import device, job_runner, models_or_stop, selected_model_ids, workspace
+from ui.tables import relative_change
 
 LANDSCAPE_KIND = "landscape"
 FUSION, RANDOM, PAIR = "a fused model and its two parents", "random directions around one model", "any two models"
@@ -148,11 +149,11 @@ if view == FUSION:
     if len(aligned) == len(ALIGNED_LINES):
         st.markdown("**Parents aligned as the fusion aligned them, with and without REPAIR at every point**")
         plain, repaired = (aligned[name].test_barrier for name in ALIGNED_LINES)
+        change = relative_change(plain, repaired)
         st.caption(
-            f"Test loss barrier {plain:.4g} nats aligned, {repaired:.4g} with REPAIR"
-            + (f" ({100 * (plain - repaired) / plain:.0f} % lower)" if plain > 0 else "")
-            + ": REPAIR renormalises each point's neurons to the interpolation of the parents' statistics (Jordan et "
-            "al. 2023). Where a curve passes t = 0.5 with weights (0.5, 0.5) is the fused model, or its REPAIRed form."
+            f"Test loss barrier {plain:.4g} nats aligned, {repaired:.4g} with REPAIR {change}: "
+            "REPAIR renormalises each point's neurons to the interpolation of the parents' statistics (Jordan et al. "
+            "2023). Where a curve passes t = 0.5 with weights (0.5, 0.5) is the fused model, or its REPAIRed form."
         )
         show_chart(interpolation_figure(aligned), f"interpolation-aligned-{fused_id}")
     if "plane" in found:

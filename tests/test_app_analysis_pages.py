@@ -4,6 +4,7 @@ from app_helpers import messages, open_app, train_quick_models, wait_for_job
 
 from analysis.runs import stored_fusion_landscape, stored_hessian
 from fusion.pipeline import fuse_and_save
+from ui.tables import relative_change
 
 SMALL_HESSIAN = {"samples": 200, "iterations": 20, "probes": 10, "steps": 20, "runs": 2, "bins": 200}
 
@@ -70,3 +71,9 @@ def test_landscape_page_refuses_a_grid_of_absurd_size(app_workspace):
     assert not at.exception
     failures = messages(at.error)
     assert any("limit" in m or "resolution" in m for m in failures), failures
+
+
+def test_a_change_reads_lower_or_higher_never_a_negative_lower():
+    assert relative_change(0.4, 0.2) == "(50 % lower)"
+    assert relative_change(0.04138, 0.06339) == "(53 % higher)"
+    assert relative_change(0.0, 0.1) == "(no baseline)"

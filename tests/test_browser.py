@@ -38,6 +38,11 @@ from browser.harness import (
     wait_until_idle,
 )
 
+from fusion.models import default_spec
+from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.train import TrainConfig
+from fusion.workspace import Workspace
+
 try:
     from playwright.sync_api import Page, expect, sync_playwright
 except ImportError:  # the browser_ready fixture skips the tests, or fails them in CI
@@ -267,8 +272,13 @@ def server_log(tmp_path_factory: pytest.TempPathFactory, artifacts: Path) -> Ite
 
 
 @pytest.fixture(scope="module")
-def app_url(browser_ready: None, server_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with streamlit_server(tmp_path_factory.mktemp("browser") / "workspace", server_log) as url:
+def browser_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("browser") / "workspace"
+
+
+@pytest.fixture(scope="module")
+def app_url(browser_ready: None, server_log: Path, browser_workspace: Path) -> Iterator[str]:
+    with streamlit_server(browser_workspace, server_log) as url:
         yield url
 
 
@@ -377,3 +387,44 @@ def save_failure_screenshot(page: Page, path: Path) -> None:
         save_full_page(page, path)
     except Exception as exc:  # the browser may be what failed; the original error matters more
         print(f"no failure screenshot: {exc}")
+
+
+def fill_number(page: Page, label: str, value: int) -> None:
+    box = main_area(page).get_by_role("spinbutton", name=label, exact=True)
+    box.fill(str(value))
+    box.blur()  # a number input takes what was typed when the focus leaves it
+    wait_until_idle(page, PAGE_TIMEOUT_MS)
+
+
+def test_the_hessian_and_landscape_pages_work_on_a_vit_pair_and_its_fusion(
+    page: Page, browser_workspace: Path, artifacts: Path, server_log: Path, tour: Tour
+) -> None:
+    """Two ViTs (one epoch each) and their OT fusion, made through the library in the server's workspace; then the
+    Hessian of a parent and the fusion, and the fusion's landscape, computed from the pages."""
+    workspace = Workspace(browser_workspace)
+    vit = default_spec("vit", (1, 8, 8), 10)
+    ids = [train_and_save(workspace, vit, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in (0, 1)]
+    fuse_and_save(workspace, ids, "ot")
+    try:
+        open_page(page, "Hessian")
+        multiselect(page, "Models (parents and fused side by side)", "vit x1 · train · seed 0 ", "vit x1 · ot of 2 ")
+        for label, value in (("Samples (0: all)", 200), ("Iterations", 20), ("Probes", 10), ("Steps", 20), ("Runs", 1)):
+            fill_number(page, label, value)
+        main_area(page).get_by_role("checkbox", name="Per-layer Hessians", exact=True).uncheck(force=True)
+        click_button(page, "Compute")
+        wait_for_job(page, "Hessian of 2 model(s)")
+        shows(charts=3, tables=1)(page)
+        check_no_errors(page, "Hessian (ViT)", server_log, tour)
+        screenshot(page, "hessian_vit", artifacts)
+
+        open_page(page, "Loss landscape")
+        select(page, "Fused model", "vit x1 · ot of 2")
+        fill_number(page, "Points per axis", 5)
+        click_button(page, "Compute")
+        wait_for_job(page, "Landscape of ")
+        shows(charts=2, tables=1)(page)
+        check_no_errors(page, "Loss landscape (ViT)", server_log, tour)
+        screenshot(page, "loss_landscape_vit", artifacts)
+    except BaseException:
+        save_failure_screenshot(page, artifacts / "failed-vit.png")
+        raise

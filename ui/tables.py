@@ -87,3 +87,12 @@ def dashed_table(records: Sequence[dict], formats: dict[str, str]) -> tuple[pd.D
         elif spec is not None:
             config[column] = st.column_config.NumberColumn(format=spec)
     return frame, config
+
+
+def relative_change(before: float, after: float) -> str:
+    """``"(53 % lower)"`` or ``"(12 % higher)"``: how far ``after`` is from a positive ``before``; ``"(no baseline)"``
+    otherwise."""
+    if not before > 0:
+        return "(no baseline)"
+    change = 100 * (after - before) / before
+    return f"({abs(change):.0f} % {'higher' if change > 0 else 'lower'})"
