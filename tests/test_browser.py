@@ -408,7 +408,7 @@ def test_the_hessian_and_landscape_pages_work_on_a_vit_pair_and_its_fusion(
     try:
         open_page(page, "Hessian")
         multiselect(page, "Models (parents and fused side by side)", "vit x1 · train · seed 0 ", "vit x1 · ot of 2 ")
-        for label, value in (("Samples (0: all)", 200), ("Iterations", 20), ("Probes", 10), ("Steps", 20), ("Runs", 1)):
+        for label, value in (("Samples (0: all)", 100), ("Iterations", 8), ("Probes", 4), ("Steps", 8), ("Runs", 1)):
             fill_number(page, label, value)
         main_area(page).get_by_role("checkbox", name="Per-layer Hessians", exact=True).uncheck(force=True)
         click_button(page, "Compute")
@@ -419,7 +419,8 @@ def test_the_hessian_and_landscape_pages_work_on_a_vit_pair_and_its_fusion(
 
         open_page(page, "Loss landscape")
         select(page, "Fused model", "vit x1 · ot of 2")
-        fill_number(page, "Points per axis", 5)
+        fill_number(page, "Points per axis", 3)
+        fill_number(page, "Examples per split (0: all)", 100)
         click_button(page, "Compute")
         wait_for_job(page, "Landscape of ")
         shows(charts=2, tables=1)(page)
