@@ -42,6 +42,7 @@ from fusion.transport import (
     Metric,
     Solver,
     Transport,
+    assignment,
     gram_cost,
     normalize_cost,
     transport_plan,
@@ -107,14 +108,6 @@ def split_group(group: NeuronGroup, name: str, heads: int) -> tuple[NeuronGroup,
         )
 
     return part("q", (q, k), ()), part("v", (v,), group.consumers)
-
-
-def assignment(cost: np.ndarray) -> tuple[np.ndarray, float]:
-    """The columns assigned to each row by the least-cost one-to-one assignment of a square ``cost``, and its cost."""
-    from lap import lapjv
-
-    _, columns, _ = lapjv(np.ascontiguousarray(cost, dtype=np.float64), extend_cost=False)
-    return columns, float(cost[np.arange(len(cost)), columns].sum())
 
 
 def head_transports(

@@ -19,6 +19,7 @@ from torch import nn
 
 from fusion.errors import ArchitectureError
 from fusion.groups import NORMS, Member, NeuronGroup
+from fusion.heads import head_targets
 from fusion.transport import Transport
 
 
@@ -137,8 +138,6 @@ def permuted(model: nn.Module, groups: list[NeuronGroup], seed: int) -> nn.Modul
     """A copy of ``model`` computing the same function with the neurons of every group shuffled by a seeded random
     permutation (attention heads shuffled whole, one order per attention module, with their dimensions shuffled
     inside: :mod:`fusion.heads`): the test that an alignment finds its way back."""
-    from fusion.heads import head_targets  # it builds on the groups this module transforms
-
     rng = np.random.default_rng(seed)
     head_orders: dict[str, np.ndarray] = {}
     shuffles = {}

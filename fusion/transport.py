@@ -125,6 +125,15 @@ def marginal(size: int, importance: torch.Tensor | None = None) -> np.ndarray:
     return weights / weights.sum()
 
 
+def assignment(cost: np.ndarray) -> tuple[np.ndarray, float]:
+    """The column assigned to each row by the least-cost one-to-one assignment of a square ``cost`` (Jonker-Volgenant,
+    ``lap.lapjv``), and that assignment's cost."""
+    from lap import lapjv
+
+    _, columns, _ = lapjv(np.ascontiguousarray(cost, dtype=np.float64), extend_cost=False)
+    return columns, float(cost[np.arange(len(cost)), columns].sum())
+
+
 def transport_plan(
     cost: torch.Tensor,
     mu: np.ndarray | None = None,
@@ -140,7 +149,6 @@ def transport_plan(
     # Imported here, not at the top: POT's package pulls in scikit-learn and SciPy's solvers (1.9 s on a 2-core CPU),
     # which training and the demo never need.
     import ot
-    from lap import lapjv
 
     matrix = cost.detach().double().cpu().numpy()
     n, m = matrix.shape
@@ -151,7 +159,7 @@ def transport_plan(
     nu = np.full(m, 1.0 / m) if nu is None else np.asarray(nu, dtype=np.float64)
     if solver == "exact":
         if n == m and uniform_a and uniform_b:
-            _, cols, _ = lapjv(matrix, extend_cost=False)
+            cols, _ = assignment(matrix)
             plan = np.zeros((n, m))
             plan[np.arange(n), cols] = 1.0 / n
             return plan
