@@ -8,7 +8,9 @@ so that a BatchNorm or LayerNorm left out of a neuron group would change the fun
   exact) and by weight matching, gives back A's function (max |logit difference| below ``tolerance`` times the
   logits' scale);
 - ``transplant``: Neuron Transplantation's concatenation of A and B computes their ensemble, and pruning it back
-  (:func:`fusion.methods.transplant.prune_to` with the method's default importance) gives exactly A's widths;
+  (:func:`fusion.methods.transplant.prune_to` with the method's default importance) gives exactly A's widths; where
+  LayerNorm'd groups are shared rather than concatenated (a residual stream), the concatenation of A with itself
+  computes A instead (the ensemble cannot hold there);
 - ``intra``: Intra-Fusion to half of every group gives ``round(n / 2)`` neurons per group and finite logits;
 - ``hessian``: the top Hessian eigenvalue of the cross-entropy on the inputs after :data:`HESSIAN_STEPS` Lanczos steps
   (its Ritz residual bound is reported beside it);
@@ -152,14 +154,19 @@ def support_report(
         return body
 
     def transplant() -> str:
-        wide = concatenate([a, b], found)
-        ensemble = (logits_a + predict_logits(b, inputs, device)) / 2
-        detail = same_function(ensemble, predict_logits(wide, inputs, device), tolerance)
+        shared = frozenset(g.name for g in found if g.normalized)
+        if shared:
+            wide = concatenate([a, a], found, shared)
+            detail = "A with A = A " + same_function(logits_a, predict_logits(wide, inputs, device), tolerance)
+        else:
+            wide = concatenate([a, b], found)
+            ensemble = (logits_a + predict_logits(b, inputs, device)) / 2
+            detail = "ensemble " + same_function(ensemble, predict_logits(wide, inputs, device), tolerance)
         widths = group_sizes(a.state_dict(), found)
-        pruned, _, _ = prune_to(wide, found, widths, TransplantOptions().importance, None)
+        pruned, _, _ = prune_to(wide, found, widths, TransplantOptions().importance, None, shared)
         if group_sizes(pruned.state_dict(), found) != widths:
             raise Violation("the transplanted model's widths differ from its parents'")
-        return f"ensemble {detail}"
+        return detail
 
     def intra() -> str:
         result = fuse([a], "intra", inputs=inputs, device=device, sparsity=0.5)

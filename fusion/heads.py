@@ -27,7 +27,7 @@ timm's ``qkv``) are refused by name.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -161,12 +161,45 @@ def head_targets(size: int, heads: int, order: np.ndarray, within: Sequence[np.n
     return np.concatenate([order[a] * width + np.asarray(within[a]) for a in range(heads)])
 
 
+def set_head_counts(model: nn.Module, groups: Sequence[NeuronGroup]) -> nn.Module:
+    """``model`` with each attention module's ``num_heads`` set from its current width: heads keep their width
+    ``size / heads``, so a concatenation of K models has K times the heads and a pruning to whole heads fewer."""
+    modules = dict(model.named_modules())
+    for group in groups:
+        if group.heads > 1:
+            width = modules[group.layers[0]].weight.shape[0]
+            modules[group.attention].num_heads = width // (group.size // group.heads)
+    return model
+
+
+def whole_heads(
+    importance: Mapping[str, torch.Tensor], groups: Sequence[NeuronGroup], keep: Mapping[str, int]
+) -> dict[str, list[int]]:
+    """The dimensions kept, per attention group, when every attention keeps its ``keep[group] / (size / heads)``
+    heads of greatest importance, all of their dimensions with them (in their original order). A head's importance is
+    the sum of its dimensions' ``importance`` over the attention's groups (query/key and value), so both groups keep
+    the same heads and every head keeps its width."""
+    totals: dict[str, torch.Tensor] = {}
+    for group in groups:
+        if group.heads > 1:
+            width = group.size // group.heads
+            per_head = importance[group.name].reshape(-1, width).sum(1)
+            totals[group.attention] = totals.get(group.attention, 0) + per_head
+    kept = {}
+    for group in groups:
+        if group.heads > 1:
+            width = group.size // group.heads
+            heads = sorted(torch.topk(totals[group.attention], keep[group.name] // width).indices.tolist())
+            kept[group.name] = [h * width + i for h in heads for i in range(width)]
+    return kept
+
+
 def refuse_head_pruning(groups: Sequence[NeuronGroup], method: str) -> None:
-    """Pruning keeps the most important dimensions of a group wherever they are, so it would leave attention heads of
-    different widths (and ``num_heads`` blocks of mixed heads): refused by name until heads are pruned whole."""
+    """Intra-Fusion merges each dropped dimension into the kept dimension nearest to it, wherever that is, so it
+    would mix attention heads: refused by name (magnitude pruning and Neuron Transplantation keep whole heads)."""
     attention = next((g.attention for g in groups if g.heads > 1), None)
     if attention is not None:
         raise UnsupportedArchitecture(
-            f"{attention}: {method} would drop the dimensions of its attention heads unevenly; pruning attention "
-            "(whole heads, or equal dimensions per head) is not supported yet"
+            f"{attention}: {method} would merge dimensions across its attention heads; merging whole heads is not "
+            "supported yet (magnitude pruning and transplant keep whole heads)"
         )

@@ -17,6 +17,8 @@ from analysis.support import randomize_norms
 from fusion.errors import ConfigError
 from fusion.groups import UnsupportedArchitecture, neuron_groups
 from fusion.heads import head_transports
+from fusion.methods.base import Context
+from fusion.methods.transplant import TransplantOptions, concatenate, stream_aligned
 from fusion.models import build_model, default_spec, parameter_count, parameter_estimate
 from fusion.registry import fuse
 from fusion.surgery import permuted
@@ -126,15 +128,78 @@ def test_importance_marginals_of_attention_are_refused_by_name():
         fuse([vit(0), vit(1)], "ot", inputs=X, recompute_bn=False, marginals="importance")
 
 
-@pytest.mark.parametrize("method", ["intra", "prune"])
-def test_pruning_attention_is_refused_by_name(method):
-    with pytest.raises(UnsupportedArchitecture, match="blocks.0.attn: pruning would drop the dimensions"):
-        fuse([vit(0)], method, inputs=X)
+def test_intra_fusion_refuses_attention_by_name():
+    with pytest.raises(UnsupportedArchitecture, match="blocks.0.attn: Intra-Fusion would merge dimensions across"):
+        fuse([vit(0)], "intra", inputs=X)
 
 
-def test_transplant_refuses_the_layer_normalised_residual_stream():
-    with pytest.raises(UnsupportedArchitecture, match="LayerNorm normalises over all the neurons of group patch"):
-        fuse([vit(0), vit(1)], "transplant", inputs=X)
+def test_magnitude_pruning_keeps_whole_heads():
+    model = vit(0)
+    pruned = fuse([model], "prune", inputs=X, sparsity=0.5).model
+    for block, original in zip(pruned.blocks, model.blocks):
+        assert block.attn.num_heads == 2 and block.attn.q.out_features == 32 and block.fc1.out_features == 64
+        kept = {}
+        for part in ("q", "k", "v"):
+            chunks = getattr(block.attn, part).bias.detach().reshape(2, 16)
+            whole = getattr(original.attn, part).bias.detach().reshape(4, 16)
+            kept[part] = [next(h for h in range(4) if torch.equal(chunk, whole[h])) for chunk in chunks]
+        assert kept["q"] == kept["k"] == kept["v"], "every projection keeps the same whole heads"
+    assert torch.isfinite(pruned(X)).all()
+
+
+def sublayer_mean(models: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The network that shares one residual stream (every stream parameter the models' mean) and adds, at every
+    sub-layer, the mean of the models' attention or MLP outputs: what the transplanted ViT must compute."""
+    mean = build_model(SPEC, seed=0)
+    mean.load_state_dict({k: sum(m.state_dict()[k] for m in models) / len(models) for k in mean.state_dict()})
+    tokens = mean.patch(x).flatten(2).transpose(1, 2)
+    tokens = torch.cat([mean.cls.expand(len(x), -1, -1), tokens], dim=1) + mean.pos
+    for index, block in enumerate(mean.blocks):
+        parts = [m.blocks[index] for m in models]
+        tokens = tokens + sum(p.attn(block.norm1(tokens)) for p in parts) / len(parts)
+        tokens = tokens + sum(p.fc2(p.act(p.fc1(block.norm2(tokens)))) for p in parts) / len(parts)
+    return mean.head(mean.norm(tokens)[:, 0])
+
+
+def test_the_concatenated_vit_shares_its_stream_and_averages_every_sublayer(model_and_groups):
+    _, groups = model_and_groups
+    models = [vit(0), vit(1), vit(2)]
+    shared = frozenset(g.name for g in groups if g.normalized)
+    assert shared == {"patch"}
+    wide = concatenate(models, groups, shared)
+    assert wide.blocks[0].attn.num_heads == 12 and wide.blocks[0].fc1.out_features == 3 * 128
+    with torch.no_grad():
+        assert float((wide(X) - sublayer_mean(models, X)).abs().max()) < 1e-5
+
+
+def test_a_vit_transplanted_with_its_shuffled_copy_concatenates_back_to_itself(model_and_groups):
+    model, groups = model_and_groups
+    context = Context(pool=X, probe=X, device=torch.device("cpu"))
+    aligned, maps = stream_aligned([model, permuted(model, groups, seed=5)], groups, TransplantOptions(), context)
+    assert maps[0] is None and all(t.permutation is not None for t in maps[1].values())
+    wide = concatenate(aligned, groups, frozenset({"patch"}))
+    with torch.no_grad():
+        assert max_logit_difference(wide, model, X) < 1e-5
+
+
+def test_transplant_prunes_two_vits_back_to_whole_heads_and_tracks_every_neuron():
+    a, b = vit(0), vit(1)
+    result = fuse([a, b], "transplant", inputs=X)
+    fused, details = result.model, result.report.details
+    assert details["shared"] == ["patch"]
+    assert fused.blocks[0].attn.num_heads == 4 and fused.blocks[0].attn.q.out_features == 64
+    assert fused.blocks[0].fc1.out_features == 128
+    parents = (a, b)
+    for block in range(4):
+        origin = details["kept_from"][f"blocks.{block}.fc1"]
+        expected = [parents[p].blocks[block].fc1.bias[i] for p, i in zip(origin["parent"], origin["neuron"])]
+        assert torch.equal(fused.blocks[block].fc1.bias.detach(), torch.stack(expected).detach())
+        heads = details["kept_from"][f"blocks.{block}.attn.q"]
+        pairs = list(zip(heads["parent"], heads["neuron"]))
+        for head in range(4):
+            chunk = pairs[16 * head : 16 * head + 16]
+            assert len({p for p, _ in chunk}) == 1 and len({i // 16 for _, i in chunk}) == 1, "heads move whole"
+    assert torch.isfinite(fused(X)).all()
 
 
 class FusedAttention(nn.Module):

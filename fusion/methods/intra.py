@@ -39,7 +39,7 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.groups import NORMS, NeuronGroup, neuron_groups, neuron_slices
-from fusion.heads import refuse_head_pruning
+from fusion.heads import refuse_head_pruning, set_head_counts, whole_heads
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.surgery import apply_transports, group_sizes, with_state
@@ -115,18 +115,22 @@ def kept_neurons(
     options: PruneOptions,
     gradients: dict[str, torch.Tensor] | None,
 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
-    """The ``round(n (1 - sparsity))`` most important neurons of every group (sorted), and every neuron's importance."""
-    kept, scores = {}, {}
+    """The ``round(n (1 - sparsity))`` most important neurons of every group (sorted), and every neuron's importance;
+    attention keeps ``round(heads (1 - sparsity))`` whole heads (:func:`fusion.heads.whole_heads`)."""
+    kept, scores, counts = {}, {}, {}
     sizes = group_sizes(state, groups)
     for group in groups:
-        importance = neuron_importance(state, group, sizes, options.importance, gradients)
-        count = round(group.size * (1 - options.sparsity))
-        if group.size < 2 or count < 1:
-            raise ConfigError(
-                f"group {group.name} has {group.size} neurons: too few to prune at sparsity {options.sparsity}"
-            )
-        kept[group.name] = sorted(torch.topk(importance, count).indices.tolist())
-        scores[group.name] = importance
+        units = group.heads if group.heads > 1 else group.size
+        count = round(units * (1 - options.sparsity))
+        if units < 2 or count < 1:
+            what = "heads" if group.heads > 1 else "neurons"
+            raise ConfigError(f"group {group.name} has {units} {what}: too few to prune at sparsity {options.sparsity}")
+        scores[group.name] = neuron_importance(state, group, sizes, options.importance, gradients)
+        counts[group.name] = count * (group.size // units)
+    kept.update(whole_heads(scores, groups, counts))
+    for group in groups:
+        if group.name not in kept:
+            kept[group.name] = sorted(torch.topk(scores[group.name], counts[group.name]).indices.tolist())
     return kept, scores
 
 
@@ -189,7 +193,6 @@ def prepare(
 ) -> tuple[nn.Module, list[NeuronGroup], dict[str, list[int]], dict[str, torch.Tensor]]:
     folded = fold_batchnorm(model.cpu(), context.example())
     groups = neuron_groups(folded, context.example())
-    refuse_head_pruning(groups, "pruning")
     gradients = None
     if options.importance == "taylor":
         if context.labels is None:
@@ -221,7 +224,7 @@ def run_prune(models: Sequence[nn.Module], options: PruneOptions, context: Conte
     state = {k: v.detach() for k, v in folded.state_dict().items()}
     sizes = group_sizes(state, groups)
     transports = {g.name: Transport.selection(sizes[g.name], kept[g.name]) for g in groups}
-    pruned = with_state(folded, apply_transports(state, groups, transports)).eval()
+    pruned = set_head_counts(with_state(folded, apply_transports(state, groups, transports)), groups).eval()
     reports = [GroupReport(g.name, [g.size], [], []) for g in groups]
     return MethodOutput(pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, None))
 
@@ -229,6 +232,7 @@ def run_prune(models: Sequence[nn.Module], options: PruneOptions, context: Conte
 def run_intra(models: Sequence[nn.Module], options: IntraOptions, context: Context) -> MethodOutput:
     """Intra-Fusion of one model (see the module docstring)."""
     folded, groups, kept, scores = prepare(models[0], options, context)
+    refuse_head_pruning(groups, "Intra-Fusion")
     pruned, transports = intra_fuse(folded, groups, kept, options, scores)
     reports = [GroupReport(g.name, [g.size], [transports[g.name].cost], []) for g in groups]
     return MethodOutput(

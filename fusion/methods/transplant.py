@@ -22,9 +22,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from fusion.alignment import AlignOptions, align, verify_alignment
 from fusion.errors import ArchitectureError, ConfigError
-from fusion.groups import Member, NeuronGroup, UnsupportedArchitecture, neuron_groups
-from fusion.heads import refuse_head_pruning
+from fusion.groups import Member, NeuronGroup, neuron_groups
+from fusion.heads import set_head_counts, whole_heads
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
 from fusion.surgery import apply_transports, group_sizes, with_state
@@ -43,31 +44,39 @@ class TransplantOptions:
     recompute_bn: bool = field(
         default=True, metadata={"help": "recompute BatchNorm statistics on training data after pruning"}
     )
+    alignment: Literal["weights", "activations"] = field(
+        default="weights",
+        metadata={"help": "how models are aligned first when a LayerNorm'd group must be shared (exact OT)"},
+    )
 
     def __post_init__(self) -> None:
         if self.importance not in ("l1", "l2", "l2sq", "taylor"):
             raise ConfigError(f"importance must be l1, l2, l2sq or taylor, got {self.importance!r}")
         if self.variant not in ("all", "iterative", "hierarchical"):
             raise ConfigError(f"variant must be all, iterative or hierarchical, got {self.variant!r}")
+        if self.alignment not in ("weights", "activations"):
+            raise ConfigError(f"alignment must be weights or activations, got {self.alignment!r}")
 
 
-def concatenate(models: Sequence[nn.Module], groups: list[NeuronGroup]) -> nn.Module:
-    """The wide model of the module docstring: it computes the mean of the K models' logits.
+def concatenate(
+    models: Sequence[nn.Module], groups: list[NeuronGroup], shared: frozenset[str] = frozenset()
+) -> nn.Module:
+    """The wide model of the module docstring: without ``shared`` groups it computes the mean of the K models' logits.
 
     Every group of the wide model holds the K models' neurons one model after another. Each model's tensors are
     placed into the wide layout (each slice of a group at its block), so a weight that reads one group and writes
-    another becomes block diagonal; tensors with no group along any dimension (the output bias) are averaged, and those
-    with no group on their output side (the output layer) are divided by K.
+    another becomes block diagonal; tensors that produce no concatenated group are the mean of the K models' (the
+    output layer, and every producer of a ``shared`` group). The groups named in ``shared`` (LayerNorm'd residual
+    streams, aligned beforehand) are not concatenated: the K models' neurons sit at the same positions and are
+    averaged, every sub-layer reading them reads the mean stream, and every sub-layer writing them adds the mean of
+    the K models' outputs. Attention modules get ``K`` times their heads.
     """
-    for group in groups:
-        if group.normalized:
-            raise UnsupportedArchitecture(
-                f"{group.normalized[0]}: a LayerNorm normalises over all the neurons of group {group.name}, so the "
-                "concatenated network would not compute the ensemble"
-            )
     states = [{k: v.detach() for k, v in m.state_dict().items()} for m in models]
     sizes = [group_sizes(s, groups) for s in states]
-    wide_sizes = {g.name: sum(size[g.name] for size in sizes) for g in groups}
+    for name in shared:
+        if len({size[name] for size in sizes}) > 1:
+            raise ArchitectureError(f"group {name} is averaged, not concatenated, and needs one width in every model")
+    wide_sizes = {g.name: sizes[0][g.name] if g.name in shared else sum(s[g.name] for s in sizes) for g in groups}
     members: dict[str, list[Member]] = {}
     for group in groups:
         for member in group.members():
@@ -87,12 +96,12 @@ def concatenate(models: Sequence[nn.Module], groups: list[NeuronGroup]) -> nn.Mo
             shape[dim] = sum(m.span(wide_sizes)[1] for m in placed if m.dim == dim)
         total = torch.zeros(shape, dtype=first.dtype)
         for k, state in enumerate(states):
-            offsets = {g.name: sum(size[g.name] for size in sizes[:k]) for g in groups}
+            offsets = {g.name: 0 if g.name in shared else sum(size[g.name] for size in sizes[:k]) for g in groups}
             index = block_positions(state[key].shape, placed, sizes[k], wide_sizes, offsets)
             total.index_put_(index, state[key], accumulate=True)
-        produced = any(m in g.producers for g in groups for m in placed)
+        produced = any(m in g.producers for g in groups if g.name not in shared for m in placed)
         wide[key] = total if produced else total / len(models)
-    return with_state(models[0], wide).eval()
+    return set_head_counts(with_state(models[0], wide), groups).eval()
 
 
 def block_positions(
@@ -126,19 +135,22 @@ def prune_to(
     widths: dict[str, int],
     kind: Importance,
     gradients: dict[str, torch.Tensor] | None,
+    shared: frozenset[str] = frozenset(),
 ) -> tuple[nn.Module, dict[str, list[int]], dict[str, list[float]]]:
-    """Keep the ``widths[g]`` most important neurons of every group (in their original order); returns the pruned
-    model, the kept indices and every neuron's importance, per group."""
-    refuse_head_pruning(groups, "Neuron Transplantation's pruning")
+    """Keep the ``widths[g]`` most important neurons of every group but the ``shared`` ones (in their original
+    order), attention heads whole (:func:`fusion.heads.whole_heads`); returns the pruned model, the kept indices and
+    every neuron's importance, per pruned group."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     sizes = group_sizes(state, groups)
-    transports, kept, scores = {}, {}, {}
-    for group in groups:
-        importance = neuron_importance(state, group, sizes, kind, gradients)
-        keep = sorted(torch.topk(importance, widths[group.name]).indices.tolist())
-        transports[group.name] = Transport.selection(sizes[group.name], keep)
-        kept[group.name], scores[group.name] = keep, importance.tolist()
-    return with_state(model, apply_transports(state, groups, transports)).eval(), kept, scores
+    pruned = [g for g in groups if g.name not in shared]
+    scores = {g.name: neuron_importance(state, g, sizes, kind, gradients) for g in pruned}
+    kept = whole_heads(scores, pruned, widths)
+    for group in pruned:
+        if group.name not in kept:
+            kept[group.name] = sorted(torch.topk(scores[group.name], widths[group.name]).indices.tolist())
+    transports = {g.name: Transport.selection(sizes[g.name], kept[g.name]) for g in pruned}
+    model = with_state(model, apply_transports(state, groups, transports))
+    return set_head_counts(model, groups).eval(), kept, {k: v.tolist() for k, v in scores.items()}
 
 
 def transplant_step(
@@ -148,17 +160,19 @@ def transplant_step(
     widths: dict[str, int],
     options: TransplantOptions,
     context: Context,
+    shared: frozenset[str],
 ) -> tuple[nn.Module, dict[str, list[tuple[int, int]]], dict[str, dict[str, list]]]:
-    """Concatenate, then prune; ``origins`` track each neuron's (parent, index) through iterated steps."""
-    wide = concatenate(models, groups)
+    """Concatenate, then prune; ``origins`` track each concatenated neuron's (parent, index) through iterated
+    steps."""
+    wide = concatenate(models, groups, shared)
     gradients = None
     if options.importance == "taylor":
         if context.pool is None or context.labels is None:
             raise ConfigError("taylor importance needs labelled training data (data=)")
         inputs, labels = context.labelled_sample(512, seed=0)
         gradients = loss_gradients(wide, inputs, labels)
-    pruned, kept, scores = prune_to(wide, groups, widths, options.importance, gradients)
-    merged = {g.name: [o for origin in origins for o in origin[g.name]] for g in groups}
+    pruned, kept, scores = prune_to(wide, groups, widths, options.importance, gradients, shared)
+    merged = {name: [o for origin in origins for o in origin[name]] for name in kept}
     survivors = {name: [merged[name][i] for i in kept[name]] for name in merged}
     record = {
         name: {"origin": [list(o) for o in merged[name]], "importance": scores[name], "kept": kept[name]}
@@ -167,17 +181,47 @@ def transplant_step(
     return pruned, survivors, record
 
 
+def stream_aligned(
+    models: Sequence[nn.Module], groups: list[NeuronGroup], options: TransplantOptions, context: Context
+) -> tuple[list[nn.Module], list[dict[str, Transport] | None]]:
+    """Every model permuted onto the reference in every group (exact OT, :func:`fusion.alignment.align`, verified to
+    keep its function), so that the LayerNorm'd groups can be shared; the maps (``None`` for the reference)."""
+    reference = models[options.reference]
+    align_options = AlignOptions(mode=options.alignment, sweeps=3)
+    sample = context.sample(align_options.samples, 0) if options.alignment == "activations" else None
+    probe = context.probe if context.probe is not None else context.example()
+    aligned: list[nn.Module] = []
+    maps: list[dict[str, Transport] | None] = []
+    for index, model in enumerate(models):
+        if index == options.reference:
+            aligned.append(model), maps.append(None)
+            continue
+        alignment = align(model, reference, groups, align_options, sample, context.device)
+        verify_alignment(model, alignment.model, groups, alignment.transports, probe, context.device)
+        aligned.append(alignment.model.cpu().eval()), maps.append(alignment.transports)
+    return aligned, maps
+
+
 def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, context: Context) -> MethodOutput:
-    """Neuron Transplantation of ``models`` (see the module docstring); ``details["groups"]`` holds, per group, every
-    concatenated neuron's (parent, index) origin, importance and whether it was kept (for the last step)."""
+    """Neuron Transplantation of ``models`` (see the module docstring); ``details["groups"]`` holds, per transplanted
+    group, every concatenated neuron's (parent, index) origin, importance and whether it was kept (for the last step);
+    ``details["shared"]`` names the LayerNorm'd groups that were aligned and averaged instead."""
     reference = models[options.reference]
     names = set(reference.state_dict())
     if any(set(m.state_dict()) != names for m in models):
         raise ArchitectureError("Neuron Transplantation needs models of one architecture (parameter names differ)")
     groups = neuron_groups(reference.cpu(), context.example())
     widths = group_sizes(reference.state_dict(), groups)
+    shared = frozenset(g.name for g in groups if g.normalized)
+    maps: list[dict[str, Transport] | None] = [None] * len(models)
+    if shared:
+        models, maps = stream_aligned(models, groups, options, context)
     origins = [
-        {g.name: [(k, i) for i in range(group_sizes(m.state_dict(), [g])[g.name])] for g in groups}
+        {
+            g.name: [(k, source_index(maps[k], g.name, i)) for i in range(group_sizes(m.state_dict(), [g])[g.name])]
+            for g in groups
+            if g.name not in shared
+        }
         for k, m in enumerate(models)
     ]
     items = list(zip(models, origins))
@@ -187,12 +231,10 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
     while len(items) > 1:
         if options.variant == "all":
             batch, items = items, []
-        elif options.variant == "iterative":
-            batch, items = items[:2], items[2:]
         else:
             batch, items = items[:2], items[2:]
         fused, survivors, record = transplant_step(
-            [m for m, _ in batch], [o for _, o in batch], groups, widths, options, context
+            [m for m, _ in batch], [o for _, o in batch], groups, widths, options, context, shared
         )
         steps += 1
         context.progress(steps, total, f"transplanted {len(batch)} models")
@@ -208,8 +250,18 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
     reports = [GroupReport(g.name, [group_sizes(m.state_dict(), [g])[g.name] for m in models], [], []) for g in groups]
     return MethodOutput(
         model,
-        [None] * len(models),
+        maps,
         groups,
         reports,
-        details={"kept_from": kept_from, "groups": record, "variant": options.variant},
+        details={"kept_from": kept_from, "groups": record, "variant": options.variant, "shared": sorted(shared)},
     )
+
+
+def source_index(transports: dict[str, Transport] | None, group: str, index: int) -> int:
+    """The parent's index of the neuron at ``index`` of an aligned model's group (a permutation gathers
+    ``new[j] = old[permutation[j]]``)."""
+    if transports is None:
+        return index
+    permutation = transports[group].permutation
+    assert permutation is not None
+    return int(permutation[index])
