@@ -37,6 +37,7 @@ from analysis.hessian_operator import HessianOperator, Loss, cross_entropy_loss,
 from analysis.landscape import filter_normalized_direction
 from analysis.perturbation import PERTURBATION_TS, PerturbationCurve, perturbation_curve
 from analysis.states import eval_mode
+from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, RecordError, from_json
@@ -128,9 +129,10 @@ def estimate_hessian_cost(
     fixed = {k: v.detach().to(device) for k, v in model.state_dict().items() if k not in params}
     leaves = list(params.values())
     gradients: list[torch.Tensor] = []
+    twin, rename = differentiable_twin(model)
 
     def graph() -> None:
-        value = loss(functional_call(model, {**params, **fixed}, (probe[0],)), probe)
+        value = loss(functional_call(twin, rename({**params, **fixed}), (probe[0],)), probe)
         gradients[:] = torch.autograd.grad(value, leaves, create_graph=True, materialize_grads=True)
 
     def timed(run: Callable[[], Any]) -> float:
@@ -138,13 +140,13 @@ def estimate_hessian_cost(
         run()
         return time.perf_counter() - started
 
-    with eval_mode(model), torch.enable_grad():
+    with eval_mode(twin), torch.enable_grad():
         graph_bytes = saved_bytes(graph, shared=[*leaves, *fixed.values()]) / len(probe[0])
         tangents = [torch.ones_like(leaf) for leaf in leaves]
         hvp = lambda: torch.autograd.grad(gradients, leaves, tangents, retain_graph=True, materialize_grads=True)  # noqa: E731
         hvp()
         timings = [
-            timed(lambda: loss(functional_call(model, {**params, **fixed}, (probe[0],)), probe)),
+            timed(lambda: loss(functional_call(twin, rename({**params, **fixed}), (probe[0],)), probe)),
             timed(graph),
             timed(hvp),
         ]

@@ -30,6 +30,7 @@ from torch.func import functional_call
 from analysis import AnalysisError, NonFiniteLoss
 from analysis.hessian_config import HessianConfig
 from analysis.states import eval_mode
+from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
 from fusion.errors import DatasetError
 
@@ -115,6 +116,7 @@ class HessianOperator:
                 f"got {unknown or names}"
             )
         self.model = model
+        self.twin, self.rename = differentiable_twin(model)
         self.loss = loss
         self.config = config
         self.data = sample_data(data, config)
@@ -135,12 +137,12 @@ class HessianOperator:
         return self.space.size
 
     def batch_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.loss(functional_call(self.model, {**params, **self.fixed}, (x,)), (x, y))
+        return self.loss(functional_call(self.twin, self.rename({**params, **self.fixed}), (x,)), (x, y))
 
     @torch.no_grad()
     def loss_value(self) -> float:
         """``L(θ)``; raises :class:`NonFiniteLoss` when it is NaN or infinite."""
-        with eval_mode(self.model):
+        with eval_mode(self.twin):
             value = sum(float(self.batch_loss(self.params, x, y)) * len(x) for x, y in self.batches) / len(self.data[0])
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss at the analysed parameters is {value}; the Hessian is undefined there")
@@ -151,7 +153,7 @@ class HessianOperator:
         if index in self.graphs:
             return self.graphs[index]
         x, y = self.batches[index]
-        with torch.enable_grad(), eval_mode(self.model):
+        with torch.enable_grad(), eval_mode(self.twin):
             loss = self.batch_loss(self.params, x, y)
             gradient = torch.autograd.grad(loss, list(self.params.values()), create_graph=True, materialize_grads=True)
         if self.config.cache_graph:

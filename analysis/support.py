@@ -1,7 +1,9 @@
 """What works on an architecture: the checks behind the README's support matrix, runnable on any model.
 
 For two models of one architecture (random weights do; normalisation parameters and statistics are randomised first,
-so that a BatchNorm or LayerNorm left out of a neuron group would change the function) and a batch of inputs:
+so that a BatchNorm or LayerNorm left out of a neuron group would change the function) and a batch of inputs; fused
+attention projections are split first (:mod:`fusion.attention_layouts`), as fusion splits them, and the Hessian and the
+landscape run on the models as they are:
 
 - ``groups``: the neuron groups are found (:func:`fusion.groups.neuron_groups`);
 - ``ot``, ``matching``: a copy of model A with every group's neurons shuffled, fused with A by OT fusion (weights,
@@ -34,6 +36,7 @@ from analysis.hessian_config import HessianConfig
 from analysis.hessian_estimators import lanczos_top_eigenvalues
 from analysis.hessian_operator import HessianOperator
 from analysis.landscape import LandscapeConfig, linear_interpolation
+from fusion.attention_layouts import split_attention_layers
 from fusion.data import Dataset, Normalization
 from fusion.errors import FusionError
 from fusion.groups import CHANNEL_NORMS, NORMS, NeuronGroup, neuron_groups
@@ -129,7 +132,8 @@ def support_report(
     """Run every check of the module docstring on ``model_a`` and ``model_b`` (modified in place: their
     normalisation layers are randomised) with ``inputs`` and integer ``labels``."""
     device = device or torch.device("cpu")
-    a, b = randomize_norms(model_a, 1), randomize_norms(model_b, 2)
+    native_a, native_b = randomize_norms(model_a, 1), randomize_norms(model_b, 2)
+    a, b = split_attention_layers(native_a), split_attention_layers(native_b)
     logits_a = predict_logits(a, inputs, device)
     found: list[NeuronGroup] = []
 
@@ -179,14 +183,14 @@ def support_report(
 
     def hessian() -> str:
         config = HessianConfig(samples=len(inputs), batch_size=len(inputs), iterations=HESSIAN_STEPS, top_k=1, seed=0)
-        operator = HessianOperator(a, (inputs, labels), config, device)
+        operator = HessianOperator(native_a, (inputs, labels), config, device)
         top, _ = lanczos_top_eigenvalues(operator, 1, config)
         return f"λ1 {top.eigenvalues[0]:.3g} ± {top.residuals[0]:.1g}"
 
     def landscape() -> str:
         data = Dataset("probe", inputs, labels, inputs, labels, int(labels.max()) + 1, Normalization((0.0,), (1.0,)))
         config = LandscapeConfig(resolution=5, batch_size=len(inputs))
-        line = linear_interpolation(a, b, data, config, device)
+        line = linear_interpolation(native_a, native_b, data, config, device)
         return f"barrier {line.train_barrier:.3g}"
 
     checks = [

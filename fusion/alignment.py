@@ -284,6 +284,7 @@ def align(
     if set(state_a) != set(state_b):
         raise ArchitectureError("the models do not share an architecture: their parameter names differ")
     sizes_a, sizes_b = group_sizes(state_a, groups), group_sizes(state_b, groups)
+    check_heads(model, reference, groups, sizes_a, sizes_b)
     if options.mode == "activations":
         if inputs is None or len(inputs) == 0:
             raise ConfigError("activation-based alignment needs training inputs")
@@ -367,6 +368,26 @@ def align(
         if not changed:
             break
     return Alignment(model, apply_transports(state_a, groups, transports), transports, costs, seconds, done_sweeps)
+
+
+def check_heads(
+    model: nn.Module,
+    reference: nn.Module,
+    groups: list[NeuronGroup],
+    sizes_a: dict[str, int],
+    sizes_b: dict[str, int],
+) -> None:
+    """Heads are matched one to one and whole: an attention of ``model`` must have the reference's head count and
+    width, else :class:`ArchitectureError` names it."""
+    for group in groups:
+        if group.heads > 1:
+            heads = [m.get_submodule(group.attention).num_heads for m in (model, reference)]
+            if heads[0] != heads[1] or sizes_a[group.name] != sizes_b[group.name]:
+                raise ArchitectureError(
+                    f"{group.attention}: {heads[0]} heads of {sizes_a[group.name] // heads[0]} dimensions against "
+                    f"the reference's {heads[1]} of {sizes_b[group.name] // heads[1]}; attention is aligned between "
+                    "models of one head count and width"
+                )
 
 
 def is_hard(transports: dict[str, Transport]) -> bool:

@@ -19,9 +19,9 @@ whole, and inside each matched pair the dimensions are coupled softly (Imfeld et
 Transport", ICLR 2024, find soft alignment helps transformers); the aligned model is then an approximation, as every
 soft map is. Importance-weighted marginals of attention dimensions are refused.
 
-A module is treated as attention when it has a ``num_heads`` attribute; FusionLab's own layout (separate linear
-``q``, ``k``, ``v`` and ``proj``, :mod:`fusion.vit`) is supported, fused projections (``nn.MultiheadAttention``,
-timm's ``qkv``) are refused by name.
+A module is treated as attention when it has a ``num_heads`` attribute and separate linear ``q``, ``k``, ``v`` and
+``proj`` layers (:mod:`fusion.vit`); fused projections (``nn.MultiheadAttention``, timm's ``qkv``) are split into
+that layout by :mod:`fusion.attention_layouts` before fusion and joined back after.
 """
 
 from __future__ import annotations
@@ -52,19 +52,23 @@ PROJECTIONS = ("q", "k", "v", "proj")
 
 
 def attention_modules(model: nn.Module) -> dict[str, int]:
-    """The attention modules of ``model`` by name, with their head counts; refuses a layout other than separate
-    linear ``q``, ``k``, ``v`` and ``proj`` projections."""
+    """The attention modules of ``model`` by name, with their head counts: modules with a ``num_heads`` attribute and
+    separate linear ``q``, ``k``, ``v`` and ``proj`` layers. Fused projections (``nn.MultiheadAttention``, a linear
+    ``qkv``) that :mod:`fusion.attention_layouts` has not split are refused by name; other modules that merely
+    record a head count (a transformer block) are not attention."""
     found = {}
     for name, module in model.named_modules():
         heads = getattr(module, "num_heads", None)
         if not isinstance(heads, int):
             continue
-        if not all(isinstance(getattr(module, part, None), nn.Linear) for part in PROJECTIONS):
+        if isinstance(module, nn.MultiheadAttention) or isinstance(getattr(module, "qkv", None), nn.Linear):
             raise UnsupportedArchitecture(
                 f"{name}: attention of type {type(module).__name__} (fused query/key/value projections) is not "
-                "supported; FusionLab aligns attention with separate linear q, k, v and proj layers (the zoo's vit)"
+                "supported in this form; FusionLab aligns attention with separate linear q, k, v and proj layers "
+                "(the zoo's vit, or torchvision's and timm's ViT attention once split)"
             )
-        found[name] = heads
+        if all(isinstance(getattr(module, part, None), nn.Linear) for part in PROJECTIONS):
+            found[name] = heads
     return found
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusion.attention_layouts import join_attention_layers, split_attention_layers
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
@@ -171,6 +172,9 @@ def fuse(
     labels = data.y_train if data is not None and inputs is None else None
     context = Context(pool, probe, device or default_device(), progress, labels)
     started = time.perf_counter()
+    inputs_given = {id(m) for m in models}
+    if spec.output != "ensemble":
+        models = [split_attention_layers(m) for m in models]
     output = spec.run(models, config, context)
     notes: list[str] = []
     if spec.output == "ensemble":
@@ -183,6 +187,8 @@ def fuse(
         notes.append(f"BatchNorm statistics recomputed on {len(subset)} training inputs")
     if getattr(config, "repair", False):
         notes.append(repaired(output, config, context))
+    model = join_attention_layers(output.model)
+    aligned = [m if id(m) in inputs_given else join_attention_layers(m) for m in output.aligned]
     report = FusionReport(
         method,
         dataclasses.asdict(config),
@@ -193,4 +199,4 @@ def fuse(
         notes,
         output.details,
     )
-    return FusionResult(output.model.eval(), output.transports, output.groups, report, list(output.aligned))
+    return FusionResult(model.eval(), output.transports, output.groups, report, aligned)

@@ -38,6 +38,10 @@ TRUSTED_FACTORIES_VARIABLE = "FUSIONLAB_FACTORIES"
 trusted_here: set[str] = set()
 
 
+VIT_PREFIXES = ("vit_", "deit_")
+"""Vision Transformers, built for the inputs' image size (their position embeddings have one entry per patch)."""
+
+
 def is_sourced(arch: str) -> bool:
     return ":" in arch
 
@@ -127,10 +131,11 @@ def build_sourced(arch: str, input_shape: tuple[int, int, int], num_classes: int
     if source == "torchvision":
         return build_torchvision(name, input_shape, num_classes)
     if source == "timm":
+        size = {"img_size": input_shape[1:]} if name.startswith(VIT_PREFIXES) else {}
         return call(
             arch,
             lambda: timm_module().create_model(
-                name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0]
+                name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **size
             ),
         )
     if source in SEED_REPOSITORIES:
@@ -146,7 +151,13 @@ def build_torchvision(name: str, input_shape: tuple[int, int, int], num_classes:
             f"torchvision:{name} takes 3-channel images, the inputs have {input_shape[0]} (use timm:, which adapts "
             "its stem with in_chans, or a 3-channel dataset)"
         )
-    extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    extra: dict[str, object] = {}
+    if name in ("googlenet", "inception_v3"):
+        extra = {"aux_logits": False, "init_weights": True}
+    elif name.startswith(VIT_PREFIXES):
+        if input_shape[1] != input_shape[2]:
+            raise ArchitectureError(f"torchvision:{name} takes square images, the inputs are {input_shape[1:]}")
+        extra = {"image_size": input_shape[1]}
     return call(
         f"torchvision:{name}",
         lambda: torchvision.models.get_model(name, weights=None, num_classes=num_classes, **extra),

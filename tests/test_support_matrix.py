@@ -32,6 +32,7 @@ ARCHITECTURES = [
     "otfusion:vgg11_nobias",
     "otfusion:resnet18_nobias_nobn",
     "vit",
+    "timm:vit_tiny_patch16_224",
 ]
 REPORTS: dict[str, SupportReport] = {}
 
