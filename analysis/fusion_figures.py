@@ -115,6 +115,30 @@ def neuron_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incomin
     return figure
 
 
+def head_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incoming") -> go.Figure:
+    """Bars of every attention head's norm (:meth:`GroupNorms.per_head`), per attention group and head (x), one bar
+    per model (colour by role)."""
+    figure = go.Figure()
+    for role, groups in norms.items():
+        heads = [g.per_head() for g in groups if g.heads > 1]
+        figure.add_trace(
+            go.Bar(
+                x=[f"{g.group.removesuffix(' (heads)')} · head {h}" for g in heads for h in range(g.heads)],
+                y=[v for g in heads for v in getattr(g, side)],
+                name=role,
+                marker_color=role_colour(role),
+            )
+        )
+    figure.update_layout(
+        barmode="group",
+        title=f"{side} norms of whole attention heads",
+        xaxis_title="attention group (query/key or value) and head",
+        yaxis_title="L2 norm of the head's weights",
+        height=460,
+    )
+    return figure
+
+
 def survival_figure(survival: Survival, parents: Sequence[str]) -> go.Figure:
     """Neuron Transplantation's cut: every neuron of the concatenated layer ranked by importance, coloured by parent,
     kept (filled) or dropped (open), with the threshold the pruning drew."""

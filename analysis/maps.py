@@ -64,6 +64,20 @@ def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:
     return maps
 
 
+def stored_heads(report: dict) -> dict[str, int]:
+    """The attention groups of a fusion's report (``FusionReport.to_dict()``) with their head counts."""
+    return {g["name"]: int(g["heads"]) for g in report.get("groups", []) if int(g.get("heads", 1)) > 1}
+
+
+def head_map(group_map: GroupMap, heads: int) -> GroupMap:
+    """The map between whole attention heads: ``T_heads[a, b]`` is the mass that source head ``a``'s dimensions send
+    to target head ``b``'s (the sum of the plan's ``(a, b)`` block). Heads are matched whole (:mod:`fusion.heads`),
+    so every row has one non-zero entry, and its within-head plan is the block itself."""
+    n, m = group_map.plan.shape
+    blocks = group_map.plan.reshape(heads, n // heads, heads, m // heads)
+    return GroupMap(group_map.model, f"{group_map.group} (heads)", blocks.sum(axis=(1, 3)), None)
+
+
 def display_order(plan: np.ndarray) -> np.ndarray:
     """Source rows sorted by their main target, then by decreasing mass on it."""
     target = plan.argmax(1)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fusion.attention_layouts import split_attention_layers
 from fusion.groups import NeuronGroup, neuron_groups, slice_norms
 from fusion.records import Record
 from fusion.surgery import group_sizes
@@ -27,6 +28,15 @@ class GroupNorms(Record):
     group: str
     incoming: list[float]
     outgoing: list[float]
+    heads: int = 1
+
+    def per_head(self) -> GroupNorms:
+        """The norms of whole attention heads: ``sqrt`` of the sum of the squared norms of a head's dimensions."""
+
+        def pooled(values: list[float]) -> list[float]:
+            return torch.tensor(values, dtype=torch.float64).square().reshape(self.heads, -1).sum(1).sqrt().tolist()
+
+        return GroupNorms(f"{self.group} (heads)", pooled(self.incoming), pooled(self.outgoing), self.heads)
 
 
 def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[str, int]) -> GroupNorms:
@@ -37,11 +47,13 @@ def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[
             incoming += slice_norms(state[member.key], member, sizes).square()
     for member in group.consumers:
         outgoing += slice_norms(state[member.key], member, sizes).square()
-    return GroupNorms(group.name, incoming.sqrt().tolist(), outgoing.sqrt().tolist())
+    return GroupNorms(group.name, incoming.sqrt().tolist(), outgoing.sqrt().tolist(), group.heads)
 
 
 def neuron_norms(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupNorms]:
-    """The norms of every neuron group of ``model``, in execution order."""
+    """The norms of every neuron group of ``model``, in execution order (fused attention projections split first,
+    :mod:`fusion.attention_layouts`)."""
+    model = split_attention_layers(model)
     groups = neuron_groups(model, example_inputs)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     sizes = group_sizes(state, groups)

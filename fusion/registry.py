@@ -189,11 +189,12 @@ def fuse(
         notes.append(repaired(output, config, context))
     model = join_attention_layers(output.model)
     aligned = [m if id(m) in inputs_given else join_attention_layers(m) for m in output.aligned]
+    heads = {g.name: g.heads for g in output.groups}
     report = FusionReport(
         method,
         dataclasses.asdict(config),
         time.perf_counter() - started,
-        output.group_reports,
+        [dataclasses.replace(r, heads=heads.get(r.name, 1)) for r in output.group_reports],
         output.sweeps,
         output.verified,
         notes,

@@ -4,7 +4,7 @@ Neuron Transplantation and Intra-Fusion kept."""
 import pandas as pd
 import streamlit as st
 
-from analysis.fusion_figures import neuron_norms_figure, survival_figure
+from analysis.fusion_figures import head_norms_figure, neuron_norms_figure, survival_figure
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
 from fusion.data import load_dataset
 from fusion.pipeline import parent_role
@@ -39,6 +39,13 @@ with report_errors():
     example = load_dataset(record.dataset).x_test[:2]
     norms = {role: neuron_norms(ws.load(r.id)[0], example) for role, r in zip(roles, family)}
     show_chart(neuron_norms_figure(norms, side), f"norms-{side}-{model_id}")
+    if any(g.heads > 1 for groups in norms.values() for g in groups):
+        st.subheader("Attention heads")
+        st.caption(
+            "A head's norm pools its dimensions (query and key rows for the query/key group, value rows and the output "
+            "projection's columns for the value group). Heads move, merge and are pruned whole."
+        )
+        show_chart(head_norms_figure(norms, side), f"head-norms-{side}-{model_id}")
 
 details = record.provenance.get("report", {}).get("details", {})
 if record.method == "transplant":

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.fusion_figures import transport_map_figure
-from analysis.maps import stored_maps, summarise
+from analysis.maps import head_map, stored_heads, stored_maps, summarise
 from ui.charts import show_chart
 from ui.state import selected_model_ids, workspace, workspace_models
 
@@ -62,4 +62,12 @@ parent = left.selectbox(
 )
 groups = [m for m in maps if m.model == parent]
 group = right.selectbox("Neuron group", [m.group for m in groups], key="maps.group")
-show_chart(transport_map_figure(next(m for m in groups if m.group == group)), f"transport-{model_id}-{parent}-{group}")
+chosen = next(m for m in groups if m.group == group)
+heads = stored_heads(by_id[model_id].provenance.get("report", {})).get(group, 1)
+if heads > 1 and st.radio("Show", ["whole heads", "dimensions"], horizontal=True, key="maps.heads") == "whole heads":
+    st.caption(
+        f"{group} has {heads} attention heads: heads are matched whole, so each source head sends all its mass to one "
+        "reference head; the dimensions view shows the map inside each matched pair."
+    )
+    chosen = head_map(chosen, heads)
+show_chart(transport_map_figure(chosen), f"transport-{model_id}-{parent}-{chosen.group}")

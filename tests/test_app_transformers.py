@@ -63,3 +63,29 @@ def test_landscape_page_on_a_vit_fusion(app_workspace):
     assert not at.exception and not at.error, messages(at.error)
     assert job is not None and job.status == "done", job.error if job else "no job"
     assert {"A-B", "A-fused", "B-fused", "plane"} <= set(stored_fusion_landscape(app_workspace, fused))
+
+
+def test_transport_maps_page_shows_whole_heads_of_a_vit_fusion(app_workspace):
+    _, fused = quick_vits(app_workspace)
+    at = open_app("pages/transport_maps.py")
+    at.selectbox(key="maps.model").set_value(fused).run()
+    at.selectbox(key="maps.group").set_value("blocks.0.attn.q").run()
+    assert not at.exception and not at.error, messages(at.error)
+    assert at.radio(key="maps.heads").value == "whole heads"
+    assert "4 attention heads" in at.caption[-1].value
+    at.radio(key="maps.heads").set_value("dimensions").run()
+    assert not at.exception
+    at.selectbox(key="maps.group").set_value("blocks.0.fc1").run()
+    assert not at.exception
+    assert "maps.heads" not in [r.key for r in at.radio], "free neurons have no heads view"
+
+
+def test_neuron_norms_page_shows_the_heads_of_a_vit_transplant(app_workspace):
+    ids, _ = quick_vits(app_workspace)
+    transplanted = fuse_and_save(app_workspace, ids, "transplant").record.id
+    at = open_app("pages/neuron_norms.py")
+    at.selectbox(key="norms.model").set_value(transplanted).run()
+    assert not at.exception and not at.error, messages(at.error)
+    assert "Attention heads" in [s.value for s in at.subheader]
+    at.selectbox(key="norms.survival.group").set_value("blocks.0.attn.q").run()
+    assert not at.exception

@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from analysis.maps import GroupMap, head_map, stored_heads
+from analysis.norms import neuron_norms
 from analysis.support import randomize_norms
 from fusion.errors import ConfigError
 from fusion.groups import UnsupportedArchitecture, neuron_groups
@@ -254,3 +256,19 @@ def test_head_maps_are_the_cheapest_head_respecting_permutations(seed, heads, wi
         assert transport.permutation is not None
         head_of = transport.permutation // width
         assert all(len(set(head_of[b * width : (b + 1) * width])) == 1 for b in range(heads))
+
+
+def test_head_maps_and_head_norms_pool_whole_heads():
+    a = vit(0)
+    result = fuse([a, vit(1)], "ot", inputs=X, recompute_bn=False)
+    heads = stored_heads(result.report.to_dict())
+    assert heads == {f"blocks.{b}.attn.{p}": 4 for b in range(4) for p in "qv"}
+    plan = result.transports[1]["blocks.2.attn.v"].plan
+    pooled = head_map(GroupMap(1, "blocks.2.attn.v", plan, None), 4).plan
+    assert pooled.shape == (4, 4) and np.isclose(pooled.sum(), plan.sum())
+    assert ((pooled > 0).sum(1) == 1).all() and ((pooled > 0).sum(0) == 1).all(), "heads are matched whole"
+    norms = {g.group: g for g in neuron_norms(a, X[:2])}
+    value = norms["blocks.2.attn.v"]
+    assert value.heads == 4 and norms["blocks.2.fc1"].heads == 1
+    expected = np.sqrt(np.square(value.outgoing).reshape(4, 16).sum(1))
+    assert np.allclose(value.per_head().outgoing, expected)

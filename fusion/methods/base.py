@@ -17,12 +17,14 @@ from fusion.transport import Transport
 
 @dataclass(frozen=True)
 class GroupReport:
-    """One neuron group: its name, width in each input model, transport cost and seconds per aligned model."""
+    """One neuron group: its name, width in each input model, transport cost and seconds per aligned model, and its
+    attention heads (1 for a group of free neurons)."""
 
     name: str
     widths: list[int]
     costs: list[float | None]
     seconds: list[float | None]
+    heads: int = 1
 
 
 @dataclass(frozen=True, eq=False)
