@@ -10,6 +10,7 @@ from __future__ import annotations
 import string
 import zlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -17,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEigenvalues
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
-from analysis.perturbation import PerturbationCurve
+from analysis.perturbation import STEP_UNITS, PerturbationCurve, curve_kind
 from fusion.errors import ConfigError
 
 PARENT_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#8C6D31", "#332288", "#44AA99")
@@ -180,47 +181,93 @@ def layer_hessian_figure(layers: Mapping[str, Sequence[LayerHessian]]) -> go.Fig
     return figure
 
 
-def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]]) -> go.Figure:
-    """Loss and accuracy along ``θ + t v`` per model (colour = role, dash = direction: solid for the first direction,
-    e.g. the top eigenvector, dashed/dotted for the next, e.g. a random filter-normalised one)."""
+def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]], split: str | None = None) -> go.Figure:
+    """Loss and accuracy along ``θ + t d`` per model (colour = role) on ``split`` (every split when ``None``; curves
+    stored without one always): each eigenvector's curve (dash by index), the band between the lowest and highest
+    random filter-normalised curve with their mean dotted, and lines to other models long-dashed. The axis names the
+    step scale (:data:`analysis.perturbation.STEP_UNITS`)."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-    dashes = ("solid", "dash", "dot", "dashdot")
+    dashes = ("solid", "dash", "dot", "dashdot", "longdashdot")
+    scales = set()
     for role, role_curves in curves.items():
-        for index, curve in enumerate(role_curves):
-            style = {"color": model_colour(role), "dash": dashes[index % len(dashes)]}
-            name = f"{role} · {curve.label}"
-            figure.add_trace(
-                go.Scatter(
-                    x=curve.ts,
-                    y=curve.loss,
-                    mode="lines+markers",
-                    line=style,
-                    name=name,
-                    legendgroup=name,
-                    hovertemplate="t = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + name + "</extra>",
-                ),
-                row=1,
-                col=1,
-            )
-            figure.add_trace(
-                go.Scatter(
-                    x=curve.ts,
-                    y=100 * curve.accuracy,
-                    mode="lines+markers",
-                    line=style,
-                    name=name,
-                    legendgroup=name,
-                    showlegend=False,
-                    hovertemplate="t = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + name + "</extra>",
-                ),
-                row=1,
-                col=2,
-            )
-    figure.update_layout(title="Loss along θ + t·v")
-    figure.update_xaxes(title_text="step t along the direction (parameter units)")
+        chosen = [c for c in role_curves if split is None or c.split in (split, "")]
+        scales.update(c.scale for c in chosen)
+        colour = model_colour(role)
+        random = [c for c in chosen if curve_kind(c) == "random"]
+        for curve in (c for c in chosen if curve_kind(c) != "random"):
+            line = curve_kind(curve) == "line"
+            style = {"color": colour, "dash": "longdash" if line else dashes[curve.index % len(dashes)]}
+            suffix = f" ({curve.split})" if split is None and curve.split else ""
+            add_metric_lines(figure, curve.ts, curve.loss, curve.accuracy, f"{role} · {curve.label}{suffix}", style)
+        if random:
+            add_random_band(figure, role, colour, random)
+    unit = STEP_UNITS.get(next(iter(scales)), "t") if len(scales) == 1 else "t (mixed step scales)"
+    figure.update_layout(title="Loss along θ + t·d" + (f" · {split} data" if split else ""))
+    figure.update_xaxes(title_text=unit)
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
     figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
     return figure
+
+
+def add_metric_lines(
+    figure: go.Figure, ts: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, name: str, style: dict
+) -> None:
+    for col, values, label in (
+        (1, loss, "loss = %{y:.4f} nats"),
+        (2, 100 * np.asarray(accuracy), "accuracy = %{y:.2f}%"),
+    ):
+        figure.add_trace(
+            go.Scatter(
+                x=ts,
+                y=values,
+                mode="lines+markers",
+                line=style,
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                hovertemplate="t = %{x:.4g}<br>" + label + "<extra>" + name + "</extra>",
+            ),
+            row=1,
+            col=col,
+        )
+
+
+def add_random_band(figure: go.Figure, role: str, colour: str, curves: Sequence[PerturbationCurve]) -> None:
+    """The band from the lowest to the highest of ``curves`` at each ``t``, and their mean dotted."""
+    name = f"{role} · random directions ({len(curves)})"
+    ts = curves[0].ts
+    for col, values in ((1, np.stack([c.loss for c in curves])), (2, 100 * np.stack([c.accuracy for c in curves]))):
+        low, high = values.min(0), values.max(0)
+        figure.add_trace(
+            go.Scatter(
+                x=np.concatenate([ts, ts[::-1]]),
+                y=np.concatenate([high, low[::-1]]),
+                fill="toself",
+                fillcolor=colour,
+                opacity=0.2,
+                line={"width": 0},
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
+        )
+        figure.add_trace(
+            go.Scatter(
+                x=ts,
+                y=values.mean(0),
+                mode="lines",
+                line={"color": colour, "dash": "dot", "width": 1},
+                name=name,
+                legendgroup=name,
+                showlegend=False,
+                hovertemplate="t = %{x:.4g}<br>mean %{y:.4f}<extra>" + name + "</extra>",
+            ),
+            row=1,
+            col=col,
+        )
 
 
 def split_lines(figure: go.Figure, x: np.ndarray, metrics: GridMetrics, colour: str, name: str, x_label: str) -> None:
@@ -380,3 +427,38 @@ def random_directions_figure(result: RandomDirectionsResult, metric: str = "test
         scaleratio=1,
     )
     return figure
+
+
+def figure_rows(figure: go.Figure) -> list[dict[str, Any]]:
+    """The data a figure shows, one row per point: the trace's number, name and type, its y axis (title, or id), ``x``,
+    ``y`` (and ``z`` for heatmaps and surfaces, one row per cell). Fill-only traces (a band's outline) are given as
+    their points too. NaN becomes ``None``. This is what the CSV and JSON downloads of a chart hold."""
+    rows = []
+    for index, trace in enumerate(figure.data):
+        name = trace.name or f"trace {index + 1}"
+        axis = getattr(trace, "yaxis", None) or "y"
+        title = figure.layout[f"yaxis{axis[1:]}"].title.text if hasattr(figure.layout, f"yaxis{axis[1:]}") else None
+        base = {"series": index + 1, "trace": name, "type": trace.type, "axis": title or axis}
+        z = getattr(trace, "z", None)
+        if z is not None:
+            grid = np.asarray(z, dtype=float)
+            xs = trace.x if trace.x is not None else range(grid.shape[-1])
+            ys = trace.y if trace.y is not None else range(grid.shape[0])
+            for i, y in enumerate(ys):
+                for j, x in enumerate(xs):
+                    rows.append({**base, "x": plain(x), "y": plain(y), "z": plain(grid[i, j])})
+            continue
+        xs = list(trace.x) if trace.x is not None else []
+        ys = list(trace.y) if trace.y is not None else []
+        for x, y in zip(xs, ys):
+            rows.append({**base, "x": plain(x), "y": plain(y)})
+    return rows
+
+
+def plain(value: Any) -> Any:
+    """A JSON-ready scalar: numpy numbers as Python numbers, NaN and infinities as ``None``."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -13,6 +13,7 @@ from analysis.figures import model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
 from analysis.scores import Score
+from analysis.sharpness import Sharpness
 
 ACCURACY_RANGE = [0, 105]
 """Accuracy axes start at 0, so a bar's height is its accuracy (a cut axis makes 52 % look empty)."""
@@ -110,6 +111,34 @@ def neuron_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incomin
         title=f"{side} neuron norms per layer",
         xaxis_title="neuron group (its first layer)",
         yaxis_title=f"{side} L2 norm of a neuron's weights",
+        height=460,
+    )
+    return figure
+
+
+def sharpness_gap_figure(summaries: Sequence[Sharpness], measure: str = "λ1") -> go.Figure:
+    """Sharpness (``λ1`` or ``trace``) against the generalisation gap (test minus train loss) of every model with a
+    stored Hessian, one colour per method; models without both losses are left out."""
+    figure = go.Figure()
+    shown = [s for s in summaries if s.gap is not None]
+    for method in sorted({s.method for s in shown}):
+        points = [s for s in shown if s.method == method]
+        figure.add_trace(
+            go.Scatter(
+                x=[s.gap for s in points],
+                y=[s.eigenvalues[0] if measure == "λ1" else s.trace for s in points],
+                mode="markers",
+                name=method,
+                marker={"size": 11, "color": model_colour(method)},
+                text=[f"{s.name} ({s.model})" for s in points],
+                hovertemplate="%{text}<br>gap %{x:.4f} nats<br>" + measure + " %{y:.4g}<extra>" + method + "</extra>",
+            )
+        )
+    figure.update_layout(
+        title=f"Sharpness against the generalisation gap ({len(shown)} models)",
+        xaxis_title="generalisation gap: test loss − train loss (nats)",
+        yaxis_title=f"{measure} of the loss Hessian",
+        yaxis_type="log" if all((s.eigenvalues[0] if measure == "λ1" else s.trace) > 0 for s in shown) else "linear",
         height=460,
     )
     return figure

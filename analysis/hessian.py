@@ -12,9 +12,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -34,13 +35,13 @@ from analysis.hessian_estimators import (
     slq_density,
 )
 from analysis.hessian_operator import HessianOperator, Loss, cross_entropy_loss, sample_data
-from analysis.landscape import filter_normalized_direction
-from analysis.perturbation import PERTURBATION_TS, PerturbationCurve, perturbation_curve
+from analysis.perturbation import PerturbationCurve, perturbation_study, study_directions
 from analysis.states import eval_mode
 from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, RecordError, from_json
+from fusion.train import Metrics, evaluate
 
 
 class SlowHessianWarning(SlowAnalysisWarning):
@@ -55,6 +56,8 @@ LOWER_FOR = {
     "trace": "probes",
     "density": "steps or runs",
     "layers": "iterations and probes, or turn layers off",
+    "perturbation": "random_directions or top_k",
+    "spread": "top_k",
 }
 """The options that bound each stage's Hessian-vector products."""
 
@@ -62,17 +65,22 @@ LOWER_FOR = {
 def hessian_products(model: nn.Module, config: HessianConfig = HessianConfig()) -> dict[str, int]:
     """The most Hessian-vector products :func:`hessian_report` can use, by stage (each may stop earlier): top-k
     Lanczos ``min(max(iterations, deflation), n)``, the trace's ``probes``, the density's ``runs * min(steps, n)``,
-    and with ``layers`` the top eigenvalue and trace of every layer's block of ``n_l`` parameters. Counted from the
+    one per perturbation direction (``d^T H d``), ``k`` per sample part for the eigenvalues' spread (each on that
+    part only), and with ``layers`` the top eigenvalue and trace of every layer's block of ``n_l`` parameters. Counted from the
     parameter shapes alone."""
     sizes = [p.numel() for p in model.parameters() if p.requires_grad]
     if not sizes:
         raise AnalysisError(f"{type(model).__name__} has no trainable parameters: its Hessian is empty")
     size = sum(sizes)
+    if config.top_k > size:
+        raise AnalysisError(f"k must be at most the number of parameters analysed ({size}), got k={config.top_k}")
     lanczos_steps = max(config.iterations, config.deflation)
     products = {
         "top eigenvalues": min(lanczos_steps, size),
         "trace": config.probes,
         "density": config.runs * min(config.steps, size),
+        "perturbation": config.top_k + config.random_directions,
+        "spread": config.top_k * config.batch_parts if config.batch_parts > 1 else 0,
     }
     if config.layers:
         shapes = dict(model.named_parameters())
@@ -121,7 +129,8 @@ def estimate_hessian_cost(
     if config.layers:
         vector_passes += products["layers"]
     graphs = operators if config.cache_graph else vector_passes
-    curve_points = 2 * len(PERTURBATION_TS)
+    graphs += config.batch_parts if config.batch_parts > 1 else 0
+    curve_points = 2 * (config.top_k + config.random_directions) * config.perturb_points
     forwards = operators + curve_points
 
     probe = (inputs[: min(128, samples)].to(device), targets[: min(128, samples)].to(device))
@@ -204,6 +213,17 @@ class HessianReport(Record):
     samples: int
     seconds: float
     layers: tuple[LayerHessian, ...] = ()
+    spread: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    split: str = ""
+    metrics: dict[str, Metrics] = field(default_factory=dict)
+
+    def curve(self, label: str, split: str | None = None) -> PerturbationCurve:
+        """The perturbation curve along ``label`` on ``split`` (default: the split the Hessian was taken on)."""
+        split = self.split if split is None else split
+        for curve in self.curves:
+            if curve.label == label and curve.split in (split, ""):
+                return curve
+        raise AnalysisError(f"no perturbation curve along {label!r} on {split!r}")
 
     @classmethod
     def from_dict(cls, data: Any) -> HessianReport:
@@ -215,6 +235,32 @@ class HessianReport(Record):
         return from_json(cls, {**data, "trace": trace})
 
 
+def eigenvalue_spread(
+    model: nn.Module,
+    sample: tuple[torch.Tensor, torch.Tensor],
+    top: TopEigenvalues,
+    config: HessianConfig,
+    device: torch.device | None,
+    loss: Loss,
+    progress: Progress = no_progress,
+) -> np.ndarray:
+    """The spread of each top eigenvalue over the data: the sample cut into ``config.batch_parts`` equal parts, the
+    Rayleigh quotients ``v_i^T H_p v_i`` of every part's Hessian ``H_p`` (their mean is ``v_i^T H v_i = λ_i``), and
+    their standard error ``std_p / sqrt(P)``; ``(k,)``, empty with one part."""
+    parts = min(config.batch_parts, len(sample[0]))
+    if parts < 2 or top.eigenvectors is None:
+        return np.zeros(0)
+    vectors = top.eigenvectors
+    quotients = []
+    for index, rows in enumerate(torch.arange(len(sample[0])).tensor_split(parts)):
+        part = replace(config, samples=None, batch_parts=1)
+        operator = HessianOperator(model, (sample[0][rows], sample[1][rows]), part, device, loss)
+        products = operator.matmul(vectors)
+        quotients.append((products * vectors.to(products.device)).sum(1).double().cpu().numpy())
+        progress(index + 1, parts, f"part {index + 1} of {parts}")
+    return np.std(np.stack(quotients), axis=0, ddof=1) / math.sqrt(parts)
+
+
 def hessian_report(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
@@ -222,10 +268,14 @@ def hessian_report(
     device: torch.device | None = None,
     progress: Progress = no_progress,
     loss: Loss = cross_entropy_loss,
+    evaluation: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    split: str = "",
 ) -> HessianReport:
-    """The generalization study's Hessian analysis in one call: top-k eigenvalues, trace, eigenvalue density, and the
-    loss along the top eigenvector and along a random filter-normalised direction (seeded by ``config.seed``), and
-    with ``config.layers`` each layer's top eigenvalue and trace."""
+    """The generalization study's Hessian analysis in one call: top-k eigenvalues with their spread over data parts,
+    trace, eigenvalue density, and the perturbation curves (:mod:`analysis.perturbation`) along every top-k
+    eigenvector and ``config.random_directions`` random directions on every split of ``evaluation`` (each sampled as
+    the Hessian's data is; default: the Hessian's sample, named ``split``), and with ``config.layers`` each layer's
+    top eigenvalue and trace."""
     check_hessian_cost(model, data, config, device, loss)
     started = time.perf_counter()
     operator = HessianOperator(model, data, config, device, loss)
@@ -241,27 +291,24 @@ def hessian_report(
     trace = hutchinson_trace(operator, config, stage(1, "trace"), krylov)
     del krylov
     density = slq_density(operator, config, stage(2, "density"))
-    random = filter_normalized_direction(model, torch.Generator().manual_seed(config.seed))
-    curves = (
-        perturbation_curve(
-            model,
-            top.direction(0),
-            sample,
-            device=device,
-            progress=stage(3, "top eigenvector"),
-            batch_size=config.batch_size,
-        ),
-        perturbation_curve(
-            model,
-            random,
-            sample,
-            device=device,
-            progress=stage(4, "random direction"),
-            label="random filter-normalised",
-            batch_size=config.batch_size,
-        ),
-    )
+    spread = eigenvalue_spread(model, sample, top, config, device, loss, stage(3, "spread over data"))
+    splits = {k: sample_data(v, config) for k, v in (evaluation or {split: sample}).items()}
+    directions = study_directions(model, top, config)
+    curves = perturbation_study(model, operator, directions, config, splits, device, stage(4, "perturbation"))
+    metrics = {
+        name: evaluate(model, *data, batch_size=config.batch_size, device=device) for name, data in splits.items()
+    }
     layers = layerwise_hessian(model, sample, config, device, stage(5, "layers"), loss) if config.layers else []
     return HessianReport(
-        top, trace, density, curves, config, len(sample[0]), time.perf_counter() - started, tuple(layers)
+        top,
+        trace,
+        density,
+        curves,
+        config,
+        len(sample[0]),
+        time.perf_counter() - started,
+        tuple(layers),
+        spread,
+        split,
+        metrics,
     )

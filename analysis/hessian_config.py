@@ -4,11 +4,16 @@ the limits checked before any work (:mod:`analysis.hessian`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from fusion.errors import ConfigError
 from fusion.records import Record
 from fusion.seeds import check_seed
+
+StepScale = Literal["absolute", "relative", "filter"]
+STEP_SCALES: tuple[StepScale, ...] = ("absolute", "relative", "filter")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,12 @@ class HessianConfig(Record):
     product (memory grows with ``samples``); without it every product recomputes it. ``block_size`` vectors share one
     backward pass.
     ``layers`` adds each layer's diagonal block to :func:`hessian_report` (:func:`layerwise_hessian`).
+    Perturbation (:mod:`analysis.perturbation`): the loss at ``θ + t d`` for ``perturb_points`` values of ``t`` from
+    ``perturb_low`` to ``perturb_high`` (the otfusion study: -0.5 to 0.5, 21 points, along the unit top eigenvector)
+    along every top-k eigenvector and ``random_directions`` random filter-normalised directions, each scaled by
+    ``step_scale``: ``absolute`` (unit ``d``, ``t`` is the parameter distance), ``relative`` (``||d|| = ||θ||``,
+    ``t`` a fraction of the model's norm) or ``filter`` (every filter of ``d`` as long as the model's, Li et al.
+    2018). Eigenvalue spreads come from ``batch_parts`` equal parts of the sample.
     Limits, checked before any work (:func:`check_hessian_cost`): at most ``max_products`` Hessian-vector products,
     ``max_seconds`` estimated seconds and ``max_memory_gb`` estimated GiB; above ``warn_seconds`` a
     :class:`SlowHessianWarning` is issued.
@@ -64,6 +75,15 @@ class HessianConfig(Record):
     max_seconds: float = field(default=6 * 3600.0, metadata={"help": "refuse runs estimated to take longer (s)"})
     warn_seconds: float = field(default=600.0, metadata={"help": "warn for runs estimated to take longer (s)"})
     max_memory_gb: float = field(default=16.0, metadata={"help": "refuse runs estimated to hold more memory (GiB)"})
+    perturb_low: float = field(default=-0.5, metadata={"help": "first step t of the perturbation curves"})
+    perturb_high: float = field(default=0.5, metadata={"help": "last step t of the perturbation curves"})
+    perturb_points: int = field(default=21, metadata={"help": "steps t per perturbation curve"})
+    step_scale: StepScale = field(
+        default="absolute",
+        metadata={"help": "t as parameter distance, relative to the model's norm, or filter-normalised"},
+    )
+    random_directions: int = field(default=3, metadata={"help": "random filter-normalised directions (a band)"})
+    batch_parts: int = field(default=4, metadata={"help": "sample parts for the eigenvalues' spread over data"})
 
     def __post_init__(self) -> None:
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
@@ -78,6 +98,9 @@ class HessianConfig(Record):
             ("runs", 1, 10_000),
             ("bins", 50, 1_000_000),
             ("block_size", 1, 4096),
+            ("perturb_points", 3, 1001),
+            ("random_directions", 0, 100),
+            ("batch_parts", 1, 100),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or not low <= value <= high:
@@ -88,6 +111,14 @@ class HessianConfig(Record):
             raise ConfigError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
         if not (isinstance(self.trace_tolerance, (int, float)) and 0 <= self.trace_tolerance < 1):
             raise ConfigError(f"trace_tolerance must be in [0, 1), got {self.trace_tolerance!r}")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (self.perturb_low, self.perturb_high)):
+            raise ConfigError(
+                f"perturb_low and perturb_high must be numbers, got {self.perturb_low!r}, {self.perturb_high!r}"
+            )
+        if not self.perturb_low < self.perturb_high:
+            raise ConfigError(f"perturb_low ({self.perturb_low}) must be below perturb_high ({self.perturb_high})")
+        if self.step_scale not in STEP_SCALES:
+            raise ConfigError(f"step_scale must be one of {', '.join(STEP_SCALES)}, got {self.step_scale!r}")
         if not (isinstance(self.kernel_width, (int, float)) and 0 < self.kernel_width <= 1):
             raise ConfigError(f"kernel_width must be in (0, 1], got {self.kernel_width!r}")
         check_seed(self.seed)

@@ -187,16 +187,18 @@ def evaluate_combinations(
     """Mean cross-entropy and accuracy on ``(x, y)`` of the networks ``S(p) = sum_k C[p, k] S_k``, eval mode.
 
     ``bases``: K state_dicts over the same floating-point entries; ``coefficients``: ``C``, shape ``(P, K)``.
+    Computed in float32, or in float64 when a base holds float64 tensors (a model in double precision).
     Returns two arrays of shape ``(P,)``. Chunks of ``points_per_call`` points go through each batch of
     ``batch_size`` inputs in one ``vmap``-ed :func:`torch.func.functional_call`.
     """
     points, count = coefficients.shape
     if count != len(bases):
         raise ConfigError(f"coefficients have {count} columns but {len(bases)} bases were given")
-    stacked = {key: torch.stack([b[key].to(device, torch.float32) for b in bases]) for key in bases[0]}
+    dtype = torch.float64 if any(v.dtype == torch.float64 for v in bases[0].values()) else torch.float32
+    stacked = {key: torch.stack([b[key].to(device, dtype) for b in bases]) for key in bases[0]}
     fixed = {k: v.to(device) for k, v in model.state_dict().items() if k not in stacked}
-    weights = coefficients.to(device, torch.float32)
-    x, y = x.to(device), y.to(device)
+    weights = coefficients.to(device, dtype)
+    x, y = x.to(device, dtype if x.is_floating_point() else x.dtype), y.to(device)
     losses = torch.zeros(points, dtype=torch.float64)
     correct = torch.zeros(points, dtype=torch.float64)
 
@@ -213,7 +215,7 @@ def evaluate_combinations(
                     out = logits({k: v[0] for k, v in states.items()}, inputs)[None]
                 else:
                     out = vmap(logits, in_dims=(0, None))(states, inputs)
-                per_example = F.cross_entropy(out.flatten(0, 1).float(), targets.repeat(len(chunk)), reduction="none")
+                per_example = F.cross_entropy(out.flatten(0, 1).to(dtype), targets.repeat(len(chunk)), reduction="none")
                 losses[start : start + len(chunk)] += per_example.view(len(chunk), -1).sum(1).double().cpu()
                 correct[start : start + len(chunk)] += (out.argmax(-1) == targets).sum(1).double().cpu()
             done = min(start + points_per_call, points)

@@ -1,9 +1,22 @@
-"""The loss along a direction, ``L(θ + t v)`` for ``t`` in the otfusion generalization study's grid: along the top
-eigenvector beside a random filter-normalised direction, evaluated as a landscape (:mod:`analysis.landscape`).
+"""The loss along a direction, ``L(θ + t d)``, for the Hessian perturbation study: along every top-k eigenvector,
+random filter-normalised directions and the line to another model, evaluated as a landscape
+(:mod:`analysis.landscape`), with the curvature each curve shows.
+
+Step scales (``step_scale``): ``absolute`` makes ``d`` a unit vector over the trainable parameters, so ``t`` is the
+parameter distance ``||Δθ||``; ``relative`` makes ``||d|| = ||θ||``, so ``t = ||Δθ|| / ||θ||``; ``filter``
+rescales every filter ``d_i`` (a row of a weight, along its output dimension) to the norm of the model's filter
+``θ_i`` (Li et al., "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018), and every one-dimensional
+parameter (a bias, a normalisation scale) as one filter; random directions keep Li et al.'s zero on those.
+
+Curvature: a parabola fitted by least squares to ``L(θ + t d)`` gives ``2 c``, the curve's curvature in the units
+of ``t``; beside it ``d^T H d`` from one Hessian-vector product, the curvature at ``t = 0`` that the fit approaches
+on a small symmetric range. For a unit eigenvector (``absolute``) ``d^T H d = λ_i``; ``relative`` multiplies it by
+``||θ||^2``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -12,12 +25,22 @@ import torch
 from torch import nn
 
 from analysis import AnalysisError
-from analysis.landscape import auto_points_per_call, evaluate_combinations
+from analysis.hessian_config import HessianConfig, StepScale
+from analysis.hessian_estimators import TopEigenvalues
+from analysis.hessian_operator import HessianOperator
+from analysis.landscape import auto_points_per_call, evaluate_combinations, filter_normalized_direction
 from analysis.states import float_state
 from fusion.device import default_device
 from fusion.errors import DatasetError
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
+
+STEP_UNITS: dict[str, str] = {
+    "absolute": "t = ‖Δθ‖ (parameter distance)",
+    "relative": "t = ‖Δθ‖ / ‖θ‖ (fraction of the model's norm)",
+    "filter": "t (filter-normalised: each filter moves t × its own norm)",
+}
+"""The axis label of each step scale."""
 
 PERTURBATION_TS = tuple(float(t) for t in np.linspace(-0.5, 0.5, 21))
 """The otfusion generalization study's ``t`` grid for the loss along ``θ + t v``."""
@@ -25,12 +48,21 @@ PERTURBATION_TS = tuple(float(t) for t in np.linspace(-0.5, 0.5, 21))
 
 @dataclass(frozen=True, eq=False)
 class PerturbationCurve(Record):
-    """Loss and accuracy at ``θ + t v`` for ``ts`` (``(T,)``), along the direction named ``label``."""
+    """Loss and accuracy at ``θ + t d`` for ``ts`` (``(T,)``) along the direction named ``label`` on data ``split``:
+    its ``kind`` (``eigenvector``, ``random`` or ``line``) and ``index`` (eigenvector ``index + 1``, random draw
+    ``index``), the ``scale`` of ``t``, the fitted curvature ``2 c`` and ``d^T H d`` (``expected``; ``None`` where
+    the Hessian was not multiplied)."""
 
     ts: np.ndarray
     loss: np.ndarray
     accuracy: np.ndarray
     label: str
+    split: str = ""
+    kind: str = "eigenvector"
+    index: int = 0
+    scale: str = "absolute"
+    curvature: float | None = None
+    expected: float | None = None
 
 
 def perturbation_curve(
@@ -65,3 +97,127 @@ def perturbation_curve(
         model, [origin, full], coefficients, inputs, targets, batch_size, per_call, device, progress, label
     )
     return PerturbationCurve(ts_array, losses, accuracies, label)
+
+
+def curve_kind(curve: PerturbationCurve) -> str:
+    """``eigenvector``, ``random`` or ``line``; curves stored before kinds were recorded are read by their label."""
+    if curve.split:
+        return curve.kind
+    return "random" if curve.label.startswith("random") else "eigenvector"
+
+
+def fitted_curvature(ts: np.ndarray, losses: np.ndarray) -> float:
+    """``2 c`` of the least-squares parabola ``a + b t + c t^2`` through the finite points of a curve."""
+    finite = np.isfinite(losses)
+    if finite.sum() < 3:
+        return math.nan
+    return float(2 * np.polyfit(np.asarray(ts, dtype=float)[finite], np.asarray(losses, dtype=float)[finite], 2)[0])
+
+
+def scaled_direction(
+    model: nn.Module, direction: Mapping[str, torch.Tensor], scale: StepScale
+) -> dict[str, torch.Tensor]:
+    """``direction`` rescaled for ``scale`` (see the module docstring), over the model's trainable parameters;
+    entries it lacks or that are not trainable are zero."""
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    parts = {
+        n: direction[n].detach().to(p.device, p.dtype).reshape(p.shape) for n, p in trainable.items() if n in direction
+    }
+    norm = math.sqrt(sum(float(d.double().square().sum()) for d in parts.values()))
+    if norm == 0:
+        raise AnalysisError("the direction is zero on every trainable parameter")
+    if scale == "absolute":
+        return {n: d / norm for n, d in parts.items()}
+    if scale == "relative":
+        size = math.sqrt(sum(float(p.double().square().sum()) for p in trainable.values()))
+        return {n: d * (size / norm) for n, d in parts.items()}
+    result = {}
+    for name, d in parts.items():
+        weight = trainable[name]
+        rows_d = d.reshape(d.shape[0], -1) if d.dim() >= 2 else d.reshape(1, -1)
+        rows_w = weight.reshape(weight.shape[0], -1) if weight.dim() >= 2 else weight.reshape(1, -1)
+        ratio = rows_w.norm(dim=1) / rows_d.norm(dim=1).clamp_min(1e-12)
+        result[name] = (rows_d * ratio[:, None]).reshape(d.shape)
+    return result
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A direction to perturb along: its label, kind, index and entries (state_dict names)."""
+
+    label: str
+    kind: str
+    index: int
+    entries: Mapping[str, torch.Tensor]
+
+
+def study_directions(
+    model: nn.Module,
+    top: TopEigenvalues,
+    config: HessianConfig,
+    others: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+) -> list[Direction]:
+    """Every top-k eigenvector, ``config.random_directions`` random filter-normalised directions (seeds
+    ``config.seed + r``) and, for each named state in ``others``, the line ``θ_other - θ`` to it; all scaled by
+    ``config.step_scale``."""
+    raw = [Direction(f"eigenvector {i + 1}", "eigenvector", i, top.direction(i)) for i in range(len(top.eigenvalues))]
+    for r in range(config.random_directions):
+        drawn = filter_normalized_direction(model, torch.Generator().manual_seed(config.seed + r))
+        raw.append(Direction(f"random {r + 1}", "random", r, drawn))
+    origin = float_state(model)
+    for index, (name, state) in enumerate((others or {}).items()):
+        raw.append(
+            Direction(
+                f"line to {name}", "line", index, {k: state[k].to(v) - v for k, v in origin.items() if k in state}
+            )
+        )
+    return [Direction(d.label, d.kind, d.index, scaled_direction(model, d.entries, config.step_scale)) for d in raw]
+
+
+def perturbation_study(
+    model: nn.Module,
+    operator: HessianOperator | None,
+    directions: Sequence[Direction],
+    config: HessianConfig,
+    evaluation: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> tuple[PerturbationCurve, ...]:
+    """The curve along every direction on every split of ``evaluation`` (``config.perturb_points`` steps from
+    ``config.perturb_low`` to ``config.perturb_high``), each with its fitted curvature and, when ``operator`` is
+    given, ``d^T H d``."""
+    ts = np.linspace(config.perturb_low, config.perturb_high, config.perturb_points)
+    curves = []
+    total = len(directions) * len(evaluation)
+    for number, direction in enumerate(directions):
+        expected = None
+        if operator is not None:
+            flat = operator.space.flatten({n: direction.entries[n] for n in operator.space.names})
+            expected = float(flat.float() @ operator.matmul(flat[None].float())[0].to(flat.device))
+        for offset, (split, data) in enumerate(evaluation.items()):
+            step = number * len(evaluation) + offset
+            curve = perturbation_curve(
+                model,
+                direction.entries,
+                data,
+                ts,
+                device,
+                lambda done, count, message, step=step: progress(step * count + done, total * count, message),
+                direction.label,
+                config.batch_size,
+            )
+            curves.append(
+                PerturbationCurve(
+                    curve.ts,
+                    curve.loss,
+                    curve.accuracy,
+                    direction.label,
+                    split,
+                    direction.kind,
+                    direction.index,
+                    config.step_scale,
+                    fitted_curvature(curve.ts, curve.loss),
+                    expected,
+                )
+            )
+    return tuple(curves)

@@ -62,7 +62,8 @@ def hessian_of(
     stored as the model's ``hessian`` result."""
     model, record = workspace.load(model_id)
     data = load_dataset(record.dataset)
-    report = hessian_report(model, data.split(split), config, device, progress)
+    splits = {name: data.split(name) for name in ("train", "test")}
+    report = hessian_report(model, data.split(split), config, device, progress, evaluation=splits, split=split)
     workspace.save_result(
         model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
     )

@@ -4,21 +4,29 @@ Each stores its result with the (first) model in the workspace and returns a sum
 from __future__ import annotations
 
 import argparse
+import csv
+from pathlib import Path
 from typing import Any
 
 from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
+from analysis.rows import curve_rows, landscape_rows
 from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
+from analysis.sharpness import sharpness_rows, sharpness_table
 from cli.arguments import add_option_arguments, given_options
 from cli.output import stderr_progress
 from fusion.device import default_device
+from fusion.errors import ConfigError
 from fusion.options import option_fields
 from fusion.workspace import Workspace
 
 
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     config = HessianConfig(**given_options(args, option_fields(HessianConfig)))
+    check_csv_path(args.csv)
     report = hessian_of(workspace, args.id, config, args.split, progress=stderr_progress(args.quiet))
+    written = write_csv(args.csv, curve_rows({args.id: report}))
+    (sharpness,) = sharpness_rows(sharpness_table(workspace, [args.id]))
     return {
         "id": args.id,
         "dataset": workspace.record(args.id).dataset,
@@ -33,8 +41,14 @@ def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str,
         "trace_status": report.trace.status,
         "density_runs": len(report.density.nodes),
         "layers": [layer.to_dict() for layer in report.layers],
+        "sharpness": sharpness,
+        "curves": [
+            {"direction": c.label, "split": c.split, "fitted_curvature": c.curvature, "d_H_d": c.expected}
+            for c in report.curves
+        ],
         "seconds": report.seconds,
         "result": str(workspace.result_path(args.id, "hessian")),
+        **written,
     }
 
 
@@ -46,6 +60,7 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         seed=args.seed,
         recompute_batchnorm=args.recompute_batchnorm,
     )
+    check_csv_path(args.csv)
     result = landscape_of(workspace, args.models, args.kind, config, args.dims, progress=stderr_progress(args.quiet))
     summary: dict[str, Any] = {}
     if args.kind == "interpolation":
@@ -63,7 +78,26 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         "min_test_loss": float(result.metrics.test_loss.min()),
         **summary,
         "result": str(workspace.result_path(args.models[0], landscape_key(args.kind, args.models))),
+        **write_csv(args.csv, landscape_rows(result)),
     }
+
+
+def check_csv_path(path: Path | None) -> None:
+    """Refuse a ``--csv`` path whose folder does not exist or that is a folder, before any work."""
+    if path is not None and (path.is_dir() or not path.parent.is_dir()):
+        raise ConfigError(f"--csv {path}: not a file in an existing folder")
+
+
+def write_csv(path: Path | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rows`` written to ``path`` as CSV (one row per point, a header of their keys); the summary's ``csv``
+    entry."""
+    if path is None:
+        return {}
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"csv": str(path), "csv_rows": len(rows)}
 
 
 def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -75,6 +109,7 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     hessian.add_argument("id")
     hessian.add_argument("--split", choices=("train", "test"), default="test", help="data the loss is taken over")
+    hessian.add_argument("--csv", type=Path, help="also write every perturbation curve's points to this CSV file")
     add_option_arguments(hessian, option_fields(HessianConfig))
     hessian.set_defaults(run=command_hessian)
 
@@ -96,4 +131,5 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     landscape.add_argument(
         "--recompute-batchnorm", action="store_true", help="re-estimate BatchNorm statistics at every point"
     )
+    landscape.add_argument("--csv", type=Path, help="also write every evaluated point to this CSV file")
     landscape.set_defaults(run=command_landscape)

@@ -18,7 +18,7 @@ from analysis.fusion_figures import finetune_comparison_figure
 from fusion.pipeline import parent_role
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
-from ui.charts import show_chart
+from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import fusion_command_lines, kept
@@ -129,7 +129,7 @@ for method, reason in comparison.skipped.items():
     st.info(f"{method} skipped: {reason}")
 rows = comparison.rows
 table, column_config = dashed_table(table_records(rows), TABLE_FORMATS)
-st.dataframe(table, hide_index=True, width="stretch", column_config=column_config)
+show_table(table, "fusion-comparison-table", column_config=column_config)
 references = [
     (f"{parent_role(k)}: {by_id[i].name}", parent_role(k), by_id[i].metrics["test_accuracy"])
     for k, i in enumerate(comparison.parents)

@@ -8,7 +8,7 @@ from fusion.errors import DamagedResultError
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord
-from ui.charts import show_chart
+from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import fusion_command_lines, kept, option_widgets, parse_options
@@ -125,7 +125,7 @@ table, column_config = dashed_table(
     ],
     {"test accuracy (%)": "%.2f", "test loss": "%.4f", "parameters": "localized", "time (s)": "%.2f"},
 )
-st.dataframe(table, hide_index=True, width="stretch", column_config=column_config)
+show_table(table, f"fusion-scores-{shown_id}", column_config=column_config)
 show_chart(comparison_figure(comparison.rows), f"comparison-{shown_id}")
 report = comparison.report
 details = report.get("details", {})

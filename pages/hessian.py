@@ -10,15 +10,25 @@ from analysis.figures import (
     perturbation_figure,
     top_eigenvalues_figure,
 )
+from analysis.fusion_figures import sharpness_gap_figure
 from analysis.hessian_config import HessianConfig
 from analysis.runs import HESSIAN, hessian_cost_of, hessians_of, model_role, stored_hessian
-from ui.charts import show_chart
+from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
+from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
 from ui.options import command_line, kept, non_default, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
+
+
+def number_formats(summaries: list[Sharpness]) -> dict:
+    """Four significant digits for every number column of the sharpness table."""
+    columns = [c for row in sharpness_rows(summaries[:1]) for c, v in row.items() if not isinstance(v, str)]
+    return {c: st.column_config.NumberColumn(format="%.4g") for c in columns}
+
+
 ESTIMATES = "hessian.estimates"
 
 st.title("Hessian")
@@ -102,26 +112,47 @@ rows = [
     }
     for i, r in done.items()
 ]
-st.dataframe(
+show_table(
     pd.DataFrame(rows),
-    hide_index=True,
-    width="stretch",
+    "hessian-runs",
     column_config={
         "trace": st.column_config.NumberColumn(format="%.4g"),
         "trace ± (std. error)": st.column_config.NumberColumn(format="%.2g"),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     },
 )
+st.subheader("Sharpness")
+st.caption(
+    "λ residual: the Ritz bound ‖Hv − λv‖; λ spread: the standard error of vᵀH_p v over equal parts of the sample; "
+    "fitted curvature: 2c of the parabola fitted to the loss along the eigenvector (in the units of t: equal to λ "
+    "for unit steps on a small range); ratios: to the mean of the model's parents that have a Hessian too."
+)
+summaries = sharpness_table(ws, list(done))
+show_table(pd.DataFrame(sharpness_rows(summaries)), "hessian-sharpness", column_config=number_formats(summaries))
 by_role = {roles[i]: r for i, r in done.items()}
 show_chart(
     eigenvalue_density_figure({k: r.density for k, r in by_role.items()}, {k: r.top for k, r in by_role.items()}),
     "hessian-density",
 )
-show_chart(perturbation_figure({k: r.curves for k, r in by_role.items()}), "hessian-perturbation")
+splits = sorted({c.split for r in done.values() for c in r.curves if c.split}) or ["test"]
+first = next(iter(done.values())).split
+curve_split = st.radio(
+    "Perturbation curves on",
+    splits,
+    index=splits.index(first) if first in splits else 0,
+    horizontal=True,
+    key="hessian.curve_split",
+)
+show_chart(perturbation_figure({k: r.curves for k, r in by_role.items()}, curve_split), "hessian-perturbation")
 show_chart(top_eigenvalues_figure({k: r.top for k, r in by_role.items()}), "hessian-top-eigenvalues")
 with_layers = {k: r.layers for k, r in by_role.items() if r.layers}
 if with_layers:
     show_chart(layer_hessian_figure(with_layers), "hessian-layers")
+everywhere = [s for s in sharpness_table(ws) if s.gap is not None]
+if len(everywhere) >= 2:
+    st.subheader("Sharpness and generalisation across the workspace")
+    measure = st.radio("Sharpness", ["λ1", "trace"], horizontal=True, key="hessian.scatter_measure")
+    show_chart(sharpness_gap_figure(everywhere, measure), "hessian-sharpness-gap")
 st.caption("The same analysis from the command line, for each model (its stored settings and data split):")
 lines = [
     command_line(

@@ -16,7 +16,7 @@ from analysis.runs import (
     stored_fusion_landscape,
     stored_landscape,
 )
-from ui.charts import show_chart
+from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
 from ui.options import command_line
@@ -134,15 +134,14 @@ if view == FUSION:
     found = stored_fusion_landscape(ws, fused_id)
     lines = {name: found[name] for name in ("A-B", "A-fused", "B-fused") if name in found}
     if lines:
-        st.dataframe(
+        show_table(
             pd.DataFrame(
                 [
                     {"line": n, "train barrier": r.train_barrier, "test barrier": r.test_barrier}
                     for n, r in lines.items()
                 ]
             ),
-            hide_index=True,
-            width="stretch",
+            f"barriers-{fused_id}",
         )
         show_chart(interpolation_figure(lines), f"interpolation-{fused_id}")
     aligned = {name: found[name] for name in ALIGNED_LINES if name in found}

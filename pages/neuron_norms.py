@@ -8,7 +8,7 @@ from analysis.fusion_figures import head_norms_figure, neuron_norms_figure, surv
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
 from fusion.data import load_dataset
 from fusion.pipeline import parent_role
-from ui.charts import show_chart
+from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.state import models_or_stop, selected_model_ids
 
@@ -54,7 +54,7 @@ if record.method == "transplant":
     counts = pd.DataFrame(
         [{"group": t.group, **{parent_role(p): n for p, n in sorted(t.kept_per_parent().items())}} for t in tables]
     )
-    st.dataframe(counts, hide_index=True, width="stretch")
+    show_table(counts, f"kept-neurons-{model_id}")
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
     table = next(t for t in tables if t.group == group)
     show_chart(

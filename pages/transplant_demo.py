@@ -20,7 +20,7 @@ from analysis.story import (
     finetune_title,
     load_story,
 )
-from ui.charts import show_chart
+from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import option_widgets, parse_options
@@ -148,7 +148,7 @@ if concatenation is not None and pruning is not None:
         ]
     )
     st.markdown("**Kept neurons per layer and parent**")
-    st.dataframe(counts, hide_index=True, width="stretch")
+    show_table(counts, "nt-demo-kept-neurons")
     groups = [t.group for t in pruning.survival]
     group = st.selectbox("Layer (neuron group)", groups, key="demo.survival.group")
     survival = next(t for t in pruning.survival if t.group == group)

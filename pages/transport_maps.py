@@ -5,7 +5,7 @@ import streamlit as st
 
 from analysis.fusion_figures import transport_map_figure
 from analysis.maps import head_map, stored_heads, stored_maps, summarise
-from ui.charts import show_chart
+from ui.charts import show_chart, show_table
 from ui.state import selected_model_ids, workspace, workspace_models
 
 MAPPED_METHODS = ("ot", "matching", "cla", "intra")
@@ -36,7 +36,7 @@ if not maps:
     st.warning("This model was saved without transport maps.")
     st.stop()
 summary = pd.DataFrame([summarise(m).to_dict() for m in maps])
-st.dataframe(
+show_table(
     summary.rename(
         columns={
             "model": "parent",
@@ -45,8 +45,7 @@ st.dataframe(
             "total_cost": "total cost <T, C>",
         }
     ),
-    hide_index=True,
-    width="stretch",
+    f"transport-summary-{model_id}",
     column_config={
         "distance from a permutation": st.column_config.NumberColumn(format="%.4f"),
         "total cost <T, C>": st.column_config.NumberColumn(format="%.4g"),

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from analysis.hessian import HessianReport
@@ -190,3 +191,41 @@ def test_landscape_refuses_models_of_different_architectures(capsys, records, cl
     other = trained["models"][0]["id"]
     status, output = run_json(capsys, "landscape", "--models", records[0].id, other, "--kind", "interpolation")
     assert status == 1 and output["error"]["type"] == "ArchitectureError"
+
+
+def test_hessian_csv_holds_every_curve_point_and_the_json_the_sharpness(
+    capsys: pytest.CaptureFixture, records, cli_workspace: Workspace, tmp_path: Path
+) -> None:
+    path = tmp_path / "curves.csv"
+    options = ["--random-directions", "2", "--perturb-points", "5", "--step-scale", "relative"]
+    status, output = run_json(capsys, "hessian", records[0].id, *FAST_HESSIAN, *options, "--csv", str(path))
+    assert status == 0 and output["csv"] == str(path)
+    table = pd.read_csv(path)
+    assert len(table) == output["csv_rows"] == (2 + 2) * 2 * 5, "(eigenvectors + random) x splits x points"
+    assert set(table["split"]) == {"train", "test"} and set(table["scale"]) == {"relative"}
+    report = HessianReport.from_dict(cli_workspace.load_result(records[0].id, "hessian"))
+    curve = report.curve("random 2", "train")
+    mine = table[(table["direction"] == "random 2") & (table["split"] == "train")]
+    assert mine["loss"].tolist() == pytest.approx(curve.loss.tolist())
+    assert output["sharpness"]["λ1"] == pytest.approx(output["top_eigenvalues"][0])
+    assert output["sharpness"]["generalisation gap"] == pytest.approx(
+        report.metrics["test"].loss - report.metrics["train"].loss
+    )
+    assert [c["direction"] for c in output["curves"]][:2] == ["eigenvector 1", "eigenvector 1"]
+
+
+def test_landscape_csv_has_one_row_per_point(capsys: pytest.CaptureFixture, records, tmp_path: Path) -> None:
+    path = tmp_path / "line.csv"
+    ids = [records[0].id, records[1].id]
+    status, output = run_json(capsys, "landscape", "--models", *ids, "--resolution", "5", "--csv", str(path))
+    assert status == 0 and output["csv_rows"] == 5
+    table = pd.read_csv(path)
+    assert table["t"].tolist() == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    assert output["min_test_loss"] == pytest.approx(table["test_loss"].min())
+
+
+def test_a_csv_path_in_a_missing_folder_is_refused_before_any_work(
+    capsys: pytest.CaptureFixture, records, tmp_path: Path
+) -> None:
+    status, output = run_json(capsys, "hessian", records[0].id, *FAST_HESSIAN, "--csv", str(tmp_path / "no" / "x.csv"))
+    assert status != 0 and "--csv" in output["error"]["message"]

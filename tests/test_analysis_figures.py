@@ -106,16 +106,27 @@ def test_top_eigenvalue_figure_has_one_bar_trace_per_model() -> None:
 def test_perturbation_figure_overlays_models_and_directions() -> None:
     ts = np.linspace(-0.5, 0.5, 21)
     curves = [
-        PerturbationCurve(ts, ts**2, 1 - ts**2, "top eigenvector"),
-        PerturbationCurve(ts, ts**4, 1 - ts**4, "random"),
+        PerturbationCurve(ts, ts**2, 1 - ts**2, "eigenvector 1", "test", "eigenvector", 0, "relative"),
+        PerturbationCurve(ts, 2 * ts**2, 1 - ts**2, "eigenvector 2", "test", "eigenvector", 1, "relative"),
+        PerturbationCurve(ts, ts**4, 1 - ts**4, "random 1", "test", "random", 0, "relative"),
+        PerturbationCurve(ts, 3 * ts**4, 1 - ts**4, "random 2", "test", "random", 1, "relative"),
+        PerturbationCurve(ts, ts**2, 1 - ts**2, "eigenvector 1", "train", "eigenvector", 0, "relative"),
     ]
-    figure = perturbation_figure({"parent A": curves, "fused": curves[:1]})
-    assert len(figure.data) == 2 * 3
+    figure = perturbation_figure({"parent A": curves, "fused": curves[:1]}, split="test")
+    names = [t.name for t in figure.data]
+    assert names.count("parent A · eigenvector 1") == 2 and "parent A · random directions (2)" in names
+    assert len(figure.data) == 2 * 2 + 4 + 2, "two eigenvector curves, a band with its mean, the fused curve"
+    band = next(t for t in figure.data if t.fill == "toself")
+    assert list(band.y[:21]) == pytest.approx(list(3 * ts**4)) and list(band.y[21:]) == pytest.approx(
+        list(ts[::-1] ** 4)
+    )
+    assert figure.data[2].line.dash == "dash" and figure.data[-1].line.color == model_colour("fused")
+    assert "‖Δθ‖ / ‖θ‖" in figure.layout.xaxis.title.text
     assert (
         figure.layout.yaxis.title.text == "cross-entropy (nats)" and figure.layout.yaxis2.title.text == "accuracy (%)"
     )
-    assert figure.data[2].line.dash == "dash" and figure.data[4].line.color == model_colour("fused")
-    assert max(figure.data[1].y) == pytest.approx(100.0)
+    old = [PerturbationCurve(ts, ts**2, 1 - ts**2, "top eigenvector"), PerturbationCurve(ts, ts, ts, "random filter")]
+    assert [t.fill for t in perturbation_figure({"fused": old}, split="test").data].count("toself") == 2
 
 
 def test_interpolation_figure_shows_train_and_test_and_the_endpoints() -> None:
@@ -193,3 +204,37 @@ def test_compare_reference_lines_are_labelled_in_the_legend_not_over_the_bars() 
     legend = [trace.name for trace in figure.data if isinstance(trace, go.Scatter)]
     assert legend == ["ensemble 95.00%", "best parent 93.00%"]
     assert [shape.y0 for shape in figure.layout.shapes] == pytest.approx([95.0, 93.0])
+
+
+def test_figure_data_as_csv_and_json_parses_back_to_what_the_figure_shows() -> None:
+    import io
+    import json
+
+    import pandas as pd
+
+    from analysis.figures import figure_rows
+    from ui.charts import rows_csv, rows_json
+
+    ts = np.linspace(-0.5, 0.5, 5)
+    curves = [
+        PerturbationCurve(ts, ts**2, 1 - ts**2, "eigenvector 1", "test", "eigenvector", 0),
+        PerturbationCurve(ts, np.array([0.1, np.nan, 0.2, 0.3, 0.4]), ts, "random 1", "test", "random", 0),
+    ]
+    figure = perturbation_figure({"parent A": curves}, split="test")
+    heat = go.Figure(go.Heatmap(z=[[1.0, 2.0], [3.0, np.nan]], x=["a", "b"], y=[0, 1], name="plan"))
+    for shown in (figure, heat):
+        rows = figure_rows(shown)
+        parsed = pd.read_csv(io.BytesIO(rows_csv(rows)))
+        loaded = json.loads(rows_json(rows))
+        assert (
+            len(parsed) == len(loaded) == sum(len(t.x) * (len(t.y) if t.type == "heatmap" else 1) for t in shown.data)
+        )
+        for series, trace in enumerate(shown.data, start=1):
+            mine = parsed[parsed["series"] == series]
+            assert (mine["trace"] == trace.name).all()
+            if trace.type == "heatmap":
+                assert mine["z"].tolist()[:3] == [1.0, 2.0, 3.0] and pd.isna(mine["z"].tolist()[3])
+                assert [r["z"] for r in loaded][3] is None
+                continue
+            np.testing.assert_allclose(mine["x"].to_numpy(float), np.asarray(trace.x, float))
+            np.testing.assert_allclose(mine["y"].to_numpy(float), np.asarray(trace.y, float), equal_nan=True)

@@ -1,5 +1,6 @@
 """AppTest runs of the Hessian and Loss landscape pages: forms, jobs, stored results, bad input."""
 
+import pytest
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
 
 from analysis.runs import stored_fusion_landscape, stored_hessian
@@ -26,7 +27,15 @@ def test_hessian_page_computes_and_shows_spectra_of_parents_and_fused(app_worksp
     assert [layer.layer for layer in stored_hessian(app_workspace, fused).layers] == ["layers.1", "layers.3"]
     table = at.dataframe[0].value
     assert len(table) == 2 and (table["trace"] > 0).all()
-    assert len(at.get("plotly_chart")) == 4, "density, perturbation, top eigenvalues, per-layer blocks"
+    assert len(at.get("plotly_chart")) == 5, "density, perturbation, top eigenvalues, per-layer blocks, scatter"
+    sharpness = at.dataframe[1].value
+    fused_row = sharpness[sharpness["model"] == fused].iloc[0]
+    parent_row = sharpness[sharpness["model"] == ids[0]].iloc[0]
+    assert fused_row["λ1 / parents' λ1"] == pytest.approx(fused_row["λ1"] / parent_row["λ1"])
+    assert fused_row["generalisation gap"] == pytest.approx(fused_row["test loss"] - fused_row["train loss"])
+    assert at.radio(key="hessian.curve_split").value == "train", "curves first on the Hessian's own split"
+    at.radio(key="hessian.curve_split").set_value("test").run()
+    assert not at.exception
     (code,) = [c.value for c in at.code if "python -m fusion hessian" in c.value]
     assert code.count("--split train --json") == 2 and code.count("--layers") == 2, "the stored runs' settings"
 

@@ -235,8 +235,9 @@ def test_report_round_trips_through_json(tiny) -> None:
     )
     np.testing.assert_allclose(again.top.eigenvalues, report.top.eigenvalues)
     assert again.trace.mean == report.trace.mean and again.config == config and again.samples == 100
-    assert isinstance(again.density, EigenvalueDensity) and len(again.curves) == 2
-    assert [c.label for c in again.curves] == ["top eigenvector", "random filter-normalised"]
+    assert isinstance(again.density, EigenvalueDensity) and len(again.curves) == 5
+    assert [c.label for c in again.curves] == ["eigenvector 1", "eigenvector 2", "random 1", "random 2", "random 3"]
+    assert again.curves[0].curvature == report.curves[0].curvature and again.spread.shape == (2,)
     assert progress and progress[-1][0] == progress[-1][1]
     with pytest.raises(AnalysisError, match="without its eigenvectors"):
         again.top.direction(0)

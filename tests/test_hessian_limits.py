@@ -35,7 +35,7 @@ def test_the_product_count_bounds_the_products_a_report_uses(monkeypatch):
     hessian_report(model, data(), config)
     expected = hessian_products(model, config)
     assert 0 < sum(used) <= sum(expected.values())
-    assert set(expected) == {"top eigenvalues", "trace", "density", "layers"}
+    assert set(expected) == {"top eigenvalues", "trace", "density", "perturbation", "spread", "layers"}
 
 
 def test_a_run_above_the_product_limit_is_refused_before_any_product(monkeypatch):

@@ -1,11 +1,17 @@
-"""Figures on a page: drawn with plotly and offered as a self-contained interactive HTML download."""
+"""Figures and tables on a page, each with its downloads: a figure as interactive HTML and its data as CSV and JSON
+(:func:`analysis.figures.figure_rows`), a table as CSV and JSON."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+
+from analysis.figures import figure_rows, plain
 
 
 def figure_html(figure: go.Figure) -> bytes:
@@ -13,16 +19,75 @@ def figure_html(figure: go.Figure) -> bytes:
     return figure.to_html(include_plotlyjs=True, full_html=True).encode()
 
 
+def slug_of(name: str, fallback: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or fallback
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> bytes:
+    return pd.DataFrame(rows).to_csv(index=False).encode()
+
+
+def rows_json(rows: list[dict[str, Any]]) -> bytes:
+    return json.dumps([{k: plain(v) for k, v in row.items()} for row in rows], indent=1, ensure_ascii=False).encode()
+
+
 def show_chart(figure: go.Figure, name: str) -> None:
-    """Draw ``figure`` full width with a download button for its interactive HTML, named after ``name``."""
+    """Draw ``figure`` full width with downloads of its interactive HTML and of its data (CSV, JSON), named after
+    ``name``."""
     st.plotly_chart(figure, width="stretch")
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "figure"
-    st.download_button(
-        "Download figure (HTML)",
+    slug = slug_of(name, "figure")
+    html, csv, data = st.columns(3)
+    html.download_button(
+        "Figure (HTML)",
         data=lambda: figure_html(figure),
         file_name=f"{slug}.html",
         mime="text/html",
         key=f"chart.download.{slug}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    csv.download_button(
+        "Data (CSV)",
+        data=lambda: rows_csv(figure_rows(figure)),
+        file_name=f"{slug}.csv",
+        mime="text/csv",
+        key=f"chart.csv.{slug}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    data.download_button(
+        "Data (JSON)",
+        data=lambda: rows_json(figure_rows(figure)),
+        file_name=f"{slug}.json",
+        mime="application/json",
+        key=f"chart.json.{slug}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
+def show_table(frame: pd.DataFrame, name: str, **options: Any) -> None:
+    """``st.dataframe(frame, **options)`` (no index, full width unless given) with CSV and JSON downloads of the
+    rows as they are, named after ``name``."""
+    st.dataframe(frame, **{"hide_index": True, "width": "stretch", **options})
+    slug = slug_of(name, "table")
+    rows = frame.to_dict(orient="records")
+    csv, data = st.columns(2)
+    csv.download_button(
+        "Table (CSV)",
+        data=lambda: rows_csv(rows),
+        file_name=f"{slug}.csv",
+        mime="text/csv",
+        key=f"table.csv.{slug}",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    data.download_button(
+        "Table (JSON)",
+        data=lambda: rows_json(rows),
+        file_name=f"{slug}.json",
+        mime="application/json",
+        key=f"table.json.{slug}",
         on_click="ignore",
         icon=":material/download:",
     )

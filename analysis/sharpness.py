@@ -1,0 +1,143 @@
+"""Sharpness of stored Hessian analyses, model by model, and the numbers behind the Hessian page as flat rows.
+
+Per model (its stored :class:`analysis.hessian.HessianReport`): ``λ_1 .. λ_k`` with their Ritz residual bounds
+``||H v_i - λ_i v_i||`` and their spread over data parts (standard error of the parts' Rayleigh quotients), the
+trace ± its standard error, ``λ_1 / trace`` (how much of the curvature the top direction holds), the curvature
+``2 c`` fitted to the loss along each eigenvector, the train and test loss at the model and their gap
+``test - train`` (the generalisation gap), and for a derived model the ratios of ``λ_1`` and the trace to the mean of
+its parents' (above 1: sharper than the parents).
+
+:func:`sharpness_rows` flattens the summaries into rows of plain values, one per model, the form of the CSV and JSON
+downloads.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from analysis.hessian import HessianReport
+from analysis.perturbation import curve_kind
+from analysis.runs import model_role, stored_hessian
+from fusion.records import Record
+from fusion.workspace import ModelRecord, Workspace
+
+
+@dataclass(frozen=True)
+class Sharpness(Record):
+    """One model's sharpness summary (see the module docstring); ratios are ``None`` without parents' Hessians."""
+
+    model: str
+    name: str
+    role: str
+    method: str
+    eigenvalues: list[float]
+    residuals: list[float]
+    spread: list[float]
+    trace: float
+    trace_error: float
+    top_over_trace: float | None
+    curvatures: list[float | None]
+    train_loss: float | None
+    test_loss: float | None
+    gap: float | None
+    top_ratio: float | None = None
+    trace_ratio: float | None = None
+
+
+def summarise(record: ModelRecord, report: HessianReport, role: str) -> Sharpness:
+    eigenvalues = [float(v) for v in report.top.eigenvalues]
+    trace = float(report.trace.mean)
+    curvatures = []
+    for index in range(len(eigenvalues)):
+        found = [
+            c
+            for c in report.curves
+            if curve_kind(c) == "eigenvector" and c.index == index and c.split in (report.split, "")
+        ]
+        curvatures.append(found[0].curvature if found else None)
+    train = report.metrics.get("train")
+    test = report.metrics.get("test")
+    return Sharpness(
+        model=record.id,
+        name=record.name,
+        role=role,
+        method=record.method,
+        eigenvalues=eigenvalues,
+        residuals=[float(v) for v in report.top.residuals],
+        spread=[float(v) for v in report.spread],
+        trace=trace,
+        trace_error=float(report.trace.error),
+        top_over_trace=eigenvalues[0] / trace if trace else None,
+        curvatures=curvatures,
+        train_loss=train.loss if train else None,
+        test_loss=test.loss if test else None,
+        gap=test.loss - train.loss if train and test else None,
+    )
+
+
+def with_ratios(summary: Sharpness, parents: Sequence[Sharpness]) -> Sharpness:
+    """``summary`` with ``λ_1`` and the trace divided by the mean of ``parents``' (unchanged without parents)."""
+    if not parents:
+        return summary
+    top = sum(p.eigenvalues[0] for p in parents) / len(parents)
+    trace = sum(p.trace for p in parents) / len(parents)
+    return replace(
+        summary,
+        top_ratio=summary.eigenvalues[0] / top if top else None,
+        trace_ratio=summary.trace / trace if trace else None,
+    )
+
+
+def sharpness_table(workspace: Workspace, model_ids: Sequence[str] | None = None) -> list[Sharpness]:
+    """The summaries of ``model_ids`` (default: every model of the workspace) that have a stored Hessian, with
+    ratios to their parents' where the parents have one too; roles as on the Hessian page (by position)."""
+    records = workspace.records()
+    by_id = {r.id: r for r in records}
+    chosen = list(model_ids) if model_ids is not None else [r.id for r in records]
+    reports = {i: stored_hessian(workspace, i) for i in set(chosen) | {p for i in chosen for p in by_id[i].parents}}
+    summaries = {}
+    for index, model_id in enumerate(chosen):
+        report = reports.get(model_id)
+        if report is not None:
+            summaries[model_id] = summarise(by_id[model_id], report, model_role(by_id[model_id], index))
+    result = []
+    for model_id, summary in summaries.items():
+        parents = [
+            summarise(by_id[p], reports[p], "parent") for p in by_id[model_id].parents if reports.get(p) is not None
+        ]
+        result.append(with_ratios(summary, parents))
+    return result
+
+
+def sharpness_rows(summaries: Sequence[Sharpness]) -> list[dict[str, Any]]:
+    """One flat row per model: lists spread into numbered columns (``λ1``, ``λ1 residual``, ...)."""
+    rows = []
+    for s in summaries:
+        row: dict[str, Any] = {"model": s.model, "name": s.name, "role": s.role, "method": s.method}
+        for i, value in enumerate(s.eigenvalues):
+            row[f"λ{i + 1}"] = value
+            row[f"λ{i + 1} residual"] = s.residuals[i] if i < len(s.residuals) else None
+            row[f"λ{i + 1} spread"] = s.spread[i] if i < len(s.spread) else None
+            row[f"λ{i + 1} fitted curvature"] = s.curvatures[i] if i < len(s.curvatures) else None
+        row.update(
+            {
+                "trace": s.trace,
+                "trace error": s.trace_error,
+                "λ1 / trace": s.top_over_trace,
+                "train loss": s.train_loss,
+                "test loss": s.test_loss,
+                "generalisation gap": s.gap,
+                "λ1 / parents' λ1": s.top_ratio,
+                "trace / parents' trace": s.trace_ratio,
+            }
+        )
+        rows.append({k: clean(v) for k, v in row.items()})
+    return rows
+
+
+def clean(value: Any) -> Any:
+    """``None`` for a NaN or infinite float (JSON has no such numbers), the value otherwise."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
