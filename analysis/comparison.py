@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
-from analysis.runs import stored_hessian
+from analysis.hessian import HessianReport
+from analysis.hessian_config import HessianConfig
+from analysis.runs import HESSIAN, hessians_of, scaled, stored_hessian
 from analysis.scores import Score
 from fusion.data import load_dataset
 from fusion.device import default_device
@@ -168,15 +170,22 @@ def compare_methods(
     finetune: TrainConfig | None = None,
     device: torch.device | None = None,
     progress: Progress = no_progress,
+    hessian: HessianConfig | None = None,
+    split: str = "test",
 ) -> MethodComparison:
     """Fuse the parents with every applicable method (saved with provenance, see :func:`fuse_and_save`), fine-tune
-    each fused network with ``finetune`` when given (saved too), and return one row per method that ran.
+    each fused network with ``finetune`` when given (saved too), and return one row per method that ran. With
+    ``hessian``, the Hessian analysis of the parents and of every fused and fine-tuned network follows in the same
+    job (:func:`fill_hessians`), and the rows carry its top eigenvalue and trace.
 
     Methods that do not apply (:func:`inapplicable_reason`), or that the library refuses while fusing, are listed in
     ``skipped``. Each parent is loaded once for every method. Raises :class:`ConfigError` as :func:`check_comparison`
     does.
     """
     workspace = LoadOnce(workspace)
+    if hessian is not None:
+        fusing_progress, hessian_progress = scaled(progress, 0, 2, "fusion"), scaled(progress, 1, 2, "Hessians")
+        progress = fusing_progress
     parent_ids = list(dict.fromkeys(parent_ids))
     records = [workspace.record(i) for i in parent_ids]
     methods = list(dict.fromkeys(methods))
@@ -228,7 +237,46 @@ def compare_methods(
         tuned = stored.record if stored is not None else None
         rows.append(row_from_records(workspace, run.record, tuned, "; ".join(notes)))
         progress(offset + per_method, total, f"{method}: done")
+    if hessian is not None:
+        models = [*parent_ids, *(i for r in rows for i in (r.id, r.finetuned_id) if i is not None)]
+        fill_hessians(workspace, models, hessian, split, device, hessian_progress)
+        rows = [refreshed(workspace, row) for row in rows]
     return MethodComparison(tuple(parent_ids), tuple(rows), skipped, finetune)
+
+
+def has_hessian(workspace: Workspace, model_id: str, config: HessianConfig, split: str) -> bool:
+    """Whether ``model_id`` has a stored Hessian analysis with ``config`` on ``split``."""
+    stored = workspace.load_result(model_id, HESSIAN)
+    if not stored or stored.get("split") != split:
+        return False
+    try:
+        return HessianReport.from_dict(stored).config == config
+    except RecordError:
+        return False
+
+
+def fill_hessians(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    config: HessianConfig,
+    split: str = "test",
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> list[str]:
+    """The Hessian analysis (:func:`analysis.runs.hessians_of`) of every model of ``model_ids`` that has none stored
+    with ``config`` on ``split``, as one task (limits checked for all first); returns the ids analysed."""
+    missing = [i for i in dict.fromkeys(model_ids) if not has_hessian(workspace, i, config, split)]
+    if missing:
+        hessians_of(workspace, missing, config, split, device, progress)
+    return missing
+
+
+def refreshed(workspace: Workspace, row: ComparisonRow) -> ComparisonRow:
+    """``row`` with the Hessian figures now stored for its models."""
+    if row.id is None:
+        return row
+    tuned = workspace.record(row.finetuned_id) if row.finetuned_id else None
+    return row_from_records(workspace, workspace.record(row.id), tuned, row.note)
 
 
 def comparison_from_workspace(workspace: Workspace, parent_ids: Sequence[str]) -> MethodComparison:

@@ -66,8 +66,8 @@ def hessian_products(model: nn.Module, config: HessianConfig = HessianConfig()) 
     """The most Hessian-vector products :func:`hessian_report` can use, by stage (each may stop earlier): top-k
     Lanczos ``min(max(iterations, deflation), n)``, the trace's ``probes``, the density's ``runs * min(steps, n)``,
     one per perturbation direction (``d^T H d``), ``k`` per sample part for the eigenvalues' spread (each on that
-    part only), and with ``layers`` the top eigenvalue and trace of every layer's block of ``n_l`` parameters. Counted from the
-    parameter shapes alone."""
+    part only), and with ``layers`` the top eigenvalue and trace of every layer's block of ``n_l`` parameters.
+    Counted from the parameter shapes alone."""
     sizes = [p.numel() for p in model.parameters() if p.requires_grad]
     if not sizes:
         raise AnalysisError(f"{type(model).__name__} has no trainable parameters: its Hessian is empty")

@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from analysis.comparison import applicable_methods, compare_methods
 from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.rows import curve_rows, landscape_rows
@@ -18,6 +19,7 @@ from cli.output import stderr_progress
 from fusion.device import default_device
 from fusion.errors import ConfigError
 from fusion.options import option_fields
+from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
 
@@ -82,6 +84,28 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
     }
 
 
+def command_compare(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    check_csv_path(args.csv)
+    hessian = HessianConfig(samples=args.hessian_samples) if args.hessian else None
+    finetune = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0) if args.finetune_epochs else None
+    comparison = compare_methods(
+        workspace,
+        args.parents,
+        args.methods or applicable_methods([workspace.record(i) for i in args.parents]),
+        finetune,
+        progress=stderr_progress(args.quiet),
+        hessian=hessian,
+    )
+    ids = [*comparison.parents, *(i for r in comparison.rows for i in (r.id, r.finetuned_id) if i is not None)]
+    return {
+        "parents": list(comparison.parents),
+        "rows": [row.to_dict() for row in comparison.rows],
+        "skipped": comparison.skipped,
+        "sharpness": sharpness_rows(sharpness_table(workspace, ids)),
+        **write_csv(args.csv, [row.to_dict() for row in comparison.rows]),
+    }
+
+
 def check_csv_path(path: Path | None) -> None:
     """Refuse a ``--csv`` path whose folder does not exist or that is a folder, before any work."""
     if path is not None and (path.is_dir() or not path.parent.is_dir()):
@@ -133,3 +157,17 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     landscape.add_argument("--csv", type=Path, help="also write every evaluated point to this CSV file")
     landscape.set_defaults(run=command_landscape)
+
+    compare = subparsers.add_parser(
+        "compare", parents=[common], help="fuse parents with every method, fine-tune, and optionally their Hessians"
+    )
+    compare.add_argument("--parents", nargs="+", required=True, help="ids of the parents")
+    compare.add_argument("--methods", nargs="+", help="methods to compare (default: every one that applies)")
+    compare.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every fused model for N epochs")
+    compare.add_argument("--finetune-lr", type=float, default=1e-3)
+    compare.add_argument(
+        "--hessian", action="store_true", help="then the Hessian of the parents and of every fused/fine-tuned model"
+    )
+    compare.add_argument("--hessian-samples", type=int, default=500, help="test examples of each Hessian")
+    compare.add_argument("--csv", type=Path, help="also write the comparison's rows to this CSV file")
+    compare.set_defaults(run=command_compare)

@@ -1,6 +1,7 @@
 """Compare: every fusion method on one set of parents in one table, with a chart, CSV and Markdown exports and the
 command lines that reproduce each row (:mod:`analysis.comparison`)."""
 
+import pandas as pd
 import streamlit as st
 
 from analysis.comparison import (
@@ -10,11 +11,14 @@ from analysis.comparison import (
     check_comparison,
     compare_methods,
     comparison_from_workspace,
+    fill_hessians,
     table_records,
     to_csv,
     to_markdown,
 )
 from analysis.fusion_figures import finetune_comparison_figure
+from analysis.hessian_config import HessianConfig
+from analysis.sharpness import sharpness_rows, sharpness_table
 from fusion.pipeline import parent_role
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
@@ -32,6 +36,8 @@ from ui.state import (
 from ui.tables import dashed_table
 
 COMPARE_KIND = "compare"
+HESSIANS_KIND = "compare.hessians"
+HESSIAN_SAMPLES = 500
 
 st.title("Compare")
 st.caption(
@@ -79,6 +85,19 @@ with st.form("compare.form"):
     lr = right.number_input(
         "Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="compare.finetune.lr", disabled=disabled
     )
+    kept("compare.hessian", False)
+    kept("compare.hessian.samples", HESSIAN_SAMPLES)
+    with_hessian = left.checkbox(
+        "Then the Hessian of every model (parents, fused, fine-tuned)",
+        key="compare.hessian",
+        disabled=disabled,
+        help="Top eigenvalues, trace, density and perturbation curves on the test split with the Hessian page's "
+        "default settings and the number of examples beside, stored with each model and reused when one was "
+        "computed with the same settings.",
+    )
+    samples = right.number_input(
+        "Hessian samples (test examples)", 10, 100_000, key="compare.hessian.samples", disabled=disabled
+    )
     submitted = st.form_submit_button("Compare", type="primary", disabled=disabled)
 
 if submitted:
@@ -94,6 +113,7 @@ if submitted:
             methods,
             finetune,
             device=device(),
+            hessian=HessianConfig(samples=int(samples)) if with_hessian else None,
             kind=COMPARE_KIND,
         )
 
@@ -138,6 +158,30 @@ references = [
 unique = len({r.method for r in rows}) == len(rows)
 bars = [{**r.to_dict(), "method": r.method if unique else f"{r.method} · {r.id or 'ensemble'}"} for r in rows]
 show_chart(finetune_comparison_figure(bars, references), "fusion-comparison")
+analysed = [*comparison.parents, *(i for r in rows for i in (r.id, r.finetuned_id) if i is not None)]
+summaries = sharpness_table(ws, [i for i in analysed if i in by_id])
+if summaries:
+    st.subheader("Sharpness")
+    st.caption("From each model's stored Hessian; ratios are to the mean of the model's parents that have one.")
+    show_table(pd.DataFrame(sharpness_rows(summaries)), "comparison-sharpness")
+missing = [i for i in analysed if i in by_id and i not in {s.model for s in summaries}]
+if missing:
+    show_job(job_runner().latest(HESSIANS_KIND))
+    hessian_samples = int(st.session_state.get("compare.hessian.samples", HESSIAN_SAMPLES))
+    if st.button(
+        f"Compute the Hessians of the {len(missing)} model(s) without one ({hessian_samples} test examples)",
+        key="compare.fill_hessians",
+        disabled=disabled,
+    ):
+        start_job(
+            f"Hessians of {len(missing)} model(s)",
+            fill_hessians,
+            ws,
+            missing,
+            HessianConfig(samples=hessian_samples),
+            device=device(),
+            kind=HESSIANS_KIND,
+        )
 left, right = st.columns(2)
 left.download_button(
     "Download CSV", to_csv(rows), file_name="fusion-comparison.csv", mime="text/csv", key="compare.csv"

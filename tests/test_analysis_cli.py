@@ -229,3 +229,24 @@ def test_a_csv_path_in_a_missing_folder_is_refused_before_any_work(
 ) -> None:
     status, output = run_json(capsys, "hessian", records[0].id, *FAST_HESSIAN, "--csv", str(tmp_path / "no" / "x.csv"))
     assert status != 0 and "--csv" in output["error"]["message"]
+
+
+def test_compare_command_fuses_fine_tunes_and_fills_every_hessian(
+    capsys: pytest.CaptureFixture, records, tmp_path: Path
+) -> None:
+    path = tmp_path / "comparison.csv"
+    parents = [records[0].id, records[1].id]
+    arguments = ["--methods", "ot", "average", "--finetune-epochs", "1", "--hessian", "--hessian-samples", "60"]
+    status, output = run_json(capsys, "compare", "--parents", *parents, *arguments, "--csv", str(path))
+    assert status == 0, output
+    assert [row["method"] for row in output["rows"]] == ["ot", "average"]
+    assert all(
+        row["top_eigenvalue"] is not None and row["finetuned_top_eigenvalue"] is not None for row in output["rows"]
+    )
+    assert len(output["sharpness"]) == 2 + 2 * 2
+    assert pd.read_csv(path)["method"].tolist() == ["ot", "average"]
+    again_status, again = run_json(capsys, "compare", "--parents", *parents, *arguments)
+    assert again_status == 0
+    kept = ("id", "finetuned_id", "top_eigenvalue", "hessian_trace", "finetuned_top_eigenvalue")
+    assert [{k: r[k] for k in kept} for r in again["rows"]] == [{k: r[k] for k in kept} for r in output["rows"]]
+    assert all("reused" in row["note"] for row in again["rows"]), "fused, fine-tuned and Hessians all reused"

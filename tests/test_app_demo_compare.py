@@ -26,7 +26,7 @@ from analysis.comparison import (
 )
 from analysis.fusion_figures import finetune_comparison_figure
 from analysis.hessian_config import HessianConfig
-from analysis.runs import hessian_of
+from analysis.runs import hessian_of, stored_hessian
 from analysis.story import STEP_TITLES, finetune_title
 from fusion.errors import ConfigError, DamagedResultError
 from fusion.pipeline import fuse_and_save
@@ -181,6 +181,44 @@ def test_compare_page_shows_the_hessian_of_models_that_have_one(app_workspace):
     assert list(table["method"]) == ["ot"]
     assert table["top Hessian eigenvalue"][0] == pytest.approx(report.top.eigenvalues[0])
     assert table["Hessian trace"][0] == pytest.approx(report.trace.mean)
+
+
+def test_compare_page_fills_every_hessian_column_in_one_job(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = open_app(COMPARE)
+    at.multiselect(key="compare.parents").set_value(ids).run()
+    at.multiselect(key="compare.methods").set_value(["ot", "average"])
+    at.number_input(key="compare.finetune.epochs").set_value(1)
+    at.checkbox(key="compare.hessian").check()
+    at.number_input(key="compare.hessian.samples").set_value(60)
+    at.button(key=RUN_COMPARISON).click().run()
+    job = wait_for_job()
+    at.run()
+    assert job is not None and job.status == "done", job
+    assert not at.exception and not at.error, messages(at.error)
+    table = at.dataframe[0].value
+    for column in ("top Hessian eigenvalue", "Hessian trace", "fine-tuned top eigenvalue", "fine-tuned Hessian trace"):
+        assert all(v != "–" for v in table[column]), column
+    sharpness = at.dataframe[1].value
+    assert len(sharpness) == 2 + 2 * 2, "parents, fused and fine-tuned models"
+    fused = sharpness[sharpness["method"] == "ot"].iloc[0]
+    parents = sharpness[sharpness["model"].isin(ids)]
+    assert fused["λ1 / parents' λ1"] == pytest.approx(fused["λ1"] / parents["λ1"].mean())
+    assert "compare.fill_hessians" not in [b.key for b in at.button], "nothing left to compute"
+
+
+def test_compare_page_computes_the_missing_hessians_of_stored_results(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    fused = fuse_and_save(app_workspace, ids, "ot").record.id
+    at = open_app(COMPARE)
+    at.number_input(key="compare.hessian.samples").set_value(60)
+    at.multiselect(key="compare.parents").set_value(ids).run()
+    at.button(key="compare.fill_hessians").click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception and not at.error, messages(at.error)
+    assert all(stored_hessian(app_workspace, i) is not None for i in (*ids, fused))
+    assert at.dataframe[0].value["top Hessian eigenvalue"][0] != "–"
 
 
 def test_methods_that_do_not_fit_the_parents_are_skipped_with_the_reason(workspace):
