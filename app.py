@@ -22,6 +22,7 @@ PAGES = [
     st.Page("pages/loss_landscape.py", title="Loss landscape", icon=":material/landscape:"),
     st.Page("pages/hessian.py", title="Hessian", icon=":material/functions:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:"),
+    st.Page("pages/study.py", title="Generalization study", icon=":material/science:"),
 ]
 
 page = st.navigation(PAGES)

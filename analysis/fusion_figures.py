@@ -13,6 +13,7 @@ from analysis.figures import model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
 from analysis.scores import Score
+from analysis.seed_study import SeedStudy
 from analysis.sharpness import Sharpness
 
 ACCURACY_RANGE = [0, 105]
@@ -140,6 +141,41 @@ def sharpness_gap_figure(summaries: Sequence[Sharpness], measure: str = "λ1") -
         yaxis_title=f"{measure} of the loss Hessian",
         yaxis_type="log" if all((s.eigenvalues[0] if measure == "λ1" else s.trace) > 0 for s in shown) else "linear",
         height=460,
+    )
+    return figure
+
+
+def study_figure(study: SeedStudy) -> go.Figure:
+    """Per stage of a generalization study: ``λ1`` with its error bar (the larger of the Ritz residual and the
+    spread over data parts), the trace ± its standard error, and the test accuracy."""
+    figure = make_subplots(rows=1, cols=3, subplot_titles=("top eigenvalue λ1", "trace", "test accuracy (%)"))
+    stages = [s.stage for s in study.stages]
+    colours = [role_colour(s.stage) for s in study.stages]
+    errors = [
+        max([s.sharpness.residuals[0]] + s.sharpness.spread[:1]) if s.sharpness.residuals else 0.0 for s in study.stages
+    ]
+    columns = (
+        ([s.sharpness.eigenvalues[0] for s in study.stages], errors),
+        ([s.sharpness.trace for s in study.stages], [s.sharpness.trace_error for s in study.stages]),
+        ([100 * s.test_accuracy for s in study.stages], None),
+    )
+    for col, (values, error) in enumerate(columns, start=1):
+        figure.add_trace(
+            go.Bar(
+                x=stages,
+                y=values,
+                marker_color=colours,
+                error_y={"type": "data", "array": error} if error is not None else None,
+                showlegend=False,
+            ),
+            row=1,
+            col=col,
+        )
+    config = study.config
+    figure.update_layout(
+        title=f"{config.pruning} pruning at {config.sparsity:.0%}, {config.method} fusion, "
+        f"{config.finetune_epochs}-epoch fine-tune",
+        height=420,
     )
     return figure
 

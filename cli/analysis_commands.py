@@ -13,6 +13,7 @@ from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.rows import curve_rows, landscape_rows
 from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
+from analysis.seed_study import StudyConfig, seed_study, study_rows
 from analysis.sharpness import sharpness_rows, sharpness_table
 from cli.arguments import add_option_arguments, given_options
 from cli.output import stderr_progress
@@ -106,6 +107,18 @@ def command_compare(args: argparse.Namespace, workspace: Workspace) -> dict[str,
     }
 
 
+def command_study(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    check_csv_path(args.csv)
+    config = StudyConfig(**given_options(args, option_fields(StudyConfig)))
+    study = seed_study(workspace, args.parents, config, progress=stderr_progress(args.quiet))
+    rows = study_rows(study)
+    return {
+        "config": config.to_dict(),
+        "stages": [stage.to_dict() for stage in study.stages],
+        **write_csv(args.csv, rows),
+    }
+
+
 def check_csv_path(path: Path | None) -> None:
     """Refuse a ``--csv`` path whose folder does not exist or that is a folder, before any work."""
     if path is not None and (path.is_dir() or not path.parent.is_dir()):
@@ -171,3 +184,13 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     compare.add_argument("--hessian-samples", type=int, default=500, help="test examples of each Hessian")
     compare.add_argument("--csv", type=Path, help="also write the comparison's rows to this CSV file")
     compare.set_defaults(run=command_compare)
+
+    study = subparsers.add_parser(
+        "study",
+        parents=[common],
+        help="the generalization study: prune both parents, fuse, fine-tune, and the Hessian of every stage",
+    )
+    study.add_argument("--parents", nargs=2, required=True, help="ids of the two parents")
+    add_option_arguments(study, option_fields(StudyConfig))
+    study.add_argument("--csv", type=Path, help="also write one row per stage (its sharpness) to this CSV file")
+    study.set_defaults(run=command_study)

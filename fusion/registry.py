@@ -28,6 +28,7 @@ from fusion.methods.base import Context, GroupReport, MethodOutput, MethodSpec
 from fusion.methods.cla import CLAOptions, run_cla
 from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
+from fusion.methods.sparsify import SparsifyOptions, run_sparsify
 from fusion.methods.transplant import TransplantOptions, run_transplant
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
@@ -64,6 +65,14 @@ REGISTRY: dict[str, MethodSpec] = {
     ),
     "prune": MethodSpec(
         PruneOptions, run_prune, 1, 1, "magnitude pruning: keep the largest neurons, drop the rest", output="pruned"
+    ),
+    "sparsify": MethodSpec(
+        SparsifyOptions,
+        run_sparsify,
+        1,
+        1,
+        "unstructured pruning: zero the smallest weights (L1), keep the architecture",
+        output="pruned",
     ),
     "transplant": MethodSpec(
         TransplantOptions,

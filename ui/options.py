@@ -84,6 +84,9 @@ def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
     if option.kind == "float":
         kept(key, float(option.default))
         return st.number_input(label, format="%.4g", **common)
+    if option.kind == "str":
+        kept(key, str(option.default))
+        return st.text_input(label, **common)
     kept(key, "" if option.default is None else ", ".join(map(str, option.default)))
     return st.text_input(label, **{**common, "help": option.help + " (comma-separated; empty for the default)"})
 
@@ -119,6 +122,8 @@ def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]
             value = int(value) or None
         elif option.kind == "float":
             value = float(value)
+        elif option.kind == "str":
+            value = str(value).strip()
         if value != option.default:
             result[option.name] = value
     return result

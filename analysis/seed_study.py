@@ -1,0 +1,164 @@
+"""The generalization study of "Unveiling Generalization Prospects in OT Fused Neural Networks" in one step: prune
+both parents, fuse the pruned parents, fine-tune the fused network, and take the Hessian of every stage.
+
+Pruning is structured (``prune``: whole neurons by L1 magnitude, the network narrower) or unstructured
+(``sparsify``: the smallest weights zeroed, the architecture kept), at ``sparsity``; fusion is any method that fuses
+two networks into one. Every stage is stored in the workspace with its provenance (reused when an identical run is
+stored, :mod:`fusion.run_key`), and every Hessian with its model (:func:`analysis.comparison.fill_hessians`), so the
+Hessian, Compare and Loss landscape pages show them too. The result: per stage its model, test accuracy and loss and
+its sharpness summary (:mod:`analysis.sharpness`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from analysis.comparison import fill_hessians
+from analysis.hessian_config import HessianConfig
+from analysis.runs import scaled
+from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
+from fusion.errors import ConfigError
+from fusion.pipeline import finetune_and_save, fuse_and_save
+from fusion.progress import Progress, no_progress
+from fusion.records import Record
+from fusion.registry import REGISTRY
+from fusion.train import TrainConfig
+from fusion.workspace import Workspace
+
+PRUNINGS = {"structured": "prune", "unstructured": "sparsify"}
+
+
+@dataclass(frozen=True)
+class StudyConfig(Record):
+    """The study's choices: pruning type and fraction, fusion method, fine-tune, and the Hessian's settings (kept
+    small: the study compares six models)."""
+
+    pruning: Literal["structured", "unstructured"] = field(
+        default="structured", metadata={"help": "remove whole neurons, or zero single weights"}
+    )
+    sparsity: float = field(default=0.5, metadata={"help": "fraction of neurons (or weights) pruned"})
+    method: str = field(default="ot", metadata={"help": "fusion method for the two pruned parents"})
+    finetune_epochs: int = field(default=5, metadata={"help": "epochs of the fused model's fine-tune"})
+    lr: float = field(default=1e-3, metadata={"help": "fine-tune learning rate (Adam)"})
+    hessian_samples: int = field(default=300, metadata={"help": "test examples of every Hessian"})
+    top_k: int = field(default=3, metadata={"help": "top eigenvalues per model"})
+
+    def __post_init__(self) -> None:
+        if self.pruning not in PRUNINGS:
+            raise ConfigError(f"pruning must be structured or unstructured, got {self.pruning!r}")
+        if not 0 < self.sparsity < 1:
+            raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
+        spec = REGISTRY.get(self.method)
+        if spec is None or spec.output == "ensemble" or spec.max_models == 1:
+            fusing = [m for m, s in REGISTRY.items() if s.output != "ensemble" and s.max_models != 1]
+            raise ConfigError(
+                f"method must fuse two models into one network ({', '.join(fusing)}), got {self.method!r}"
+            )
+        if not isinstance(self.finetune_epochs, int) or not 0 <= self.finetune_epochs <= 1000:
+            raise ConfigError(f"finetune_epochs must be an integer from 0 to 1000, got {self.finetune_epochs!r}")
+        self.hessian()
+
+    def hessian(self) -> HessianConfig:
+        return HessianConfig(
+            samples=self.hessian_samples,
+            batch_size=max(1, min(self.hessian_samples, 1000)),
+            top_k=self.top_k,
+            iterations=max(50, self.top_k),
+            probes=50,
+            deflation=10,
+            steps=40,
+            runs=2,
+            random_directions=2,
+        )
+
+
+@dataclass(frozen=True)
+class StudyStage(Record):
+    """One model of the study: its stage (``parent A``, ``pruned A``, ``fused``, ``fine-tuned``, ...), id, test
+    accuracy and loss, and sharpness summary."""
+
+    stage: str
+    model: str
+    test_accuracy: float
+    test_loss: float
+    sharpness: Sharpness
+
+
+@dataclass(frozen=True)
+class SeedStudy(Record):
+    """Every stage of one run of the study, in order, with the configuration."""
+
+    config: StudyConfig
+    stages: list[StudyStage]
+
+
+def seed_study(
+    workspace: Workspace,
+    parent_ids: Sequence[str],
+    config: StudyConfig = StudyConfig(),
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> SeedStudy:
+    """Run the study on two parents (see the module docstring)."""
+    if len(parent_ids) != 2 or parent_ids[0] == parent_ids[1]:
+        raise ConfigError(f"the study takes two different parents, got {list(parent_ids)}")
+    hessian = config.hessian()
+    stages: list[tuple[str, str]] = [("parent A", parent_ids[0]), ("parent B", parent_ids[1])]
+    pruning = PRUNINGS[config.pruning]
+    steps = 5 if config.finetune_epochs else 4
+    pruned = []
+    for index, (label, parent) in enumerate(zip("AB", parent_ids)):
+        run = fuse_and_save(
+            workspace,
+            [parent],
+            pruning,
+            {"sparsity": config.sparsity},
+            device=device,
+            progress=scaled(progress, index, steps, f"{config.pruning} pruning of parent {label}"),
+        )
+        assert run.record is not None
+        pruned.append(run.record.id)
+        stages.append((f"pruned {label}", run.record.id))
+    fused = fuse_and_save(
+        workspace, pruned, config.method, device=device, progress=scaled(progress, 2, steps, "fusion")
+    )
+    assert fused.record is not None
+    stages.append(("fused", fused.record.id))
+    if config.finetune_epochs:
+        tuned = finetune_and_save(
+            workspace,
+            fused.record.id,
+            TrainConfig(epochs=config.finetune_epochs, lr=config.lr, seed=0),
+            device=device,
+            progress=scaled(progress, 3, steps, "fine-tune"),
+            model=fused.model,
+        )
+        stages.append(("fine-tuned", tuned.record.id))
+    ids = [model_id for _, model_id in stages]
+    fill_hessians(workspace, ids, hessian, "test", device, scaled(progress, steps - 1, steps, "Hessians"))
+    summaries = {s.model: s for s in sharpness_table(workspace, ids)}
+    return SeedStudy(
+        config,
+        [
+            StudyStage(
+                stage,
+                model_id,
+                workspace.record(model_id).metrics["test_accuracy"],
+                workspace.record(model_id).metrics["test_loss"],
+                summaries[model_id],
+            )
+            for stage, model_id in stages
+        ],
+    )
+
+
+def study_rows(study: SeedStudy) -> list[dict[str, Any]]:
+    """One flat row per stage: stage, test accuracy and loss, then the sharpness columns
+    (:func:`analysis.sharpness.sharpness_rows`)."""
+    return [
+        {"stage": s.stage, "test accuracy": s.test_accuracy, **sharpness_rows([s.sharpness])[0]} for s in study.stages
+    ]

@@ -1,0 +1,75 @@
+"""Generalization study: the pipeline of "Unveiling Generalization Prospects in OT Fused Neural Networks" in one job:
+prune both parents, fuse them, fine-tune, and compare the Hessian of every stage (:mod:`analysis.seed_study`)."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.fusion_figures import study_figure
+from analysis.seed_study import StudyConfig, seed_study, study_rows
+from ui.charts import show_chart, show_table
+from ui.errors import report_errors
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import command_line, non_default, option_widgets, parse_options
+from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
+
+STUDY_KIND = "study"
+
+st.title("Generalization study")
+st.caption(
+    "Prune both parents (structured: whole neurons; unstructured: single weights set to zero), fuse the pruned "
+    "parents, fine-tune the fused network, then compare the sharpness of every stage: top Hessian eigenvalues with "
+    "their error estimates, trace, and the ratios to each model's parents. Every model and Hessian is stored in the "
+    "workspace, so the Hessian, Loss landscape and Compare pages show them too."
+)
+ws, records, by_id = models_or_stop()
+disabled = inputs_disabled()
+label = lambda i: f"{by_id[i].name} ({i})"  # noqa: E731
+selected = [i for i in selected_model_ids() if i in by_id]
+ids = list(by_id)
+with st.form("study.form"):
+    left, right = st.columns(2)
+    first = left.selectbox(
+        "Parent A",
+        ids,
+        index=ids.index(selected[0]) if selected else 0,
+        format_func=label,
+        key="study.a",
+        disabled=disabled,
+    )
+    second = right.selectbox(
+        "Parent B",
+        ids,
+        index=ids.index(selected[1]) if len(selected) > 1 else min(1, len(ids) - 1),
+        format_func=label,
+        key="study.b",
+        disabled=disabled,
+    )
+    values = option_widgets(StudyConfig, "study", disabled, columns=4)
+    submitted = st.form_submit_button("Run the study", type="primary", disabled=disabled)
+if submitted:
+    with report_errors():
+        config = StudyConfig(**parse_options(StudyConfig, values))
+        select_models([first, second])
+        start_job(
+            f"generalization study of {first} and {second}",
+            seed_study,
+            ws,
+            [first, second],
+            config,
+            device=device(),
+            kind=STUDY_KIND,
+        )
+job = job_runner().latest(STUDY_KIND)
+show_job(job)
+if job is None or job.status != "done":
+    st.stop()
+study = job.result
+st.subheader("Every stage")
+show_table(pd.DataFrame(study_rows(study)), "generalization-study")
+show_chart(study_figure(study), "generalization-study")
+st.caption("The same study from the command line:")
+parents = [s.model for s in study.stages[:2]]
+st.code(
+    command_line(["study", "--parents", *parents], non_default(StudyConfig, study.config.to_dict())) + " --json",
+    language="bash",
+)
