@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEigenvalues
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
-from analysis.perturbation import STEP_UNITS, PerturbationCurve, curve_kind
+from analysis.perturbation import STEP_UNITS, EigenPlane, PerturbationCurve, curve_kind
 from fusion.errors import ConfigError
 
 PARENT_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#8C6D31", "#332288", "#44AA99")
@@ -206,6 +206,41 @@ def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]], split
     figure.update_xaxes(title_text=unit)
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
     figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
+    return figure
+
+
+def eigen_plane_figure(plane: EigenPlane, split: str, metric: str = "loss", label: str = "model") -> go.Figure:
+    """A contour of the loss (or accuracy, %) on ``split`` over the plane of the top two eigenvectors, the model at
+    the origin; the axes name the step scale."""
+    values = plane.loss[split] if metric == "loss" else 100 * plane.accuracy[split]
+    title = LOSS_TITLE if metric == "loss" else ACCURACY_TITLE
+    figure = go.Figure(
+        go.Contour(
+            x=plane.ts,
+            y=plane.ts,
+            z=values,
+            colorscale="Viridis",
+            colorbar={"title": {"text": title}},
+            hovertemplate="α = %{x:.4g}<br>β = %{y:.4g}<br>%{z:.4f}<extra></extra>",
+            name=f"{label} · {split} {metric}",
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=[0.0],
+            y=[0.0],
+            mode="markers+text",
+            text=[label],
+            textposition="top center",
+            name=label,
+            showlegend=False,
+            marker={"size": 13, "color": model_colour(label), "line": {"width": 1.5, "color": "white"}},
+        )
+    )
+    unit = STEP_UNITS.get(plane.scale, "t")
+    figure.update_layout(title=f"{split} {metric} around {label} in the plane of the top two Hessian eigenvectors")
+    figure.update_xaxes(title_text=f"α along eigenvector 1 · {unit}")
+    figure.update_yaxes(title_text=f"β along eigenvector 2 · {unit}", scaleanchor="x")
     return figure
 
 

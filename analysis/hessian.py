@@ -35,7 +35,7 @@ from analysis.hessian_estimators import (
     slq_density,
 )
 from analysis.hessian_operator import HessianOperator, Loss, cross_entropy_loss, sample_data
-from analysis.perturbation import PerturbationCurve, perturbation_study, study_directions
+from analysis.perturbation import EigenPlane, PerturbationCurve, eigen_plane, perturbation_study, study_directions
 from analysis.states import eval_mode
 from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
@@ -130,7 +130,7 @@ def estimate_hessian_cost(
         vector_passes += products["layers"]
     graphs = operators if config.cache_graph else vector_passes
     graphs += config.batch_parts if config.batch_parts > 1 else 0
-    curve_points = 2 * (config.top_k + config.random_directions) * config.perturb_points
+    curve_points = 2 * ((config.top_k + config.random_directions) * config.perturb_points + config.plane_points**2)
     forwards = operators + curve_points
 
     probe = (inputs[: min(128, samples)].to(device), targets[: min(128, samples)].to(device))
@@ -216,6 +216,7 @@ class HessianReport(Record):
     spread: np.ndarray = field(default_factory=lambda: np.zeros(0))
     split: str = ""
     metrics: dict[str, Metrics] = field(default_factory=dict)
+    plane: EigenPlane | None = None
 
     def curve(self, label: str, split: str | None = None) -> PerturbationCurve:
         """The perturbation curve along ``label`` on ``split`` (default: the split the Hessian was taken on)."""
@@ -295,6 +296,9 @@ def hessian_report(
     splits = {k: sample_data(v, config) for k, v in (evaluation or {split: sample}).items()}
     directions = study_directions(model, top, config)
     curves = perturbation_study(model, operator, directions, config, splits, device, stage(4, "perturbation"))
+    plane = None
+    if config.plane_points:
+        plane = eigen_plane(model, directions, config, splits, device, stage(4, "eigenvector plane"))
     metrics = {
         name: evaluate(model, *data, batch_size=config.batch_size, device=device) for name, data in splits.items()
     }
@@ -311,4 +315,5 @@ def hessian_report(
         spread,
         split,
         metrics,
+        plane,
     )

@@ -36,7 +36,8 @@ class HessianConfig(Record):
     along every top-k eigenvector and ``random_directions`` random filter-normalised directions, each scaled by
     ``step_scale``: ``absolute`` (unit ``d``, ``t`` is the parameter distance), ``relative`` (``||d|| = ||θ||``,
     ``t`` a fraction of the model's norm) or ``filter`` (every filter of ``d`` as long as the model's, Li et al.
-    2018). Eigenvalue spreads come from ``batch_parts`` equal parts of the sample.
+    2018). Eigenvalue spreads come from ``batch_parts`` equal parts of the sample. With ``plane_points``, the surface
+    over the same range along the top two eigenvectors (``plane_points`` steps a side).
     Limits, checked before any work (:func:`check_hessian_cost`): at most ``max_products`` Hessian-vector products,
     ``max_seconds`` estimated seconds and ``max_memory_gb`` estimated GiB; above ``warn_seconds`` a
     :class:`SlowHessianWarning` is issued.
@@ -84,6 +85,9 @@ class HessianConfig(Record):
     )
     random_directions: int = field(default=3, metadata={"help": "random filter-normalised directions (a band)"})
     batch_parts: int = field(default=4, metadata={"help": "sample parts for the eigenvalues' spread over data"})
+    plane_points: int = field(
+        default=0, metadata={"help": "steps a side of the surface along the top two eigenvectors (0: none)"}
+    )
 
     def __post_init__(self) -> None:
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
@@ -101,6 +105,7 @@ class HessianConfig(Record):
             ("perturb_points", 3, 1001),
             ("random_directions", 0, 100),
             ("batch_parts", 1, 100),
+            ("plane_points", 0, 201),
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or not low <= value <= high:
@@ -117,6 +122,11 @@ class HessianConfig(Record):
             )
         if not self.perturb_low < self.perturb_high:
             raise ConfigError(f"perturb_low ({self.perturb_low}) must be below perturb_high ({self.perturb_high})")
+        if self.plane_points and (self.plane_points < 3 or self.top_k < 2):
+            raise ConfigError(
+                f"plane_points must be 0 (no plane) or at least 3 with top_k of at least 2, got {self.plane_points} "
+                f"with top_k {self.top_k}"
+            )
         if self.step_scale not in STEP_SCALES:
             raise ConfigError(f"step_scale must be one of {', '.join(STEP_SCALES)}, got {self.step_scale!r}")
         if not (isinstance(self.kernel_width, (int, float)) and 0 < self.kernel_width <= 1):

@@ -221,3 +221,58 @@ def perturbation_study(
                 )
             )
     return tuple(curves)
+
+
+@dataclass(frozen=True, eq=False)
+class EigenPlane(Record):
+    """Loss and accuracy on the plane ``θ + α d_1 + β d_2`` of the top two eigenvectors (scaled by ``scale``), for
+    ``α, β`` in ``ts``; per split, arrays ``(R_β, R_α)`` (rows follow ``β``). Random planes can miss the curvature
+    that the Hessian's own directions show (Böttcher & Wheeler, "Visualising the Loss Landscape with Hessian
+    Directions", 2022)."""
+
+    ts: np.ndarray
+    loss: dict[str, np.ndarray]
+    accuracy: dict[str, np.ndarray]
+    scale: str
+
+
+def eigen_plane(
+    model: nn.Module,
+    directions: Sequence[Direction],
+    config: HessianConfig,
+    evaluation: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> EigenPlane:
+    """The surface over ``config.plane_points`` steps a side, from ``config.perturb_low`` to ``config.perturb_high``,
+    along the first two ``directions`` (the top two eigenvectors, already scaled), on every split of ``evaluation``."""
+    device = device or default_device()
+    if len(directions) < 2:
+        raise AnalysisError("the eigenvector plane needs the top two eigenvectors (top_k of at least 2)")
+    ts = np.linspace(config.perturb_low, config.perturb_high, config.plane_points)
+    origin = float_state(model)
+    bases = [origin] + [
+        {k: d.entries[k].to(v.device, v.dtype) if k in d.entries else torch.zeros_like(v) for k, v in origin.items()}
+        for d in directions[:2]
+    ]
+    beta, alpha = np.meshgrid(ts, ts, indexing="ij")
+    grid = np.stack([np.ones(alpha.size), alpha.ravel(), beta.ravel()], axis=1)
+    coefficients = torch.tensor(grid)
+    per_call = auto_points_per_call(model, device)
+    losses, accuracies = {}, {}
+    for index, (split, (inputs, targets)) in enumerate(evaluation.items()):
+        loss, accuracy = evaluate_combinations(
+            model,
+            bases,
+            coefficients,
+            inputs,
+            targets,
+            config.batch_size,
+            per_call,
+            device,
+            lambda done, total, message, index=index: progress(index * total + done, len(evaluation) * total, message),
+            f"eigenvector plane ({split})",
+        )
+        losses[split] = loss.reshape(len(ts), len(ts))
+        accuracies[split] = accuracy.reshape(len(ts), len(ts))
+    return EigenPlane(ts, losses, accuracies, config.step_scale)

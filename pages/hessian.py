@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from analysis.figures import (
+    eigen_plane_figure,
     eigenvalue_density_figure,
     layer_hessian_figure,
     perturbation_figure,
@@ -144,6 +145,12 @@ curve_split = st.radio(
     key="hessian.curve_split",
 )
 show_chart(perturbation_figure({k: r.curves for k, r in by_role.items()}, curve_split), "hessian-perturbation")
+planes = {k: r.plane for k, r in by_role.items() if r.plane is not None and curve_split in r.plane.loss}
+if planes:
+    left, right = st.columns(2)
+    role = left.selectbox("Eigenvector plane of", list(planes), key="hessian.plane_model")
+    metric = right.radio("Show", ["loss", "accuracy"], horizontal=True, key="hessian.plane_metric")
+    show_chart(eigen_plane_figure(planes[role], curve_split, metric, role), f"hessian-plane-{role}")
 show_chart(top_eigenvalues_figure({k: r.top for k, r in by_role.items()}), "hessian-top-eigenvalues")
 with_layers = {k: r.layers for k, r in by_role.items() if r.layers}
 if with_layers:

@@ -18,7 +18,7 @@ from analysis.hessian import eigenvalue_spread, hessian_report
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_estimators import hessian_top_eigenvalues
 from analysis.hessian_operator import HessianOperator, cross_entropy_loss
-from analysis.perturbation import Direction, perturbation_study, scaled_direction, study_directions
+from analysis.perturbation import Direction, eigen_plane, perturbation_study, scaled_direction, study_directions
 from fusion.data import Dataset
 from fusion.errors import ConfigError
 from fusion.models import ModelSpec, build_model
@@ -174,3 +174,39 @@ def test_the_operator_of_the_report_is_reused_for_expected_curvatures(tiny) -> N
     before = operator.products
     perturbation_study(model, operator, study_directions(model, top, config), config, {"test": (x, y)}, CPU)
     assert operator.products - before == 2, "one Hessian-vector product per direction, not per split or point"
+
+
+def test_the_eigenvector_plane_is_the_quadratic_form_of_the_top_two_eigenvalues_near_the_model(tiny, eigen) -> None:
+    """On a small range in float64 the surface is ``L(θ) + (λ1 α² + λ2 β²) / 2`` (the gradient term aside, fitted
+    out by symmetry: ``L(α, β) + L(-α, -β) - 2 L(0)``)."""
+    model, x, y = tiny
+    _, values, vectors = eigen
+    exact = copy.deepcopy(model).double()
+    directions = [Direction(f"eigenvector {i + 1}", "eigenvector", i, unflatten(exact, vectors[i])) for i in range(2)]
+    config = HessianConfig(perturb_low=-1e-4, perturb_high=1e-4, plane_points=5, step_scale="absolute")
+    plane = eigen_plane(exact, directions, config, {"test": (x.double(), y)}, CPU)
+    surface = plane.loss["test"]
+    assert surface.shape == (5, 5) and plane.ts[2] == 0
+    a, b = np.meshgrid(plane.ts, plane.ts, indexing="xy")
+    second = surface + surface[::-1, ::-1] - 2 * surface[2, 2]
+    expected = values[0].item() * a**2 + values[1].item() * b**2
+    mask = expected != 0
+    np.testing.assert_allclose(second[mask], expected[mask], rtol=1e-3)
+
+
+def test_the_report_holds_the_plane_and_it_round_trips(tiny) -> None:
+    import json
+
+    from analysis.hessian import HessianReport
+
+    model, x, y = tiny
+    config = HessianConfig(
+        samples=100, batch_size=100, top_k=2, iterations=20, probes=4, runs=1, steps=8, plane_points=3
+    )
+    report = hessian_report(model, (x, y), config, CPU, evaluation={"train": (x, y), "test": (x, y)}, split="test")
+    again = HessianReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert set(again.plane.loss) == {"train", "test"} and again.plane.loss["test"].shape == (3, 3)
+    np.testing.assert_allclose(again.plane.loss["test"], report.plane.loss["test"])
+    assert again.plane.loss["test"][1, 1] == pytest.approx(report.metrics["test"].loss, rel=1e-5)
+    with pytest.raises(ConfigError, match="plane_points"):
+        HessianConfig(plane_points=5, top_k=1)
