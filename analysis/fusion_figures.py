@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 from analysis.figures import model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
+from analysis.overlap import EigenvectorOverlap
 from analysis.scores import Score
 from analysis.seed_study import SeedStudy
 from analysis.sharpness import Sharpness
@@ -141,6 +142,35 @@ def sharpness_gap_figure(summaries: Sequence[Sharpness], measure: str = "λ1") -
         yaxis_title=f"{measure} of the loss Hessian",
         yaxis_type="log" if all((s.eigenvalues[0] if measure == "λ1" else s.trace) > 0 for s in shown) else "linear",
         height=460,
+    )
+    return figure
+
+
+def overlap_figure(overlaps: Sequence[EigenvectorOverlap], parents: Sequence[str]) -> go.Figure:
+    """One heatmap per parent: ``|u_i . P v_j|`` between the fused model's eigenvector ``i`` (rows) and the parent's
+    eigenvector ``j`` mapped into the fused model's order (columns), 0 to 1."""
+    figure = make_subplots(rows=1, cols=len(overlaps), subplot_titles=[f"fused vs {p}" for p in parents])
+    for col, overlap in enumerate(overlaps, start=1):
+        k, m = overlap.overlap.shape
+        figure.add_trace(
+            go.Heatmap(
+                z=overlap.overlap,
+                x=[f"{parents[col - 1]} v{j + 1} (λ {overlap.parent_eigenvalues[j]:.3g})" for j in range(m)],
+                y=[f"fused u{i + 1} (λ {overlap.fused_eigenvalues[i]:.3g})" for i in range(k)],
+                zmin=0,
+                zmax=1,
+                colorscale="Blues",
+                showscale=col == len(overlaps),
+                texttemplate="%{z:.2f}",
+                name=f"fused vs {parents[col - 1]}",
+                hovertemplate="%{y} · %{x}<br>overlap %{z:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        figure.update_yaxes(autorange="reversed", row=1, col=col)
+    figure.update_layout(
+        title="Overlap of the top Hessian eigenvectors, parents mapped by the fusion's maps", height=420
     )
     return figure
 

@@ -27,14 +27,20 @@ from analysis.landscape import (
     random_directions,
     repair_passes,
 )
+from analysis.maps import stored_maps
+from analysis.overlap import EigenvectorOverlap, check_mapped, eigenvector_overlaps
+from fusion.attention_layouts import split_attention_layers
 from fusion.data import load_dataset
 from fusion.errors import ArchitectureError, ConfigError
+from fusion.groups import neuron_groups
 from fusion.pipeline import parent_role
 from fusion.progress import Progress, no_progress
 from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.transport import Transport
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
 
 HESSIAN = "hessian"
+OVERLAP = "overlap"
 LANDSCAPE_MODELS = {"interpolation": 2, "plane": 3, "random": 1}
 LandscapeResult = InterpolationResult | PlaneResult | RandomDirectionsResult
 
@@ -336,3 +342,38 @@ def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, La
     if surface is not None:
         found["plane"] = surface
     return found
+
+
+def eigenvector_overlaps_of(
+    workspace: Workspace,
+    fused_id: str,
+    config: HessianConfig = HessianConfig(),
+    split: str = "test",
+    device: torch.device | None = None,
+    progress: Progress = no_progress,
+) -> list[EigenvectorOverlap]:
+    """The overlap of a stored fusion's top Hessian eigenvectors with each parent's (:mod:`analysis.overlap`), the
+    parents' mapped by the fusion's stored maps; stored with the fused model as its ``overlap`` result."""
+    record = workspace.record(fused_id)
+    check_mapped(record.method)
+    fused, _ = workspace.load(fused_id)
+    parents = [workspace.load(parent_id)[0] for parent_id in record.parents]
+    data = load_dataset(record.dataset)
+    groups = neuron_groups(split_attention_layers(fused).cpu(), data.x_train[:2])
+    maps: list[dict[str, Transport] | None] = [None] * len(parents)
+    for stored in stored_maps(workspace, fused_id):
+        if maps[stored.model] is None:
+            maps[stored.model] = {}
+        maps[stored.model][stored.group] = Transport.from_plan(stored.plan)
+    progress(0, 1, f"top {config.top_k} eigenvectors of {len(parents) + 1} models")
+    overlaps = eigenvector_overlaps(fused, parents, maps, groups, data.split(split), config, device)
+    workspace.save_result(
+        fused_id, OVERLAP, {"split": split, "overlaps": [o.to_dict() for o in overlaps], "config": config.to_dict()}
+    )
+    progress(1, 1, "done")
+    return overlaps
+
+
+def stored_overlaps(workspace: Workspace, fused_id: str) -> list[EigenvectorOverlap] | None:
+    payload = workspace.load_result(fused_id, OVERLAP)
+    return [EigenvectorOverlap.from_dict(o) for o in payload["overlaps"]] if payload else None

@@ -11,9 +11,18 @@ from analysis.figures import (
     perturbation_figure,
     top_eigenvalues_figure,
 )
-from analysis.fusion_figures import sharpness_gap_figure
+from analysis.fusion_figures import overlap_figure, sharpness_gap_figure
 from analysis.hessian_config import HessianConfig
-from analysis.runs import HESSIAN, hessian_cost_of, hessians_of, model_role, stored_hessian
+from analysis.overlap import MAPPED_METHODS
+from analysis.runs import (
+    HESSIAN,
+    eigenvector_overlaps_of,
+    hessian_cost_of,
+    hessians_of,
+    model_role,
+    stored_hessian,
+    stored_overlaps,
+)
 from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
@@ -22,6 +31,7 @@ from ui.options import command_line, kept, non_default, option_widgets, parse_op
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
+OVERLAP_KIND = "hessian.overlap"
 
 
 def number_formats(summaries: list[Sharpness]) -> dict:
@@ -160,6 +170,33 @@ if len(everywhere) >= 2:
     st.subheader("Sharpness and generalisation across the workspace")
     measure = st.radio("Sharpness", ["λ1", "trace"], horizontal=True, key="hessian.scatter_measure")
     show_chart(sharpness_gap_figure(everywhere, measure), "hessian-sharpness-gap")
+mapped = [i for i in done if by_id[i].method in MAPPED_METHODS and all(p in by_id for p in by_id[i].parents)]
+if mapped:
+    st.subheader("Eigenvector overlap with the parents")
+    st.caption(
+        "Do the fused model and its parents curve in the same directions? |u_i · P v_j|: the fused model's top "
+        "eigenvectors against each parent's, moved into the fused model's neuron order by the fusion's maps "
+        "(1: the same direction)."
+    )
+    fused_id = st.selectbox("Fused model", mapped, format_func=lambda i: labels[i], key="hessian.overlap_model")
+    overlaps = stored_overlaps(ws, fused_id)
+    overlap_kind = job_kind(OVERLAP_KIND, [fused_id])
+    show_job(job_runner().latest(overlap_kind))
+    if st.button("Compute the overlaps", key="hessian.overlap_compute", disabled=disabled):
+        settings = done[fused_id].config
+        start_job(
+            f"eigenvector overlaps of {fused_id}",
+            eigenvector_overlaps_of,
+            ws,
+            fused_id,
+            settings,
+            ws.load_result(fused_id, HESSIAN)["split"],
+            device=device(),
+            kind=overlap_kind,
+        )
+    if overlaps:
+        names = [model_role(by_id[p], k) for k, p in enumerate(by_id[fused_id].parents)]
+        show_chart(overlap_figure(overlaps, names), f"hessian-overlap-{fused_id}")
 st.caption("The same analysis from the command line, for each model (its stored settings and data split):")
 lines = [
     command_line(

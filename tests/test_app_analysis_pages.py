@@ -3,7 +3,7 @@
 import pytest
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
 
-from analysis.runs import stored_fusion_landscape, stored_hessian
+from analysis.runs import stored_fusion_landscape, stored_hessian, stored_overlaps
 from fusion.pipeline import fuse_and_save
 from ui.tables import relative_change
 
@@ -36,6 +36,13 @@ def test_hessian_page_computes_and_shows_spectra_of_parents_and_fused(app_worksp
     assert at.radio(key="hessian.curve_split").value == "train", "curves first on the Hessian's own split"
     at.radio(key="hessian.curve_split").set_value("test").run()
     assert not at.exception
+    at.button(key="hessian.overlap_compute").click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception and not at.error, messages(at.error)
+    overlaps = stored_overlaps(app_workspace, fused)
+    assert [o.overlap.shape for o in overlaps] == [(3, 3), (3, 3)]
+    assert len(at.get("plotly_chart")) == 6, "and the overlap heatmaps"
     (code,) = [c.value for c in at.code if "python -m fusion hessian" in c.value]
     assert code.count("--split train --json") == 2 and code.count("--layers") == 2, "the stored runs' settings"
 

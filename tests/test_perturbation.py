@@ -18,6 +18,7 @@ from analysis.hessian import eigenvalue_spread, hessian_report
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_estimators import hessian_top_eigenvalues
 from analysis.hessian_operator import HessianOperator, cross_entropy_loss
+from analysis.overlap import eigenvector_overlaps
 from analysis.perturbation import Direction, eigen_plane, perturbation_study, scaled_direction, study_directions
 from fusion.data import Dataset
 from fusion.errors import ConfigError
@@ -210,3 +211,38 @@ def test_the_report_holds_the_plane_and_it_round_trips(tiny) -> None:
     assert again.plane.loss["test"][1, 1] == pytest.approx(report.metrics["test"].loss, rel=1e-5)
     with pytest.raises(ConfigError, match="plane_points"):
         HessianConfig(plane_points=5, top_k=1)
+
+
+def test_a_shuffled_copy_s_eigenvectors_map_back_onto_the_fused_model_s(tiny) -> None:
+    """``ot`` of a model and its shuffled copy is the model; the copy's eigenvectors, moved by the fusion's maps,
+    are the model's own: the overlap is the identity (up to sign). Unmapped, the copy's are not."""
+    from fusion.groups import neuron_groups
+    from fusion.registry import fuse
+    from fusion.surgery import permuted
+
+    model, x, y = tiny
+    groups = neuron_groups(model, x[:2])
+    copy_ = permuted(model, groups, seed=4)
+    result = fuse([model, copy_], "ot", inputs=x)
+    config = dataclasses.replace(EXACT, top_k=3)
+    overlaps = eigenvector_overlaps(result.model, [model, copy_], result.transports, result.groups, (x, y), config, CPU)
+    for overlap in overlaps:
+        np.testing.assert_allclose(overlap.overlap, np.eye(3), atol=1e-3)
+        np.testing.assert_allclose(overlap.parent_eigenvalues, overlap.fused_eigenvalues, rtol=1e-4)
+    unmapped = eigenvector_overlaps(result.model, [copy_], [None], result.groups, (x, y), config, CPU)[0]
+    assert np.abs(np.diag(unmapped.overlap)).max() < 0.9
+
+
+def test_overlaps_are_refused_for_models_not_mapped_from_their_parents(workspace) -> None:
+    from analysis.runs import eigenvector_overlaps_of
+    from fusion.pipeline import fuse_and_save, train_and_save
+
+    spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(8,))
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in (0, 1)]
+    transplanted = fuse_and_save(workspace, ids, "transplant").record.id
+    with pytest.raises(AnalysisError, match="not its parents' neurons under a map"):
+        eigenvector_overlaps_of(workspace, transplanted, HessianConfig(top_k=2, samples=50, iterations=20))
+    fused = fuse_and_save(workspace, ids, "matching").record.id
+    overlaps = eigenvector_overlaps_of(workspace, fused, HessianConfig(top_k=2, samples=50, iterations=20))
+    assert [o.overlap.shape for o in overlaps] == [(2, 2), (2, 2)]
+    assert all(((o.overlap >= 0) & (o.overlap <= 1 + 1e-6)).all() for o in overlaps)
