@@ -240,7 +240,7 @@ def eigen_plane_figure(plane: EigenPlane, split: str, metric: str = "loss", labe
     unit = STEP_UNITS.get(plane.scale, "t")
     figure.update_layout(title=f"{split} {metric} around {label} in the plane of the top two Hessian eigenvectors")
     figure.update_xaxes(title_text=f"α along eigenvector 1 · {unit}")
-    figure.update_yaxes(title_text=f"β along eigenvector 2 · {unit}", scaleanchor="x")
+    figure.update_yaxes(title_text=f"β along eigenvector 2 · {unit}")
     return figure
 
 

@@ -41,7 +41,9 @@ class StudyConfig(Record):
         default="structured", metadata={"help": "remove whole neurons, or zero single weights"}
     )
     sparsity: float = field(default=0.5, metadata={"help": "fraction of neurons (or weights) pruned"})
-    method: str = field(default="ot", metadata={"help": "fusion method for the two pruned parents"})
+    method: Literal["ot", "matching", "average", "transplant", "cla"] = field(
+        default="ot", metadata={"help": "fusion method for the two pruned parents"}
+    )
     finetune_epochs: int = field(default=5, metadata={"help": "epochs of the fused model's fine-tune"})
     lr: float = field(default=1e-3, metadata={"help": "fine-tune learning rate (Adam)"})
     hessian_samples: int = field(default=300, metadata={"help": "test examples of every Hessian"})

@@ -47,8 +47,9 @@ st.caption(
     "Sharpness of the minimum (Yao et al., PyHessian 2020; the otfusion generalization study): the largest "
     "eigenvalues of the loss Hessian by Lanczos, its trace by Hutchinson's estimator with Rademacher probes outside "
     "the Lanczos vectors (± the standard error over probes, which stop at the relative error set below), its "
-    "eigenvalue density by stochastic Lanczos quadrature, and the loss along the top eigenvector beside a random "
-    "filter-normalised direction. Results are stored with each model."
+    "eigenvalue density by stochastic Lanczos quadrature, and the train and test loss along every top eigenvector "
+    "beside a band of random filter-normalised directions, on a range and step scale set below (and optionally on "
+    "the plane of the top two eigenvectors). Results are stored with each model."
 )
 ws, records, by_id = models_or_stop()
 disabled = inputs_disabled()

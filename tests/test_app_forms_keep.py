@@ -63,3 +63,17 @@ def test_the_compare_form_keeps_its_values(app_workspace):
     at.number_input(key="compare.finetune.epochs").set_value(1)
     at = submit_and_finish(at, "FormSubmitter:compare.form-Compare")
     assert at.number_input(key="compare.finetune.epochs").value == 1
+
+
+def test_a_text_option_is_parsed_as_text_not_as_a_list_of_numbers():
+    """A ``str`` option once fell through to the comma-separated number list: its widget showed 'o, t' for 'ot'."""
+    from dataclasses import dataclass, field
+
+    from ui.options import parse_options
+
+    @dataclass(frozen=True)
+    class Named:
+        label: str = field(default="ot", metadata={"help": "a text"})
+
+    assert parse_options(Named, {"label": " matching "}) == {"label": "matching"}
+    assert parse_options(Named, {"label": "ot"}) == {}

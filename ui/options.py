@@ -43,6 +43,15 @@ LABELS = {
     "finetune_lr": "Fine-tune learning rate",
     "finetune_optimizer": "Fine-tune optimizer",
     "arch": "Architecture",
+    "perturb_low": "Perturbation: first t",
+    "perturb_high": "Perturbation: last t",
+    "perturb_points": "Perturbation: points",
+    "step_scale": "Step scale (unit of t)",
+    "random_directions": "Random directions",
+    "batch_parts": "Sample parts (eigenvalue spread)",
+    "plane_points": "Eigenvector plane: points a side (0: none)",
+    "hessian_samples": "Hessian samples (test examples)",
+    "lr": "Fine-tune learning rate",
 }
 """Widget labels for the option names that do not read as words; the others are the name, capitalised."""
 
