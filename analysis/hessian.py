@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -271,12 +271,13 @@ def hessian_report(
     loss: Loss = cross_entropy_loss,
     evaluation: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     split: str = "",
+    others: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
 ) -> HessianReport:
     """The generalization study's Hessian analysis in one call: top-k eigenvalues with their spread over data parts,
     trace, eigenvalue density, and the perturbation curves (:mod:`analysis.perturbation`) along every top-k
     eigenvector and ``config.random_directions`` random directions on every split of ``evaluation`` (each sampled as
     the Hessian's data is; default: the Hessian's sample, named ``split``), and with ``config.layers`` each layer's
-    top eigenvalue and trace."""
+    top eigenvalue and trace. ``others`` (named state_dicts) add the line to each of those models."""
     check_hessian_cost(model, data, config, device, loss)
     started = time.perf_counter()
     operator = HessianOperator(model, data, config, device, loss)
@@ -294,7 +295,7 @@ def hessian_report(
     density = slq_density(operator, config, stage(2, "density"))
     spread = eigenvalue_spread(model, sample, top, config, device, loss, stage(3, "spread over data"))
     splits = {k: sample_data(v, config) for k, v in (evaluation or {split: sample}).items()}
-    directions = study_directions(model, top, config)
+    directions = study_directions(model, top, config, others)
     curves = perturbation_study(model, operator, directions, config, splits, device, stage(4, "perturbation"))
     plane = None
     if config.plane_points:

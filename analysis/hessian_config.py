@@ -37,7 +37,9 @@ class HessianConfig(Record):
     ``step_scale``: ``absolute`` (unit ``d``, ``t`` is the parameter distance), ``relative`` (``||d|| = ||θ||``,
     ``t`` a fraction of the model's norm) or ``filter`` (every filter of ``d`` as long as the model's, Li et al.
     2018). Eigenvalue spreads come from ``batch_parts`` equal parts of the sample. With ``plane_points``, the surface
-    over the same range along the top two eigenvectors (``plane_points`` steps a side).
+    over the same range along the top two eigenvectors (``plane_points`` steps a side). With ``lines_to_parents`` a
+    workspace model's curves also follow the line to each parent of its architecture (the parents aligned as its
+    fusion aligned them, for ``average``, ``ot`` and ``matching``; :func:`analysis.runs.hessian_of`).
     Limits, checked before any work (:func:`check_hessian_cost`): at most ``max_products`` Hessian-vector products,
     ``max_seconds`` estimated seconds and ``max_memory_gb`` estimated GiB; above ``warn_seconds`` a
     :class:`SlowHessianWarning` is issued.
@@ -87,6 +89,10 @@ class HessianConfig(Record):
     batch_parts: int = field(default=4, metadata={"help": "sample parts for the eigenvalues' spread over data"})
     plane_points: int = field(
         default=0, metadata={"help": "steps a side of the surface along the top two eigenvectors (0: none)"}
+    )
+    lines_to_parents: bool = field(
+        default=True,
+        metadata={"help": "also perturb along the line to each parent (aligned, for fusions by averaging)"},
     )
 
     def __post_init__(self) -> None:

@@ -69,11 +69,34 @@ def hessian_of(
     model, record = workspace.load(model_id)
     data = load_dataset(record.dataset)
     splits = {name: data.split(name) for name in ("train", "test")}
-    report = hessian_report(model, data.split(split), config, device, progress, evaluation=splits, split=split)
+    others = parent_states(workspace, record, model, device) if config.lines_to_parents else {}
+    report = hessian_report(
+        model, data.split(split), config, device, progress, evaluation=splits, split=split, others=others
+    )
     workspace.save_result(
         model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
     )
     return report
+
+
+def parent_states(
+    workspace: Workspace, record: ModelRecord, model: torch.nn.Module, device: torch.device | None = None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """The states to draw lines to from ``model``: its parents in its own neuron order (aligned again for a fusion by
+    averaging, :func:`aligned_parents`), those of its shapes only (a pruned parent has others), by role."""
+    if not record.parents or not all((workspace.model_dir(p) / "meta.json").is_file() for p in record.parents):
+        return {}
+    if averages_aligned(record) and len(record.parents) > 1:
+        parents = aligned_parents(workspace, record.id, device)
+        prefix = "aligned "
+    else:
+        parents, prefix = [workspace.load(p)[0] for p in record.parents], ""
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    return {
+        f"{prefix}{parent_role(index)}": {k: v.detach() for k, v in parent.state_dict().items()}
+        for index, parent in enumerate(parents)
+        if {k: v.shape for k, v in parent.state_dict().items()} == shapes
+    }
 
 
 def stored_hessian(workspace: Workspace, model_id: str) -> HessianReport | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -14,16 +15,21 @@ import torch
 from torch import nn
 
 from analysis import AnalysisError
-from analysis.hessian import eigenvalue_spread, hessian_report
+from analysis.hessian import HessianReport, eigenvalue_spread, hessian_report
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_estimators import hessian_top_eigenvalues
-from analysis.hessian_operator import HessianOperator, cross_entropy_loss
+from analysis.hessian_operator import HessianOperator, cross_entropy_loss, sample_data
 from analysis.overlap import eigenvector_overlaps
 from analysis.perturbation import Direction, eigen_plane, perturbation_study, scaled_direction, study_directions
-from fusion.data import Dataset
+from analysis.runs import aligned_parents, eigenvector_overlaps_of, hessian_of
+from fusion.data import Dataset, load_dataset
 from fusion.errors import ConfigError
+from fusion.groups import neuron_groups
 from fusion.models import ModelSpec, build_model
-from fusion.train import TrainConfig, train
+from fusion.pipeline import fuse_and_save, train_and_save
+from fusion.registry import fuse
+from fusion.surgery import permuted
+from fusion.train import TrainConfig, evaluate, train
 from tests.test_hessian import EXACT, dense_hessian
 
 CPU = torch.device("cpu")
@@ -196,9 +202,6 @@ def test_the_eigenvector_plane_is_the_quadratic_form_of_the_top_two_eigenvalues_
 
 
 def test_the_report_holds_the_plane_and_it_round_trips(tiny) -> None:
-    import json
-
-    from analysis.hessian import HessianReport
 
     model, x, y = tiny
     config = HessianConfig(
@@ -216,9 +219,6 @@ def test_the_report_holds_the_plane_and_it_round_trips(tiny) -> None:
 def test_a_shuffled_copy_s_eigenvectors_map_back_onto_the_fused_model_s(tiny) -> None:
     """``ot`` of a model and its shuffled copy is the model; the copy's eigenvectors, moved by the fusion's maps,
     are the model's own: the overlap is the identity (up to sign). Unmapped, the copy's are not."""
-    from fusion.groups import neuron_groups
-    from fusion.registry import fuse
-    from fusion.surgery import permuted
 
     model, x, y = tiny
     groups = neuron_groups(model, x[:2])
@@ -234,8 +234,6 @@ def test_a_shuffled_copy_s_eigenvectors_map_back_onto_the_fused_model_s(tiny) ->
 
 
 def test_overlaps_are_refused_for_models_not_mapped_from_their_parents(workspace) -> None:
-    from analysis.runs import eigenvector_overlaps_of
-    from fusion.pipeline import fuse_and_save, train_and_save
 
     spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(8,))
     ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in (0, 1)]
@@ -246,3 +244,32 @@ def test_overlaps_are_refused_for_models_not_mapped_from_their_parents(workspace
     overlaps = eigenvector_overlaps_of(workspace, fused, HessianConfig(top_k=2, samples=50, iterations=20))
     assert [o.overlap.shape for o in overlaps] == [(2, 2), (2, 2)]
     assert all(((o.overlap >= 0) & (o.overlap <= 1 + 1e-6)).all() for o in overlaps)
+
+
+def test_a_fused_model_s_curves_follow_the_lines_to_its_aligned_parents(workspace) -> None:
+
+    spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(8,))
+    ids = [train_and_save(workspace, spec, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in (0, 1)]
+    fused = fuse_and_save(workspace, ids, "ot").record.id
+    config = HessianConfig(samples=60, top_k=1, iterations=10, probes=4, runs=1, steps=8, random_directions=0)
+    config = dataclasses.replace(config, perturb_low=0.0, perturb_high=1.0, perturb_points=3)
+    report = hessian_of(workspace, fused, config)
+    lines = [c for c in report.curves if c.kind == "line" and c.split == "test"]
+    assert [c.label for c in lines] == ["line to aligned parent A", "line to aligned parent B"]
+    model, _ = workspace.load(fused)
+    parent_b = aligned_parents(workspace, fused)[1]
+    distance = math.sqrt(
+        sum(float((p - q).double().square().sum()) for p, q in zip(parent_b.parameters(), model.parameters()))
+    )
+    far = dataclasses.replace(config, perturb_high=distance, perturb_points=3)
+    reached = hessian_of(workspace, fused, far).curve("line to aligned parent B", "test")
+
+    loss_b = evaluate(parent_b, *workspace_test_sample(workspace, fused, far)).loss
+    assert float(reached.loss[-1]) == pytest.approx(loss_b, rel=1e-4), "t = ‖θ_B − θ‖ reaches the aligned parent"
+    plain = hessian_of(workspace, ids[0], config)
+    assert not [c for c in plain.curves if c.kind == "line"], "a trained parent has no parents"
+
+
+def workspace_test_sample(workspace, model_id, config):
+
+    return sample_data(load_dataset(workspace.record(model_id).dataset).split("test"), config)
