@@ -32,6 +32,7 @@ from analysis.hessian_config import HessianConfig
 from analysis.states import eval_mode
 from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
+from fusion.distributed import all_reduce_sum, shard
 from fusion.errors import DatasetError
 
 Loss = Callable[[torch.Tensor, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
@@ -89,7 +90,9 @@ class HessianOperator:
     in batches of ``config.batch_size``, model in eval mode.
 
     ``parameters`` restricts ``θ`` to some trainable parameters (by name; the others are held fixed), giving the
-    diagonal block of the Hessian for one layer or group. ``products`` counts the vectors multiplied so far.
+    diagonal block of the Hessian for one layer or group. ``products`` counts the vectors multiplied so far. Under
+    ``torch.distributed`` (:mod:`fusion.distributed`) every rank draws the same sample, multiplies its own shard and
+    the products and losses are all-reduced: every rank holds ``H V`` of the whole sample.
 
     Raises :class:`AnalysisError` for a model without trainable parameters or unknown names, :class:`DatasetError`
     for empty data and :class:`NonFiniteLoss` when the loss at ``θ`` is not finite.
@@ -124,6 +127,8 @@ class HessianOperator:
         self.params = {n: trainable[n].detach().to(self.device).requires_grad_() for n in names}
         self.fixed = {k: v.detach().to(self.device) for k, v in model.state_dict().items() if k not in self.params}
         inputs, targets = self.data
+        local = shard(len(inputs))
+        inputs, targets = inputs[local], targets[local]
         self.batches = [
             (inputs[i : i + config.batch_size].to(self.device), targets[i : i + config.batch_size].to(self.device))
             for i in range(0, len(inputs), config.batch_size)
@@ -143,7 +148,8 @@ class HessianOperator:
     def loss_value(self) -> float:
         """``L(θ)``; raises :class:`NonFiniteLoss` when it is NaN or infinite."""
         with eval_mode(self.twin):
-            value = sum(float(self.batch_loss(self.params, x, y)) * len(x) for x, y in self.batches) / len(self.data[0])
+            local = sum(float(self.batch_loss(self.params, x, y)) * len(x) for x, y in self.batches)
+            value = float(all_reduce_sum(torch.tensor([local], dtype=torch.float64))) / len(self.data[0])
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss at the analysed parameters is {value}; the Hessian is undefined there")
         return value
@@ -191,6 +197,7 @@ class HessianOperator:
                 weight = len(x) / len(self.data[0])
                 for part, product in zip(self.space.unflatten(result[start : start + block]).values(), products):
                     part.add_(product.reshape(part.shape), alpha=weight)
+        all_reduce_sum(result)
         # One reduction instead of a boolean copy of every entry; a finite but overflowing sum is checked in full.
         if not math.isfinite(float(result.sum())) and not bool(torch.isfinite(result).all()):
             raise NonFiniteLoss(

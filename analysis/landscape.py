@@ -46,6 +46,7 @@ from analysis.states import State, eval_mode, float_state
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
 from fusion.device import default_device
+from fusion.distributed import all_reduce_sum, shard
 from fusion.errors import ArchitectureError, ConfigError, CostLimitError, DatasetError, NonFiniteLoss
 from fusion.groups import neuron_groups
 from fusion.progress import Progress, no_progress
@@ -187,7 +188,8 @@ def evaluate_combinations(
     """Mean cross-entropy and accuracy on ``(x, y)`` of the networks ``S(p) = sum_k C[p, k] S_k``, eval mode.
 
     ``bases``: K state_dicts over the same floating-point entries; ``coefficients``: ``C``, shape ``(P, K)``.
-    Computed in float32, or in float64 when a base holds float64 tensors (a model in double precision).
+    Computed in float32, or in float64 when a base holds float64 tensors (a model in double precision). Under
+    ``torch.distributed`` each rank evaluates its shard of ``(x, y)`` and the sums are all-reduced.
     Returns two arrays of shape ``(P,)``. Chunks of ``points_per_call`` points go through each batch of
     ``batch_size`` inputs in one ``vmap``-ed :func:`torch.func.functional_call`.
     """
@@ -198,6 +200,9 @@ def evaluate_combinations(
     stacked = {key: torch.stack([b[key].to(device, dtype) for b in bases]) for key in bases[0]}
     fixed = {k: v.to(device) for k, v in model.state_dict().items() if k not in stacked}
     weights = coefficients.to(device, dtype)
+    total = len(x)
+    local = shard(total)
+    x, y = x[local], y[local]
     x, y = x.to(device, dtype if x.is_floating_point() else x.dtype), y.to(device)
     losses = torch.zeros(points, dtype=torch.float64)
     correct = torch.zeros(points, dtype=torch.float64)
@@ -220,7 +225,8 @@ def evaluate_combinations(
                 correct[start : start + len(chunk)] += (out.argmax(-1) == targets).sum(1).double().cpu()
             done = min(start + points_per_call, points)
             progress(done, points, f"{label}: {done}/{points} points")
-    return (losses / len(x)).numpy(), (correct / len(x)).numpy()
+    all_reduce_sum(losses), all_reduce_sum(correct)
+    return (losses / total).numpy(), (correct / total).numpy()
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from analysis.maps import stored_maps
 from analysis.overlap import EigenvectorOverlap, check_mapped, eigenvector_overlaps
 from fusion.attention_layouts import split_attention_layers
 from fusion.data import load_dataset
+from fusion.distributed import is_writer
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import neuron_groups
 from fusion.pipeline import parent_role
@@ -73,9 +74,10 @@ def hessian_of(
     report = hessian_report(
         model, data.split(split), config, device, progress, evaluation=splits, split=split, others=others
     )
-    workspace.save_result(
-        model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
-    )
+    if is_writer():
+        workspace.save_result(
+            model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
+        )
     return report
 
 
@@ -183,9 +185,10 @@ def save_landscape(
     result: LandscapeResult,
 ) -> None:
     """Store ``result`` as the ``key`` result of model ``owner``, with the models, dataset and config it was made
-    from."""
+    from (rank 0 only in a distributed run)."""
     payload = {"kind": kind, "model_ids": list(model_ids), "dataset": dataset, "config": config.to_dict()}
-    workspace.save_result(owner, key, {**payload, **result.to_dict()})
+    if is_writer():
+        workspace.save_result(owner, key, {**payload, **result.to_dict()})
 
 
 def stored_landscape(workspace: Workspace, model_ids: Sequence[str], kind: str) -> LandscapeResult | None:

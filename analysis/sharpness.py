@@ -91,6 +91,18 @@ def with_ratios(summary: Sharpness, parents: Sequence[Sharpness]) -> Sharpness:
     )
 
 
+def sharpness_of(workspace: Workspace, model_id: str, report: HessianReport) -> Sharpness:
+    """The summary of ``report`` (a fresh analysis of ``model_id``, stored or not), with ratios to the parents'
+    stored Hessians."""
+    record = workspace.record(model_id)
+    parents = [
+        summarise(workspace.record(p), found, "parent")
+        for p in record.parents
+        if (workspace.model_dir(p) / "meta.json").is_file() and (found := stored_hessian(workspace, p)) is not None
+    ]
+    return with_ratios(summarise(record, report, model_role(record, 0)), parents)
+
+
 def sharpness_table(workspace: Workspace, model_ids: Sequence[str] | None = None) -> list[Sharpness]:
     """The summaries of ``model_ids`` (default: every model of the workspace) that have a stored Hessian, with
     ratios to their parents' where the parents have one too; roles as on the Hessian page (by position)."""

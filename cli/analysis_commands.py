@@ -14,10 +14,11 @@ from analysis.landscape import LandscapeConfig
 from analysis.rows import curve_rows, landscape_rows
 from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
 from analysis.seed_study import StudyConfig, seed_study, study_rows
-from analysis.sharpness import sharpness_rows, sharpness_table
+from analysis.sharpness import sharpness_of, sharpness_rows, sharpness_table
 from cli.arguments import add_option_arguments, given_options
 from cli.output import stderr_progress
 from fusion.device import default_device
+from fusion.distributed import is_writer
 from fusion.errors import ConfigError
 from fusion.options import option_fields
 from fusion.train import TrainConfig
@@ -29,7 +30,7 @@ def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str,
     check_csv_path(args.csv)
     report = hessian_of(workspace, args.id, config, args.split, progress=stderr_progress(args.quiet))
     written = write_csv(args.csv, curve_rows({args.id: report}))
-    (sharpness,) = sharpness_rows(sharpness_table(workspace, [args.id]))
+    (sharpness,) = sharpness_rows([sharpness_of(workspace, args.id, report)])
     return {
         "id": args.id,
         "dataset": workspace.record(args.id).dataset,
@@ -130,6 +131,8 @@ def write_csv(path: Path | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
     entry."""
     if path is None:
         return {}
+    if not is_writer():
+        return {"csv": str(path), "csv_rows": len(rows)}
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()

@@ -33,6 +33,7 @@ from cli.commands import (
     command_train,
 )
 from cli.output import failure, human_readable, strict_json
+from fusion.distributed import init_from_environment, is_writer, shutdown
 from fusion.errors import FusionError, UsageError
 from fusion.registry import methods
 from fusion.train import OPTIMIZERS, TrainConfig
@@ -143,6 +144,10 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     return main
 
 
+DISTRIBUTED_COMMANDS = ("hessian", "landscape")
+"""The commands that shard their data over the ranks of a ``torchrun`` launch (:mod:`fusion.distributed`)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Exit status 0 on success, 2 for a command line that does not parse, 1 for any other failure
     and 130 when interrupted; a traceback is printed only with ``FUSIONLAB_DEBUG=1``."""
@@ -151,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser(help_method(argv)).parse_args(argv)
         as_json = args.json
+        if init_from_environment() and args.command not in DISTRIBUTED_COMMANDS:
+            raise UsageError(
+                f"{args.command} runs in one process; under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} do"
+            )
+        writer = is_writer()
         result = args.run(args, Workspace(args.workspace))
         text = strict_json(result) if as_json else human_readable(result)
     except UsageError as exc:
@@ -164,5 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         message = f"internal error ({type(exc).__name__}: {exc}); rerun with FUSIONLAB_DEBUG=1 for the traceback"
         return failure(exc, "InternalError", message, as_json, 1)
-    print(text)
+    finally:
+        shutdown()
+    if writer:
+        print(text)
     return 0

@@ -7,6 +7,7 @@ import math
 import sys
 from typing import Any
 
+from fusion.distributed import is_writer, rank, world_size
 from fusion.pipeline import Stored
 from fusion.progress import Progress
 from fusion.workspace import ModelRecord, Workspace
@@ -63,10 +64,12 @@ def strict_json(result: dict[str, Any]) -> str:
 
 
 def failure(exc: BaseException, kind: str, message: str, as_json: bool, status: int) -> int:
-    """Report a failure as one line on stderr and, under ``--json``, one ``{"error": ...}`` object on stdout."""
-    if as_json:
+    """Report a failure as one line on stderr (from every rank of a distributed run, prefixed by its rank) and, under
+    ``--json``, one ``{"error": ...}`` object on stdout (from rank 0)."""
+    if as_json and is_writer():
         print(json.dumps({"error": {"type": kind, "message": message}}))
-    print(f"error: {message}", file=sys.stderr)
+    prefix = f"rank {rank()}: " if world_size() > 1 else ""
+    print(f"{prefix}error: {message}", file=sys.stderr)
     return status
 
 
