@@ -190,18 +190,18 @@ def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]], split
     dashes = ("solid", "dash", "dot", "dashdot", "longdashdot")
     scales = set()
     for role, role_curves in curves.items():
-        chosen = [c for c in role_curves if split is None or c.split in (split, "")]
+        chosen = [c for c in role_curves if split is None or c.split in (split, None)]
         scales.update(c.scale for c in chosen)
         colour = model_colour(role)
         random = [c for c in chosen if curve_kind(c) == "random"]
         for curve in (c for c in chosen if curve_kind(c) != "random"):
             line = curve_kind(curve) == "line"
-            style = {"color": colour, "dash": "longdash" if line else dashes[curve.index % len(dashes)]}
+            style = {"color": colour, "dash": "longdash" if line else dashes[(curve.index or 0) % len(dashes)]}
             suffix = f" ({curve.split})" if split is None and curve.split else ""
             add_metric_lines(figure, curve.ts, curve.loss, curve.accuracy, f"{role} · {curve.label}{suffix}", style)
         if random:
             add_random_band(figure, role, colour, random)
-    unit = STEP_UNITS.get(next(iter(scales)), "t") if len(scales) == 1 else "t (mixed step scales)"
+    unit = STEP_UNITS.get(next(iter(scales)) or "", "t") if len(scales) == 1 else "t (mixed step scales)"
     figure.update_layout(title="Loss along θ + t·d" + (f" · {split} data" if split else ""))
     figure.update_xaxes(title_text=unit)
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)

@@ -215,7 +215,7 @@ def head_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incoming"
     per model (colour by role)."""
     figure = go.Figure()
     for role, groups in norms.items():
-        heads = [g.per_head() for g in groups if g.heads > 1]
+        heads = [g.per_head() for g in groups if (g.heads or 1) > 1]
         figure.add_trace(
             go.Bar(
                 x=[f"{g.group.removesuffix(' (heads)')} · head {h}" for g in heads for h in range(g.heads)],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -213,27 +213,43 @@ class HessianReport(Record):
     samples: int
     seconds: float
     layers: tuple[LayerHessian, ...] = ()
-    spread: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    split: str = ""
-    metrics: dict[str, Metrics] = field(default_factory=dict)
+    spread: np.ndarray | None = None
+    split: str | None = None
+    metrics: dict[str, Metrics] | None = None
     plane: EigenPlane | None = None
 
     def curve(self, label: str, split: str | None = None) -> PerturbationCurve:
         """The perturbation curve along ``label`` on ``split`` (default: the split the Hessian was taken on)."""
         split = self.split if split is None else split
         for curve in self.curves:
-            if curve.label == label and curve.split in (split, ""):
+            if curve.label == label and curve.split in (split, None):
                 return curve
         raise AnalysisError(f"no perturbation curve along {label!r} on {split!r}")
 
     @classmethod
     def from_dict(cls, data: Any) -> HessianReport:
-        """Also reads reports stored before the trace kept its tolerance (the config's is the one it ran with)."""
+        """Also reads reports stored before the trace kept its tolerance (the config's is the one it ran with) and
+        before the perturbation study's settings existed (:data:`LEGACY_PERTURBATION`: what those runs did)."""
         try:
             trace = {"tolerance": data["config"].get("trace_tolerance", 0.0), **data["trace"]}
+            config = {**LEGACY_PERTURBATION, **data["config"]}
         except (KeyError, TypeError, AttributeError) as exc:
             raise RecordError(f"HessianReport: a trace and a config object are needed ({exc!r})") from exc
-        return from_json(cls, {**data, "trace": trace})
+        return from_json(cls, {**data, "trace": trace, "config": config})
+
+
+LEGACY_PERTURBATION: dict[str, Any] = {
+    "perturb_low": -0.5,
+    "perturb_high": 0.5,
+    "perturb_points": 21,
+    "step_scale": "absolute",
+    "random_directions": 1,
+    "batch_parts": 1,
+    "plane_points": 0,
+    "lines_to_parents": False,
+}
+"""The perturbation settings of reports stored before they were options: the top eigenvector (a unit vector) and one
+random filter-normalised direction on ``linspace(-0.5, 0.5, 21)``, no spread, plane or lines."""
 
 
 def eigenvalue_spread(

@@ -66,7 +66,7 @@ def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:
 
 def stored_heads(report: dict) -> dict[str, int]:
     """The attention groups of a fusion's report (``FusionReport.to_dict()``) with their head counts."""
-    return {g["name"]: int(g["heads"]) for g in report.get("groups", []) if int(g.get("heads", 1)) > 1}
+    return {g["name"]: int(g["heads"]) for g in report.get("groups", []) if int(g.get("heads") or 1) > 1}
 
 
 def head_map(group_map: GroupMap, heads: int) -> GroupMap:

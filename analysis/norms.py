@@ -23,18 +23,20 @@ from fusion.surgery import group_sizes
 
 @dataclass(frozen=True)
 class GroupNorms(Record):
-    """Incoming and outgoing L2 norm of every neuron of one group (lists of floats, one per neuron)."""
+    """Incoming and outgoing L2 norm of every neuron of one group (lists of floats, one per neuron), and the group's
+    attention heads (1 for free neurons; ``None`` in results stored before heads were recorded)."""
 
     group: str
     incoming: list[float]
     outgoing: list[float]
-    heads: int = 1
+    heads: int | None = None
 
     def per_head(self) -> GroupNorms:
         """The norms of whole attention heads: ``sqrt`` of the sum of the squared norms of a head's dimensions."""
 
         def pooled(values: list[float]) -> list[float]:
-            return torch.tensor(values, dtype=torch.float64).square().reshape(self.heads, -1).sum(1).sqrt().tolist()
+            squares = torch.tensor(values, dtype=torch.float64).square()
+            return squares.reshape(self.heads or 1, -1).sum(1).sqrt().tolist()
 
         return GroupNorms(f"{self.group} (heads)", pooled(self.incoming), pooled(self.outgoing), self.heads)
 

@@ -51,16 +51,16 @@ class PerturbationCurve(Record):
     """Loss and accuracy at ``θ + t d`` for ``ts`` (``(T,)``) along the direction named ``label`` on data ``split``:
     its ``kind`` (``eigenvector``, ``random`` or ``line``) and ``index`` (eigenvector ``index + 1``, random draw
     ``index``), the ``scale`` of ``t``, the fitted curvature ``2 c`` and ``d^T H d`` (``expected``; ``None`` where
-    the Hessian was not multiplied)."""
+    the Hessian was not multiplied). Curves stored before these were recorded read them as ``None``."""
 
     ts: np.ndarray
     loss: np.ndarray
     accuracy: np.ndarray
     label: str
-    split: str = ""
-    kind: str = "eigenvector"
-    index: int = 0
-    scale: str = "absolute"
+    split: str | None = None
+    kind: str | None = None
+    index: int | None = None
+    scale: str | None = None
     curvature: float | None = None
     expected: float | None = None
 
@@ -101,7 +101,7 @@ def perturbation_curve(
 
 def curve_kind(curve: PerturbationCurve) -> str:
     """``eigenvector``, ``random`` or ``line``; curves stored before kinds were recorded are read by their label."""
-    if curve.split:
+    if curve.kind is not None:
         return curve.kind
     return "random" if curve.label.startswith("random") else "eigenvector"
 

@@ -55,11 +55,11 @@ def summarise(record: ModelRecord, report: HessianReport, role: str) -> Sharpnes
         found = [
             c
             for c in report.curves
-            if curve_kind(c) == "eigenvector" and c.index == index and c.split in (report.split, "")
+            if curve_kind(c) == "eigenvector" and c.index == index and c.split in (report.split, None)
         ]
         curvatures.append(found[0].curvature if found else None)
-    train = report.metrics.get("train")
-    test = report.metrics.get("test")
+    train = (report.metrics or {}).get("train")
+    test = (report.metrics or {}).get("test")
     return Sharpness(
         model=record.id,
         name=record.name,
@@ -67,7 +67,7 @@ def summarise(record: ModelRecord, report: HessianReport, role: str) -> Sharpnes
         method=record.method,
         eigenvalues=eigenvalues,
         residuals=[float(v) for v in report.top.residuals],
-        spread=[float(v) for v in report.spread],
+        spread=[float(v) for v in (report.spread if report.spread is not None else [])],
         trace=trace,
         trace_error=float(report.trace.error),
         top_over_trace=eigenvalues[0] / trace if trace else None,

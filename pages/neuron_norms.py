@@ -39,7 +39,7 @@ with report_errors():
     example = load_dataset(record.dataset).x_test[:2]
     norms = {role: neuron_norms(ws.load(r.id)[0], example) for role, r in zip(roles, family)}
     show_chart(neuron_norms_figure(norms, side), f"norms-{side}-{model_id}")
-    if any(g.heads > 1 for groups in norms.values() for g in groups):
+    if any((g.heads or 1) > 1 for groups in norms.values() for g in groups):
         st.subheader("Attention heads")
         st.caption(
             "A head's norm pools its dimensions (query and key rows for the query/key group, value rows and the output "

@@ -266,10 +266,10 @@ def test_compare_page_offers_every_applicable_method_for_the_chosen_parents(app_
     assert at.multiselect(key="compare.methods").value == []
     at.multiselect(key="compare.parents").set_value(ids).run()
     assert not at.exception
-    everything_but_cla = ["average", "ensemble", "ot", "matching", "intra", "prune", "transplant"]
+    everything_but_cla = ["average", "ensemble", "ot", "matching", "intra", "prune", "sparsify", "transplant"]
     assert at.multiselect(key="compare.methods").value == everything_but_cla
     at.multiselect(key="compare.parents").set_value(ids[:1]).run()
-    assert at.multiselect(key="compare.methods").value == ["intra", "prune"]
+    assert at.multiselect(key="compare.methods").value == ["intra", "prune", "sparsify"]
 
 
 def counting_loads(monkeypatch) -> list[str]:

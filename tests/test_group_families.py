@@ -91,10 +91,17 @@ def test_a_concatenated_depthwise_conv_stays_depthwise():
     assert conv.groups == conv.in_channels == conv.out_channels == 48
 
 
-def test_transplant_refuses_a_layer_normalised_group_naming_the_layer():
+def test_transplant_shares_a_layer_normalised_group_instead_of_concatenating_it():
+    """A LayerNorm over both models' channels would not compute the ensemble: the group is shared (averaged), and a
+    model transplanted with itself is itself; sharing groups of different widths is refused."""
     a, groups = groups_of("next")
-    with pytest.raises(UnsupportedArchitecture, match="LayerNorm.*ensemble"):
-        concatenate([a, family_model("next", 1)], groups)
+    shared = frozenset(g.name for g in groups if g.normalized)
+    assert shared
+    with torch.no_grad():
+        assert max_logit_difference(concatenate([a, a], groups, shared), a, X) < 1e-5
+    result = fuse([a, family_model("next", 1)], "transplant", inputs=X)
+    assert set(result.report.details["shared"]) == shared
+    assert group_sizes(result.model.state_dict(), groups) == group_sizes(a.state_dict(), groups)
 
 
 @pytest.mark.parametrize("name", FAMILIES)

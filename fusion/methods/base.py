@@ -18,13 +18,13 @@ from fusion.transport import Transport
 @dataclass(frozen=True)
 class GroupReport:
     """One neuron group: its name, width in each input model, transport cost and seconds per aligned model, and its
-    attention heads (1 for a group of free neurons)."""
+    attention heads (1 for a group of free neurons; ``None`` in reports stored before heads were recorded)."""
 
     name: str
     widths: list[int]
     costs: list[float | None]
     seconds: list[float | None]
-    heads: int = 1
+    heads: int | None = None
 
 
 @dataclass(frozen=True, eq=False)
