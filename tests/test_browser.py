@@ -186,6 +186,7 @@ def hessians_of_parents_and_fused(page: Page) -> None:
     multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
     select(page, "Step scale (unit of t)", "filter")
     check(page, "Per-layer Hessians")
+    fill_number(page, "Samples (0: all)", 300)
     fill_number(page, "Random directions", 4)
     fill_number(page, "Perturbation: points", 11)
     fill_number(page, "Eigenvector plane: points a side (0: none)", 7)
@@ -198,6 +199,7 @@ def hessians_of_parents_and_fused(page: Page) -> None:
 
 def compare_every_method(page: Page) -> None:
     multiselect(page, "Parents", "demo cnn · seed 0 ", "demo cnn · seed 1 ")
+    fill_number(page, "Fine-tune epochs for every fused model (0: none)", 1)
     check(page, "Then the Hessian of every model (parents, fused, fine-tuned)")
     fill_number(page, "Hessian samples (test examples)", 100)
     click_button(page, "Compare")
@@ -435,7 +437,8 @@ def test_the_hessian_and_landscape_pages_work_on_a_vit_pair_and_its_fusion(
     try:
         open_page(page, "Hessian")
         multiselect(page, "Models (parents and fused side by side)", "vit x1 · train · seed 0 ", "vit x1 · ot of 2 ")
-        for label, value in (("Samples (0: all)", 100), ("Iterations", 8), ("Probes", 4), ("Steps", 8), ("Runs", 1)):
+        settings = (("Samples (0: all)", 100), ("Iterations", 8), ("Probes", 4), ("Steps", 8), ("Runs", 1))
+        for label, value in (*settings, ("Random directions", 0), ("Sample parts (eigenvalue spread)", 1)):
             fill_number(page, label, value)
         main_area(page).get_by_role("checkbox", name="Per-layer Hessians", exact=True).uncheck(force=True)
         click_button(page, "Compute")
