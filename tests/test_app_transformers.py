@@ -14,7 +14,16 @@ from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
 VIT = default_spec("vit", (1, 8, 8), 10)
-SMALL_HESSIAN = {"samples": 100, "iterations": 12, "probes": 4, "steps": 12, "runs": 1, "bins": 100}
+SMALL_HESSIAN = {
+    "samples": 100,
+    "iterations": 12,
+    "probes": 4,
+    "steps": 12,
+    "runs": 1,
+    "bins": 100,
+    "random_directions": 0,
+    "batch_parts": 1,
+}
 
 
 def quick_vits(workspace: Workspace) -> tuple[list[str], str]:

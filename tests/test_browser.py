@@ -198,7 +198,9 @@ def hessians_of_parents_and_fused(page: Page) -> None:
 
 
 def compare_every_method(page: Page) -> None:
+    """Three methods (of the eight that apply) with a fine-tune and the Hessian of every model."""
     multiselect(page, "Parents", "demo cnn · seed 0 ", "demo cnn · seed 1 ")
+    multiselect(page, "Methods (all that apply to these parents by default)", "ot — ", "sparsify — ", "transplant — ")
     fill_number(page, "Fine-tune epochs for every fused model (0: none)", 1)
     check(page, "Then the Hessian of every model (parents, fused, fine-tuned)")
     fill_number(page, "Hessian samples (test examples)", 100)
