@@ -245,22 +245,29 @@ def eigen_plane_figure(plane: EigenPlane, split: str, metric: str = "loss", labe
 
 
 def add_metric_lines(
-    figure: go.Figure, ts: np.ndarray, loss: np.ndarray, accuracy: np.ndarray, name: str, style: dict
+    figure: go.Figure,
+    x: np.ndarray,
+    loss: np.ndarray,
+    accuracy: np.ndarray,
+    name: str,
+    style: dict,
+    x_label: str = "t = %{x:.4g}",
 ) -> None:
+    """One curve's loss in column 1 and accuracy (%) in column 2 of a 1x2 subplot figure, one legend entry."""
     for col, values, label in (
         (1, loss, "loss = %{y:.4f} nats"),
         (2, 100 * np.asarray(accuracy), "accuracy = %{y:.2f}%"),
     ):
         figure.add_trace(
             go.Scatter(
-                x=ts,
+                x=x,
                 y=values,
                 mode="lines+markers",
                 line=style,
                 name=name,
                 legendgroup=name,
                 showlegend=col == 1,
-                hovertemplate="t = %{x:.4g}<br>" + label + "<extra>" + name + "</extra>",
+                hovertemplate=x_label + "<br>" + label + "<extra>" + name + "</extra>",
             ),
             row=1,
             col=col,
@@ -310,34 +317,7 @@ def split_lines(figure: go.Figure, x: np.ndarray, metrics: GridMetrics, colour: 
     for split in ("train", "test"):
         loss, accuracy = getattr(metrics, f"{split}_loss"), getattr(metrics, f"{split}_accuracy")
         style = {"color": colour, "dash": SPLIT_DASH[split]}
-        label = f"{name} · {split}"
-        figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=loss,
-                mode="lines+markers",
-                line=style,
-                name=label,
-                legendgroup=label,
-                hovertemplate=x_label + " = %{x:.3f}<br>loss = %{y:.4f} nats<extra>" + label + "</extra>",
-            ),
-            row=1,
-            col=1,
-        )
-        figure.add_trace(
-            go.Scatter(
-                x=x,
-                y=100 * accuracy,
-                mode="lines+markers",
-                line=style,
-                name=label,
-                legendgroup=label,
-                showlegend=False,
-                hovertemplate=x_label + " = %{x:.3f}<br>accuracy = %{y:.2f}%<extra>" + label + "</extra>",
-            ),
-            row=1,
-            col=2,
-        )
+        add_metric_lines(figure, x, loss, accuracy, f"{name} · {split}", style, x_label + " = %{x:.3f}")
 
 
 def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figure:

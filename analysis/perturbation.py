@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -207,17 +207,14 @@ def perturbation_study(
                 config.batch_size,
             )
             curves.append(
-                PerturbationCurve(
-                    curve.ts,
-                    curve.loss,
-                    curve.accuracy,
-                    direction.label,
-                    split,
-                    direction.kind,
-                    direction.index,
-                    config.step_scale,
-                    fitted_curvature(curve.ts, curve.loss),
-                    expected,
+                replace(
+                    curve,
+                    split=split,
+                    kind=direction.kind,
+                    index=direction.index,
+                    scale=config.step_scale,
+                    curvature=fitted_curvature(curve.ts, curve.loss),
+                    expected=expected,
                 )
             )
     return tuple(curves)

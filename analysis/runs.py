@@ -86,7 +86,7 @@ def parent_states(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """The states to draw lines to from ``model``: its parents in its own neuron order (aligned again for a fusion by
     averaging, :func:`aligned_parents`), those of its shapes only (a pruned parent has others), by role."""
-    if not record.parents or not all((workspace.model_dir(p) / "meta.json").is_file() for p in record.parents):
+    if not record.parents or not all(workspace.has(p) for p in record.parents):
         return {}
     if averages_aligned(record) and len(record.parents) > 1:
         parents = aligned_parents(workspace, record.id, device)

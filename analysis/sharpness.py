@@ -14,7 +14,7 @@ downloads.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -91,15 +91,22 @@ def with_ratios(summary: Sharpness, parents: Sequence[Sharpness]) -> Sharpness:
     )
 
 
+def parent_summaries(
+    workspace: Workspace, record: ModelRecord, report_of: Callable[[str], HessianReport | None]
+) -> list[Sharpness]:
+    """The summaries of ``record``'s parents that are in the workspace and have a Hessian (``report_of``)."""
+    return [
+        summarise(workspace.record(p), found, "parent")
+        for p in record.parents
+        if workspace.has(p) and (found := report_of(p)) is not None
+    ]
+
+
 def sharpness_of(workspace: Workspace, model_id: str, report: HessianReport) -> Sharpness:
     """The summary of ``report`` (a fresh analysis of ``model_id``, stored or not), with ratios to the parents'
     stored Hessians."""
     record = workspace.record(model_id)
-    parents = [
-        summarise(workspace.record(p), found, "parent")
-        for p in record.parents
-        if (workspace.model_dir(p) / "meta.json").is_file() and (found := stored_hessian(workspace, p)) is not None
-    ]
+    parents = parent_summaries(workspace, record, lambda p: stored_hessian(workspace, p))
     return with_ratios(summarise(record, report, model_role(record, 0)), parents)
 
 
@@ -115,13 +122,10 @@ def sharpness_table(workspace: Workspace, model_ids: Sequence[str] | None = None
         report = reports.get(model_id)
         if report is not None:
             summaries[model_id] = summarise(by_id[model_id], report, model_role(by_id[model_id], index))
-    result = []
-    for model_id, summary in summaries.items():
-        parents = [
-            summarise(by_id[p], reports[p], "parent") for p in by_id[model_id].parents if reports.get(p) is not None
-        ]
-        result.append(with_ratios(summary, parents))
-    return result
+    return [
+        with_ratios(summary, parent_summaries(workspace, by_id[model_id], reports.get))
+        for model_id, summary in summaries.items()
+    ]
 
 
 def sharpness_rows(summaries: Sequence[Sharpness]) -> list[dict[str, Any]]:

@@ -419,6 +419,10 @@ class Workspace:
         """The oldest loadable model stored by a run with key ``key`` (:mod:`fusion.run_key`), or ``None``."""
         return next((r for r in self.records() if r.provenance.get("run") == key), None)
 
+    def has(self, model_id: str) -> bool:
+        """Whether the workspace has a model ``model_id`` (loadable or not)."""
+        return (self.model_dir(model_id) / "meta.json").is_file()
+
     def record(self, model_id: str) -> ModelRecord:
         """The metadata of ``model_id``; raises :class:`WorkspaceError` if there is none, :class:`DamagedModelError`
         if it is unreadable."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from app_helpers import app_workspace  # noqa: F401  (the AppTest fixture, for every test module)
+from hessian_helpers import tiny  # noqa: F401  (the Hessian tests' trained MLP, for every test module)
 from hypothesis import settings
 from torch import nn
 

@@ -22,25 +22,17 @@ from analysis.hessian_operator import HessianOperator, cross_entropy_loss, sampl
 from analysis.overlap import eigenvector_overlaps
 from analysis.perturbation import Direction, eigen_plane, perturbation_study, scaled_direction, study_directions
 from analysis.runs import aligned_parents, eigenvector_overlaps_of, hessian_of
-from fusion.data import Dataset, load_dataset
+from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
 from fusion.models import ModelSpec, build_model
 from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.registry import fuse
 from fusion.surgery import permuted
-from fusion.train import TrainConfig, evaluate, train
-from tests.test_hessian import EXACT, dense_hessian
+from fusion.train import TrainConfig, evaluate
+from tests.hessian_helpers import EXACT, dense_hessian
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(digits: Dataset) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """An MLP 64-4-10 (310 parameters) trained briefly on digits, with 200 test examples."""
-    model = build_model(ModelSpec("mlp", digits.input_shape, digits.num_classes, hidden=(4,)), seed=0)
-    train(model, digits, TrainConfig(epochs=5, lr=1e-2, seed=0))
-    return model.eval(), digits.x_test[:200], digits.y_test[:200]
 
 
 @pytest.fixture(scope="module")

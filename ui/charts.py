@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -12,6 +13,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.figures import figure_rows, plain
+
+MIMES = {"html": "text/html", "csv": "text/csv", "json": "application/json"}
 
 
 def figure_html(figure: go.Figure) -> bytes:
@@ -31,39 +34,28 @@ def rows_json(rows: list[dict[str, Any]]) -> bytes:
     return json.dumps([{k: plain(v) for k, v in row.items()} for row in rows], indent=1, ensure_ascii=False).encode()
 
 
+def download(column: Any, label: str, data: Callable[[], bytes], slug: str, kind: str, key: str) -> None:
+    """A download button in ``column`` for ``data()`` (made on click) as ``slug.kind``."""
+    column.download_button(
+        label,
+        data=data,
+        file_name=f"{slug}.{kind}",
+        mime=MIMES[kind],
+        key=key,
+        on_click="ignore",
+        icon=":material/download:",
+    )
+
+
 def show_chart(figure: go.Figure, name: str) -> None:
     """Draw ``figure`` full width with downloads of its interactive HTML and of its data (CSV, JSON), named after
     ``name``."""
     st.plotly_chart(figure, width="stretch")
     slug = slug_of(name, "figure")
     html, csv, data = st.columns(3)
-    html.download_button(
-        "Figure (HTML)",
-        data=lambda: figure_html(figure),
-        file_name=f"{slug}.html",
-        mime="text/html",
-        key=f"chart.download.{slug}",
-        on_click="ignore",
-        icon=":material/download:",
-    )
-    csv.download_button(
-        "Data (CSV)",
-        data=lambda: rows_csv(figure_rows(figure)),
-        file_name=f"{slug}.csv",
-        mime="text/csv",
-        key=f"chart.csv.{slug}",
-        on_click="ignore",
-        icon=":material/download:",
-    )
-    data.download_button(
-        "Data (JSON)",
-        data=lambda: rows_json(figure_rows(figure)),
-        file_name=f"{slug}.json",
-        mime="application/json",
-        key=f"chart.json.{slug}",
-        on_click="ignore",
-        icon=":material/download:",
-    )
+    download(html, "Figure (HTML)", lambda: figure_html(figure), slug, "html", f"chart.download.{slug}")
+    download(csv, "Data (CSV)", lambda: rows_csv(figure_rows(figure)), slug, "csv", f"chart.csv.{slug}")
+    download(data, "Data (JSON)", lambda: rows_json(figure_rows(figure)), slug, "json", f"chart.json.{slug}")
 
 
 def show_table(frame: pd.DataFrame, name: str, **options: Any) -> None:
@@ -73,21 +65,5 @@ def show_table(frame: pd.DataFrame, name: str, **options: Any) -> None:
     slug = slug_of(name, "table")
     rows = frame.to_dict(orient="records")
     csv, data = st.columns(2)
-    csv.download_button(
-        "Table (CSV)",
-        data=lambda: rows_csv(rows),
-        file_name=f"{slug}.csv",
-        mime="text/csv",
-        key=f"table.csv.{slug}",
-        on_click="ignore",
-        icon=":material/download:",
-    )
-    data.download_button(
-        "Table (JSON)",
-        data=lambda: rows_json(rows),
-        file_name=f"{slug}.json",
-        mime="application/json",
-        key=f"table.json.{slug}",
-        on_click="ignore",
-        icon=":material/download:",
-    )
+    download(csv, "Table (CSV)", lambda: rows_csv(rows), slug, "csv", f"table.csv.{slug}")
+    download(data, "Table (JSON)", lambda: rows_json(rows), slug, "json", f"table.json.{slug}")
