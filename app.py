@@ -23,6 +23,7 @@ PAGES = [
     st.Page("pages/hessian.py", title="Hessian", icon=":material/functions:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/table_chart:"),
     st.Page("pages/study.py", title="Generalization study", icon=":material/science:"),
+    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/dynamic_feed:"),
 ]
 
 page = st.navigation(PAGES)

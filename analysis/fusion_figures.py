@@ -4,6 +4,7 @@ comparison of fused models. Pure functions of library results; colours per model
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -329,4 +330,34 @@ def finetune_comparison_figure(rows: Sequence[dict], references: Sequence[tuple[
         yaxis_range=ACCURACY_RANGE,
         height=420,
     )
+    return figure
+
+
+def sweep_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
+    """A sweep's finished fusion jobs (:func:`analysis.sweeps.table.job_rows`): test accuracy (%) per method and
+    option set, one point per seed, and, when the sweep fine-tuned, the fine-tuned accuracy beside it."""
+    done = [r for r in rows if r["state"] == "done" and r.get("test_accuracy") is not None]
+    tuned = any(r.get("finetuned_accuracy") is not None for r in done)
+    titles = ("fused: test accuracy (%)", "fine-tuned: test accuracy (%)") if tuned else ("test accuracy (%)",)
+    figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True)
+    label = lambda r: r["method"] + (f" ({r['options']})" if r["options"] else "")  # noqa: E731
+    for col, column in enumerate(("test_accuracy", "finetuned_accuracy")[: len(titles)], start=1):
+        for seed in sorted({r["seed"] for r in done}):
+            points = [r for r in done if r["seed"] == seed and r.get(column) is not None]
+            figure.add_trace(
+                go.Scatter(
+                    x=[label(r) for r in points],
+                    y=[100 * r[column] for r in points],
+                    mode="markers",
+                    marker={"size": 10, "color": model_colour(f"seed {seed}")},
+                    name=f"seed {seed}",
+                    legendgroup=f"seed {seed}",
+                    showlegend=col == 1,
+                    customdata=[r["job"] for r in points],
+                    hovertemplate="%{x}<br>%{y:.2f} %<br>job %{customdata}<extra>seed " + str(seed) + "</extra>",
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_layout(title=f"{len(done)} finished fusion job(s)", height=420, legend_title_text="seed")
     return figure

@@ -33,6 +33,7 @@ from cli.commands import (
     command_train,
 )
 from cli.output import failure, human_readable, strict_json
+from cli.sweep_commands import add_sweep_commands
 from fusion.distributed import init_from_environment, is_writer, shutdown
 from fusion.errors import FusionError, UsageError
 from fusion.registry import methods
@@ -141,6 +142,7 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     delete.add_argument("id")
     delete.set_defaults(run=command_delete)
     add_analysis_commands(commands, common)
+    add_sweep_commands(commands, common)
     return main
 
 

@@ -1,0 +1,92 @@
+"""Sweeps: methods x options x seeds as submitit jobs over this workspace (:mod:`analysis.sweeps`). Run or resume one
+here on submitit's local executor, and read every sweep stored in the workspace, however it was run (here, from the
+command line, or on SLURM)."""
+
+import pandas as pd
+import streamlit as st
+
+from analysis.fusion_figures import sweep_figure
+from analysis.sweeps.jobs import sweep_names
+from analysis.sweeps.launch import run_sweep
+from analysis.sweeps.spec import parse_sweep
+from analysis.sweeps.table import job_rows, read_sweep, summary_rows
+from ui.charts import show_chart, show_table
+from ui.errors import report_errors
+from ui.job_view import inputs_disabled, show_job, start_job
+from ui.options import kept
+from ui.state import job_runner, workspace
+
+SWEEP_KIND = "sweep"
+EXAMPLE = """\
+# Three methods on the demo ensemble's MLP pairs: seed 0 fuses the MLPs trained with
+# seeds 0 and 1, seed 1 those of seeds 2 and 3 (reused when the demo ensemble is built).
+name = "demo-methods"
+methods = ["ot", "matching", "average"]
+seeds = [0, 1]
+
+[parents]
+arch = "mlp"
+dataset = "digits"
+models = 2
+epochs = 30
+lr = 0.001
+batch_size = 64
+
+# [options.ot]
+# mode = ["weights", "activations"]   # a list is an axis of the grid
+# [finetune]
+# epochs = 2
+# [hessian]
+# samples = 300
+# top_k = 3
+
+[executor]
+cluster = "local"
+parallel = 2
+"""
+
+st.title("Sweeps")
+st.caption(
+    "A sweep file names methods, options to grid over, seeds, parents and analyses. Every combination runs as its own "
+    "submitit job (in its own process here; as a SLURM job array with `fusionlab sweep FILE` on a cluster), writing "
+    "into this workspace. Running a sweep again resumes it: finished jobs are skipped, and models and analyses "
+    "already stored are reused."
+)
+ws = workspace()
+disabled = inputs_disabled()
+with st.form("sweeps.form"):
+    kept("sweeps.text", EXAMPLE)
+    text = st.text_area("Sweep file (TOML)", height=420, key="sweeps.text", disabled=disabled)
+    submitted = st.form_submit_button("Run or resume on this machine", type="primary", disabled=disabled)
+if submitted:
+    with report_errors():
+        spec = parse_sweep(text)
+        if spec.executor.cluster != "local":
+            st.info(f"This sweep asks for {spec.executor.cluster}; from the app it runs on the local executor.")
+            spec = spec.local()
+        st.session_state["sweeps.latest"] = spec.name
+        start_job(f"sweep {spec.name}", run_sweep, ws, spec, kind=SWEEP_KIND)
+show_job(job_runner().latest(SWEEP_KIND))
+
+names = sweep_names(ws.root)
+if not names:
+    st.info("No sweep is stored in this workspace yet: run the example above, or `fusionlab sweep FILE`.")
+    st.stop()
+latest = st.session_state.get("sweeps.latest")
+kept("sweeps.name", latest if latest in names else names[-1], names)
+name = st.selectbox("Stored sweep", names, key="sweeps.name")
+with report_errors():
+    table = read_sweep(ws.root, name)
+    counts = table.counts()
+    done, failed, pending = st.columns(3)
+    done.metric("Jobs done", counts["done"])
+    failed.metric("Failed", counts["failed"])
+    pending.metric("Not run yet", counts["pending"])
+    rows = job_rows(table)
+    st.subheader("Per method and options, over the seeds")
+    show_table(pd.DataFrame(summary_rows(table)), f"sweep-{name}-summary")
+    show_chart(sweep_figure(rows), f"sweep-{name}")
+    st.subheader("Every fusion job")
+    show_table(pd.DataFrame(rows), f"sweep-{name}-jobs")
+    st.caption("The same table from the command line:")
+    st.code(f"fusionlab sweeps {name} --csv {name}.csv --json", language="bash")
