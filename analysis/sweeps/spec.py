@@ -42,6 +42,7 @@ import itertools
 import json
 import re
 import tomllib
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -296,7 +297,7 @@ class FusionJob(Record):
         }
         digest = run_key("sweep-fusion", **content)
         return cls(
-            f"{slug(method, 20)}-seed{seed}-{digest[:8]}",
+            f"{slug(method, 20)}-{f'seed{seed}-' if seeded or parent_jobs else ''}{digest[:8]}",
             method,
             options,
             seed,
@@ -318,7 +319,7 @@ def option_grid(method: str, options: Mapping[str, Any], seed: int) -> list[dict
     and the method's ``seed`` option, when it has one and it is not given, is ``seed``."""
     kind = method_spec(method).options
     hints = typing.get_type_hints(kind)
-    tuple_valued = {f.name for f in fields(kind) if typing.get_origin(hints[f.name]) is tuple}
+    tuple_valued = {f.name for f in fields(kind) if holds_tuple(hints[f.name])}
     axes = {}
     for name, value in options.items():
         is_axis = isinstance(value, list) and (
@@ -329,6 +330,12 @@ def option_grid(method: str, options: Mapping[str, Any], seed: int) -> list[dict
         axes[name] = value if is_axis else [value]
     seeded = {"seed": seed} if "seed" in hints and "seed" not in options else {}
     return [dict(zip(axes, point)) | seeded for point in itertools.product(*axes.values())]
+
+
+def holds_tuple(hint: Any) -> bool:
+    """Whether an option's type is a tuple, or a union with one (``tuple[float, ...] | None``)."""
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(m) is tuple or m is tuple for m in members)
 
 
 def section(kind: type, data: Any, where: str, **fixed: Any) -> Any:

@@ -1,0 +1,348 @@
+"""Sweeps (analysis/sweeps): the sweep file and its jobs, one job run in-process, the whole sweep through submitit's
+local executor (interrupted and resumed), the SLURM path under submitit's own mocked SLURM, the commands and the
+Sweeps page."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from submitit.core import submission
+from submitit.slurm.test_slurm import mocked_slurm
+
+from analysis.comparison import hessian_summary
+from analysis.sweeps.jobs import JobOutcome, SweepFolder, run_job, sweep_names
+from analysis.sweeps.launch import run_sweep
+from analysis.sweeps.spec import load_sweep, option_grid, parse_sweep, sweep_from
+from analysis.sweeps.table import job_rows, read_sweep, summary_rows
+from cli.main import main
+from fusion.errors import ConfigError
+from fusion.pipeline import build_demo_ensemble, demo_members
+from fusion.workspace import Workspace
+from tests.app_helpers import messages, open_app, train_quick_models, wait_for_job
+
+DEMO_SWEEP = """
+name = "demo-methods"
+methods = ["ot", "matching", "average"]
+seeds = [0, 1]
+[parents]
+arch = "mlp"
+dataset = "digits"
+models = 2
+epochs = 30
+lr = 0.001
+batch_size = 64
+[executor]
+parallel = 2
+timeout_min = 10
+"""
+
+
+def test_a_sweep_file_expands_into_one_job_per_method_grid_point_and_seed() -> None:
+    spec = parse_sweep(DEMO_SWEEP + '[options.ot]\nmode = ["weights", "activations"]\nreg = 0.05\n')
+    parents = spec.parent_jobs()
+    assert [p.training_seed for p in parents] == [0, 1, 2, 3]
+    jobs = spec.fusion_jobs()
+    assert [(j.method, j.seed) for j in jobs] == [
+        ("ot", 0),
+        ("ot", 0),
+        ("ot", 1),
+        ("ot", 1),
+        ("matching", 0),
+        ("matching", 1),
+        ("average", 0),
+        ("average", 1),
+    ]
+    assert [j.options for j in jobs[:2]] == [
+        {"mode": "weights", "reg": 0.05, "seed": 0},
+        {"mode": "activations", "reg": 0.05, "seed": 0},
+    ]
+    assert jobs[2].parent_jobs == tuple(p.id for p in parents[2:])
+    assert len({j.id for j in jobs}) == len(jobs)
+    again = parse_sweep(DEMO_SWEEP + '[options.ot]\nmode = ["weights", "activations"]\nreg = 0.05\n')
+    assert [j.id for j in again.fusion_jobs()] == [j.id for j in jobs]
+    tuned = parse_sweep(DEMO_SWEEP + "[finetune]\nepochs = 1\n").fusion_jobs()
+    assert not {j.id for j in tuned} & {j.id for j in jobs}
+    assert {j.finetune.seed for j in tuned if j.finetune} == {0, 1}
+
+
+def test_an_option_that_is_a_list_is_an_axis_only_as_a_list_of_lists() -> None:
+    assert option_grid("ot", {"weights": [0.3, 0.7]}, 2) == [{"weights": [0.3, 0.7], "seed": 2}]
+    assert [g["weights"] for g in option_grid("ot", {"weights": [[0.3, 0.7], [0.5, 0.5]]}, 2)] == [
+        [0.3, 0.7],
+        [0.5, 0.5],
+    ]
+    assert option_grid("average", {}, 2) == [{}]
+    assert option_grid("ot", {"seed": 9}, 2) == [{"seed": 9}]
+
+
+def test_parents_by_id_cross_every_seed_and_unseeded_jobs_appear_once() -> None:
+    spec = sweep_from({"name": "ids", "methods": ["average", "ot"], "seeds": [0, 1], "parents": [["a", "b"]]})
+    jobs = spec.fusion_jobs()
+    assert [(j.method, j.seed, j.parents) for j in jobs] == [
+        ("average", 0, ("a", "b")),
+        ("ot", 0, ("a", "b")),
+        ("ot", 1, ("a", "b")),
+    ]
+    assert spec.parent_jobs() == []
+    with_hessian = sweep_from(
+        {"name": "ids", "methods": ["ot"], "parents": [["a", "b"], ["b", "c"]], "hessian": {"samples": 50}}
+    )
+    assert [p.model for p in with_hessian.parent_jobs()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "b"]]\ncolour = 1', "no setting colour"),
+        ('name = "x"\nmethods = ["nope"]\nparents = [["a", "b"]]', "unknown method(s) nope"),
+        ('name = "Bad Name"\nmethods = ["ot"]\nparents = [["a", "b"]]', "a sweep name"),
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "a"]]', "distinct model ids"),
+        ('name = "x"\nmethods = ["ot"]\nseeds = [1, 1]\nparents = [["a", "b"]]', "the seeds repeat"),
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "b"]]\n[options.ot]\nmood = "weights"', "no option mood"),
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "b"]]\n[options.average]\nrepair = true', "does not run"),
+        ('name = "x"\nmethods = ["ot"]\n[parents]\narch = "mlp"\nseed = 3', "takes no seed"),
+        ('name = "x"\nmethods = ["ot"]\n[parents]\narch = "mlp"\nepochs = 0', "epochs must be"),
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "b"]]\n[finetune]\nepochs = 1\nseed = 2', "no seed"),
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "b"]]\n[hessian]\nsample = 5', "[hessian] has no setting"),
+        ('name = "x"\nmethods = ["ot"]\nparents = [["a", "b"]]\n[executor]\ncluster = "pbs"', "cluster must be"),
+        ('name = "x"\nmethods = ["ot"\n', "not valid TOML"),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_by_name(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        parse_sweep(text)
+
+
+def test_a_json_sweep_file_reads_as_the_same_sweep(tmp_path: Path) -> None:
+    toml = tmp_path / "sweep.toml"
+    toml.write_text(DEMO_SWEEP)
+    spec = load_sweep(toml)
+    as_json = tmp_path / "sweep.json"
+    as_json.write_text(
+        json.dumps(
+            {
+                "name": "demo-methods",
+                "methods": ["ot", "matching", "average"],
+                "seeds": [0, 1],
+                "parents": {"arch": "mlp", "dataset": "digits", "models": 2, "epochs": 30, "batch_size": 64},
+                "executor": {"parallel": 2, "timeout_min": 10},
+            }
+        )
+    )
+    assert load_sweep(as_json) == spec
+    assert type(spec).from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ConfigError, match="ends in .toml or .json"):
+        load_sweep(tmp_path / "sweep.yaml")
+
+
+def test_one_job_fuses_fine_tunes_and_stores_its_hessians_and_landscape(workspace: Workspace) -> None:
+    parents = [r.id for r in train_quick_models(workspace, seeds=(0, 1))]
+    spec = sweep_from(
+        {
+            "name": "one",
+            "methods": ["ot"],
+            "parents": [parents],
+            "finetune": {"epochs": 1},
+            "hessian": {"samples": 60, "batch_size": 60, "top_k": 2, "probes": 5, "steps": 8, "runs": 1},
+            "landscape": {"resolution": 3, "samples": 60},
+        }
+    )
+    SweepFolder(workspace.root, "one").save_spec(spec)
+    [job] = spec.fusion_jobs()
+    outcome = run_job(str(workspace.root), "one", job)
+    assert outcome.status == "done" and outcome == SweepFolder(workspace.root, "one").outcome(job.id)
+    fused, tuned = outcome.models["fused"], outcome.models["fine-tuned"]
+    assert workspace.record(fused).provenance["method"] == "ot"
+    assert workspace.record(tuned).parents == [fused]
+    assert outcome.metrics["test_accuracy"] == workspace.record(fused).metrics["test_accuracy"]
+    assert (outcome.metrics["top_eigenvalue"], outcome.metrics["hessian_trace"]) == hessian_summary(workspace, fused)
+    assert outcome.metrics["finetuned_top_eigenvalue"] == hessian_summary(workspace, tuned)[0]
+    assert {"barrier A-B", "barrier A-fused", "barrier B-fused", "barrier A-B aligned"} <= set(outcome.metrics)
+
+
+def test_a_failing_job_stores_its_error_and_raises(workspace: Workspace) -> None:
+    spec = sweep_from({"name": "broken", "methods": ["average"], "parents": [["missing-a", "missing-b"]]})
+    [job] = spec.fusion_jobs()
+    with pytest.raises(Exception, match="missing-a"):
+        run_job(str(workspace.root), "broken", job)
+    outcome = SweepFolder(workspace.root, "broken").outcome(job.id)
+    assert outcome is not None and outcome.status == "failed" and "missing-a" in outcome.error
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
+    """The demo ensemble's MLPs, then the demo sweep through submitit's local executor: interrupted once one fusion
+    job has finished (one job at a time), then resumed. Returns the workspace and what each call did."""
+    workspace = Workspace(tmp_path_factory.mktemp("sweep") / "ws")
+    build_demo_ensemble(workspace, demo_members(mlps=4, cnns=0))
+    spec = parse_sweep(DEMO_SWEEP)
+    folder = SweepFolder(workspace.root, spec.name)
+    fusion_ids = [j.id for j in spec.fusion_jobs()]
+
+    def stop_after_first(done: int, total: int, message: str) -> None:
+        if any(folder.done(i) for i in fusion_ids):
+            raise Interrupt
+
+    serial = replace(spec, executor=replace(spec.executor, parallel=1))
+    with pytest.raises(Interrupt):
+        run_sweep(workspace, serial, progress=stop_after_first)
+    finished = {i: folder.outcome_path(i).read_bytes() for i in fusion_ids if folder.done(i)}
+    unfinished = [i for i in fusion_ids if folder.outcome(i) is None]
+    resumed = run_sweep(workspace, spec)
+    return workspace, {"finished": finished, "unfinished": unfinished, "resumed": resumed, "spec": spec}
+
+
+def test_the_demo_sweep_reuses_the_demo_parents_and_resumes_without_redoing_finished_jobs(swept) -> None:
+    workspace, calls = swept
+    spec, resumed = calls["spec"], calls["resumed"]
+    folder = SweepFolder(workspace.root, spec.name)
+    assert len(calls["finished"]) == 1, "the interrupt came after exactly one fusion job (one at a time)"
+    assert len(calls["unfinished"]) == 5, "the interrupted job and those after it left no outcome"
+    parents = [p.id for p in spec.parent_jobs()]
+    assert set(resumed.skipped) == set(parents) | set(calls["finished"]), "the resume skipped what had finished"
+    assert sorted(resumed.submitted) == sorted(calls["unfinished"]) and not resumed.failed
+    for job_id, stored in calls["finished"].items():
+        assert folder.outcome_path(job_id).read_bytes() == stored
+    demo = {r.seed: r.id for r in workspace.records() if r.method == "train"}
+    assert len(demo) == 4, "no parent was trained again: the sweep's parents are the demo's MLPs"
+    assert {folder.outcome(p).models["model"] for p in parents} == set(demo.values())
+    assert {folder.outcome(p).host for p in parents} == {"reused"}
+
+
+def test_the_sweep_table_reads_every_job_back_from_the_workspace(swept) -> None:
+    workspace, calls = swept
+    table = read_sweep(workspace.root, calls["spec"].name)
+    assert table.counts() == {"done": 10, "failed": 0, "pending": 0}
+    rows = job_rows(table)
+    assert [(r["method"], r["seed"]) for r in rows] == [(j.method, j.seed) for j in calls["spec"].fusion_jobs()]
+    for row in rows:
+        record = workspace.record(row["fused"])
+        assert record.provenance["method"] == row["method"]
+        assert row["test_accuracy"] == record.metrics["test_accuracy"]
+    by_seed = {r["seed"]: set(r["parents"].split()) for r in rows if r["method"] == "ot"}
+    demo = {r.seed: r.id for r in workspace.records() if r.method == "train"}
+    assert by_seed == {0: {demo[0], demo[1]}, 1: {demo[2], demo[3]}}
+    summary = {r["method"]: r for r in summary_rows(table)}
+    assert set(summary) == {"ot", "matching", "average"} and {r["seeds"] for r in summary.values()} == {2}
+    ot = [r["test_accuracy"] for r in rows if r["method"] == "ot"]
+    assert summary["ot"]["test_accuracy"] == pytest.approx(sum(ot) / 2)
+    assert summary["ot"]["test_accuracy sd"] == pytest.approx(abs(ot[0] - ot[1]) / 2**0.5)
+
+
+def test_the_sweeps_command_lists_and_writes_the_table(swept, tmp_path: Path, capsys) -> None:
+    workspace, calls = swept
+    assert main(["sweeps", "--workspace", str(workspace.root), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["sweeps"]
+    assert listed == [{"name": "demo-methods", "counts": {"done": 10, "failed": 0, "pending": 0}}]
+    path = tmp_path / "jobs.csv"
+    status = main(["sweeps", "demo-methods", "--csv", str(path), "--workspace", str(workspace.root), "--json"])
+    output = json.loads(capsys.readouterr().out)
+    assert status == 0 and output["csv_rows"] == 6
+    assert pd.read_csv(path)["job"].tolist() == [r["job"] for r in output["jobs"]]
+    assert main(["sweeps", "nothing", "--workspace", str(workspace.root), "--json"]) == 1
+    assert "no sweep named 'nothing'" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_the_sweep_command_resumes_a_finished_sweep_without_submitting(swept, tmp_path: Path, capsys) -> None:
+    workspace, calls = swept
+    file = tmp_path / "demo.toml"
+    file.write_text(DEMO_SWEEP)
+    assert main(["sweep", str(file), "--workspace", str(workspace.root), "--json", "--quiet"]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["run"]["submitted"] == [] and len(output["run"]["skipped"]) == 10
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nmethods = ["ot"]\n')
+    assert main(["sweep", str(bad), "--workspace", str(workspace.root), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == {
+        "type": "ConfigError",
+        "message": "a sweep file needs parents",
+    }
+
+
+def test_on_slurm_each_stage_is_one_array_and_the_fusions_wait_for_the_parents(workspace: Workspace) -> None:
+    spec = parse_sweep(
+        DEMO_SWEEP.replace("epochs = 30", "epochs = 1").replace(
+            'methods = ["ot", "matching", "average"]', 'methods = ["average"]'
+        )
+        + 'cluster = "slurm"\npartition = "gpu"\ngpus_per_node = 1\n'
+        + '[executor.slurm]\naccount = "lab"\nlicenses = "x:1"\n'
+    )
+    with mocked_slurm() as mock:
+        run = run_sweep(workspace, spec, detach=True)
+        assert run.detached and len(run.submitted) == 6 and len(run.pending) == 6
+        folder = SweepFolder(workspace.root, spec.name)
+        scripts = sorted(folder.logs.glob("*submission.sh"))
+        texts = [s.read_text() for s in scripts]
+        parents_array = next(t for t in texts if "--array=0-3%2" in t)
+        fusion_array = next(t for t in texts if "--array=0-1%2" in t)
+        for text in (parents_array, fusion_array):
+            assert "#SBATCH --partition=gpu" in text and "#SBATCH --gpus-per-node=1" in text
+            assert "#SBATCH --account=lab" in text and "#SBATCH --licenses=x:1" in text
+        assert "#SBATCH --dependency=afterany:12" in fusion_array
+        for job_id in [*(f"12_{k}" for k in range(4)), "13_0", "13_1"]:
+            with mock.job_context(job_id):
+                submission.process_job(folder.logs)
+    table = read_sweep(workspace.root, spec.name)
+    assert table.counts() == {"done": 6, "failed": 0, "pending": 0}
+    assert {r["seed"] for r in job_rows(table)} == {0, 1}
+
+
+def test_a_local_sweep_cannot_be_detached(workspace: Workspace) -> None:
+    with pytest.raises(ConfigError, match="only a SLURM sweep"):
+        run_sweep(workspace, parse_sweep(DEMO_SWEEP), detach=True)
+
+
+def test_a_fusion_whose_parent_failed_fails_with_the_parents_error_without_a_process(workspace: Workspace) -> None:
+    spec = parse_sweep(DEMO_SWEEP.replace('arch = "mlp"', 'arch = "mlp"\nspec = { hidden = [8] }'))
+    folder = SweepFolder(workspace.root, spec.name)
+    for parent in spec.parent_jobs():
+        folder.save_outcome(JobOutcome(parent.id, "failed", error="DatasetError: no data"))
+
+    def no_executor(config, path):
+        class Refuses:
+            def submit(self, *args, **kwargs):
+                raise AssertionError("nothing should be submitted")
+
+            def update_parameters(self, **kwargs):
+                pass
+
+        return Refuses()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("analysis.sweeps.launch.stored_parent", lambda workspace, job: False)
+        patch.setattr("analysis.sweeps.launch.Stage.fill", lambda self: None)
+        run = run_sweep(workspace, spec, executor_factory=no_executor)
+    assert sorted(run.failed) == sorted(j.id for j in spec.fusion_jobs())
+    assert all("DatasetError: no data" in folder.outcome(j.id).error for j in spec.fusion_jobs())
+
+
+def test_the_sweeps_page_shows_a_stored_sweep_and_runs_one(app_workspace) -> None:
+    parents = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = open_app("pages/sweeps.py")
+    assert not at.exception
+    assert any("No sweep is stored" in m for m in messages(at.info))
+    at.text_area(key="sweeps.text").set_value('name = "x"\nmethods = ["ot"]\n')
+    at.button(key="FormSubmitter:sweeps.form-Run or resume on this machine").click().run()
+    assert messages(at.error) and "a sweep file needs parents" in messages(at.error)[0]
+    assert at.text_area(key="sweeps.text").value == 'name = "x"\nmethods = ["ot"]\n', "the typed file is kept"
+    text = f'name = "page"\nmethods = ["average"]\nparents = [["{parents[0]}", "{parents[1]}"]]\n'
+    at.text_area(key="sweeps.text").set_value(text)
+    at.button(key="FormSubmitter:sweeps.form-Run or resume on this machine").click().run()
+    job = wait_for_job()
+    assert job is not None and job.status == "done", job
+    at.run()
+    assert not at.exception and not at.error, messages(at.error)
+    assert sweep_names(app_workspace.root) == ["page"]
+    assert at.selectbox(key="sweeps.name").value == "page"
+    assert [m.value for m in at.metric] == ["1", "0", "0"]
+    jobs = at.dataframe[1].value
+    assert jobs["method"].tolist() == ["average"] and jobs["state"].tolist() == ["done"]
+    assert len(at.get("plotly_chart")) == 1
