@@ -346,3 +346,12 @@ def test_the_sweeps_page_shows_a_stored_sweep_and_runs_one(app_workspace) -> Non
     jobs = at.dataframe[1].value
     assert jobs["method"].tolist() == ["average"] and jobs["state"].tolist() == ["done"]
     assert len(at.get("plotly_chart")) == 1
+
+
+def test_the_readme_sweep_file_parses_as_written(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = parse_sweep(block)
+    assert spec.executor.cluster == "slurm" and spec.executor.slurm == {"account": "mylab"}
+    assert spec.parents is not None and spec.parents.spec == {"bias": False} and spec.parents.train.augment
+    assert len(option_grid("ot", spec.options["ot"], 0)) == 2
