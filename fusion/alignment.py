@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,7 +37,7 @@ from fusion.heads import head_transports
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.seeds import check_seed
-from fusion.surgery import apply_transports, group_sizes, transform, with_state
+from fusion.surgery import apply_transports, group_sizes, mapped_tensors, transform, with_state
 from fusion.train import predict_logits
 from fusion.transport import (
     Correction,
@@ -111,19 +112,30 @@ class AlignOptions(Record):
 
 @dataclass(frozen=True, eq=False)
 class Alignment:
-    """The aligned parameters of ``source``, the map of every group (by group name), per-group costs and seconds,
-    and the sweeps used; ``model`` builds the aligned network on first use."""
+    """How ``source`` was aligned: the map of every group (by group name), per-group costs and seconds, and the
+    sweeps used. The aligned parameters are computed from ``source_state`` (the source's own tensors) when asked:
+    :meth:`tensors` one by one, ``state`` and ``model`` (the aligned network, holding the tensors of ``state``) on
+    first use, so an alignment used only for a streamed average never holds a second copy of the network."""
 
     source: nn.Module
-    state: dict[str, torch.Tensor]
+    source_state: dict[str, torch.Tensor]
+    groups: list[NeuronGroup]
     transports: dict[str, Transport]
     costs: dict[str, float]
     seconds: dict[str, float]
     sweeps: int
 
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The aligned parameters, one entry at a time (:func:`fusion.surgery.mapped_tensors`)."""
+        return mapped_tensors(self.source_state, self.groups, self.transports)
+
+    @functools.cached_property
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(self.tensors())
+
     @functools.cached_property
     def model(self) -> nn.Module:
-        return with_state(self.source, self.state)
+        return with_state(self.source, self.state, share=True)
 
 
 class FeatureBuilder:
@@ -367,7 +379,7 @@ def align(
         done_sweeps = sweep + 1
         if not changed:
             break
-    return Alignment(model, apply_transports(state_a, groups, transports), transports, costs, seconds, done_sweeps)
+    return Alignment(model, state_a, groups, transports, costs, seconds, done_sweeps)
 
 
 def check_heads(

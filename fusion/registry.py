@@ -24,7 +24,7 @@ from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import run_average, run_ensemble
-from fusion.methods.base import Context, GroupReport, MethodOutput, MethodSpec
+from fusion.methods.base import Context, GroupReport, LazyModels, MethodOutput, MethodSpec
 from fusion.methods.cla import CLAOptions, run_cla
 from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
@@ -115,7 +115,7 @@ class FusionResult:
     transports: list[dict[str, Transport] | None]
     groups: list[NeuronGroup]
     report: FusionReport
-    aligned: list[nn.Module] = field(default_factory=list)
+    aligned: Sequence[nn.Module] = field(default_factory=list)
 
 
 def method_spec(method: str) -> MethodSpec:
@@ -197,7 +197,7 @@ def fuse(
     if getattr(config, "repair", False):
         notes.append(repaired(output, config, context))
     model = join_attention_layers(output.model)
-    aligned = [m if id(m) in inputs_given else join_attention_layers(m) for m in output.aligned]
+    aligned = LazyModels.of(output.aligned).map(lambda m: m if id(m) in inputs_given else join_attention_layers(m))
     heads = {g.name: g.heads for g in output.groups}
     report = FusionReport(
         method,

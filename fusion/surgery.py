@@ -10,7 +10,7 @@ blocks of ``repeat`` entries per neuron (a flatten after a conv). A permutation 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import numpy as np
@@ -70,24 +70,39 @@ def apply_transports(
     """A new state_dict with every group's map applied to its producers and consumers (groups without a map stay).
     Groups are mapped one after another; a dimension shared by several groups finds each slice at the widths of the
     groups mapped so far."""
-    result = dict(state)
+    return dict(mapped_tensors(state, groups, transports))
+
+
+def mapped_tensors(
+    state: dict[str, torch.Tensor], groups: list[NeuronGroup], transports: dict[str, Transport]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The entries of :func:`apply_transports`, in ``state``'s order, each computed only when the caller asks for it,
+    so a caller that uses each before the next (a streamed average) never holds the whole mapped state. An entry no
+    map touches is ``state``'s own tensor."""
     sizes = group_sizes(state, groups)
+    steps: dict[str, list[tuple[Member, Transport, Literal["producer", "consumer"], dict[str, int]]]] = {}
     for group in groups:
         transport = transports.get(group.name)
         if transport is None:
             continue
+        widths = dict(sizes)
         for member in group.producers:
-            result[member.key] = transform(result[member.key], member, transport, "producer", sizes)
+            steps.setdefault(member.key, []).append((member, transport, "producer", widths))
         for member in group.consumers:
-            result[member.key] = transform(result[member.key], member, transport, "consumer", sizes)
+            steps.setdefault(member.key, []).append((member, transport, "consumer", widths))
         sizes[group.name] = transport.shape[1]
-    return result
+    for key, tensor in state.items():
+        for member, transport, side, widths in steps.get(key, ()):
+            tensor = transform(tensor, member, transport, side, widths)
+        yield key, tensor
 
 
-def with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def with_state(model: nn.Module, state: dict[str, torch.Tensor], share: bool = False) -> nn.Module:
     """A deep copy of ``model`` holding ``state`` (each tensor copied once, in the model's dtype and device); layers
     whose widths changed are resized (their ``in_features``, ``out_channels``, ``num_features``... updated), so this
-    serves unequal widths, concatenation and pruning."""
+    serves unequal widths, concatenation and pruning. With ``share``, a tensor already in the model's dtype and on
+    its device is not copied: the model holds it (for fresh tensors that the caller hands over, which halves the
+    peak memory of building a large model from a new state)."""
     current = dict(model.state_dict(keep_vars=True))
     if set(current) != set(state):
         raise ArchitectureError(
@@ -96,7 +111,7 @@ def with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     memo: dict[int, torch.Tensor] = {}
     resized = set()
     for key, tensor in current.items():
-        value = state[key].detach().to(device=tensor.device, dtype=tensor.dtype, copy=True)
+        value = state[key].detach().to(device=tensor.device, dtype=tensor.dtype, copy=not share)
         if isinstance(tensor, nn.Parameter):
             value = nn.Parameter(value, requires_grad=tensor.requires_grad)
         memo.setdefault(id(tensor), value)

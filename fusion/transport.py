@@ -23,6 +23,7 @@ both equal ``n T`` and, for a hard assignment, the permutation matrix. otfusion'
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -193,21 +194,37 @@ class Transport:
 
     ``plan``: the coupling ``T: (n, m)``; ``permutation``: for a hard assignment (one-to-one, or a selection of ``m``
     of the ``n`` neurons), ``permutation[j]`` is the source neuron that becomes target neuron ``j`` (the maps are then
-    applied by indexing, exactly, and unselected neurons are dropped); ``producer`` and
-    ``consumer``: the ``(n, m)`` matrices of the module docstring; ``cost``: ``<T, C>``; ``cost_matrix``: the ground
-    cost ``C`` the plan was solved on, when there was one.
+    applied by indexing, exactly, and unselected neurons are dropped); ``cost``: ``<T, C>``; ``cost_matrix``: the
+    ground cost ``C`` the plan was solved on, when there was one. ``producer`` and ``consumer``, the ``(n, m)``
+    matrices of the module docstring, are derived from the plan and ``correction`` when first used (a permutation
+    never needs them), unless ``rows`` gives the producer matrix (Intra-Fusion's merged rows).
     """
 
     plan: np.ndarray
-    producer: torch.Tensor
-    consumer: torch.Tensor
     permutation: np.ndarray | None
     cost: float
     cost_matrix: torch.Tensor | None = None
+    correction: Correction = "marginals"
+    rows: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.plan.shape[0]), int(self.plan.shape[1]))
+
+    @functools.cached_property
+    def producer(self) -> torch.Tensor:
+        """``T diag(1 / column sums)``: each target row the barycentre of its sources (or ``rows`` when given)."""
+        if self.rows is not None:
+            return self.rows
+        return torch.from_numpy(self.plan / self.plan.sum(0)[None, :]).float()
+
+    @functools.cached_property
+    def consumer(self) -> torch.Tensor:
+        """``diag(1 / row sums) T`` (``marginals``: a source column split by its mass), or the producer's matrix
+        (``reference``: otfusion's ``T / beta`` on both sides)."""
+        if self.correction == "reference":
+            return torch.from_numpy(self.plan / self.plan.sum(0)[None, :]).float()
+        return torch.from_numpy(self.plan / self.plan.sum(1)[:, None]).float()
 
     @classmethod
     def from_plan(
@@ -219,22 +236,16 @@ class Transport:
     ) -> Transport:
         plan = np.asarray(plan, dtype=np.float64)
         n, m = plan.shape
-        column_sums, row_sums = plan.sum(0), plan.sum(1)
-        if (column_sums <= 0).any() or (row_sums <= 0).any():
+        if (plan.sum(0) <= 0).any() or (plan.sum(1) <= 0).any():
             raise TransportError("every neuron must send and receive some mass")
-        producer = torch.from_numpy(plan / column_sums[None, :])
-        if correction == "marginals":
-            consumer = torch.from_numpy(plan / row_sums[:, None])
-        elif correction == "reference":
-            consumer = producer
-        else:
+        if correction not in ("marginals", "reference"):
             raise ConfigError(f"unknown correction {correction!r}; expected marginals or reference")
         permutation = None
         if n == m and np.count_nonzero(plan) == n:
             rows, cols = np.nonzero(plan)
             if len(set(rows)) == n and len(set(cols)) == n:
                 permutation = rows[np.argsort(cols)]
-        return cls(plan, producer.float(), consumer.float(), permutation, float(cost), cost_matrix)
+        return cls(plan, permutation, float(cost), cost_matrix, correction)
 
     @classmethod
     def identity(cls, size: int) -> Transport:
@@ -254,8 +265,7 @@ class Transport:
             raise TransportError(f"kept neurons must be distinct indices in [0, {size}), got {list(kept)[:8]}")
         plan = np.zeros((size, len(index)))
         plan[index, np.arange(len(index))] = 1.0 / len(index)
-        matrix = torch.from_numpy(plan * len(index)).float()
-        return cls(plan, matrix, matrix, index, 0.0)
+        return cls(plan, index, 0.0, correction="reference")
 
 
 def solve_transport(

@@ -8,7 +8,7 @@ import streamlit as st
 from analysis.fusion_figures import sweep_figure
 from analysis.sweeps.jobs import sweep_names
 from analysis.sweeps.launch import run_sweep
-from analysis.sweeps.spec import parse_sweep
+from analysis.sweeps.spec import EXAMPLE_SWEEP, parse_sweep
 from analysis.sweeps.table import job_rows, read_sweep, summary_rows
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
@@ -17,33 +17,6 @@ from ui.options import kept
 from ui.state import job_runner, workspace
 
 SWEEP_KIND = "sweep"
-EXAMPLE = """\
-# Three methods on the demo ensemble's MLP pairs: seed 0 fuses the MLPs trained with
-# seeds 0 and 1, seed 1 those of seeds 2 and 3 (reused when the demo ensemble is built).
-name = "demo-methods"
-methods = ["ot", "matching", "average"]
-seeds = [0, 1]
-
-[parents]
-arch = "mlp"
-dataset = "digits"
-models = 2
-epochs = 30
-lr = 0.001
-batch_size = 64
-
-# [options.ot]
-# mode = ["weights", "activations"]   # a list is an axis of the grid
-# [finetune]
-# epochs = 2
-# [hessian]
-# samples = 300
-# top_k = 3
-
-[executor]
-cluster = "local"
-parallel = 2
-"""
 
 st.title("Sweeps")
 st.caption(
@@ -55,7 +28,7 @@ st.caption(
 ws = workspace()
 disabled = inputs_disabled()
 with st.form("sweeps.form"):
-    kept("sweeps.text", EXAMPLE)
+    kept("sweeps.text", EXAMPLE_SWEEP)
     text = st.text_area("Sweep file (TOML)", height=420, key="sweeps.text", disabled=disabled)
     submitted = st.form_submit_button("Run or resume on this machine", type="primary", disabled=disabled)
 if submitted:

@@ -38,6 +38,7 @@ from browser.harness import (
     wait_until_idle,
 )
 
+from analysis.sweeps.spec import EXAMPLE_SWEEP
 from fusion.models import default_spec
 from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.train import TrainConfig
@@ -217,6 +218,16 @@ def run_the_generalization_study(page: Page) -> None:
     wait_for_job(page, "generalization study of ")
 
 
+def run_a_sweep(page: Page) -> None:
+    """The example sweep cut to two methods and one seed: its parents are the demo ensemble's MLPs of seeds 0 and 1,
+    reused; the two fusions run as submitit jobs."""
+    sweep = EXAMPLE_SWEEP.replace('["ot", "matching", "average"]', '["ot", "average"]').replace("[0, 1]", "[0]")
+    box = main_area(page).get_by_role("textbox", name="Sweep file (TOML)", exact=True)
+    box.fill(sweep)
+    click_button(page, "Run or resume on this machine")
+    wait_for_job(page, "sweep demo-methods")
+
+
 # What a page must show ------------------------------------------------------------------------------------------
 
 
@@ -263,6 +274,7 @@ PAGES = [
     PageCheck("Hessian", hessians_of_parents_and_fused, shows("Sharpness", charts=7, tables=2)),
     PageCheck("Compare", compare_every_method, shows("Results", "Sharpness", charts=1, tables=2)),
     PageCheck("Generalization study", run_the_generalization_study, shows("Every stage", charts=1, tables=1)),
+    PageCheck("Sweeps", run_a_sweep, shows("Every fusion job", "Jobs done", charts=1, tables=2)),
     PageCheck("Neuron Transplantation demo", first_story_step, shows("1. The parents", charts=1)),
 ]
 

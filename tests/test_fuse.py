@@ -31,6 +31,27 @@ def test_fusing_a_model_with_its_permuted_copy_recovers_its_function(name, metho
     assert all(error is None or error < 1e-4 for error in result.report.verified)
 
 
+def storages(*tensors: torch.Tensor) -> dict[int, int]:
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+
+def test_an_ot_result_holds_one_network_and_builds_the_aligned_parents_only_when_asked():
+    """The memory regression (issue 16): the fused network is built from a streamed average, so a result holds its
+    own weights and its maps, not an aligned copy of each parent; an aligned parent is built on first use, and then
+    computes its source's function."""
+    model = randomised(SMALL["vgg11-bn"], seed=0)
+    shuffled = permuted(model, neuron_groups(model, X), seed=3)
+    result = fuse([model, shuffled], "ot", inputs=X, recompute_bn=False)
+    inputs = storages(*model.state_dict().values(), *shuffled.state_dict().values())
+    fused = storages(*result.model.state_dict().values())
+    assert not set(fused) & set(inputs), "the fused network shares no tensor with its parents"
+    assert result.aligned.built == {}, "no aligned parent was built"
+    assert all("producer" not in vars(t) for maps in result.transports if maps for t in maps.values())
+    assert result.aligned[0] is model
+    assert max_logit_difference(result.aligned[1], shuffled, X) < 1e-4
+    assert result.aligned[1] is result.aligned[1]
+
+
 def test_vanilla_average_of_a_permuted_copy_breaks_the_function():
     model = randomised(SMALL["mlp-bias"], seed=0)
     shuffled = permuted(model, neuron_groups(model, X), seed=3)

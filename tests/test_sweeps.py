@@ -16,7 +16,7 @@ from submitit.slurm.test_slurm import mocked_slurm
 from analysis.comparison import hessian_summary
 from analysis.sweeps.jobs import JobOutcome, SweepFolder, run_job, sweep_names
 from analysis.sweeps.launch import run_sweep
-from analysis.sweeps.spec import load_sweep, option_grid, parse_sweep, sweep_from
+from analysis.sweeps.spec import EXAMPLE_SWEEP, load_sweep, option_grid, parse_sweep, sweep_from
 from analysis.sweeps.table import job_rows, read_sweep, summary_rows
 from cli.main import main
 from fusion.errors import ConfigError
@@ -24,25 +24,9 @@ from fusion.pipeline import build_demo_ensemble, demo_members
 from fusion.workspace import Workspace
 from tests.app_helpers import messages, open_app, train_quick_models, wait_for_job
 
-DEMO_SWEEP = """
-name = "demo-methods"
-methods = ["ot", "matching", "average"]
-seeds = [0, 1]
-[parents]
-arch = "mlp"
-dataset = "digits"
-models = 2
-epochs = 30
-lr = 0.001
-batch_size = 64
-[executor]
-parallel = 2
-timeout_min = 10
-"""
-
 
 def test_a_sweep_file_expands_into_one_job_per_method_grid_point_and_seed() -> None:
-    spec = parse_sweep(DEMO_SWEEP + '[options.ot]\nmode = ["weights", "activations"]\nreg = 0.05\n')
+    spec = parse_sweep(EXAMPLE_SWEEP + '[options.ot]\nmode = ["weights", "activations"]\nreg = 0.05\n')
     parents = spec.parent_jobs()
     assert [p.training_seed for p in parents] == [0, 1, 2, 3]
     jobs = spec.fusion_jobs()
@@ -62,9 +46,9 @@ def test_a_sweep_file_expands_into_one_job_per_method_grid_point_and_seed() -> N
     ]
     assert jobs[2].parent_jobs == tuple(p.id for p in parents[2:])
     assert len({j.id for j in jobs}) == len(jobs)
-    again = parse_sweep(DEMO_SWEEP + '[options.ot]\nmode = ["weights", "activations"]\nreg = 0.05\n')
+    again = parse_sweep(EXAMPLE_SWEEP + '[options.ot]\nmode = ["weights", "activations"]\nreg = 0.05\n')
     assert [j.id for j in again.fusion_jobs()] == [j.id for j in jobs]
-    tuned = parse_sweep(DEMO_SWEEP + "[finetune]\nepochs = 1\n").fusion_jobs()
+    tuned = parse_sweep(EXAMPLE_SWEEP + "[finetune]\nepochs = 1\n").fusion_jobs()
     assert not {j.id for j in tuned} & {j.id for j in jobs}
     assert {j.finetune.seed for j in tuned if j.finetune} == {0, 1}
 
@@ -119,7 +103,7 @@ def test_a_bad_sweep_file_is_refused_by_name(text: str, message: str) -> None:
 
 def test_a_json_sweep_file_reads_as_the_same_sweep(tmp_path: Path) -> None:
     toml = tmp_path / "sweep.toml"
-    toml.write_text(DEMO_SWEEP)
+    toml.write_text(EXAMPLE_SWEEP)
     spec = load_sweep(toml)
     as_json = tmp_path / "sweep.json"
     as_json.write_text(
@@ -129,7 +113,7 @@ def test_a_json_sweep_file_reads_as_the_same_sweep(tmp_path: Path) -> None:
                 "methods": ["ot", "matching", "average"],
                 "seeds": [0, 1],
                 "parents": {"arch": "mlp", "dataset": "digits", "models": 2, "epochs": 30, "batch_size": 64},
-                "executor": {"parallel": 2, "timeout_min": 10},
+                "executor": {"cluster": "local", "parallel": 2},
             }
         )
     )
@@ -183,7 +167,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, dict]:
     job has finished (one job at a time), then resumed. Returns the workspace and what each call did."""
     workspace = Workspace(tmp_path_factory.mktemp("sweep") / "ws")
     build_demo_ensemble(workspace, demo_members(mlps=4, cnns=0))
-    spec = parse_sweep(DEMO_SWEEP)
+    spec = parse_sweep(EXAMPLE_SWEEP)
     folder = SweepFolder(workspace.root, spec.name)
     fusion_ids = [j.id for j in spec.fusion_jobs()]
 
@@ -254,7 +238,7 @@ def test_the_sweeps_command_lists_and_writes_the_table(swept, tmp_path: Path, ca
 def test_the_sweep_command_resumes_a_finished_sweep_without_submitting(swept, tmp_path: Path, capsys) -> None:
     workspace, calls = swept
     file = tmp_path / "demo.toml"
-    file.write_text(DEMO_SWEEP)
+    file.write_text(EXAMPLE_SWEEP)
     assert main(["sweep", str(file), "--workspace", str(workspace.root), "--json", "--quiet"]) == 0
     output = json.loads(capsys.readouterr().out)
     assert output["run"]["submitted"] == [] and len(output["run"]["skipped"]) == 10
@@ -268,13 +252,11 @@ def test_the_sweep_command_resumes_a_finished_sweep_without_submitting(swept, tm
 
 
 def test_on_slurm_each_stage_is_one_array_and_the_fusions_wait_for_the_parents(workspace: Workspace) -> None:
-    spec = parse_sweep(
-        DEMO_SWEEP.replace("epochs = 30", "epochs = 1").replace(
-            'methods = ["ot", "matching", "average"]', 'methods = ["average"]'
-        )
-        + 'cluster = "slurm"\npartition = "gpu"\ngpus_per_node = 1\n'
-        + '[executor.slurm]\naccount = "lab"\nlicenses = "x:1"\n'
+    slurm = (
+        'cluster = "slurm"\npartition = "gpu"\ngpus_per_node = 1\n[executor.slurm]\naccount = "lab"\nlicenses = "x:1"'
     )
+    text = EXAMPLE_SWEEP.replace("epochs = 30", "epochs = 1").replace('"ot", "matching", "average"', '"average"')
+    spec = parse_sweep(text.replace('cluster = "local"', slurm))
     with mocked_slurm() as mock:
         run = run_sweep(workspace, spec, detach=True)
         assert run.detached and len(run.submitted) == 6 and len(run.pending) == 6
@@ -297,11 +279,11 @@ def test_on_slurm_each_stage_is_one_array_and_the_fusions_wait_for_the_parents(w
 
 def test_a_local_sweep_cannot_be_detached(workspace: Workspace) -> None:
     with pytest.raises(ConfigError, match="only a SLURM sweep"):
-        run_sweep(workspace, parse_sweep(DEMO_SWEEP), detach=True)
+        run_sweep(workspace, parse_sweep(EXAMPLE_SWEEP), detach=True)
 
 
 def test_a_fusion_whose_parent_failed_fails_with_the_parents_error_without_a_process(workspace: Workspace) -> None:
-    spec = parse_sweep(DEMO_SWEEP.replace('arch = "mlp"', 'arch = "mlp"\nspec = { hidden = [8] }'))
+    spec = parse_sweep(EXAMPLE_SWEEP.replace('arch = "mlp"', 'arch = "mlp"\nspec = { hidden = [8] }'))
     folder = SweepFolder(workspace.root, spec.name)
     for parent in spec.parent_jobs():
         folder.save_outcome(JobOutcome(parent.id, "failed", error="DatasetError: no data"))

@@ -67,6 +67,35 @@ CLUSTERS = ("local", "slurm")
 SWEEP_KEYS = ("name", "methods", "seeds", "parents", "options", "finetune", "hessian", "landscape", "executor")
 RECIPE_KEYS = ("arch", "dataset", "models", "spec")
 
+EXAMPLE_SWEEP = """\
+# Three methods on the demo ensemble's MLP pairs: seed 0 fuses the MLPs trained with
+# seeds 0 and 1, seed 1 those of seeds 2 and 3 (reused when the demo ensemble is built).
+name = "demo-methods"
+methods = ["ot", "matching", "average"]
+seeds = [0, 1]
+
+[parents]
+arch = "mlp"
+dataset = "digits"
+models = 2
+epochs = 30
+lr = 0.001
+batch_size = 64
+
+# [options.ot]
+# mode = ["weights", "activations"]   # a list is an axis of the grid
+# [finetune]
+# epochs = 2
+# [hessian]
+# samples = 300
+# top_k = 3
+
+[executor]
+cluster = "local"
+parallel = 2
+"""
+"""The Sweeps page's example: the demo ensemble's MLP pairs fused by three methods (a test runs it)."""
+
 
 @dataclass(frozen=True)
 class ExecutorConfig(Record):

@@ -18,6 +18,21 @@ from analysis.sweeps.jobs import JobOutcome, SweepFolder
 from analysis.sweeps.spec import FusionJob, SweepSpec
 
 JOB_COLUMNS = ("job", "state", "method", "options", "seed", "parents", "fused", "fine-tuned", "seconds", "error")
+LEADING_FIGURES = (
+    "test_accuracy",
+    "test_loss",
+    "finetuned_accuracy",
+    "finetuned_loss",
+    "top_eigenvalue",
+    "hessian_trace",
+    "finetuned_top_eigenvalue",
+    "finetuned_hessian_trace",
+)
+"""The figures shown first, in this order; the others (barriers, the parents' accuracies, seconds) follow."""
+
+
+def figure_order(name: str) -> tuple[int, str]:
+    return (LEADING_FIGURES.index(name), "") if name in LEADING_FIGURES else (len(LEADING_FIGURES), name)
 
 
 @dataclass(frozen=True)
@@ -60,26 +75,27 @@ def options_text(job: FusionJob) -> str:
 
 def job_rows(table: SweepTable) -> list[dict[str, Any]]:
     """One row per fusion job (see the module docstring); figures are the outcome's metrics, by name."""
-    metric_names = list(dict.fromkeys(k for o in table.fusions.values() if o is not None for k in o.metrics))
+    metric_names = sorted({k for o in table.fusions.values() if o is not None for k in o.metrics}, key=figure_order)
     rows = []
     for job in table.jobs:
         outcome = table.fusions[job.id]
         models = outcome.models if outcome is not None else {}
         parents = [v for k, v in models.items() if k.startswith("parent ")] or list(job.parents or job.parent_jobs)
+        metrics = outcome.metrics if outcome is not None else {}
         row: dict[str, Any] = {
             "job": job.id,
             "state": state_of(outcome),
             "method": job.method,
             "options": options_text(job),
             "seed": job.seed,
+            **{name: metrics.get(name) for name in metric_names},
             "parents": " ".join(parents),
             "fused": models.get("fused"),
             "fine-tuned": models.get("fine-tuned"),
             "seconds": None if outcome is None else round(outcome.seconds, 2),
             "error": None if outcome is None else outcome.error,
         }
-        metrics = outcome.metrics if outcome is not None else {}
-        rows.append(row | {name: metrics.get(name) for name in metric_names})
+        rows.append(row)
     return rows
 
 

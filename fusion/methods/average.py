@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -42,16 +42,34 @@ def average_states(
                 "needs identical architectures (OT fusion aligns different widths)"
             )
     mix = mixture_weights(len(states), weights)
+    return {key: mixed([state[key] for state in states], mix) for key in states[0]}
+
+
+def streamed_average(
+    streams: Sequence[Iterator[tuple[str, torch.Tensor]]], weights: Sequence[float] | None = None
+) -> dict[str, torch.Tensor]:
+    """:func:`average_states` of states given as streams of ``(key, tensor)`` in one key order, one entry of each at
+    a time: only the average and one entry per stream are held at once."""
+    mix = mixture_weights(len(streams), weights)
     result = {}
-    for key, first in states[0].items():
-        if not first.is_floating_point():
-            result[key] = first.clone()
-            continue
-        total = first.float() * mix[0]
-        for w, state in zip(mix[1:], states[1:]):
-            total.add_(state[key].float(), alpha=w)
-        result[key] = total.to(first.dtype)
+    for entries in zip(*streams, strict=True):
+        key = entries[0][0]
+        if any(other != key for other, _ in entries):
+            raise ArchitectureError(f"the models' parameters differ in name or order at {key}")
+        result[key] = mixed([tensor for _, tensor in entries], mix)
     return result
+
+
+def mixed(tensors: Sequence[torch.Tensor], mix: Sequence[float]) -> torch.Tensor:
+    """``sum_k w_k t_k`` in float32, back in the first tensor's dtype; an integer buffer (``num_batches_tracked``)
+    is the first one's."""
+    first = tensors[0]
+    if not first.is_floating_point():
+        return first.clone()
+    total = first.float() * mix[0]
+    for w, tensor in zip(mix[1:], tensors[1:]):
+        total.add_(tensor.float(), alpha=w)
+    return total.to(first.dtype)
 
 
 class Ensemble(nn.Module):

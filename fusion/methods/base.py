@@ -59,6 +59,35 @@ class Context:
         return self.pool[index], self.labels[index]
 
 
+class LazyModels(Sequence[nn.Module]):
+    """Models built on first access, each once: a fusion offers its aligned parents without holding them in memory
+    until someone asks (REPAIR, a landscape through the aligned parents)."""
+
+    def __init__(self, builders: Sequence[Callable[[], nn.Module]]) -> None:
+        self.builders = list(builders)
+        self.built: dict[int, nn.Module] = {}
+
+    @classmethod
+    def of(cls, models: Sequence[nn.Module]) -> LazyModels:
+        """``models`` as lazy models (themselves when they already are)."""
+        return models if isinstance(models, LazyModels) else cls([lambda m=m: m for m in models])
+
+    def __len__(self) -> int:
+        return len(self.builders)
+
+    def __getitem__(self, index: int) -> nn.Module:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"model {index} of {len(self)}")
+        index %= len(self)
+        if index not in self.built:
+            self.built[index] = self.builders[index]()
+        return self.built[index]
+
+    def map(self, function: Callable[[nn.Module], nn.Module]) -> LazyModels:
+        """Lazy models ``function(model)``, each built when first asked for."""
+        return LazyModels([lambda i=i: function(self[i]) for i in range(len(self))])
+
+
 @dataclass(frozen=True, eq=False)
 class MethodOutput:
     """A method's fused (or pruned) model with its maps and per-group reports, plus method-specific ``details``
@@ -72,7 +101,7 @@ class MethodOutput:
     sweeps: list[int] = field(default_factory=list)
     verified: list[float | None] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    aligned: list[nn.Module] = field(default_factory=list)
+    aligned: Sequence[nn.Module] = field(default_factory=list)
 
 
 ParentRule = Literal["identical", "same depth", "other depths"]

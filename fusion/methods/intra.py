@@ -149,13 +149,13 @@ def merged_rows(
     if rows == "barycentre":
         return transport
     if rows == "sum":
-        return dataclasses.replace(transport, producer=transport.consumer)
+        return dataclasses.replace(transport, rows=transport.consumer)
     incoming = torch.cat(
         [neuron_slices(state[m.key], m, sizes) for m in group.producers if m.param == "weight"], 1
     ).double()
     producer = transport.producer.double()
     scale = (producer.T @ incoming.norm(dim=1)) / (producer.T @ incoming).norm(dim=1).clamp_min(1e-12)
-    return dataclasses.replace(transport, producer=(producer * scale[None, :]).float())
+    return dataclasses.replace(transport, rows=(producer * scale[None, :]).float())
 
 
 def intra_fuse(

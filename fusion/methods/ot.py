@@ -7,7 +7,7 @@ verified to preserve their model's function, and the aligned parameters are aver
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,8 +16,8 @@ from torch import nn
 
 from fusion.alignment import AlignOptions, align, is_hard, verify_alignment
 from fusion.groups import NeuronGroup, neuron_groups
-from fusion.methods.average import average_states, mixture_weights
-from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.methods.average import mixture_weights, streamed_average
+from fusion.methods.base import Context, GroupReport, LazyModels, MethodOutput
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.seeds import check_seed
@@ -112,7 +112,7 @@ class AlignedAverage:
     seconds: list[dict[str, float]]
     sweeps: list[int]
     verified: list[float | None]
-    aligned: list[nn.Module]
+    aligned: LazyModels
 
 
 def aligned_average(
@@ -128,12 +128,14 @@ def aligned_average(
     """Align every model to ``models[options.reference]`` and average them (see the module docstring)."""
     mixture_weights(len(models), options.weights)
     reference = models[options.reference]
-    states, transports, costs, seconds, sweeps, verified, aligned = [], [], [], [], [], [], []
+    transports, costs, seconds, sweeps, verified = [], [], [], [], []
+    streams: list[Iterator[tuple[str, torch.Tensor]]] = []
+    aligned: list[Callable[[], nn.Module]] = []
     for index, model in enumerate(models):
         if index == options.reference:
-            states.append({k: v.detach().to(device) for k, v in reference.state_dict().items()})
+            streams.append(iter({k: v.detach().to(device) for k, v in reference.state_dict().items()}.items()))
             transports.append(None), costs.append({}), seconds.append({}), sweeps.append(0), verified.append(None)
-            aligned.append(reference)
+            aligned.append(lambda: reference)
             continue
 
         def report(done: int, total: int, message: str, index: int = index) -> None:
@@ -142,12 +144,14 @@ def aligned_average(
         alignment = align(model, reference, groups, align_options, inputs, device, report)
         error = None
         if options.verify and is_hard(alignment.transports):
-            error = verify_alignment(model, alignment.model, groups, alignment.transports, probe, device)
-        states.append(alignment.state)
+            checked = with_state(model, dict(alignment.tensors()), share=True)
+            error = verify_alignment(model, checked, groups, alignment.transports, probe, device)
+            del checked  # not held while the average is built: the peak stays one network above the result's
+        streams.append(alignment.tensors())
         transports.append(alignment.transports), costs.append(alignment.costs), seconds.append(alignment.seconds)
-        sweeps.append(alignment.sweeps), verified.append(error), aligned.append(alignment.model)
-    fused = with_state(reference, average_states(states, options.weights))
-    return AlignedAverage(fused, transports, costs, seconds, sweeps, verified, aligned)
+        sweeps.append(alignment.sweeps), verified.append(error), aligned.append(lambda a=alignment: a.model)
+    fused = with_state(reference, streamed_average(streams, options.weights), share=True)
+    return AlignedAverage(fused, transports, costs, seconds, sweeps, verified, LazyModels(aligned))
 
 
 def run_aligned_average(
