@@ -32,10 +32,17 @@ PROBES = {
 }
 
 
-def wall(command: list[str], env: dict[str, str] | None = None) -> float:
+def wall(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall seconds of ``command`` in a fresh process and that process's peak resident memory (MiB, from the
+    kernel's accounting of the child)."""
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-    return time.perf_counter() - started
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command, stderr=process.stderr.read())
+    return seconds, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -43,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    rows: dict[str, list[float]] = {}
+    rows: dict[str, list[tuple[float, float]]] = {}
     members: list[tuple[str, float]] = []
     for _ in range(args.repeats):
         for label, code in PROBES.items():
@@ -57,9 +64,10 @@ def main() -> None:
                 (meta["name"], meta["metrics"]["train_seconds"])
                 for meta in (json.loads((m / "meta.json").read_text()) for m in models.iterdir())
             )
-    print(f"cold-start wall seconds, min (max) over {args.repeats} runs, {os.cpu_count()} CPUs")
-    for label, times in rows.items():
-        print(f"  {label:<44} {min(times):6.2f} ({max(times):.2f})")
+    print(f"cold-start wall seconds, min (max) over {args.repeats} runs, and peak resident MiB, {os.cpu_count()} CPUs")
+    for label, runs in rows.items():
+        times = [t for t, _ in runs]
+        print(f"  {label:<44} {min(times):6.2f} ({max(times):.2f})  {max(m for _, m in runs):6.0f} MiB")
     print("training seconds per member (last run):")
     for name, seconds in members:
         print(f"  {name:<44} {seconds:6.2f}")

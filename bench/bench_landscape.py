@@ -19,7 +19,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from memory import measured  # noqa: E402
 
 from analysis.landscape import LandscapeConfig, filter_normalized_direction, random_directions
 from analysis.states import float_state
@@ -57,16 +60,20 @@ def main() -> None:
         model = build_model(default_spec(arch, data.input_shape, data.num_classes), seed=0).eval()
         resolution = args.resolution if arch != "resnet18" else max(3, args.resolution // 2)
         points = resolution**2
-        plain = plain_grid(model, data, resolution, 1.0, 0)
-        line = f"{arch:9s} plain {points * examples / plain:10.0f} ex/s"
+        plain, plain_mib, _ = measured(
+            lambda model=model, resolution=resolution: plain_grid(model, data, resolution, 1.0, 0), 1, warmup=0
+        )
+        line = f"{arch:9s} plain {points * examples / plain:10.0f} ex/s, peak +{plain_mib:.0f} MiB"
         for per_call in (1, 8):
             config = LandscapeConfig(resolution=resolution, points_per_call=per_call, warn_seconds=1e9)
-            started = time.perf_counter()
-            random_directions(model, data, 2, config, torch.device("cpu"))
-            ours = time.perf_counter() - started
+            ours, ours_mib, _ = measured(
+                lambda config=config, model=model: random_directions(model, data, 2, config, torch.device("cpu")),
+                1,
+                warmup=0,
+            )
             line += (
                 f" | ours ({per_call} point{'s' if per_call > 1 else ''}/call) "
-                f"{points * examples / ours:10.0f} ex/s, ratio {plain / ours:.2f}"
+                f"{points * examples / ours:10.0f} ex/s, ratio {plain / ours:.2f}, peak +{ours_mib:.0f} MiB"
             )
         print(line, flush=True)
 

@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import importlib.machinery
 import os
+import resource
 import sys
 import tempfile
 import types
@@ -173,3 +174,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    own, children = (
+        resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    print(f"peak resident memory: {own:.0f} MiB (this process), {children:.0f} MiB (its largest subprocess)")

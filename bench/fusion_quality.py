@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import statistics
 import sys
 import time
@@ -198,3 +199,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    own, children = (
+        resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    print(f"peak resident memory: {own:.0f} MiB (this process), {children:.0f} MiB (its largest subprocess)")

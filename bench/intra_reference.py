@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -197,3 +198,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    own, children = (
+        resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    print(f"peak resident memory: {own:.0f} MiB (this process), {children:.0f} MiB (its largest subprocess)")

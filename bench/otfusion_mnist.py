@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import otfusion_reference as reference  # noqa: E402
+from memory import measured  # noqa: E402
 
 from fusion.models import ModelSpec  # noqa: E402
 from fusion.registry import fuse  # noqa: E402
@@ -52,13 +52,17 @@ def main() -> None:
             for k in (0, 1)
         )
     probe = torch.randn(64, *SPEC.input_shape, generator=torch.Generator().manual_seed(0))
-    started = time.perf_counter()
-    ours = fuse([a, b], "ot", inputs=probe, reference=1, correction="reference").model
-    ours_seconds = time.perf_counter() - started
-    theirs, theirs_seconds = reference.reference_fuse_weights(
-        a, b, skip_last_layer=True, model_name="mlpnet", dataset="mnist"
+    ours_seconds, ours_mib, result = measured(
+        lambda: fuse([a, b], "ot", inputs=probe, reference=1, correction="reference"), 3
     )
-    print(f"ours {ours_seconds:.3f} s, reference {theirs_seconds:.3f} s ({theirs_seconds / ours_seconds:.1f}x)")
+    ours = result.model
+    _, theirs_mib, (theirs, theirs_seconds) = measured(
+        lambda: reference.reference_fuse_weights(a, b, skip_last_layer=True, model_name="mlpnet", dataset="mnist"), 3
+    )
+    print(
+        f"ours {ours_seconds:.3f} s, peak +{ours_mib:.0f} MiB; reference {theirs_seconds:.3f} s, peak "
+        f"+{theirs_mib:.0f} MiB ({theirs_seconds / ours_seconds:.1f}x the time)"
+    )
     for name, row in zip(theirs, reference.compare_layers(reference.layer_weights(ours), list(theirs.values()))):
         print(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
 

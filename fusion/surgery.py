@@ -10,6 +10,7 @@ blocks of ``repeat`` entries per neuron (a flatten after a conv). A permutation 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
@@ -23,9 +24,16 @@ from fusion.heads import head_targets
 from fusion.transport import Transport
 
 
-def block_index(permutation: np.ndarray, repeat: int, device: torch.device) -> torch.Tensor:
-    index = torch.as_tensor(permutation, dtype=torch.long, device=device)
-    return (index[:, None] * repeat + torch.arange(repeat, device=device)[None, :]).reshape(-1)
+def gathered(tensor: torch.Tensor, dim: int, permutation: np.ndarray, repeat: int) -> torch.Tensor:
+    """``tensor`` with the neurons along ``dim`` (blocks of ``repeat`` entries) taken in the order ``permutation``,
+    as one gather of whole rows of a ``(outer * neurons, repeat * inner)`` view: along an inner dimension (a
+    consumer's input channels) it is several times faster than ``index_select`` on the CPU."""
+    shape = tensor.shape
+    outer, neurons = math.prod(shape[:dim]), shape[dim] // repeat
+    index = torch.as_tensor(permutation, dtype=torch.long, device=tensor.device)
+    rows = (torch.arange(outer, device=tensor.device)[:, None] * neurons + index[None, :]).reshape(-1)
+    moved = tensor.reshape(outer * neurons, -1).index_select(0, rows)
+    return moved.reshape(*shape[:dim], len(index) * repeat, *shape[dim + 1 :])
 
 
 def transform(
@@ -50,7 +58,7 @@ def transform(
         )
     piece = tensor.narrow(member.dim, start, length)
     if transport.permutation is not None:
-        moved = piece.index_select(member.dim, block_index(transport.permutation, member.repeat, tensor.device))
+        moved = gathered(piece, member.dim, transport.permutation, member.repeat)
     else:
         matrix = (transport.producer if side == "producer" else transport.consumer).to(tensor.device, tensor.dtype)
         rows = piece.movedim(member.dim, 0)
