@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusion.distributed import shard, world_size
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
 from fusion.heads import head_transports
@@ -300,8 +301,9 @@ def align(
     if options.mode == "activations":
         if inputs is None or len(inputs) == 0:
             raise ConfigError("activation-based alignment needs training inputs")
-        acts_a = activation_features(model, groups, inputs, device)
-        acts_b = activation_features(reference, groups, inputs, device)
+        share = inputs[shard(len(inputs))] if len(inputs) >= world_size() else inputs
+        acts_a = activation_features(model, groups, share, device)
+        acts_b = activation_features(reference, groups, share, device)
     builder = FeatureBuilder(groups, options.features, sizes_a, sizes_b, keep=options.sweeps > 1)
     transports: dict[str, Transport] = {}
     costs: dict[str, float] = {}
@@ -314,7 +316,8 @@ def align(
 
     def gram_of(group: NeuronGroup) -> Gram:
         if options.mode == "activations":
-            return Gram.of(acts_a[group.name].to(device), acts_b[group.name].to(device))
+            gram = Gram.of(acts_a[group.name].to(device), acts_b[group.name].to(device))
+            return gram.summed_over_ranks() if len(inputs) >= world_size() else gram
         return builder.gram(group, state_a, state_b, transports, versions)
 
     def solve(group: NeuronGroup) -> list[Transport]:

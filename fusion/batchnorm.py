@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fusion.distributed import all_reduce_sum, batch_share, batches_shared
 from fusion.errors import DatasetError
 from fusion.groups import NORMS
 
@@ -23,7 +24,9 @@ def recompute_batchnorm(
     model: nn.Module, inputs: torch.Tensor, device: torch.device | None = None, batch_size: int = 256
 ) -> nn.Module:
     """Reset and re-estimate every BatchNorm's running statistics on ``inputs`` (in place; returns the model in eval
-    mode). Batches smaller than 2 are skipped, since they carry no variance."""
+    mode). Batches smaller than 2 are skipped, since they carry no variance. Under ``torch.distributed`` each rank
+    passes its block of the batches and the statistics are combined (:func:`combine_across_ranks`), so every rank
+    holds the statistics of the whole of ``inputs``."""
     if len(inputs) < 2:
         raise DatasetError("recomputing BatchNorm statistics needs at least two training inputs")
     device = device or next(model.parameters()).device
@@ -34,7 +37,7 @@ def recompute_batchnorm(
         norm.momentum = None
     model.train().to(device)
     try:
-        for start in range(0, len(inputs), batch_size):
+        for start in batch_share(len(inputs), batch_size):
             batch = inputs[start : start + batch_size]
             if len(batch) >= 2:
                 model(batch.to(device))
@@ -42,4 +45,17 @@ def recompute_batchnorm(
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
         model.eval()
+    if batches_shared(len(inputs), batch_size):
+        for norm in norms:
+            combine_across_ranks(norm)
     return model
+
+
+def combine_across_ranks(norm: nn.Module) -> None:
+    """Each rank's running statistics (the average over its batches) into the average over every rank's batches,
+    weighted by the batches each rank saw: what one process computes over all of them."""
+    count = norm.num_batches_tracked.to(norm.running_mean.dtype)
+    total = all_reduce_sum(count.clone())
+    for buffer in (norm.running_mean, norm.running_var):
+        all_reduce_sum(buffer.mul_(count)).div_(total.clamp_min(1))
+    norm.num_batches_tracked.copy_(total.to(norm.num_batches_tracked.dtype))

@@ -1,6 +1,7 @@
-"""Data parallelism over ``torch.distributed`` for the analyses: each rank holds a contiguous shard of the analysed
-sample, and sums over examples (losses, correct counts, Hessian-vector products) are all-reduced, so N ranks compute
-what one process computes, to float tolerance (the order of the sums differs).
+"""Data parallelism over ``torch.distributed`` for the analyses and fusion's statistics: each rank holds a contiguous
+shard of the analysed sample (or a block of whole batches, :func:`batch_share`, where statistics are per batch), and
+sums over examples (losses, correct counts, Hessian-vector products, neuron statistics, Gram products of activations)
+are all-reduced, so N ranks compute what one process computes, to float tolerance (the order of the sums differs).
 
 A run is distributed when ``torchrun`` (or any launcher setting ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT``) started it with more than one process: :func:`init_from_environment` joins the group, NCCL when
@@ -41,6 +42,19 @@ def shard(count: int) -> slice:
     base, extra = divmod(count, size)
     start = index * base + min(index, extra)
     return slice(start, start + base + (1 if index < extra else 0))
+
+
+def batch_share(count: int, batch_size: int) -> list[int]:
+    """The starts of this rank's batches of ``count`` items in batches of ``batch_size``: a contiguous block of whole
+    batches (:func:`shard` over the batches), so that per-batch statistics are those of one process. With fewer
+    batches than ranks every rank takes every batch, and the caller must not reduce (:func:`batches_shared`)."""
+    starts = list(range(0, count, batch_size))
+    return starts[shard(len(starts))] if batches_shared(count, batch_size) else starts
+
+
+def batches_shared(count: int, batch_size: int) -> bool:
+    """Whether :func:`batch_share` splits the batches over the ranks (a process group, and a batch for each)."""
+    return active() and -(-count // batch_size) >= world_size()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

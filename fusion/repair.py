@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fusion.distributed import all_reduce_sum, batch_share, batches_shared
 from fusion.errors import ArchitectureError, DatasetError
 from fusion.groups import LAYERS, NORMS, NeuronGroup, channel_dim, trace_order
 from fusion.methods.average import mixture_weights
@@ -88,7 +89,8 @@ def statistics(
     stop_after: str | None = None,
 ) -> dict[str, Statistics]:
     """Mean and standard deviation (population, over samples and spatial positions) of every neuron at the output of
-    each module in ``names``, in eval mode; with ``stop_after`` the forward pass ends once that module has run."""
+    each module in ``names``, in eval mode; with ``stop_after`` the forward pass ends once that module has run.
+    Under ``torch.distributed`` each rank measures its block of the batches and the sums are all-reduced."""
     if len(inputs) < 2:
         raise DatasetError("REPAIR needs at least two training inputs to measure neuron statistics")
     modules = dict(model.named_modules())
@@ -111,7 +113,7 @@ def statistics(
     handles = [modules[name].register_forward_hook(hook(name)) for name in names]
     model.eval().to(device)
     try:
-        for start in range(0, len(inputs), batch_size):
+        for start in batch_share(len(inputs), batch_size):
             try:
                 model(inputs[start : start + batch_size].to(device))
             except _Stop:
@@ -119,6 +121,11 @@ def statistics(
     finally:
         for handle in handles:
             handle.remove()
+    if batches_shared(len(inputs), batch_size):
+        for name in names:
+            all_reduce_sum(sums[name])
+            all_reduce_sum(squares[name])
+            count[name] = int(all_reduce_sum(torch.tensor(float(count[name]), dtype=torch.float64)))
     result = {}
     for name in names:
         mean = sums[name] / count[name]

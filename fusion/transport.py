@@ -32,6 +32,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fusion.distributed import all_reduce_sum
 from fusion.errors import ConfigError, FusionError
 
 Metric = Literal["euclidean", "sqeuclidean", "cosine"]
@@ -68,6 +69,13 @@ class Gram:
 
     def __add__(self, other: Gram) -> Gram:
         return Gram(self.dot + other.dot, self.norms_a + other.norms_a, self.norms_b + other.norms_b)
+
+    def summed_over_ranks(self) -> Gram:
+        """The products of features split over the ranks of ``torch.distributed`` (each holding some of the ``d``
+        coordinates, e.g. its share of an activation sample): the sums of every rank's products, in place."""
+        for tensor in (self.dot, self.norms_a, self.norms_b):
+            all_reduce_sum(tensor)
+        return self
 
 
 def ground_cost(

@@ -20,17 +20,21 @@ from fusion.models import default_spec
 from fusion.pipeline import train_and_save
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
-from tests.distributed_worker import analyses, run
+from tests.distributed_worker import analyses, run, statistics
 
 
 def test_two_gloo_ranks_compute_the_single_process_analyses(tmp_path) -> None:
-    single = analyses()
+    single = analyses() | statistics()
     mp.spawn(run, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1], "every rank holds the all-reduced result"
     np.testing.assert_allclose(ranks[0]["eigenvalues"], single["eigenvalues"], rtol=1e-4)
     np.testing.assert_allclose(ranks[0]["trace"], single["trace"], rtol=1e-4)
     np.testing.assert_allclose(ranks[0]["line"], single["line"], rtol=1e-5)
+    np.testing.assert_allclose(ranks[0]["batchnorm"], single["batchnorm"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ranks[0]["repair"], single["repair"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ranks[0]["costs"], single["costs"], rtol=1e-4)
+    np.testing.assert_allclose(ranks[0]["fused"], single["fused"], rtol=1e-4, atol=1e-5)
 
 
 def test_shards_cover_every_item_once(monkeypatch) -> None:
