@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,18 @@ def readme_rows() -> dict[str, list[str]]:
     return rows
 
 
+@pytest.fixture
+def every_core() -> Iterator[None]:
+    """All of the machine's cores for one row: these networks are full size (VGG-11-BN has 128.8M parameters), unlike
+    the suite's tiny models that run on one thread (tests/conftest.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_the_architecture_supports_what_the_readme_says(arch: str) -> None:
+def test_the_architecture_supports_what_the_readme_says(arch: str, every_core: None) -> None:
     shape = (1, 28, 28) if arch == "otfusion:mlpnet" else (3, 32, 32)
     spec = default_spec(arch, shape, 10)
     generator = torch.Generator().manual_seed(0)
