@@ -337,3 +337,20 @@ def test_the_readme_sweep_file_parses_as_written(repo_root: Path) -> None:
     assert spec.executor.cluster == "slurm" and spec.executor.slurm == {"account": "mylab"}
     assert spec.parents is not None and spec.parents.spec == {"bias": False} and spec.parents.train.augment
     assert len(option_grid("ot", spec.options["ot"], 0)) == 2
+
+
+def test_a_detached_resume_runs_failed_parents_again_and_their_fusions_after_them(workspace: Workspace) -> None:
+    """A parent that failed in an earlier run is submitted again; its old failure must not fail the fusions that the
+    dependency makes wait for it."""
+    text = EXAMPLE_SWEEP.replace("epochs = 30", "epochs = 1").replace('"ot", "matching", "average"', '"average"')
+    spec = parse_sweep(text.replace('cluster = "local"', 'cluster = "slurm"'))
+    folder = SweepFolder(workspace.root, spec.name)
+    for parent in spec.parent_jobs():
+        folder.save_outcome(JobOutcome(parent.id, "failed", error="OSError: disk full"))
+    with mocked_slurm() as mock:
+        run = run_sweep(workspace, spec, detach=True)
+        assert not run.failed and len(run.submitted) == 6
+        for job_id in [*(f"12_{k}" for k in range(4)), "13_0", "13_1"]:
+            with mock.job_context(job_id):
+                submission.process_job(folder.logs)
+    assert read_sweep(workspace.root, spec.name).counts() == {"done": 6, "failed": 0, "pending": 0}

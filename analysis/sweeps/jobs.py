@@ -85,6 +85,10 @@ class SweepFolder:
         except RecordError as exc:
             raise DamagedResultError(f"{path}: {exc}") from exc
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job's stored outcome (a failure being run again), so that only this run's outcome is read."""
+        self.outcome_path(job_id).unlink(missing_ok=True)
+
     def done(self, job_id: str) -> bool:
         outcome = self.outcome(job_id)
         return outcome is not None and outcome.status == "done"

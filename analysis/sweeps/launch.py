@@ -200,6 +200,8 @@ class Stage:
 
     def submit(self, jobs: Sequence[Job]) -> None:
         self.queue = [job for job in jobs if not self.failed_parents(job)]
+        for job in self.queue:
+            self.folder.forget(job.id)
         if self.config.cluster == "slurm" and self.queue:
             extra = {"dependency": "afterany:" + ":".join(self.dependency)} if self.dependency else {}
             self.executor.update_parameters(**extra)
