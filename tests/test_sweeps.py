@@ -19,7 +19,7 @@ from analysis.sweeps.launch import run_sweep
 from analysis.sweeps.spec import EXAMPLE_SWEEP, load_sweep, option_grid, parse_sweep, sweep_from
 from analysis.sweeps.table import job_rows, read_sweep, summary_rows
 from cli.main import main
-from fusion.errors import ConfigError
+from fusion.errors import ConfigError, DatasetError
 from fusion.pipeline import build_demo_ensemble, demo_members
 from fusion.workspace import Workspace
 from tests.app_helpers import messages, open_app, train_quick_models, wait_for_job
@@ -282,27 +282,51 @@ def test_a_local_sweep_cannot_be_detached(workspace: Workspace) -> None:
         run_sweep(workspace, parse_sweep(EXAMPLE_SWEEP), detach=True)
 
 
-def test_a_fusion_whose_parent_failed_fails_with_the_parents_error_without_a_process(workspace: Workspace) -> None:
+class InProcess:
+    """A stand-in for submitit's executor that runs each job at once in this process, recording what it ran."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+
+    def update_parameters(self, **parameters: object) -> None:
+        pass
+
+    def submit(self, function, *args):
+        self.ran.append(args[-1].id)
+        try:
+            function(*args)
+            error = None
+        except Exception as exc:
+            error = exc
+        return Handle(error)
+
+
+class Handle:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def done(self) -> bool:
+        return True
+
+    def exception(self) -> Exception | None:
+        return self.error
+
+
+def test_a_fusion_whose_parent_failed_fails_with_the_parents_error_without_running(workspace: Workspace) -> None:
     spec = parse_sweep(EXAMPLE_SWEEP.replace('arch = "mlp"', 'arch = "mlp"\nspec = { hidden = [8] }'))
-    folder = SweepFolder(workspace.root, spec.name)
-    for parent in spec.parent_jobs():
-        folder.save_outcome(JobOutcome(parent.id, "failed", error="DatasetError: no data"))
+    executor = InProcess()
 
-    def no_executor(config, path):
-        class Refuses:
-            def submit(self, *args, **kwargs):
-                raise AssertionError("nothing should be submitted")
-
-            def update_parameters(self, **kwargs):
-                pass
-
-        return Refuses()
+    def failing(*args: object) -> None:
+        raise DatasetError("no data")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("analysis.sweeps.launch.stored_parent", lambda workspace, job: False)
-        patch.setattr("analysis.sweeps.launch.Stage.fill", lambda self: None)
-        run = run_sweep(workspace, spec, executor_factory=no_executor)
-    assert sorted(run.failed) == sorted(j.id for j in spec.fusion_jobs())
+        patch.setattr("analysis.sweeps.jobs.parent_job", failing)
+        run = run_sweep(workspace, spec, executor_factory=lambda config, path: executor)
+    parents = [p.id for p in spec.parent_jobs()]
+    assert executor.ran == parents, "the fusions were not run"
+    assert sorted(run.failed) == sorted([*parents, *(j.id for j in spec.fusion_jobs())])
+    folder = SweepFolder(workspace.root, spec.name)
+    assert all("parent job" in folder.outcome(j.id).error for j in spec.fusion_jobs())
     assert all("DatasetError: no data" in folder.outcome(j.id).error for j in spec.fusion_jobs())
 
 
