@@ -74,8 +74,3 @@ def measured(call: Callable[[], T], repeat: int, warmup: int = 1) -> tuple[float
         peaks.append(resident_mib("VmHWM") - baseline)
     assert result is not None
     return statistics.median(times), max(peaks), result
-
-
-def process_peak_mib() -> float:
-    """The peak resident memory of this whole process so far (``VmHWM``), for the closing line of a benchmark."""
-    return resident_mib("VmHWM")

@@ -220,18 +220,21 @@ class Transport:
         return (int(self.plan.shape[0]), int(self.plan.shape[1]))
 
     @functools.cached_property
-    def producer(self) -> torch.Tensor:
-        """``T diag(1 / column sums)``: each target row the barycentre of its sources (or ``rows`` when given)."""
-        if self.rows is not None:
-            return self.rows
+    def barycentres(self) -> torch.Tensor:
+        """``T diag(1 / column sums)``: each target the barycentre of its sources."""
         return torch.from_numpy(self.plan / self.plan.sum(0)[None, :]).float()
+
+    @property
+    def producer(self) -> torch.Tensor:
+        """:attr:`barycentres`, or ``rows`` when given."""
+        return self.barycentres if self.rows is None else self.rows
 
     @functools.cached_property
     def consumer(self) -> torch.Tensor:
-        """``diag(1 / row sums) T`` (``marginals``: a source column split by its mass), or the producer's matrix
+        """``diag(1 / row sums) T`` (``marginals``: a source column split by its mass), or :attr:`barycentres`
         (``reference``: otfusion's ``T / beta`` on both sides)."""
         if self.correction == "reference":
-            return torch.from_numpy(self.plan / self.plan.sum(0)[None, :]).float()
+            return self.barycentres
         return torch.from_numpy(self.plan / self.plan.sum(1)[:, None]).float()
 
     @classmethod

@@ -630,20 +630,21 @@ class Workspace:
     def load_result(self, model_id: str, kind: str) -> dict[str, Any] | None:
         """The stored result of ``kind`` for ``model_id``, ``None`` when there is none; :class:`DamagedResultError`
         naming the model when the file is not UTF-8 JSON holding an object."""
-        path = self.result_path(model_id, kind)
-        if not path.is_file():
-            return None
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DamagedResultError(
-                f"the stored {kind} result of {model_id} is damaged ({exc}); compute it again"
-            ) from exc
-        if not isinstance(payload, dict):
-            raise DamagedResultError(
-                f"the stored {kind} result of {model_id} is damaged (not a JSON object); compute it again"
-            )
-        return payload
+        return read_json_object(self.result_path(model_id, kind), f"the stored {kind} result of {model_id}")
+
+
+def read_json_object(path: Path, what: str, remedy: str = "compute it again") -> dict[str, Any] | None:
+    """The JSON object stored at ``path``, ``None`` when there is no file; :class:`DamagedResultError` naming
+    ``what`` (and saying ``remedy``) when the file is not UTF-8 JSON holding an object."""
+    if not path.is_file():
+        return None
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedResultError(f"{what} is damaged ({exc}); {remedy}") from exc
+    if not isinstance(payload, dict):
+        raise DamagedResultError(f"{what} is damaged (not a JSON object); {remedy}")
+    return payload
 
 
 class LoadOnce:

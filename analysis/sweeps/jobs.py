@@ -13,13 +13,12 @@ outcome is written atomically when the job ends; a job killed before that has no
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
@@ -31,7 +30,7 @@ from fusion.errors import ConfigError, DamagedResultError, WorkspaceError
 from fusion.pipeline import finetune_and_save, fuse_and_save, train_and_save
 from fusion.records import Record, RecordError
 from fusion.registry import method_spec
-from fusion.workspace import Workspace, now_iso, write_json_atomic
+from fusion.workspace import Workspace, now_iso, read_json_object, write_json_atomic
 
 SWEEPS = "sweeps"
 Job = ParentJob | FusionJob
@@ -71,17 +70,19 @@ class SweepFolder:
         write_json_atomic(self.path / "sweep.json", spec.to_dict())
 
     def spec(self) -> SweepSpec:
-        return SweepSpec.from_dict(read_json(self.path / "sweep.json"))
+        stored = read_json_object(self.path / "sweep.json", f"the sweep file of {self.name}", "run the sweep again")
+        if stored is None:
+            raise WorkspaceError(f"no sweep named {self.name!r} in {self.path.parent}")
+        return SweepSpec.from_dict(stored)
 
     def save_outcome(self, outcome: JobOutcome) -> None:
         write_json_atomic(self.outcome_path(outcome.job), outcome.to_dict())
 
     def outcome(self, job_id: str) -> JobOutcome | None:
         path = self.outcome_path(job_id)
-        if not path.exists():
-            return None
+        stored = read_json_object(path, f"the outcome of job {job_id}", "run the sweep again")
         try:
-            return JobOutcome.from_dict(read_json(path))
+            return None if stored is None else JobOutcome.from_dict(stored)
         except RecordError as exc:
             raise DamagedResultError(f"{path}: {exc}") from exc
 
@@ -92,15 +93,6 @@ class SweepFolder:
     def done(self, job_id: str) -> bool:
         outcome = self.outcome(job_id)
         return outcome is not None and outcome.status == "done"
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise WorkspaceError(f"{path} does not exist") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DamagedResultError(f"{path} cannot be read: {exc}") from exc
 
 
 def sweep_names(root: str | Path) -> list[str]:
@@ -217,8 +209,3 @@ def parent_models(folder: SweepFolder, job: FusionJob) -> tuple[str, ...]:
         reasons = [f"{p} ({found[p].error})" if found[p] is not None else p for p in missing]
         raise ConfigError(f"parent job(s) {', '.join(reasons)} did not finish")
     return tuple(found[p].models["model"] for p in job.parent_jobs)
-
-
-def outcomes(folder: SweepFolder, jobs: Sequence[Job]) -> dict[str, JobOutcome]:
-    """The stored outcome of each of ``jobs`` that has one."""
-    return {job.id: outcome for job in jobs if (outcome := folder.outcome(job.id)) is not None}

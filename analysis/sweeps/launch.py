@@ -33,7 +33,6 @@ from fusion.workspace import Workspace, now_iso
 POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 20.0
 REPORT_SECONDS = 2.0
-SLURM_NAMES = {"timeout_min": "time", "partition": "partition", "gpus_per_node": "gpus_per_node"}
 ExecutorFactory = Callable[[ExecutorConfig, Path], submitit.Executor]
 
 
