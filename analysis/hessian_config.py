@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from analysis.grid import step_grid
 from fusion.errors import ConfigError
 from fusion.records import Record
 from fusion.seeds import check_seed
@@ -128,6 +129,8 @@ class HessianConfig(Record):
             )
         if not self.perturb_low < self.perturb_high:
             raise ConfigError(f"perturb_low ({self.perturb_low}) must be below perturb_high ({self.perturb_high})")
+        for points in {self.perturb_points, self.plane_points} - {0}:
+            step_grid(self.perturb_low, self.perturb_high, points, "perturb_low..perturb_high")
         if self.plane_points and (self.plane_points < 3 or self.top_k < 2):
             raise ConfigError(
                 f"plane_points must be 0 (no plane) or at least 3 with top_k of at least 2, got {self.plane_points} "

@@ -42,6 +42,7 @@ from torch.func import functional_call, vmap
 
 from analysis import AnalysisError
 from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
+from analysis.grid import step_grid
 from analysis.states import State, eval_mode, float_state
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
 from fusion.data import Dataset
@@ -102,6 +103,7 @@ class LandscapeConfig(Record):
             raise ConfigError(f"resolution must be an integer from 2 to 1001, got {self.resolution!r}")
         if not (math.isfinite(self.span) and self.span > 0):
             raise ConfigError(f"span must be a positive number, got {self.span!r}")
+        step_grid(-self.span, self.span, self.resolution, "span")
         if not (math.isfinite(self.margin) and 0 <= self.margin <= 10):
             raise ConfigError(f"margin must be in [0, 10], got {self.margin!r}")
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
@@ -593,7 +595,7 @@ def random_directions(
         raise ConfigError(f"dims must be 1 or 2, got {dims!r}")
     device = device or default_device()
     parameter_names(model)
-    alphas = np.linspace(-config.span, config.span, config.resolution)
+    alphas = step_grid(-config.span, config.span, config.resolution, "span")
     points = len(alphas) ** dims
     check_cost(model, data, points, config, device, bases=1 + dims)
     generator = torch.Generator().manual_seed(config.seed)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from analysis import AnalysisError
+from analysis.grid import step_grid
 from analysis.hessian_config import HessianConfig, StepScale
 from analysis.hessian_estimators import TopEigenvalues
 from analysis.hessian_operator import HessianOperator
@@ -186,7 +187,7 @@ def perturbation_study(
     """The curve along every direction on every split of ``evaluation`` (``config.perturb_points`` steps from
     ``config.perturb_low`` to ``config.perturb_high``), each with its fitted curvature and, when ``operator`` is
     given, ``d^T H d``."""
-    ts = np.linspace(config.perturb_low, config.perturb_high, config.perturb_points)
+    ts = step_grid(config.perturb_low, config.perturb_high, config.perturb_points, "perturb_low..perturb_high")
     curves = []
     total = len(directions) * len(evaluation)
     for number, direction in enumerate(directions):
@@ -246,7 +247,7 @@ def eigen_plane(
     device = device or default_device()
     if len(directions) < 2:
         raise AnalysisError("the eigenvector plane needs the top two eigenvectors (top_k of at least 2)")
-    ts = np.linspace(config.perturb_low, config.perturb_high, config.plane_points)
+    ts = step_grid(config.perturb_low, config.perturb_high, config.plane_points, "perturb_low..perturb_high")
     origin = float_state(model)
     bases = [origin] + [
         {k: d.entries[k].to(v.device, v.dtype) if k in d.entries else torch.zeros_like(v) for k, v in origin.items()}

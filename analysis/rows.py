@@ -3,7 +3,9 @@ the analysis commands (and of their JSON)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import csv
+import io
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,21 @@ from analysis.figures import plain
 from analysis.hessian import HessianReport
 from analysis.landscape import METRIC_NAMES, GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.perturbation import curve_kind
+
+
+def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """``rows`` as UTF-8 CSV: a header of every key in order of first appearance, one line per row (a key a row
+    lacks, and ``None``, as an empty field).
+
+    >>> csv_bytes([{"t": 0.0, "loss": 1.5}, {"t": 0.5, "accuracy": 90.0}]).decode().splitlines()
+    ['t,loss,accuracy', '0.0,1.5,', '0.5,,90.0']
+    """
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: plain(v) for k, v in row.items()} for row in rows)
+    return text.getvalue().encode()
 
 
 def curve_rows(reports: Mapping[str, HessianReport]) -> list[dict[str, Any]]:

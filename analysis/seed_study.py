@@ -22,7 +22,7 @@ from analysis.hessian_config import HessianConfig
 from analysis.runs import scaled
 from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
 from fusion.errors import ConfigError
-from fusion.pipeline import finetune_and_save, fuse_and_save
+from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.registry import REGISTRY
@@ -62,7 +62,12 @@ class StudyConfig(Record):
             )
         if not isinstance(self.finetune_epochs, int) or not 0 <= self.finetune_epochs <= 1000:
             raise ConfigError(f"finetune_epochs must be an integer from 0 to 1000, got {self.finetune_epochs!r}")
+        self.finetune()
         self.hessian()
+
+    def finetune(self) -> TrainConfig:
+        """The fused model's fine-tune (checked even with ``finetune_epochs`` 0, so a bad rate is refused)."""
+        return TrainConfig(epochs=max(1, self.finetune_epochs), lr=self.lr, seed=0)
 
     def hessian(self) -> HessianConfig:
         return HessianConfig(
@@ -108,6 +113,8 @@ def seed_study(
     """Run the study on two parents (see the module docstring)."""
     if len(parent_ids) != 2 or parent_ids[0] == parent_ids[1]:
         raise ConfigError(f"the study takes two different parents, got {list(parent_ids)}")
+    records = [workspace.record(i) for i in parent_ids]
+    check_compatible(records, config.method)
     hessian = config.hessian()
     stages: list[tuple[str, str]] = [("parent A", parent_ids[0]), ("parent B", parent_ids[1])]
     pruning = PRUNINGS[config.pruning]
@@ -134,7 +141,7 @@ def seed_study(
         tuned = finetune_and_save(
             workspace,
             fused.record.id,
-            TrainConfig(epochs=config.finetune_epochs, lr=config.lr, seed=0),
+            config.finetune(),
             device=device,
             progress=scaled(progress, 3, steps, "fine-tune"),
             model=fused.model,

@@ -4,8 +4,6 @@ Each stores its result with the (first) model in the workspace and returns a sum
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path
 from typing import Any
 
 from analysis.comparison import applicable_methods, compare_methods
@@ -16,10 +14,8 @@ from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape
 from analysis.seed_study import StudyConfig, seed_study, study_rows
 from analysis.sharpness import sharpness_of, sharpness_rows, sharpness_table
 from cli.arguments import add_option_arguments, given_options
-from cli.output import stderr_progress
+from cli.output import add_csv_option, check_csv, stderr_progress, write_csv
 from fusion.device import default_device
-from fusion.distributed import is_writer
-from fusion.errors import ConfigError
 from fusion.options import option_fields
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
@@ -27,9 +23,9 @@ from fusion.workspace import Workspace
 
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     config = HessianConfig(**given_options(args, option_fields(HessianConfig)))
-    check_csv_path(args.csv)
+    check_csv(args, workspace)
     report = hessian_of(workspace, args.id, config, args.split, progress=stderr_progress(args.quiet))
-    written = write_csv(args.csv, curve_rows({args.id: report}))
+    written = write_csv(args, workspace, curve_rows({args.id: report}))
     (sharpness,) = sharpness_rows([sharpness_of(workspace, args.id, report)])
     return {
         "id": args.id,
@@ -64,7 +60,7 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         seed=args.seed,
         recompute_batchnorm=args.recompute_batchnorm,
     )
-    check_csv_path(args.csv)
+    check_csv(args, workspace)
     result = landscape_of(workspace, args.models, args.kind, config, args.dims, progress=stderr_progress(args.quiet))
     summary: dict[str, Any] = {}
     if args.kind == "interpolation":
@@ -82,12 +78,12 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         "min_test_loss": float(result.metrics.test_loss.min()),
         **summary,
         "result": str(workspace.result_path(args.models[0], landscape_key(args.kind, args.models))),
-        **write_csv(args.csv, landscape_rows(result)),
+        **write_csv(args, workspace, landscape_rows(result)),
     }
 
 
 def command_compare(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    check_csv_path(args.csv)
+    check_csv(args, workspace)
     hessian = HessianConfig(samples=args.hessian_samples) if args.hessian else None
     finetune = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0) if args.finetune_epochs else None
     comparison = compare_methods(
@@ -104,40 +100,20 @@ def command_compare(args: argparse.Namespace, workspace: Workspace) -> dict[str,
         "rows": [row.to_dict() for row in comparison.rows],
         "skipped": comparison.skipped,
         "sharpness": sharpness_rows(sharpness_table(workspace, ids)),
-        **write_csv(args.csv, [row.to_dict() for row in comparison.rows]),
+        **write_csv(args, workspace, [row.to_dict() for row in comparison.rows]),
     }
 
 
 def command_study(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    check_csv_path(args.csv)
+    check_csv(args, workspace)
     config = StudyConfig(**given_options(args, option_fields(StudyConfig)))
     study = seed_study(workspace, args.parents, config, progress=stderr_progress(args.quiet))
     rows = study_rows(study)
     return {
         "config": config.to_dict(),
         "stages": [stage.to_dict() for stage in study.stages],
-        **write_csv(args.csv, rows),
+        **write_csv(args, workspace, rows),
     }
-
-
-def check_csv_path(path: Path | None) -> None:
-    """Refuse a ``--csv`` path whose folder does not exist or that is a folder, before any work."""
-    if path is not None and (path.is_dir() or not path.parent.is_dir()):
-        raise ConfigError(f"--csv {path}: not a file in an existing folder")
-
-
-def write_csv(path: Path | None, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``rows`` written to ``path`` as CSV (one row per point, a header of their keys); the summary's ``csv``
-    entry."""
-    if path is None:
-        return {}
-    if not is_writer():
-        return {"csv": str(path), "csv_rows": len(rows)}
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
-        writer.writeheader()
-        writer.writerows(rows)
-    return {"csv": str(path), "csv_rows": len(rows)}
 
 
 def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -149,7 +125,7 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     hessian.add_argument("id")
     hessian.add_argument("--split", choices=("train", "test"), default="test", help="data the loss is taken over")
-    hessian.add_argument("--csv", type=Path, help="also write every perturbation curve's points to this CSV file")
+    add_csv_option(hessian, "every perturbation curve's points")
     add_option_arguments(hessian, option_fields(HessianConfig))
     hessian.set_defaults(run=command_hessian)
 
@@ -171,7 +147,7 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     landscape.add_argument(
         "--recompute-batchnorm", action="store_true", help="re-estimate BatchNorm statistics at every point"
     )
-    landscape.add_argument("--csv", type=Path, help="also write every evaluated point to this CSV file")
+    add_csv_option(landscape, "every evaluated point")
     landscape.set_defaults(run=command_landscape)
 
     compare = subparsers.add_parser(
@@ -185,7 +161,7 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
         "--hessian", action="store_true", help="then the Hessian of the parents and of every fused/fine-tuned model"
     )
     compare.add_argument("--hessian-samples", type=int, default=500, help="test examples of each Hessian")
-    compare.add_argument("--csv", type=Path, help="also write the comparison's rows to this CSV file")
+    add_csv_option(compare, "the comparison's rows")
     compare.set_defaults(run=command_compare)
 
     study = subparsers.add_parser(
@@ -195,5 +171,5 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     )
     study.add_argument("--parents", nargs=2, required=True, help="ids of the two parents")
     add_option_arguments(study, option_fields(StudyConfig))
-    study.add_argument("--csv", type=Path, help="also write one row per stage (its sharpness) to this CSV file")
+    add_csv_option(study, "one row per stage (its sharpness)")
     study.set_defaults(run=command_study)

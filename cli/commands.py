@@ -5,20 +5,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from cli.arguments import add_option_arguments, given_options
 from cli.output import record_summary, stderr_progress, stored_summary
-from fusion.data import DATASET_FORMS, check_dataset_name, load_dataset
+from fusion.data import DATASET_FORMS, check_dataset_name, dataset_signature, load_dataset
 from fusion.device import default_device, describe_device
-from fusion.errors import DatasetError, FusionError
+from fusion.errors import ConfigError, DatasetError, FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.options import OptionField, option_fields
-from fusion.pipeline import build_demo_ensemble, finetune_and_save, fuse_and_save, train_and_save, vit_demo_members
+from fusion.pipeline import (
+    build_demo_ensemble,
+    evaluate_and_save,
+    finetune_and_save,
+    fuse_and_save,
+    import_and_evaluate,
+    is_evaluated,
+    train_and_save,
+    vit_demo_members,
+)
 from fusion.registry import REGISTRY
 from fusion.sources import SOURCES, is_sourced, trust_factory
-from fusion.train import TrainConfig, evaluate
+from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
 
@@ -87,11 +97,8 @@ def add_spec_options(parser: argparse.ArgumentParser, required: bool) -> None:
 
 
 def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    data = load_dataset(args.dataset, download=args.download)
-    spec = spec_from_args(args, data.input_shape, data.num_classes)
-    records = []
-    for seed in args.seed:
-        config = TrainConfig(
+    configs = [
+        TrainConfig(
             epochs=args.epochs,
             lr=args.lr,
             batch_size=args.batch_size,
@@ -100,7 +107,12 @@ def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
             seed=seed,
             augment=args.augment,
         )
-        stored = train_and_save(
+        for seed in args.seed
+    ]
+    data = load_dataset(args.dataset, download=args.download)
+    spec = spec_from_args(args, data.input_shape, data.num_classes)
+    records = [
+        train_and_save(
             workspace,
             spec,
             data.name,
@@ -109,7 +121,8 @@ def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
             download=args.download,
             pretrained=args.pretrained,
         )
-        records.append(stored)
+        for config in configs
+    ]
     return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
 
 
@@ -125,20 +138,22 @@ def command_list(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
     scan = workspace.scan()
     return {
         "workspace": str(workspace.root),
-        "models": [{**record_summary(r, workspace), "checksum": bool(r.checksums)} for r in scan.records],
+        "models": [
+            {**record_summary(r, workspace), "checksum": bool(r.checksums), "evaluated": is_evaluated(r)}
+            for r in scan.records
+        ],
         "broken": [{"id": b.id, "reason": b.reason} for b in scan.broken],
     }
 
 
 def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    model, record = workspace.load(args.id)
-    data = load_dataset(record.dataset, download=args.download)
-    results = {}
-    for split in ("train", "test"):
-        metrics = evaluate(model, *data.split(split))
-        results[f"{split}_accuracy"], results[f"{split}_loss"] = metrics.accuracy, metrics.loss
-    record = workspace.update(args.id, metrics={**record.metrics, **results})
-    return {"id": record.id, "dataset": record.dataset, "device": str(default_device()), **results}
+    """Evaluate a model on its own dataset or, with ``--dataset``, on another of the same input shape and classes
+    (:func:`fusion.pipeline.evaluate_and_save`); ``stored_as`` names the metrics keys the scores were stored under."""
+    evaluation = evaluate_and_save(workspace, args.id, getattr(args, "dataset", None), download=args.download)
+    output = {"id": args.id, "dataset": evaluation.dataset, "device": str(default_device()), **evaluation.scores}
+    if evaluation.dataset != evaluation.record.dataset:
+        output |= {"model_dataset": evaluation.record.dataset, "stored_as": list(evaluation.stored)}
+    return output
 
 
 def command_export(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
@@ -147,19 +162,38 @@ def command_export(args: argparse.Namespace, workspace: Workspace) -> dict[str, 
 
 
 def command_import(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    """Import a checkpoint and evaluate it on its dataset's test split; a dataset not on this machine leaves it stored
+    "not evaluated" (``"evaluated": false`` and the ``reason``; a note on stderr without ``--json``). The spec is
+    built from the dataset's shape, known without its files for the built-in datasets."""
     spec = None
     if args.arch:
         if not args.dataset:
             raise FusionError("--arch needs --dataset (the dataset the checkpoint was trained on)")
-        data = load_dataset(args.dataset, download=args.download)
-        spec = spec_from_args(args, data.input_shape, data.num_classes)
+        spec = spec_from_args(args, *dataset_signature(args.dataset))
     if args.spec:
         spec = ModelSpec.from_dict(json.loads(Path(args.spec).read_text()))
-    model, record = workspace.import_checkpoint(args.checkpoint, spec=spec, dataset=args.dataset, name=args.name)
-    data = load_dataset(record.dataset, download=args.download)
-    metrics = evaluate(model, *data.split("test"))
-    record = workspace.update(record.id, metrics={"test_accuracy": metrics.accuracy, "test_loss": metrics.loss})
-    return {"models": [record_summary(record, workspace)]}
+    imported = import_and_evaluate(
+        workspace, args.checkpoint, spec=spec, dataset=args.dataset, name=args.name, download=args.download
+    )
+    output = {"models": [record_summary(imported.record, workspace)], **evaluated(imported.not_evaluated)}
+    note_not_evaluated(args, imported.record.id, imported.not_evaluated)
+    return output
+
+
+def evaluated(reason: str | None) -> dict[str, Any]:
+    """The output's ``evaluated`` flag and, for a model stored without test metrics, the ``reason``."""
+    return {"evaluated": True} if reason is None else {"evaluated": False, "reason": reason}
+
+
+def note_not_evaluated(args: argparse.Namespace, model_id: str, reason: str | None) -> None:
+    """Say on stderr (the human output; ``--json`` carries it as ``reason``) that a model was stored without
+    evaluation, why, and how to evaluate it later."""
+    if reason is not None and not args.json:
+        print(
+            f"{model_id}: not evaluated: {reason}\n  evaluate it once the dataset is there: "
+            f"python -m fusion evaluate {model_id}",
+            file=sys.stderr,
+        )
 
 
 def fusion_option_fields(method: str | None = None) -> list[OptionField]:
@@ -185,21 +219,36 @@ def fusion_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.ensemble_step is not None:
         if "weights" in options:
             raise FusionError("give --ensemble-step or --weights, not both")
+        if not 0 <= args.ensemble_step <= 1:
+            raise ConfigError(
+                f"--ensemble-step must be in [0, 1] (the weight of the second model), got {args.ensemble_step}"
+            )
         options["weights"] = (1.0 - args.ensemble_step, args.ensemble_step)
     return options
 
 
 def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
-    run = fuse_and_save(
-        workspace, args.models, args.method, fusion_options(args), name=args.name, progress=stderr_progress(args.quiet)
-    )
-    output: dict[str, Any] = {"method": args.method, "parents": args.models, **run.metrics, "report": run.report}
-    if run.record is not None:
-        output["models"] = [{**record_summary(run.record, workspace), "reused": run.reused}]
+    options = fusion_options(args)
+    config = None
     if args.finetune_epochs:
         config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0)
-        if run.record is None:
-            raise FusionError("an ensemble is not a single network and cannot be fine-tuned")
+        if REGISTRY[args.method].output == "ensemble":
+            raise FusionError(f"{args.method} is a prediction ensemble, not a single network, and cannot be fine-tuned")
+        load_dataset(workspace.record(args.models[0]).dataset)  # fine-tuning needs it: refused before fusing
+    run = fuse_and_save(
+        workspace, args.models, args.method, options, name=args.name, progress=stderr_progress(args.quiet)
+    )
+    output: dict[str, Any] = {
+        "method": args.method,
+        "parents": args.models,
+        **run.metrics,
+        **evaluated(run.not_evaluated),
+        "report": run.report,
+    }
+    if run.record is not None:
+        output["models"] = [{**record_summary(run.record, workspace), "reused": run.reused}]
+        note_not_evaluated(args, run.record.id, run.not_evaluated)
+    if config is not None and run.record is not None:
         tuned = finetune_and_save(
             workspace, run.record.id, config, progress=stderr_progress(args.quiet), model=run.model
         )

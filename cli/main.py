@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -37,13 +38,22 @@ from cli.sweep_commands import add_sweep_commands
 from fusion.distributed import init_from_environment, is_writer, shutdown
 from fusion.errors import FusionError, UsageError
 from fusion.registry import methods
+from fusion.sources import trust_factory
 from fusion.train import OPTIMIZERS, TrainConfig
 from fusion.workspace import Workspace
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+"""What argparse reads as a negative number rather than a flag: ``-1``, ``-0.5``, ``-.5``, ``-1e9``, ``-1E-3``
+(argparse's own pattern stops at decimals, so ``--perturb-low -1e9`` failed to parse)."""
 
 
 class CommandParser(argparse.ArgumentParser):
     """argparse whose refusals raise :class:`UsageError` (so ``--json`` can report them) instead of printing the usage
     and exiting; its sub-command parsers are of the same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> Any:
         raise UsageError(f"{self.prog}: {message}")
@@ -70,6 +80,15 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
         "--download",
         action="store_true",
         help="allow torchvision to download a missing dataset (an image folder is read in place, never downloaded)",
+    )
+
+    common.add_argument(
+        "--trust-factory",
+        action="append",
+        default=[],
+        metavar="MODULE:CALLABLE",
+        help="run this python: factory when a stored model names it (repeatable; see FUSIONLAB_FACTORIES): a "
+        "workspace is data, so a factory it names runs only when this machine trusts it",
     )
 
     main = CommandParser(prog="python -m fusion", description="FusionLab: train, fuse and analyse networks.")
@@ -162,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(
                 f"{args.command} runs in one process; under torchrun only {' and '.join(DISTRIBUTED_COMMANDS)} do"
             )
+        for factory in args.trust_factory:
+            trust_factory(factory)
         writer = is_writer()
         result = args.run(args, Workspace(args.workspace))
         text = strict_json(result) if as_json else human_readable(result)
@@ -179,5 +200,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutdown()
     if writer:
-        print(text)
+        return emit(text)
+    return 0
+
+
+def emit(text: str) -> int:
+    """Print the command's output; a reader that closed the pipe early (``| head -c 1``) ends the command quietly
+    with status 141 (128 + SIGPIPE, what a shell reports for a killed writer) instead of a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0

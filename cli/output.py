@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+from analysis.rows import csv_bytes
 from fusion.distributed import is_writer, rank, world_size
+from fusion.errors import OutputFileError
 from fusion.pipeline import Stored
 from fusion.progress import Progress
+from fusion.user_files import check_user_target, write_user_file
 from fusion.workspace import ModelRecord, Workspace
 
 
@@ -85,3 +92,35 @@ def human_readable(result: dict[str, Any]) -> str:
         lines += [f"BROKEN {b['id']}: {b['reason']}" for b in result.get("broken", [])]
         return "\n".join(lines) or "no models"
     return "\n".join(f"{k}: {v}" for k, v in result.items())
+
+
+def add_csv_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--csv PATH`` (also write ``what`` there) and ``--force`` (replace an existing file at it)."""
+    parser.add_argument("--csv", type=Path, help=f"also write {what} to this new CSV file (outside the workspace)")
+    parser.add_argument("--force", action="store_true", help="replace an existing regular file at --csv")
+
+
+def check_csv(args: argparse.Namespace, workspace: Workspace) -> None:
+    """Refuse the ``--csv`` target before any work, by the rules of :func:`fusion.user_files.write_user_file`."""
+    if args.csv is not None:
+        with flag_named("--csv"):
+            check_user_target(args.csv, overwrite=args.force, protected=[workspace.root])
+
+
+def write_csv(args: argparse.Namespace, workspace: Workspace, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``rows`` written to ``--csv`` (from rank 0 of a distributed run); the summary's ``csv`` entries."""
+    if args.csv is None:
+        return {}
+    if is_writer():
+        with flag_named("--csv"):
+            write_user_file(args.csv, csv_bytes(rows), overwrite=args.force, protected=[workspace.root])
+    return {"csv": str(args.csv), "csv_rows": len(rows)}
+
+
+@contextmanager
+def flag_named(flag: str) -> Iterator[None]:
+    """Prefix an :class:`OutputFileError` with the flag whose path it refuses."""
+    try:
+        yield
+    except OutputFileError as exc:
+        raise OutputFileError(f"{flag}: {exc}") from exc

@@ -4,20 +4,42 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import torch
+
+from fusion.errors import ConfigError
+
+DEVICE_VARIABLE = "FUSIONLAB_DEVICE"
 
 
 @functools.lru_cache(maxsize=1)
 def default_device() -> torch.device:
     """CUDA device 0 when available, else the CPU.
 
-    ``FUSIONLAB_DEVICE`` (``cpu`` or ``cuda``) overrides the choice, for tests and for pinning a job.
+    ``FUSIONLAB_DEVICE`` (``cpu``, ``cuda`` or ``cuda:N``) overrides the choice, for tests and for pinning a job;
+    any other value, or a CUDA device this machine does not have, is a :class:`ConfigError` naming the setting.
     """
-    forced = os.environ.get("FUSIONLAB_DEVICE")
+    forced = os.environ.get(DEVICE_VARIABLE, "").strip()
     if forced:
-        return torch.device(forced)
+        return forced_device(forced)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def forced_device(value: str) -> torch.device:
+    """The device ``FUSIONLAB_DEVICE=value`` names, checked against this machine."""
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", value)
+    if match is None:
+        raise ConfigError(f"{DEVICE_VARIABLE}={value!r} is not a device: use cpu, cuda or cuda:N (or unset it)")
+    if value != "cpu":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(match.group(1) or 0)
+        if index >= count:
+            raise ConfigError(
+                f"{DEVICE_VARIABLE}={value!r}, but this machine has {count or 'no'} CUDA device{'s' * (count != 1)}: "
+                "use cpu (or unset it)"
+            )
+    return torch.device(value)
 
 
 def available_memory(device: torch.device | None = None) -> int:

@@ -18,6 +18,11 @@ class ArchitectureError(FusionError, ValueError):
     """An architecture spec is invalid, or models do not share the architecture a method needs."""
 
 
+class UntrustedFactoryError(ArchitectureError):
+    """A ``python:`` factory would run without being trusted on this machine (``FUSIONLAB_FACTORIES``,
+    ``--trust-factory``): a stored model or an imported file never vouches for its own code."""
+
+
 class CheckpointError(FusionError, ValueError):
     """A file is not a checkpoint FusionLab can load safely, or its tensors do not fit."""
 
@@ -47,9 +52,10 @@ class WorkspaceError(FusionError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ExportError(WorkspaceError):
-    """An export destination is refused: it exists (without overwrite), is not a regular file, is empty, or lies in
-    the workspace's own folders."""
+class OutputFileError(FusionError, ValueError):
+    """A file to write at a user's path (an export, a ``--csv``, a sweep's table) is refused: the path is empty, its
+    folder is missing or inside the workspace, it is a link or not a regular file, or it exists and may not be
+    replaced (:mod:`fusion.user_files`)."""
 
 
 class DamagedResultError(WorkspaceError):

@@ -13,23 +13,29 @@ saved model rebuilds exactly.
 =======================  =====================================================================================
 
 Nothing is downloaded: a source builds randomly initialised networks and weights come from the user's own files.
-A ``python:`` factory is code, so it runs only when trusted: listed in the environment variable
+A ``python:`` factory is code, so it runs only when trusted on this machine: listed in the environment variable
 ``FUSIONLAB_FACTORIES`` (comma-separated ``MODULE:NAME``, the app server's configuration) or trusted in this process
-by :func:`trust_factory` (the command line trusts the one its ``--arch`` names). A stored spec or an imported file
-naming another factory is refused, so a checkpoint can never make FusionLab run code.
+by :func:`trust_factory` (the command line trusts the one its ``--arch`` or ``--trust-factory`` names). A workspace is
+data: a stored model, an imported file or a copied workspace naming an untrusted factory is refused with
+:class:`~fusion.errors.UntrustedFactoryError` before its module is imported, so a checkpoint can never make FusionLab
+run code. A trusted factory's module and call run with ``sys.stdout`` sent to ``sys.stderr`` (the command line's
+``--json`` output stays one object) and with any exception, ``SystemExit`` included, turned into an
+:class:`~fusion.errors.ArchitectureError` naming the factory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 
 from torch import nn
 
-from fusion.errors import ArchitectureError
+from fusion.errors import ArchitectureError, UntrustedFactoryError
 from fusion.seed_models import SEED_REPOSITORIES, build_seed_model, check_seed_arch, seed_choices
 
 SOURCES = ("torchvision", "timm", *SEED_REPOSITORIES, "python")
@@ -70,16 +76,10 @@ def timm_module():
 
 
 def trust_factory(name: str) -> None:
-    """Let ``python:`` specs naming ``MODULE:NAME`` build in this process (the caller vouches for the code)."""
+    """Let ``python:`` specs naming ``MODULE:NAME`` build in this process (the caller vouches for the code). Child
+    processes (a sweep's jobs) do not inherit it; ``FUSIONLAB_FACTORIES`` they do."""
     check_factory_name(name)
     trusted_here.add(name)
-
-
-def trust_stored(arch: str) -> None:
-    """Trust the factory of a model already in the workspace: it entered through a trusted path (trained, or imported
-    with its factory trusted), so its own workspace may rebuild it. An import never calls this."""
-    if arch.startswith("python:"):
-        trust_factory(arch.removeprefix("python:"))
 
 
 def listed_factories() -> set[str]:
@@ -165,29 +165,42 @@ def build_torchvision(name: str, input_shape: tuple[int, int, int], num_classes:
 
 
 def build_factory(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``NAME(input_shape=..., num_classes=...)`` of the factory ``MODULE:NAME``, imported only when it is trusted on
+    this machine (:class:`UntrustedFactoryError` otherwise, whatever spec or record names it)."""
     check_factory_name(name)
     if name not in trusted_factories():
-        raise ArchitectureError(
-            f"the factory {name} is not trusted: list it in {TRUSTED_FACTORIES_VARIABLE} (the server's configuration) "
-            "or name it with --arch python:MODULE:CALLABLE on the command line"
+        raise UntrustedFactoryError(
+            f"the factory {name} is not trusted on this machine, so it does not run: list it in "
+            f"{TRUSTED_FACTORIES_VARIABLE} (comma-separated MODULE:CALLABLE) or pass --trust-factory {name} on the "
+            "command line; a stored model or an imported file never trusts its own factory"
         )
     module_name, _, attribute = name.partition(":")
-    try:
+    with user_code(f"the factory {name} cannot be imported"):
         factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise ArchitectureError(f"the factory {name} cannot be imported: {exc}") from exc
     return call(f"python:{name}", lambda: factory(input_shape=input_shape, num_classes=num_classes))
 
 
-def call(arch: str, make: Callable[[], object]) -> nn.Module:
-    """``make()``, which must return an ``nn.Module``; any failure becomes an :class:`ArchitectureError` naming
-    ``arch``."""
+@contextlib.contextmanager
+def user_code(failure: str) -> Iterator[None]:
+    """Run the body, code FusionLab does not control, with ``sys.stdout`` sent to ``sys.stderr`` (a command's
+    ``--json`` output stays the only thing on stdout); an exception or ``SystemExit`` becomes an
+    :class:`ArchitectureError` that starts with ``failure``. ``KeyboardInterrupt`` still interrupts."""
     try:
-        model = make()
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except ArchitectureError:
         raise
-    except Exception as exc:  # a user's factory or a library's constructor may raise anything
-        raise ArchitectureError(f"{arch} could not be built: {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:
+        raise ArchitectureError(f"{failure}: it called sys.exit({exc.code!r})") from exc
+    except Exception as exc:  # a user's module or factory, or a library's constructor, may raise anything
+        raise ArchitectureError(f"{failure}: {type(exc).__name__}: {exc}") from exc
+
+
+def call(arch: str, make: Callable[[], object]) -> nn.Module:
+    """``make()``, which must return an ``nn.Module``, run as :func:`user_code`; any failure becomes an
+    :class:`ArchitectureError` naming ``arch``."""
+    with user_code(f"{arch} could not be built"):
+        model = make()
     if not isinstance(model, nn.Module):
         raise ArchitectureError(f"{arch} returned a {type(model).__name__}, not a torch.nn.Module")
     return model

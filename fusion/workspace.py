@@ -32,7 +32,6 @@ import os
 import pickle
 import re
 import shutil
-import stat
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
@@ -54,13 +53,13 @@ from fusion.errors import (
     CheckpointError,
     DamagedModelError,
     DamagedResultError,
-    ExportError,
+    OutputFileError,
     WorkspaceError,
 )
 from fusion.image_folder import is_image_folder, parse_image_folder_name
 from fusion.models import ModelSpec, build_model, parameter_count, state_mismatch
 from fusion.records import Record, RecordError, from_json
-from fusion.sources import trust_stored
+from fusion.user_files import check_user_target, write_user_file
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
 METADATA_KEY = "fusionlab"
@@ -483,10 +482,10 @@ class Workspace:
         """Rebuild the model from its spec and load its verified weights (eval mode, on the CPU).
 
         Raises :class:`DamagedModelError` when the weights are missing, changed since the save, or do not fit the
-        spec; a model saved without checksums loads unverified.
+        spec; a model saved without checksums loads unverified. A workspace is data: a ``python:`` factory its spec
+        names runs only when trusted on this machine (:class:`~fusion.errors.UntrustedFactoryError` otherwise).
         """
         record = self.record(model_id)
-        trust_stored(record.spec.arch)
         model = build_model(record.spec)
         try:
             load_state_into(model, self.read_tensors(record, WEIGHTS_FILE))
@@ -517,58 +516,21 @@ class Workspace:
         """Copy a model's verified weights to one safetensors file whose header carries its metadata (``fusionlab``
         key); a folder ``destination`` means ``<folder>/<id>.safetensors``. Returns the file written.
 
-        The file is written beside the target and moved into place, so the target is whole or absent. Raises
-        :class:`ExportError`, naming the target, when ``destination`` is empty, its folder is missing or one of the
-        workspace's own (the root, ``models/``, ``.staging/``), or the target exists and is not a regular file, or
-        exists at all unless ``overwrite``.
+        Written by :func:`fusion.user_files.write_user_file`, so the target is whole or untouched; raises
+        :class:`OutputFileError`, naming the target, when ``destination`` is empty, its folder is missing or inside
+        this workspace, or the target is a link, not a regular file, or exists at all unless ``overwrite``.
         """
         if not str(destination).strip():
-            raise ExportError("the export destination is empty: give a file or folder path")
+            raise OutputFileError("the export destination is empty: give a file or folder path")
         record = self.record(model_id)
         target = Path(destination).expanduser()
-        if target.is_dir():
+        if target.is_dir() and not target.is_symlink():
             target = target / f"{model_id}.safetensors"
-        self.check_export_target(target, overwrite)
+        check_user_target(target, overwrite=overwrite, protected=[self.root])
         state = self.read_tensors(record, WEIGHTS_FILE)
         header = json.dumps(replace(record, checksums={}).to_dict())  # the workspace files' hashes do not describe it
         payload = safetensors.torch.save(state, metadata={METADATA_KEY: header})
-        try:
-            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        except OSError as exc:
-            raise ExportError(f"cannot write {target}: {exc.strerror}") from exc
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(payload)
-                stream.flush()
-                os.fsync(stream.fileno())
-            if overwrite:
-                os.replace(temporary, target)
-            else:
-                place_new_file(temporary, target)
-        except FileExistsError as exc:
-            raise ExportError(f"{target} already exists; choose another path or allow overwriting it") from exc
-        except OSError as exc:
-            raise ExportError(f"cannot write {target}: {exc.strerror}") from exc
-        finally:
-            Path(temporary).unlink(missing_ok=True)
-        return target
-
-    def check_export_target(self, target: Path, overwrite: bool) -> None:
-        """Raise :class:`ExportError` unless ``target`` may receive an export (see :meth:`export`)."""
-        folder = target.parent.resolve()
-        root = self.root.resolve()
-        if folder == root or any(folder.is_relative_to(root / own) for own in ("models", ".staging")):
-            raise ExportError(f"{target} is inside the workspace's own folders; export to a path outside {self.root}")
-        if not folder.is_dir():
-            raise ExportError(f"cannot write {target}: there is no folder {target.parent}")
-        try:
-            mode = target.lstat().st_mode
-        except FileNotFoundError:
-            return
-        if not stat.S_ISREG(mode):
-            raise ExportError(f"{target} exists and is not a regular file; an export only creates or replaces files")
-        if not overwrite:
-            raise ExportError(f"{target} already exists; choose another path or allow overwriting it")
+        return write_user_file(target, payload, overwrite=overwrite, protected=[self.root])
 
     def import_checkpoint(
         self,
@@ -662,17 +624,3 @@ class LoadOnce:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.workspace, name)
-
-
-def place_new_file(source: str, target: Path) -> None:
-    """Move ``source`` to ``target`` only if ``target`` does not exist (``FileExistsError`` otherwise), atomically
-    where the filesystem has hard links."""
-    try:
-        os.link(source, target)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-        # vfat and some network filesystems have no hard links: check, then rename (not atomic against a racer)
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from exc
-        os.rename(source, target)

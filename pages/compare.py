@@ -19,13 +19,14 @@ from analysis.comparison import (
 from analysis.fusion_figures import finetune_comparison_figure
 from analysis.hessian_config import HessianConfig
 from analysis.sharpness import sharpness_rows, sharpness_table
+from fusion.command_lines import fusion_command_lines
 from fusion.pipeline import parent_role
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import fusion_command_lines, kept
+from ui.options import kept
 from ui.state import (
     device,
     job_runner,

@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.comparison import COMPARISON, FusionComparison, compare_fusion, stored_comparison
 from analysis.fusion_figures import comparison_figure
+from fusion.command_lines import fusion_command_lines
 from fusion.errors import DamagedResultError
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
@@ -11,7 +12,7 @@ from fusion.workspace import ModelRecord
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import fusion_command_lines, kept, option_widgets, parse_options
+from ui.options import kept, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 from ui.tables import dashed_table
 

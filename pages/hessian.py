@@ -24,10 +24,11 @@ from analysis.runs import (
     stored_overlaps,
 )
 from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
+from fusion.command_lines import command_line, non_default
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
-from ui.options import command_line, kept, non_default, option_widgets, parse_options
+from ui.options import kept, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"

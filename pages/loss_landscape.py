@@ -16,10 +16,10 @@ from analysis.runs import (
     stored_fusion_landscape,
     stored_landscape,
 )
+from fusion.command_lines import command_line
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
-from ui.options import command_line
 from ui.state import device, job_runner, models_or_stop, selected_model_ids, workspace
 from ui.tables import relative_change
 

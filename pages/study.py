@@ -6,10 +6,11 @@ import streamlit as st
 
 from analysis.fusion_figures import study_figure
 from analysis.seed_study import StudyConfig, seed_study, study_rows
+from fusion.command_lines import command_line, non_default
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import command_line, non_default, option_widgets, parse_options
+from ui.options import option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 STUDY_KIND = "study"

@@ -20,10 +20,10 @@ from analysis.landscape import InterpolationResult, PlaneResult, RandomDirection
 from analysis.runs import landscape_key
 from cli.arguments import given_options
 from cli.main import main, parser
+from fusion.command_lines import command_line, non_default
 from fusion.models import build_model
 from fusion.options import option_fields
 from fusion.workspace import ModelRecord, Workspace
-from ui.options import command_line, non_default
 
 FAST_HESSIAN = [
     "--samples",

@@ -10,9 +10,11 @@ import pytest
 import torch
 from app_helpers import messages, open_app, wait_for_job
 
+from fusion.data import dataset_normalization
 from fusion.errors import ArchitectureError
 from fusion.models import build_model, default_spec
 from fusion.sources import TRUSTED_FACTORIES_VARIABLE, source_choices, trust_factory, trusted_here
+from tests import factories
 from tests.data_helpers import make_folder
 from ui.forms import SOURCE_LABELS, SpecInputs, offered_sources
 from ui.state import job_runner
@@ -57,6 +59,28 @@ def test_only_the_listed_factories_are_offered_not_those_trusted_in_this_process
     assert source_choices("python") == (FACTORY,)
     monkeypatch.setenv(TRUSTED_FACTORIES_VARIABLE, "")
     assert source_choices("python") == ()
+
+
+def test_a_stored_model_of_an_unlisted_factory_is_listed_and_refused_on_load_without_running_it(
+    app_workspace, monkeypatch
+):
+    """A workspace is data: the server runs only the factories it lists, whatever a copied workspace names."""
+    unlisted = "python:tests.factories:counted_net"
+    spec = default_spec(unlisted, (1, 8, 8), 10)
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setenv(TRUSTED_FACTORIES_VARIABLE, unlisted.removeprefix("python:"))
+        model = build_model(spec, seed=0)
+        record = app_workspace.save(model, spec=spec, dataset="digits", normalization=dataset_normalization("digits"))
+    factories.built.clear()
+
+    at = open_app(MODELS)
+    assert not at.exception and not at.error, messages(at.error)
+    assert list(at.dataframe[0].value["architecture"]) == [unlisted]
+
+    at.switch_page("pages/neuron_norms.py").run()
+    assert not at.exception
+    assert any("tests.factories:counted_net is not trusted" in e for e in messages(at.error)), messages(at.error)
+    assert factories.built == [] and app_workspace.record(record.id).spec.arch == unlisted
 
 
 def test_a_sourced_architecture_parses_to_its_arch_alone():

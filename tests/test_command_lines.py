@@ -6,9 +6,9 @@ import pytest
 
 from cli.commands import fusion_options
 from cli.main import main, parser
+from fusion.command_lines import fusion_command_lines
 from fusion.registry import method_options
 from fusion.train import TrainConfig
-from ui.options import fusion_command_lines
 
 NON_DEFAULT = {
     "average": {"weights": (0.25, 0.75), "recompute_bn": False, "repair": True},

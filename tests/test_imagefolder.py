@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 
+import fusion.image_folder
 from cli.main import main
 from fusion.data import check_dataset_name, dataset_normalization, dataset_signature, load_dataset, load_image_folder
 from fusion.errors import DatasetError
-from fusion.image_folder import IMAGE_EXTENSIONS, stratified_split
+from fusion.image_folder import IMAGE_EXTENSIONS, parse_image_folder_name, read_image_folder, stratified_split
 from fusion.models import ModelSpec, build_model, default_spec
 from fusion.train import TrainConfig, train
 from fusion.workspace import ID_PATTERN, Workspace
@@ -208,6 +213,169 @@ def bad_folder(tmp_path: Path, case: str) -> Path:
 def test_a_folder_that_is_not_a_dataset_is_refused_with_what_was_found(tmp_path: Path, case: str, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
         load_dataset(name_of(bad_folder(tmp_path, case), "@8"))
+
+
+def linked_class_folder(tmp_path: Path, target: str) -> Path:
+    """An image folder of classes ``a``, ``b`` and ``c`` whose class folder ``b`` is a link to ``target``."""
+    root = make_folder(tmp_path / "linked", {"a": (200, 40, 40), "c": (40, 40, 200)}, per_class=4)
+    (root / "a" / "deep").mkdir()
+    write_image(root / "a" / "deep" / "00.png", (200, 40, 40))
+    outside = make_folder(tmp_path / "outside", {"blue": (40, 40, 200)}, per_class=4) / "blue"
+    targets = {
+        "the dataset root": root,
+        "the folder holding the dataset": tmp_path,
+        "another class": root / "a",
+        "a folder inside another class": root / "a" / "deep",
+        "the outside folder another class links to": outside,
+    }
+    if target == "the outside folder another class links to":
+        (root / "c").rename(tmp_path / "c")
+        (root / "c").symlink_to(outside, target_is_directory=True)
+    (root / "b").symlink_to(targets[target], target_is_directory=True)
+    return root
+
+
+LINKED_CLASS_FOLDER_REFUSALS = {
+    "the dataset root": r"class folder .*linked/b links to .*linked, which holds the image folder",
+    "the folder holding the dataset": r"class folder .*linked/b links to .*, which holds the image folder",
+    "another class": r"class folder .*linked/b links to .*linked/a, the same folder as class folder .*linked/a",
+    "a folder inside another class": r"links to .*linked/a/deep, a folder inside class folder .*linked/a \(",
+    "the outside folder another class links to": r"linked/b links to .*outside/blue, the same folder as .*/c",
+}
+
+
+@pytest.mark.parametrize("target", LINKED_CLASS_FOLDER_REFUSALS)
+def test_class_folder_linking_to_dataset_root_or_another_class_is_refused(tmp_path: Path, target: str) -> None:
+    with pytest.raises(DatasetError, match=LINKED_CLASS_FOLDER_REFUSALS[target] + r".*read again as class 'b'"):
+        load_dataset(name_of(linked_class_folder(tmp_path, target)))
+
+
+def test_a_test_split_linking_to_the_training_images_is_refused(tmp_path: Path) -> None:
+    make_folder(tmp_path / "split" / "train", per_class=4)
+    (tmp_path / "split" / "test").symlink_to(tmp_path / "split" / "train", target_is_directory=True)
+    with pytest.raises(DatasetError, match=r"class folder .*split/test/blue links to .*split/train/blue, the same"):
+        load_dataset(name_of(tmp_path / "split"))
+
+
+def test_a_class_folder_linking_to_its_own_folder_outside_the_dataset_is_read(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "linked", {"a": (200, 40, 40)}, per_class=4)
+    outside = make_folder(tmp_path / "outside", {"blue": (40, 40, 200)}, per_class=4) / "blue"
+    (root / "b").symlink_to(outside, target_is_directory=True)
+    images = read_image_folder(parse_image_folder_name(name_of(root)))
+    assert images.classes == ("a", "b") and torch.bincount(images.y).tolist() == [4, 4]
+    blue = images.x[images.y == 1].mean(dim=(0, 2, 3))
+    assert blue[2] > 0.7 and blue[0] < 0.3
+
+
+@pytest.mark.parametrize("into", ["another class", "the same class"])
+def test_an_image_linked_to_another_image_is_refused_rather_than_read_twice(tmp_path: Path, into: str) -> None:
+    root = make_folder(tmp_path / "colours", per_class=4)
+    link = root / ("green" if into == "another class" else "blue") / "linked.png"
+    link.symlink_to(root / "blue" / "00.png")
+    with pytest.raises(DatasetError, match=rf"{link} and .*blue/00\.png are one image file, .*blue/00\.png"):
+        load_dataset(name_of(root))
+
+
+def write_grayscale(path: Path, pixels: np.ndarray) -> str:
+    """``pixels`` saved to ``path`` by PIL (the array's dtype choosing the mode); the mode PIL reads back."""
+    Image.fromarray(pixels).save(path)
+    with Image.open(path) as image:
+        return image.mode
+
+
+SIXTEEN_BIT_VALUES = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+
+
+@pytest.mark.parametrize(
+    "suffix,dtype,mode",
+    [(".png", "uint16", "I;16"), (".tif", ">u2", "I;16B"), (".tif", "int32", "I"), (".pgm", "uint16", "I")],
+)
+def test_sixteen_bit_grayscale_png_is_read_as_one_channel_at_full_depth(
+    tmp_path: Path, suffix: str, dtype: str, mode: str
+) -> None:
+    root = tmp_path / "deep"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            assert write_grayscale(root / name / f"{i}{suffix}", SIXTEEN_BIT_VALUES.astype(dtype)) == mode
+    images = read_image_folder(parse_image_folder_name(name_of(root)))
+    assert images.x.shape == (4, 1, 2, 2)
+    expected = torch.tensor([[0.0, 16384 / 65535], [32768 / 65535, 1.0]])
+    assert torch.allclose(images.x, expected.expand(4, 1, 2, 2), atol=1e-6)
+    assert abs(images.x[0, 0, 1, 0].item() - 0.5) < 1e-4
+
+
+def test_sixteen_bit_grayscale_beside_colour_keeps_its_full_depth_in_each_channel(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "mixed", {"red": (200, 40, 40)}, per_class=2, size=(2, 2))
+    (root / "gray").mkdir()
+    for i in range(2):
+        write_grayscale(root / "gray" / f"{i}.png", SIXTEEN_BIT_VALUES)
+    images = read_image_folder(parse_image_folder_name(name_of(root)))
+    assert images.x.shape == (4, 3, 2, 2)
+    gray = images.x[images.y == images.classes.index("gray")]
+    expected = torch.tensor([[0.0, 16384 / 65535], [32768 / 65535, 1.0]])
+    assert torch.allclose(gray, expected.expand(2, 3, 2, 2), atol=1e-6)
+
+
+def test_a_thirty_two_bit_image_past_sixteen_bits_is_refused_naming_it(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "deep", {"a": (1,), "b": (2,)}, per_class=2, size=(2, 2))
+    write_grayscale(root / "b" / "wide.tif", np.array([[0, 70000]], dtype=np.int32))
+    with pytest.raises(DatasetError, match=r"wide\.tif holds values from 0 to 70000 \(PIL mode I\)"):
+        load_dataset(name_of(root, "@2"))
+
+
+def write_png_header(path: Path, height: int, width: int) -> None:
+    """An 8-bit RGB PNG file whose header says ``height x width`` and whose pixel data is no deflate stream: PIL reads
+    its mode and size, and fails to decode it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not pixels") + chunk(b"IEND", b"")
+    )
+
+
+def test_images_too_large_to_decode_are_refused_before_decoding(tmp_path: Path) -> None:
+    root = tmp_path / "large"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(50):
+            write_png_header(root / name / f"{i:02d}.png", 3000, 3000)
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(name_of(root))
+    message = str(refused.value)
+    assert "the 100 images of" in message and "10.1 GiB decoded (100 x 3x3000x3000 float32)" in message
+    assert f"e.g. imagefolder:{root}@" in message and "not a readable image" not in message
+    with pytest.raises(DatasetError, match=r"large/a/\d\d\.png is not a readable image"):
+        load_dataset(name_of(root, "@8"))
+
+
+def test_large_images_load_once_a_size_that_fits_is_given(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fusion.image_folder, "MAX_DECODED_BYTES", 20_000)
+    with pytest.raises(DatasetError, match=r"24 images .* \(24 x 3x12x12 float32\).*at most 8x8 fits") as refused:
+        load_dataset(name_of(folder))
+    suggested = str(refused.value).rpartition("e.g. ")[2]
+    assert suggested == f"imagefolder:{folder}@8"
+    assert load_dataset(suggested).input_shape == (3, 8, 8)
+    with pytest.raises(DatasetError, match=r"give a smaller size to resize them to, at most 8x8 fits"):
+        load_dataset(name_of(folder, "@10"))
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])
+def test_an_image_past_pils_decompression_bomb_guard_is_refused_naming_it(tmp_path: Path, side: int) -> None:
+    root = make_folder(tmp_path / "bomb", {"a": (1, 2, 3), "b": (4, 5, 6)}, per_class=2)
+    write_png_header(root / "b" / "huge.png", side, side)
+    with pytest.raises(DatasetError, match=rf"huge\.png is too large to decode safely: .*{side * side} pixels"):
+        load_dataset(name_of(root, "@8"))
+
+
+def test_an_image_that_fails_to_decode_is_refused_naming_it(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "damaged", {"a": (1, 2, 3), "b": (4, 5, 6)}, per_class=2)
+    write_png_header(root / "b" / "damaged.png", 12, 12)
+    with pytest.raises(DatasetError, match=r"b/damaged\.png is not a readable image"):
+        load_dataset(name_of(root))
 
 
 @pytest.mark.parametrize(

@@ -123,7 +123,9 @@ def test_a_bad_factory_is_a_clear_error_and_nothing_is_stored(factory: str, mess
     assert Workspace(workspace).records() == []
 
 
-def test_a_factory_named_on_the_command_line_trains_and_fuses(capsys, tmp_path) -> None:
+def test_a_factory_named_on_the_command_line_trains_and_fuses_where_it_is_trusted(
+    capsys, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     workspace = str(tmp_path / "ws")
     arch = "python:tests.factories:small_net"
     code, trained = cli(
@@ -143,7 +145,10 @@ def test_a_factory_named_on_the_command_line_trains_and_fuses(capsys, tmp_path) 
     )
     assert code == 0, trained
     ids = [m["id"] for m in trained["models"]]
-    trusted_here.clear()  # a later process: the workspace's own models are trusted, nothing else
+    trusted_here.clear()  # a later process: the workspace does not vouch for its models' factory
+    code, refused = cli("fuse", "--workspace", workspace, "--method", "ot", "--models", *ids, capsys=capsys)
+    assert code == 1 and refused["error"]["type"] == "UntrustedFactoryError", refused
+    monkeypatch.setenv(TRUSTED_FACTORIES_VARIABLE, arch.removeprefix("python:"))
     code, fused = cli("fuse", "--workspace", workspace, "--method", "ot", "--models", *ids, capsys=capsys)
     assert code == 0, fused
     assert Workspace(tmp_path / "ws").record(fused["models"][0]["id"]).spec.arch == arch

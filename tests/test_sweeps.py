@@ -4,22 +4,28 @@ Sweeps page."""
 
 from __future__ import annotations
 
+import functools
 import json
+import time
+import tracemalloc
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from submitit.core import submission
+from submitit.core.utils import FailedJobError
 from submitit.slurm.test_slurm import mocked_slurm
 
 from analysis.comparison import hessian_summary
 from analysis.sweeps.jobs import JobOutcome, SweepFolder, run_job, sweep_names
-from analysis.sweeps.launch import run_sweep
+from analysis.sweeps.launch import check_parents, run_sweep
 from analysis.sweeps.spec import EXAMPLE_SWEEP, load_sweep, option_grid, parse_sweep, sweep_from
 from analysis.sweeps.table import job_rows, read_sweep, summary_rows
 from cli.main import main
-from fusion.errors import ConfigError, DatasetError
+from fusion.data import dataset_normalization
+from fusion.errors import ArchitectureError, ConfigError, DatasetError, WorkspaceError
+from fusion.models import build_model, default_spec
 from fusion.pipeline import build_demo_ensemble, demo_members
 from fusion.workspace import Workspace
 from tests.app_helpers import messages, open_app, train_quick_models, wait_for_job
@@ -378,3 +384,146 @@ def test_a_detached_resume_runs_failed_parents_again_and_their_fusions_after_the
             with mock.job_context(job_id):
                 submission.process_job(folder.logs)
     assert read_sweep(workspace.root, spec.name).counts() == {"done": 6, "failed": 0, "pending": 0}
+
+
+def values(count: int, value) -> str:
+    return "[" + ", ".join(value(k) for k in range(count)) + "]"
+
+
+HUGE_GRID = (
+    'name = "huge"\nmethods = ["ot"]\nparents = [["a", "b"]]\n[options.ot]\n'
+    f"reg = {values(64, lambda k: str(0.01 * (k + 1)))}\n"
+    f"samples = {values(64, lambda k: str(100 + k))}\n"
+    f"sweeps = {values(64, lambda k: str(1 + k))}\n"
+    f"weights = {values(64, lambda k: f'[{k / 64}, {1 - k / 64}]')}\n"
+)
+"""One method on one pair with four 64-valued option lists: 64**4 = 16,777,216 grid points, hence fusion jobs."""
+
+
+def test_sweep_over_the_job_limit_is_refused_with_its_count_before_expansion(tmp_path: Path, capsys) -> None:
+    parse_sweep(EXAMPLE_SWEEP)  # the imports and the method registry, outside the measurement
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match=r"expands into 16,777,216 jobs .* limit of 1,000") as refused:
+            parse_sweep(HUGE_GRID)
+        seconds, (_, peak) = time.perf_counter() - started, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"refusing took {peak} bytes: the grid was expanded"
+    assert seconds < 1.0
+    assert "max_jobs = 16777216" in str(refused.value) and "--max-jobs 16777216" in str(refused.value)
+    six = EXAMPLE_SWEEP  # 4 parent jobs (2 seeds x 2 models) and 6 fusion jobs (3 methods x 2 seeds)
+    with pytest.raises(ConfigError, match=r"10 jobs \(4 parent, 6 fusion\), more than its limit of 9"):
+        parse_sweep("max_jobs = 9\n" + six)
+    assert parse_sweep("max_jobs = 10\n" + six).max_jobs == 10
+    file = tmp_path / "small-limit.toml"
+    file.write_text("max_jobs = 9\n" + six)
+    assert load_sweep(file, max_jobs=10).max_jobs == 10, "the command line's limit replaces the file's"
+    with pytest.raises(ConfigError, match="max_jobs must be a positive integer"):
+        parse_sweep("max_jobs = 0\n" + six)
+    huge = tmp_path / "huge.toml"
+    huge.write_text(HUGE_GRID)
+    assert main(["sweep", str(huge), "--max-jobs", "5000", "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "ConfigError" and "16,777,216 jobs" in error["message"] and "5,000" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"methods": ["average", "ot", "prune"], "options": {"ot": {"mode": ["weights", "activations"]}}},
+        {"finetune": {"epochs": 1}, "hessian": {"samples": 50}},
+        {"parents": [["a", "b"], ["b", "c"]], "hessian": {"samples": 50}},
+        {"parents": {"arch": "mlp", "models": 3, "epochs": 1}, "methods": ["average", "prune"]},
+    ],
+)
+def test_the_job_count_is_the_number_of_jobs_the_sweep_expands_into(extra: dict) -> None:
+    spec = sweep_from(
+        {"name": "count", "methods": ["average", "ot"], "seeds": [0, 1, 2], "parents": [["a", "b"]]} | extra
+    )
+    assert spec.job_counts() == (len(spec.parent_jobs()), len(spec.fusion_jobs()))
+
+
+SLURM_SWEEP = EXAMPLE_SWEEP.replace('cluster = "local"', 'cluster = "slurm"')
+
+
+def test_slurm_executor_without_srun_is_a_typed_refusal_before_anything_is_stored(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match=r'cluster = "slurm" needs .*srun.* cluster = "local"'):
+        run_sweep(workspace, parse_sweep(SLURM_SWEEP))
+    assert not (workspace.root / "sweeps").exists(), "nothing was stored"
+    file = tmp_path / "slurm.toml"
+    file.write_text(SLURM_SWEEP)
+    assert main(["sweep", str(file), "--workspace", str(workspace.root), "--json"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "ConfigError" and "srun" in error["message"]
+
+
+def test_sbatch_refusing_the_job_array_is_a_typed_refusal(workspace: Workspace, monkeypatch) -> None:
+    def refusing(args: object) -> str:
+        raise FailedJobError("sbatch: error: invalid partition specified: gpu")
+
+    with mocked_slurm() as mock:
+        monkeypatch.setattr(mock, "sbatch", refusing)
+        with pytest.raises(ConfigError, match="sbatch did not take the job array .*invalid partition"):
+            run_sweep(workspace, parse_sweep(SLURM_SWEEP), detach=True)
+
+
+def untrained(workspace: Workspace, arch: str) -> str:
+    """The id of an untrained digits network of ``arch`` saved in ``workspace`` (the checks read metadata only)."""
+    spec = default_spec(arch, (1, 8, 8), 10)
+    normalization = dataset_normalization("digits")
+    return workspace.save(build_model(spec, 0), spec=spec, dataset="digits", normalization=normalization).id
+
+
+def test_sweep_with_missing_parents_is_refused_before_any_job(workspace: Workspace) -> None:
+    present = untrained(workspace, "mlp")
+    spec = sweep_from({"name": "gone", "methods": ["ot"], "parents": [[present, "gone-a"], ["gone-b", present]]})
+    executor = InProcess()
+    with pytest.raises(WorkspaceError, match="parent\\(s\\) gone-a, gone-b not in the workspace") as refused:
+        run_sweep(workspace, spec, executor_factory=lambda config, path: executor)
+    assert present not in str(refused.value)
+    assert executor.ran == [] and sweep_names(workspace.root) == [], "no job ran and nothing was stored"
+
+
+def test_sweep_with_mixed_architectures_is_refused(workspace: Workspace) -> None:
+    mlp, cnn = untrained(workspace, "mlp"), untrained(workspace, "cnn")
+    spec = sweep_from({"name": "mixed", "methods": ["prune", "ot"], "parents": [[mlp, cnn]]})
+    executor = InProcess()
+    with pytest.raises(ArchitectureError, match=f"sweep mixed, parents {mlp}, {cnn}: mismatched .* ot needs"):
+        run_sweep(workspace, spec, executor_factory=lambda config, path: executor)
+    assert executor.ran == [] and sweep_names(workspace.root) == []
+    check_parents(workspace, replace(spec, methods=("prune",)))  # a pruning method takes the first parent alone
+
+
+@pytest.mark.parametrize(
+    ("methods", "group", "message"),
+    [(["cla"], ["a", "b", "c"], "cla fuses 2 models, a parent group has 3"), (["ot"], ["a"], "ot fuses 2 or more")],
+)
+def test_parent_groups_of_a_size_a_method_cannot_fuse_are_refused(workspace, methods, group, message) -> None:
+    spec = sweep_from({"name": "sizes", "methods": methods, "parents": [group]})
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(workspace, spec, executor_factory=lambda config, path: InProcess())
+    assert sweep_names(workspace.root) == []
+
+
+def test_sweep_command_exits_non_zero_when_no_job_succeeds(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    def failing(*args: object) -> None:
+        raise DatasetError("no data")
+
+    monkeypatch.setattr("analysis.sweeps.jobs.parent_job", failing)
+    in_process = functools.partial(run_sweep, executor_factory=lambda config, path: InProcess())
+    monkeypatch.setattr("cli.sweep_commands.run_sweep", in_process)
+    file = tmp_path / "doomed.toml"
+    file.write_text(EXAMPLE_SWEEP.replace('"ot", "matching", "average"', '"average"'))
+    assert main(["sweep", str(file), "--workspace", str(workspace.root), "--json", "--quiet"]) == 1
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "SweepFailedError"
+    assert "all 2 fusion job(s) failed" in error["message"] and "DatasetError: no data" in error["message"]
+    assert read_sweep(workspace.root, "demo-methods").counts() == {"done": 0, "failed": 6, "pending": 0}

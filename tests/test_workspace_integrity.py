@@ -21,7 +21,7 @@ from app_helpers import messages, open_app, train_quick_models
 from safetensors.torch import save_file
 
 from cli.main import main
-from fusion.errors import CheckpointError, DamagedModelError, DamagedResultError, ExportError
+from fusion.errors import CheckpointError, DamagedModelError, DamagedResultError, OutputFileError
 from fusion.workspace import ModelRecord, Workspace, read_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_pages_warn_about_each_broken_entry_and_still_list_the_models(app_worksp
 def test_export_refuses_an_existing_file_unless_overwrite(workspace: Workspace, saved_mlp, tmp_path) -> None:
     target = tmp_path / "mine.safetensors"
     target.write_bytes(b"someone's notes")
-    with pytest.raises(ExportError, match=str(target)):
+    with pytest.raises(OutputFileError, match=str(target)):
         workspace.export(saved_mlp.id, target)
     assert target.read_bytes() == b"someone's notes"
     assert workspace.export(saved_mlp.id, target, overwrite=True) == target
@@ -143,11 +143,11 @@ def test_export_refuses_an_existing_file_unless_overwrite(workspace: Workspace, 
 def test_export_into_a_folder_follows_the_same_rules_for_the_file_inside(workspace, saved_mlp, tmp_path) -> None:
     first = workspace.export(saved_mlp.id, tmp_path)
     assert first == tmp_path / f"{saved_mlp.id}.safetensors"
-    with pytest.raises(ExportError, match="already exists"):
+    with pytest.raises(OutputFileError, match="already exists"):
         workspace.export(saved_mlp.id, tmp_path)
     first.unlink()
     os.mkfifo(first)
-    with pytest.raises(ExportError, match="not a regular file"):
+    with pytest.raises(OutputFileError, match="not a regular file"):
         workspace.export(saved_mlp.id, tmp_path, overwrite=True)
 
 
@@ -157,7 +157,7 @@ def test_export_never_replaces_a_fifo_or_a_link_even_with_overwrite(workspace, s
     link = tmp_path / "link.safetensors"
     link.symlink_to(fifo)
     for target in (fifo, link):
-        with pytest.raises(ExportError, match="not a regular file"):
+        with pytest.raises(OutputFileError, match="not a regular file|symbolic link"):
             workspace.export(saved_mlp.id, target, overwrite=True)
     assert fifo.is_fifo() and link.is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.safetensors", "pipe", "ws"]
@@ -176,7 +176,7 @@ def test_export_never_writes_into_the_workspaces_own_folders(trained_mlp, worksp
         workspace.root / "models" / "new.safetensors",
     ]
     for target in targets:
-        with pytest.raises(ExportError, match="inside the workspace"):
+        with pytest.raises(OutputFileError, match="inside the workspace"):
             workspace.export(saved_mlp.id, target, overwrite=True)
     assert victim.read_bytes() == before
     workspace.load(other.id)
@@ -184,14 +184,14 @@ def test_export_never_writes_into_the_workspaces_own_folders(trained_mlp, worksp
 
 def test_export_to_an_empty_path_is_refused(workspace, saved_mlp, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ExportError, match="empty"):
+    with pytest.raises(OutputFileError, match="empty"):
         workspace.export(saved_mlp.id, "")
     assert not list(tmp_path.glob("*.safetensors"))
 
 
 def test_export_errors_name_the_users_path_never_a_temporary(workspace, saved_mlp, tmp_path) -> None:
     target = tmp_path / "no-such-folder" / "x.safetensors"
-    with pytest.raises(ExportError) as error:
+    with pytest.raises(OutputFileError) as error:
         workspace.export(saved_mlp.id, target)
     assert str(target) in str(error.value) and ".tmp" not in str(error.value)
 
@@ -200,12 +200,12 @@ def test_cli_export_needs_force_to_replace_and_refuses_an_empty_out(capsys, cli_
     target = tmp_path / "out.safetensors"
     target.write_bytes(b"keep me")
     status, output = run_json(capsys, "export", cli_model.id, "--out", str(target))
-    assert status == 1 and output["error"]["type"] == "ExportError" and str(target) in output["error"]["message"]
+    assert status == 1 and output["error"]["type"] == "OutputFileError" and str(target) in output["error"]["message"]
     assert target.read_bytes() == b"keep me"
     status, output = run_json(capsys, "export", cli_model.id, "--out", str(target), "--force")
     assert status == 0 and output["path"] == str(target)
     status, output = run_json(capsys, "export", cli_model.id, "--out", "")
-    assert status == 1 and output["error"]["type"] == "ExportError"
+    assert status == 1 and output["error"]["type"] == "OutputFileError"
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from analysis.figures import figure_rows, plain
+from analysis.rows import csv_bytes
 
 MIMES = {"html": "text/html", "csv": "text/csv", "json": "application/json"}
 
@@ -24,10 +25,6 @@ def figure_html(figure: go.Figure) -> bytes:
 
 def slug_of(name: str, fallback: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or fallback
-
-
-def rows_csv(rows: list[dict[str, Any]]) -> bytes:
-    return pd.DataFrame(rows).to_csv(index=False).encode()
 
 
 def rows_json(rows: list[dict[str, Any]]) -> bytes:
@@ -54,7 +51,7 @@ def show_chart(figure: go.Figure, name: str) -> None:
     slug = slug_of(name, "figure")
     html, csv, data = st.columns(3)
     download(html, "Figure (HTML)", lambda: figure_html(figure), slug, "html", f"chart.download.{slug}")
-    download(csv, "Data (CSV)", lambda: rows_csv(figure_rows(figure)), slug, "csv", f"chart.csv.{slug}")
+    download(csv, "Data (CSV)", lambda: csv_bytes(figure_rows(figure)), slug, "csv", f"chart.csv.{slug}")
     download(data, "Data (JSON)", lambda: rows_json(figure_rows(figure)), slug, "json", f"chart.json.{slug}")
 
 
@@ -65,5 +62,5 @@ def show_table(frame: pd.DataFrame, name: str, **options: Any) -> None:
     slug = slug_of(name, "table")
     rows = frame.to_dict(orient="records")
     csv, data = st.columns(2)
-    download(csv, "Table (CSV)", lambda: rows_csv(rows), slug, "csv", f"table.csv.{slug}")
+    download(csv, "Table (CSV)", lambda: csv_bytes(rows), slug, "csv", f"table.csv.{slug}")
     download(data, "Table (JSON)", lambda: rows_json(rows), slug, "json", f"table.json.{slug}")

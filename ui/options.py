@@ -3,7 +3,6 @@ the command line that reproduces a run."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,8 +10,6 @@ import streamlit as st
 
 from fusion.errors import ConfigError
 from fusion.options import OptionField, option_fields
-from fusion.registry import REGISTRY
-from fusion.train import TrainConfig
 
 LABELS = {
     "recompute_bn": "Recompute BatchNorm statistics",
@@ -136,42 +133,3 @@ def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]
         if value != option.default:
             result[option.name] = value
     return result
-
-
-def non_default(options_class: type, options: dict[str, Any]) -> dict[str, Any]:
-    """The options that differ from the dataclass defaults (lists compared as tuples)."""
-    defaults = {f.name: f.default for f in option_fields(options_class)}
-    return {
-        k: v for k, v in options.items() if k in defaults and (tuple(v) if isinstance(v, list) else v) != defaults[k]
-    }
-
-
-def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
-    """``python -m fusion ...`` with the options as flags, for reproducing a run headless."""
-    parts = ["python", "-m", "fusion", *words]
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + name.replace("_", "-"))
-        elif isinstance(value, (tuple, list)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
-
-
-def fusion_command_lines(
-    method: str, parents: Sequence[str], options: dict[str, Any], finetune: dict[str, Any] | None = None
-) -> list[str]:
-    """The command line(s) that repeat a fusion: ``fuse`` with every option that differs from the method's default,
-    and its fine-tune recipe (a :class:`fusion.train.TrainConfig` as a dict) as ``--finetune-epochs/--finetune-lr``
-    when it is the command line's own (Adam, batches of 64, seed 0), else as a second ``finetune`` command of the
-    fused model (``FUSED_ID``: the id the first command prints)."""
-    fuse = ["fuse", "--method", method, "--models", *parents]
-    flags = non_default(REGISTRY[method].options, options)
-    if finetune is None:
-        return [command_line(fuse, flags)]
-    if finetune == TrainConfig(epochs=int(finetune.get("epochs", 1)), lr=float(finetune.get("lr", 1e-3))).to_dict():
-        return [command_line(fuse, {**flags, "finetune_epochs": finetune["epochs"], "finetune_lr": finetune["lr"]})]
-    recipe = {k: finetune[k] for k in ("epochs", "lr", "batch_size", "optimizer", "seed") if k in finetune}
-    return [command_line(fuse, flags), command_line(["finetune", "FUSED_ID"], recipe)]

@@ -6,6 +6,10 @@ executor (submitit's ``LocalExecutor``) at most ``parallel`` processes run at on
 SLURM each stage is one job array (``--array=...%parallel``) and, with ``detach``, the fusion array waits for the
 parent array through ``--dependency=afterany`` while this call returns at once.
 
+Before anything is stored or submitted the whole plan is checked: the executor can run here (SLURM's commands are
+on this machine's PATH) and the parents exist and can be fused by every method of the sweep; a refusal names what is
+missing or mismatched.
+
 A parent already stored (and analysed, when the sweep asks for Hessians) is recorded as done here, without a process.
 Interrupting the wait (Ctrl-C, a cancelled app job: the progress callback raises) cancels the running jobs, which
 store nothing, so running the sweep again resumes it.
@@ -13,6 +17,7 @@ store nothing, so running the sweep again resumes it.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,14 +25,17 @@ from pathlib import Path
 
 import submitit
 import torch
+from submitit.core.utils import FailedJobError
 
 from analysis.comparison import has_hessian
 from analysis.sweeps.jobs import Job, JobOutcome, SweepFolder, parent_job, run_job
 from analysis.sweeps.spec import ExecutorConfig, FusionJob, ParentJob, SweepSpec
 from fusion.device import default_device
-from fusion.errors import ConfigError
+from fusion.errors import ArchitectureError, ConfigError, WorkspaceError
+from fusion.pipeline import check_compatible
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
+from fusion.registry import method_spec
 from fusion.workspace import Workspace, now_iso
 
 POLL_SECONDS = 0.5
@@ -53,12 +61,18 @@ class SweepRun(Record):
 
 
 def make_executor(config: ExecutorConfig, folder: Path) -> submitit.Executor:
-    """submitit's executor for ``config``, its pickles and logs under ``folder``."""
+    """submitit's executor for ``config``, its pickles and logs under ``folder``; :class:`ConfigError` when SLURM is
+    asked for on a machine without its commands, or submitit refuses a SLURM setting."""
     if config.cluster == "local":
         executor = submitit.LocalExecutor(folder)
         gpus = config.gpus_per_node if config.gpus_per_node is not None else int(torch.cuda.is_available())
         executor.update_parameters(timeout_min=config.timeout_min, gpus_per_node=gpus)
         return executor
+    if shutil.which("srun") is None:  # submitit's own test for a SLURM machine (SlurmExecutor.affinity)
+        raise ConfigError(
+            'executor cluster = "slurm" needs SLURM\'s srun and sbatch on PATH, and this machine has no srun: run the '
+            'sweep on a SLURM login node, or here with cluster = "local" (or --local)'
+        )
     executor = submitit.SlurmExecutor(folder)
     named = {"time": config.timeout_min, "array_parallelism": config.parallel, "job_name": "fusionlab-sweep"}
     optional = {
@@ -90,10 +104,11 @@ def run_sweep(
     if detach and spec.executor.cluster != "slurm":
         raise ConfigError("only a SLURM sweep can be detached: local jobs need this process to start them")
     folder = SweepFolder(workspace.root, spec.name)
-    folder.save_spec(spec)
     parents, fusions = spec.parent_jobs(), spec.fusion_jobs()
-    run = Tally(spec.name, len(parents) + len(fusions), progress)
+    check_parents(workspace, spec)
     executor = executor_factory(spec.executor, folder.logs)
+    folder.save_spec(spec)
+    run = Tally(spec.name, len(parents) + len(fusions), progress)
     root = str(workspace.root)
 
     pending_parents = run.unfinished(folder, parents)
@@ -121,6 +136,36 @@ def run_sweep(
         run.pending.extend(j.id for j in [*pending_parents, *pending_fusions] if folder.outcome(j.id) is None)
         raise
     return run.result()
+
+
+def check_parents(workspace: Workspace, spec: SweepSpec) -> None:
+    """Refuse, before any job runs, parents that no job could fuse: groups of a size a method does not take
+    (:class:`ConfigError`; a pruning method takes the first parent alone), ids the workspace does not hold
+    (:class:`WorkspaceError`), and groups whose datasets or architectures a method cannot fuse together
+    (:class:`ArchitectureError`, :func:`fusion.pipeline.check_compatible`). Each message names the parents."""
+    sizes = {spec.parents.models} if spec.parents is not None else {len(group) for group in spec.parent_ids}
+    for method in spec.methods:
+        rule = method_spec(method)
+        for size in sorted(sizes):
+            used = 1 if rule.max_models == 1 else size
+            if not rule.min_models <= used <= (rule.max_models or used):
+                wanted = f"{rule.min_models}" if rule.max_models == rule.min_models else f"{rule.min_models} or more"
+                raise ConfigError(f"sweep {spec.name}: {method} fuses {wanted} models, a parent group has {size}")
+    ids = list(dict.fromkeys(i for group in spec.parent_ids for i in group))
+    missing = [i for i in ids if not workspace.has(i)]
+    if missing:
+        raise WorkspaceError(
+            f"sweep {spec.name}: parent(s) {', '.join(missing)} not in the workspace at {workspace.root} "
+            "(python -m fusion list shows its models)"
+        )
+    records = {i: workspace.record(i) for i in ids}
+    for method in spec.methods:
+        single = method_spec(method).max_models == 1
+        for group in spec.parent_ids:
+            try:
+                check_compatible([records[i] for i in (group[:1] if single else group)], method)
+            except ArchitectureError as exc:
+                raise ArchitectureError(f"sweep {spec.name}, parents {', '.join(group)}: {exc}") from exc
 
 
 def stored_parent(workspace: Workspace, job: ParentJob) -> bool:
@@ -204,8 +249,14 @@ class Stage:
         if self.config.cluster == "slurm" and self.queue:
             extra = {"dependency": "afterany:" + ":".join(self.dependency)} if self.dependency else {}
             self.executor.update_parameters(**extra)
-            with self.executor.batch():
-                handles = [self.executor.submit(run_job, self.root, self.folder.name, job) for job in self.queue]
+            try:
+                with self.executor.batch():
+                    handles = [self.executor.submit(run_job, self.root, self.folder.name, job) for job in self.queue]
+            except (FailedJobError, OSError) as exc:  # sbatch missing, or refusing the array's settings
+                raise ConfigError(
+                    f'executor cluster = "slurm": sbatch did not take the job array ({exc}); check the [executor] '
+                    "settings (partition, slurm options) against this cluster"
+                ) from exc
             self.running = {job.id: (job, handle) for job, handle in zip(self.queue, handles)}
             self.run.submitted.extend(self.running)
             self.queue = []

@@ -6,6 +6,7 @@ where the jobs run::
     name = "demo-methods"
     methods = ["ot", "matching", "average"]
     seeds = [0, 1]
+    # max_jobs = 5000         # optional: a sweep of more jobs is refused (default DEFAULT_MAX_JOBS, 1000)
 
     [parents]                 # trained by the sweep: `models` networks per seed ...
     arch = "mlp"
@@ -32,6 +33,10 @@ stored network trained with the same spec, data and recipe is reused (:mod:`fusi
 fusion's own ``seed`` option where the method has one and the seed of the fine-tune. The Hessian and landscape
 settings are used as written, so one parent's analysis serves every job.
 
+Size. A sweep of more than ``max_jobs`` jobs (:data:`DEFAULT_MAX_JOBS` unless the file or ``--max-jobs`` raises it)
+is refused before anything is expanded: its job count is the product of its sizes (:meth:`SweepSpec.job_counts`), so
+a mistyped grid of millions of points costs nothing to refuse.
+
 Every job has an id that hashes its content, so a job whose stored outcome is ``done`` is skipped when the sweep runs
 again (resume), and changing a setting makes new jobs while the models they share are reused.
 """
@@ -40,6 +45,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 import tomllib
 import types
@@ -64,7 +70,20 @@ from fusion.workspace import slug
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 CLUSTERS = ("local", "slurm")
-SWEEP_KEYS = ("name", "methods", "seeds", "parents", "options", "finetune", "hessian", "landscape", "executor")
+SWEEP_KEYS = (
+    "name",
+    "methods",
+    "seeds",
+    "parents",
+    "options",
+    "finetune",
+    "hessian",
+    "landscape",
+    "executor",
+    "max_jobs",
+)
+DEFAULT_MAX_JOBS = 1000
+"""The most jobs (parents and fusions) a sweep may expand into unless its ``max_jobs`` says more."""
 RECIPE_KEYS = ("arch", "dataset", "models", "spec")
 
 EXAMPLE_SWEEP = """\
@@ -169,6 +188,7 @@ class SweepSpec(Record):
     hessian: HessianConfig | None = None
     landscape: LandscapeConfig | None = None
     executor: ExecutorConfig = ExecutorConfig()
+    max_jobs: int = DEFAULT_MAX_JOBS
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
@@ -195,9 +215,41 @@ class SweepSpec(Record):
         extra = sorted(set(self.options) - set(self.methods))
         if extra:
             raise ConfigError(f"options for {', '.join(extra)}, which the sweep does not run")
+        self.check_size()
         for method in self.methods:
             for options in option_grid(method, self.options.get(method, {}), self.seeds[0]):
                 method_options(method, options)
+
+    def job_counts(self) -> tuple[int, int]:
+        """How many parent and fusion jobs the sweep expands into, as products of its sizes, without expanding it:
+        per method, grid points x parent groups x seeds, except that with parents given by id a method with no seed
+        option and no fine-tune counts each group once (its jobs are the same for every seed). An option list that
+        repeats a value, or a parent group given twice, makes the fusion count an upper bound (repeated jobs appear
+        once)."""
+        if self.parents is not None:
+            parents, groups = len(self.seeds) * self.parents.models, 1
+        else:
+            parents = 0 if self.hessian is None else len({i for group in self.parent_ids for i in group})
+            groups = len(self.parent_ids)
+        fusions = 0
+        for method in self.methods:
+            points = math.prod(len(values) for values in option_axes(method, self.options.get(method, {})).values())
+            seeded = self.parents is not None or self.finetune is not None or has_seed_option(method)
+            fusions += points * groups * (len(self.seeds) if seeded else 1)
+        return parents, fusions
+
+    def check_size(self) -> None:
+        """Refuse a sweep of more than ``max_jobs`` jobs, with its count and how to raise the limit."""
+        if isinstance(self.max_jobs, bool) or not isinstance(self.max_jobs, int) or self.max_jobs < 1:
+            raise ConfigError(f"max_jobs must be a positive integer, got {self.max_jobs!r}")
+        parents, fusions = self.job_counts()
+        if parents + fusions > self.max_jobs:
+            raise ConfigError(
+                f"sweep {self.name} expands into {parents + fusions:,} jobs ({parents:,} parent, {fusions:,} fusion), "
+                f"more than its limit of {self.max_jobs:,}: shorten its option lists or seeds, or raise the limit with "
+                f"max_jobs = {parents + fusions} in the sweep file (or --max-jobs {parents + fusions} on the command "
+                "line)"
+            )
 
     def local(self) -> SweepSpec:
         """This sweep on submitit's local executor (the app runs sweeps on its own machine)."""
@@ -346,6 +398,14 @@ class FusionJob(Record):
 def option_grid(method: str, options: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
     """The grid of ``options``: every list value is an axis (a list of lists for an option that is itself a list),
     and the method's ``seed`` option, when it has one and it is not given, is ``seed``."""
+    axes = option_axes(method, options)
+    seeded = {"seed": seed} if has_seed_option(method) and "seed" not in options else {}
+    return [dict(zip(axes, point)) | seeded for point in itertools.product(*axes.values())]
+
+
+def option_axes(method: str, options: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The axes of ``options``' grid, each option's list of values (one value for an option that is no axis); the
+    grid is their product (:func:`option_grid`)."""
     kind = method_spec(method).options
     hints = typing.get_type_hints(kind)
     tuple_valued = {f.name for f in fields(kind) if holds_tuple(hints[f.name])}
@@ -357,8 +417,12 @@ def option_grid(method: str, options: Mapping[str, Any], seed: int) -> list[dict
         if is_axis and not value:
             raise ConfigError(f"{method} option {name}: an empty list of values")
         axes[name] = value if is_axis else [value]
-    seeded = {"seed": seed} if "seed" in hints and "seed" not in options else {}
-    return [dict(zip(axes, point)) | seeded for point in itertools.product(*axes.values())]
+    return axes
+
+
+def has_seed_option(method: str) -> bool:
+    """Whether ``method``'s options have a ``seed`` (the sweep's seed is then the fusion's own)."""
+    return "seed" in typing.get_type_hints(method_spec(method).options)
 
 
 def holds_tuple(hint: Any) -> bool:
@@ -395,8 +459,9 @@ def recipe_from(data: Any) -> ParentRecipe:
     return ParentRecipe(str(data["arch"]), str(data.get("dataset", "digits")), data.get("models", 2), dict(spec), train)
 
 
-def sweep_from(data: Any) -> SweepSpec:
-    """A :class:`SweepSpec` from a sweep file's contents (see the module docstring)."""
+def sweep_from(data: Any, max_jobs: int | None = None) -> SweepSpec:
+    """A :class:`SweepSpec` from a sweep file's contents (see the module docstring); ``max_jobs``, when given, is the
+    job limit instead of the file's ``max_jobs``."""
     if not isinstance(data, Mapping):
         raise ConfigError("a sweep file holds one table of settings")
     unknown = sorted(set(data) - set(SWEEP_KEYS))
@@ -434,20 +499,22 @@ def sweep_from(data: Any) -> SweepSpec:
         hessian=None if data.get("hessian") is None else section(HessianConfig, data["hessian"], "hessian"),
         landscape=None if data.get("landscape") is None else section(LandscapeConfig, data["landscape"], "landscape"),
         executor=section(ExecutorConfig, data.get("executor", {}), "executor"),
+        max_jobs=data.get("max_jobs", DEFAULT_MAX_JOBS) if max_jobs is None else max_jobs,
     )
 
 
-def parse_sweep(text: str, format: Literal["toml", "json"] = "toml") -> SweepSpec:
-    """A sweep from the text of a TOML or JSON sweep file; a syntax error is a :class:`ConfigError` with its line."""
+def parse_sweep(text: str, format: Literal["toml", "json"] = "toml", max_jobs: int | None = None) -> SweepSpec:
+    """A sweep from the text of a TOML or JSON sweep file (``max_jobs``: see :func:`sweep_from`); a syntax error is a
+    :class:`ConfigError` with its line."""
     try:
         data = tomllib.loads(text) if format == "toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"the sweep file is not valid {format.upper()}: {exc}") from exc
-    return sweep_from(data)
+    return sweep_from(data, max_jobs)
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """The sweep of a ``.toml`` or ``.json`` file."""
+def load_sweep(path: str | Path, max_jobs: int | None = None) -> SweepSpec:
+    """The sweep of a ``.toml`` or ``.json`` file (``max_jobs``: see :func:`sweep_from`)."""
     path = Path(path)
     if path.suffix not in (".toml", ".json"):
         raise ConfigError(f"{path}: a sweep file ends in .toml or .json")
@@ -455,4 +522,4 @@ def load_sweep(path: str | Path) -> SweepSpec:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the sweep file {path}: {exc}") from exc
-    return parse_sweep(text, "toml" if path.suffix == ".toml" else "json")
+    return parse_sweep(text, "toml" if path.suffix == ".toml" else "json", max_jobs)

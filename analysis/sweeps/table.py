@@ -3,6 +3,7 @@
 :func:`job_rows` has one row per fusion job: its method, options and seed, its state (``done``, ``failed`` or
 ``pending``: no outcome yet), the models it made and its figures. :func:`summary_rows` has one row per method and
 option set: for each figure the mean and sample standard deviation over the seeds that finished, and how many did.
+:func:`check_some_job_done` refuses a sweep whose every fusion job failed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from analysis.sweeps.jobs import JobOutcome, SweepFolder
 from analysis.sweeps.spec import FusionJob, SweepSpec
+from fusion.errors import FusionError
 
 JOB_COLUMNS = ("job", "state", "method", "options", "seed", "parents", "fused", "fine-tuned", "seconds", "error")
 LEADING_FIGURES = (
@@ -49,6 +51,24 @@ class SweepTable:
         """How many jobs (parents and fusions) are done, failed and pending."""
         states = [state_of(o) for o in [*self.parents.values(), *self.fusions.values()]]
         return {state: states.count(state) for state in ("done", "failed", "pending")}
+
+
+class SweepFailedError(FusionError):
+    """Every fusion job of a sweep failed (or none could run, its parents having failed): the sweep has no result."""
+
+
+def check_some_job_done(table: SweepTable) -> None:
+    """Raise :class:`SweepFailedError` when every fusion job of ``table`` failed, with their distinct errors (a sweep
+    with a job done or still pending passes)."""
+    outcomes = list(table.fusions.values())
+    if not outcomes or any(o is None or o.status != "failed" for o in outcomes):
+        return
+    errors = list(dict.fromkeys(o.error or "no error stored" for o in outcomes if o is not None))
+    more = f" (and {len(errors) - 1} other error(s))" if len(errors) > 1 else ""
+    raise SweepFailedError(
+        f"sweep {table.spec.name}: all {len(outcomes)} fusion job(s) failed: {errors[0]}{more}; python -m fusion "
+        f"sweeps {table.spec.name} shows each job's error"
+    )
 
 
 def state_of(outcome: JobOutcome | None) -> str:
