@@ -21,18 +21,20 @@ from typing import Any
 
 import torch
 
-from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
-from analysis.runs import HESSIAN, hessians_of, scaled, stored_hessian
+from analysis.runs import hessian_record, hessians_of, scaled, stored_hessian
 from analysis.scores import Score
+from analysis.units import in_percent, percent
+from fusion.command_lines import fusion_command_lines
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, DamagedResultError, FusionError
 from fusion.models import parameter_count
-from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, parent_role
+from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, is_evaluated, parent_role
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, RecordError
 from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.results import ResultRecord
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
 
@@ -59,6 +61,9 @@ class ComparisonRow(Record):
     finetuned_top_eigenvalue: float | None = None
     finetuned_hessian_trace: float | None = None
     note: str = ""
+    commands: tuple[str, ...] = ()
+    """The command lines that rebuild the row's models: ``fuse`` with the fused model's own options (and its
+    fine-tune, as ``--finetune-epochs`` or a second ``finetune FUSED_ID`` command)."""
 
 
 @dataclass(frozen=True)
@@ -117,21 +122,29 @@ def check_comparison(records: Sequence[ModelRecord], methods: Sequence[str]) -> 
     return skipped
 
 
-def hessian_summary(workspace: Workspace, model_id: str | None) -> tuple[float | None, float | None]:
-    """The top eigenvalue ``λ_1`` and Hutchinson's trace estimate of a model's stored Hessian report
-    (:func:`analysis.runs.hessian_of`), or ``(None, None)`` when none was computed."""
-    report = stored_hessian(workspace, model_id) if model_id is not None else None
+def hessian_summary(
+    workspace: Workspace, model_id: str | None, config: HessianConfig | None = None, split: str = "test"
+) -> tuple[float | None, float | None]:
+    """The top eigenvalue ``λ_1`` and Hutchinson's trace estimate of a model's stored Hessian report with ``config``
+    on ``split`` (:func:`analysis.runs.hessian_record`; its newest without ``config``), or ``(None, None)``."""
+    report = stored_hessian(workspace, model_id, config, split) if model_id is not None else None
     if report is None:
         return None, None
     return float(report.top.eigenvalues[0]), float(report.trace.mean)
 
 
 def row_from_records(
-    workspace: Workspace, fused: ModelRecord, tuned: ModelRecord | None, note: str = ""
+    workspace: Workspace,
+    fused: ModelRecord,
+    tuned: ModelRecord | None,
+    note: str = "",
+    hessian: HessianConfig | None = None,
+    split: str = "test",
 ) -> ComparisonRow:
-    """A row from a fused model's record and, if any, its fine-tuned model's record (metrics as stored)."""
-    top, trace = hessian_summary(workspace, fused.id)
-    tuned_top, tuned_trace = hessian_summary(workspace, tuned.id if tuned else None)
+    """A row from a fused model's record and, if any, its fine-tuned model's record (metrics as stored), with their
+    Hessians of ``hessian`` on ``split`` (the newest stored without ``hessian``)."""
+    top, trace = hessian_summary(workspace, fused.id, hessian, split)
+    tuned_top, tuned_trace = hessian_summary(workspace, tuned.id if tuned else None, hessian, split)
     seconds = fused.metrics.get("fusion_seconds")
     return ComparisonRow(
         method=fused.method,
@@ -149,6 +162,15 @@ def row_from_records(
         hessian_trace=trace,
         finetuned_top_eigenvalue=tuned_top,
         finetuned_hessian_trace=tuned_trace,
+        commands=tuple(
+            fusion_command_lines(
+                fused.method,
+                fused.parents,
+                fused.provenance.get("options", {}),
+                tuned.provenance.get("options") if tuned else None,
+                fused.id,
+            )
+        ),
         note=note,
     )
 
@@ -223,6 +245,7 @@ def compare_methods(
                     parameters=sum(r.parameters for r in records),
                     fusion_seconds=run.metrics["fusion_seconds"],
                     note="not one network: not fine-tuned" if finetune is not None else "",
+                    commands=tuple(fusion_command_lines(method, ids, {})),
                 )
             )
             continue
@@ -240,19 +263,13 @@ def compare_methods(
     if hessian is not None:
         models = [*parent_ids, *(i for r in rows for i in (r.id, r.finetuned_id) if i is not None)]
         fill_hessians(workspace, models, hessian, split, device, hessian_progress)
-        rows = [refreshed(workspace, row) for row in rows]
+        rows = [refreshed(workspace, row, hessian, split) for row in rows]
     return MethodComparison(tuple(parent_ids), tuple(rows), skipped, finetune)
 
 
 def has_hessian(workspace: Workspace, model_id: str, config: HessianConfig, split: str) -> bool:
-    """Whether ``model_id`` has a stored Hessian analysis with ``config`` on ``split``."""
-    stored = workspace.load_result(model_id, HESSIAN)
-    if not stored or stored.get("split") != split:
-        return False
-    try:
-        return HessianReport.from_dict(stored).config == config
-    except RecordError:
-        return False
+    """Whether ``model_id`` has a stored Hessian record with ``config`` on ``split``."""
+    return hessian_record(workspace, model_id, config, split) is not None
 
 
 def fill_hessians(
@@ -271,21 +288,23 @@ def fill_hessians(
     return missing
 
 
-def refreshed(workspace: Workspace, row: ComparisonRow) -> ComparisonRow:
-    """``row`` with the Hessian figures now stored for its models."""
+def refreshed(workspace: Workspace, row: ComparisonRow, hessian: HessianConfig, split: str) -> ComparisonRow:
+    """``row`` with the figures of its models' Hessians of ``hessian`` on ``split``."""
     if row.id is None:
         return row
     tuned = workspace.record(row.finetuned_id) if row.finetuned_id else None
-    return row_from_records(workspace, workspace.record(row.id), tuned, row.note)
+    return row_from_records(workspace, workspace.record(row.id), tuned, row.note, hessian, split)
 
 
 def comparison_from_workspace(workspace: Workspace, parent_ids: Sequence[str]) -> MethodComparison:
     """The rows of the models already fused from exactly these parents (and the single-model methods' results of
-    one of them), oldest first, each with its newest fine-tuned descendant; nothing is recomputed."""
+    one of them), oldest first, each with its newest fine-tuned descendant; nothing is recomputed. A fused model
+    stored without test metrics (its dataset was not on disk) is listed under ``skipped``."""
     chosen = list(dict.fromkeys(parent_ids))
     records = workspace.records()
-    tuned_of = {r.parents[0]: r for r in records if r.method == "finetune" and len(r.parents) == 1}
+    tuned_of = {r.parents[0]: r for r in records if r.method == "finetune" and len(r.parents) == 1 and is_evaluated(r)}
     rows = []
+    skipped = {}
     for record in records:
         if record.method not in REGISTRY or not record.parents:
             continue
@@ -296,8 +315,11 @@ def comparison_from_workspace(workspace: Workspace, parent_ids: Sequence[str]) -
             note = ""
         else:
             continue
+        if not is_evaluated(record):
+            skipped[record.name] = f"{record.id} is not evaluated yet: python -m fusion evaluate {record.id}"
+            continue
         rows.append(row_from_records(workspace, record, tuned_of.get(record.id), note))
-    return MethodComparison(tuple(chosen), tuple(rows), {})
+    return MethodComparison(tuple(chosen), tuple(rows), skipped)
 
 
 def none_as_blank(value: Any) -> Any:
@@ -305,21 +327,19 @@ def none_as_blank(value: Any) -> Any:
 
 
 def to_csv(rows: Sequence[ComparisonRow]) -> str:
-    """The rows as CSV: one header line of :class:`ComparisonRow`'s field names, then one line per row; accuracies
-    as fractions, parents separated by spaces, missing values empty."""
+    """The rows as CSV: one header line of :class:`ComparisonRow`'s field names, accuracies in percent under names
+    that say so (:func:`analysis.units.in_percent`: ``test_accuracy_pct``), then one line per row; parents separated
+    by spaces, command lines joined by `` && ``, missing values empty."""
     stream = io.StringIO()
-    names = [f.name for f in fields(ComparisonRow)]
+    names = list(in_percent({f.name: None for f in fields(ComparisonRow)}))
     writer = csv.DictWriter(stream, fieldnames=names, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        values = row.to_dict()
+        values = in_percent(row.to_dict())
         values["parents"] = " ".join(row.parents)
+        values["commands"] = " && ".join(row.commands)
         writer.writerow({k: none_as_blank(v) for k, v in values.items()})
     return stream.getvalue()
-
-
-def percent(value: float | None) -> float | None:
-    return None if value is None else 100 * value
 
 
 TABLE_COLUMNS: tuple[tuple[str, Callable[[ComparisonRow], Any]], ...] = (
@@ -461,16 +481,20 @@ def compare_fusion(
     fused_id = run.record.id if run.record is not None else None
     comparison = FusionComparison(method, tuple(model_ids), fused_id, tuple(rows), run.report, tuple(reused))
     if fused_id is not None:
-        workspace.save_result(fused_id, COMPARISON, comparison.to_dict())
+        settings = {"method": method, "parents": list(model_ids), "options": run.report.get("options", options)}
+        settings["finetune"] = finetune.to_dict() if finetune is not None else None
+        command = " && ".join(fusion_command_lines(method, model_ids, options, settings["finetune"]))
+        record = ResultRecord.make(COMPARISON, [fused_id], settings, comparison.to_dict(), None, command)
+        workspace.save_result(fused_id, record)
     return comparison
 
 
 def stored_comparison(workspace: Workspace, fused_id: str) -> FusionComparison | None:
     """The comparison stored with a fused model, or ``None``; :class:`DamagedResultError` when it cannot be read."""
-    payload = workspace.load_result(fused_id, COMPARISON)
-    if payload is None:
+    stored = workspace.results(fused_id, COMPARISON)
+    if not stored:
         return None
     try:
-        return FusionComparison.from_dict(payload)
+        return FusionComparison.from_dict(stored[0].payload)
     except RecordError as exc:
         raise DamagedResultError(f"the comparison stored with {fused_id!r} cannot be read: {exc}") from exc

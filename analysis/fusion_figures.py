@@ -336,18 +336,18 @@ def finetune_comparison_figure(rows: Sequence[dict], references: Sequence[tuple[
 def sweep_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     """A sweep's finished fusion jobs (:func:`analysis.sweeps.table.job_rows`): test accuracy (%) per method and
     option set, one point per seed, and, when the sweep fine-tuned, the fine-tuned accuracy beside it."""
-    done = [r for r in rows if r["state"] == "done" and r.get("test_accuracy") is not None]
-    tuned = any(r.get("finetuned_accuracy") is not None for r in done)
+    done = [r for r in rows if r["state"] == "done" and r.get("test_accuracy_pct") is not None]
+    tuned = any(r.get("finetuned_accuracy_pct") is not None for r in done)
     titles = ("fused: test accuracy (%)", "fine-tuned: test accuracy (%)") if tuned else ("test accuracy (%)",)
     figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True)
     label = lambda r: r["method"] + (f" ({r['options']})" if r["options"] else "")  # noqa: E731
-    for col, column in enumerate(("test_accuracy", "finetuned_accuracy")[: len(titles)], start=1):
+    for col, column in enumerate(("test_accuracy_pct", "finetuned_accuracy_pct")[: len(titles)], start=1):
         for seed in sorted({r["seed"] for r in done}):
             points = [r for r in done if r["seed"] == seed and r.get(column) is not None]
             figure.add_trace(
                 go.Scatter(
                     x=[label(r) for r in points],
-                    y=[100 * r[column] for r in points],
+                    y=[r[column] for r in points],
                     mode="markers",
                     marker={"size": 10, "color": model_colour(f"seed {seed}")},
                     name=f"seed {seed}",

@@ -14,6 +14,7 @@ from analysis.figures import plain
 from analysis.hessian import HessianReport
 from analysis.landscape import METRIC_NAMES, GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.perturbation import curve_kind
+from analysis.units import in_percent, percent
 
 
 def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -33,7 +34,7 @@ def csv_bytes(rows: Sequence[Mapping[str, Any]]) -> bytes:
 
 def curve_rows(reports: Mapping[str, HessianReport]) -> list[dict[str, Any]]:
     """One row per point of every perturbation curve of ``reports`` (keyed by the model's label): model, direction,
-    kind, split, step scale, ``t``, loss and accuracy."""
+    kind, split, step scale, ``t``, loss and accuracy (%, ``accuracy_pct``)."""
     rows = []
     for label, report in reports.items():
         for curve in report.curves:
@@ -47,19 +48,19 @@ def curve_rows(reports: Mapping[str, HessianReport]) -> list[dict[str, Any]]:
                         "scale": curve.scale,
                         "t": float(t),
                         "loss": plain(float(loss)),
-                        "accuracy": plain(float(accuracy)),
+                        "accuracy_pct": plain(percent(float(accuracy))),
                     }
                 )
     return rows
 
 
 def metric_row(metrics: GridMetrics, index: tuple[int, ...]) -> dict[str, Any]:
-    return {name: plain(float(getattr(metrics, name)[index])) for name in METRIC_NAMES}
+    return in_percent({name: plain(float(getattr(metrics, name)[index])) for name in METRIC_NAMES})
 
 
 def landscape_rows(result: InterpolationResult | PlaneResult | RandomDirectionsResult) -> list[dict[str, Any]]:
     """One row per evaluated point: its coordinates (``t``; ``x, y``; ``alpha`` or ``alpha, beta``) and the train
-    and test loss and accuracy there."""
+    and test loss and accuracy (%: ``train_accuracy_pct``, ``test_accuracy_pct``) there."""
     if isinstance(result, InterpolationResult):
         return [{"t": float(t), **metric_row(result.metrics, (i,))} for i, t in enumerate(result.ts)]
     if isinstance(result, PlaneResult):

@@ -1,10 +1,12 @@
 """Analyses of workspace models, stored with them: the calls behind the Hessian and Loss-landscape pages and the
 command line. Each loads the models and their dataset (with the normalisation they were trained with), computes,
-and saves the result as JSON beside the first model, so revisiting a page shows it without recomputing."""
+and stores the result beside the first model as a record keyed by its settings (:mod:`fusion.results`): a run with
+the settings of a stored record returns that record's result, a run with other settings adds a record and replaces
+none, and each record carries the command line that recomputes it."""
 
 from __future__ import annotations
 
-import hashlib
+import time
 from collections.abc import Sequence
 from functools import reduce
 from operator import add
@@ -30,18 +32,21 @@ from analysis.landscape import (
 from analysis.maps import stored_maps
 from analysis.overlap import EigenvectorOverlap, check_mapped, eigenvector_overlaps
 from fusion.attention_layouts import split_attention_layers
+from fusion.command_lines import command_line, non_default
 from fusion.data import load_dataset
 from fusion.distributed import is_writer
-from fusion.errors import ArchitectureError, ConfigError
+from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import neuron_groups
 from fusion.pipeline import parent_role
 from fusion.progress import Progress, no_progress
 from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.results import ResultRecord, result_key
 from fusion.transport import Transport
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
 
 HESSIAN = "hessian"
 OVERLAP = "overlap"
+LANDSCAPE = "landscape-{kind}"
 LANDSCAPE_MODELS = {"interpolation": 2, "plane": 3, "random": 1}
 LandscapeResult = InterpolationResult | PlaneResult | RandomDirectionsResult
 
@@ -65,8 +70,13 @@ def hessian_of(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> HessianReport:
-    """Top-k eigenvalues, trace, density and perturbation curves of a workspace model on its dataset's ``split``;
-    stored as the model's ``hessian`` result."""
+    """Top-k eigenvalues, trace, density and perturbation curves of a workspace model on its dataset's ``split``,
+    stored as a ``hessian`` record of the model keyed by ``config`` and ``split``; the result of a stored record of
+    these settings is returned without computing."""
+    settings = hessian_settings(workspace.record(model_id), config, split)
+    stored = workspace.find_result(model_id, HESSIAN, result_key(HESSIAN, [model_id], settings))
+    if stored is not None:
+        return HessianReport.from_dict(stored.payload)
     model, record = workspace.load(model_id)
     data = load_dataset(record.dataset)
     splits = {name: data.split(name) for name in ("train", "test")}
@@ -75,10 +85,44 @@ def hessian_of(
         model, data.split(split), config, device, progress, evaluation=splits, split=split, others=others
     )
     if is_writer():
+        payload = {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
+        command = hessian_command(model_id, config, split)
         workspace.save_result(
-            model_id, HESSIAN, {"model": model_id, "dataset": record.dataset, "split": split, **report.to_dict()}
+            model_id, ResultRecord.make(HESSIAN, [model_id], settings, payload, report.seconds, command)
         )
     return report
+
+
+def hessian_settings(record: ModelRecord, config: HessianConfig, split: str) -> dict:
+    """What a Hessian result depends on besides the model: the resolved options, the split and the dataset."""
+    return {"config": config.to_dict(), "split": split, "dataset": record.dataset}
+
+
+def hessian_command(model_id: str, config: HessianConfig, split: str) -> str:
+    """The command line that computes this Hessian result."""
+    return command_line(["hessian", model_id], {**non_default(HessianConfig, config.to_dict()), "split": split})
+
+
+def hessian_record(
+    workspace: Workspace, model_id: str, config: HessianConfig | None = None, split: str = "test"
+) -> ResultRecord | None:
+    """The stored Hessian record of ``model_id`` with ``config`` on ``split`` (a result stored before records existed
+    matches by the config and split it names); with no ``config``, its newest."""
+    stored = workspace.results(model_id, HESSIAN)
+    if config is None:
+        return next(iter(stored), None)
+    key = result_key(HESSIAN, [model_id], hessian_settings(workspace.record(model_id), config, split))
+    return next((r for r in stored if r.key == key or legacy_match(r, config, split)), None)
+
+
+def legacy_match(stored: ResultRecord, config: HessianConfig, split: str) -> bool:
+    """Whether a Hessian result stored before records existed was made with ``config`` on ``split``."""
+    if not stored.legacy_result or stored.settings.get("split", "test") != split:
+        return False
+    try:
+        return HessianConfig.from_dict(stored.settings.get("config", {})) == config
+    except FusionError:
+        return False
 
 
 def parent_states(
@@ -101,15 +145,32 @@ def parent_states(
     }
 
 
-def stored_hessian(workspace: Workspace, model_id: str) -> HessianReport | None:
-    payload = workspace.load_result(model_id, HESSIAN)
-    return HessianReport.from_dict(payload) if payload else None
+def stored_hessian(
+    workspace: Workspace, model_id: str, config: HessianConfig | None = None, split: str = "test"
+) -> HessianReport | None:
+    """The report of :func:`hessian_record`, or ``None``."""
+    found = hessian_record(workspace, model_id, config, split)
+    return HessianReport.from_dict(found.payload) if found is not None else None
 
 
-def landscape_key(kind: str, model_ids: Sequence[str]) -> str:
-    """The result name of a landscape of ``kind`` over these models (in this order)."""
-    digest = hashlib.sha1("|".join(model_ids).encode()).hexdigest()[:10]
-    return f"landscape-{kind}-{digest}"
+def landscape_settings(kind: str, config: LandscapeConfig, dims: int, dataset: str) -> dict:
+    """What a landscape of ``kind`` depends on besides its models (``dims`` only for random directions)."""
+    return {"config": config.to_dict(), "dataset": dataset, **({"dims": dims} if kind == "random" else {})}
+
+
+def landscape_command(model_ids: Sequence[str], kind: str, config: LandscapeConfig, dims: int = 2) -> str | None:
+    """The ``landscape`` command line that computes this landscape, or ``None`` where ``config`` sets an option that
+    the command line does not take."""
+    flags = {"resolution": config.resolution, "samples": config.samples, "seed": config.seed}
+    if kind == "random":
+        flags.update(dims=dims, range=config.span)
+    cli = {"resolution", "samples", "seed", "span", "recompute_batchnorm"}
+    if non_default(LandscapeConfig, {k: v for k, v in config.to_dict().items() if k not in cli}):
+        return None
+    defaults = LandscapeConfig()
+    shown = {k: v for k, v in flags.items() if v is not None and v != getattr(defaults, k, None)}
+    line = command_line(["landscape", "--models", *model_ids, "--kind", kind], shown)
+    return line + (" --recompute-batchnorm" if config.recompute_batchnorm else "")
 
 
 def landscape_models(
@@ -157,8 +218,12 @@ def landscape_of(
     progress: Progress = no_progress,
 ) -> LandscapeResult:
     """A landscape of workspace models: ``interpolation`` (two models), ``plane`` (three) or ``random`` filter-
-    normalised directions (one model, ``dims`` 1 or 2); stored beside the first model under :func:`landscape_key`."""
+    normalised directions (one model, ``dims`` 1 or 2); stored beside the first model as a ``landscape-<kind>``
+    record (:func:`save_landscape`), whose result is returned without computing when these settings have one."""
     models, records = landscape_models(workspace, model_ids, kind)
+    stored = stored_landscape(workspace, model_ids, kind, config, dims)
+    if stored is not None:
+        return stored
     data = load_dataset(records[0].dataset)
     roles = [model_role(record, index) for index, record in enumerate(records)]
     result: LandscapeResult
@@ -168,35 +233,74 @@ def landscape_of(
         result = plane(models, data, config, device, progress, labels=(roles[0], roles[1], roles[2]))
     else:
         result = random_directions(models[0], data, dims, config, device, progress, label=roles[0])
-    save_landscape(
-        workspace, model_ids[0], landscape_key(kind, model_ids), kind, model_ids, records[0].dataset, config, result
-    )
+    command = landscape_command(model_ids, kind, config, dims)
+    save_landscape(workspace, kind, model_ids, records[0].dataset, config, result, dims, command)
     return result
 
 
 def save_landscape(
     workspace: Workspace,
-    owner: str,
-    key: str,
     kind: str,
     model_ids: Sequence[str],
     dataset: str,
     config: LandscapeConfig,
     result: LandscapeResult,
+    dims: int = 2,
+    command: str | None = None,
 ) -> None:
-    """Store ``result`` as the ``key`` result of model ``owner``, with the models, dataset and config it was made
-    from (rank 0 only in a distributed run)."""
+    """Store ``result`` as a ``landscape-<kind>`` record of the first of ``model_ids``, keyed by its settings
+    (rank 0 only in a distributed run)."""
     payload = {"kind": kind, "model_ids": list(model_ids), "dataset": dataset, "config": config.to_dict()}
     if is_writer():
-        workspace.save_result(owner, key, {**payload, **result.to_dict()})
+        settings = landscape_settings(kind, config, dims, dataset)
+        seconds = getattr(result, "seconds", None)
+        record = ResultRecord.make(
+            LANDSCAPE.format(kind=kind), model_ids, settings, {**payload, **result.to_dict()}, seconds, command
+        )
+        workspace.save_result(model_ids[0], record)
 
 
-def stored_landscape(workspace: Workspace, model_ids: Sequence[str], kind: str) -> LandscapeResult | None:
-    payload = workspace.load_result(model_ids[0], landscape_key(kind, model_ids))
-    if payload is None:
-        return None
-    factory = {"interpolation": InterpolationResult, "plane": PlaneResult, "random": RandomDirectionsResult}[kind]
-    return factory.from_dict(payload)
+def landscape_records(workspace: Workspace, model_ids: Sequence[str], kind: str) -> list[ResultRecord]:
+    """The stored ``kind`` landscapes over exactly ``model_ids`` (kept with the first), the
+    newest first."""
+    stored = workspace.results(model_ids[0], LANDSCAPE.format(kind=kind))
+    return [r for r in stored if r.models == list(model_ids)]
+
+
+def landscape_result(record: ResultRecord) -> LandscapeResult:
+    """The result a landscape record holds."""
+    kind = record.kind.removeprefix("landscape-")
+    factory = {"plane": PlaneResult, "random": RandomDirectionsResult}.get(kind, InterpolationResult)
+    return factory.from_dict(record.payload)
+
+
+def landscape_record(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    kind: str,
+    config: LandscapeConfig | None = None,
+    dims: int = 2,
+) -> ResultRecord | None:
+    """The stored ``kind`` landscape record over ``model_ids`` made with ``config`` (and ``dims``); with no
+    ``config``, the newest; ``None`` when there is none."""
+    stored = landscape_records(workspace, model_ids, kind)
+    if config is not None:
+        dataset = workspace.record(model_ids[0]).dataset
+        key = result_key(LANDSCAPE.format(kind=kind), model_ids, landscape_settings(kind, config, dims, dataset))
+        stored = [r for r in stored if r.key == key]
+    return stored[0] if stored else None
+
+
+def stored_landscape(
+    workspace: Workspace,
+    model_ids: Sequence[str],
+    kind: str,
+    config: LandscapeConfig | None = None,
+    dims: int = 2,
+) -> LandscapeResult | None:
+    """The result of :func:`landscape_record`, or ``None``."""
+    found = landscape_record(workspace, model_ids, kind, config, dims)
+    return landscape_result(found) if found is not None else None
 
 
 def scaled(progress: Progress, part: int, parts: int, label: str) -> Progress:
@@ -290,8 +394,7 @@ def aligned_lines(
         report = scaled(progress, index, len(ALIGNED_LINES), name)
         labels = (parent_role(0), parent_role(1))
         result = linear_interpolation(a, b, data, config, device, report, labels, repair=repair)
-        key = landscape_key(aligned_kind(repair), [fused_id])
-        save_landscape(workspace, fused_id, key, "interpolation", record.parents, record.dataset, config, result)
+        save_landscape(workspace, aligned_kind(repair), [fused_id], record.dataset, config, result)
         results[name] = result
     return results
 
@@ -352,22 +455,19 @@ def fusion_landscape_cost(
     return reduce(add, costs)
 
 
-def stored_fusion_landscape(workspace: Workspace, fused_id: str) -> dict[str, LandscapeResult]:
-    """What :func:`fusion_landscape` stored for this model (the parts computed so far)."""
+def stored_fusion_landscape(
+    workspace: Workspace, fused_id: str, config: LandscapeConfig | None = None
+) -> dict[str, LandscapeResult]:
+    """What :func:`fusion_landscape` stored for this model with ``config`` (the parts computed so far; with no
+    ``config``, the newest of each part)."""
     record = workspace.record(fused_id)
-    found: dict[str, LandscapeResult] = {}
+    found: dict[str, LandscapeResult | None] = {}
     for name, pair in zip(["A-B", "A-fused", "B-fused"], fusion_pairs(record)):
-        result = stored_landscape(workspace, pair, "interpolation")
-        if result is not None:
-            found[name] = result
+        found[name] = stored_landscape(workspace, pair, "interpolation", config)
     for name, repair in ALIGNED_LINES.items():
-        payload = workspace.load_result(fused_id, landscape_key(aligned_kind(repair), [fused_id]))
-        if payload is not None:
-            found[name] = InterpolationResult.from_dict(payload)
-    surface = stored_landscape(workspace, [*record.parents, fused_id], "plane")
-    if surface is not None:
-        found["plane"] = surface
-    return found
+        found[name] = stored_landscape(workspace, [fused_id], aligned_kind(repair), config)
+    found["plane"] = stored_landscape(workspace, [*record.parents, fused_id], "plane", config)
+    return {name: result for name, result in found.items() if result is not None}
 
 
 def eigenvector_overlaps_of(
@@ -392,14 +492,21 @@ def eigenvector_overlaps_of(
             maps[stored.model] = {}
         maps[stored.model][stored.group] = Transport.from_plan(stored.plan)
     progress(0, 1, f"top {config.top_k} eigenvectors of {len(parents) + 1} models")
+    started = time.time()
     overlaps = eigenvector_overlaps(fused, parents, maps, groups, data.split(split), config, device)
-    workspace.save_result(
-        fused_id, OVERLAP, {"split": split, "overlaps": [o.to_dict() for o in overlaps], "config": config.to_dict()}
-    )
+    settings = {"config": config.to_dict(), "split": split}
+    payload = {**settings, "overlaps": [o.to_dict() for o in overlaps]}
+    workspace.save_result(fused_id, ResultRecord.make(OVERLAP, [fused_id], settings, payload, time.time() - started))
     progress(1, 1, "done")
     return overlaps
 
 
-def stored_overlaps(workspace: Workspace, fused_id: str) -> list[EigenvectorOverlap] | None:
-    payload = workspace.load_result(fused_id, OVERLAP)
-    return [EigenvectorOverlap.from_dict(o) for o in payload["overlaps"]] if payload else None
+def stored_overlaps(
+    workspace: Workspace, fused_id: str, config: HessianConfig | None = None, split: str = "test"
+) -> list[EigenvectorOverlap] | None:
+    """The overlaps stored for ``fused_id`` with ``config`` on ``split`` (with no ``config``, the newest)."""
+    stored = workspace.results(fused_id, OVERLAP)
+    if config is not None:
+        key = result_key(OVERLAP, [fused_id], {"config": config.to_dict(), "split": split})
+        stored = [r for r in stored if r.key == key]
+    return [EigenvectorOverlap.from_dict(o) for o in stored[0].payload["overlaps"]] if stored else None

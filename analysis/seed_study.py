@@ -11,8 +11,9 @@ its sharpness summary (:mod:`analysis.sharpness`).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -21,15 +22,21 @@ from analysis.comparison import fill_hessians
 from analysis.hessian_config import HessianConfig
 from analysis.runs import scaled
 from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
+from analysis.units import percent
+from fusion.command_lines import command_line, non_default
+from fusion.distributed import is_writer
 from fusion.errors import ConfigError
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.registry import REGISTRY
+from fusion.results import ResultRecord
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
 PRUNINGS = {"structured": "prune", "unstructured": "sparsify"}
+STUDY = "study"
+"""The kind of the record a study stores with its first parent (:mod:`fusion.results`)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ def seed_study(
         raise ConfigError(f"the study takes two different parents, got {list(parent_ids)}")
     records = [workspace.record(i) for i in parent_ids]
     check_compatible(records, config.method)
+    started = time.time()
     hessian = config.hessian()
     stages: list[tuple[str, str]] = [("parent A", parent_ids[0]), ("parent B", parent_ids[1])]
     pruning = PRUNINGS[config.pruning]
@@ -149,8 +157,8 @@ def seed_study(
         stages.append(("fine-tuned", tuned.record.id))
     ids = [model_id for _, model_id in stages]
     fill_hessians(workspace, ids, hessian, "test", device, scaled(progress, steps - 1, steps, "Hessians"))
-    summaries = {s.model: s for s in sharpness_table(workspace, ids)}
-    return SeedStudy(
+    summaries = {s.model: s for s in sharpness_table(workspace, ids, hessian, "test")}
+    study = SeedStudy(
         config,
         [
             StudyStage(
@@ -163,11 +171,22 @@ def seed_study(
             for stage, model_id in stages
         ],
     )
+    if is_writer():
+        settings = config.to_dict()
+        record = ResultRecord.make(STUDY, list(parent_ids), settings, study.to_dict(), time.time() - started)
+        workspace.save_result(parent_ids[0], replace(record, command=study_command(parent_ids, config)))
+    return study
+
+
+def study_command(parent_ids: Sequence[str], config: StudyConfig) -> str:
+    """The ``study`` command line that runs this study."""
+    return command_line(["study", "--parents", *parent_ids], non_default(StudyConfig, config.to_dict()))
 
 
 def study_rows(study: SeedStudy) -> list[dict[str, Any]]:
-    """One flat row per stage: stage, test accuracy and loss, then the sharpness columns
+    """One flat row per stage: stage, test accuracy (%), then the sharpness columns
     (:func:`analysis.sharpness.sharpness_rows`)."""
     return [
-        {"stage": s.stage, "test accuracy": s.test_accuracy, **sharpness_rows([s.sharpness])[0]} for s in study.stages
+        {"stage": s.stage, "test accuracy (%)": percent(s.test_accuracy), **sharpness_rows([s.sharpness])[0]}
+        for s in study.stages
     ]

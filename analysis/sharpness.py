@@ -5,7 +5,9 @@ Per model (its stored :class:`analysis.hessian.HessianReport`): ``λ_1 .. λ_k``
 trace ± its standard error, ``λ_1 / trace`` (how much of the curvature the top direction holds), the curvature
 ``2 c`` fitted to the loss along each eigenvector, the train and test loss at the model and their gap
 ``test - train`` (the generalisation gap), and for a derived model the ratios of ``λ_1`` and the trace to the mean of
-its parents' (above 1: sharper than the parents).
+its parents' (above 1: sharper than the parents). Each summary names the stored record it comes from (``result``, its
+key) and its sample; a table built for one set of Hessian settings takes every model's and parent's record of those
+settings, so its rows compare like with like.
 
 :func:`sharpness_rows` flattens the summaries into rows of plain values, one per model, the form of the CSV and JSON
 downloads.
@@ -19,8 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.hessian import HessianReport
+from analysis.hessian_config import HessianConfig
 from analysis.perturbation import curve_kind
-from analysis.runs import model_role, stored_hessian
+from analysis.runs import hessian_record, model_role
 from fusion.records import Record
 from fusion.workspace import ModelRecord, Workspace
 
@@ -45,9 +48,11 @@ class Sharpness(Record):
     gap: float | None
     top_ratio: float | None = None
     trace_ratio: float | None = None
+    result: str | None = None
+    samples: int | None = None
 
 
-def summarise(record: ModelRecord, report: HessianReport, role: str) -> Sharpness:
+def summarise(record: ModelRecord, report: HessianReport, role: str, result: str | None = None) -> Sharpness:
     eigenvalues = [float(v) for v in report.top.eigenvalues]
     trace = float(report.trace.mean)
     curvatures = []
@@ -75,6 +80,8 @@ def summarise(record: ModelRecord, report: HessianReport, role: str) -> Sharpnes
         train_loss=train.loss if train else None,
         test_loss=test.loss if test else None,
         gap=test.loss - train.loss if train and test else None,
+        result=result,
+        samples=report.samples,
     )
 
 
@@ -92,38 +99,60 @@ def with_ratios(summary: Sharpness, parents: Sequence[Sharpness]) -> Sharpness:
 
 
 def parent_summaries(
-    workspace: Workspace, record: ModelRecord, report_of: Callable[[str], HessianReport | None]
+    workspace: Workspace, record: ModelRecord, summary_of: Callable[[str], Sharpness | None]
 ) -> list[Sharpness]:
-    """The summaries of ``record``'s parents that are in the workspace and have a Hessian (``report_of``)."""
-    return [
-        summarise(workspace.record(p), found, "parent")
-        for p in record.parents
-        if workspace.has(p) and (found := report_of(p)) is not None
-    ]
+    """The summaries of ``record``'s parents that are in the workspace and have a Hessian (``summary_of``)."""
+    return [found for p in record.parents if workspace.has(p) and (found := summary_of(p)) is not None]
 
 
-def sharpness_of(workspace: Workspace, model_id: str, report: HessianReport) -> Sharpness:
-    """The summary of ``report`` (a fresh analysis of ``model_id``, stored or not), with ratios to the parents'
-    stored Hessians."""
+def stored_summary(
+    workspace: Workspace, model_id: str, role: str, config: HessianConfig | None, split: str
+) -> Sharpness | None:
+    """The summary of ``model_id``'s stored Hessian record of ``config`` on ``split`` (its newest without
+    ``config``), or ``None``."""
+    found = hessian_record(workspace, model_id, config, split)
+    if found is None:
+        return None
+    return summarise(workspace.record(model_id), HessianReport.from_dict(found.payload), role, found.key)
+
+
+def sharpness_of(workspace: Workspace, model_id: str, report: HessianReport, result: str | None = None) -> Sharpness:
+    """The summary of ``report`` (a fresh analysis of ``model_id``, stored as ``result`` or not), with ratios to its
+    parents' stored Hessians of the same settings."""
     record = workspace.record(model_id)
-    parents = parent_summaries(workspace, record, lambda p: stored_hessian(workspace, p))
-    return with_ratios(summarise(record, report, model_role(record, 0)), parents)
+    split = report.split or "test"
+    parents = parent_summaries(
+        workspace, record, lambda p: stored_summary(workspace, p, "parent", report.config, split)
+    )
+    return with_ratios(summarise(record, report, model_role(record, 0), result), parents)
 
 
-def sharpness_table(workspace: Workspace, model_ids: Sequence[str] | None = None) -> list[Sharpness]:
-    """The summaries of ``model_ids`` (default: every model of the workspace) that have a stored Hessian, with
-    ratios to their parents' where the parents have one too; roles as on the Hessian page (by position)."""
+def sharpness_table(
+    workspace: Workspace,
+    model_ids: Sequence[str] | None = None,
+    config: HessianConfig | None = None,
+    split: str = "test",
+) -> list[Sharpness]:
+    """The summaries of ``model_ids`` (default: every model of the workspace) that have a stored Hessian of
+    ``config`` on ``split`` (each one's newest without ``config``), with ratios to their parents' of the same
+    settings where the parents have one too; roles as on the Hessian page (by position)."""
     records = workspace.records()
     by_id = {r.id: r for r in records}
     chosen = list(model_ids) if model_ids is not None else [r.id for r in records]
-    reports = {i: stored_hessian(workspace, i) for i in set(chosen) | {p for i in chosen for p in by_id[i].parents}}
     summaries = {}
     for index, model_id in enumerate(chosen):
-        report = reports.get(model_id)
-        if report is not None:
-            summaries[model_id] = summarise(by_id[model_id], report, model_role(by_id[model_id], index))
+        found = stored_summary(workspace, model_id, model_role(by_id[model_id], index), config, split)
+        if found is not None:
+            summaries[model_id] = found
+    parents: dict[str, Sharpness | None] = {}
+
+    def parent_of(parent_id: str) -> Sharpness | None:
+        if parent_id not in parents:
+            parents[parent_id] = stored_summary(workspace, parent_id, "parent", config, split)
+        return parents[parent_id]
+
     return [
-        with_ratios(summary, parent_summaries(workspace, by_id[model_id], reports.get))
+        with_ratios(summary, parent_summaries(workspace, by_id[model_id], parent_of))
         for model_id, summary in summaries.items()
     ]
 
@@ -150,6 +179,7 @@ def sharpness_rows(summaries: Sequence[Sharpness]) -> list[dict[str, Any]]:
                 "trace / parents' trace": s.trace_ratio,
             }
         )
+        row.update({"samples": s.samples, "result": s.result})
         rows.append({k: clean(v) for k, v in row.items()})
     return rows
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from analysis.norms import GroupNorms, Survival, neuron_norms, transplant_survival
 from analysis.scores import Score
+from fusion.command_lines import fusion_command_lines, train_command
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
@@ -44,6 +45,7 @@ from fusion.pipeline import (
 )
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
+from fusion.results import ResultRecord
 from fusion.surgery import group_sizes
 from fusion.train import TrainConfig, predict_logits
 from fusion.workspace import Workspace
@@ -427,6 +429,27 @@ def baselines_step(
     return BaselinesStep(tuple(pairs), time.perf_counter() - started)
 
 
+def story_commands(story: Story) -> list[str]:
+    """The command lines that rebuild every model the story has stored so far: each parent (``train``), the
+    transplanted model and its fine-tune, and the baselines with theirs. The concatenated wide model is held in
+    memory only and has none."""
+    lines: list[str] = []
+    parents = story.parents
+    if parents is None:
+        return lines
+    for member in story.options.members():
+        line = train_command(member.spec, "digits", member.config)
+        if line is not None:
+            lines.append(line)
+    recipe = story.options.finetune_config().to_dict()
+    if story.pruning is not None and story.pruning.transplanted.id is not None:
+        tuned = recipe if story.finetune is not None else None
+        lines += fusion_command_lines("transplant", parents.ids, {}, tuned, story.pruning.transplanted.id)
+    for pair in story.baselines.pairs if story.baselines is not None else ():
+        lines += fusion_command_lines(pair.method, parents.ids, {}, recipe, pair.fused.id or "FUSED_ID")
+    return lines
+
+
 LATER_STEPS = (
     ("concatenation", concatenation_step),
     ("pruning", pruning_step),
@@ -449,7 +472,10 @@ def advance_story(
     longer = dataclasses.replace(story, **{name: step(workspace, story, device, progress)})
     if longer.finetune is not None:
         assert longer.finetune.finetuned.id is not None
-        workspace.save_result(longer.finetune.finetuned.id, STORY_RESULT, longer.to_dict())
+        owner = longer.finetune.finetuned.id
+        workspace.save_result(
+            owner, ResultRecord.make(STORY_RESULT, [owner], story.options.to_dict(), longer.to_dict())
+        )
     return longer
 
 
@@ -475,7 +501,7 @@ def load_story(workspace: Workspace) -> Story | None:
     """The newest story stored in the workspace (with its fine-tuned transplanted model), or ``None``."""
     for record in reversed(workspace.records()):
         if record.method == "finetune":
-            payload = workspace.load_result(record.id, STORY_RESULT)
-            if payload is not None:
-                return Story.from_dict(payload)
+            stored = workspace.results(record.id, STORY_RESULT)
+            if stored:
+                return Story.from_dict(stored[0].payload)
     return None

@@ -10,13 +10,23 @@ from analysis.comparison import applicable_methods, compare_methods
 from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.rows import curve_rows, landscape_rows
-from analysis.runs import LANDSCAPE_MODELS, hessian_of, landscape_key, landscape_of
-from analysis.seed_study import StudyConfig, seed_study, study_rows
+from analysis.runs import (
+    LANDSCAPE_MODELS,
+    hessian_command,
+    hessian_of,
+    hessian_record,
+    landscape_command,
+    landscape_of,
+    landscape_record,
+)
+from analysis.seed_study import STUDY, StudyConfig, seed_study, study_command, study_rows
 from analysis.sharpness import sharpness_of, sharpness_rows, sharpness_table
+from analysis.units import in_percent
 from cli.arguments import add_option_arguments, given_options
 from cli.output import add_csv_option, check_csv, stderr_progress, write_csv
 from fusion.device import default_device
 from fusion.options import option_fields
+from fusion.results import result_key
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
@@ -24,9 +34,12 @@ from fusion.workspace import Workspace
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     config = HessianConfig(**given_options(args, option_fields(HessianConfig)))
     check_csv(args, workspace)
+    reused = hessian_record(workspace, args.id, config, args.split) is not None
     report = hessian_of(workspace, args.id, config, args.split, progress=stderr_progress(args.quiet))
     written = write_csv(args, workspace, curve_rows({args.id: report}))
-    (sharpness,) = sharpness_rows([sharpness_of(workspace, args.id, report)])
+    stored = hessian_record(workspace, args.id, config, args.split)
+    key = stored.key if stored is not None else None
+    (sharpness,) = sharpness_rows([sharpness_of(workspace, args.id, report, key)])
     return {
         "id": args.id,
         "dataset": workspace.record(args.id).dataset,
@@ -43,11 +56,21 @@ def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str,
         "layers": [layer.to_dict() for layer in report.layers],
         "sharpness": sharpness,
         "curves": [
-            {"direction": c.label, "split": c.split, "fitted_curvature": c.curvature, "d_H_d": c.expected}
+            {
+                "direction": c.label,
+                "split": c.split,
+                "fitted_curvature": c.curvature,
+                "fit_range": c.fit_range,
+                "d_H_d": c.expected,
+                "agrees": c.agrees,
+                "agreeing_range": c.agreeing_range,
+            }
             for c in report.curves
         ],
         "seconds": report.seconds,
-        "result": str(workspace.result_path(args.id, "hessian")),
+        "result": key,
+        "reused": reused,
+        "command": hessian_command(args.id, config, args.split),
         **written,
     }
 
@@ -61,7 +84,9 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         recompute_batchnorm=args.recompute_batchnorm,
     )
     check_csv(args, workspace)
+    reused = landscape_record(workspace, args.models, args.kind, config, args.dims) is not None
     result = landscape_of(workspace, args.models, args.kind, config, args.dims, progress=stderr_progress(args.quiet))
+    stored = landscape_record(workspace, args.models, args.kind, config, args.dims)
     summary: dict[str, Any] = {}
     if args.kind == "interpolation":
         summary = {"train_barrier": result.train_barrier, "test_barrier": result.test_barrier}
@@ -77,7 +102,9 @@ def command_landscape(args: argparse.Namespace, workspace: Workspace) -> dict[st
         "points": int(result.metrics.test_loss.size),
         "min_test_loss": float(result.metrics.test_loss.min()),
         **summary,
-        "result": str(workspace.result_path(args.models[0], landscape_key(args.kind, args.models))),
+        "result": stored.key if stored is not None else None,
+        "reused": reused,
+        "command": landscape_command(args.models, args.kind, config, args.dims),
         **write_csv(args, workspace, landscape_rows(result)),
     }
 
@@ -97,10 +124,10 @@ def command_compare(args: argparse.Namespace, workspace: Workspace) -> dict[str,
     ids = [*comparison.parents, *(i for r in comparison.rows for i in (r.id, r.finetuned_id) if i is not None)]
     return {
         "parents": list(comparison.parents),
-        "rows": [row.to_dict() for row in comparison.rows],
+        "rows": [{**in_percent(row.to_dict()), "command": " && ".join(row.commands)} for row in comparison.rows],
         "skipped": comparison.skipped,
         "sharpness": sharpness_rows(sharpness_table(workspace, ids)),
-        **write_csv(args, workspace, [row.to_dict() for row in comparison.rows]),
+        **write_csv(args, workspace, [in_percent(row.to_dict()) for row in comparison.rows]),
     }
 
 
@@ -111,9 +138,17 @@ def command_study(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
     rows = study_rows(study)
     return {
         "config": config.to_dict(),
-        "stages": [stage.to_dict() for stage in study.stages],
+        "result": result_key(STUDY, args.parents, config.to_dict()),
+        "command": study_command(args.parents, config),
+        "stages": [in_percent(stage.to_dict()) for stage in study.stages],
         **write_csv(args, workspace, rows),
     }
+
+
+def command_results(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    """The results stored with a model, newest first (each without its payload)."""
+    workspace.record(args.id)
+    return {"id": args.id, "results": [r.summary() for r in workspace.results(args.id, args.kind)]}
 
 
 def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> None:
@@ -173,3 +208,10 @@ def add_analysis_commands(subparsers: Any, common: argparse.ArgumentParser) -> N
     add_option_arguments(study, option_fields(StudyConfig))
     add_csv_option(study, "one row per stage (its sharpness)")
     study.set_defaults(run=command_study)
+
+    results = subparsers.add_parser(
+        "results", parents=[common], help="list the analysis results stored with a model, newest first"
+    )
+    results.add_argument("id")
+    results.add_argument("--kind", help="only results of this kind (hessian, landscape-random, overlap, ...)")
+    results.set_defaults(run=command_results)

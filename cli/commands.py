@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis.units import in_percent
 from cli.arguments import add_option_arguments, given_options
 from cli.output import record_summary, stderr_progress, stored_summary
+from fusion.command_lines import command_line, fusion_command_lines, train_command
 from fusion.data import DATASET_FORMS, check_dataset_name, dataset_signature, load_dataset
 from fusion.device import default_device, describe_device
 from fusion.errors import ConfigError, DatasetError, FusionError
@@ -123,7 +125,11 @@ def command_train(args: argparse.Namespace, workspace: Workspace) -> dict[str, A
         )
         for config in configs
     ]
-    return {"models": [stored_summary(s, workspace) for s in records], "device": str(default_device())}
+    return {
+        "models": [stored_summary(s, workspace) for s in records],
+        "device": str(default_device()),
+        "command": train_command(spec, data.name, configs[0], args.seed) if args.pretrained is None else None,
+    }
 
 
 def command_demo(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
@@ -150,7 +156,12 @@ def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str
     """Evaluate a model on its own dataset or, with ``--dataset``, on another of the same input shape and classes
     (:func:`fusion.pipeline.evaluate_and_save`); ``stored_as`` names the metrics keys the scores were stored under."""
     evaluation = evaluate_and_save(workspace, args.id, getattr(args, "dataset", None), download=args.download)
-    output = {"id": args.id, "dataset": evaluation.dataset, "device": str(default_device()), **evaluation.scores}
+    output = {
+        "id": args.id,
+        "dataset": evaluation.dataset,
+        "device": str(default_device()),
+        **in_percent(evaluation.scores),
+    }
     if evaluation.dataset != evaluation.record.dataset:
         output |= {"model_dataset": evaluation.record.dataset, "stored_as": list(evaluation.stored)}
     return output
@@ -241,9 +252,12 @@ def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
     output: dict[str, Any] = {
         "method": args.method,
         "parents": args.models,
-        **run.metrics,
+        **in_percent(run.metrics),
         **evaluated(run.not_evaluated),
         "report": run.report,
+        "command": " && ".join(
+            fusion_command_lines(args.method, args.models, options, config.to_dict() if config else None)
+        ),
     }
     if run.record is not None:
         output["models"] = [{**record_summary(run.record, workspace), "reused": run.reused}]
@@ -261,10 +275,14 @@ def command_finetune(args: argparse.Namespace, workspace: Workspace) -> dict[str
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer, seed=args.seed
     )
     stored = finetune_and_save(workspace, args.id, config, progress=stderr_progress(args.quiet))
-    return {"models": [stored_summary(stored, workspace)]}
+    recipe = {k: v for k, v in config.to_dict().items() if k in ("epochs", "lr", "batch_size", "optimizer", "seed")}
+    return {"models": [stored_summary(stored, workspace)], "command": command_line(["finetune", args.id], recipe)}
 
 
 def command_delete(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
+    if args.result is not None:
+        removed = workspace.delete_result(args.id, args.result)
+        return {"deleted": {"id": args.id, "result": removed.key, "kind": removed.kind}}
     workspace.delete(args.id)
     return {"deleted": args.id}
 

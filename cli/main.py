@@ -123,6 +123,7 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
 
     evaluate_ = commands.add_parser("evaluate", parents=[common], help="evaluate a model on its dataset")
     evaluate_.add_argument("id")
+    add_dataset_option(evaluate_, default=None)
     evaluate_.set_defaults(run=command_evaluate)
 
     export = commands.add_parser("export", parents=[common], help="write a model to one safetensors file")
@@ -157,8 +158,9 @@ def parser(method: str | None = None) -> argparse.ArgumentParser:
     finetune.add_argument("--seed", type=int, default=0)
     finetune.set_defaults(run=command_finetune)
 
-    delete = commands.add_parser("delete", parents=[common], help="delete a model")
+    delete = commands.add_parser("delete", parents=[common], help="delete a model, or one of its stored results")
     delete.add_argument("id")
+    delete.add_argument("--result", metavar="KEY", help="delete only this stored result of the model (see results ID)")
     delete.set_defaults(run=command_delete)
     add_analysis_commands(commands, common)
     add_sweep_commands(commands, common)

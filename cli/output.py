@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.rows import csv_bytes
+from analysis.units import SCIENTIFIC, is_small_figure, percent
 from fusion.distributed import is_writer, rank, world_size
 from fusion.errors import OutputFileError
 from fusion.pipeline import Stored
@@ -29,7 +30,7 @@ def record_summary(record: ModelRecord, workspace: Workspace) -> dict[str, Any]:
         "method": record.method,
         "parents": record.parents,
         "parameters": record.parameters,
-        "test_accuracy": record.metrics.get("test_accuracy"),
+        "test_accuracy_pct": percent(record.metrics.get("test_accuracy")),
         "test_loss": record.metrics.get("test_loss"),
         "path": str(workspace.model_dir(record.id)),
     }
@@ -84,14 +85,26 @@ def human_readable(result: dict[str, Any]) -> str:
     if "models" in result:
         lines = [
             f"{m['id']:<40} {m['arch']:<22} {m['dataset']:<9} {m['method']:<9} "
-            + (f"test acc {100 * m['test_accuracy']:.2f}%" if m.get("test_accuracy") is not None else "")
+            + (f"test acc {m['test_accuracy_pct']:.2f}%" if m.get("test_accuracy_pct") is not None else "not evaluated")
             + ("  (no checksum: unverified)" if m.get("checksum") is False else "")
             + ("  (reused: stored by an earlier run with the same inputs)" if m.get("reused") else "")
             for m in result["models"]
         ]
         lines += [f"BROKEN {b['id']}: {b['reason']}" for b in result.get("broken", [])]
         return "\n".join(lines) or "no models"
-    return "\n".join(f"{k}: {v}" for k, v in result.items())
+    return "\n".join(f"{k}: {readable(k, v)}" for k, v in result.items())
+
+
+def readable(name: str, value: Any) -> str:
+    """``value`` as text; a float named as a residual, spread or error (:func:`analysis.units.is_small_figure`) in
+    scientific notation with three significant digits, inside objects and lists too."""
+    if isinstance(value, float) and is_small_figure(name):
+        return SCIENTIFIC % value
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {readable(str(k), v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(readable(name, v) for v in value) + "]"
+    return str(value)
 
 
 def add_csv_option(parser: argparse.ArgumentParser, what: str) -> None:

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
+from fusion.models import ARCHITECTURES, ModelSpec
 from fusion.options import option_fields
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
@@ -39,12 +40,16 @@ def command_line(words: Sequence[str], options: dict[str, Any]) -> str:
 
 
 def fusion_command_lines(
-    method: str, parents: Sequence[str], options: dict[str, Any], finetune: dict[str, Any] | None = None
+    method: str,
+    parents: Sequence[str],
+    options: dict[str, Any],
+    finetune: dict[str, Any] | None = None,
+    fused_id: str = "FUSED_ID",
 ) -> list[str]:
     """The command line(s) that repeat a fusion: ``fuse`` with every option that differs from the method's default,
     and its fine-tune recipe (a :class:`fusion.train.TrainConfig` as a dict) as ``--finetune-epochs/--finetune-lr``
     when it is the command line's own (Adam, batches of 64, seed 0), else as a second ``finetune`` command of the
-    fused model (``FUSED_ID``: the id the first command prints)."""
+    fused model (``fused_id``, where known; else ``FUSED_ID``, the id the first command prints)."""
     fuse = ["fuse", "--method", method, "--models", *parents]
     flags = non_default(REGISTRY[method].options, options)
     if finetune is None:
@@ -52,4 +57,22 @@ def fusion_command_lines(
     if finetune == TrainConfig(epochs=int(finetune.get("epochs", 1)), lr=float(finetune.get("lr", 1e-3))).to_dict():
         return [command_line(fuse, {**flags, "finetune_epochs": finetune["epochs"], "finetune_lr": finetune["lr"]})]
     recipe = {k: finetune[k] for k in ("epochs", "lr", "batch_size", "optimizer", "seed") if k in finetune}
-    return [command_line(fuse, flags), command_line(["finetune", "FUSED_ID"], recipe)]
+    return [command_line(fuse, flags), command_line(["finetune", fused_id], recipe)]
+
+
+def train_command(spec: ModelSpec, dataset: str, config: TrainConfig, seeds: Sequence[int] | None = None) -> str | None:
+    """The ``train`` command line that trains ``spec`` on ``dataset`` with ``config`` (with each of ``seeds`` instead
+    of its seed, when given; every knob of a zoo spec spelled out, so the command line builds this very spec), or
+    ``None`` for a recipe the command line cannot state (an SGD momentum other than its default)."""
+    if config.momentum != TrainConfig().momentum:
+        return None
+    knobs: dict[str, Any] = {}
+    if spec.arch in ARCHITECTURES:
+        knobs = {"hidden": spec.hidden, "channels": spec.channels, "width": spec.width}
+        knobs = {k: v for k, v in knobs.items() if v != ()}
+        knobs.update(batch_norm=spec.batch_norm, bias=spec.bias)
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("momentum", "augment")}
+    if seeds is not None:
+        recipe["seed"] = list(seeds)
+    line = command_line(["train", "--arch", spec.arch, "--dataset", dataset], {**knobs, **recipe})
+    return line + (" --augment" if config.augment else "")

@@ -134,6 +134,14 @@ def marginal(size: int, importance: torch.Tensor | None = None) -> np.ndarray:
     return weights / weights.sum()
 
 
+def load_solvers() -> None:
+    """Import the solvers' packages (POT, lap) now. They are imported where used, so that training never pays for them;
+    :func:`fusion.registry.fuse` calls this before its clock starts, so that a process's first fusion is not timed
+    with their import (POT pulls in scikit-learn and SciPy: 2 s on a quiet 2-core CPU, 10 s on a busy one)."""
+    import lap  # noqa: F401
+    import ot  # noqa: F401
+
+
 def assignment(cost: np.ndarray) -> tuple[np.ndarray, float]:
     """The column assigned to each row by the least-cost one-to-one assignment of a square ``cost`` (Jonker-Volgenant,
     ``lap.lapjv``), and that assignment's cost."""

@@ -59,6 +59,7 @@ from fusion.errors import (
 from fusion.image_folder import is_image_folder, parse_image_folder_name
 from fusion.models import ModelSpec, build_model, parameter_count, state_mismatch
 from fusion.records import Record, RecordError, from_json
+from fusion.results import ResultRecord
 from fusion.user_files import check_user_target, write_user_file
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,80}$")
@@ -339,6 +340,9 @@ class Workspace:
         ``attachments`` are named tensor collections stored beside the model in the same atomic write (a fused
         model's transport maps, say); read them back with :meth:`load_tensors`.
 
+        A ``name`` another model of the workspace already has gets the random end of the new id (`` · 3f9a1c``), so
+        that no two models show the same name.
+
         Raises :class:`CheckpointError` if the model has NaN/inf weights or does not fit ``spec`` (nothing is written).
         """
         dataset = check_dataset_name(dataset)
@@ -364,6 +368,8 @@ class Workspace:
             parameters=parameter_count(model),
         )
         with self.writing():
+            if any(other.name == record.name for other in self.records()):
+                record = replace(record, name=f"{record.name} · {record.id.rsplit('-', 1)[-1]}")
             staging = self.root / ".staging" / uuid.uuid4().hex
             staging.mkdir(parents=True)
             try:
@@ -575,24 +581,74 @@ class Workspace:
             return None
         return self.read_tensors(record, name)
 
-    def result_path(self, model_id: str, kind: str) -> Path:
-        if not ID_PATTERN.fullmatch(kind):
-            raise WorkspaceError(f"{kind!r} is not a result kind")
-        return self.model_dir(model_id) / "results" / f"{kind}.json"
+    def results_dir(self, model_id: str) -> Path:
+        return self.model_dir(model_id) / "results"
 
-    def save_result(self, model_id: str, kind: str, payload: Mapping[str, Any]) -> None:
-        """Store an analysis result with the model (atomically), replacing an earlier one of the same kind."""
-        self.record(model_id)
+    def save_result(self, owner: str, result: ResultRecord) -> ResultRecord:
+        """Store ``result`` with model ``owner`` (atomically) as ``results/<kind>/<key>.json``: a record of the same
+        key is the same run's and is replaced; every other record is kept (:mod:`fusion.results`)."""
+        self.record(owner)
+        for name in (result.kind, result.key):
+            if not ID_PATTERN.fullmatch(name):
+                raise WorkspaceError(f"{name!r} is not a result kind or key")
         with self.writing():
-            write_json_atomic(self.result_path(model_id, kind), dict(payload))
+            write_json_atomic(self.results_dir(owner) / result.kind / f"{result.key}.json", result.to_dict())
+        return result
 
-    def has_result(self, model_id: str, kind: str) -> bool:
-        return self.result_path(model_id, kind).is_file()
+    def find_result(self, owner: str, kind: str, key: str) -> ResultRecord | None:
+        """The record of ``kind`` with ``key`` stored with ``owner``, or ``None``."""
+        return next((r for r in self.results(owner, kind) if r.key == key), None)
 
-    def load_result(self, model_id: str, kind: str) -> dict[str, Any] | None:
-        """The stored result of ``kind`` for ``model_id``, ``None`` when there is none; :class:`DamagedResultError`
-        naming the model when the file is not UTF-8 JSON holding an object."""
-        return read_json_object(self.result_path(model_id, kind), f"the stored {kind} result of {model_id}")
+    def results(self, owner: str, kind: str | None = None) -> list[ResultRecord]:
+        """Every result stored with ``owner`` (of ``kind`` only, when given), the newest first; a result stored
+        before records existed reads as one record (:meth:`ResultRecord.legacy`). :class:`DamagedResultError`
+        names a file that cannot be read."""
+        folder = self.results_dir(owner)
+        found = []
+        for path in sorted(folder.glob("*/*.json")) if folder.is_dir() else []:
+            if path.parent.name.startswith(".") or path.name.startswith(".") or kind not in (None, path.parent.name):
+                continue
+            payload = read_json_object(path, f"the stored {path.parent.name} result {path.stem} of {owner}")
+            try:
+                found.append(ResultRecord.from_dict(payload))
+            except RecordError as exc:
+                raise DamagedResultError(f"the stored result {path} cannot be read ({exc}); delete it") from exc
+        for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            legacy_kind = legacy_result_kind(path.stem)
+            if kind in (None, legacy_kind) and not path.name.startswith("."):
+                payload = read_json_object(path, f"the stored {path.stem} result of {owner}")
+                created = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+                found.append(ResultRecord.legacy(legacy_kind, path.stem, owner, payload or {}, created))
+        return sorted(found, key=lambda r: r.created, reverse=True)
+
+    def has_result(self, owner: str, kind: str) -> bool:
+        """Whether a result of ``kind`` is stored with ``owner`` (its files are not read)."""
+        folder = self.results_dir(owner)
+        return (folder / f"{kind}.json").is_file() or any((folder / kind).glob("[!.]*.json"))
+
+    def delete_result(self, owner: str, key: str) -> ResultRecord:
+        """Remove the result ``key`` stored with ``owner``; :class:`WorkspaceError` naming the keys there when there
+        is none of that key."""
+        stored = self.results(owner)
+        match = [r for r in stored if r.key == key]
+        if not match:
+            known = ", ".join(r.key for r in stored) or "none"
+            raise WorkspaceError(f"model {owner!r} has no stored result {key!r} (stored: {known})")
+        (result,) = match
+        folder = self.results_dir(owner)
+        path = folder / f"{result.legacy_name}.json" if result.legacy_result else folder / result.kind / f"{key}.json"
+        with self.writing():
+            path.unlink()
+        return result
+
+
+LEGACY_LANDSCAPE = re.compile(r"^(landscape-[a-z-]+)-[0-9a-f]{10}$")
+
+
+def legacy_result_kind(stem: str) -> str:
+    """The kind of a result file stored before records existed: its name, less a landscape's digest of model ids."""
+    match = LEGACY_LANDSCAPE.fullmatch(stem)
+    return match.group(1) if match else stem
 
 
 def read_json_object(path: Path, what: str, remedy: str = "compute it again") -> dict[str, Any] | None:

@@ -5,7 +5,6 @@ import pandas as pd
 import streamlit as st
 
 from analysis.comparison import (
-    ComparisonRow,
     MethodComparison,
     applicable_methods,
     check_comparison,
@@ -19,7 +18,6 @@ from analysis.comparison import (
 from analysis.fusion_figures import finetune_comparison_figure
 from analysis.hessian_config import HessianConfig
 from analysis.sharpness import sharpness_rows, sharpness_table
-from fusion.command_lines import fusion_command_lines
 from fusion.pipeline import parent_role
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
@@ -34,7 +32,7 @@ from ui.state import (
     select_models,
     selected_model_ids,
 )
-from ui.tables import dashed_table
+from ui.tables import dashed_table, labelled_accuracy
 
 COMPARE_KIND = "compare"
 HESSIANS_KIND = "compare.hessians"
@@ -61,7 +59,7 @@ chosen = st.multiselect(
     "Parents",
     list(by_id),
     default=[i for i in selected_model_ids() if i in by_id],
-    format_func=lambda i: f"{by_id[i].name} · {by_id[i].metrics.get('test_accuracy', float('nan')) * 100:.1f}% ({i})",
+    format_func=lambda i: labelled_accuracy(by_id[i]),
     key=PARENTS_KEY,
     on_change=applicable_to_chosen,
     disabled=disabled,
@@ -196,11 +194,5 @@ right.download_button(
 )
 
 
-def row_commands(row: ComparisonRow) -> list[str]:
-    """The command lines that fuse like ``row`` (the method's defaults, as Compare runs them) and fine-tune like it."""
-    tuned = by_id.get(row.finetuned_id) if row.finetuned_id is not None else None
-    return fusion_command_lines(row.method, row.parents, {}, tuned.provenance.get("options") if tuned else None)
-
-
 st.caption("Each row from the command line (FUSED_ID: the id the fuse command prints):")
-st.code("\n".join(line for row in rows for line in row_commands(row)), language="bash")
+st.code("\n".join(line for row in rows for line in row.commands), language="bash")

@@ -4,6 +4,7 @@ import streamlit as st
 
 from analysis.comparison import COMPARISON, FusionComparison, compare_fusion, stored_comparison
 from analysis.fusion_figures import comparison_figure
+from analysis.units import percent
 from fusion.command_lines import fusion_command_lines
 from fusion.errors import DamagedResultError
 from fusion.registry import REGISTRY
@@ -14,7 +15,7 @@ from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
 from ui.options import kept, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
-from ui.tables import dashed_table
+from ui.tables import dashed_table, labelled_accuracy
 
 FUSE_KIND = "fuse"
 RESULT_KEY = "fuse.shown"
@@ -39,7 +40,7 @@ st.session_state[models_key] = [i for i in st.session_state[models_key] if i in 
 chosen = st.multiselect(
     "Models" + (" (exactly one)" if spec.max_models == 1 else f" (at least {spec.min_models})"),
     list(by_id),
-    format_func=lambda i: f"{by_id[i].name} · {by_id[i].metrics.get('test_accuracy', float('nan')) * 100:.1f}% ({i})",
+    format_func=lambda i: labelled_accuracy(by_id[i]),
     max_selections=spec.max_models,
     key=models_key,
     disabled=disabled,
@@ -117,7 +118,7 @@ table, column_config = dashed_table(
             "role": row.role,
             "model": row.model,
             "id": row.id,
-            "test accuracy (%)": 100 * row.test_accuracy,
+            "test accuracy (%)": percent(row.test_accuracy),
             "test loss": row.test_loss,
             "parameters": row.parameters,
             "time (s)": row.seconds,

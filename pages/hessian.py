@@ -1,6 +1,9 @@
 """Hessian: how sharp is each model's minimum? Top eigenvalues, trace, eigenvalue density and the loss along the top
 eigenvector, for parents and fused models side by side."""
 
+from collections.abc import Mapping
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -12,23 +15,30 @@ from analysis.figures import (
     top_eigenvalues_figure,
 )
 from analysis.fusion_figures import overlap_figure, sharpness_gap_figure
+from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
 from analysis.overlap import MAPPED_METHODS
+from analysis.perturbation import curve_kind, disagreement
 from analysis.runs import (
     HESSIAN,
     eigenvector_overlaps_of,
+    hessian_command,
     hessian_cost_of,
+    hessian_record,
     hessians_of,
     model_role,
-    stored_hessian,
     stored_overlaps,
 )
 from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
-from fusion.command_lines import command_line, non_default
+from analysis.units import number_format
+from fusion.command_lines import non_default
+from fusion.errors import FusionError
+from fusion.results import ResultRecord
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
 from ui.options import kept, option_widgets, parse_options
+from ui.results import pick_settings, show_stored_results
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 HESSIAN_KIND = "hessian"
@@ -36,12 +46,25 @@ OVERLAP_KIND = "hessian.overlap"
 
 
 def number_formats(summaries: list[Sharpness]) -> dict:
-    """Four significant digits for every number column of the sharpness table."""
+    """Four significant digits for every number column of the sharpness table; residuals, spreads and errors in
+    scientific notation (:func:`analysis.units.number_format`)."""
     columns = [c for row in sharpness_rows(summaries[:1]) for c, v in row.items() if not isinstance(v, str)]
-    return {c: st.column_config.NumberColumn(format="%.4g") for c in columns}
+    return {c: st.column_config.NumberColumn(format=number_format(c)) for c in columns}
 
 
 ESTIMATES = "hessian.estimates"
+
+
+def hessian_identity(record: ResultRecord) -> dict:
+    """A stored Hessian's settings as the form states them: the full config and the split."""
+    config = HessianConfig.from_dict(record.settings.get("config") or {})
+    return {"config": config.to_dict(), "split": record.settings.get("split", "test")}
+
+
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    changed = non_default(HessianConfig, dict(settings["config"]))
+    return f"{settings['split']} split, " + (", ".join(f"{k} {v}" for k, v in changed.items()) or "defaults")
+
 
 st.title("Hessian")
 st.caption(
@@ -98,16 +121,30 @@ if job is not None and kind in st.session_state.get(ESTIMATES, {}):
     else:
         st.caption(f"Estimated before the start: up to {described}.")
 
-reports = {i: stored_hessian(ws, i) for i in chosen}
-done = {i: r for i, r in reports.items() if r is not None}
+try:
+    form_config: HessianConfig | None = HessianConfig(**parse_options(HessianConfig, values))
+except FusionError:
+    form_config = None
+form = {"config": form_config.to_dict(), "split": split} if form_config is not None else None
+stored: dict[str, list] = {}
+with report_errors():
+    stored = {i: ws.results(i, HESSIAN) for i in chosen}
+newest_first = sorted((r for rs in stored.values() for r in rs), key=lambda r: r.created, reverse=True)
+shown = pick_settings("hessian.shown", form, newest_first, hessian_identity, describe_settings)
+shown_config = HessianConfig.from_dict(shown["config"]) if shown is not None else None
+shown_split = shown["split"] if shown is not None else split
+found = {i: hessian_record(ws, i, shown_config, shown_split) for i in chosen} if shown_config is not None else {}
+records_shown = {i: r for i, r in found.items() if r is not None}
+done = {i: HessianReport.from_dict(r.payload) for i, r in records_shown.items()}
 if job is not None and job.active and not done:
     st.info(computing_message(job))
     st.stop()
 if not done:
     st.info(
-        "No Hessian computed yet for these models: press Compute (the defaults take about a minute per small model "
-        "on a CPU)."
+        "No Hessian stored for these models with the settings shown: press Compute (the defaults take about a "
+        "minute per small model on a CPU), or pick stored settings above."
     )
+    show_stored_results(stored, lambda r: describe_settings(hessian_identity(r)), "hessian-stored")
     st.stop()
 roles = {i: model_role(by_id[i], index) for index, i in enumerate(chosen)}
 labels = {i: f"{roles[i]} · {by_id[i].name}" for i in done}
@@ -122,6 +159,7 @@ rows = [
         "top-k converged": r.top.converged,
         "samples": r.samples,
         "seconds": r.seconds,
+        "result": records_shown[i].key,
     }
     for i, r in done.items()
 ]
@@ -130,18 +168,31 @@ show_table(
     "hessian-runs",
     column_config={
         "trace": st.column_config.NumberColumn(format="%.4g"),
-        "trace ± (std. error)": st.column_config.NumberColumn(format="%.2g"),
+        "trace ± (std. error)": st.column_config.NumberColumn(format=number_format("trace ± (std. error)")),
         "seconds": st.column_config.NumberColumn(format="%.1f"),
     },
 )
 st.subheader("Sharpness")
 st.caption(
     "λ residual: the Ritz bound ‖Hv − λv‖; λ spread: the standard error of vᵀH_p v over equal parts of the sample; "
-    "fitted curvature: 2c of the parabola fitted to the loss along the eigenvector (in the units of t: equal to λ "
-    "for unit steps on a small range); ratios: to the mean of the model's parents that have a Hessian too."
+    "fitted curvature: 2c of the parabola fitted to the loss along the eigenvector on its central points, the "
+    "largest window of at least 5 on which a parabola models the loss to 1 % (in the units of t; for unit steps it "
+    "should equal λ, and a warning below names every eigenvector where the two differ by more than 10 %); ratios: "
+    "to the mean of the model's parents that have a Hessian too."
 )
-summaries = sharpness_table(ws, list(done))
+summaries = sharpness_table(ws, list(done), shown_config, shown_split)
 show_table(pd.DataFrame(sharpness_rows(summaries)), "hessian-sharpness", column_config=number_formats(summaries))
+disagreements = [
+    f"- **{labels[i]}**, {said}"
+    for i, r in done.items()
+    for c in r.curves
+    if curve_kind(c) == "eigenvector" and c.split in (r.split, None) and (said := disagreement(c))
+]
+if disagreements:
+    st.warning(
+        "The fitted curvature and dᵀHd (λ for a unit eigenvector) disagree by more than 10 %: the loss bends away "
+        "from the Hessian's quadratic within the points fitted.\n\n" + "\n".join(disagreements)
+    )
 by_role = {roles[i]: r for i, r in done.items()}
 show_chart(
     eigenvalue_density_figure({k: r.density for k, r in by_role.items()}, {k: r.top for k, r in by_role.items()}),
@@ -181,30 +232,24 @@ if mapped:
         "(1: the same direction)."
     )
     fused_id = st.selectbox("Fused model", mapped, format_func=lambda i: labels[i], key="hessian.overlap_model")
-    overlaps = stored_overlaps(ws, fused_id)
+    overlaps = stored_overlaps(ws, fused_id, shown_config, shown_split)
     overlap_kind = job_kind(OVERLAP_KIND, [fused_id])
     show_job(job_runner().latest(overlap_kind))
     if st.button("Compute the overlaps", key="hessian.overlap_compute", disabled=disabled):
-        settings = done[fused_id].config
         start_job(
             f"eigenvector overlaps of {fused_id}",
             eigenvector_overlaps_of,
             ws,
             fused_id,
-            settings,
-            ws.load_result(fused_id, HESSIAN)["split"],
+            shown_config,
+            shown_split,
             device=device(),
             kind=overlap_kind,
         )
     if overlaps:
         names = [model_role(by_id[p], k) for k, p in enumerate(by_id[fused_id].parents)]
         show_chart(overlap_figure(overlaps, names), f"hessian-overlap-{fused_id}")
-st.caption("The same analysis from the command line, for each model (its stored settings and data split):")
-lines = [
-    command_line(
-        ["hessian", i], {**non_default(HessianConfig, r.config.to_dict()), "split": ws.load_result(i, HESSIAN)["split"]}
-    )
-    + " --json"
-    for i, r in done.items()
-]
+st.caption("The same analysis from the command line, for each model (the settings of the results shown):")
+lines = [f"{records_shown[i].command or hessian_command(i, r.config, shown_split)} --json" for i, r in done.items()]
 st.code("\n".join(lines), language="bash")
+show_stored_results(stored, lambda r: describe_settings(hessian_identity(r)), "hessian-stored")

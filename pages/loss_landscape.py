@@ -1,6 +1,9 @@
 """Loss landscape: where does a fused model sit relative to its parents? Interpolation curves with their loss
 barriers, the plane through parent A, parent B and the fused model, and random filter-normalised directions."""
 
+from collections.abc import Mapping
+from typing import Any
+
 import pandas as pd
 import streamlit as st
 
@@ -11,19 +14,38 @@ from analysis.runs import (
     ALIGNED_LINES,
     fusion_landscape,
     fusion_landscape_cost,
+    landscape_command,
     landscape_cost,
     landscape_of,
+    landscape_record,
+    landscape_records,
+    landscape_result,
     stored_fusion_landscape,
-    stored_landscape,
 )
-from fusion.command_lines import command_line
+from fusion.errors import FusionError
+from fusion.results import ResultRecord
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
+from ui.results import pick_settings, show_stored_results
 from ui.state import device, job_runner, models_or_stop, selected_model_ids, workspace
 from ui.tables import relative_change
 
 LANDSCAPE_KIND = "landscape"
+
+
+def landscape_identity(record: ResultRecord) -> dict:
+    """A stored landscape's settings as the form states them: the full config and the directions."""
+    config = LandscapeConfig.from_dict(record.settings.get("config") or {})
+    return {"config": config.to_dict(), "dims": record.settings.get("dims", 1)}
+
+
+def describe_settings(settings: Mapping[str, Any]) -> str:
+    config = settings["config"]
+    changed = {k: config[k] for k in ("resolution", "samples", "span", "recompute_batchnorm")}
+    return ", ".join(f"{k} {v}" for k, v in changed.items())
+
+
 FUSION, RANDOM, PAIR = "a fused model and its two parents", "random directions around one model", "any two models"
 
 
@@ -129,9 +151,20 @@ with report_errors():
 job = job_runner().latest(job_key)
 show_job(job)
 running = job is not None and job.active
+try:
+    form_config: LandscapeConfig | None = LandscapeConfig(
+        resolution=int(resolution), samples=int(samples) or None, span=float(span), recompute_batchnorm=recompute
+    )
+except FusionError:
+    form_config = None
+form = {"config": form_config.to_dict(), "dims": dims} if form_config is not None else None
+stored_kind, stored_ids = ("plane", [*by_id[fused_id].parents, fused_id]) if view == FUSION else (kind, list(ids))
+stored = landscape_records(ws, stored_ids, stored_kind)
+shown = pick_settings("landscape.shown", form, stored, landscape_identity, describe_settings)
+config = LandscapeConfig.from_dict(shown["config"]) if shown is not None else None
 
 if view == FUSION:
-    found = stored_fusion_landscape(ws, fused_id)
+    found = stored_fusion_landscape(ws, fused_id, config) if config is not None else {}
     lines = {name: found[name] for name in ("A-B", "A-fused", "B-fused") if name in found}
     if lines:
         show_table(
@@ -164,19 +197,21 @@ if view == FUSION:
         )
         show_chart(plane_figure(found["plane"], metric), f"plane-{fused_id}-{metric}")
     if not found:
-        st.info(computing_message(job) if running else "Not computed yet for this model: press Compute.")
-    st.code(
-        command_line(["landscape", "--models", *ids, "--kind", "plane"], {"resolution": int(resolution)}) + " --json",
-        language="bash",
-    )
+        st.info(computing_message(job) if running else "Not computed with these settings yet: press Compute.")
+    elif config is not None and (line := landscape_command(list(ids), "plane", config)) is not None:
+        st.caption("The plane of these settings from the command line (the lines are computed on this page):")
+        st.code(line + " --json", language="bash")
 else:
-    result = stored_landscape(ws, list(ids), kind)
+    record = landscape_record(ws, list(ids), kind, config, dims) if config is not None else None
+    result = landscape_result(record) if record is not None else None
     if result is None:
-        st.info(computing_message(job) if running else "Not computed yet for this choice: press Compute.")
+        st.info(computing_message(job) if running else "Not computed with these settings yet: press Compute.")
     elif kind == "random":
         show_chart(random_directions_figure(result), f"random-{ids[0]}")
     else:
         st.caption(f"Loss barrier: train {result.train_barrier:.4g}, test {result.test_barrier:.4g} nats.")
         show_chart(interpolation_figure({"A-B": result}), f"interpolation-{ids[0]}-{ids[1]}")
-    flags = {"resolution": int(resolution), **({"dims": dims, "range": float(span)} if kind == "random" else {})}
-    st.code(command_line(["landscape", "--models", *ids, "--kind", kind], flags) + " --json", language="bash")
+    if record is not None and record.command:
+        st.caption(f"Result {record.key}, from the command line:")
+        st.code(record.command + " --json", language="bash")
+show_stored_results({stored_ids[0]: stored}, lambda r: describe_settings(landscape_identity(r)), "landscape-stored")

@@ -7,6 +7,7 @@ import streamlit as st
 from fusion.data import TORCHVISION_DATASETS, dataset_signature
 from fusion.errors import FusionError
 from fusion.models import check_fits_in_memory
+from fusion.pipeline import NOT_EVALUATED, evaluate_and_save, is_evaluated
 from fusion.workspace import ModelRecord, Workspace
 from ui.checkpoints import export_bytes, import_upload
 from ui.errors import report_errors
@@ -30,7 +31,8 @@ def sync_selection() -> None:
 
 
 def model_actions(ws: Workspace, records: list[ModelRecord], disabled: bool) -> None:
-    """The shared selection, a download button per selected model, and deletion behind a confirmation."""
+    """The shared selection, a download button per selected model (and an evaluate button for one stored not
+    evaluated), and deletion behind a confirmation."""
     by_id = {r.id: r for r in records}
     current = st.session_state.get(SELECTION_WIDGET, selected_model_ids())
     st.session_state[SELECTION_WIDGET] = [model_id for model_id in current if model_id in by_id]
@@ -42,8 +44,16 @@ def model_actions(ws: Workspace, records: list[ModelRecord], disabled: bool) -> 
         on_change=sync_selection,
     )
     for model_id in chosen:
-        name_column, button_column = st.columns([4, 1], vertical_alignment="center")
+        name_column, evaluate_column, button_column = st.columns([3, 1, 1], vertical_alignment="center")
         name_column.markdown(f"**{escape_markdown(by_id[model_id].name)}** · `{model_id}`")
+        if not is_evaluated(by_id[model_id]) and evaluate_column.button(
+            "Evaluate",
+            key=f"models.evaluate.{model_id}",
+            disabled=disabled,
+            help=f"{NOT_EVALUATED}: its dataset was not on disk; evaluate it once it is",
+            icon=":material/fact_check:",
+        ):
+            evaluate_on_demand(ws, model_id)
         button_column.download_button(
             "Download",
             data=functools.partial(export_bytes, ws, model_id),
@@ -68,6 +78,16 @@ def model_actions(ws: Workspace, records: list[ModelRecord], disabled: bool) -> 
             del st.session_state[SELECTION_WIDGET]
             st.session_state[FLASH_KEY] = f"Deleted {len(chosen)} model(s)."
             st.rerun()
+
+
+def evaluate_on_demand(ws: Workspace, model_id: str) -> None:
+    """Evaluate a model stored "not evaluated" on its dataset, now that it may be on disk: the table then shows its
+    scores, or the reason it still cannot be evaluated is shown."""
+    with report_errors(), st.spinner("Evaluating…"):
+        evaluation = evaluate_and_save(ws, model_id, device=device())
+        accuracy = 100 * evaluation.scores["test_accuracy"]
+        st.session_state[FLASH_KEY] = f"Evaluated `{model_id}` on {evaluation.dataset}: test accuracy {accuracy:.1f} %."
+        st.rerun()
 
 
 def readable(dataset: str) -> bool:
@@ -166,10 +186,13 @@ def import_section(ws: Workspace, disabled: bool) -> None:
             name=name.strip() or None,
             device=device(),
         )
-        accuracy = 100 * record.metrics["test_accuracy"]
-        st.session_state[IMPORTED_KEY] = (
-            f"Imported {escape_markdown(record.name)} (`{record.id}`): test accuracy {accuracy:.1f} %."
+        scored = (
+            f"test accuracy {100 * record.metrics['test_accuracy']:.1f} %"
+            if is_evaluated(record)
+            else f"{NOT_EVALUATED}, {escape_markdown(record.dataset)} is not on this machine; select it above and "
+            "press Evaluate once it is"
         )
+        st.session_state[IMPORTED_KEY] = f"Imported {escape_markdown(record.name)} (`{record.id}`): {scored}."
         st.rerun()
 
 

@@ -5,8 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from analysis.fusion_figures import study_figure
-from analysis.seed_study import StudyConfig, seed_study, study_rows
-from fusion.command_lines import command_line, non_default
+from analysis.seed_study import STUDY, SeedStudy, StudyConfig, seed_study, study_command, study_rows
+from fusion.command_lines import non_default
+from fusion.results import ResultRecord
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.job_view import inputs_disabled, show_job, start_job
@@ -14,6 +15,12 @@ from ui.options import option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 
 STUDY_KIND = "study"
+
+
+def describe(record: ResultRecord) -> str:
+    changed = non_default(StudyConfig, record.settings)
+    return ", ".join(f"{k} {v}" for k, v in changed.items()) or "defaults"
+
 
 st.title("Generalization study")
 st.caption(
@@ -62,15 +69,22 @@ if submitted:
         )
 job = job_runner().latest(STUDY_KIND)
 show_job(job)
-if job is None or job.status != "done":
+stored = [r for r in ws.results(first, STUDY) if r.models == [first, second]]
+if job is not None and job.status == "done":
+    study = job.result
+elif stored:
+    chosen = st.selectbox(
+        "Stored studies of these parents",
+        stored,
+        format_func=lambda r: f"{r.created[:16]} · {describe(r)} · result {r.key}",
+        key="study.stored",
+    )
+    study = SeedStudy.from_dict(chosen.payload)
+else:
     st.stop()
-study = job.result
 st.subheader("Every stage")
 show_table(pd.DataFrame(study_rows(study)), "generalization-study")
 show_chart(study_figure(study), "generalization-study")
 st.caption("The same study from the command line:")
 parents = [s.model for s in study.stages[:2]]
-st.code(
-    command_line(["study", "--parents", *parents], non_default(StudyConfig, study.config.to_dict())) + " --json",
-    language="bash",
-)
+st.code(study_command(parents, study.config) + " --json", language="bash")

@@ -19,6 +19,7 @@ from analysis.story import (
     advance_story,
     finetune_title,
     load_story,
+    story_commands,
 )
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
@@ -201,6 +202,11 @@ if concatenation is not None and finetune is not None and baselines is not None:
         ("ensemble", "ensemble", concatenation.ensemble.test_accuracy),
     ]
     show_chart(finetune_comparison_figure(bars, references), "nt-demo-baselines")
+
+lines = story_commands(story)
+if lines:
+    st.caption("Every model of the story so far from the command line:")
+    st.code("\n".join(lines), language="bash")
 
 if story.finished:
     st.success(f"The story is complete: {story.seconds:.1f} s of computation end to end. Restart to tell it again.")

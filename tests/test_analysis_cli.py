@@ -17,7 +17,6 @@ import pytest
 from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
 from analysis.landscape import InterpolationResult, PlaneResult, RandomDirectionsResult
-from analysis.runs import landscape_key
 from cli.arguments import given_options
 from cli.main import main, parser
 from fusion.command_lines import command_line, non_default
@@ -103,7 +102,7 @@ def test_hessian_command_prints_one_json_object_and_stores_the_result(
     assert output["id"] == records[0].id and output["samples"] == 120 and len(output["top_eigenvalues"]) == 2
     assert output["top_eigenvalues"][0] >= output["top_eigenvalues"][1]
     assert "top eigenvalues" in result.stderr, "progress goes to stderr"
-    stored = cli_workspace.load_result(records[0].id, "hessian")
+    stored = cli_workspace.find_result(records[0].id, "hessian", output["result"]).payload
     report = HessianReport.from_dict(stored)
     assert report.top.eigenvalues.tolist() == output["top_eigenvalues"]
     assert report.trace.mean == pytest.approx(output["trace"])
@@ -155,7 +154,7 @@ def test_landscape_command_stores_each_kind(
     )
     assert status == 0, output
     assert output["kind"] == kind and output["model_ids"] == ids
-    stored = cli_workspace.load_result(ids[0], landscape_key(kind, ids))
+    stored = cli_workspace.find_result(ids[0], f"landscape-{kind}", output["result"]).payload
     assert stored["model_ids"] == ids
     result = result_type.from_dict(stored)
     assert result.metrics.test_loss.size == output["points"] == (9 if kind != "interpolation" else 3)
@@ -203,10 +202,11 @@ def test_hessian_csv_holds_every_curve_point_and_the_json_the_sharpness(
     table = pd.read_csv(path)
     assert len(table) == output["csv_rows"] == (2 + 2) * 2 * 5, "(eigenvectors + random) x splits x points"
     assert set(table["split"]) == {"train", "test"} and set(table["scale"]) == {"relative"}
-    report = HessianReport.from_dict(cli_workspace.load_result(records[0].id, "hessian"))
+    report = HessianReport.from_dict(cli_workspace.find_result(records[0].id, "hessian", output["result"]).payload)
     curve = report.curve("random 2", "train")
     mine = table[(table["direction"] == "random 2") & (table["split"] == "train")]
     assert mine["loss"].tolist() == pytest.approx(curve.loss.tolist())
+    assert mine["accuracy_pct"].tolist() == pytest.approx((100 * curve.accuracy).tolist()), "accuracy in percent"
     assert output["sharpness"]["λ1"] == pytest.approx(output["top_eigenvalues"][0])
     assert output["sharpness"]["generalisation gap"] == pytest.approx(
         report.metrics["test"].loss - report.metrics["train"].loss
@@ -222,6 +222,7 @@ def test_landscape_csv_has_one_row_per_point(capsys: pytest.CaptureFixture, reco
     table = pd.read_csv(path)
     assert table["t"].tolist() == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
     assert output["min_test_loss"] == pytest.approx(table["test_loss"].min())
+    assert table["test_accuracy_pct"].between(1, 100).all() and "test_accuracy" not in table, "accuracy in percent"
 
 
 def test_a_csv_path_in_a_missing_folder_is_refused_before_any_work(
@@ -245,6 +246,10 @@ def test_compare_command_fuses_fine_tunes_and_fills_every_hessian(
     )
     assert len(output["sharpness"]) == 2 + 2 * 2
     assert pd.read_csv(path)["method"].tolist() == ["ot", "average"]
+    assert pd.read_csv(path)["test_accuracy_pct"].tolist() == pytest.approx(
+        [r["test_accuracy_pct"] for r in output["rows"]]
+    )
+    assert all(0 < row["test_accuracy_pct"] <= 100 and "test_accuracy" not in row for row in output["rows"])
     again_status, again = run_json(capsys, "compare", "--parents", *parents, *arguments)
     assert again_status == 0
     kept = ("id", "finetuned_id", "top_eigenvalue", "hessian_trace", "finetuned_top_eigenvalue")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 
+import analysis.units
 from analysis.figures import (
     eigenvalue_density_figure,
     interpolation_figure,
@@ -213,7 +216,8 @@ def test_figure_data_as_csv_and_json_parses_back_to_what_the_figure_shows() -> N
     import pandas as pd
 
     from analysis.figures import figure_rows
-    from ui.charts import rows_csv, rows_json
+    from analysis.rows import csv_bytes as rows_csv
+    from ui.charts import rows_json
 
     ts = np.linspace(-0.5, 0.5, 5)
     curves = [
@@ -238,3 +242,8 @@ def test_figure_data_as_csv_and_json_parses_back_to_what_the_figure_shows() -> N
                 continue
             np.testing.assert_allclose(mine["x"].to_numpy(float), np.asarray(trace.x, float))
             np.testing.assert_allclose(mine["y"].to_numpy(float), np.asarray(trace.y, float), equal_nan=True)
+
+
+def test_the_units_examples_run() -> None:
+    results = doctest.testmod(analysis.units)
+    assert results.attempted > 0 and results.failed == 0

@@ -30,6 +30,7 @@ from analysis.runs import hessian_of, stored_hessian
 from analysis.story import STEP_TITLES, finetune_title
 from fusion.errors import ConfigError, DamagedResultError
 from fusion.pipeline import fuse_and_save
+from fusion.results import ResultRecord
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
 
@@ -246,6 +247,14 @@ def test_markdown_export_escapes_pipes_and_marks_missing_values():
     assert exported["parents"] == "p0 p1"
 
 
+def test_comparison_csv_gives_accuracy_in_percent_under_names_that_say_so():
+    row = ComparisonRow("ot", "m", "id-1", ("p0", "p1"), 0.9644, 1.25, 100, finetuned_accuracy=0.5)
+    (exported,) = csv.DictReader(io.StringIO(to_csv([row])))
+    assert float(exported["test_accuracy_pct"]) == pytest.approx(96.44)
+    assert float(exported["finetuned_accuracy_pct"]) == pytest.approx(50.0)
+    assert not [name for name in exported if name.endswith("accuracy")], "no column holds a fraction"
+
+
 def test_finetune_comparison_figure_draws_missing_fine_tunes_as_gaps_and_references_as_lines():
     figure = finetune_comparison_figure(
         [
@@ -309,6 +318,6 @@ def test_intra_fusion_is_compared_with_magnitude_pruning_at_its_own_sparsity(wor
 
 def test_a_damaged_stored_comparison_is_a_damaged_result_error(workspace, saved_mlp):
     payload = {"method": "ot", "parents": ["a"], "fused": None, "report": {}, "rows": [{"model": 3}]}
-    workspace.save_result(saved_mlp.id, COMPARISON, payload)
+    workspace.save_result(saved_mlp.id, ResultRecord.make(COMPARISON, [saved_mlp.id], {}, payload))
     with pytest.raises(DamagedResultError, match=r"rows\[0\]\.model: expected a string"):
         stored_comparison(workspace, saved_mlp.id)

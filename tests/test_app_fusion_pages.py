@@ -1,7 +1,11 @@
 """AppTest runs of the Fuse, Transport maps and Neuron norms pages, driven through their forms and jobs."""
 
+import json
+import shlex
+
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
 
+from cli.main import main
 from fusion.models import default_spec
 from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.train import TrainConfig
@@ -27,7 +31,7 @@ def test_fuse_page_asks_for_models_when_the_workspace_is_empty(app_workspace):
     assert any("no models" in str(i.value) for i in at.info)
 
 
-def test_ot_fusion_from_the_page_shows_the_comparison_table_and_chart(app_workspace):
+def test_ot_fusion_from_the_page_shows_the_comparison_table_and_chart(app_workspace, capsys):
     ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
     at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids, **{"fuse.ot.mode": "activations"})
     assert not at.exception
@@ -39,7 +43,12 @@ def test_ot_fusion_from_the_page_shows_the_comparison_table_and_chart(app_worksp
     assert at.get("plotly_chart")
     fused = [r for r in app_workspace.records() if r.method == "ot"]
     assert len(fused) == 1 and fused[0].provenance["options"]["mode"] == "activations"
-    assert any("--mode activations" in str(c.value) for c in at.code)
+    (code,) = [str(c.value) for c in at.code if "python -m fusion fuse" in str(c.value)]
+    assert "--mode activations" in code
+    words = shlex.split(code)
+    assert main([*words[3:], "--workspace", str(app_workspace.root), "--json", "--quiet"]) == 0
+    rebuilt = json.loads(capsys.readouterr().out)["models"]
+    assert [(m["id"], m["reused"]) for m in rebuilt] == [(fused[0].id, True)], "the shown command rebuilds the model"
     assert not any("Reused" in text for text in messages(at.info))
 
     at.button(key=FUSE).click().run()
@@ -112,7 +121,8 @@ def test_a_damaged_stored_comparison_is_a_warning_not_a_crash(app_workspace):
     ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
     at = fuse_through_the_page(open_app("pages/fuse.py"), "average", ids)
     fused = next(r for r in app_workspace.records() if r.method == "average")
-    app_workspace.result_path(fused.id, "comparison").write_bytes(b'{"rows": [\xff')
+    (stored,) = (app_workspace.results_dir(fused.id) / "comparison").glob("*.json")
+    stored.write_bytes(b'{"rows": [\xff')
     at = open_app("pages/fuse.py")
     assert not at.exception
     assert any("damaged" in str(w.value) and fused.id in str(w.value) for w in at.warning)

@@ -183,7 +183,11 @@ def landscape_of_the_fused_model(page: Page) -> None:
 
 def hessians_of_parents_and_fused(page: Page) -> None:
     """With the perturbation study's controls set away from their defaults, then the eigenvector overlaps."""
-    parents_and_fused = ("demo cnn · seed 0 ", "demo cnn · seed 1 ", "cnn c16-32-h64 · ot of 2 ")
+    parents_and_fused = (
+        "demo cnn · seed 0 ",
+        "demo cnn · seed 1 ",
+        "cnn c16-32-h64 · ot (metric sqeuclidean, sweeps 2) of 2 ",
+    )
     multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
     select(page, "Step scale (unit of t)", "filter")
     check(page, "Per-layer Hessians")

@@ -317,4 +317,4 @@ def test_cli_fuses_networks_of_different_depth(workspace, capsys):
     details = output["report"]["details"]
     assert details["deep"] == 0 and details["layer_cost"] == "activations" and len(details["layer_map"]) == 2
     assert output["models"][0]["arch"] == "mlp 32-32-32-8"  # the deep layout at the shallow widths
-    assert 0 < output["test_accuracy"] <= 1
+    assert 0 < output["test_accuracy_pct"] <= 100

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cli.main import main
+from cli.output import human_readable
 from fusion.train import predict_logits
 from fusion.workspace import ModelRecord, Workspace
 
@@ -69,12 +70,12 @@ def test_train_json_prints_exactly_one_json_object(repo_root: Path, tmp_path: Pa
     output = json.loads(result.stdout)
     assert isinstance(output, dict)
     (model,) = output["models"]
-    assert 0 < model["test_accuracy"] <= 1
+    assert 0 < model["test_accuracy_pct"] <= 100
     assert model["dataset"] == "digits" and model["method"] == "train"
     assert "epoch 5/5" in result.stderr, "progress goes to stderr"
     (record,) = Workspace(workspace_root).records()
     assert record.id == model["id"]
-    assert record.metrics["test_accuracy"] == pytest.approx(model["test_accuracy"])
+    assert 100 * record.metrics["test_accuracy"] == pytest.approx(model["test_accuracy_pct"])
     assert record.provenance["options"]["epochs"] == 5
 
 
@@ -101,7 +102,7 @@ def test_list_json_shows_the_workspace_models(capsys, cli_workspace: Workspace, 
     assert output["workspace"] == str(cli_workspace.root)
     (listed,) = output["models"]
     assert listed["id"] == cli_model.id
-    assert listed["test_accuracy"] == pytest.approx(cli_model.metrics["test_accuracy"])
+    assert listed["test_accuracy_pct"] == pytest.approx(100 * cli_model.metrics["test_accuracy"])
     assert listed["arch"] == cli_model.spec.describe()
 
 
@@ -123,14 +124,40 @@ def test_list_without_json_prints_one_line_per_model(capsys, cli_model: ModelRec
     assert out.count("\n") == 1 and out.startswith(cli_model.id)
 
 
+def test_human_output_gives_residuals_spreads_and_errors_in_scientific_notation() -> None:
+    text = human_readable({"trace": 12.5, "trace_error": 0.0123456, "sharpness": {"λ1 residual": 1.23456e-17}})
+    assert text.splitlines() == ["trace: 12.5", "trace_error: 1.235e-02", "sharpness: {λ1 residual: 1.235e-17}"]
+
+
+def field_names(value: Any) -> list[str]:
+    """Every key of every object nested in a JSON value."""
+    if isinstance(value, dict):
+        return [*value, *(name for v in value.values() for name in field_names(v))]
+    return [name for v in value for name in field_names(v)] if isinstance(value, list) else []
+
+
+def test_json_outputs_give_accuracy_in_percent_under_names_that_say_so(capsys, cli_model: ModelRecord) -> None:
+    fraction = cli_model.metrics["test_accuracy"]
+    outputs = [
+        run_json(capsys, *command)[1]
+        for command in (["list"], ["evaluate", cli_model.id], ["fuse", "--method", "prune", "--models", cli_model.id])
+    ]
+    listed, evaluated, fused = outputs
+    assert listed["models"][0]["test_accuracy_pct"] == pytest.approx(100 * fraction)
+    assert evaluated["test_accuracy_pct"] == pytest.approx(100 * fraction) and 0 < evaluated["train_accuracy_pct"]
+    assert fused["test_accuracy_pct"] == fused["models"][0]["test_accuracy_pct"] > 1
+    assert not [name for output in outputs for name in field_names(output) if name.endswith("accuracy")]
+    assert main(["list"]) == 0 and f"test acc {100 * fraction:.2f}%" in capsys.readouterr().out
+
+
 def test_evaluate_json_reports_and_stores_the_metrics(capsys, trained_mlp, cli_workspace, cli_model) -> None:
     status, output = run_json(capsys, "evaluate", cli_model.id)
     assert status == 0
     assert output["id"] == cli_model.id
-    assert output["test_accuracy"] == pytest.approx(trained_mlp.metrics()["test_accuracy"])
-    assert 0 < output["train_accuracy"] <= 1
+    assert output["test_accuracy_pct"] == pytest.approx(100 * trained_mlp.metrics()["test_accuracy"])
+    assert 0 < output["train_accuracy_pct"] <= 100
     stored = cli_workspace.record(cli_model.id).metrics
-    assert stored["train_accuracy"] == pytest.approx(output["train_accuracy"])
+    assert 100 * stored["train_accuracy"] == pytest.approx(output["train_accuracy_pct"])
     assert stored["test_loss"] == pytest.approx(output["test_loss"])
 
 
@@ -146,7 +173,7 @@ def test_export_then_import_round_trip(capsys, trained_mlp, cli_workspace, cli_m
     assert status == 0
     (model,) = imported["models"]
     assert model["id"] != cli_model.id and model["method"] == "import"
-    assert model["test_accuracy"] == pytest.approx(cli_model.metrics["test_accuracy"])
+    assert model["test_accuracy_pct"] == pytest.approx(100 * cli_model.metrics["test_accuracy"])
     loaded, record = cli_workspace.load(model["id"])
     assert record.spec == cli_model.spec
     x = trained_mlp.data.x_test

@@ -33,7 +33,9 @@ def test_two_gloo_ranks_compute_the_single_process_analyses(tmp_path) -> None:
     np.testing.assert_allclose(ranks[0]["line"], single["line"], rtol=1e-5)
     np.testing.assert_allclose(ranks[0]["batchnorm"], single["batchnorm"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ranks[0]["repair"], single["repair"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ranks[0]["costs"], single["costs"], rtol=1e-4)
+    # each group's cost sums float32 Gram products whose size is set by the largest group's: error relative to that
+    scale = float(np.max(np.abs(single["costs"])))
+    np.testing.assert_allclose(ranks[0]["costs"], single["costs"], rtol=1e-4, atol=1e-6 * scale)
     np.testing.assert_allclose(ranks[0]["fused"], single["fused"], rtol=1e-4, atol=1e-5)
 
 

@@ -77,7 +77,7 @@ def test_stored_factory_builds_when_listed_in_environment(copied_workspace, caps
     monkeypatch.setenv(TRUSTED_FACTORIES_VARIABLE, f"other.module:net, {COUNTED}")
     code, evaluated = cli(capsys, "evaluate", model_id, "--workspace", str(workspace.root))
     assert code == 0, evaluated
-    assert 0.0 <= evaluated["test_accuracy"] <= 1.0
+    assert 0.0 <= evaluated["test_accuracy_pct"] <= 100.0
     assert factories.built == [(1, 8, 8)]
 
 

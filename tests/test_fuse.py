@@ -278,7 +278,7 @@ def test_cli_fuse_prints_one_json_object_and_saves_the_model(workspace, capsys):
     assert code == 0
     assert output["models"][0]["id"] in {r.id for r in workspace.records()}
     assert output["report"]["options"]["solver"] == "sinkhorn"
-    assert 0 < output["test_accuracy"] <= 1
+    assert 0 < output["test_accuracy_pct"] <= 100
 
 
 def test_cli_fuse_refuses_an_option_of_another_method(workspace, capsys):

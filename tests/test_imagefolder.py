@@ -420,7 +420,7 @@ def test_the_command_line_trains_and_fuses_models_of_an_image_folder(
     status, fused = run_json(capsys, "fuse", "--method", "ot", "--models", *ids, *workspace)
     assert status == 0, fused
     (model,) = fused["models"]
-    assert model["dataset"] == dataset and 0 <= model["test_accuracy"] <= 1
+    assert model["dataset"] == dataset and 0 <= model["test_accuracy_pct"] <= 100
 
 
 @pytest.mark.parametrize(

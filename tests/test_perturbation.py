@@ -1,11 +1,13 @@
 """The Hessian perturbation study against the dense Hessian of a tiny network: curvature fitted along every
 eigenvector equals its eigenvalue, the step scales are what they say, ``d^T H d`` and the eigenvalues' spread over
-data parts are what the dense Hessians give."""
+data parts are what the dense Hessians give; the curvature is fitted where the loss is quadratic, and a curve whose
+fit and ``d^T H d`` disagree says so and names a range on which they agree."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import doctest
 import json
 import math
 
@@ -14,14 +16,26 @@ import pytest
 import torch
 from torch import nn
 
+import analysis.perturbation
 from analysis import AnalysisError
 from analysis.hessian import HessianReport, eigenvalue_spread, hessian_report
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_estimators import hessian_top_eigenvalues
 from analysis.hessian_operator import HessianOperator, cross_entropy_loss, sample_data
 from analysis.overlap import eigenvector_overlaps
-from analysis.perturbation import Direction, eigen_plane, perturbation_study, scaled_direction, study_directions
-from analysis.runs import aligned_parents, eigenvector_overlaps_of, hessian_of
+from analysis.perturbation import (
+    Direction,
+    PerturbationCurve,
+    disagreement,
+    eigen_plane,
+    fit_curvature,
+    fitted_curvature,
+    perturbation_study,
+    scaled_direction,
+    study_directions,
+)
+from analysis.runs import aligned_parents, eigenvector_overlaps_of, hessian_of, stored_hessian
+from cli.main import main
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
@@ -265,3 +279,108 @@ def test_a_fused_model_s_curves_follow_the_lines_to_its_aligned_parents(workspac
 def workspace_test_sample(workspace, model_id, config):
 
     return sample_data(load_dataset(workspace.record(model_id).dataset).split("test"), config)
+
+
+@pytest.mark.parametrize("quartic", [1.0, 4.0])
+def test_the_curvature_is_fitted_on_the_central_points_where_the_loss_is_quadratic(quartic) -> None:
+    """``L(t) = 0.1 + 0.3 t + t^3 + λ t^2 / 2 + κ t^4`` on the default grid: the parabola through all 21 points takes
+    ``κ`` into ``2 c`` (by ``2 κ · 0.234`` here), the central window stays where that bias is under 1 %."""
+    ts = np.linspace(-0.5, 0.5, 21)
+    curvature = 10.0
+    loss = 0.1 + 0.3 * ts + ts**3 + curvature / 2 * ts**2 + quartic * ts**4
+    curve = fit_curvature(PerturbationCurve(ts, loss, np.ones_like(ts), "eigenvector 1"), expected=curvature)
+    assert curve.curvature == pytest.approx(curvature, rel=0.01)
+    assert abs(fitted_curvature(ts, loss) - curvature) > 0.04 * curvature, "the whole range does not"
+    assert 0.1 <= curve.fit_range < 0.5, "at least the 5 central points, not all"
+    assert curve.agrees is True and curve.agreeing_range is None and disagreement(curve) is None
+
+
+def test_a_parabola_is_fitted_on_every_point() -> None:
+    ts = np.linspace(-2.0, 1.0, 13)
+    curve = fit_curvature(PerturbationCurve(ts, 3 * ts**2 - ts, np.ones_like(ts), "random 1"))
+    assert curve.fit_range == 2.0 and curve.curvature == pytest.approx(6.0)
+    assert curve.agrees is None and curve.agreeing_range is None, "nothing to agree with without d^T H d"
+
+
+def softplus_model() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], Direction]:
+    """Logits ``b`` (the bias; the inputs are zero) with target 0: along the unit ``d = (-1, 1) / √2`` of the bias the
+    loss is ``softplus(√2 t)``, curvature ``λ = 1/2`` at ``t = 0`` (the Hessian's top eigenvalue, ``d`` its
+    eigenvector) and flattening within ``|t| ≈ 1``."""
+    model = nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    data = (torch.zeros(8, 1), torch.zeros(8, dtype=torch.long))
+    entries = {"weight": torch.zeros(2, 1), "bias": torch.tensor([-1.0, 1.0]) / math.sqrt(2)}
+    return model.eval(), data, Direction("eigenvector 1", "eigenvector", 0, entries)
+
+
+def test_a_fit_that_disagrees_with_d_h_d_is_flagged_with_a_range_on_which_it_agrees() -> None:
+    model, data, direction = softplus_model()
+
+    def curve_on(low: float, high: float, points: int) -> PerturbationCurve:
+        config = HessianConfig(samples=None, perturb_low=low, perturb_high=high, perturb_points=points)
+        operator = HessianOperator(model, data, config, CPU)
+        (curve,) = perturbation_study(model, operator, [direction], config, {"test": data}, CPU)
+        return curve
+
+    wide = curve_on(-5.0, 5.0, 11)
+    assert wide.expected == pytest.approx(0.5, rel=1e-5)
+    assert wide.agrees is False and abs(wide.curvature - 0.5) > 0.1 * 0.5
+    assert wide.fit_range == 2.0 and wide.agreeing_range == 1.0
+    said = disagreement(wide)
+    assert said.startswith("eigenvector 1 (test)") and "0.5 " in said and f"{wide.curvature:.4g}" in said
+    assert "e.g. ±1." in said
+    narrow = curve_on(-wide.agreeing_range, wide.agreeing_range, 21)
+    assert narrow.agrees is True and narrow.curvature == pytest.approx(0.5, rel=0.1)
+    assert disagreement(narrow) is None
+
+
+def test_a_curve_with_no_agreeing_window_asks_for_a_smaller_range() -> None:
+    ts = np.linspace(-0.5, 0.5, 21)
+    loss = 5 * ts**2 + 200 * ts**4
+    curve = fit_curvature(PerturbationCurve(ts, loss, np.ones_like(ts), "eigenvector 2", split="train"), 10.0)
+    assert curve.agrees is False and curve.agreeing_range is None
+    assert disagreement(curve).endswith(
+        "No window of 3 or more of its points agrees: use a smaller perturb range than ±0.05."
+    )
+
+
+def test_reports_stored_before_the_fit_range_load_with_the_new_fields_unknown() -> None:
+    model, data, _ = softplus_model()
+    config = HessianConfig(samples=None, top_k=1, random_directions=0, batch_parts=1, iterations=4, probes=2, steps=4)
+    report = hessian_report(model, data, dataclasses.replace(config, runs=1, bins=50), CPU, split="test")
+    stored = json.loads(json.dumps(report.to_dict()))
+    again = HessianReport.from_dict(stored)
+    (curve,) = again.curves
+    assert (curve.fit_range, curve.agrees, curve.agreeing_range) == (0.35, True, None)
+    for entry in stored["curves"]:
+        for name in ("fit_range", "agrees", "agreeing_range"):
+            del entry[name]
+    (old,) = HessianReport.from_dict(stored).curves
+    assert (old.fit_range, old.agrees, old.agreeing_range) == (None, None, None)
+    assert old.curvature == curve.curvature and disagreement(old) is None
+
+
+def test_the_hessian_command_tells_where_each_curve_was_fitted_and_whether_it_agrees(workspace, capsys) -> None:
+    spec = ModelSpec("mlp", (1, 8, 8), 10, hidden=(4,))
+    digits = load_dataset("digits")
+    record = workspace.save(
+        build_model(spec, seed=0), spec=spec, dataset="digits", normalization=digits.normalization, seed=0
+    )
+    options = ["--samples", "60", "--top-k", "1", "--iterations", "10", "--probes", "2", "--runs", "1"]
+    options += ["--steps", "4", "--random-directions", "1", "--batch-parts", "1"]
+    status = main(["hessian", record.id, "--workspace", str(workspace.root), "--json", "--quiet", *options])
+    assert status == 0
+    curves = json.loads(capsys.readouterr().out)["curves"]
+    assert {c["direction"] for c in curves} == {"eigenvector 1", "random 1"}
+    stored = {(c.label, c.split): c for c in stored_hessian(workspace, record.id).curves}
+    for entry in curves:
+        curve = stored[entry["direction"], entry["split"]]
+        assert entry["fit_range"] == curve.fit_range and 0.1 <= entry["fit_range"] <= 0.5
+        assert (entry["agrees"], entry["agreeing_range"]) == (curve.agrees, curve.agreeing_range)
+        assert entry["fitted_curvature"] == curve.curvature and entry["d_H_d"] == curve.expected
+
+
+def test_the_perturbation_examples_run() -> None:
+    assert doctest.testmod(analysis.perturbation).failed == 0

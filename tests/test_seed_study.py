@@ -11,7 +11,8 @@ import torch
 from app_helpers import messages, open_app, wait_for_job
 
 from analysis.runs import stored_hessian
-from analysis.seed_study import StudyConfig, seed_study
+from analysis.seed_study import SeedStudy, StudyConfig, StudyStage, seed_study, study_rows
+from analysis.sharpness import Sharpness
 from cli.main import main
 from fusion.errors import ConfigError
 from fusion.methods.sparsify import zero_smallest
@@ -77,6 +78,14 @@ def test_the_study_runs_every_stage_and_takes_each_hessian(workspace, pruning) -
     assert [s.model for s in again.stages] == [s.model for s in study.stages], "every stage reused"
 
 
+def test_study_rows_give_accuracy_in_percent() -> None:
+    sharpness = Sharpness("m", "m", "fused", "ot", [2.0], [1e-17], [0.5], 10.0, 0.1, 0.2, [2.0], 0.1, 0.2, 0.1)
+    study = SeedStudy(StudyConfig(), [StudyStage("fused", "m", 0.9644, 0.2, sharpness)])
+    (row,) = study_rows(study)
+    assert row["test accuracy (%)"] == pytest.approx(96.44)
+    assert not [name for name in row if name.endswith("accuracy")], "no column holds a fraction"
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -98,7 +107,10 @@ def test_the_study_command_prints_every_stage(workspace, capsys, tmp_path) -> No
     output = json.loads(capsys.readouterr().out)
     assert status == 0, output
     assert [s["stage"] for s in output["stages"]][-1] == "fine-tuned"
-    assert pd.read_csv(path)["stage"].tolist() == [s["stage"] for s in output["stages"]]
+    table = pd.read_csv(path)
+    assert table["stage"].tolist() == [s["stage"] for s in output["stages"]]
+    assert table["test accuracy (%)"].tolist() == pytest.approx([s["test_accuracy_pct"] for s in output["stages"]])
+    assert all(0 < s["test_accuracy_pct"] <= 100 and "test_accuracy" not in s for s in output["stages"])
     status = main(["study", "--parents", parents[0], parents[0], "--workspace", str(workspace.root), "--json"])
     assert status == 1 and "two different parents" in json.loads(capsys.readouterr().out)["error"]["message"]
 

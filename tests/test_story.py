@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,9 @@ from analysis.story import (
     finetune_title,
     load_story,
     parents_step,
+    story_commands,
 )
+from cli.main import main
 from fusion.errors import ConfigError
 from fusion.workspace import Workspace
 
@@ -93,7 +97,7 @@ def test_baselines_are_ot_and_averaging_each_fine_tuned(story: Story, story_work
 def test_stored_story_reloads_equal(story: Story, story_workspace: Path) -> None:
     workspace = Workspace(story_workspace)
     assert story.finetune is not None
-    assert workspace.load_result(story.finetune.finetuned.id, STORY_RESULT) is not None
+    assert [r.kind for r in workspace.results(story.finetune.finetuned.id)] == [STORY_RESULT]
     assert load_story(workspace) == story
     assert Story.from_dict(story.to_dict()) == story
 
@@ -158,3 +162,19 @@ def test_telling_the_story_again_reuses_every_model_and_stores_no_copy(story: St
     assert told.pruning is not None and story.pruning is not None
     assert told.pruning.transplanted == story.pruning.transplanted and told.pruning.survival == story.pruning.survival
     assert told.method_pairs() == story.method_pairs()
+
+
+def test_every_command_line_the_story_shows_rebuilds_its_models(story: Story, story_workspace: Path, capsys) -> None:
+    assert story.parents is not None and story.pruning is not None and story.finetune is not None
+    assert story.baselines is not None
+    expected = [[i] for i in story.parents.ids] + [[story.pruning.transplanted.id, story.finetune.finetuned.id]]
+    expected += [[pair.fused.id, pair.finetuned.id] for pair in story.baselines.pairs]
+    rebuilt = []
+    for line in story_commands(story):
+        words = shlex.split(line)
+        assert words[:3] == ["python", "-m", "fusion"] and "FUSED_ID" not in words, line
+        assert main([*words[3:], "--workspace", str(story_workspace), "--json", "--quiet"]) == 0, line
+        models = json.loads(capsys.readouterr().out)["models"]
+        assert all(m["reused"] for m in models), line
+        rebuilt.append([m["id"] for m in models])
+    assert sum(rebuilt, []) == sum(expected, [])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import time
 import tracemalloc
 from dataclasses import replace
@@ -154,6 +155,27 @@ def test_one_job_fuses_fine_tunes_and_stores_its_hessians_and_landscape(workspac
     assert {"barrier A-B", "barrier A-fused", "barrier B-fused", "barrier A-B aligned"} <= set(outcome.metrics)
 
 
+def test_sweep_tables_give_accuracy_in_percent_and_fusion_seconds_without_startup(workspace, monkeypatch) -> None:
+    parents = [r.id for r in train_quick_models(workspace, seeds=(0, 1))]
+    imports = []
+
+    def slow_first_import() -> None:  # a job process's first import of POT and lap
+        time.sleep(0.5)
+        imports.append("POT, lap")
+
+    monkeypatch.setattr("fusion.registry.load_solvers", slow_first_import)
+    spec = sweep_from({"name": "units", "methods": ["ot"], "parents": [parents]})
+    SweepFolder(workspace.root, "units").save_spec(spec)
+    run_job(str(workspace.root), "units", spec.fusion_jobs()[0])
+    table = read_sweep(workspace.root, "units")
+    (row,), (summary,) = job_rows(table), summary_rows(table)
+    assert imports and row["fusion_seconds"] < 0.5 <= row["job_seconds"], "the import is start-up, not fusion"
+    accuracy = workspace.record(row["fused"]).metrics["test_accuracy"]
+    assert row["test_accuracy_pct"] == summary["test_accuracy_pct"] == pytest.approx(100 * accuracy)
+    assert row["parent A accuracy (%)"] == pytest.approx(100 * workspace.record(parents[0]).metrics["test_accuracy"])
+    assert not [name for r in (row, summary) for name in r if name.endswith("accuracy")], "a fraction left"
+
+
 def test_a_failing_job_stores_its_error_and_raises(workspace: Workspace) -> None:
     spec = sweep_from({"name": "broken", "methods": ["average"], "parents": [["missing-a", "missing-b"]]})
     [job] = spec.fusion_jobs()
@@ -216,15 +238,25 @@ def test_the_sweep_table_reads_every_job_back_from_the_workspace(swept) -> None:
     for row in rows:
         record = workspace.record(row["fused"])
         assert record.provenance["method"] == row["method"]
-        assert row["test_accuracy"] == record.metrics["test_accuracy"]
+        assert row["test_accuracy_pct"] == pytest.approx(100 * record.metrics["test_accuracy"])
     by_seed = {r["seed"]: set(r["parents"].split()) for r in rows if r["method"] == "ot"}
     demo = {r.seed: r.id for r in workspace.records() if r.method == "train"}
     assert by_seed == {0: {demo[0], demo[1]}, 1: {demo[2], demo[3]}}
     summary = {r["method"]: r for r in summary_rows(table)}
     assert set(summary) == {"ot", "matching", "average"} and {r["seeds"] for r in summary.values()} == {2}
-    ot = [r["test_accuracy"] for r in rows if r["method"] == "ot"]
-    assert summary["ot"]["test_accuracy"] == pytest.approx(sum(ot) / 2)
-    assert summary["ot"]["test_accuracy sd"] == pytest.approx(abs(ot[0] - ot[1]) / 2**0.5)
+    ot = [r["test_accuracy_pct"] for r in rows if r["method"] == "ot"]
+    assert summary["ot"]["test_accuracy_pct"] == pytest.approx(sum(ot) / 2)
+    assert summary["ot"]["test_accuracy_pct sd"] == pytest.approx(abs(ot[0] - ot[1]) / 2**0.5)
+
+
+def test_every_sweep_row_command_rebuilds_its_fused_model(swept, capsys) -> None:
+    workspace, calls = swept
+    for row in job_rows(read_sweep(workspace.root, calls["spec"].name)):
+        words = shlex.split(row["command"])
+        assert words[:3] == ["python", "-m", "fusion"]
+        assert main([*words[3:], "--workspace", str(workspace.root), "--json", "--quiet"]) == 0, row["command"]
+        models = json.loads(capsys.readouterr().out)["models"]
+        assert [m["id"] for m in models] == [row["fused"]] and models[0]["reused"], row["command"]
 
 
 def test_the_sweeps_command_lists_and_writes_the_table(swept, tmp_path: Path, capsys) -> None:

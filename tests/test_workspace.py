@@ -17,6 +17,7 @@ import fusion.workspace
 from fusion.data import dataset_normalization
 from fusion.errors import CheckpointError, DatasetError, FusionError, WorkspaceError
 from fusion.models import ModelSpec, build_model
+from fusion.results import ResultRecord
 from fusion.train import predict_logits
 from fusion.workspace import ModelRecord, Workspace, read_checkpoint
 
@@ -426,7 +427,7 @@ def test_malformed_model_ids_are_refused_everywhere(workspace: Workspace, saved_
         workspace.load,
         workspace.delete,
         lambda i: workspace.update(i, name="x"),
-        lambda i: workspace.save_result(i, "hessian", {}),
+        lambda i: workspace.save_result(i, ResultRecord.make("hessian", [i], {}, {})),
     ):
         with pytest.raises(WorkspaceError):
             action(model_id)
@@ -437,7 +438,7 @@ def test_malformed_model_ids_are_refused_everywhere(workspace: Workspace, saved_
 @pytest.mark.parametrize("kind", ["../meta", "a/b", "", "Hessian"])
 def test_malformed_result_kinds_are_refused(workspace: Workspace, saved_mlp, kind: str) -> None:
     with pytest.raises(WorkspaceError):
-        workspace.save_result(saved_mlp.id, kind, {"x": 1})
+        workspace.save_result(saved_mlp.id, ResultRecord.make(kind, [saved_mlp.id], {}, {"x": 1}))
 
 
 def test_unknown_model_id_raises_workspace_error(workspace: Workspace) -> None:
@@ -449,7 +450,7 @@ def test_unknown_model_id_raises_workspace_error(workspace: Workspace) -> None:
 
 
 def test_delete_removes_the_model(workspace: Workspace, saved_mlp) -> None:
-    workspace.save_result(saved_mlp.id, "hessian", {"eigenvalues": [3.0]})
+    workspace.save_result(saved_mlp.id, ResultRecord.make("hessian", [saved_mlp.id], {}, {"eigenvalues": [3.0]}))
     workspace.delete(saved_mlp.id)
     assert workspace.records() == []
     assert not workspace.model_dir(saved_mlp.id).exists()
@@ -465,20 +466,45 @@ def test_delete_leaves_other_models_alone(trained_mlp, workspace: Workspace, sav
     workspace.load(other.id)
 
 
-def test_result_round_trips_and_replaces_the_earlier_one(workspace: Workspace, saved_mlp) -> None:
-    assert workspace.load_result(saved_mlp.id, "hessian") is None
-    payload = {"eigenvalues": [3.5, 1.25, -0.5], "options": {"top_n": 3, "batches": None}}
-    workspace.save_result(saved_mlp.id, "hessian", payload)
-    assert workspace.load_result(saved_mlp.id, "hessian") == payload
-    workspace.save_result(saved_mlp.id, "hessian", {"eigenvalues": [1.0]})
-    assert workspace.load_result(saved_mlp.id, "hessian") == {"eigenvalues": [1.0]}
-    assert workspace.load_result(saved_mlp.id, "loss-landscape") is None
+def test_results_of_other_settings_are_kept_beside_each_other(workspace: Workspace, saved_mlp) -> None:
+    assert workspace.results(saved_mlp.id) == []
+    first = ResultRecord.make("hessian", [saved_mlp.id], {"samples": 200}, {"eigenvalues": [3.5, 1.25]}, 1.5, "cmd")
+    workspace.save_result(saved_mlp.id, first)
+    second = ResultRecord.make("hessian", [saved_mlp.id], {"samples": 300}, {"eigenvalues": [1.0]})
+    workspace.save_result(saved_mlp.id, second)
+    assert first.key != second.key
+    assert workspace.results(saved_mlp.id, "hessian") == [second, first], "both kept, the newest first"
+    assert workspace.find_result(saved_mlp.id, "hessian", first.key) == first
+    again = ResultRecord.make("hessian", [saved_mlp.id], {"samples": 200}, {"eigenvalues": [3.5, 1.25]})
+    assert again.key == first.key, "the same settings make the same key"
+    assert workspace.results(saved_mlp.id, "landscape-random") == []
+    assert workspace.delete_result(saved_mlp.id, first.key) == first
+    assert workspace.results(saved_mlp.id) == [second]
     assert [r.id for r in workspace.records()] == [saved_mlp.id]
+
+
+def test_a_result_stored_before_records_reads_back_as_one_record(workspace: Workspace, saved_mlp) -> None:
+    folder = workspace.results_dir(saved_mlp.id)
+    folder.mkdir()
+    (folder / "hessian.json").write_text(json.dumps({"split": "test", "config": {"samples": 1000}, "seconds": 2.0}))
+    (folder / "landscape-random-0123456789.json").write_text(json.dumps({"model_ids": [saved_mlp.id], "kind": "r"}))
+    hessian, landscape = sorted(workspace.results(saved_mlp.id), key=lambda r: r.kind)
+    assert (hessian.kind, hessian.key, hessian.settings) == (
+        "hessian",
+        "legacy-hessian",
+        {"split": "test", "config": {"samples": 1000}},
+    )
+    assert hessian.seconds == 2.0 and hessian.payload["config"] == {"samples": 1000}
+    assert (landscape.kind, landscape.models) == ("landscape-random", [saved_mlp.id])
+    workspace.delete_result(saved_mlp.id, "legacy-hessian")
+    assert not (folder / "hessian.json").exists() and [r.kind for r in workspace.results(saved_mlp.id)] == [
+        "landscape-random"
+    ]
 
 
 def test_saving_a_result_for_an_unknown_model_is_refused(workspace: Workspace) -> None:
     with pytest.raises(WorkspaceError):
-        workspace.save_result("mlp-digits-s0-000000", "hessian", {"x": 1})
+        workspace.save_result("mlp-digits-s0-000000", ResultRecord.make("hessian", ["x"], {}, {"x": 1}))
     assert list((workspace.root / "models").iterdir()) == []
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from cli.main import main
 from fusion.errors import CheckpointError, DamagedModelError, DamagedResultError, OutputFileError
+from fusion.results import ResultRecord
 from fusion.workspace import ModelRecord, Workspace, read_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -469,8 +470,7 @@ def test_two_concurrent_writers_into_one_workspace_keep_every_model(tmp_path: Pa
     "content", [b"\xff\xfe", b'{"rows": [1,', b"[1, 2]"], ids=["not-utf8", "truncated", "not-object"]
 )
 def test_a_damaged_stored_result_raises_a_typed_error_naming_the_model(saved_mlp, workspace, content):
-    workspace.save_result(saved_mlp.id, "comparison", {"rows": []})
-    workspace.result_path(saved_mlp.id, "comparison").write_bytes(content)
-    with pytest.raises(DamagedResultError, match=f"comparison result of {saved_mlp.id} is damaged"):
-        workspace.load_result(saved_mlp.id, "comparison")
-    assert workspace.has_result(saved_mlp.id, "comparison")
+    stored = workspace.save_result(saved_mlp.id, ResultRecord.make("comparison", [saved_mlp.id], {}, {"rows": []}))
+    (workspace.results_dir(saved_mlp.id) / "comparison" / f"{stored.key}.json").write_bytes(content)
+    with pytest.raises(DamagedResultError, match=f"comparison result {stored.key} of {saved_mlp.id} is damaged"):
+        workspace.results(saved_mlp.id, "comparison")

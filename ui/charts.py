@@ -14,6 +14,7 @@ import streamlit as st
 
 from analysis.figures import figure_rows, plain
 from analysis.rows import csv_bytes
+from analysis.units import SCIENTIFIC, is_small_figure
 
 MIMES = {"html": "text/html", "csv": "text/csv", "json": "application/json"}
 
@@ -57,7 +58,14 @@ def show_chart(figure: go.Figure, name: str) -> None:
 
 def show_table(frame: pd.DataFrame, name: str, **options: Any) -> None:
     """``st.dataframe(frame, **options)`` (no index, full width unless given) with CSV and JSON downloads of the
-    rows as they are, named after ``name``."""
+    rows as they are, named after ``name``. A number column of residuals, spreads or errors shows in scientific
+    notation (:data:`analysis.units.SCIENTIFIC`) unless ``column_config`` formats it."""
+    small = {
+        column: st.column_config.NumberColumn(format=SCIENTIFIC)
+        for column in frame.columns
+        if is_small_figure(str(column)) and pd.api.types.is_numeric_dtype(frame[column])
+    }
+    options["column_config"] = small | (options.get("column_config") or {})
     st.dataframe(frame, **{"hide_index": True, "width": "stretch", **options})
     slug = slug_of(name, "table")
     rows = frame.to_dict(orient="records")

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
+from analysis.units import percent
+from fusion.pipeline import NOT_EVALUATED
 from fusion.workspace import ModelRecord
 
 SUMMARY_COLUMNS = ("name", "id", "architecture", "test accuracy (%)", "parameters")
@@ -41,7 +43,7 @@ def model_rows(records: Sequence[ModelRecord]) -> pd.DataFrame:
             "dataset": r.dataset,
             "method": r.method,
             "parameters": r.parameters,
-            "test accuracy (%)": 100.0 * r.metrics["test_accuracy"] if "test_accuracy" in r.metrics else float("nan"),
+            "test accuracy (%)": percent(r.metrics.get("test_accuracy", float("nan"))),
             "test loss": r.metrics.get("test_loss", float("nan")),
             "created": r.created.replace("T", " ").removesuffix("+00:00"),
         }
@@ -50,25 +52,37 @@ def model_rows(records: Sequence[ModelRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(DETAILED_COLUMNS))
 
 
+SCORE_FORMATS = {"test accuracy (%)": "%.1f", "test loss": "%.4f"}
+
+
+def marked_not_evaluated(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (:func:`model_rows`) whose scores read "not evaluated" for a model stored without test metrics (its
+    dataset was not on disk); such a column becomes text, its numbers formatted as the numeric column shows them."""
+    rows = rows.copy()
+    for column, text in SCORE_FORMATS.items():
+        if column in rows and rows[column].isna().any():
+            rows[column] = [NOT_EVALUATED if pd.isna(v) else text % v for v in rows[column]]
+    return rows
+
+
 def show_models_table(records: Sequence[ModelRecord], detailed: bool = False) -> None:
     """The models as a read-only table: name, architecture, accuracy, parameters (plus id, dataset, method, loss and
-    creation time when ``detailed``). An empty workspace shows a hint instead.
+    creation time when ``detailed``); a model stored without test metrics reads "not evaluated". An empty workspace
+    shows a hint instead.
     """
     if not records:
         st.info("The workspace has no models yet. Build the demo ensemble on the Home page or train some on Models.")
         return
     columns = DETAILED_COLUMNS if detailed else SUMMARY_COLUMNS
-    st.dataframe(
-        model_rows(records)[list(columns)],
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "test accuracy (%)": st.column_config.NumberColumn("test accuracy (%)", format="%.1f"),
-            "test loss": st.column_config.NumberColumn("test loss", format="%.4f"),
-            "parameters": st.column_config.NumberColumn("parameters", format="localized"),
-            "created": st.column_config.TextColumn("created (UTC)"),
-        },
-    )
+    rows = marked_not_evaluated(model_rows(records)[list(columns)])
+    config = {
+        "parameters": st.column_config.NumberColumn("parameters", format="localized"),
+        "created": st.column_config.TextColumn("created (UTC)"),
+    }
+    for column, text in SCORE_FORMATS.items():
+        if column in rows and pd.api.types.is_numeric_dtype(rows[column]):
+            config[column] = st.column_config.NumberColumn(column, format=text)
+    st.dataframe(rows, hide_index=True, width="stretch", column_config=config)
 
 
 def dashed_table(records: Sequence[dict], formats: dict[str, str]) -> tuple[pd.DataFrame, dict]:
@@ -96,3 +110,10 @@ def relative_change(before: float, after: float) -> str:
         return "(no baseline)"
     change = 100 * (after - before) / before
     return f"({abs(change):.0f} % {'higher' if change > 0 else 'lower'})"
+
+
+def labelled_accuracy(record: ModelRecord) -> str:
+    """``NAME · 93.4% (ID)`` for a model picker, ``NAME · not evaluated (ID)`` for a model without test metrics."""
+    accuracy = record.metrics.get("test_accuracy")
+    shown = f"{100 * accuracy:.1f}%" if accuracy is not None else "not evaluated"
+    return f"{record.name} · {shown} ({record.id})"

@@ -153,7 +153,7 @@ def parent_job(
     if job.hessian is not None:
         fill_hessians(workspace, [model_id], job.hessian, device=device)
     record = workspace.record(model_id)
-    top, trace = hessian_summary(workspace, model_id)
+    top, trace = hessian_summary(workspace, model_id, job.hessian) if job.hessian else (None, None)
     return {"model": model_id}, {
         "test_accuracy": record.metrics.get("test_accuracy"),
         "test_loss": record.metrics.get("test_loss"),
@@ -190,7 +190,7 @@ def fusion_job(
     if job.hessian is not None:
         fill_hessians(workspace, analysed, job.hessian, device=device)
         for prefix, model_id in zip(("", "finetuned_"), analysed):
-            top, trace = hessian_summary(workspace, model_id)
+            top, trace = hessian_summary(workspace, model_id, job.hessian)
             metrics |= {f"{prefix}top_eigenvalue": top, f"{prefix}hessian_trace": trace}
     if job.landscape is not None and len(parents) == 2 and method_spec(job.method).output != "pruned":
         lines = fusion_landscape(workspace, run.record.id, job.landscape, device=device)

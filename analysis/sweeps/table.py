@@ -1,8 +1,10 @@
 """A sweep's results as tables, read from the workspace alone (nothing is recomputed).
 
 :func:`job_rows` has one row per fusion job: its method, options and seed, its state (``done``, ``failed`` or
-``pending``: no outcome yet), the models it made and its figures. :func:`summary_rows` has one row per method and
-option set: for each figure the mean and sample standard deviation over the seeds that finished, and how many did.
+``pending``: no outcome yet), the models it made, its figures (accuracies in percent; ``fusion_seconds``: the fusion
+alone) and the job's wall time (``job_seconds``: loading, fusing, evaluating, fine-tuning, analyses).
+:func:`summary_rows` has one row per method and option set: for each figure the mean and sample standard deviation
+over the seeds that finished, and how many did.
 :func:`check_some_job_done` refuses a sweep whose every fusion job failed.
 """
 
@@ -17,9 +19,23 @@ from typing import Any
 
 from analysis.sweeps.jobs import JobOutcome, SweepFolder
 from analysis.sweeps.spec import FusionJob, SweepSpec
+from analysis.units import in_percent
+from fusion.command_lines import fusion_command_lines
 from fusion.errors import FusionError
 
-JOB_COLUMNS = ("job", "state", "method", "options", "seed", "parents", "fused", "fine-tuned", "seconds", "error")
+JOB_COLUMNS = (
+    "job",
+    "state",
+    "method",
+    "options",
+    "seed",
+    "parents",
+    "fused",
+    "fine-tuned",
+    "job_seconds",
+    "error",
+    "command",
+)
 LEADING_FIGURES = (
     "test_accuracy",
     "test_loss",
@@ -94,7 +110,8 @@ def options_text(job: FusionJob) -> str:
 
 
 def job_rows(table: SweepTable) -> list[dict[str, Any]]:
-    """One row per fusion job (see the module docstring); figures are the outcome's metrics, by name."""
+    """One row per fusion job (see the module docstring); figures are the outcome's metrics, by name, accuracies in
+    percent under names that say so (:func:`analysis.units.in_percent`: ``test_accuracy_pct``)."""
     metric_names = sorted({k for o in table.fusions.values() if o is not None for k in o.metrics}, key=figure_order)
     rows = []
     for job in table.jobs:
@@ -108,15 +125,22 @@ def job_rows(table: SweepTable) -> list[dict[str, Any]]:
             "method": job.method,
             "options": options_text(job),
             "seed": job.seed,
-            **{name: metrics.get(name) for name in metric_names},
+            **in_percent({name: metrics.get(name) for name in metric_names}),
             "parents": " ".join(parents),
             "fused": models.get("fused"),
             "fine-tuned": models.get("fine-tuned"),
-            "seconds": None if outcome is None else round(outcome.seconds, 2),
+            "job_seconds": None if outcome is None else round(outcome.seconds, 2),
             "error": None if outcome is None else outcome.error,
+            "command": job_command(job, parents, models.get("fused")) if "fused" in models else None,
         }
         rows.append(row)
     return rows
+
+
+def job_command(job: FusionJob, parents: list[str], fused: str) -> str:
+    """The command lines that rebuild a finished job's fused (and fine-tuned) model from its parents."""
+    recipe = job.finetune.to_dict() if job.finetune is not None else None
+    return " && ".join(fusion_command_lines(job.method, parents, job.options, recipe, fused))
 
 
 def summary_rows(table: SweepTable) -> list[dict[str, Any]]:

@@ -30,20 +30,25 @@ class GroupReport:
 @dataclass(frozen=True, eq=False)
 class Context:
     """Inputs a method may need besides the models: training inputs (``pool``, for activations and BatchNorm), a
-    probe batch (for verification), the device and the progress callback."""
+    probe batch (for verification), the device, the progress callback, the training labels and, for a fusion given
+    no data, random inputs of the networks' input shape (``shapes``) to trace them on."""
 
     pool: torch.Tensor | None
     probe: torch.Tensor | None
     device: torch.device
     progress: Progress = no_progress
     labels: torch.Tensor | None = None
+    shapes: torch.Tensor | None = None
 
     def example(self) -> torch.Tensor:
+        """Two inputs to trace a network on: training inputs, or the random ones of a fusion without data."""
         from fusion.errors import ConfigError
 
-        if self.pool is None:
-            raise ConfigError("this method needs training inputs (data= or inputs=) to trace the network")
-        return self.pool[:2].cpu()
+        if self.pool is not None:
+            return self.pool[:2].cpu()
+        if self.shapes is not None:
+            return self.shapes[:2].cpu()
+        raise ConfigError("this method needs training inputs (data= or inputs=) to trace the network")
 
     def sample(self, count: int, seed: int) -> torch.Tensor:
         """``count`` training inputs drawn without replacement with ``seed``."""
@@ -117,7 +122,8 @@ model, or another ``network`` (of another depth or made by concatenation)."""
 @dataclass(frozen=True)
 class MethodSpec:
     """A registered method: its options dataclass, its function, how many input models it takes, a one-line
-    description for the app and the command line, what its input models must share and what it makes."""
+    description for the app and the command line, what its input models must share and what it makes, and whether
+    it solves transport or assignment problems (``solvers``: POT and lap, :func:`fusion.transport.load_solvers`)."""
 
     options: type
     run: Callable[[Sequence[nn.Module], Any, Context], MethodOutput]
@@ -126,6 +132,7 @@ class MethodSpec:
     summary: str
     parents: ParentRule = "same depth"
     output: Output = "aligned average"
+    solvers: bool = False
 
 
 def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None:
