@@ -141,9 +141,7 @@ for note in report.get("notes", []):
 record = by_id[shown_id]
 tuned = next((by_id.get(r.id) for r in comparison.rows if r.role == "fine-tuned" and r.id is not None), None)
 recipe = tuned.provenance.get("options") if tuned is not None else None
-lines = fusion_command_lines(comparison.method, comparison.parents, record.provenance.get("options", {}), recipe)
-st.caption(
-    "The same fusion from the command line"
-    + (" (FUSED_ID: the id the fuse command prints):" if len(lines) > 1 else ":")
-)
+options = record.provenance.get("options", {})
+lines = fusion_command_lines(comparison.method, comparison.parents, options, recipe, shown_id)
+st.caption("The same fusion from the command line:")
 st.code("\n".join(lines), language="bash")
