@@ -41,7 +41,7 @@ def transport_map_figure(group_map: GroupMap) -> go.Figure:
     figure = make_subplots(
         rows=1,
         cols=columns,
-        subplot_titles=("transport plan · n T", "ground cost C")[:columns],
+        subplot_titles=("transport plan n·T (1: a whole neuron's mass)", "ground cost C")[:columns],
         horizontal_spacing=PLAN_SPACING,
         shared_yaxes=True,
     )
@@ -52,7 +52,7 @@ def transport_map_figure(group_map: GroupMap) -> go.Figure:
             y=rows,
             colorscale="Blues",
             zmin=0,
-            colorbar={"x": (1 - PLAN_SPACING) / 2 + 0.01 if columns == 2 else 1.0, "title": "n T", "thickness": 14},
+            colorbar={"x": (1 - PLAN_SPACING) / 2 + 0.01 if columns == 2 else 1.0, "title": "n·T", "thickness": 14},
             hovertemplate="source %{y} → target %{x}<br>n·T = %{z:.3f}<extra></extra>",
         ),
         row=1,

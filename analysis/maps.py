@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from analysis.norms import network_order
 from fusion.records import Record
 from fusion.workspace import Workspace
 
@@ -44,8 +45,11 @@ class MapSummary(Record):
 
 
 def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:
-    """The maps saved with a fused model (``transport`` attachment), in the order they were saved; empty if none."""
+    """The maps saved with a fused model (``transport`` attachment), by parent and then in network order (the order
+    of the groups in the fusion's report; a safetensors file keeps its keys sorted by name, which puts
+    ``classifier.1`` before ``features.0``); empty if none."""
     tensors = workspace.load_tensors(model_id, "transport") or {}
+    position = network_order(workspace.record(model_id).provenance.get("report") or {})
     maps = []
     for key, plan in tensors.items():
         prefix, _, kind = key.rpartition("/")
@@ -61,7 +65,7 @@ def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:
                 None if cost is None else cost.double().numpy(),
             )
         )
-    return maps
+    return sorted(maps, key=lambda m: (m.model, position.get(m.group, len(position))))
 
 
 def stored_heads(report: dict) -> dict[str, int]:

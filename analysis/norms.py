@@ -80,10 +80,24 @@ class Survival(Record):
         return counts
 
 
-def transplant_survival(details: dict[str, Any]) -> list[Survival]:
-    """Survival tables from ``FusionReport.details`` of a ``transplant`` fusion (its last concatenation step)."""
+def network_order(report: dict[str, Any]) -> dict[str, int]:
+    """The position of each neuron group in the network, from a fusion report's ``groups`` list (``details`` keys
+    come back sorted by name once stored as JSON, which puts ``classifier.1`` before ``features.0``)."""
+    return {group["name"]: index for index, group in enumerate(report.get("groups", []))}
+
+
+def in_network_order(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The ``details["groups"]`` entries of a fusion report (``FusionReport.to_dict()``), in network order."""
+    position = network_order(report)
+    entries = report.get("details", {}).get("groups", {}).items()
+    return sorted(entries, key=lambda entry: position.get(entry[0], len(position)))
+
+
+def transplant_survival(report: dict[str, Any]) -> list[Survival]:
+    """Survival tables of a ``transplant`` fusion from its report (``FusionReport.to_dict()``; its last concatenation
+    step), in network order."""
     result = []
-    for name, record in details.get("groups", {}).items():
+    for name, record in in_network_order(report):
         kept = set(record["kept"])
         origin = record["origin"]
         result.append(
@@ -98,11 +112,12 @@ def transplant_survival(details: dict[str, Any]) -> list[Survival]:
     return result
 
 
-def pruning_survival(details: dict[str, Any]) -> list[Survival]:
-    """Survival tables from an ``intra`` or ``prune`` report: one parent (0); for Intra-Fusion, ``merged_into``
-    in the details says which kept neuron each removed neuron was merged into."""
+def pruning_survival(report: dict[str, Any]) -> list[Survival]:
+    """Survival tables from an ``intra`` or ``prune`` report (``FusionReport.to_dict()``), in network order: one
+    parent (0); for Intra-Fusion, ``merged_into`` in the details says which kept neuron each removed neuron was merged
+    into."""
     result = []
-    for name, record in details.get("groups", {}).items():
+    for name, record in in_network_order(report):
         kept = set(record["kept"])
         size = int(record["size"])
         result.append(

@@ -373,7 +373,7 @@ def pruning_step(
     return PruningStep(
         transplanted,
         concatenation.ensemble.test_accuracy - transplanted.test_accuracy,
-        tuple(transplant_survival(run.report["details"])),
+        tuple(transplant_survival(run.report)),
         norms,
         time.perf_counter() - started,
     )

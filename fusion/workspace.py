@@ -346,6 +346,8 @@ class Workspace:
         Raises :class:`CheckpointError` if the model has NaN/inf weights or does not fit ``spec`` (nothing is written).
         """
         dataset = check_dataset_name(dataset)
+        if not isinstance(normalization, Normalization):
+            raise CheckpointError(f"a model needs its input normalization, got {type(normalization).__name__}")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         check_finite(state, "the model")
         load_state_into(build_model(spec), state)

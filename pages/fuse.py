@@ -19,6 +19,7 @@ from ui.tables import dashed_table, labelled_accuracy
 
 FUSE_KIND = "fuse"
 RESULT_KEY = "fuse.shown"
+DEFAULT_METHOD = "ot"  # the page opens on the method the app is about (OT fusion, Singh & Jaggi 2020)
 
 st.title("Fuse")
 st.caption(
@@ -29,6 +30,7 @@ ws, records, by_id = models_or_stop()
 records = list(reversed(records))
 disabled = inputs_disabled()
 
+kept("fuse.method", DEFAULT_METHOD, tuple(REGISTRY))
 method = st.selectbox(
     "Method", list(REGISTRY), format_func=lambda m: f"{m} — {REGISTRY[m].summary}", key="fuse.method", disabled=disabled
 )
@@ -60,6 +62,7 @@ with st.form("fuse.form"):
     )
     submitted = st.form_submit_button("Fuse", type="primary", disabled=disabled)
 
+started = False
 if submitted:
     with report_errors():
         if not spec.min_models <= len(chosen) <= (spec.max_models or len(chosen)):
@@ -83,9 +86,14 @@ if submitted:
             device=device(),
             kind=FUSE_KIND,
         )
+        started = True
+    if not started:
+        st.stop()  # the error above replaces the results: nothing below belongs to what was just asked for
 
 job = job_runner().latest(FUSE_KIND)
 show_job(job)
+if job is not None and job.status == "failed":
+    st.stop()  # a failed fusion's error is what this page shows until the next run
 
 fused = [r for r in reversed(records) if r.parents and ws.has_result(r.id, COMPARISON)]
 if not fused:
@@ -102,9 +110,20 @@ def label(record: ModelRecord) -> str:
 
 st.subheader("Results")
 ids = [r.id for r in fused]
+same = [i for i in ids if by_id[i].method == method and by_id[i].parents == list(chosen)]
 shown = st.session_state.get(RESULT_KEY)
+if shown not in ids:
+    shown = max(same or ids, key=lambda i: by_id[i].created)
+if shown not in same:
+    st.info(
+        f"No {method} fusion of the chosen models is stored yet: press Fuse. The result below is from other "
+        "settings (its method, models and options are in its name and command line)."
+    )
 shown_id = st.selectbox(
-    "Fused model", ids, index=ids.index(shown) if shown in ids else 0, format_func=lambda i: label(by_id[i])
+    "Fused model" if shown in same else "Fused model (other settings)",
+    ids,
+    index=ids.index(shown),
+    format_func=lambda i: label(by_id[i]),
 )
 try:
     comparison = stored_comparison(ws, shown_id)

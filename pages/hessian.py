@@ -53,6 +53,8 @@ def number_formats(summaries: list[Sharpness]) -> dict:
 
 
 ESTIMATES = "hessian.estimates"
+# the options a first run needs (how much data, how many eigenvalues, what to compute); the rest are folded
+FIRST_RUN_OPTIONS = ("samples", "top_k", "layers", "random_directions", "plane_points", "lines_to_parents")
 
 
 def hessian_identity(record: ResultRecord) -> dict:
@@ -90,7 +92,7 @@ chosen = st.multiselect(
 with st.form("hessian.form"):
     kept("hessian.split", "test", ("test", "train"))
     split = st.radio("Data", ["test", "train"], horizontal=True, key="hessian.split", disabled=disabled)
-    values = option_widgets(HessianConfig, "hessian", disabled, columns=4)
+    values = option_widgets(HessianConfig, "hessian", disabled, columns=4, first=FIRST_RUN_OPTIONS)
     submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
 kind = job_kind(HESSIAN_KIND, sorted(chosen))
 if submitted:

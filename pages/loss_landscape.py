@@ -131,8 +131,10 @@ if kind == "random":
     )
 recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn", disabled=disabled)
 job_key = job_kind(LANDSCAPE_KIND, [view, kind, *ids])
+estimated = False
 with report_errors():
     cost = estimate(str(ws.root), tuple(ids), kind, view == FUSION, int(resolution), int(samples), dims)
+    estimated = True
     st.caption(f"About {cost.units} grid points, roughly {cost.seconds:.0f} s on {device().type.upper()}.")
     if cost.seconds > LandscapeConfig().warn_seconds:
         st.warning(f"This landscape will take about {cost.seconds:.0f} s: fewer points or examples make it faster.")
@@ -148,6 +150,8 @@ with report_errors():
             start_job(
                 f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=job_key
             )
+if not estimated:
+    st.stop()  # the error above says why these models have no landscape: no Compute button, nothing to show
 job = job_runner().latest(job_key)
 show_job(job)
 running = job is not None and job.active

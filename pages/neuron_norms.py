@@ -47,10 +47,10 @@ with report_errors():
         )
         show_chart(head_norms_figure(norms, side), f"head-norms-{side}-{model_id}")
 
-details = record.provenance.get("report", {}).get("details", {})
+report = record.provenance.get("report", {})
 if record.method == "transplant":
     st.subheader("Which neurons survived the transplantation")
-    tables = transplant_survival(details)
+    tables = transplant_survival(report)
     counts = pd.DataFrame(
         [{"group": t.group, **{parent_role(p): n for p, n in sorted(t.kept_per_parent().items())}} for t in tables]
     )
@@ -62,6 +62,6 @@ if record.method == "transplant":
     )
 elif record.method in ("intra", "prune"):
     st.subheader("Kept and " + ("merged" if record.method == "intra" else "dropped") + " neurons")
-    tables = pruning_survival(details)
+    tables = pruning_survival(report)
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.pruning.group")
     show_chart(survival_figure(next(t for t in tables if t.group == group), ["parent A"]), f"kept-{model_id}-{group}")

@@ -1,12 +1,12 @@
 """Transport maps: per neuron group, the map that aligned a parent to the reference, beside its ground cost."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.fusion_figures import transport_map_figure
 from analysis.maps import head_map, stored_heads, stored_maps, summarise
 from ui.charts import show_chart, show_table
 from ui.state import selected_model_ids, workspace, workspace_models
+from ui.tables import dashed_table
 
 MAPPED_METHODS = ("ot", "matching", "cla", "intra")
 
@@ -35,21 +35,20 @@ maps = stored_maps(ws, model_id)
 if not maps:
     st.warning("This model was saved without transport maps.")
     st.stop()
-summary = pd.DataFrame([summarise(m).to_dict() for m in maps])
-show_table(
-    summary.rename(
-        columns={
-            "model": "parent",
-            "permutation_distance": "distance from a permutation",
-            "moved": "neurons moved",
-            "total_cost": "total cost <T, C>",
-        }
-    ),
-    f"transport-summary-{model_id}",
-    column_config={
-        "distance from a permutation": st.column_config.NumberColumn(format="%.4f"),
-        "total cost <T, C>": st.column_config.NumberColumn(format="%.4g"),
-    },
+names = {
+    "model": "parent",
+    "permutation_distance": "distance from a permutation",
+    "moved": "neurons moved",
+    "total_cost": "total cost <T, C>",
+}
+summary, column_config = dashed_table(
+    [{names.get(k, k): v for k, v in summarise(m).to_dict().items()} for m in maps],
+    {"distance from a permutation": "%.4f", "total cost <T, C>": "%.4g"},
+)
+show_table(summary, f"transport-summary-{model_id}", column_config=column_config)
+st.caption(
+    "Rows in network order. n·T: the plan times the number of the aligned model's neurons, so each entry of a "
+    "permutation is 1; neurons moved: – where the widths differ (no identity to compare with)."
 )
 parents = sorted({m.model for m in maps})
 left, right = st.columns(2)

@@ -137,3 +137,17 @@ def test_a_change_reads_lower_or_higher_never_a_negative_lower():
     assert relative_change(0.4, 0.2) == "(50 % lower)"
     assert relative_change(0.04138, 0.06339) == "(53 % higher)"
     assert relative_change(0.0, 0.1) == "(no baseline)"
+
+
+def test_landscape_page_with_an_incompatible_pair_shows_the_reason_and_no_stale_invitation(app_workspace):
+    train_quick_models(app_workspace, seeds=(0,), hidden=(8,))
+    train_quick_models(app_workspace, seeds=(1,), hidden=(16,))
+    at = open_app("pages/loss_landscape.py")
+    at.radio(key="landscape.view").set_value("any two models").run()
+    ids = [r.id for r in app_workspace.records()]
+    at.selectbox(key="landscape.a").set_value(ids[0])
+    at.selectbox(key="landscape.b").set_value(ids[1]).run()
+    assert not at.exception
+    assert any("architecture" in m for m in messages(at.error)), messages(at.error)
+    assert not any("press Compute" in m for m in messages(at.info))
+    assert not [b for b in at.button if "Compute" in str(b.label)]

@@ -137,3 +137,33 @@ def test_option_widgets_are_labelled_in_words_not_option_names(app_workspace):
     assert at.number_input(key="fuse.ot.sweeps").label == "Sweeps"
     labels = [w.label for w in (*at.checkbox, *at.selectbox, *at.number_input, *at.text_input)]
     assert not [label for label in labels if "_" in label or label.islower()]
+
+
+def test_the_fuse_page_opens_on_ot_fusion(app_workspace):
+    train_quick_models(app_workspace, seeds=(0, 1))
+    at = open_app("pages/fuse.py")
+    assert not at.exception and at.selectbox(key="fuse.method").value == "ot"
+
+
+def test_a_result_of_other_settings_is_marked_and_a_refused_run_replaces_it(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids)
+    assert not at.error and not any("other settings" in m for m in messages(at.info))
+    at.selectbox(key="fuse.method").set_value("average").run()
+    at.multiselect(key="fuse.models.average").set_value(ids).run()
+    assert any("No average fusion of the chosen models" in m for m in messages(at.info))
+    assert at.selectbox[-1].label == "Fused model (other settings)"
+    at.text_input(key="fuse.average.weights").input("x, y")
+    at.button(key=FUSE).click().run()
+    assert any("weights" in m for m in messages(at.error)), messages(at.error)
+    assert not at.dataframe and not at.get("plotly_chart"), "the refusal is not shown above an earlier result"
+
+
+def test_a_failed_fusion_job_shows_its_error_without_an_earlier_result_below(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "average", ids)
+    assert at.dataframe and not at.error
+    at = fuse_through_the_page(at, "cla", ids)
+    assert not at.exception
+    assert messages(at.error) or any("failed" in str(e.value) for e in at.get("alert")), "the job's failure is shown"
+    assert not at.dataframe and not at.get("plotly_chart")

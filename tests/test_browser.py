@@ -189,6 +189,7 @@ def hessians_of_parents_and_fused(page: Page) -> None:
         "cnn c16-32-h64 · ot (metric sqeuclidean, sweeps 2) of 2 ",
     )
     multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
+    open_advanced(page)
     select(page, "Step scale (unit of t)", "filter")
     check(page, "Per-layer Hessians")
     fill_number(page, "Samples (0: all)", 300)
@@ -436,6 +437,15 @@ def save_failure_screenshot(page: Page, path: Path) -> None:
         print(f"no failure screenshot: {exc}")
 
 
+def open_advanced(page: Page) -> None:
+    """Unfold the form's "Advanced options" section when it is folded."""
+    section = main_area(page).get_by_test_id("stExpander").filter(has_text="Advanced options").first
+    expect(section).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+    if not section.get_by_role("spinbutton").first.is_visible():
+        section.locator("summary").click()
+    expect(section.get_by_role("spinbutton").first).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+
+
 def fill_number(page: Page, label: str, value: int) -> None:
     box = main_area(page).get_by_role("spinbutton", name=label, exact=True)
     box.fill(str(value))
@@ -455,6 +465,7 @@ def test_the_hessian_and_landscape_pages_work_on_a_vit_pair_and_its_fusion(
     try:
         open_page(page, "Hessian")
         multiselect(page, "Models (parents and fused side by side)", "vit x1 · train · seed 0 ", "vit x1 · ot of 2 ")
+        open_advanced(page)
         settings = (("Samples (0: all)", 100), ("Iterations", 8), ("Probes", 4), ("Steps", 8), ("Runs", 1))
         for label, value in (*settings, ("Random directions", 0), ("Sample parts (eigenvalue spread)", 1)):
             fill_number(page, label, value)

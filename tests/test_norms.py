@@ -28,7 +28,7 @@ def test_flattened_channels_count_their_whole_spatial_block_as_outgoing():
 def test_transplant_survival_accounts_for_every_neuron_and_keeps_the_original_width():
     members = [randomised(SMALL["mlp-bias"], seed=s) for s in range(3)]
     result = fuse(members, "transplant", inputs=X)
-    tables = transplant_survival(result.report.details)
+    tables = transplant_survival(result.report.to_dict())
     widths = layer_widths(members[0])[:-1]
     assert [len(t.parent) for t in tables] == [3 * w for w in widths]
     assert [sum(t.kept) for t in tables] == widths
@@ -40,5 +40,32 @@ def test_transplant_survival_accounts_for_every_neuron_and_keeps_the_original_wi
 
 def test_pruning_survival_marks_the_kept_half():
     result = fuse([randomised(SMALL["cnn"], seed=0)], "intra", inputs=X, sparsity=0.5)
-    tables = pruning_survival(result.report.details)
+    tables = pruning_survival(result.report.to_dict())
     assert all(sum(t.kept) == round(len(t.kept) / 2) for t in tables)
+
+
+def test_survival_tables_and_stored_maps_keep_network_order_after_a_round_trip_through_stored_json(workspace):
+    import json
+
+    from analysis.maps import stored_maps
+    from fusion.data import dataset_normalization
+    from fusion.pipeline import map_tensors
+
+    members = [randomised(SMALL["cnn"], seed=s) for s in range(2)]
+    report = fuse(members, "transplant", inputs=X).report.to_dict()
+    network = [g["name"] for g in report["groups"]]
+    assert network != sorted(network), "a CNN's groups (features.*, classifier.*) are not in name order"
+    stored = json.loads(json.dumps(report, sort_keys=True))
+    assert [t.group for t in transplant_survival(stored)] == network
+    result = fuse(members, "ot", inputs=X)
+    spec = SMALL["cnn"]
+    record = workspace.save(
+        result.model,
+        spec=spec,
+        dataset="digits",
+        normalization=dataset_normalization("digits"),
+        provenance={"method": "ot", "parents": [], "report": result.report.to_dict()},
+        attachments={"transport": map_tensors(result.transports)},
+    )
+    order = [m.group for m in stored_maps(workspace, record.id) if m.model == 1]
+    assert order == [g for g in [g["name"] for g in result.report.to_dict()["groups"]] if g in order] != sorted(order)

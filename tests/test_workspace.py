@@ -555,3 +555,9 @@ def test_badly_named_attachment_is_refused_and_nothing_is_saved(trained_mlp, wor
         trained_mlp.save_to(workspace, attachments={kind: {"x": torch.zeros(2)}})
     assert workspace.records() == [] and list((workspace.root / "models").iterdir()) == []
     assert list((workspace.root / ".staging").iterdir()) == []
+
+
+def test_a_model_without_its_normalization_is_refused_before_anything_is_written(trained_mlp, workspace) -> None:
+    with pytest.raises(CheckpointError, match="normalization"):
+        trained_mlp.save_to(workspace, normalization=None)
+    assert not workspace.scan().records and not workspace.scan().broken

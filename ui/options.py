@@ -97,10 +97,34 @@ def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
     return st.text_input(label, **{**common, "help": option.help + " (comma-separated; empty for the default)"})
 
 
-def option_widgets(options_class: type, prefix: str, disabled: bool, columns: int = 3) -> dict[str, Any]:
-    """One widget per option, laid out in columns; returns the raw widget values by option name."""
-    values = {}
+def option_widgets(
+    options_class: type, prefix: str, disabled: bool, columns: int = 3, first: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One widget per option, laid out in columns; returns the raw widget values by option name. With ``first``,
+    only those options are shown at once and the rest wait in a folded "Advanced options" section, with one line
+    above it that lists the ones that differ from their defaults."""
     fields = option_fields(options_class)
+    shown = [f for f in fields if not first or f.name in first]
+    folded = [f for f in fields if first and f.name not in first]
+    values = widget_grid(shown, prefix, disabled, columns)
+    if folded:
+        changed = [
+            f"{label_of(f)} {st.session_state[key]}"
+            for f in folded
+            if (key := f"{prefix}.{f.name}") in st.session_state and str(st.session_state[key]) != str(f.default)
+        ]
+        st.caption(
+            "Advanced options changed from their defaults: " + "; ".join(changed)
+            if changed
+            else "Advanced options: all at their defaults."
+        )
+        with st.expander("Advanced options"):
+            values |= widget_grid(folded, prefix, disabled, columns)
+    return values
+
+
+def widget_grid(fields: Sequence[OptionField], prefix: str, disabled: bool, columns: int) -> dict[str, Any]:
+    values = {}
     grid = st.columns(columns)
     for index, option in enumerate(fields):
         with grid[index % columns]:
