@@ -64,15 +64,21 @@ def fingerprint(root: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("command", sorted(CSV_COMMANDS))
-def test_csv_of_every_command_refuses_every_protected_target_before_any_work(
-    command: str, trained_mlp, isolated_fusionlab_home: Path, capsys: pytest.CaptureFixture
-) -> None:
+@pytest.fixture
+def protected(trained_mlp, isolated_fusionlab_home: Path) -> tuple[Workspace, ModelRecord, dict[str, tuple[Path, str]]]:
+    """A workspace with one model, and the targets of :func:`protected_targets` in a user folder beside it."""
     workspace = Workspace(isolated_fusionlab_home / "workspace")
     model = trained_mlp.save_to(workspace)
     home = isolated_fusionlab_home / "user"
     home.mkdir()
-    targets = protected_targets(workspace, model, home)
+    return workspace, model, protected_targets(workspace, model, home)
+
+
+@pytest.mark.parametrize("command", sorted(CSV_COMMANDS))
+def test_csv_of_every_command_refuses_every_protected_target_before_any_work(
+    command: str, protected, isolated_fusionlab_home: Path, capsys: pytest.CaptureFixture
+) -> None:
+    workspace, model, targets = protected
     before = fingerprint(isolated_fusionlab_home)
     for case, (target, reason) in targets.items():
         status = main([*CSV_COMMANDS[command](model.id), "--csv", str(target), "--json", "--quiet"])
@@ -86,13 +92,9 @@ def test_csv_of_every_command_refuses_every_protected_target_before_any_work(
 
 
 def test_force_replaces_a_users_file_but_never_a_link_or_a_workspace_file(
-    trained_mlp, isolated_fusionlab_home: Path, capsys: pytest.CaptureFixture
+    protected, isolated_fusionlab_home: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    workspace = Workspace(isolated_fusionlab_home / "workspace")
-    model = trained_mlp.save_to(workspace)
-    home = isolated_fusionlab_home / "user"
-    home.mkdir()
-    targets = protected_targets(workspace, model, home)
+    workspace, model, targets = protected
     notes, _ = targets.pop("user file")
     targets.pop("user checkpoint")
     proc, _ = targets.pop("proc file")
@@ -107,7 +109,7 @@ def test_force_replaces_a_users_file_but_never_a_link_or_a_workspace_file(
     assert status == 1 and error["type"] == "OutputFileError" and str(proc) in error["message"]
     after = fingerprint(workspace.root)
     assert {path: after.get(path) for path in before} == before
-    assert (home / "link-to-notes.csv").is_symlink() and notes.read_bytes() == b"a user's table"
+    assert (notes.parent / "link-to-notes.csv").is_symlink() and notes.read_bytes() == b"a user's table"
     assert write_user_file(notes, b"new", overwrite=True) == notes and notes.read_bytes() == b"new"
 
 

@@ -114,6 +114,6 @@ def relative_change(before: float, after: float) -> str:
 
 def labelled_accuracy(record: ModelRecord) -> str:
     """``NAME · 93.4% (ID)`` for a model picker, ``NAME · not evaluated (ID)`` for a model without test metrics."""
-    accuracy = record.metrics.get("test_accuracy")
-    shown = f"{100 * accuracy:.1f}%" if accuracy is not None else "not evaluated"
+    accuracy = percent(record.metrics.get("test_accuracy"))
+    shown = f"{accuracy:.1f}%" if accuracy is not None else "not evaluated"
     return f"{record.name} · {shown} ({record.id})"
