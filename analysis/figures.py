@@ -41,14 +41,98 @@ def model_colour(role: str) -> str:
     """The colour of a model role, the same on every page.
 
     ``"parent A"``, ``"parent B"``, ... (any letter) take the parent palette in order; ``"fused"``, ``"ensemble"``,
-    ``"pruned"`` and ``"fine-tuned"`` have fixed colours; any other role gets a stable colour from its name.
+    ``"pruned"`` and ``"fine-tuned"`` have fixed colours; any other role gets a stable colour from its name. A label
+    ``"role · name"`` (a role with the model's name) takes its role's colour.
     """
-    key = role.strip().lower()
+    key = role.split(" · ")[0].strip().lower()
     if key.startswith("parent ") and len(key) == 8 and key[-1] in string.ascii_lowercase:
         return PARENT_COLOURS[string.ascii_lowercase.index(key[-1]) % len(PARENT_COLOURS)]
     if key in ROLE_COLOURS:
         return ROLE_COLOURS[key]
     return OTHER_COLOURS[zlib.crc32(key.encode()) % len(OTHER_COLOURS)]
+
+
+PLOT_HEIGHT = 380
+"""Height (px) of a chart's plot area: the figure's height is this plus its margins, so a legend never takes it."""
+TOP_MARGIN = 90
+"""Room (px) above the plot area for the title and the subplot titles."""
+AXIS_MARGIN = 70
+"""Room (px) below the plot area for the x tick labels and the x axis title, above the legend."""
+CHART_WIDTH = 560
+"""Width (px) of the narrowest chart of the app (a 1,000 px window less the sidebar), for which legends are laid out."""
+SIDE_MARGINS = {"l": 80, "r": 40}
+"""Left room for the y axis title and tick labels; right room for the last tick label (legends are not beside)."""
+LEGEND_ROW = 22
+CHARACTER_WIDTH = 7
+SYMBOL_WIDTH = 40
+ENTRY_GAP = 5
+"""A legend entry's width: about ``CHARACTER_WIDTH`` px per character of its name (plotly's 12 px font),
+``SYMBOL_WIDTH`` px for its symbol, and ``ENTRY_GAP`` px to the next entry."""
+
+
+def legend_names(figure: go.Figure) -> list[str]:
+    """The names of the entries ``figure``'s legend shows (heatmaps and contours have none unless asked)."""
+    shown = []
+    for trace in figure.data:
+        default = trace.type not in ("heatmap", "contour", "surface")
+        if trace.showlegend if trace.showlegend is not None else default:
+            shown.append(trace.name or "")
+    return shown
+
+
+def legend_rows(names: Sequence[str], width: int = CHART_WIDTH - sum(SIDE_MARGINS.values())) -> int:
+    """How many rows a horizontal legend of ``names`` fills in ``width`` px (the plot area's), as plotly lays it
+    out: one row if every entry fits; otherwise columns as wide as the widest entry, as many as fit in a row."""
+    if not names:
+        return 1
+    entries = [SYMBOL_WIDTH + CHARACTER_WIDTH * len(name) + ENTRY_GAP for name in names]
+    if sum(entries) < width:
+        return 1
+    columns = max(1, width // max(entries))
+    return -(-len(names) // columns)
+
+
+def legend_below(figure: go.Figure, plot_height: int = PLOT_HEIGHT) -> go.Figure:
+    """Put ``figure``'s legend below the plot area, horizontal and wrapping, with the bottom margin and the height
+    grown by its rows, so every entry shows at any width from 1,000 px (plotly cuts or scrolls a legend that is
+    taller than its plot area, the place of a vertical legend). ``figure`` is changed and returned."""
+    title = figure.layout.legend.title.text
+    legend = LEGEND_ROW * legend_rows(([title] if title else []) + legend_names(figure)) + 10
+    figure.update_layout(
+        height=TOP_MARGIN + plot_height + AXIS_MARGIN + legend,
+        margin={"t": TOP_MARGIN, "b": AXIS_MARGIN + legend, **SIDE_MARGINS},
+        legend={
+            "orientation": "h",
+            "traceorder": "normal",
+            "x": 0,
+            "xanchor": "left",
+            "y": -AXIS_MARGIN / plot_height,
+            "yanchor": "top",
+            "maxheight": 1,
+        },
+    )
+    return figure
+
+
+PAIR_SPACING = 0.16
+"""Gap between two plots side by side, as a fraction of the width: the right plot's tick labels and y axis title."""
+
+
+def pair_figure(x_title: str, titles: tuple[str, str] = ("loss", "accuracy")) -> go.Figure:
+    """Two plots side by side (loss and accuracy by default) under one x axis title centred below both: a title under
+    each plot runs into its neighbour's in a 1,000 px window."""
+    return make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=PAIR_SPACING, x_title=x_title)
+
+
+MAP_HEIGHT = 500
+"""Height (px) of the plot area of a contour map: taller than a line chart, and the map spans the page's width."""
+
+
+def full_width_map(figure: go.Figure) -> go.Figure:
+    """Size a contour map to ``MAP_HEIGHT`` and leave its width to the page. Maps keep their axes free (no
+    ``scaleanchor``): axes locked to equal scale shrink a map to a square of its height in a wide column."""
+    figure.update_layout(height=TOP_MARGIN + MAP_HEIGHT + AXIS_MARGIN, margin={"t": TOP_MARGIN, "b": AXIS_MARGIN})
+    return figure
 
 
 DENSITY_DECADES = 7
@@ -115,7 +199,7 @@ def eigenvalue_density_figure(
         type="log",
         range=[np.log10(max(peak, 1e-300)) - DENSITY_DECADES, np.log10(max(peak, 1e-300)) + 0.3],
     )
-    return figure
+    return legend_below(figure)
 
 
 def top_eigenvalues_figure(tops: Mapping[str, TopEigenvalues]) -> go.Figure:
@@ -136,15 +220,13 @@ def top_eigenvalues_figure(tops: Mapping[str, TopEigenvalues]) -> go.Figure:
     figure.update_layout(title="Top Hessian eigenvalues", barmode="group")
     figure.update_xaxes(title_text="eigenvalue rank")
     figure.update_yaxes(title_text=EIGENVALUE_TITLE)
-    return figure
+    return legend_below(figure)
 
 
 def layer_hessian_figure(layers: Mapping[str, Sequence[LayerHessian]]) -> go.Figure:
     """Per layer (in model order) the top eigenvalue and the trace (± its error bar) of the layer's diagonal Hessian
     block, grouped bars per model (by role)."""
-    figure = make_subplots(
-        rows=1, cols=2, subplot_titles=("top eigenvalue of the layer's block", "trace of the layer's block")
-    )
+    figure = pair_figure("layer", ("λ1 of the block", "trace of the block"))
     for role, blocks in layers.items():
         names = [block.layer for block in blocks]
         colour = model_colour(role)
@@ -175,10 +257,9 @@ def layer_hessian_figure(layers: Mapping[str, Sequence[LayerHessian]]) -> go.Fig
             col=2,
         )
     figure.update_layout(title="Per-layer Hessian blocks (other layers held fixed)", barmode="group")
-    figure.update_xaxes(title_text="layer")
     figure.update_yaxes(title_text=EIGENVALUE_TITLE, row=1, col=1)
     figure.update_yaxes(title_text="trace (nats / parameter²)", row=1, col=2)
-    return figure
+    return legend_below(figure)
 
 
 def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]], split: str | None = None) -> go.Figure:
@@ -186,12 +267,15 @@ def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]], split
     stored without one always): each eigenvector's curve (dash by index), the band between the lowest and highest
     random filter-normalised curve with their mean dotted, and lines to other models long-dashed. The axis names the
     step scale (:data:`analysis.perturbation.STEP_UNITS`)."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    shown = {
+        role: [c for c in role_curves if split is None or c.split in (split, None)]
+        for role, role_curves in curves.items()
+    }
+    scales = {c.scale for chosen in shown.values() for c in chosen}
+    unit = STEP_UNITS.get(next(iter(scales)) or "", "t") if len(scales) == 1 else "t (mixed step scales)"
+    figure = pair_figure(unit)
     dashes = ("solid", "dash", "dot", "dashdot", "longdashdot")
-    scales = set()
-    for role, role_curves in curves.items():
-        chosen = [c for c in role_curves if split is None or c.split in (split, None)]
-        scales.update(c.scale for c in chosen)
+    for role, chosen in shown.items():
         colour = model_colour(role)
         random = [c for c in chosen if curve_kind(c) == "random"]
         for curve in (c for c in chosen if curve_kind(c) != "random"):
@@ -201,12 +285,10 @@ def perturbation_figure(curves: Mapping[str, Sequence[PerturbationCurve]], split
             add_metric_lines(figure, curve.ts, curve.loss, curve.accuracy, f"{role} · {curve.label}{suffix}", style)
         if random:
             add_random_band(figure, role, colour, random)
-    unit = STEP_UNITS.get(next(iter(scales)) or "", "t") if len(scales) == 1 else "t (mixed step scales)"
     figure.update_layout(title="Loss along θ + t·d" + (f" · {split} data" if split else ""))
-    figure.update_xaxes(title_text=unit)
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
     figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
-    return figure
+    return legend_below(figure)
 
 
 def eigen_plane_figure(plane: EigenPlane, split: str, metric: str = "loss", label: str = "model") -> go.Figure:
@@ -220,7 +302,7 @@ def eigen_plane_figure(plane: EigenPlane, split: str, metric: str = "loss", labe
             y=plane.ts,
             z=values,
             colorscale="Viridis",
-            colorbar={"title": {"text": title}},
+            colorbar={"title": {"text": title, "side": "right"}},
             hovertemplate="α = %{x:.4g}<br>β = %{y:.4g}<br>%{z:.4f}<extra></extra>",
             name=f"{label} · {split} {metric}",
         )
@@ -241,7 +323,7 @@ def eigen_plane_figure(plane: EigenPlane, split: str, metric: str = "loss", labe
     figure.update_layout(title=f"{split} {metric} around {label} in the plane of the top two Hessian eigenvectors")
     figure.update_xaxes(title_text=f"α along eigenvector 1 · {unit}")
     figure.update_yaxes(title_text=f"β along eigenvector 2 · {unit}")
-    return figure
+    return full_width_map(figure)
 
 
 def add_metric_lines(
@@ -323,7 +405,7 @@ def split_lines(figure: go.Figure, x: np.ndarray, metrics: GridMetrics, colour: 
 def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figure:
     """Train and test loss and accuracy along ``(1 - t) θ_A + t θ_B`` for each named interpolation (e.g. "A → B" and
     "A → B aligned"), the endpoints marked in their roles' colours and the barriers in the legend."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+    figure = pair_figure("interpolation weight t (0 = first model, 1 = second)")
     marked: set[str] = set()
     for index, (name, result) in enumerate(results.items()):
         colour = OTHER_COLOURS[index % len(OTHER_COLOURS)] if len(results) > 1 else "#444444"
@@ -346,10 +428,9 @@ def interpolation_figure(results: Mapping[str, InterpolationResult]) -> go.Figur
             )
             marked.add(role)
     figure.update_layout(title="Linear interpolation between two models")
-    figure.update_xaxes(title_text="interpolation weight t (0 = first model, 1 = second)")
     figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
     figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
-    return figure
+    return legend_below(figure)
 
 
 def metric_values(metrics: GridMetrics, metric: str) -> tuple[np.ndarray, str]:
@@ -362,7 +443,8 @@ def metric_values(metrics: GridMetrics, metric: str) -> tuple[np.ndarray, str]:
 
 
 def plane_figure(result: PlaneResult, metric: str = "test_loss") -> go.Figure:
-    """A contour map of ``metric`` over the plane through three models, each marked in its role's colour."""
+    """A contour map of ``metric`` over the plane through three models, each marked in its role's colour, as wide as
+    the page (so x and y are drawn to different scales; the hover gives the coordinates)."""
     values, title = metric_values(result.metrics, metric)
     figure = go.Figure(
         go.Contour(
@@ -370,7 +452,7 @@ def plane_figure(result: PlaneResult, metric: str = "test_loss") -> go.Figure:
             y=result.y,
             z=values,
             colorscale="Viridis",
-            colorbar={"title": {"text": title}},
+            colorbar={"title": {"text": title, "side": "right"}},
             hovertemplate="x = %{x:.3f}<br>y = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>",
             name=title,
         )
@@ -390,35 +472,38 @@ def plane_figure(result: PlaneResult, metric: str = "test_loss") -> go.Figure:
             )
         )
     figure.update_layout(title=f"Plane through three models: {title}")
-    figure.update_xaxes(title_text="x along θ_B − θ_A (parameter-space distance)")
-    figure.update_yaxes(
-        title_text="y, orthogonal, towards θ_C (parameter-space distance)", scaleanchor="x", scaleratio=1
-    )
-    return figure
+    figure.update_xaxes(title_text="x along θ_B − θ_A (parameter distance)")
+    figure.update_yaxes(title_text="y ⟂ x, towards θ_C (parameter distance)")
+    return full_width_map(figure)
 
 
-def random_directions_figure(result: RandomDirectionsResult, metric: str = "test_loss") -> go.Figure:
+def random_directions_figure(
+    result: RandomDirectionsResult, metric: str = "test_loss", name: str | None = None
+) -> go.Figure:
     """One direction: train/test loss and accuracy against ``α``; two directions: a contour of ``metric`` over
-    ``(α, β)`` with the model at the origin."""
-    axis = "α along filter-normalised direction 1 (units of the weights' filter norms)"
+    ``(α, β)`` with the model at the origin. The model is called ``name`` (its name in the workspace; the stored
+    label by default) and drawn in the colour of the stored label, its role."""
+    name = name or result.label
+    colour = model_colour(result.label)
+    axis = "α along filter-normalised direction 1"
+    title = f"Loss around {name}<br><sup>random filter-normalised directions (Li et al. 2018)</sup>"
     if result.dims == 1:
-        figure = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
-        split_lines(figure, result.alphas, result.metrics, model_colour(result.label), result.label, "α")
-        figure.update_xaxes(title_text=axis)
+        figure = pair_figure(axis)
+        split_lines(figure, result.alphas, result.metrics, colour, name, "α")
         figure.update_yaxes(title_text=LOSS_TITLE, row=1, col=1)
         figure.update_yaxes(title_text=ACCURACY_TITLE, row=1, col=2)
-        figure.update_layout(title=f"Loss along a random filter-normalised direction around {result.label}")
-        return figure
-    values, title = metric_values(result.metrics, metric)
+        figure.update_layout(title=title)
+        return legend_below(figure)
+    values, metric_title = metric_values(result.metrics, metric)
     figure = go.Figure(
         go.Contour(
             x=result.alphas,
             y=result.alphas,
             z=values,
             colorscale="Viridis",
-            colorbar={"title": {"text": title}},
-            hovertemplate="α = %{x:.3f}<br>β = %{y:.3f}<br>" + title + " = %{z:.4f}<extra></extra>",
-            name=title,
+            colorbar={"title": {"text": metric_title, "side": "right"}},
+            hovertemplate="α = %{x:.3f}<br>β = %{y:.3f}<br>" + metric_title + " = %{z:.4f}<extra></extra>",
+            name=metric_title,
         )
     )
     figure.add_trace(
@@ -426,22 +511,18 @@ def random_directions_figure(result: RandomDirectionsResult, metric: str = "test
             x=[0.0],
             y=[0.0],
             mode="markers+text",
-            text=[result.label],
+            text=[name],
             textposition="top center",
-            name=result.label,
+            name=name,
             showlegend=False,
-            marker={"size": 13, "color": model_colour(result.label), "line": {"width": 1.5, "color": "white"}},
-            hovertemplate=result.label + "<extra></extra>",
+            marker={"size": 13, "color": colour, "line": {"width": 1.5, "color": "white"}},
+            hovertemplate=name + "<extra></extra>",
         )
     )
-    figure.update_layout(title=f"Loss surface around {result.label} (Li et al. 2018 filter-normalised directions)")
+    figure.update_layout(title=title)
     figure.update_xaxes(title_text=axis)
-    figure.update_yaxes(
-        title_text="β along filter-normalised direction 2 (units of the weights' filter norms)",
-        scaleanchor="x",
-        scaleratio=1,
-    )
-    return figure
+    figure.update_yaxes(title_text="β along filter-normalised direction 2")
+    return full_width_map(figure)
 
 
 def figure_rows(figure: go.Figure) -> list[dict[str, Any]]:

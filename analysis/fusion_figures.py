@@ -3,14 +3,14 @@ comparison of fused models. Pure functions of library results; colours per model
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.figures import model_colour
+from analysis.figures import AXIS_MARGIN, OTHER_COLOURS, TOP_MARGIN, legend_below, model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
 from analysis.norms import GroupNorms, Survival
 from analysis.overlap import EigenvectorOverlap
@@ -114,27 +114,53 @@ def neuron_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incomin
         title=f"{side} neuron norms per layer",
         xaxis_title="neuron group (its first layer)",
         yaxis_title=f"{side} L2 norm of a neuron's weights",
-        height=460,
     )
-    return figure
+    return legend_below(figure)
 
 
-def sharpness_gap_figure(summaries: Sequence[Sharpness], measure: str = "λ1") -> go.Figure:
+OTHER_MODELS_COLOUR = "#A6A6A6"
+"""Trained models of the workspace that a page does not show: no parent role there, so none of the parents' colours."""
+
+
+def workspace_role(summary: Sharpness, roles: Mapping[str, str]) -> str:
+    """The role a model takes in a workspace-wide chart: its role on the page (``roles``, by model id), or, for a
+    model the page does not show, ``other trained models`` (trained or imported) or ``other <role> models``."""
+    if summary.model in roles:
+        return roles[summary.model]
+    return "other trained models" if summary.role.startswith("parent") else f"other {summary.role} models"
+
+
+def sharpness_gap_figure(
+    summaries: Sequence[Sharpness], measure: str = "λ1", roles: Mapping[str, str] | None = None
+) -> go.Figure:
     """Sharpness (``λ1`` or ``trace``) against the generalisation gap (test minus train loss) of every model with a
-    stored Hessian, one colour per method; models without both losses are left out."""
+    stored Hessian; models without both losses are left out. The page's models (``roles``: model id to role) are
+    filled markers in their roles' colours; the rest of the workspace open markers in the colour of their kind
+    (:func:`workspace_role`)."""
+    roles = dict(roles or {})
     figure = go.Figure()
     shown = [s for s in summaries if s.gap is not None]
-    for method in sorted({s.method for s in shown}):
-        points = [s for s in shown if s.method == method]
+    by_role: dict[str, list[Sharpness]] = {}
+    for summary in sorted(shown, key=lambda s: s.model not in roles):
+        by_role.setdefault(workspace_role(summary, roles), []).append(summary)
+    for role, points in by_role.items():
+        on_page = points[0].model in roles
+        kind = role.removeprefix("other ").removesuffix(" models")
+        colour = role_colour(role) if on_page else OTHER_MODELS_COLOUR if kind == "trained" else role_colour(kind)
         figure.add_trace(
             go.Scatter(
                 x=[s.gap for s in points],
                 y=[s.eigenvalues[0] if measure == "λ1" else s.trace for s in points],
                 mode="markers",
-                name=method,
-                marker={"size": 11, "color": model_colour(method)},
-                text=[f"{s.name} ({s.model})" for s in points],
-                hovertemplate="%{text}<br>gap %{x:.4f} nats<br>" + measure + " %{y:.4g}<extra>" + method + "</extra>",
+                name=role,
+                marker={
+                    "size": 12 if on_page else 9,
+                    "color": colour,
+                    "symbol": "circle" if on_page else "circle-open",
+                    "line": {"width": 0 if on_page else 2},
+                },
+                text=[f"{s.name} ({s.model}, {s.method})" for s in points],
+                hovertemplate="%{text}<br>gap %{x:.4f} nats<br>" + measure + " %{y:.4g}<extra>" + role + "</extra>",
             )
         )
     figure.update_layout(
@@ -142,36 +168,55 @@ def sharpness_gap_figure(summaries: Sequence[Sharpness], measure: str = "λ1") -
         xaxis_title="generalisation gap: test loss − train loss (nats)",
         yaxis_title=f"{measure} of the loss Hessian",
         yaxis_type="log" if all((s.eigenvalues[0] if measure == "λ1" else s.trace) > 0 for s in shown) else "linear",
-        height=460,
     )
-    return figure
+    return legend_below(figure)
+
+
+OVERLAP_HEIGHT = 300
+"""Height (px) of one eigenvector-overlap heatmap."""
+OVERLAP_GAP = 110
+"""Room (px) between two stacked overlap heatmaps: the upper one's x tick labels and axis title, the lower one's
+subplot title."""
 
 
 def overlap_figure(overlaps: Sequence[EigenvectorOverlap], parents: Sequence[str]) -> go.Figure:
-    """One heatmap per parent: ``|u_i . P v_j|`` between the fused model's eigenvector ``i`` (rows) and the parent's
-    eigenvector ``j`` mapped into the fused model's order (columns), 0 to 1."""
-    figure = make_subplots(rows=1, cols=len(overlaps), subplot_titles=[f"fused vs {p}" for p in parents])
-    for col, overlap in enumerate(overlaps, start=1):
+    """One heatmap per parent, stacked so that none draws over another at any width: ``|u_i . P v_j|`` between the
+    fused model's eigenvector ``i`` (rows) and the parent's eigenvector ``j`` mapped into the fused model's order
+    (columns), 0 to 1."""
+    count = len(overlaps)
+    plot = count * OVERLAP_HEIGHT + (count - 1) * OVERLAP_GAP
+    figure = make_subplots(
+        rows=count,
+        cols=1,
+        subplot_titles=[f"fused vs {p}" for p in parents],
+        vertical_spacing=OVERLAP_GAP / plot if count > 1 else 0,
+    )
+    for row, overlap in enumerate(overlaps, start=1):
         k, m = overlap.overlap.shape
+        parent = parents[row - 1]
         figure.add_trace(
             go.Heatmap(
                 z=overlap.overlap,
-                x=[f"{parents[col - 1]} v{j + 1} (λ {overlap.parent_eigenvalues[j]:.3g})" for j in range(m)],
-                y=[f"fused u{i + 1} (λ {overlap.fused_eigenvalues[i]:.3g})" for i in range(k)],
+                x=[f"v{j + 1} (λ {overlap.parent_eigenvalues[j]:.3g})" for j in range(m)],
+                y=[f"u{i + 1} (λ {overlap.fused_eigenvalues[i]:.3g})" for i in range(k)],
                 zmin=0,
                 zmax=1,
                 colorscale="Blues",
-                showscale=col == len(overlaps),
+                showscale=row == 1,
+                colorbar={"title": "overlap", "len": OVERLAP_HEIGHT / plot, "y": 1, "yanchor": "top"},
                 texttemplate="%{z:.2f}",
-                name=f"fused vs {parents[col - 1]}",
-                hovertemplate="%{y} · %{x}<br>overlap %{z:.3f}<extra></extra>",
+                name=f"fused vs {parent}",
+                hovertemplate="fused %{y} · " + parent + " %{x}<br>overlap %{z:.3f}<extra></extra>",
             ),
-            row=1,
-            col=col,
+            row=row,
+            col=1,
         )
-        figure.update_yaxes(autorange="reversed", row=1, col=col)
+        figure.update_xaxes(title_text=f"{parent}'s eigenvector v_j, mapped", row=row, col=1)
+        figure.update_yaxes(title_text="fused eigenvector u_i", autorange="reversed", row=row, col=1)
     figure.update_layout(
-        title="Overlap of the top Hessian eigenvectors, parents mapped by the fusion's maps", height=420
+        title="Overlap of the top Hessian eigenvectors<br><sup>parents' eigenvectors mapped by the fusion's maps</sup>",
+        height=TOP_MARGIN + plot + AXIS_MARGIN,
+        margin={"t": TOP_MARGIN, "b": AXIS_MARGIN},
     )
     return figure
 
@@ -230,9 +275,8 @@ def head_norms_figure(norms: dict[str, list[GroupNorms]], side: str = "incoming"
         title=f"{side} norms of whole attention heads",
         xaxis_title="attention group (query/key or value) and head",
         yaxis_title="L2 norm of the head's weights",
-        height=460,
     )
-    return figure
+    return legend_below(figure)
 
 
 def survival_figure(survival: Survival, parents: Sequence[str]) -> go.Figure:
@@ -265,9 +309,8 @@ def survival_figure(survival: Survival, parents: Sequence[str]) -> go.Figure:
         xaxis_title="rank by importance (largest first)",
         yaxis_title="importance (squared L2 over the group's weights)",
         yaxis_type="log",
-        height=420,
     )
-    return figure
+    return legend_below(figure)
 
 
 def comparison_figure(rows: Sequence[Score]) -> go.Figure:
@@ -328,28 +371,36 @@ def finetune_comparison_figure(rows: Sequence[dict], references: Sequence[tuple[
         xaxis_title="fusion method",
         yaxis_title="test accuracy (%)",
         yaxis_range=ACCURACY_RANGE,
-        height=420,
     )
-    return figure
+    return legend_below(figure)
+
+
+SEED_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "star", "cross", "hexagon")
+"""One marker per seed of a sweep (with its own colour), so two seeds read apart where their points meet."""
 
 
 def sweep_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
     """A sweep's finished fusion jobs (:func:`analysis.sweeps.table.job_rows`): test accuracy (%) per method and
-    option set, one point per seed, and, when the sweep fine-tuned, the fine-tuned accuracy beside it."""
+    option set, one point per seed (the k-th seed in the k-th of :data:`OTHER_COLOURS` and :data:`SEED_SYMBOLS`, no
+    role's colour), and, when the sweep fine-tuned, the fine-tuned accuracy beside it."""
     done = [r for r in rows if r["state"] == "done" and r.get("test_accuracy_pct") is not None]
     tuned = any(r.get("finetuned_accuracy_pct") is not None for r in done)
-    titles = ("fused: test accuracy (%)", "fine-tuned: test accuracy (%)") if tuned else ("test accuracy (%)",)
+    titles = ("fused", "fine-tuned") if tuned else ("fused",)
     figure = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True)
     label = lambda r: r["method"] + (f" ({r['options']})" if r["options"] else "")  # noqa: E731
     for col, column in enumerate(("test_accuracy_pct", "finetuned_accuracy_pct")[: len(titles)], start=1):
-        for seed in sorted({r["seed"] for r in done}):
+        for index, seed in enumerate(sorted({r["seed"] for r in done})):
             points = [r for r in done if r["seed"] == seed and r.get(column) is not None]
             figure.add_trace(
                 go.Scatter(
                     x=[label(r) for r in points],
                     y=[r[column] for r in points],
                     mode="markers",
-                    marker={"size": 10, "color": model_colour(f"seed {seed}")},
+                    marker={
+                        "size": 11,
+                        "color": OTHER_COLOURS[index % len(OTHER_COLOURS)],
+                        "symbol": SEED_SYMBOLS[index % len(SEED_SYMBOLS)],
+                    },
                     name=f"seed {seed}",
                     legendgroup=f"seed {seed}",
                     showlegend=col == 1,
@@ -359,5 +410,6 @@ def sweep_figure(rows: Sequence[dict[str, Any]]) -> go.Figure:
                 row=1,
                 col=col,
             )
-    figure.update_layout(title=f"{len(done)} finished fusion job(s)", height=420, legend_title_text="seed")
-    return figure
+    figure.update_layout(title=f"{len(done)} finished fusion job(s)", legend_title_text="seed")
+    figure.update_yaxes(title_text="test accuracy (%)", row=1, col=1)
+    return legend_below(figure)

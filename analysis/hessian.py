@@ -21,9 +21,20 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis import AnalysisError
-from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
+from analysis.cost import (
+    CostEstimate,
+    SlowAnalysisWarning,
+    StepTime,
+    check_estimate,
+    check_units,
+    per_step,
+    saved_bytes,
+    seconds_range,
+    time_step,
+)
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_estimators import (
+    MIN_TRACE_PROBES,
     EigenvalueDensity,
     HessianTrace,
     LayerHessian,
@@ -35,7 +46,15 @@ from analysis.hessian_estimators import (
     slq_density,
 )
 from analysis.hessian_operator import HessianOperator, Loss, cross_entropy_loss, sample_data
-from analysis.perturbation import EigenPlane, PerturbationCurve, eigen_plane, perturbation_study, study_directions
+from analysis.lanczos import lanczos, lanczos_start
+from analysis.perturbation import (
+    EigenPlane,
+    PerturbationCurve,
+    eigen_plane,
+    perturbation_curve,
+    perturbation_study,
+    study_directions,
+)
 from analysis.states import eval_mode
 from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
@@ -104,22 +123,51 @@ def check_products(models: Sequence[nn.Module], config: HessianConfig) -> int:
     return total
 
 
+TIMED_PRODUCTS = 4
+"""Lanczos steps timed by :func:`estimate_hessian_cost` for the time of one Hessian-vector product."""
+TIMED_POINTS = 3
+"""Perturbation-curve points timed by :func:`estimate_hessian_cost` for the time of one."""
+
+
+def fewest_hessian_products(model: nn.Module, config: HessianConfig = HessianConfig()) -> dict[str, int]:
+    """The fewest Hessian-vector products :func:`hessian_report` can use, by stage: :func:`hessian_products` with the
+    top-k Lanczos run stopped at its first chance (``deflation`` steps, more than ``k``, kept for the trace) and the
+    trace at :data:`MIN_TRACE_PROBES`; the other stages do not stop early."""
+    size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    products = hessian_products(model, config)
+    lanczos_steps = min(max(config.iterations, config.deflation), size)
+    products["top eigenvalues"] = min(max(config.deflation, config.top_k + 1), lanczos_steps)
+    products["trace"] = min(MIN_TRACE_PROBES, config.probes)
+    return products
+
+
 def estimate_hessian_cost(
     model: nn.Module,
     data: tuple[torch.Tensor, torch.Tensor],
     config: HessianConfig = HessianConfig(),
     device: torch.device | None = None,
     loss: Loss = cross_entropy_loss,
+    evaluated: int | None = None,
+    lines: int = 0,
 ) -> CostEstimate:
-    """The cost of :func:`hessian_report`: :func:`hessian_products` (an upper bound), the passes of data batches
-    they take, and seconds and memory measured on a probe of at most 128 examples, timed for a forward pass, a
-    gradient with its graph and one Hessian-vector product, and scaled to the sample. Memory: the state, the data,
-    the gradient graphs kept (the tensors autograd saves; every batch's with ``cache_graph``), the Lanczos basis
-    (the larger of the top-k and, reorthogonalised, the density run) and the top-k eigenvectors."""
+    """The cost of :func:`hessian_report`: :func:`hessian_products` (an upper bound) and one more for each of ``lines``
+    lines to other models, the passes of data batches they take, the perturbation curves' forward passes over
+    ``evaluated`` examples a point (the sampled evaluation splits; default: the sample, twice), and seconds and memory
+    measured on one batch of the run's size (``batch_size`` examples of the sample at most): a forward pass, a gradient
+    with its graph, :data:`TIMED_PRODUCTS` Lanczos steps (each a Hessian-vector product with the reorthogonalisation
+    around it) and :data:`TIMED_POINTS` points of a perturbation curve, each timed after a warm-up
+    (:func:`analysis.cost.time_step`) and scaled to the sample, plus the time of this estimate, which the run makes
+    first. The top eigenvalues and the trace stop between :func:`fewest_hessian_products` and :func:`hessian_products`:
+    the estimate takes the middle, its range both ends. Memory: the state, the data, the gradient graphs kept (the
+    tensors autograd saves; every batch's with ``cache_graph``), the Lanczos basis (the larger of the top-k and,
+    reorthogonalised, the density run) and the top-k eigenvectors."""
+    started = time.perf_counter()
     device = device or default_device()
     products = hessian_products(model, config)
+    most, fewest = (sum(counts.values()) + lines for counts in (products, fewest_hessian_products(model, config)))
     inputs, targets = sample_data(data, config)
     samples = len(inputs)
+    evaluated = 2 * samples if evaluated is None else evaluated
     batches = math.ceil(samples / config.batch_size)
     size = sum(p.numel() for p in model.parameters() if p.requires_grad)
     operators = 1 + (len(layer_parameters(model)) if config.layers else 0)
@@ -130,51 +178,60 @@ def estimate_hessian_cost(
         vector_passes += products["layers"]
     graphs = operators if config.cache_graph else vector_passes
     graphs += config.batch_parts if config.batch_parts > 1 else 0
-    curve_points = 2 * ((config.top_k + config.random_directions) * config.perturb_points + config.plane_points**2)
-    forwards = operators + curve_points
+    curve_points = (config.top_k + config.random_directions + lines) * config.perturb_points + config.plane_points**2
+    forwards = operators + 2 * curve_points
 
-    probe = (inputs[: min(128, samples)].to(device), targets[: min(128, samples)].to(device))
+    batch = min(config.batch_size, samples)
+    probe = (inputs[:batch].to(device), targets[:batch].to(device))
     params = {n: p.detach().to(device).requires_grad_() for n, p in model.named_parameters() if p.requires_grad}
     fixed = {k: v.detach().to(device) for k, v in model.state_dict().items() if k not in params}
     leaves = list(params.values())
     gradients: list[torch.Tensor] = []
     twin, rename = differentiable_twin(model)
 
-    def graph() -> None:
-        value = loss(functional_call(twin, rename({**params, **fixed}), (probe[0],)), probe)
-        gradients[:] = torch.autograd.grad(value, leaves, create_graph=True, materialize_grads=True)
+    def forward() -> torch.Tensor:
+        return loss(functional_call(twin, rename({**params, **fixed}), (probe[0],)), probe)
 
-    def timed(run: Callable[[], Any]) -> float:
-        started = time.perf_counter()
-        run()
-        return time.perf_counter() - started
+    def graph() -> None:
+        gradients[:] = torch.autograd.grad(forward(), leaves, create_graph=True, materialize_grads=True)
 
     with eval_mode(twin), torch.enable_grad():
-        graph_bytes = saved_bytes(graph, shared=[*leaves, *fixed.values()]) / len(probe[0])
-        tangents = [torch.ones_like(leaf) for leaf in leaves]
-        hvp = lambda: torch.autograd.grad(gradients, leaves, tangents, retain_graph=True, materialize_grads=True)  # noqa: E731
-        hvp()
-        timings = [
-            timed(lambda: loss(functional_call(twin, rename({**params, **fixed}), (probe[0],)), probe)),
-            timed(graph),
-            timed(hvp),
-        ]
-    forward, with_graph, product = (t / len(probe[0]) for t in timings)
-    seconds = samples * (forward * forwards + with_graph * graphs + product * sum(products.values()))
+        graph_bytes = saved_bytes(graph, shared=[*leaves, *fixed.values()]) / batch
+        timed_graph = time_step(graph)
+    batch_config = replace(config, samples=None, batch_size=batch, batch_parts=1)
+    operator = HessianOperator(model, (probe[0].cpu(), probe[1].cpu()), batch_config, device, loss)
+    start = lanczos_start(operator.size, config.seed)
+    product = per_step(time_step(lambda: lanczos(operator, start, TIMED_PRODUCTS, True)), TIMED_PRODUCTS)
+    no_direction = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}
+    points = [0.0] * TIMED_POINTS
+    curve = time_step(lambda: perturbation_curve(model, no_direction, probe, points, device, batch_size=batch))
+    steps = [time_step(forward), timed_graph, product, per_step(curve, TIMED_POINTS)]
+    per_batch = samples / batch
+
+    def total(pick: Callable[[StepTime], float], products_done: float) -> float:
+        forward_time, graph_time, product_time, point_time = (pick(step) for step in steps)
+        curves = point_time * curve_points * evaluated / batch
+        return per_batch * (forward_time * operators + graph_time * graphs + product_time * products_done) + curves
+
+    seconds = total(lambda step: step.median, (fewest + most) / 2)
+    low, high = seconds_range(seconds, total(lambda step: step.fastest, fewest), total(lambda step: step.slowest, most))
     kept = samples if config.cache_graph else min(config.batch_size, samples)
     state_bytes = sum(v.numel() * v.element_size() for v in model.state_dict().values())
     basis = max(lanczos_steps, config.runs * min(config.steps, size) if config.reorthogonalize else config.runs)
     vectors = (basis + config.top_k + 4 * config.block_size) * size * 4
     memory = state_bytes + samples * inputs[0].numel() * inputs.element_size() + kept * graph_bytes + vectors
-    return CostEstimate(
-        sum(products.values()),
+    estimate = CostEstimate(
+        most,
         HESSIAN_PRODUCTS,
         (forwards + graphs) * batches,
         (graphs + vector_passes) * batches,
         (forwards + graphs) * samples,
         seconds,
         int(memory),
+        low,
+        high,
     )
+    return estimate.plus_seconds(time.perf_counter() - started)  # the run checks its limits with this estimate first
 
 
 def check_hessian_limits(estimate: CostEstimate, config: HessianConfig) -> None:

@@ -10,15 +10,15 @@ from typing import Literal
 
 from analysis.grid import step_grid
 from fusion.errors import ConfigError
+from fusion.problems import Checked, Checks, given
 from fusion.records import Record
-from fusion.seeds import check_seed
 
 StepScale = Literal["absolute", "relative", "filter"]
 STEP_SCALES: tuple[StepScale, ...] = ("absolute", "relative", "filter")
 
 
 @dataclass(frozen=True)
-class HessianConfig(Record):
+class HessianConfig(Record, Checked):
     """Data, iteration counts and seeds of the Hessian analyses.
 
     ``samples`` examples (``None``: all given) drawn with ``seed``, in batches of ``batch_size`` (the otfusion study
@@ -96,53 +96,60 @@ class HessianConfig(Record):
         metadata={"help": "also perturb along the line to each parent (aligned, for fusions by averaging)"},
     )
 
-    def __post_init__(self) -> None:
-        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
-            raise ConfigError(f"samples must be a positive integer or None (all), got {self.samples!r}")
-        for name, low, high in (
-            ("batch_size", 1, 65536),
-            ("iterations", 1, 100_000),
-            ("top_k", 1, 10_000),
-            ("probes", 1, 1_000_000),
-            ("deflation", 0, 100_000),
-            ("steps", 1, 100_000),
-            ("runs", 1, 10_000),
-            ("bins", 50, 1_000_000),
-            ("block_size", 1, 4096),
-            ("perturb_points", 3, 1001),
-            ("random_directions", 0, 100),
-            ("batch_parts", 1, 100),
-            ("plane_points", 0, 201),
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not low <= value <= high:
-                raise ConfigError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-        if self.iterations < self.top_k:
-            raise ConfigError(f"iterations ({self.iterations}) must be at least top_k ({self.top_k})")
-        if not (isinstance(self.tolerance, (int, float)) and 0 < self.tolerance < 1):
-            raise ConfigError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
-        if not (isinstance(self.trace_tolerance, (int, float)) and 0 <= self.trace_tolerance < 1):
-            raise ConfigError(f"trace_tolerance must be in [0, 1), got {self.trace_tolerance!r}")
+    def check(self, checks: Checks) -> None:
+        if self.samples is not None:
+            checks.whole("samples", self.samples, 1)
+        counts_valid = [
+            checks.whole(name, getattr(self, name), low, high)
+            for name, low, high in (
+                ("batch_size", 1, 65536),
+                ("iterations", 1, 100_000),
+                ("top_k", 1, 10_000),
+                ("probes", 1, 1_000_000),
+                ("deflation", 0, 100_000),
+                ("steps", 1, 100_000),
+                ("runs", 1, 10_000),
+                ("bins", 50, 1_000_000),
+                ("block_size", 1, 4096),
+                ("perturb_points", 3, 1001),
+                ("random_directions", 0, 100),
+                ("batch_parts", 1, 100),
+                ("plane_points", 0, 201),
+            )
+        ]
+        if all(counts_valid):
+            if self.iterations < self.top_k:
+                checks.add(
+                    "iterations", f"{{iterations}} ({self.iterations}) must be at least {{top_k}} ({self.top_k})"
+                )
+            if self.plane_points and (self.plane_points < 3 or self.top_k < 2):
+                checks.add(
+                    "plane_points",
+                    f"{{plane_points}} must be 0 (no plane) or at least 3 with {{top_k}} of at least 2, got "
+                    f"{self.plane_points} with {{top_k}} {self.top_k}",
+                )
+        checks.number("tolerance", self.tolerance, 0, 1, above=True, below=True)
+        checks.number("trace_tolerance", self.trace_tolerance, 0, 1, below=True)
         if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (self.perturb_low, self.perturb_high)):
-            raise ConfigError(
-                f"perturb_low and perturb_high must be numbers, got {self.perturb_low!r}, {self.perturb_high!r}"
+            checks.add(
+                "perturb_low",
+                f"{{perturb_low}} and {{perturb_high}} must be numbers, got {given(self.perturb_low)}, "
+                f"{given(self.perturb_high)}",
             )
-        if not self.perturb_low < self.perturb_high:
-            raise ConfigError(f"perturb_low ({self.perturb_low}) must be below perturb_high ({self.perturb_high})")
-        for points in {self.perturb_points, self.plane_points} - {0}:
-            step_grid(self.perturb_low, self.perturb_high, points, "perturb_low..perturb_high")
-        if self.plane_points and (self.plane_points < 3 or self.top_k < 2):
-            raise ConfigError(
-                f"plane_points must be 0 (no plane) or at least 3 with top_k of at least 2, got {self.plane_points} "
-                f"with top_k {self.top_k}"
+        elif not self.perturb_low < self.perturb_high:
+            checks.add(
+                "perturb_low",
+                f"{{perturb_low}} ({self.perturb_low}) must be below {{perturb_high}} ({self.perturb_high})",
             )
-        if self.step_scale not in STEP_SCALES:
-            raise ConfigError(f"step_scale must be one of {', '.join(STEP_SCALES)}, got {self.step_scale!r}")
-        if not (isinstance(self.kernel_width, (int, float)) and 0 < self.kernel_width <= 1):
-            raise ConfigError(f"kernel_width must be in (0, 1], got {self.kernel_width!r}")
-        check_seed(self.seed)
-        if not isinstance(self.max_products, int) or self.max_products < 1:
-            raise ConfigError(f"max_products must be a positive integer, got {self.max_products!r}")
+        elif all(counts_valid):
+            for points in sorted({self.perturb_points, self.plane_points} - {0}):
+                try:
+                    step_grid(self.perturb_low, self.perturb_high, points, "{perturb_low}..{perturb_high}")
+                except ConfigError as exc:  # its message names the range by the two fields, in braces
+                    checks.add("perturb_low", str(exc))
+        checks.choice("step_scale", self.step_scale, STEP_SCALES)
+        checks.number("kernel_width", self.kernel_width, 0, 1, above=True)
+        checks.seed("seed", self.seed)
+        checks.whole("max_products", self.max_products, 1)
         for name in ("max_seconds", "warn_seconds", "max_memory_gb"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+            checks.number(name, getattr(self, name), 0, above=True)

@@ -28,6 +28,7 @@ under load from other jobs at 1.5-2x: not a gain worth a default. With
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +42,15 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from analysis import AnalysisError
-from analysis.cost import CostEstimate, SlowAnalysisWarning, check_estimate, check_units, saved_bytes
+from analysis.cost import (
+    CostEstimate,
+    SlowAnalysisWarning,
+    check_estimate,
+    check_units,
+    saved_bytes,
+    seconds_range,
+    time_step,
+)
 from analysis.grid import step_grid
 from analysis.states import State, eval_mode, float_state
 from fusion.batchnorm import has_batchnorm, recompute_batchnorm
@@ -50,10 +59,10 @@ from fusion.device import default_device
 from fusion.distributed import all_reduce_sum, shard
 from fusion.errors import ArchitectureError, ConfigError, CostLimitError, DatasetError, NonFiniteLoss
 from fusion.groups import neuron_groups
+from fusion.problems import Checked, Checks, given
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, to_json
 from fusion.repair import repair as renormalise_to_parents
-from fusion.seeds import check_seed
 
 POINTS_PER_CALL_BUDGET = 25_000_000
 """Automatic chunking on CUDA: at most ``floor(budget / parameters)`` points per vmapped call (100 MB of float32
@@ -69,7 +78,7 @@ class SlowLandscapeWarning(SlowAnalysisWarning):
 
 
 @dataclass(frozen=True)
-class LandscapeConfig(Record):
+class LandscapeConfig(Record, Checked):
     """Grid, data and limits of a landscape.
 
     ``resolution`` points per axis (interpolation: ``t`` in ``linspace(0, 1, resolution)``; random directions:
@@ -98,29 +107,24 @@ class LandscapeConfig(Record):
     warn_seconds: float = field(default=600.0, metadata={"help": "warn for grids estimated to take longer (s)"})
     max_memory_gb: float = field(default=16.0, metadata={"help": "refuse grids estimated to hold more memory (GiB)"})
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.resolution, int) or not 2 <= self.resolution <= 1001:
-            raise ConfigError(f"resolution must be an integer from 2 to 1001, got {self.resolution!r}")
-        if not (math.isfinite(self.span) and self.span > 0):
-            raise ConfigError(f"span must be a positive number, got {self.span!r}")
-        step_grid(-self.span, self.span, self.resolution, "span")
-        if not (math.isfinite(self.margin) and 0 <= self.margin <= 10):
-            raise ConfigError(f"margin must be in [0, 10], got {self.margin!r}")
-        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
-            raise ConfigError(f"samples must be a positive integer or None (all), got {self.samples!r}")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 65536:
-            raise ConfigError(f"batch size must be an integer from 1 to 65536, got {self.batch_size!r}")
-        if not isinstance(self.points_per_call, int) or not 0 <= self.points_per_call <= 4096:
-            raise ConfigError(
-                f"points_per_call must be an integer from 0 (automatic) to 4096, got {self.points_per_call!r}"
-            )
-        if not isinstance(self.max_points, int) or self.max_points < 1:
-            raise ConfigError(f"max_points must be a positive integer, got {self.max_points!r}")
-        if not (self.max_seconds > 0 and self.warn_seconds > 0):
-            raise ConfigError(f"time limits must be positive, got max {self.max_seconds!r}, warn {self.warn_seconds!r}")
-        check_seed(self.seed)
-        if not self.max_memory_gb > 0:
-            raise ConfigError(f"max_memory_gb must be positive, got {self.max_memory_gb!r}")
+    def check(self, checks: Checks) -> None:
+        resolution = checks.whole("resolution", self.resolution, 2, 1001)
+        if not (isinstance(self.span, (int, float)) and math.isfinite(self.span) and self.span > 0):
+            checks.add("span", f"{{span}} must be a positive number, got {given(self.span)}")
+        elif resolution:
+            try:
+                step_grid(-self.span, self.span, self.resolution, "{span}")
+            except ConfigError as exc:  # its message names the range by the field, in braces
+                checks.add("span", str(exc))
+        checks.number("margin", self.margin, 0, 10)
+        if self.samples is not None:
+            checks.whole("samples", self.samples, 1)
+        checks.whole("batch_size", self.batch_size, 1, 65_536)
+        checks.whole("points_per_call", self.points_per_call, 0, 4096, note=" (0: automatic)")
+        checks.whole("max_points", self.max_points, 1)
+        for name in ("max_seconds", "warn_seconds", "max_memory_gb"):
+            checks.number(name, getattr(self, name), 0, above=True)
+        checks.seed("seed", self.seed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -287,6 +291,10 @@ def evaluate_grid(
     return GridMetrics(*(np.array(c) for c in columns))
 
 
+TIMED_EXAMPLES = 2048
+"""At most this many examples of each split go through the timed grid point; a larger sample is scaled to."""
+
+
 @torch.no_grad()
 def estimate_cost(
     model: nn.Module,
@@ -295,36 +303,47 @@ def estimate_cost(
     config: LandscapeConfig = LandscapeConfig(),
     device: torch.device | None = None,
     bases: int = 3,
+    renormalise: Callable[[nn.Module, list[float]], object] | None = None,
 ) -> CostEstimate:
-    """Count the forward passes of a grid of ``points`` points over ``bases`` state_dicts and time one batch to
-    estimate its seconds (pessimistic for small models, which ``vmap`` evaluates several points at a time). Memory:
-    the stacked bases, one chunk of points' states, and the activations of a chunk on a batch (the tensors autograd
-    would save, an upper bound on what inference holds) and the data."""
+    """Count the forward passes of a grid of ``points`` points over ``bases`` state_dicts, and time grid points as the
+    run evaluates them (:func:`evaluate_grid` on one chunk of points with ``config``'s samples, batch size, BatchNorm
+    recomputation and ``renormalise``; samples above :data:`TIMED_EXAMPLES` scaled linearly) to estimate its seconds,
+    with the time of this estimate, which the run makes first. Memory: the stacked bases, one chunk of points' states,
+    and the activations of a chunk on a batch (the tensors autograd would save, an upper bound on what inference holds)
+    and the data. The timed points are ``model`` itself, as the mean of ``bases`` copies of its state."""
+    started = time.perf_counter()
     device = device or default_device()
     sizes = [len(split_sample(data, split, config.samples, config.seed)[0]) for split in ("train", "test")]
+    recompute = config.recompute_batchnorm and has_batchnorm(model)
     passes_per_point = sum(math.ceil(n / config.batch_size) for n in sizes)
     examples_per_point = sum(sizes)
-    if config.recompute_batchnorm and has_batchnorm(model):
+    if recompute:
         passes_per_point += math.ceil(sizes[0] / config.batch_size)
         examples_per_point += sizes[0]
     train_x = data.split("train")[0]
     probe = train_x[: min(config.batch_size, 256)].to(device)
     state = {k: v.to(device) for k, v in model.state_dict().items()}
     params = {k: state[k].detach().clone().requires_grad_() for k, _ in model.named_parameters()}
-    with eval_mode(model):
-        with torch.enable_grad():
-            run = lambda: functional_call(model, {**state, **params}, (probe,))  # noqa: E731
-            activation = saved_bytes(run, [*params.values(), *state.values()]) / len(probe)
-        started = time.perf_counter()
-        functional_call(model, state, (probe,))
-        per_example = (time.perf_counter() - started) / len(probe)
-    per_call = auto_points_per_call(model, device, config.points_per_call)
+    with eval_mode(model), torch.enable_grad():
+        run = lambda: functional_call(model, {**state, **params}, (probe,))  # noqa: E731
+        activation = saved_bytes(run, [*params.values(), *state.values()]) / len(probe)
+    one_at_a_time = recompute or renormalise is not None
+    per_call = 1 if one_at_a_time else auto_points_per_call(model, device, config.points_per_call)
+    timed = dataclasses.replace(config, samples=min(max(sizes), TIMED_EXAMPLES))
+    timed_examples = sum(len(split_sample(data, split, timed.samples, config.seed)[0]) for split in ("train", "test"))
+    chunk = torch.full((per_call, bases), 1 / bases, dtype=torch.float64)
+    stacked = [float_state(model)] * bases
+    step = time_step(lambda: evaluate_grid(model, stacked, chunk, data, timed, device, renormalise=renormalise))
+    scale = points / per_call * sum(sizes) / timed_examples
+    seconds = scale * step.median
+    low, high = seconds_range(seconds, scale * step.fastest, scale * step.slowest)
     state_bytes = sum(v.numel() * 4 for v in float_state(model).values())
     data_bytes = sum(sizes) * train_x[0].numel() * 4
     memory = (bases + per_call) * state_bytes + per_call * min(config.batch_size, max(sizes)) * activation + data_bytes
     passes = points * passes_per_point
-    seconds = points * examples_per_point * per_example
-    return CostEstimate(points, "grid points", passes, 0, points * examples_per_point, seconds, int(memory))
+    examples = points * examples_per_point
+    estimate = CostEstimate(points, "grid points", passes, 0, examples, seconds, int(memory), low, high)
+    return estimate.plus_seconds(time.perf_counter() - started)  # the run checks its limits with this estimate first
 
 
 LOWER = "the resolution or the samples"
@@ -350,12 +369,18 @@ def check_limits(estimate: CostEstimate, config: LandscapeConfig) -> None:
 
 
 def check_cost(
-    model: nn.Module, data: Dataset, points: int, config: LandscapeConfig, device: torch.device, bases: int
+    model: nn.Module,
+    data: Dataset,
+    points: int,
+    config: LandscapeConfig,
+    device: torch.device,
+    bases: int,
+    renormalise: Callable[[nn.Module, list[float]], object] | None = None,
 ) -> CostEstimate:
     """Every limit of ``config`` on a grid, checked before any point is evaluated: :func:`check_points`, then
     :func:`check_limits` on :func:`estimate_cost`."""
     check_points(points, config)
-    estimate = estimate_cost(model, data, points, config, device, bases)
+    estimate = estimate_cost(model, data, points, config, device, bases, renormalise)
     check_limits(estimate, config)
     return estimate
 
@@ -407,7 +432,6 @@ def linear_interpolation(
     check_same_architecture([model_a, model_b])
     parameter_names(model_a)
     ts = np.linspace(0.0, 1.0, config.resolution)
-    check_cost(model_a, data, len(ts) * (repair_passes(model_a) if repair else 1), config, device, bases=2)
     coefficients = torch.tensor(np.stack([1 - ts, ts], axis=1))
     renormalise = None
     if repair:
@@ -416,6 +440,8 @@ def linear_interpolation(
 
         def renormalise(network: nn.Module, weights: list[float]) -> None:
             renormalise_to_parents(network, [model_a, model_b], groups, sample, weights, device, config.batch_size)
+
+    check_cost(model_a, data, len(ts), config, device, 2, renormalise)
 
     bases = [float_state(model_a), float_state(model_b)]
     metrics = evaluate_grid(model_a, bases, coefficients, data, config, device, progress, renormalise)
@@ -432,12 +458,6 @@ def linear_interpolation(
         labels,
         repair,
     )
-
-
-def repair_passes(model: nn.Module) -> int:
-    """Passes over the data one REPAIRed point costs, counted as plain points: the two end points' statistics, one
-    measurement per layer it corrects (an upper bound: every weight layer), and the evaluation itself."""
-    return 3 + sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
 
 
 @dataclass(frozen=True, eq=False)

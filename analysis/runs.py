@@ -6,6 +6,8 @@ none, and each record carries the command line that recomputes it."""
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from collections.abc import Sequence
 from functools import reduce
@@ -13,9 +15,17 @@ from operator import add
 
 import torch
 
-from analysis.cost import CostEstimate
-from analysis.hessian import HessianReport, check_hessian_limits, check_products, estimate_hessian_cost, hessian_report
+from analysis.cost import SPREAD, CostEstimate, training_cost
+from analysis.hessian import (
+    HESSIAN_PRODUCTS,
+    HessianReport,
+    check_hessian_limits,
+    check_products,
+    estimate_hessian_cost,
+    hessian_report,
+)
 from analysis.hessian_config import HessianConfig
+from analysis.hessian_operator import sample_data
 from analysis.landscape import (
     InterpolationResult,
     LandscapeConfig,
@@ -27,19 +37,24 @@ from analysis.landscape import (
     linear_interpolation,
     plane,
     random_directions,
-    repair_passes,
+    split_sample,
 )
 from analysis.maps import stored_maps
 from analysis.overlap import EigenvectorOverlap, check_mapped, eigenvector_overlaps
+from analysis.story import BASELINES as STORY_BASELINES
+from analysis.story import Story
 from fusion.attention_layouts import split_attention_layers
 from fusion.command_lines import command_line, non_default
 from fusion.data import load_dataset
+from fusion.device import default_device
 from fusion.distributed import is_writer
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import neuron_groups
-from fusion.pipeline import parent_role
+from fusion.models import build_model
+from fusion.pipeline import DemoMember, demo_members, parent_role, train_key
 from fusion.progress import Progress, no_progress
 from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.repair import repair as renormalise_to_parents
 from fusion.results import ResultRecord, result_key
 from fusion.transport import Transport
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
@@ -57,9 +72,17 @@ def model_role(record: ModelRecord, index: int) -> str:
         return parent_role(index)
     if record.method == "finetune":
         return "fine-tuned"
-    if record.method in REGISTRY and method_spec(record.method).output == "pruned":
-        return "pruned"
+    if record.method in REGISTRY and method_spec(record.method).output in ("pruned", "ensemble"):
+        return method_spec(record.method).output
     return "fused"
+
+
+def model_roles(records: Sequence[ModelRecord]) -> list[str]:
+    """The colour roles of models shown together: the trained or imported ones are parents A, B, ... in their order
+    among themselves (a fused model between them takes no letter), the others by provenance (:func:`model_role`):
+    [trained, ot, trained, ensemble] are parent A, fused, parent B and ensemble."""
+    parents = [record.method in ("train", "import") for record in records]
+    return [model_role(record, sum(parents[:index])) for index, record in enumerate(records)]
 
 
 def hessian_of(
@@ -225,7 +248,7 @@ def landscape_of(
     if stored is not None:
         return stored
     data = load_dataset(records[0].dataset)
-    roles = [model_role(record, index) for index, record in enumerate(records)]
+    roles = model_roles(records)
     result: LandscapeResult
     if kind == "interpolation":
         result = linear_interpolation(models[0], models[1], data, config, device, progress, labels=(roles[0], roles[1]))
@@ -317,17 +340,56 @@ def hessian_cost_of(
     split: str = "test",
     device: torch.device | None = None,
 ) -> CostEstimate:
-    """What :func:`hessians_of` would cost, summed over the models. Raises :class:`CostLimitError` above
-    ``config.max_products`` products in all, counted from the parameter shapes before anything is measured."""
+    """What :func:`hessians_of` would cost, summed over the models it computes (a model with a stored result for these
+    settings costs nothing), with the time of this estimate, which the run makes first. Raises :class:`CostLimitError`
+    above ``config.max_products`` products in all, counted from the parameter shapes before anything is measured."""
     if not model_ids:
         raise ConfigError("choose at least one model")
+    started = time.perf_counter()
     loaded = [workspace.load(model_id) for model_id in model_ids]
     check_products([model for model, _ in loaded], config)
-    estimates = (
-        estimate_hessian_cost(model, load_dataset(record.dataset).split(split), config, device)
-        for model, record in loaded
+    estimates = [hessian_cost_of_one(workspace, model, record, config, split, device) for model, record in loaded]
+    return reduce(add, estimates).plus_seconds(time.perf_counter() - started)  # hessians_of checks this estimate first
+
+
+def hessian_cost_of_one(
+    workspace: Workspace,
+    model: torch.nn.Module,
+    record: ModelRecord,
+    config: HessianConfig,
+    split: str,
+    device: torch.device | None,
+) -> CostEstimate:
+    """The cost of :func:`hessian_of` for one loaded model: none when stored, else :func:`estimate_hessian_cost` with
+    the sampled train and test splits its curves are evaluated on, a line to each parent of its shapes
+    (:func:`parent_states`), and for a fusion by averaging the alignment run again (its stored ``fusion_seconds``)."""
+    if hessian_record(workspace, record.id, config, split) is not None:
+        return CostEstimate(0, HESSIAN_PRODUCTS, 0, 0, 0, 0.0, 0, 0.0, 0.0)
+    data = load_dataset(record.dataset)
+    estimate = estimate_hessian_cost(
+        model,
+        data.split(split),
+        config,
+        device,
+        evaluated=sum(len(sample_data(data.split(name), config)[0]) for name in ("train", "test")),
+        lines=len(parent_shapes(workspace, record)) if config.lines_to_parents else 0,
     )
-    return reduce(add, estimates)
+    if config.lines_to_parents and averages_aligned(record) and len(record.parents) > 1:
+        estimate = estimate + stored_seconds(record, estimate.unit)
+    return estimate
+
+
+def parent_shapes(workspace: Workspace, record: ModelRecord) -> list[str]:
+    """The parents of ``record`` that :func:`parent_states` draws lines to: stored, with the model's architecture."""
+    if not record.parents or not all(workspace.has(p) for p in record.parents):
+        return []
+    return [p for p in record.parents if workspace.record(p).spec == record.spec]
+
+
+def stored_seconds(record: ModelRecord, unit: str) -> CostEstimate:
+    """Running ``record``'s fusion again, at the seconds it took (``fusion_seconds``, measured when it was made)."""
+    seconds = float(record.metrics.get("fusion_seconds", 0.0))
+    return CostEstimate(0, unit, 0, 0, 0, seconds, 0, seconds / SPREAD, seconds * SPREAD)
 
 
 def hessians_of(
@@ -440,8 +502,10 @@ def fusion_landscape(
 def fusion_landscape_cost(
     workspace: Workspace, fused_id: str, config: LandscapeConfig = LandscapeConfig(), device: torch.device | None = None
 ) -> CostEstimate:
-    """The cost of :func:`fusion_landscape`: its three lines and its plane, summed. Raises :class:`GridTooLarge` when
-    one grid has more than ``config.max_points`` points, before anything is measured."""
+    """The cost of :func:`fusion_landscape`: its three lines, its aligned lines and its plane, summed, with the time of
+    this estimate, which the run makes first. Raises :class:`GridTooLarge` when one grid has more than
+    ``config.max_points`` points, before anything is measured."""
+    started = time.perf_counter()
     record = workspace.record(fused_id)
     runs = [(pair, "interpolation", config.resolution) for pair in fusion_pairs(record)]
     runs.append(([*record.parents, fused_id], "plane", config.resolution**2))
@@ -449,10 +513,30 @@ def fusion_landscape_cost(
         check_points(points, config)
     costs = [landscape_cost(workspace, ids, kind, config, device=device) for ids, kind, _ in runs]
     if averages_aligned(record):
-        model, _ = workspace.load(fused_id)
-        data = load_dataset(record.dataset)
-        costs += [estimate_cost(model, data, config.resolution * (1 + repair_passes(model)), config, device, bases=2)]
-    return reduce(add, costs)
+        costs += aligned_lines_cost(workspace, record, config, device)
+    return reduce(add, costs).plus_seconds(time.perf_counter() - started)  # fusion_landscape checks this first
+
+
+def aligned_lines_cost(
+    workspace: Workspace, record: ModelRecord, config: LandscapeConfig, device: torch.device | None
+) -> list[CostEstimate]:
+    """The cost of :func:`aligned_lines`: the alignment run again (the fusion's stored ``fusion_seconds``) and the
+    two lines, the REPAIRed one timed with REPAIR at each point (toward the stored parents, which cost the same as the
+    aligned ones: REPAIR's work depends on the shapes alone) after finding the neuron groups (timed here)."""
+    model, _ = workspace.load(record.id)
+    parents = [workspace.load(parent)[0] for parent in record.parents]
+    data = load_dataset(record.dataset)
+    started = time.perf_counter()
+    groups = neuron_groups(copy.deepcopy(model).cpu(), data.x_train[:2])
+    grouping = time.perf_counter() - started
+    sample = split_sample(data, "train", config.samples, config.seed)[0]
+
+    def renormalise(network: torch.nn.Module, weights: list[float]) -> None:
+        renormalise_to_parents(network, parents, groups, sample, weights, device, config.batch_size)
+
+    repaired = estimate_cost(model, data, config.resolution, config, device, 2, renormalise).plus_seconds(grouping)
+    plain = estimate_cost(model, data, config.resolution, config, device, bases=2)
+    return [stored_seconds(record, plain.unit), plain, repaired]
 
 
 def stored_fusion_landscape(
@@ -510,3 +594,48 @@ def stored_overlaps(
         key = result_key(OVERLAP, [fused_id], {"config": config.to_dict(), "split": split})
         stored = [r for r in stored if r.key == key]
     return [EigenvectorOverlap.from_dict(o) for o in stored[0].payload["overlaps"]] if stored else None
+
+
+def demo_build_cost(
+    workspace: Workspace | None = None,
+    members: Sequence[DemoMember] | None = None,
+    device: torch.device | None = None,
+) -> CostEstimate:
+    """The cost of :func:`fusion.pipeline.build_demo_ensemble`: the training (:func:`analysis.cost.training_cost`) of
+    each member ``workspace`` lacks (every member without one), timed once per architecture and recipe (seeds cost
+    the same); no work when every member is stored."""
+    members = demo_members() if members is None else members
+    data = load_dataset("digits")
+    device = device or default_device()
+    missing = [
+        m for m in members if workspace is None or workspace.find_run(train_key(m.spec, data.name, m.config)) is None
+    ]
+    timed: dict[str, CostEstimate] = {}
+
+    def recipe(member: DemoMember) -> str:
+        return json.dumps([member.spec.to_dict(), {**member.config.to_dict(), "seed": 0}], sort_keys=True)
+
+    for member in missing:
+        if recipe(member) not in timed:
+            timed[recipe(member)] = training_cost(build_model(member.spec, seed=0), data, member.config, device)
+    costs = [timed[recipe(member)] for member in missing]
+    return reduce(add, costs, CostEstimate(0, "optimizer steps", 0, 0, 0, 0.0, 0, 0.0, 0.0))
+
+
+def story_step_cost(workspace: Workspace, story: Story, device: torch.device | None = None) -> CostEstimate | None:
+    """The cost of the story's next step (:func:`analysis.story.advance_story`) where training dominates it: the
+    parents the workspace lacks (:func:`demo_build_cost`), the fine-tune of the transplanted model, and the two
+    baselines' fine-tunes (each of a parent's shape); ``None`` for the concatenation and the pruning (no training)
+    and once the story is finished."""
+    device = device or default_device()
+    config = story.options.finetune_config()
+    data = load_dataset("digits")
+    if story.parents is None:
+        return demo_build_cost(workspace, story.options.members(), device)
+    if story.pruning is not None and story.finetune is None and story.pruning.transplanted.id is not None:
+        return training_cost(workspace.load(story.pruning.transplanted.id)[0], data, config, device)
+    if story.finetune is not None and story.baselines is None:
+        parent, _ = workspace.load(story.parents.ids[0])
+        fine_tune = training_cost(parent, data, config, device)
+        return reduce(add, [fine_tune] * len(STORY_BASELINES))
+    return None

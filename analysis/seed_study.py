@@ -27,6 +27,7 @@ from fusion.command_lines import command_line, non_default
 from fusion.distributed import is_writer
 from fusion.errors import ConfigError
 from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
+from fusion.problems import Checked, Checks, given
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.registry import REGISTRY
@@ -40,7 +41,7 @@ STUDY = "study"
 
 
 @dataclass(frozen=True)
-class StudyConfig(Record):
+class StudyConfig(Record, Checked):
     """The study's choices: pruning type and fraction, fusion method, fine-tune, and the Hessian's settings (kept
     small: the study compares six models)."""
 
@@ -56,21 +57,21 @@ class StudyConfig(Record):
     hessian_samples: int = field(default=300, metadata={"help": "test examples of every Hessian"})
     top_k: int = field(default=3, metadata={"help": "top eigenvalues per model"})
 
-    def __post_init__(self) -> None:
-        if self.pruning not in PRUNINGS:
-            raise ConfigError(f"pruning must be structured or unstructured, got {self.pruning!r}")
-        if not 0 < self.sparsity < 1:
-            raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
+    def check(self, checks: Checks) -> None:
+        checks.choice("pruning", self.pruning, tuple(PRUNINGS))
+        checks.number("sparsity", self.sparsity, 0, 1, above=True, below=True)
         spec = REGISTRY.get(self.method)
         if spec is None or spec.output == "ensemble" or spec.max_models == 1:
             fusing = [m for m, s in REGISTRY.items() if s.output != "ensemble" and s.max_models != 1]
-            raise ConfigError(
-                f"method must fuse two models into one network ({', '.join(fusing)}), got {self.method!r}"
+            checks.add(
+                "method",
+                f"{{method}} must fuse two models into one network ({', '.join(fusing)}), got {given(self.method)}",
             )
-        if not isinstance(self.finetune_epochs, int) or not 0 <= self.finetune_epochs <= 1000:
-            raise ConfigError(f"finetune_epochs must be an integer from 0 to 1000, got {self.finetune_epochs!r}")
-        self.finetune()
-        self.hessian()
+        if checks.whole("finetune_epochs", self.finetune_epochs, 0, 1000):
+            checks.nested(self.finetune, {"epochs": "finetune_epochs"})
+        samples = checks.whole("hessian_samples", self.hessian_samples, 1)
+        if checks.whole("top_k", self.top_k, 1) and samples:
+            checks.nested(self.hessian, {"samples": "hessian_samples"})
 
     def finetune(self) -> TrainConfig:
         """The fused model's fine-tune (checked even with ``finetune_epochs`` 0, so a bad rate is refused)."""

@@ -23,7 +23,7 @@ from typing import Any
 from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
 from analysis.perturbation import curve_kind
-from analysis.runs import hessian_record, model_role
+from analysis.runs import hessian_record, model_role, model_roles
 from fusion.records import Record
 from fusion.workspace import ModelRecord, Workspace
 
@@ -135,13 +135,14 @@ def sharpness_table(
 ) -> list[Sharpness]:
     """The summaries of ``model_ids`` (default: every model of the workspace) that have a stored Hessian of
     ``config`` on ``split`` (each one's newest without ``config``), with ratios to their parents' of the same
-    settings where the parents have one too; roles as on the Hessian page (by position)."""
+    settings where the parents have one too; roles as on the Hessian page (:func:`analysis.runs.model_roles`)."""
     records = workspace.records()
     by_id = {r.id: r for r in records}
     chosen = list(model_ids) if model_ids is not None else [r.id for r in records]
     summaries = {}
-    for index, model_id in enumerate(chosen):
-        found = stored_summary(workspace, model_id, model_role(by_id[model_id], index), config, split)
+    roles = model_roles([by_id[model_id] for model_id in chosen])
+    for model_id, role in zip(chosen, roles, strict=True):
+        found = stored_summary(workspace, model_id, role, config, split)
         if found is not None:
             summaries[model_id] = found
     parents: dict[str, Sharpness | None] = {}

@@ -33,7 +33,7 @@ from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
 from fusion.methods.average import Ensemble
-from fusion.methods.transplant import concatenate
+from fusion.methods.transplant import NT_FINETUNE, concatenate
 from fusion.models import parameter_count
 from fusion.pipeline import (
     DemoMember,
@@ -43,6 +43,7 @@ from fusion.pipeline import (
     fuse_and_save,
     parent_role,
 )
+from fusion.problems import Checked, Checks
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.results import ResultRecord
@@ -70,30 +71,33 @@ def finetune_title(pruned_accuracy: float, finetuned_accuracy: float) -> str:
 
 
 @dataclass(frozen=True)
-class StoryOptions(Record):
+class StoryOptions(Record, Checked):
     """Which parents the story fuses and how every fused model is fine-tuned.
 
-    The default fine-tune is the reference implementation's (its experiment 11: 30 epochs of SGD, lr 0.01, momentum
-    0.9), with batches of 64 and a cosine schedule instead of a constant rate.
+    The default fine-tune is the reference implementation's (:data:`fusion.methods.transplant.NT_FINETUNE`: 30 epochs
+    of SGD, lr 0.01, momentum 0.9), with batches of 64 and a cosine schedule instead of a constant rate.
     """
 
     arch: Literal["cnn", "mlp"] = field(
         default="cnn", metadata={"help": "the demo CNNs (16-32 channels) or MLPs (128-64)"}
     )
     parents: int = field(default=2, metadata={"help": "how many demo networks to fuse (K, 2 to 4)"})
-    finetune_epochs: int = field(default=30, metadata={"help": "fine-tune epochs for every fused model"})
-    finetune_lr: float = field(default=0.01, metadata={"help": "fine-tune learning rate"})
+    finetune_epochs: int = field(
+        default=NT_FINETUNE.epochs, metadata={"help": "fine-tune epochs for every fused model"}
+    )
+    finetune_lr: float = field(default=NT_FINETUNE.lr, metadata={"help": "fine-tune learning rate"})
     finetune_optimizer: Literal["sgd", "adam"] = field(
-        default="sgd", metadata={"help": "fine-tune optimizer (SGD with momentum 0.9)"}
+        default=NT_FINETUNE.optimizer, metadata={"help": "fine-tune optimizer (SGD with momentum 0.9)"}
     )
     seed: int = field(default=0, metadata={"help": "seed of the fine-tune's mini-batch order"})
 
-    def __post_init__(self) -> None:
-        if self.arch not in ("cnn", "mlp"):
-            raise ConfigError(f"the demo's architecture must be cnn or mlp, got {self.arch!r}")
-        if not isinstance(self.parents, int) or not 2 <= self.parents <= 4:
-            raise ConfigError(f"the demo fuses 2 to 4 parents, got {self.parents!r}")
-        self.finetune_config()
+    def check(self, checks: Checks) -> None:
+        checks.choice("arch", self.arch, ("cnn", "mlp"))
+        checks.whole("parents", self.parents, 2, 4)
+        checks.nested(
+            self.finetune_config,
+            {"epochs": "finetune_epochs", "lr": "finetune_lr", "optimizer": "finetune_optimizer"},
+        )
 
     def finetune_config(self) -> TrainConfig:
         """The fine-tune recipe as a :class:`TrainConfig` (raises ConfigError for out-of-range values)."""

@@ -35,9 +35,9 @@ from fusion.distributed import shard, world_size
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
 from fusion.heads import head_transports
+from fusion.problems import Checked, Checks
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
-from fusion.seeds import check_seed
 from fusion.surgery import apply_transports, group_sizes, mapped_tensors, transform, with_state
 from fusion.train import predict_logits
 from fusion.transport import (
@@ -57,7 +57,7 @@ class AlignmentError(FusionError):
 
 
 @dataclass(frozen=True)
-class AlignOptions(Record):
+class AlignOptions(Record, Checked):
     """How neurons are compared and matched. Defaults follow otfusion's published weights-mode configuration
     (exact OT, Euclidean not squared, uniform marginals, no normalisation)."""
 
@@ -89,7 +89,7 @@ class AlignOptions(Record):
     samples: int = field(default=200, metadata={"help": "training samples for activation features"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
 
-    def __post_init__(self) -> None:
+    def check(self, checks: Checks) -> None:
         choices = {
             "mode": ("weights", "activations"),
             "solver": ("exact", "sinkhorn"),
@@ -100,15 +100,11 @@ class AlignOptions(Record):
             "features": ("incoming", "both"),
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not 1 <= self.sweeps <= 1000:
-            raise ConfigError(f"sweeps must be from 1 to 1000, got {self.sweeps}")
-        if not 1 <= self.samples <= 100_000:
-            raise ConfigError(f"samples must be from 1 to 100000, got {self.samples}")
-        if not (self.reg > 0 and np.isfinite(self.reg)):
-            raise ConfigError(f"reg must be positive, got {self.reg}")
-        check_seed(self.seed)
+            checks.choice(name, getattr(self, name), allowed)
+        checks.whole("sweeps", self.sweeps, 1, 1000)
+        checks.whole("samples", self.samples, 1, 100_000)
+        checks.number("reg", self.reg, 0, above=True)
+        checks.seed("seed", self.seed)
 
 
 @dataclass(frozen=True, eq=False)

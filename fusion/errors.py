@@ -11,7 +11,11 @@ class FusionError(Exception):
 
 
 class ConfigError(FusionError, ValueError):
-    """An option is out of range or inconsistent (zero epochs, negative learning rate...)."""
+    """An option is out of range or inconsistent (zero epochs, negative learning rate...). A config that checks all
+    of its fields at once lists each refused value in ``problems`` (:mod:`fusion.problems`), so that a form can name
+    every one by its label; the message joins them."""
+
+    problems: tuple = ()
 
 
 class ArchitectureError(FusionError, ValueError):

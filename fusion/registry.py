@@ -32,7 +32,7 @@ from fusion.methods.cla import CLAOptions, run_cla
 from fusion.methods.intra import IntraOptions, PruneOptions, run_intra, run_prune
 from fusion.methods.ot import FusionOptions, MatchingOptions, OTOptions, run_matching, run_ot
 from fusion.methods.sparsify import SparsifyOptions, run_sparsify
-from fusion.methods.transplant import TransplantOptions, run_transplant
+from fusion.methods.transplant import NT_FINETUNE, TransplantOptions, run_transplant
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.repair import repair
@@ -93,6 +93,7 @@ REGISTRY: dict[str, MethodSpec] = {
         None,
         "Neuron Transplantation: concatenate, keep the largest neurons, fine-tune",
         output="network",
+        finetune=NT_FINETUNE,
     ),
 }
 BATCHNORM_SAMPLES = 5000

@@ -19,9 +19,9 @@ from torch import nn
 from fusion.data import Dataset, batches
 from fusion.device import default_device
 from fusion.errors import ConfigError, DatasetError, FusionError, NonFiniteLoss
+from fusion.problems import Checked, Checks
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
-from fusion.seeds import check_seed
 
 
 class TrainingDiverged(FusionError):
@@ -33,7 +33,7 @@ OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 
 
 @dataclass(frozen=True)
-class TrainConfig(Record):
+class TrainConfig(Record, Checked):
     """Hyper-parameters of one training or fine-tuning run.
 
     ``augment`` applies random crops (padding 4) and horizontal flips, the usual CIFAR augmentation; it is meant for
@@ -49,20 +49,14 @@ class TrainConfig(Record):
     seed: int = field(default=0, metadata={"help": "seed of the initialisation and the batch order"})
     augment: bool = field(default=False, metadata={"help": "random crops and flips (CIFAR)"})
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1 or self.epochs > 10_000:
-            raise ConfigError(f"epochs must be an integer from 1 to 10000, got {self.epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 10):
-            raise ConfigError(f"learning rate must be in (0, 10], got {self.lr!r}")
-        if not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 65536:
-            raise ConfigError(f"batch size must be an integer from 1 to 65536, got {self.batch_size!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not (math.isfinite(self.weight_decay) and 0 <= self.weight_decay < 1):
-            raise ConfigError(f"weight decay must be in [0, 1), got {self.weight_decay!r}")
-        check_seed(self.seed)
+    def check(self, checks: Checks) -> None:
+        checks.whole("epochs", self.epochs, 1, 10_000)
+        checks.number("lr", self.lr, 0, 10, above=True)
+        checks.whole("batch_size", self.batch_size, 1, 65_536)
+        checks.choice("optimizer", self.optimizer, OPTIMIZERS)
+        checks.number("momentum", self.momentum, 0, 1, below=True)
+        checks.number("weight_decay", self.weight_decay, 0, 1, below=True)
+        checks.seed("seed", self.seed)
 
 
 @dataclass(frozen=True)

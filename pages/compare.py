@@ -21,11 +21,12 @@ from analysis.sharpness import sharpness_rows, sharpness_table
 from fusion.pipeline import parent_role
 from fusion.registry import REGISTRY
 from fusion.train import TrainConfig
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
+from ui.job_view import restore_inputs, show_job, start_job
 from ui.options import kept
 from ui.state import (
+    SELECTED_MODELS_KEY,
     device,
     job_runner,
     models_or_stop,
@@ -33,10 +34,16 @@ from ui.state import (
     selected_model_ids,
 )
 from ui.tables import dashed_table, labelled_accuracy
+from ui.validation import FormCheck
 
 COMPARE_KIND = "compare"
 HESSIANS_KIND = "compare.hessians"
 HESSIAN_SAMPLES = 500
+FORM_LABELS = {
+    "epochs": "Fine-tune epochs for every fused model (0: none)",
+    "lr": "Fine-tune learning rate (Adam)",
+    "samples": "Hessian samples (test examples)",
+}
 
 st.title("Compare")
 st.caption(
@@ -45,7 +52,7 @@ st.caption(
     "Intra-Fusion and magnitude pruning work on one model and take the first parent."
 )
 ws, records, by_id = models_or_stop()
-disabled = inputs_disabled()
+restore_inputs(COMPARE_KIND)
 
 PARENTS_KEY, METHODS_KEY = "compare.parents", "compare.methods"
 
@@ -62,7 +69,6 @@ chosen = st.multiselect(
     format_func=lambda i: labelled_accuracy(by_id[i]),
     key=PARENTS_KEY,
     on_change=applicable_to_chosen,
-    disabled=disabled,
 )
 parents = [by_id[i] for i in chosen]
 st.session_state.setdefault(METHODS_KEY, applicable_methods(parents))
@@ -71,38 +77,34 @@ methods = st.multiselect(
     list(REGISTRY),
     format_func=lambda m: f"{m} — {REGISTRY[m].summary}",
     key=METHODS_KEY,
-    disabled=disabled,
 )
 
 with st.form("compare.form"):
     left, right = st.columns(2)
     kept("compare.finetune.epochs", 5)
     kept("compare.finetune.lr", 1e-3)
-    epochs = left.number_input(
-        "Fine-tune epochs for every fused model (0: none)", 0, 500, key="compare.finetune.epochs", disabled=disabled
-    )
-    lr = right.number_input(
-        "Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="compare.finetune.lr", disabled=disabled
-    )
+    epochs = left.number_input(FORM_LABELS["epochs"], step=1, key="compare.finetune.epochs")
+    lr = right.number_input(FORM_LABELS["lr"], format="%.0e", key="compare.finetune.lr")
     kept("compare.hessian", False)
     kept("compare.hessian.samples", HESSIAN_SAMPLES)
     with_hessian = left.checkbox(
         "Then the Hessian of every model (parents, fused, fine-tuned)",
         key="compare.hessian",
-        disabled=disabled,
         help="Top eigenvalues, trace, density and perturbation curves on the test split with the Hessian page's "
         "default settings and the number of examples beside, stored with each model and reused when one was "
         "computed with the same settings.",
     )
-    samples = right.number_input(
-        "Hessian samples (test examples)", 10, 100_000, key="compare.hessian.samples", disabled=disabled
-    )
-    submitted = st.form_submit_button("Compare", type="primary", disabled=disabled)
+    samples = right.number_input(FORM_LABELS["samples"], step=1, key="compare.hessian.samples")
+    submitted = st.form_submit_button("Compare", type="primary")
 
+form = FormCheck()
 if submitted:
+    skipped = form.build(lambda: check_comparison(parents, methods), FORM_LABELS)
+    finetune = form.build(lambda: TrainConfig(epochs=int(epochs), lr=float(lr)) if epochs else None, FORM_LABELS)
+    hessian = form.build(lambda: HessianConfig(samples=int(samples)) if with_hessian else None, FORM_LABELS)
+if submitted and form.passed():
+    assert skipped is not None
     with report_errors():
-        skipped = check_comparison(parents, methods)
-        finetune = TrainConfig(epochs=int(epochs), lr=float(lr)) if epochs else None
         select_models(chosen)
         start_job(
             f"comparison of {len(methods) - len(skipped)} method(s) on {len(chosen)} parent(s)",
@@ -112,8 +114,16 @@ if submitted:
             methods,
             finetune,
             device=device(),
-            hessian=HessianConfig(samples=int(samples)) if with_hessian else None,
+            hessian=hessian,
             kind=COMPARE_KIND,
+            inputs={
+                SELECTED_MODELS_KEY: chosen,
+                METHODS_KEY: methods,
+                "compare.finetune.epochs": epochs,
+                "compare.finetune.lr": lr,
+                "compare.hessian": with_hessian,
+                "compare.hessian.samples": samples,
+            },
         )
 
 TABLE_FORMATS = {
@@ -170,7 +180,6 @@ if missing:
     if st.button(
         f"Compute the Hessians of the {len(missing)} model(s) without one ({hessian_samples} test examples)",
         key="compare.fill_hessians",
-        disabled=disabled,
     ):
         start_job(
             f"Hessians of {len(missing)} model(s)",
@@ -195,4 +204,4 @@ right.download_button(
 
 
 st.caption("Each row from the command line (FUSED_ID: the id the fuse command prints):")
-st.code("\n".join(line for row in rows for line in row.commands), language="bash")
+show_command("\n".join(line for row in rows for line in row.commands))

@@ -8,18 +8,24 @@ from analysis.units import percent
 from fusion.command_lines import fusion_command_lines
 from fusion.errors import DamagedResultError
 from fusion.registry import REGISTRY
-from fusion.train import TrainConfig
+from fusion.train import OPTIMIZERS, TrainConfig
 from fusion.workspace import ModelRecord
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import kept, option_widgets, parse_options
+from ui.job_view import computing_message, restore_inputs, show_job, start_job
+from ui.options import kept, option_labels, option_widgets, parse_options
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
 from ui.tables import dashed_table, labelled_accuracy
+from ui.validation import FormCheck
 
 FUSE_KIND = "fuse"
 RESULT_KEY = "fuse.shown"
 DEFAULT_METHOD = "ot"  # the page opens on the method the app is about (OT fusion, Singh & Jaggi 2020)
+FINETUNE_LABELS = {
+    "epochs": "Fine-tune epochs after fusion (0: none)",
+    "lr": "Fine-tune learning rate",
+    "optimizer": "Fine-tune optimizer",
+}
 
 st.title("Fuse")
 st.caption(
@@ -28,12 +34,10 @@ st.caption(
 )
 ws, records, by_id = models_or_stop()
 records = list(reversed(records))
-disabled = inputs_disabled()
+restore_inputs(FUSE_KIND)
 
 kept("fuse.method", DEFAULT_METHOD, tuple(REGISTRY))
-method = st.selectbox(
-    "Method", list(REGISTRY), format_func=lambda m: f"{m} — {REGISTRY[m].summary}", key="fuse.method", disabled=disabled
-)
+method = st.selectbox("Method", list(REGISTRY), format_func=lambda m: f"{m} — {REGISTRY[m].summary}", key="fuse.method")
 spec = REGISTRY[method]
 models_key = f"fuse.models.{method}"
 if models_key not in st.session_state:
@@ -45,34 +49,45 @@ chosen = st.multiselect(
     format_func=lambda i: labelled_accuracy(by_id[i]),
     max_selections=spec.max_models,
     key=models_key,
-    disabled=disabled,
 )
 
 with st.form("fuse.form"):
     st.markdown(f"**{method} options**")
-    values = option_widgets(spec.options, f"fuse.{method}", disabled)
-    left, right = st.columns(2)
-    kept("fuse.finetune.epochs", 0)
-    kept("fuse.finetune.lr", 1e-3)
-    epochs = left.number_input(
-        "Fine-tune epochs after fusion (0: none)", 0, 500, key="fuse.finetune.epochs", disabled=disabled
-    )
-    lr = right.number_input(
-        "Fine-tune learning rate (Adam)", 1e-6, 1.0, format="%.0e", key="fuse.finetune.lr", disabled=disabled
-    )
-    submitted = st.form_submit_button("Fuse", type="primary", disabled=disabled)
+    values = option_widgets(spec.options, f"fuse.{method}")
+    recipe = spec.finetune or TrainConfig()
+    if spec.finetune is not None:
+        st.caption(
+            f"{method} fine-tunes after fusing, as its paper does: {recipe.epochs} epochs of "
+            f"{recipe.optimizer.upper()} at learning rate {recipe.lr:g}"
+            + (f" (momentum {recipe.momentum:g})" if recipe.optimizer == "sgd" else "")
+            + ". Set the epochs to 0 to see the fused model alone."
+        )
+    left, middle, right = st.columns(3)
+    finetune_key = f"fuse.{method}.finetune"
+    kept(f"{finetune_key}.epochs", recipe.epochs if spec.finetune is not None else 0)
+    kept(f"{finetune_key}.lr", recipe.lr)
+    kept(f"{finetune_key}.optimizer", recipe.optimizer, OPTIMIZERS)
+    epochs = left.number_input(FINETUNE_LABELS["epochs"], step=1, key=f"{finetune_key}.epochs")
+    lr = middle.number_input(FINETUNE_LABELS["lr"], format="%.0e", key=f"{finetune_key}.lr")
+    optimizer = right.selectbox(FINETUNE_LABELS["optimizer"], OPTIMIZERS, key=f"{finetune_key}.optimizer")
+    submitted = st.form_submit_button("Fuse", type="primary")
 
 started = False
 if submitted:
+    form = FormCheck()
+    if not spec.min_models <= len(chosen) <= (spec.max_models or len(chosen)):
+        form.refuse(
+            f"{method} needs {'one model' if spec.max_models == 1 else f'at least {spec.min_models} models'}; "
+            f"{len(chosen)} chosen"
+        )
+    options = form.build(lambda: parse_options(spec.options, values), option_labels(spec.options))
+    finetune = form.build(
+        lambda: TrainConfig(epochs=int(epochs), lr=float(lr), optimizer=str(optimizer)) if epochs else None,
+        FINETUNE_LABELS,
+    )
+    if not form.passed():
+        st.stop()  # every refused value is listed above, in place of the results
     with report_errors():
-        if not spec.min_models <= len(chosen) <= (spec.max_models or len(chosen)):
-            st.error(
-                f"{method} needs {'one model' if spec.max_models == 1 else f'at least {spec.min_models} models'}; "
-                f"{len(chosen)} chosen."
-            )
-            st.stop()
-        options = parse_options(spec.options, values)
-        finetune = TrainConfig(epochs=int(epochs), lr=float(lr)) if epochs else None
         select_models(chosen)
         st.session_state[RESULT_KEY] = None
         start_job(
@@ -85,12 +100,26 @@ if submitted:
             finetune,
             device=device(),
             kind=FUSE_KIND,
+            inputs={
+                "fuse.method": method,
+                models_key: chosen,
+                **{f"fuse.{method}.{k}": v for k, v in values.items()},
+                f"{finetune_key}.epochs": epochs,
+                f"{finetune_key}.lr": lr,
+                f"{finetune_key}.optimizer": optimizer,
+            },
         )
         started = True
     if not started:
         st.stop()  # the error above replaces the results: nothing below belongs to what was just asked for
 
 job = job_runner().latest(FUSE_KIND)
+if (
+    job is not None
+    and not job.active
+    and (job.inputs.get("fuse.method"), job.inputs.get(models_key)) != (method, chosen)
+):
+    job = None  # how a fusion of other inputs ended says nothing about the method and models chosen now
 show_job(job)
 if job is not None and job.status == "failed":
     st.stop()  # a failed fusion's error is what this page shows until the next run
@@ -115,9 +144,15 @@ shown = st.session_state.get(RESULT_KEY)
 if shown not in ids:
     shown = max(same or ids, key=lambda i: by_id[i].created)
 if shown not in same:
+    pending = (
+        job is not None
+        and job.active
+        and job.inputs.get(models_key) == chosen
+        and job.inputs.get("fuse.method") == method
+    )
     st.info(
-        f"No {method} fusion of the chosen models is stored yet: press Fuse. The result below is from other "
-        "settings (its method, models and options are in its name and command line)."
+        (computing_message(job) if pending else f"No {method} fusion of the chosen models is stored yet: press Fuse.")
+        + " The result below is from other settings (its method, models and options are in its name and command line)."
     )
 shown_id = st.selectbox(
     "Fused model" if shown in same else "Fused model (other settings)",
@@ -163,4 +198,4 @@ recipe = tuned.provenance.get("options") if tuned is not None else None
 options = record.provenance.get("options", {})
 lines = fusion_command_lines(comparison.method, comparison.parents, options, recipe, shown_id)
 st.caption("The same fusion from the command line:")
-st.code("\n".join(lines), language="bash")
+show_command("\n".join(lines))

@@ -27,6 +27,7 @@ from analysis.runs import (
     hessian_record,
     hessians_of,
     model_role,
+    model_roles,
     stored_overlaps,
 )
 from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
@@ -34,12 +35,13 @@ from analysis.units import number_format
 from fusion.command_lines import non_default
 from fusion.errors import FusionError
 from fusion.results import ResultRecord
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
-from ui.options import kept, option_widgets, parse_options
+from ui.job_view import computing_message, job_kind, restore_inputs, show_job, start_job
+from ui.options import kept, option_labels, option_widgets, parse_options
 from ui.results import pick_settings, show_stored_results
 from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
+from ui.validation import FormCheck
 
 HESSIAN_KIND = "hessian"
 OVERLAP_KIND = "hessian.overlap"
@@ -78,7 +80,7 @@ st.caption(
     "the plane of the top two eigenvectors). Results are stored with each model."
 )
 ws, records, by_id = models_or_stop()
-disabled = inputs_disabled()
+restore_inputs(HESSIAN_KIND)
 if "hessian.models" not in st.session_state:
     st.session_state["hessian.models"] = [i for i in selected_model_ids() if i in by_id][:4] or [records[0].id]
 st.session_state["hessian.models"] = [i for i in st.session_state["hessian.models"] if i in by_id]
@@ -87,21 +89,22 @@ chosen = st.multiselect(
     list(by_id),
     format_func=lambda i: f"{by_id[i].name} ({i})",
     key="hessian.models",
-    disabled=disabled,
 )
 with st.form("hessian.form"):
     kept("hessian.split", "test", ("test", "train"))
-    split = st.radio("Data", ["test", "train"], horizontal=True, key="hessian.split", disabled=disabled)
-    values = option_widgets(HessianConfig, "hessian", disabled, columns=4, first=FIRST_RUN_OPTIONS)
-    submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
+    split = st.radio("Data", ["test", "train"], horizontal=True, key="hessian.split")
+    values = option_widgets(HessianConfig, "hessian", columns=4, first=FIRST_RUN_OPTIONS)
+    submitted = st.form_submit_button("Compute", type="primary")
 kind = job_kind(HESSIAN_KIND, sorted(chosen))
 if submitted:
+    form = FormCheck()
+    if not chosen:
+        form.refuse("Choose at least one model")
+    config = form.build(lambda: HessianConfig(**parse_options(HessianConfig, values)), option_labels(HessianConfig))
+    if not form.passed():
+        st.stop()  # every refused value is listed above, in place of the results
+    assert config is not None
     with report_errors():
-        options = parse_options(HessianConfig, values)
-        config = HessianConfig(**options)
-        if not chosen:
-            st.error("Choose at least one model.")
-            st.stop()
         select_models(chosen)
         cost = hessian_cost_of(ws, chosen, config, split, device())
         st.session_state.setdefault(ESTIMATES, {})[kind] = (
@@ -110,7 +113,15 @@ if submitted:
             config.warn_seconds,
         )
         start_job(
-            f"Hessian of {len(chosen)} model(s)", hessians_of, ws, chosen, config, split, device=device(), kind=kind
+            f"Hessian of {len(chosen)} model(s)",
+            hessians_of,
+            ws,
+            chosen,
+            config,
+            split,
+            device=device(),
+            kind=kind,
+            inputs={"hessian.models": chosen, "hessian.split": split, **{f"hessian.{k}": v for k, v in values.items()}},
         )
 job = job_runner().latest(kind)
 show_job(job)
@@ -143,12 +154,12 @@ if job is not None and job.active and not done:
     st.stop()
 if not done:
     st.info(
-        "No Hessian stored for these models with the settings shown: press Compute (the defaults take about a "
-        "minute per small model on a CPU), or pick stored settings above."
+        "No Hessian stored for these models with the settings shown: press Compute (its time is estimated on this "
+        "machine before it starts), or pick stored settings above."
     )
     show_stored_results(stored, lambda r: describe_settings(hessian_identity(r)), "hessian-stored")
     st.stop()
-roles = {i: model_role(by_id[i], index) for index, i in enumerate(chosen)}
+roles = dict(zip(chosen, model_roles([by_id[i] for i in chosen]), strict=True))
 labels = {i: f"{roles[i]} · {by_id[i].name}" for i in done}
 rows = [
     {
@@ -224,7 +235,7 @@ everywhere = [s for s in sharpness_table(ws) if s.gap is not None]
 if len(everywhere) >= 2:
     st.subheader("Sharpness and generalisation across the workspace")
     measure = st.radio("Sharpness", ["λ1", "trace"], horizontal=True, key="hessian.scatter_measure")
-    show_chart(sharpness_gap_figure(everywhere, measure), "hessian-sharpness-gap")
+    show_chart(sharpness_gap_figure(everywhere, measure, roles), "hessian-sharpness-gap")
 mapped = [i for i in done if by_id[i].method in MAPPED_METHODS and all(p in by_id for p in by_id[i].parents)]
 if mapped:
     st.subheader("Eigenvector overlap with the parents")
@@ -237,7 +248,7 @@ if mapped:
     overlaps = stored_overlaps(ws, fused_id, shown_config, shown_split)
     overlap_kind = job_kind(OVERLAP_KIND, [fused_id])
     show_job(job_runner().latest(overlap_kind))
-    if st.button("Compute the overlaps", key="hessian.overlap_compute", disabled=disabled):
+    if st.button("Compute the overlaps", key="hessian.overlap_compute"):
         start_job(
             f"eigenvector overlaps of {fused_id}",
             eigenvector_overlaps_of,
@@ -253,5 +264,5 @@ if mapped:
         show_chart(overlap_figure(overlaps, names), f"hessian-overlap-{fused_id}")
 st.caption("The same analysis from the command line, for each model (the settings of the results shown):")
 lines = [f"{records_shown[i].command or hessian_command(i, r.config, shown_split)} --json" for i, r in done.items()]
-st.code("\n".join(lines), language="bash")
+show_command("\n".join(lines))
 show_stored_results(stored, lambda r: describe_settings(hessian_identity(r)), "hessian-stored")

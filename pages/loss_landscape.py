@@ -24,14 +24,20 @@ from analysis.runs import (
 )
 from fusion.errors import FusionError
 from fusion.results import ResultRecord
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import computing_message, inputs_disabled, job_kind, show_job, start_job
+from ui.job_view import computing_message, job_kind, restore_inputs, show_job, start_job
 from ui.results import pick_settings, show_stored_results
-from ui.state import device, job_runner, models_or_stop, selected_model_ids, workspace
+from ui.state import SELECTED_MODELS_KEY, device, job_runner, models_or_stop, selected_model_ids, workspace
 from ui.tables import relative_change
+from ui.validation import FormCheck
 
 LANDSCAPE_KIND = "landscape"
+FORM_LABELS = {
+    "resolution": "Points per axis",
+    "samples": "Examples per split (0: all)",
+    "span": "Range of the directions",
+}
 
 
 def landscape_identity(record: ResultRecord) -> dict:
@@ -67,7 +73,7 @@ st.caption(
     "filter-normalised directions (Li et al. 2018). Results are stored with the first model."
 )
 ws, records, by_id = models_or_stop()
-disabled = inputs_disabled()
+restore_inputs(LANDSCAPE_KIND)
 fused = [
     r.id for r in records if len(r.parents) == 2 and all(p in by_id and by_id[p].spec == r.spec for p in r.parents)
 ]
@@ -76,16 +82,13 @@ view = st.radio(
     [FUSION, RANDOM, PAIR] if fused else [RANDOM, PAIR],
     horizontal=True,
     key="landscape.view",
-    disabled=disabled,
 )
 label = lambda i: f"{by_id[i].name} ({i})"  # noqa: E731
 selected = [i for i in selected_model_ids() if i in by_id]
 
 if view == FUSION:
     start = next((i for i in selected if i in fused), fused[0])
-    fused_id = st.selectbox(
-        "Fused model", fused, index=fused.index(start), format_func=label, key="landscape.fused", disabled=disabled
-    )
+    fused_id = st.selectbox("Fused model", fused, index=fused.index(start), format_func=label, key="landscape.fused")
     ids, kind, dims = (*by_id[fused_id].parents, fused_id), "plane", 2
 elif view == RANDOM:
     model_id = st.selectbox(
@@ -94,61 +97,72 @@ elif view == RANDOM:
         index=list(by_id).index(selected[0]) if selected else 0,
         format_func=label,
         key="landscape.model",
-        disabled=disabled,
     )
-    dims = st.radio("Directions", [1, 2], index=1, horizontal=True, key="landscape.dims", disabled=disabled)
+    dims = st.radio("Directions", [1, 2], index=1, horizontal=True, key="landscape.dims")
     ids, kind = (model_id,), "random"
 else:
     left, right = st.columns(2)
-    a = left.selectbox("Model A", list(by_id), format_func=label, key="landscape.a", disabled=disabled)
-    b = right.selectbox(
-        "Model B", list(by_id), index=min(1, len(by_id) - 1), format_func=label, key="landscape.b", disabled=disabled
-    )
+    a = left.selectbox("Model A", list(by_id), format_func=label, key="landscape.a")
+    b = right.selectbox("Model B", list(by_id), index=min(1, len(by_id) - 1), format_func=label, key="landscape.b")
     ids, kind, dims = (a, b), "interpolation", 1
 
 left, middle, right = st.columns(3)
 resolution = left.number_input(
-    "Points per axis",
-    2,
-    201,
-    11 if kind != "interpolation" else 21,
-    key=f"landscape.resolution.{kind}",
-    disabled=disabled,
+    FORM_LABELS["resolution"], value=11 if kind != "interpolation" else 21, step=1, key=f"landscape.resolution.{kind}"
 )
-samples = middle.number_input(
-    "Examples per split (0: all)", 0, 100_000, 0, step=100, key="landscape.samples", disabled=disabled
-)
+samples = middle.number_input(FORM_LABELS["samples"], value=0, step=100, key="landscape.samples")
 span = 1.0
 if kind == "random":
     span = right.number_input(
-        "Range of the directions",
-        0.01,
-        10.0,
-        1.0,
-        key="landscape.span",
-        disabled=disabled,
-        help="coefficients in [-range, range]",
+        FORM_LABELS["span"], value=1.0, key="landscape.span", help="coefficients in [-range, range]"
     )
-recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn", disabled=disabled)
+recompute = st.checkbox("Recompute BatchNorm statistics at every point", key="landscape.bn")
+checked = FormCheck()
+checked.build(
+    lambda: LandscapeConfig(resolution=int(resolution), samples=int(samples) or None, span=float(span)), FORM_LABELS
+)
+if not checked.passed():
+    st.stop()  # every refused value is listed above: nothing to estimate or compute until they are corrected
 job_key = job_kind(LANDSCAPE_KIND, [view, kind, *ids])
 estimated = False
 with report_errors():
     cost = estimate(str(ws.root), tuple(ids), kind, view == FUSION, int(resolution), int(samples), dims)
     estimated = True
-    st.caption(f"About {cost.units} grid points, roughly {cost.seconds:.0f} s on {device().type.upper()}.")
+    st.caption(f"{cost.units:,} grid points: {cost.describe_seconds()} on {device().type.upper()}, timed here.")
     if cost.seconds > LandscapeConfig().warn_seconds:
-        st.warning(f"This landscape will take about {cost.seconds:.0f} s: fewer points or examples make it faster.")
+        st.warning(f"This landscape will take {cost.describe_seconds()}: fewer points or examples make it faster.")
     with st.form("landscape.form", border=False):
-        submitted = st.form_submit_button("Compute", type="primary", disabled=disabled)
+        submitted = st.form_submit_button("Compute", type="primary")
     if submitted:
         config = LandscapeConfig(
             resolution=int(resolution), samples=int(samples) or None, span=float(span), recompute_batchnorm=recompute
         )
+        inputs = {"landscape.view": view, SELECTED_MODELS_KEY: list(ids)}
+        if view == PAIR:
+            inputs |= {"landscape.a": a, "landscape.b": b}
         if view == FUSION:
-            start_job(f"Landscape of {fused_id}", fusion_landscape, ws, fused_id, config, device=device(), kind=job_key)
+            start_job(
+                f"Landscape of {fused_id}",
+                fusion_landscape,
+                ws,
+                fused_id,
+                config,
+                device=device(),
+                kind=job_key,
+                inputs=inputs,
+            )
         else:
             start_job(
-                f"{kind} landscape", landscape_of, ws, list(ids), kind, config, dims, device=device(), kind=job_key
+                f"{kind} landscape",
+                landscape_of,
+                ws,
+                list(ids),
+                kind,
+                config,
+                dims,
+                device=device(),
+                kind=job_key,
+                inputs=inputs,
             )
 if not estimated:
     st.stop()  # the error above says why these models have no landscape: no Compute button, nothing to show
@@ -204,18 +218,18 @@ if view == FUSION:
         st.info(computing_message(job) if running else "Not computed with these settings yet: press Compute.")
     elif config is not None and (line := landscape_command(list(ids), "plane", config)) is not None:
         st.caption("The plane of these settings from the command line (the lines are computed on this page):")
-        st.code(line + " --json", language="bash")
+        show_command(line + " --json")
 else:
     record = landscape_record(ws, list(ids), kind, config, dims) if config is not None else None
     result = landscape_result(record) if record is not None else None
     if result is None:
         st.info(computing_message(job) if running else "Not computed with these settings yet: press Compute.")
     elif kind == "random":
-        show_chart(random_directions_figure(result), f"random-{ids[0]}")
+        show_chart(random_directions_figure(result, name=by_id[ids[0]].name), f"random-{ids[0]}")
     else:
         st.caption(f"Loss barrier: train {result.train_barrier:.4g}, test {result.test_barrier:.4g} nats.")
         show_chart(interpolation_figure({"A-B": result}), f"interpolation-{ids[0]}-{ids[1]}")
     if record is not None and record.command:
         st.caption(f"Result {record.key}, from the command line:")
-        st.code(record.command + " --json", language="bash")
+        show_command(record.command + " --json")
 show_stored_results({stored_ids[0]: stored}, lambda r: describe_settings(landscape_identity(r)), "landscape-stored")

@@ -6,8 +6,10 @@ import streamlit as st
 
 from analysis.fusion_figures import head_norms_figure, neuron_norms_figure, survival_figure
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
+from analysis.runs import model_role
 from fusion.data import load_dataset
 from fusion.pipeline import parent_role
+from fusion.workspace import ModelRecord
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.state import models_or_stop, selected_model_ids
@@ -29,15 +31,20 @@ model_id = st.selectbox(
     key="norms.model",
 )
 record = by_id[model_id]
-family = [ws.record(p) for p in record.parents if p in by_id] + [record]
-roles = [parent_role(k) for k in range(len(family) - 1)] + [
-    "pruned" if record.method in ("intra", "prune") else "fused" if record.parents else "parent A"
+parents = [by_id.get(p) for p in record.parents]
+# a fused model's inputs are its parents A, B...; a fine-tuned model's source keeps its own role (fused, pruned...)
+parent_roles = [
+    model_role(p, k) if record.method == "finetune" and p is not None else parent_role(k) for k, p in enumerate(parents)
 ]
+family: dict[str, ModelRecord] = {}
+for role, member in [*zip(parent_roles, parents), (model_role(record, 0), record)]:
+    if member is not None:
+        family[role if role not in family else f"{role} · {member.name}"] = member
 side = st.radio("Norm", ["incoming", "outgoing"], horizontal=True, key="norms.side")
 
 with report_errors():
     example = load_dataset(record.dataset).x_test[:2]
-    norms = {role: neuron_norms(ws.load(r.id)[0], example) for role, r in zip(roles, family)}
+    norms = {label: neuron_norms(ws.load(r.id)[0], example) for label, r in family.items()}
     show_chart(neuron_norms_figure(norms, side), f"norms-{side}-{model_id}")
     if any((g.heads or 1) > 1 for groups in norms.values() for g in groups):
         st.subheader("Attention heads")
@@ -52,16 +59,16 @@ if record.method == "transplant":
     st.subheader("Which neurons survived the transplantation")
     tables = transplant_survival(report)
     counts = pd.DataFrame(
-        [{"group": t.group, **{parent_role(p): n for p, n in sorted(t.kept_per_parent().items())}} for t in tables]
+        [{"group": t.group, **{parent_roles[p]: n for p, n in sorted(t.kept_per_parent().items())}} for t in tables]
     )
     show_table(counts, f"kept-neurons-{model_id}")
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
     table = next(t for t in tables if t.group == group)
-    show_chart(
-        survival_figure(table, [parent_role(k) for k in range(len(record.parents))]), f"survival-{model_id}-{group}"
-    )
+    show_chart(survival_figure(table, parent_roles), f"survival-{model_id}-{group}")
 elif record.method in ("intra", "prune"):
     st.subheader("Kept and " + ("merged" if record.method == "intra" else "dropped") + " neurons")
     tables = pruning_survival(report)
     group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.pruning.group")
-    show_chart(survival_figure(next(t for t in tables if t.group == group), ["parent A"]), f"kept-{model_id}-{group}")
+    show_chart(
+        survival_figure(next(t for t in tables if t.group == group), parent_roles[:1]), f"kept-{model_id}-{group}"
+    )

@@ -8,11 +8,12 @@ from analysis.fusion_figures import study_figure
 from analysis.seed_study import STUDY, SeedStudy, StudyConfig, seed_study, study_command, study_rows
 from fusion.command_lines import non_default
 from fusion.results import ResultRecord
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import option_widgets, parse_options
-from ui.state import device, job_runner, models_or_stop, select_models, selected_model_ids
+from ui.job_view import restore_inputs, show_job, start_job
+from ui.options import option_labels, option_widgets, parse_options
+from ui.state import SELECTED_MODELS_KEY, device, job_runner, models_or_stop, select_models, selected_model_ids
+from ui.validation import FormCheck
 
 STUDY_KIND = "study"
 
@@ -30,7 +31,7 @@ st.caption(
     "workspace, so the Hessian, Loss landscape and Compare pages show them too."
 )
 ws, records, by_id = models_or_stop()
-disabled = inputs_disabled()
+restore_inputs(STUDY_KIND)
 label = lambda i: f"{by_id[i].name} ({i})"  # noqa: E731
 selected = [i for i in selected_model_ids() if i in by_id]
 ids = list(by_id)
@@ -42,7 +43,6 @@ with st.form("study.form"):
         index=ids.index(selected[0]) if selected else 0,
         format_func=label,
         key="study.a",
-        disabled=disabled,
     )
     second = right.selectbox(
         "Parent B",
@@ -50,23 +50,25 @@ with st.form("study.form"):
         index=ids.index(selected[1]) if len(selected) > 1 else min(1, len(ids) - 1),
         format_func=label,
         key="study.b",
-        disabled=disabled,
     )
-    values = option_widgets(StudyConfig, "study", disabled, columns=4)
-    submitted = st.form_submit_button("Run the study", type="primary", disabled=disabled)
+    values = option_widgets(StudyConfig, "study", columns=4)
+    submitted = st.form_submit_button("Run the study", type="primary")
 if submitted:
-    with report_errors():
-        config = StudyConfig(**parse_options(StudyConfig, values))
-        select_models([first, second])
-        start_job(
-            f"generalization study of {first} and {second}",
-            seed_study,
-            ws,
-            [first, second],
-            config,
-            device=device(),
-            kind=STUDY_KIND,
-        )
+    form = FormCheck()
+    config = form.build(lambda: StudyConfig(**parse_options(StudyConfig, values)), option_labels(StudyConfig))
+    if form.passed():
+        with report_errors():
+            select_models([first, second])
+            start_job(
+                f"generalization study of {first} and {second}",
+                seed_study,
+                ws,
+                [first, second],
+                config,
+                device=device(),
+                kind=STUDY_KIND,
+                inputs={SELECTED_MODELS_KEY: [first, second], **{f"study.{k}": v for k, v in values.items()}},
+            )
 job = job_runner().latest(STUDY_KIND)
 show_job(job)
 stored = [r for r in ws.results(first, STUDY) if r.models == [first, second]]
@@ -87,4 +89,4 @@ show_table(pd.DataFrame(study_rows(study)), "generalization-study")
 show_chart(study_figure(study), "generalization-study")
 st.caption("The same study from the command line:")
 parents = [s.model for s in study.stages[:2]]
-st.code(study_command(parents, study.config) + " --json", language="bash")
+show_command(study_command(parents, study.config) + " --json")

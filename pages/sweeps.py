@@ -10,9 +10,9 @@ from analysis.sweeps.jobs import sweep_names
 from analysis.sweeps.launch import run_sweep
 from analysis.sweeps.spec import EXAMPLE_SWEEP, parse_sweep
 from analysis.sweeps.table import job_rows, read_sweep, summary_rows
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
+from ui.job_view import restore_inputs, show_job, start_job
 from ui.options import kept
 from ui.state import job_runner, workspace
 
@@ -26,11 +26,11 @@ st.caption(
     "already stored are reused."
 )
 ws = workspace()
-disabled = inputs_disabled()
+restore_inputs(SWEEP_KIND)
 with st.form("sweeps.form"):
     kept("sweeps.text", EXAMPLE_SWEEP)
-    text = st.text_area("Sweep file (TOML)", height=420, key="sweeps.text", disabled=disabled)
-    submitted = st.form_submit_button("Run or resume on this machine", type="primary", disabled=disabled)
+    text = st.text_area("Sweep file (TOML)", height=420, key="sweeps.text")
+    submitted = st.form_submit_button("Run or resume on this machine", type="primary")
 if submitted:
     with report_errors():
         spec = parse_sweep(text)
@@ -38,7 +38,7 @@ if submitted:
             st.info(f"This sweep asks for {spec.executor.cluster}; from the app it runs on the local executor.")
             spec = spec.local()
         st.session_state["sweeps.latest"] = spec.name
-        start_job(f"sweep {spec.name}", run_sweep, ws, spec, kind=SWEEP_KIND)
+        start_job(f"sweep {spec.name}", run_sweep, ws, spec, kind=SWEEP_KIND, inputs={"sweeps.text": text})
 show_job(job_runner().latest(SWEEP_KIND))
 
 names = sweep_names(ws.root)
@@ -62,4 +62,4 @@ with report_errors():
     st.subheader("Every fusion job")
     show_table(pd.DataFrame(rows), f"sweep-{name}-jobs")
     st.caption("The same table from the command line:")
-    st.code(f"fusionlab sweeps {name} --csv {name}.csv --json", language="bash")
+    show_command(f"fusionlab sweeps {name} --csv {name}.csv --json")

@@ -12,6 +12,7 @@ from analysis.fusion_figures import (
     neuron_norms_figure,
     survival_figure,
 )
+from analysis.runs import story_step_cost
 from analysis.story import (
     STEP_TITLES,
     Story,
@@ -21,16 +22,18 @@ from analysis.story import (
     load_story,
     story_commands,
 )
-from ui.charts import show_chart, show_table
+from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
-from ui.job_view import inputs_disabled, show_job, start_job
-from ui.options import option_widgets, parse_options
+from ui.job_view import job_kind, restore_inputs, show_job, start_job
+from ui.options import option_labels, option_widgets, parse_options
 from ui.state import device, job_runner, workspace
+from ui.validation import FormCheck
 
 STORY_KEY = "demo.story"
 SESSION_KEY = "demo.session"
 APPLIED_KEY = "demo.applied_job"
 RESTARTED_KEY = "demo.restarted_after"
+DEMO_KIND = "transplant-demo"
 METHOD_LABELS = {"transplant": "Neuron Transplantation", "ot": "OT fusion", "average": "vanilla averaging"}
 
 st.title("Neuron Transplantation, step by step")
@@ -40,8 +43,9 @@ st.caption(
     "demo; the models it creates are saved to the workspace."
 )
 ws = workspace()
+restore_inputs(DEMO_KIND)
 st.session_state.setdefault(SESSION_KEY, uuid.uuid4().hex[:12])
-kind = f"transplant-demo.{st.session_state[SESSION_KEY]}"
+kind = job_kind(DEMO_KIND, [st.session_state[SESSION_KEY]])
 job = job_runner().latest(kind)
 if STORY_KEY not in st.session_state:
     st.session_state[STORY_KEY] = None
@@ -51,7 +55,15 @@ if job is not None and job.status == "done" and job.id != st.session_state.get(A
     st.session_state[STORY_KEY] = job.result
     st.session_state[APPLIED_KEY] = job.id
 story: Story | None = st.session_state[STORY_KEY]
-disabled = inputs_disabled()
+pending = job is not None and job.active  # each step starts from the story the step queued or running returns
+
+
+@st.cache_data(show_spinner="Timing a few training steps…", max_entries=16)
+def next_step_time(root: str, options: StoryOptions, steps_done: int, _story: Story) -> str | None:
+    """The estimated training time of the story's next step (:func:`analysis.runs.story_step_cost`), ``None`` for a
+    step that does not train; ``root``, ``options`` and ``steps_done`` key the cache (a story only grows)."""
+    cost = story_step_cost(workspace(), _story, device())
+    return cost.describe_seconds() if cost is not None and cost.units else None
 
 
 def restart() -> None:
@@ -63,19 +75,39 @@ def restart() -> None:
 
 with st.form("demo.form"):
     st.markdown("**Parents and fine-tune recipe** (fixed once the story has started; Restart to change them)")
-    values = option_widgets(StoryOptions, "demo.options", disabled or story is not None)
+    values = option_widgets(StoryOptions, "demo.options", pending or story is not None)
     submitted = st.form_submit_button(
-        "Next step", type="primary", disabled=disabled or (story is not None and story.finished)
+        "Next step", type="primary", disabled=pending or (story is not None and story.finished)
     )
-st.button("Restart", key="demo.restart", on_click=restart, disabled=disabled or story is None)
+st.button("Restart", key="demo.restart", on_click=restart, disabled=pending or story is None)
+next_time = None
+if story is not None and not pending:
+    next_time = next_step_time(str(ws.root), story.options, story.steps_done, story)
+if next_time is not None:
+    st.caption(f"The next step trains for {next_time} on this machine (a few steps timed here).")
+if pending:
+    st.caption("Next step and Restart wait for the step below to end: each step starts from the one before.")
 
 if submitted:
-    with report_errors():
-        current = story if story is not None else Story(StoryOptions(**parse_options(StoryOptions, values)))
-        step = current.steps_done
-        start_job(
-            f"NT demo · step {step + 1}: {STEP_TITLES[step]}", advance_story, ws, current, device=device(), kind=kind
-        )
+    form = FormCheck()
+    current = (
+        story
+        if story is not None
+        else form.build(lambda: Story(StoryOptions(**parse_options(StoryOptions, values))), option_labels(StoryOptions))
+    )
+    if form.passed():
+        assert current is not None
+        with report_errors():
+            step = current.steps_done
+            start_job(
+                f"NT demo · step {step + 1}: {STEP_TITLES[step]}",
+                advance_story,
+                ws,
+                current,
+                device=device(),
+                kind=kind,
+                inputs={SESSION_KEY: st.session_state[SESSION_KEY]},
+            )
 if job is None or job.active or job.id != st.session_state.get(RESTARTED_KEY):
     show_job(job)
 
@@ -206,7 +238,7 @@ if concatenation is not None and finetune is not None and baselines is not None:
 lines = story_commands(story)
 if lines:
     st.caption("Every model of the story so far from the command line:")
-    st.code("\n".join(lines), language="bash")
+    show_command("\n".join(lines))
 
 if story.finished:
     st.success(f"The story is complete: {story.seconds:.1f} s of computation end to end. Restart to tell it again.")

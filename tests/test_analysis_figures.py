@@ -23,7 +23,11 @@ from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEige
 from analysis.hessian_operator import ParameterSpace
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.perturbation import PerturbationCurve
+from analysis.runs import model_roles
+from analysis.sharpness import Sharpness
 from fusion.errors import ConfigError
+from fusion.models import default_spec
+from fusion.workspace import ModelRecord
 
 ROLES = ["parent A", "parent B", "parent C", "fused", "ensemble", "pruned", "fine-tuned"]
 
@@ -43,6 +47,12 @@ def top() -> TopEigenvalues:
     return TopEigenvalues(
         np.array([9.0, 4.0, 1.0]), np.array([1e-4, 1e-4, 1e-3]), None, ParameterSpace(("w",), ((3,),)), 12, True, 0.5
     )
+
+
+def shared_x_title(figure: go.Figure) -> str:
+    """The x axis title of plots side by side, centred below both (the one annotation below the plots)."""
+    (title,) = [a.text for a in figure.layout.annotations if a.y == 0 and a.yanchor == "top"]
+    return title
 
 
 def test_every_role_has_its_own_stable_colour() -> None:
@@ -124,7 +134,7 @@ def test_perturbation_figure_overlays_models_and_directions() -> None:
         list(ts[::-1] ** 4)
     )
     assert figure.data[2].line.dash == "dash" and figure.data[-1].line.color == model_colour("fused")
-    assert "‖Δθ‖ / ‖θ‖" in figure.layout.xaxis.title.text
+    assert "‖Δθ‖ / ‖θ‖" in shared_x_title(figure)
     assert (
         figure.layout.yaxis.title.text == "cross-entropy (nats)" and figure.layout.yaxis2.title.text == "accuracy (%)"
     )
@@ -141,7 +151,7 @@ def test_interpolation_figure_shows_train_and_test_and_the_endpoints() -> None:
     assert any("barrier 0.400" in n for n in names)
     endpoint = next(t for t in figure.data if t.name == "parent B")
     assert endpoint.marker.color == model_colour("parent B")
-    assert "interpolation weight t" in figure.layout.xaxis.title.text
+    assert "interpolation weight t" in shared_x_title(figure)
 
 
 def test_plane_figure_is_a_contour_with_the_three_models() -> None:
@@ -167,7 +177,7 @@ def test_random_direction_figures_in_one_and_two_dimensions() -> None:
     alphas = np.linspace(-1, 1, 5)
     one = random_directions_figure(RandomDirectionsResult(alphas, 1, grid_metrics(5), 0, "fused"))
     assert len(one.data) == 4 and one.layout.yaxis.title.text == "cross-entropy (nats)"
-    assert "filter-normalised" in one.layout.xaxis.title.text
+    assert "filter-normalised" in shared_x_title(one)
     two = random_directions_figure(RandomDirectionsResult(alphas, 2, grid_metrics(5, 5), 0, "fused"))
     assert two.data[0].type == "contour" and two.data[1].x == (0.0,)
     assert "β" in two.layout.yaxis.title.text
@@ -247,3 +257,227 @@ def test_figure_data_as_csv_and_json_parses_back_to_what_the_figure_shows() -> N
 def test_the_units_examples_run() -> None:
     results = doctest.testmod(analysis.units)
     assert results.attempted > 0 and results.failed == 0
+
+
+def sharpness(model: str, role: str, method: str, gap: float) -> Sharpness:
+    return Sharpness(model, model, role, method, [5.0], [1e-4], [], 20.0, 0.5, 0.25, [None], 0.1, 0.1 + gap, gap)
+
+
+def role_of(name: str) -> str | None:
+    """The role a trace is drawn for: its name is the role, or starts with it (``"parent A · eigenvector 1"``)."""
+    return next((r for r in sorted(ROLES, key=len, reverse=True) if name == r or name.startswith(r + " ")), None)
+
+
+def drawn_colours(figure: go.Figure) -> set[tuple[str, str]]:
+    """``(role, colour)`` of every trace (and of every bar of a bar trace coloured per bar) drawn for a role."""
+    found = set()
+    for trace in figure.data:
+        marker = getattr(trace, "marker", None)
+        colour = marker.color if marker is not None else None
+        if isinstance(colour, tuple):
+            found |= {(role, c) for role, c in zip(trace.x, colour) if role in ROLES}
+            continue
+        line = getattr(trace, "line", None)
+        colour = colour or (line.color if line is not None else None) or getattr(trace, "fillcolor", None)
+        role = role_of(trace.name or "")
+        if role is not None and colour is not None:
+            found.add((role, colour))
+    return found
+
+
+def every_role_figure() -> dict[str, go.Figure]:
+    """Every figure that draws models by role, built from small fake results with the roles of :data:`ROLES`."""
+    from analysis.fusion_figures import (
+        comparison_figure,
+        finetune_comparison_figure,
+        neuron_norms_figure,
+        sharpness_gap_figure,
+        survival_figure,
+    )
+    from analysis.norms import GroupNorms, Survival
+    from analysis.scores import Score
+
+    ts = np.linspace(-0.5, 0.5, 5)
+    curve = PerturbationCurve(ts, ts**2, 1 - ts**2, "eigenvector 1", "test", "eigenvector", 0, "relative")
+    norms = [GroupNorms("fc1", [1.0, 2.0], [0.5, 0.7])]
+    bars = [Score(role, role, None, 0.9, 0.3, 100) for role in ROLES]
+    plane = PlaneResult(
+        np.arange(3.0), np.arange(3.0), grid_metrics(3, 3), ((0, 0), (1, 0), (0, 1)), tuple(ROLES[:3]), 0
+    )
+    survival = Survival("fc1", [0, 1, 2, 0], [0, 0, 0, 1], [4.0, 3.0, 2.0, 1.0], [True, True, False, False])
+    ends = InterpolationResult(ts, grid_metrics(5), 0.1, 0.2, False, ("parent B", "fused"))
+    on_page = {f"m{k}": role for k, role in enumerate(ROLES)}
+    return {
+        "density": eigenvalue_density_figure({r: density() for r in ROLES}, {r: top() for r in ROLES}),
+        "top eigenvalues": top_eigenvalues_figure({r: top() for r in ROLES}),
+        "layers": layer_hessian_figure({r: [LayerHessian("fc1", ("fc1.weight",), 1.0, 2.0, 0.1)] for r in ROLES}),
+        "perturbation": perturbation_figure({r: [curve] for r in ROLES}, split="test"),
+        "interpolation": interpolation_figure({"B → fused": ends}),
+        "plane": plane_figure(plane),
+        "neuron norms": neuron_norms_figure({r: norms for r in ROLES}),
+        "survival": survival_figure(survival, ROLES[:3]),
+        "comparison": comparison_figure(bars),
+        "fine-tuning": finetune_comparison_figure(
+            [{"method": "ot", "test_accuracy": 0.8, "finetuned_accuracy": 0.9}], [("ensemble", "ensemble", 0.95)]
+        ),
+        "sharpness": sharpness_gap_figure(
+            [sharpness(m, f"parent {chr(65 + k)}", "train", 0.1 * k) for k, m in enumerate(on_page)], "λ1", on_page
+        ),
+    }
+
+
+def test_each_role_has_one_colour_in_every_figure_that_draws_it() -> None:
+    drawn = {name: drawn_colours(figure) for name, figure in every_role_figure().items()}
+    for name, pairs in drawn.items():
+        assert pairs, f"{name} draws no model by role"
+        wrong = {(role, colour) for role, colour in pairs if colour != model_colour(role)}
+        assert not wrong, f"{name} draws roles in other colours: {wrong}"
+    roles = {role for pairs in drawn.values() for role, _ in pairs}
+    assert roles == set(ROLES)
+
+
+def test_the_workspace_sharpness_chart_marks_other_models_by_kind_not_by_method() -> None:
+    from analysis.fusion_figures import OTHER_MODELS_COLOUR, sharpness_gap_figure
+
+    summaries = [
+        sharpness("a", "parent A", "train", 0.1),
+        sharpness("f", "fused", "ot", 0.2),
+        sharpness("x", "parent C", "train", 0.3),
+        sharpness("y", "fused", "average", 0.4),
+    ]
+    figure = sharpness_gap_figure(summaries, "λ1", {"a": "parent A", "f": "fused"})
+    colours = {t.name: t.marker.color for t in figure.data}
+    assert colours == {
+        "parent A": model_colour("parent A"),
+        "fused": model_colour("fused"),
+        "other trained models": OTHER_MODELS_COLOUR,
+        "other fused models": model_colour("fused"),
+    }
+    assert {t.name: t.marker.symbol for t in figure.data}["other fused models"] == "circle-open"
+
+
+def test_two_seeds_of_a_sweep_differ_in_marker_and_colour() -> None:
+    from analysis.fusion_figures import sweep_figure
+
+    rows = [
+        {"job": f"{m}-{s}", "state": "done", "method": m, "options": "", "seed": s, "test_accuracy_pct": 90.0 + s}
+        for m in ("ot", "average")
+        for s in (0, 1)
+    ]
+    first, second = sweep_figure(rows).data
+    assert first.marker.symbol != second.marker.symbol and first.marker.color != second.marker.color
+    assert {first.name, second.name} == {"seed 0", "seed 1"}
+
+
+def test_a_long_legend_sits_below_the_plot_with_a_row_of_room_for_every_row_it_wraps_to() -> None:
+    from analysis.figures import AXIS_MARGIN, LEGEND_ROW, PLOT_HEIGHT, legend_names, legend_rows
+
+    ts = np.linspace(-0.5, 0.5, 5)
+    kinds = [("eigenvector", k) for k in range(5)] + [("random", k) for k in range(2)]
+    curves = [PerturbationCurve(ts, ts**2, 1 - ts**2, f"{kind} {k + 1}", "test", kind, k) for kind, k in kinds]
+    figure = perturbation_figure({"parent A": curves, "parent B": curves[:4], "fused": curves}, split="test")
+    names = legend_names(figure)
+    assert len(names) == 5 + 1 + 4 + 5 + 1 == 16
+    rows = legend_rows(names)
+    assert rows >= 4, "16 entries of 20-odd characters wrap to several rows in a 560 px chart"
+    legend, layout = figure.layout.legend, figure.layout
+    assert legend.orientation == "h" and legend.yanchor == "top" and legend.traceorder == "normal"
+    assert legend.y == pytest.approx(-AXIS_MARGIN / PLOT_HEIGHT), "the legend starts below the x axis title"
+    assert layout.margin.b >= AXIS_MARGIN + rows * LEGEND_ROW
+    assert layout.height - layout.margin.t - layout.margin.b == PLOT_HEIGHT, "the legend's room adds to the height"
+
+
+def test_legend_rows_are_one_row_if_all_fit_else_columns_of_the_widest_entry() -> None:
+    from analysis.figures import CHARACTER_WIDTH, ENTRY_GAP, SYMBOL_WIDTH, legend_rows
+
+    def name(width: int) -> str:
+        return "x" * ((width - SYMBOL_WIDTH - ENTRY_GAP) // CHARACTER_WIDTH)
+
+    assert legend_rows([name(100)] * 4, width=420) == 1
+    assert legend_rows([name(100)] * 5, width=420) == 2, "five entries of 100 px: four columns"
+    assert legend_rows([name(200), name(60), name(60), name(120)], width=420) == 2, "columns as wide as the widest"
+    assert legend_rows([name(500)] * 3, width=420) == 3
+    assert legend_rows([], width=420) == 1
+
+
+def test_stacked_overlap_heatmaps_leave_room_for_each_others_labels() -> None:
+    from analysis.figures import CHARACTER_WIDTH, CHART_WIDTH
+    from analysis.fusion_figures import overlap_figure
+    from analysis.overlap import EigenvectorOverlap
+
+    rng = np.random.default_rng(0)
+    values = np.array([123.4, 45.6, 7.89])
+    overlaps = [EigenvectorOverlap(k, rng.random((3, 3)), values, values) for k in range(2)]
+    figure = overlap_figure(overlaps, ["parent A", "parent B"])
+    layout = figure.layout
+    plot_height = layout.height - layout.margin.t - layout.margin.b
+    plot_width = CHART_WIDTH - (layout.margin.l or 80) - (layout.margin.r or 80)
+    boxes = []
+    for index, trace in enumerate(figure.data, start=1):
+        suffix = "" if index == 1 else str(index)
+        x, y = layout[f"xaxis{suffix}"].domain, layout[f"yaxis{suffix}"].domain
+        label = CHARACTER_WIDTH * max(len(v) for v in trace.y)
+        boxes.append((np.multiply(x, plot_width), np.multiply(y, plot_height), label))
+    for (x1, y1, _), (x2, y2, label2) in [(boxes[0], boxes[1]), (boxes[1], boxes[0])]:
+        side_by_side = min(y1[1], y2[1]) > max(y1[0], y2[0])
+        if side_by_side and x2[0] >= x1[1]:
+            assert x2[0] - x1[1] >= label2 + 20, "the right heatmap's row labels and title fit in the gap"
+        if not side_by_side and y1[0] >= y2[1]:
+            assert y1[0] - y2[1] >= 60, "tick labels, axis title and the next subplot title fit between the rows"
+
+
+def test_maps_span_the_width_and_their_axis_titles_fit_beside_them() -> None:
+    from analysis.figures import CHARACTER_WIDTH
+
+    plane = PlaneResult(
+        np.linspace(-1, 2, 4), np.linspace(-1, 2, 3), grid_metrics(3, 4), ((0, 0), (1, 0), (0.5, 1)), ROLES[:3], 0
+    )
+    alphas = np.linspace(-1, 1, 5)
+    maps = [
+        plane_figure(plane),
+        random_directions_figure(RandomDirectionsResult(alphas, 2, grid_metrics(5, 5), 0, "parent A"), name="m"),
+    ]
+    for figure in maps:
+        layout = figure.layout
+        assert layout.yaxis.scaleanchor is None, "axes locked to equal scale shrink the map to a square"
+        assert layout.height is not None and layout.margin.t is not None
+        plot_height = layout.height - layout.margin.t - layout.margin.b
+        assert CHARACTER_WIDTH * len(layout.yaxis.title.text) <= plot_height, "the y title runs into the chart title"
+
+
+def test_a_random_direction_landscape_calls_its_model_by_name_in_its_roles_colour() -> None:
+    alphas = np.linspace(-1, 1, 5)
+    for dims, metrics in ((1, grid_metrics(5)), (2, grid_metrics(5, 5))):
+        result = RandomDirectionsResult(alphas, dims, metrics, 0, "parent A")
+        figure = random_directions_figure(result, name="mlp-digits-seed0")
+        texts = [figure.layout.title.text] + [t.name for t in figure.data] + [str(t.text) for t in figure.data]
+        assert not any("parent A" in text for text in texts)
+        assert "mlp-digits-seed0" in figure.layout.title.text
+        lines = [t for t in figure.data if t.type == "scatter"]
+        colours = {t.line.color if t.mode == "lines+markers" else t.marker.color for t in lines}
+        assert colours == {model_colour("parent A")}
+
+
+def test_a_role_with_the_models_name_takes_the_roles_colour() -> None:
+    assert model_colour("fused · mlp-ot") == model_colour("fused")
+    assert model_colour("parent B · mlp-seed1") == model_colour("parent B")
+
+
+def test_models_shown_together_take_parent_letters_among_the_parents_only():
+    """Picking [parent, fused, parent] on the Hessian page made the second parent "parent C"; an ensemble was
+    "fused"."""
+    spec = default_spec("mlp", (1, 8, 8), 10, hidden=(8,))
+
+    def made(method: str) -> ModelRecord:
+        return ModelRecord(
+            id=method,
+            name=method,
+            spec=spec,
+            dataset="digits",
+            normalization=None,
+            seed=0,
+            provenance={"method": method},
+        )
+
+    roles = model_roles([made("train"), made("ot"), made("import"), made("ensemble"), made("finetune")])
+    assert roles == ["parent A", "fused", "parent B", "ensemble", "fine-tuned"]

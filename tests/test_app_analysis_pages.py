@@ -95,7 +95,7 @@ def test_hessian_page_refuses_absurd_settings_with_a_message(app_workspace):
     at.number_input(key="hessian.iterations").set_value(10)
     at.button(key="FormSubmitter:hessian.form-Compute").click().run()
     assert not at.exception
-    assert any("iterations" in m for m in messages(at.error))
+    assert any("Iterations (10) must be at least Top-k eigenvalues (50)." in m for m in messages(at.error))
 
 
 def test_landscape_page_draws_the_interpolations_and_the_plane_of_a_fusion(app_workspace, capsys):

@@ -54,7 +54,7 @@ def test_demo_refuses_options_out_of_range_with_a_clear_message(app_workspace):
     at.number_input(key="demo.options.parents").set_value(5)
     at.button(key=NEXT).click().run()
     assert not at.exception
-    assert any("2 to 4 parents" in m for m in messages(at.error))
+    assert any("Parents must be a whole number from 2 to 4, got 5." in m for m in messages(at.error))
     assert not app_workspace.records()
 
 

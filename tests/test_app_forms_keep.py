@@ -22,11 +22,11 @@ def test_the_fuse_form_keeps_its_values(app_workspace):
     at.multiselect(key="fuse.models.ot").set_value(ids)
     at.number_input(key="fuse.ot.sweeps").set_value(2)
     at.selectbox(key="fuse.ot.metric").set_value("sqeuclidean")
-    at.number_input(key="fuse.finetune.epochs").set_value(1)
+    at.number_input(key="fuse.ot.finetune.epochs").set_value(1)
     at = submit_and_finish(at, "FormSubmitter:fuse.form-Fuse")
     assert at.number_input(key="fuse.ot.sweeps").value == 2
     assert at.selectbox(key="fuse.ot.metric").value == "sqeuclidean"
-    assert at.number_input(key="fuse.finetune.epochs").value == 1
+    assert at.number_input(key="fuse.ot.finetune.epochs").value == 1
 
 
 def test_the_train_form_keeps_its_values(app_workspace):

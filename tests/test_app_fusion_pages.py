@@ -155,7 +155,7 @@ def test_a_result_of_other_settings_is_marked_and_a_refused_run_replaces_it(app_
     assert at.selectbox[-1].label == "Fused model (other settings)"
     at.text_input(key="fuse.average.weights").input("x, y")
     at.button(key=FUSE).click().run()
-    assert any("weights" in m for m in messages(at.error)), messages(at.error)
+    assert any("Weights: expected numbers separated by commas" in m for m in messages(at.error)), messages(at.error)
     assert not at.dataframe and not at.get("plotly_chart"), "the refusal is not shown above an earlier result"
 
 
@@ -167,3 +167,47 @@ def test_a_failed_fusion_job_shows_its_error_without_an_earlier_result_below(app
     assert not at.exception
     assert messages(at.error) or any("failed" in str(e.value) for e in at.get("alert")), "the job's failure is shown"
     assert not at.dataframe and not at.get("plotly_chart")
+
+
+def test_transplant_fine_tunes_by_default_with_the_papers_recipe(app_workspace):
+    """Neuron Transplantation is concatenation, pruning and a fine-tune: the form opens on the reference recipe (30
+    epochs of SGD, lr 0.01), other methods on none."""
+    train_quick_models(app_workspace, seeds=(0, 1))
+    at = open_app("pages/fuse.py")
+    assert at.number_input(key="fuse.ot.finetune.epochs").value == 0
+    at.selectbox(key="fuse.method").set_value("transplant").run()
+    recipe = (
+        at.number_input(key="fuse.transplant.finetune.epochs").value,
+        at.number_input(key="fuse.transplant.finetune.lr").value,
+        at.selectbox(key="fuse.transplant.finetune.optimizer").value,
+    )
+    assert recipe == (30, 0.01, "sgd")
+    assert any("30 epochs of SGD" in caption.value for caption in at.caption)
+
+
+def test_a_transplant_from_the_page_is_fine_tuned_with_sgd(app_workspace):
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = open_app("pages/fuse.py")
+    at.selectbox(key="fuse.method").set_value("transplant").run()
+    at.multiselect(key="fuse.models.transplant").set_value(ids)
+    at.number_input(key="fuse.transplant.finetune.epochs").set_value(1)
+    at.button(key=FUSE).click().run()
+    wait_for_job()
+    at.run()
+    assert not at.exception and not at.error, messages(at.error)
+    tuned = [r for r in app_workspace.records() if r.provenance.get("options", {}).get("optimizer") == "sgd"]
+    assert len(tuned) == 1 and tuned[0].provenance["options"]["epochs"] == 1
+    assert any("finetune" in block.value and "--optimizer sgd" in block.value for block in at.code)
+
+
+def test_a_failed_fusion_is_not_shown_once_the_method_or_models_change(app_workspace):
+    """The browser walk: after ``cla`` failed on two equal-depth MLPs, choosing ``ot`` still showed the cla error
+    and nothing else."""
+    ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1))]
+    at = fuse_through_the_page(open_app("pages/fuse.py"), "ot", ids)
+    at = fuse_through_the_page(at, "cla", ids)
+    assert any("cla fusion of 2 model(s) failed" in m for m in messages(at.error)), "the failure is shown for cla"
+    at.selectbox(key="fuse.method").set_value("ot").run()
+    at.multiselect(key="fuse.models.ot").set_value(ids).run()
+    assert not at.error, messages(at.error)
+    assert at.dataframe and at.code, "the ot result and its command line are shown again"

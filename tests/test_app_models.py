@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from safetensors.torch import load as load_safetensors
 
 from fusion.errors import CheckpointError, FusionError
 from fusion.models import build_model, default_spec
-from ui.checkpoints import export_bytes, import_upload
+from ui.checkpoints import HeldUpload, export_bytes, file_size, hold_upload, import_upload
 from ui.state import SELECTED_MODELS_KEY, job_runner
+from ui.tables import escape_markdown
 from ui.training import SpecOptions
 
 MODELS = "pages/models.py"
@@ -125,10 +127,10 @@ def test_training_form_trains_one_model_per_seed(app_workspace):
 @pytest.mark.parametrize(
     "field, text, expected",
     [
-        ("train.mlp.digits.hidden", "12,,x", "hidden widths"),
-        ("train.mlp.digits.hidden", "-4", "hidden widths"),
-        ("train.seeds", "zero", "seeds"),
-        ("train.seeds", "", "seeds"),
+        ("train.mlp.digits.hidden", "12,,x", "Hidden widths"),
+        ("train.mlp.digits.hidden", "-4", "Hidden widths"),
+        ("train.seeds", "zero", "Seeds"),
+        ("train.seeds", "", "Seeds"),
     ],
 )
 def test_bad_text_shows_an_error_and_runs_nothing(app_workspace, field, text, expected):
@@ -149,7 +151,7 @@ def test_inconsistent_architecture_options_show_the_library_message(app_workspac
     at.button(key=TRAIN).click().run()
 
     assert not at.exception
-    assert any("conv channels" in e for e in messages(at.error))
+    assert any("Conv channels" in e for e in messages(at.error))
     assert job_runner().latest("train") is None
 
 
@@ -280,3 +282,99 @@ def test_import_success_appears_below_the_import_button_not_at_the_top(app_works
     where = {getattr(e, "value", None): i for i, e in enumerate(drawn) if e.type in ("subheader", "success")}
     (imported,) = [text for text in where if isinstance(text, str) and text.startswith("Imported")]
     assert where["Import a checkpoint"] < where[imported]
+
+
+def plain_weights() -> bytes:
+    """A plain state_dict of the zoo's default MLP on digits."""
+    return torch_bytes(build_model(default_spec("mlp", (1, 8, 8), 10), seed=0).state_dict())
+
+
+def put_file(at, filename: str, content: bytes):
+    """Put a file into the checkpoint uploader without pressing Import."""
+    at.file_uploader(key="import.file").upload(filename, content)
+    return at.run()
+
+
+def held_lines(at) -> list[str]:
+    return [str(m.value) for m in at.markdown if str(m.value).startswith("Uploaded:")]
+
+
+def test_an_upload_is_kept_when_the_image_folder_is_chosen_and_the_missing_path_is_named_on_import(app_workspace):
+    content = plain_weights()
+    at = open_app(MODELS)
+    at.selectbox(key="import.source").set_value("zoo").run()
+    at.selectbox(key="import.arch").set_value("mlp").run()
+    put_file(at, "weights.pt", content)
+
+    at.selectbox(key="import.dataset").set_value("image folder").run()
+    assert not at.exception and not at.error, "a folder not typed yet is not an error: " + str(messages(at.error))
+    assert held_lines(at) == [f"Uploaded: **{escape_markdown(HeldUpload('weights.pt', content).describe())}**"]
+
+    at.button(key=IMPORT).click().run()
+    errors = messages(at.error)
+    assert any("Type the image folder's path" in e for e in errors), errors
+    assert not any("imagefolder:" in e or "Choose a checkpoint" in e for e in errors), errors
+    assert held_lines(at) and not app_workspace.records()
+
+    at.selectbox(key="import.dataset").set_value("digits").run()
+    at.button(key=IMPORT).click().run()
+    assert not at.error, messages(at.error)
+    (record,) = app_workspace.records()
+    assert record.provenance["source"] == "upload: weights.pt" and record.dataset == "digits"
+    assert not held_lines(at) and len(at.file_uploader) == 1, "an imported upload is let go"
+
+
+def test_an_upload_is_kept_through_a_running_job_and_a_page_switch_until_removed(app_workspace):
+    release = threading.Event()
+    at = put_file(open_app(MODELS), "weights.pt", plain_weights())
+    job = job_runner().submit("slow", lambda progress: release.wait(timeout=30))
+    at.run()
+    release.set()
+    wait_for_job()
+    at.run()
+    at.switch_page("pages/home.py").run()
+    at.switch_page(MODELS).run()
+
+    assert job_runner().get(job.id).status == "done" and not at.exception
+    assert len(held_lines(at)) == 1 and len(at.file_uploader) == 0
+    at.button(key="import.file.remove").click().run()
+    assert not held_lines(at) and len(at.file_uploader) == 1
+    at.button(key=IMPORT).click().run()
+    assert any("Choose a checkpoint file" in e for e in messages(at.error)), messages(at.error)
+
+
+class Uploaded(io.BytesIO):
+    """What an uploader holds: the bytes and the name the browser sent."""
+
+    def __init__(self, content: bytes, name: str) -> None:
+        super().__init__(content)
+        self.name = name
+
+
+def test_hold_upload_keeps_the_file_once_its_uploader_is_emptied_and_drops_the_browsers_folders():
+    content = b"weights" * 1000
+    state = {"widget": Uploaded(content, "../../secret/model.pt")}
+
+    hold_upload(state, "widget", "held")
+    state["widget"] = None
+    hold_upload(state, "widget", "held")
+
+    assert state["held"] == HeldUpload("model.pt", content)
+    assert state["held"].describe() == "model.pt (7.0 kB)"
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"), [(512, "512 bytes"), (7_000, "7.0 kB"), (44_800_000, "44.8 MB"), (2_500_000_000, "2.5 GB")]
+)
+def test_file_sizes_read_as_a_file_browser_shows_them(size, shown):
+    assert file_size(size) == shown
+
+
+def test_training_on_an_image_folder_not_typed_yet_says_so_in_words_on_train(app_workspace):
+    at = open_app(MODELS)
+    at.selectbox(key="train.dataset").set_value("image folder").run()
+    assert not at.exception and not at.error, messages(at.error)
+    at.button(key="FormSubmitter:train-Train").click().run()
+    errors = messages(at.error)
+    assert any("Type the image folder's path" in e for e in errors) and not any("imagefolder:" in e for e in errors)
+    assert job_runner().latest("train") is None

@@ -223,7 +223,7 @@ def write_json(path: Path, payload: Any) -> Path:
 
 REFUSALS = {
     "zero-epochs": (lambda tmp: ["train", "--arch", "mlp", "--epochs", "0"], "ConfigError", "epochs"),
-    "negative-lr": (lambda tmp: ["train", "--arch", "mlp", "--lr", "-1"], "ConfigError", "learning rate"),
+    "negative-lr": (lambda tmp: ["train", "--arch", "mlp", "--lr", "-1"], "ConfigError", "lr must be"),
     "invalid-spec": (lambda tmp: ["train", "--arch", "cnn", "--channels", "0"], "ArchitectureError", "positive"),
     "unknown-model": (lambda tmp: ["evaluate", "mlp-digits-s0-000000"], "WorkspaceError", "no model"),
     "malformed-id": (lambda tmp: ["export", "../../etc", "--out", str(tmp)], "WorkspaceError", "not a model id"),

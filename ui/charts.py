@@ -72,3 +72,9 @@ def show_table(frame: pd.DataFrame, name: str, **options: Any) -> None:
     csv, data = st.columns(2)
     download(csv, "Table (CSV)", lambda: csv_bytes(rows), slug, "csv", f"table.csv.{slug}")
     download(data, "Table (JSON)", lambda: rows_json(rows), slug, "json", f"table.json.{slug}")
+
+
+def show_command(text: str) -> None:
+    """Command lines (``text``, one a line) in a box with a copy button, their lines wrapped so that a long command
+    reads whole inside the box at any width."""
+    st.code(text, language="bash", wrap_lines=True)

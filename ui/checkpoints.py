@@ -5,23 +5,85 @@ workspace's safe reader (safetensors, or ``torch.load(weights_only=True)``): a p
 The imported model is evaluated on its dataset's test split (stored "not evaluated" when the dataset is not on this
 machine, :func:`fusion.pipeline.import_and_evaluate`); if anything fails after the import, the model is removed again,
 so a bad upload leaves the workspace as it was.
+
+The page holds an upload in the session (:func:`checkpoint_upload`) from the moment it arrives until it is imported or
+removed: Streamlit's uploader forgets its file whenever the widget is re-created or not drawn for one run.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import streamlit as st
 import torch
 
 from fusion.data import dataset_signature
 from fusion.errors import CheckpointError, ConfigError
 from fusion.pipeline import import_and_evaluate
 from fusion.workspace import ModelRecord, Workspace
+from ui.tables import escape_markdown
 from ui.training import SpecOptions
 
 UPLOAD_NAME = "uploaded-checkpoint"
 MAX_SOURCE_NAME = 120
+SIZE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "kB"))
+
+
+@dataclass(frozen=True)
+class HeldUpload:
+    """A checkpoint as the browser sent it: its file name (shown and recorded, never used as a path) and its bytes."""
+
+    name: str
+    content: bytes
+
+    def describe(self) -> str:
+        """``name (size)``, e.g. ``resnet.pt (44.8 MB)``."""
+        return f"{self.name} ({file_size(len(self.content))})"
+
+
+def file_size(size: int) -> str:
+    """A byte count in decimal units with one decimal, as file browsers show it: ``44.8 MB``, ``512 bytes``."""
+    for unit_size, unit in SIZE_UNITS:
+        if size >= unit_size:
+            return f"{size / unit_size:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def hold_upload(state: MutableMapping[str, Any], widget_key: str, held_key: str) -> None:
+    """Move the file of the uploader ``widget_key`` into ``state[held_key]`` once, when it arrives; the bytes are
+    shared with the uploader's copy, not duplicated. An emptied uploader leaves what is held alone: only
+    :func:`checkpoint_upload`'s Remove drops it."""
+    uploaded = state.get(widget_key)
+    if uploaded is not None:
+        state[held_key] = HeldUpload(Path(uploaded.name).name[:MAX_SOURCE_NAME], uploaded.getvalue())
+
+
+def checkpoint_upload(key: str, types: Sequence[str]) -> HeldUpload | None:
+    """The held upload as one line, "Uploaded: name (size)" with a Remove button, or an uploader while none is held.
+
+    The file is held under ``{key}.held`` from the uploader's change until Remove or :func:`forget_upload`, so it
+    survives every change of the form around it, a page switch, and a running job (uploading needs no compute, so
+    neither control is disabled then)."""
+    held_key = f"{key}.held"
+    held = st.session_state.get(held_key)
+    if held is None:
+        st.file_uploader(
+            "Checkpoint", type=list(types), key=key, on_change=hold_upload, args=(st.session_state, key, held_key)
+        )
+        return None
+    text_column, button_column = st.columns([4, 1], vertical_alignment="center")
+    text_column.markdown(f"Uploaded: **{escape_markdown(held.describe())}**")
+    button_column.button("Remove", key=f"{key}.remove", on_click=forget_upload, args=(key,), icon=":material/close:")
+    return held
+
+
+def forget_upload(key: str) -> None:
+    """Drop the upload held by :func:`checkpoint_upload` under ``key`` (after it is imported, or on Remove)."""
+    st.session_state.pop(f"{key}.held", None)
 
 
 def import_upload(

@@ -1,7 +1,8 @@
 """Form fields shared by pages: an architecture (its source, then its name), its options and a training recipe.
 
 Widgets return raw values; :meth:`SpecInputs.parse` and :meth:`TrainingInputs.parse` turn them into library objects
-when the form is submitted, raising :class:`fusion.errors.ConfigError` for bad text, so nothing runs on a typo.
+when the form is submitted, raising one :class:`fusion.errors.ConfigError` that lists every bad field (by the names
+of :data:`SPEC_LABELS` and :data:`TRAINING_LABELS`), so nothing runs on a typo.
 Defaults come from :func:`fusion.models.default_spec` and :class:`fusion.train.TrainConfig`.
 """
 
@@ -14,9 +15,9 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from fusion.data import DATASETS, dataset_signature
-from fusion.errors import ConfigError
 from fusion.image_folder import IMAGE_FOLDER_PREFIX
 from fusion.models import ARCHITECTURES, default_spec
+from fusion.problems import Checks, literal
 from fusion.sources import SOURCES, is_sourced, source_choices
 from fusion.train import OPTIMIZERS, TrainConfig
 from ui.options import kept
@@ -122,6 +123,30 @@ def dataset_select(prefix: str, column: DeltaGenerator, disabled: bool = False, 
     return f"{IMAGE_FOLDER_PREFIX}{folder.strip()}" + (f"@{size.strip()}" if size.strip() else "")
 
 
+def folder_missing(prefix: str) -> bool:
+    """Whether :func:`dataset_select` under ``prefix`` has the image folder chosen and no path typed yet: a form still
+    being filled in, to be named as missing when it is submitted, not an error while the user types."""
+    key = f"{prefix}.dataset"
+    return st.session_state.get(key) == IMAGE_FOLDER and not str(st.session_state.get(f"{key}.folder", "")).strip()
+
+
+SPEC_LABELS = {
+    "arch": "Architecture",
+    "hidden": "Hidden widths",
+    "channels": "Conv channels",
+    "width": "Width multiplier",
+}
+"""The architecture fields' labels by the names their problems carry (:meth:`SpecInputs.parse`)."""
+TRAINING_LABELS = {
+    "seeds": "Seeds",
+    "epochs": "Epochs",
+    "batch_size": "Batch size",
+    "lr": "Learning rate",
+    "optimizer": "Optimizer",
+}
+"""The training fields' labels by the names their problems carry (:meth:`TrainingInputs.parse`)."""
+
+
 @dataclass(frozen=True)
 class SpecInputs:
     """What the architecture fields hold: text for the layer lists, numbers and flags for the rest."""
@@ -134,12 +159,21 @@ class SpecInputs:
     bias: bool | None = None
 
     def parse(self) -> SpecOptions:
+        """The architecture's options; a :class:`ConfigError` lists every unreadable field (:data:`SPEC_LABELS`)."""
+        checks = Checks()
         if self.arch.endswith(":"):
-            raise ConfigError(f"type the name of a {self.arch.removesuffix(':')} model, e.g. resnet18")
+            source = literal(self.arch.removesuffix(":"))
+            checks.add("arch", f"{{arch}}: type the name of a {source} model, e.g. resnet18")
+        hidden = channels = None
+        with checks.refused("hidden"):
+            hidden = None if self.hidden is None else parse_int_list(self.hidden, "hidden", allow_empty=True)
+        with checks.refused("channels"):
+            channels = None if self.channels is None else parse_int_list(self.channels, "channels", example="16,32")
+        checks.done()
         return SpecOptions(
             arch=self.arch,
-            hidden=None if self.hidden is None else parse_int_list(self.hidden, "hidden widths", allow_empty=True),
-            channels=None if self.channels is None else parse_int_list(self.channels, "conv channels", example="16,32"),
+            hidden=hidden,
+            channels=channels,
             width=self.width,
             batch_norm=self.batch_norm,
             bias=self.bias,
@@ -163,7 +197,7 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
     if arch == "cnn":
         kept(f"{key}.channels", joined(defaults.channels))
         channels = st.text_input(
-            "Conv channels",
+            SPEC_LABELS["channels"],
             key=f"{key}.channels",
             disabled=disabled,
             help="Comma-separated output channels, one 3x3 conv + 2x2 max-pool each, e.g. 16,32",
@@ -171,7 +205,7 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
     if arch in ("mlp", "cnn"):
         kept(f"{key}.hidden", joined(defaults.hidden))
         hidden = st.text_input(
-            "Hidden widths",
+            SPEC_LABELS["hidden"],
             key=f"{key}.hidden",
             disabled=disabled,
             help="Comma-separated widths of the hidden linear layers, e.g. 128,64 (empty: none)",
@@ -179,9 +213,7 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
     else:
         kept(f"{key}.width", float(defaults.width))
         width = st.number_input(
-            "Width multiplier",
-            min_value=0.0625,
-            max_value=16.0,
+            SPEC_LABELS["width"],
             step=0.0625,
             key=f"{key}.width",
             disabled=disabled,
@@ -206,17 +238,24 @@ class TrainingInputs:
     optimizer: str
 
     def parse(self) -> list[TrainConfig]:
-        """One :class:`TrainConfig` per seed; raises ConfigError for bad seeds or out-of-range values."""
-        return [
-            TrainConfig(
-                epochs=int(self.epochs),
-                lr=float(self.lr),
-                batch_size=int(self.batch_size),
-                optimizer=self.optimizer,
-                seed=seed,
-            )
-            for seed in parse_seeds(self.seeds)
-        ]
+        """One :class:`TrainConfig` per seed; a :class:`ConfigError` lists every problem at once, the seeds' text
+        and each value out of range (:data:`TRAINING_LABELS`)."""
+        checks = Checks()
+        seeds: tuple[int, ...] = ()
+        with checks.refused("seeds"):
+            seeds = parse_seeds(self.seeds)
+        checks.nested(lambda: self.config(seed=0))
+        checks.done()
+        return [self.config(seed) for seed in seeds]
+
+    def config(self, seed: int) -> TrainConfig:
+        return TrainConfig(
+            epochs=int(self.epochs),
+            lr=float(self.lr),
+            batch_size=int(self.batch_size),
+            optimizer=self.optimizer,
+            seed=seed,
+        )
 
 
 def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
@@ -231,21 +270,16 @@ def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
     ):
         kept(f"{prefix}.{name}", default)
     kept(f"{prefix}.optimizer", defaults.optimizer, OPTIMIZERS)
-    seeds = left.text_input("Seeds", key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2")
-    epochs = middle.number_input("Epochs", 1, 10_000, key=f"{prefix}.epochs", disabled=disabled)
-    batch_size = right.number_input("Batch size", 1, 65_536, key=f"{prefix}.batch", disabled=disabled)
-    left, right = st.columns(2)
-    lr = left.number_input(
-        "Learning rate",
-        min_value=1e-6,
-        max_value=10.0,
-        step=1e-4,
-        format="%.6f",
-        key=f"{prefix}.lr",
-        disabled=disabled,
+    labels = TRAINING_LABELS
+    seeds = left.text_input(
+        labels["seeds"], key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2"
     )
+    epochs = middle.number_input(labels["epochs"], step=1, key=f"{prefix}.epochs", disabled=disabled)
+    batch_size = right.number_input(labels["batch_size"], step=1, key=f"{prefix}.batch", disabled=disabled)
+    left, right = st.columns(2)
+    lr = left.number_input(labels["lr"], step=1e-4, format="%.6f", key=f"{prefix}.lr", disabled=disabled)
     optimizer = right.selectbox(
-        "Optimizer",
+        labels["optimizer"],
         OPTIMIZERS,
         key=f"{prefix}.optimizer",
         disabled=disabled,

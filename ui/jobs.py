@@ -2,10 +2,12 @@
 
 Streamlit starts a new script run for every click while the previous run's torch loop goes on, so two trainings could
 overlap on one device. The app therefore holds one :class:`JobRunner` per server (see :func:`ui.state.job_runner`):
-one worker, one lock, and :meth:`JobRunner.submit` refuses a second job while one is queued or running. Jobs get the
-library's ``progress(done, total, message)`` callback; cancelling sets an event that the callback turns into
-:class:`JobCancelled` at the job's next progress report. Finished jobs are kept (the newest ``history``) so a reload
-or a page switch still shows how the last job ended. Nothing here imports Streamlit.
+one worker and one lock. :meth:`JobRunner.submit` queues a job behind the one running (a few at most, so a forgotten
+tab cannot pile up work), and returns the job already queued or running when the same computation is asked for again,
+so pages never need to freeze their forms while a job runs. Jobs get the library's ``progress(done, total, message)``
+callback; cancelling sets an event that the callback turns into :class:`JobCancelled` at the job's next progress
+report, or takes a queued job out of the queue. Finished jobs are kept (the newest ``history``) so a reload or a page
+switch still shows how the last job ended. Nothing here imports Streamlit.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class JobCancelled(Exception):
 
 
 class JobBusy(FusionError):
-    """A job was submitted while another one is queued or running."""
+    """A job was submitted while the queue was full."""
 
 
 def format_seconds(seconds: float) -> str:
@@ -53,7 +55,9 @@ class Job:
     """One unit of long work and how far it got. Times are ``time.time()`` seconds.
 
     The runner owns the live object; callers get copies (:meth:`JobRunner.get`), so a page never reads a half-updated
-    job. ``result`` is what the function returned; ``error`` the message shown when it failed.
+    job. ``result`` is what the function returned; ``error`` the message shown when it failed. ``inputs`` are the
+    widget values the job was started from, by their Session State key, so that a new browser session (a reload) can
+    show the page as it was when the job started, and with it the job.
     """
 
     id: str
@@ -68,6 +72,7 @@ class Job:
     finished: float | None = None
     result: Any = None
     error: str | None = None
+    inputs: dict[str, Any] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -112,31 +117,66 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class JobRunner:
-    """A single worker thread and the jobs it ran; every method is thread-safe."""
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
-    def __init__(self, history: int = 20) -> None:
+
+def same_call(first: Call, second: Call) -> bool:
+    """Whether two calls ``(fn, args, kwargs)`` compute the same thing: the same function on equal arguments.
+    Arguments that cannot be compared as a whole (tensors) count as different."""
+    try:
+        return bool(first[0] == second[0] and first[1] == second[1] and first[2] == second[2])
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+class JobRunner:
+    """A single worker thread, the jobs queued for it and the jobs it ran; every method is thread-safe."""
+
+    def __init__(self, history: int = 20, max_queued: int = 3) -> None:
         self.history = history
+        self.max_queued = max_queued
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionlab-job")
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._futures: dict[str, Future[None]] = {}
+        self._calls: dict[str, Call] = {}
 
-    def submit(self, title: str, fn: Callable[..., Any], *args: Any, kind: str | None = None, **kwargs: Any) -> Job:
-        """Queue ``fn(*args, progress=callback, **kwargs)`` and return (a copy of) its job.
+    def submit(
+        self,
+        title: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        kind: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Job:
+        """Queue ``fn(*args, progress=callback, **kwargs)`` behind the jobs already waiting and return (a copy of) its
+        job; it starts when every job submitted before it has ended.
 
         ``kind`` (default: the title) names what the job does, so a page finds its latest one with :meth:`latest`;
-        it is not passed to ``fn``. Raises :class:`JobBusy` while another job is queued or running.
+        ``inputs`` are stored on the job (see :class:`Job`). Neither is passed to ``fn``. When a job of the same kind
+        calling the same function on equal arguments is still queued or running, that job is returned and nothing is
+        queued. Raises :class:`JobBusy` when ``max_queued`` jobs already wait behind the running one.
         """
+        kind = kind or title
+        call: Call = (fn, args, kwargs)
         with self._lock:
-            busy = next((job for job in self._jobs.values() if job.active), None)
-            if busy is not None:
+            same = next(
+                (j for j in self._jobs.values() if j.active and j.kind == kind and same_call(self._calls[j.id], call)),
+                None,
+            )
+            if same is not None:
+                return copy.copy(same)
+            waiting = [job.title for job in self._jobs.values() if job.active][1:]
+            if len(waiting) >= self.max_queued:
+                names = ", ".join(f"“{name}”" for name in waiting)
                 raise JobBusy(
-                    f"“{busy.title}” is still {busy.status} ({busy.summary()}); wait for it to finish or cancel it "
-                    "before starting another job."
+                    f"{len(waiting)} jobs already wait for the running one ({names}); cancel one of them or wait "
+                    "until one starts before adding another."
                 )
-            job = Job(id=uuid.uuid4().hex[:12], title=title, kind=kind or title)
+            job = Job(id=uuid.uuid4().hex[:12], title=title, kind=kind, inputs=dict(inputs or {}))
             self._jobs[job.id] = job
+            self._calls[job.id] = call
             self._futures[job.id] = self._executor.submit(self._execute, job, fn, args, kwargs)
             return copy.copy(job)
 
@@ -150,9 +190,19 @@ class JobRunner:
         with self._lock:
             return [copy.copy(job) for job in reversed(self._jobs.values())]
 
+    def queue(self) -> list[Job]:
+        """The jobs queued or running, in the order they run (the running one first)."""
+        return [job for job in reversed(self.jobs()) if job.active]
+
     def active(self) -> Job | None:
-        """The job that is queued or running, if any."""
-        return next((job for job in self.jobs() if job.active), None)
+        """The job running now, or else the next to run; ``None`` when none is queued or running."""
+        return next(iter(self.queue()), None)
+
+    def ahead_of(self, job_id: str) -> list[Job]:
+        """The jobs that run before ``job_id`` (the running one first); empty once it runs or has ended."""
+        queue = self.queue()
+        ids = [job.id for job in queue]
+        return queue[: ids.index(job_id)] if job_id in ids else []
 
     def latest(self, kind: str) -> Job | None:
         """The newest job of ``kind``, active or finished."""
@@ -170,13 +220,14 @@ class JobRunner:
             return copy.copy(job)
 
     def wait(self, job_id: str | None = None, timeout: float | None = None) -> Job | None:
-        """Block until the job (default: the active one) has finished; returns it, or ``None`` if there was none.
+        """Block until the job has finished (default: the last one queued, so every job has); returns it, or ``None``
+        if there was none.
 
         Meant for tests and scripts; raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
         with self._lock:
             if job_id is None:
-                job_id = next((job.id for job in self._jobs.values() if job.active), None)
+                job_id = next((job.id for job in reversed(self._jobs.values()) if job.active), None)
             future = self._futures.get(job_id) if job_id is not None else None
         if future is None:
             return self.get(job_id) if job_id is not None else None
@@ -233,6 +284,7 @@ class JobRunner:
         if message is not None:
             job.message = message
         job.error = error
+        self._calls.pop(job.id, None)
         self._forget_old_jobs()
 
     def _forget_old_jobs(self) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import streamlit as st
 
-from fusion.errors import ConfigError
 from fusion.options import OptionField, option_fields
+from fusion.problems import Checks, given
 
 LABELS = {
     "recompute_bn": "Recompute BatchNorm statistics",
@@ -54,7 +54,15 @@ LABELS = {
 
 
 def label_of(option: OptionField) -> str:
-    return LABELS.get(option.name, option.name.replace("_", " ").capitalize())
+    """The label beside the option's widget: its entry in :data:`LABELS` or its name as words, with what 0 means
+    for an optional count."""
+    label = LABELS.get(option.name, option.name.replace("_", " ").capitalize())
+    return label + " (0: all)" if option.kind == "optional int" else label
+
+
+def option_labels(options_class: type) -> dict[str, str]:
+    """Every option's widget label by option name, to name a refused value as the form shows it."""
+    return {option.name: label_of(option) for option in option_fields(options_class)}
 
 
 def kept(key: str, default: Any, allowed: Sequence[Any] | None = None) -> None:
@@ -83,7 +91,7 @@ def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
         return st.number_input(label, step=1, **common)
     if option.kind == "optional int":
         kept(key, int(option.default or 0))
-        return st.number_input(label + " (0: all)", min_value=0, step=1, **common)
+        return st.number_input(label, step=1, **common)
     if option.name == "sparsity":
         kept(key, float(option.default))
         return st.slider(label, 0.05, 0.95, step=0.05, **common)
@@ -98,7 +106,7 @@ def option_widget(option: OptionField, key: str, disabled: bool) -> Any:
 
 
 def option_widgets(
-    options_class: type, prefix: str, disabled: bool, columns: int = 3, first: Sequence[str] = ()
+    options_class: type, prefix: str, disabled: bool = False, columns: int = 3, first: Sequence[str] = ()
 ) -> dict[str, Any]:
     """One widget per option, laid out in columns; returns the raw widget values by option name. With ``first``,
     only those options are shown at once and the rest wait in a folded "Advanced options" section, with one line
@@ -134,8 +142,10 @@ def widget_grid(fields: Sequence[OptionField], prefix: str, disabled: bool, colu
 
 def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]:
     """Widget values to keyword options: numbers typed, comma lists parsed; only values that differ from the
-    defaults are returned. Raises :class:`ConfigError` for unreadable text."""
+    defaults are returned. The options are built once to check them: a :class:`ConfigError` lists every unreadable
+    list and every value the options class refuses (:mod:`fusion.problems`)."""
     result = {}
+    checks = Checks()
     for option in option_fields(options_class):
         value = values[option.name]
         if option.kind == "floats":
@@ -144,8 +154,9 @@ def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]
                 continue
             try:
                 value = tuple(float(part) for part in text.split(","))
-            except ValueError as exc:
-                raise ConfigError(f"{option.name}: expected numbers separated by commas, got {text!r}") from exc
+            except ValueError:
+                checks.add(option.name, f"{{{option.name}}}: expected numbers separated by commas, got {given(text)}")
+                continue
         elif option.kind == "int":
             value = int(value)
         elif option.kind == "optional int":
@@ -156,4 +167,6 @@ def parse_options(options_class: type, values: dict[str, Any]) -> dict[str, Any]
             value = str(value).strip()
         if value != option.default:
             result[option.name] = value
+    checks.nested(lambda: options_class(**result))
+    checks.done()
     return result

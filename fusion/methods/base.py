@@ -12,6 +12,7 @@ from torch import nn
 from fusion.groups import NeuronGroup
 from fusion.models import ModelSpec, family
 from fusion.progress import Progress, no_progress
+from fusion.train import TrainConfig
 from fusion.transport import Transport
 
 
@@ -123,7 +124,9 @@ model, or another ``network`` (of another depth or made by concatenation)."""
 class MethodSpec:
     """A registered method: its options dataclass, its function, how many input models it takes, a one-line
     description for the app and the command line, what its input models must share and what it makes, and whether
-    it solves transport or assignment problems (``solvers``: POT and lap, :func:`fusion.transport.load_solvers`)."""
+    it solves transport or assignment problems (``solvers``: POT and lap, :func:`fusion.transport.load_solvers`).
+    ``finetune`` is the fine-tune the method's paper applies after fusing (``None``: the paper uses the fused model as
+    it is); the app offers it by default."""
 
     options: type
     run: Callable[[Sequence[nn.Module], Any, Context], MethodOutput]
@@ -133,6 +136,7 @@ class MethodSpec:
     parents: ParentRule = "same depth"
     output: Output = "aligned average"
     solvers: bool = False
+    finetune: TrainConfig | None = None
 
 
 def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None:

@@ -75,6 +75,7 @@ from fusion.methods.depth_balance import (
 )
 from fusion.methods.ot import FusionOptions, run_aligned_average
 from fusion.models import family, spec_of, stage_sizes
+from fusion.problems import Checks
 from fusion.train import predict_logits
 from fusion.transport import Correction, ground_cost, transport_plan
 
@@ -140,8 +141,8 @@ class CLAOptions(AlignOptions):
         default=True, metadata={"help": "check that every hard alignment preserves its model's function"}
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self, checks: Checks) -> None:
+        super().check(checks)
         choices = {
             "layer_cost": ("cka", "activations", "widths"),
             "balance": ("identity", "merge"),
@@ -149,10 +150,10 @@ class CLAOptions(AlignOptions):
             "relu_approximation": ("sum", "majority", "average", "none"),
         }
         for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+            checks.choice(name, getattr(self, name), allowed)
         if self.weights is not None:
-            mixture_weights(2, self.weights)
+            with checks.refused("weights"):
+                mixture_weights(2, self.weights)
 
 
 def align_layers(cost: np.ndarray | Sequence[Sequence[float]], match_last: bool = True) -> list[int]:

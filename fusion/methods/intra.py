@@ -42,22 +42,21 @@ from fusion.groups import NORMS, NeuronGroup, neuron_groups, neuron_slices
 from fusion.heads import refuse_head_pruning, set_head_counts, whole_heads
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.problems import Checked, Checks
 from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.transport import Solver, Transport, ground_cost, marginal, transport_plan
 
 
 @dataclass(frozen=True)
-class PruneOptions:
+class PruneOptions(Checked):
     """Magnitude pruning: keep the most important neurons of every group, drop the rest."""
 
     sparsity: float = field(default=0.5, metadata={"help": "fraction of each group's neurons removed"})
     importance: Importance = field(default="l1", metadata={"help": "neuron importance that decides who is kept"})
 
-    def __post_init__(self) -> None:
-        if not 0 < self.sparsity < 1:
-            raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
-        if self.importance not in ("l1", "l2", "l2sq", "taylor"):
-            raise ConfigError(f"importance must be l1, l2, l2sq or taylor, got {self.importance!r}")
+    def check(self, checks: Checks) -> None:
+        checks.number("sparsity", self.sparsity, 0, 1, above=True, below=True)
+        checks.choice("importance", self.importance, ("l1", "l2", "l2sq", "taylor"))
 
 
 @dataclass(frozen=True)
@@ -78,14 +77,12 @@ class IntraOptions(PruneOptions):
         },
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rows not in ("rescaled", "barycentre", "sum"):
-            raise ConfigError(f"rows must be rescaled, barycentre or sum, got {self.rows!r}")
-        if self.marginals not in ("uniform", "importance"):
-            raise ConfigError(f"marginals must be uniform or importance, got {self.marginals!r}")
-        if self.solver not in ("exact", "sinkhorn") or not self.reg > 0:
-            raise ConfigError(f"solver must be exact or sinkhorn with reg > 0, got {self.solver!r}, {self.reg}")
+    def check(self, checks: Checks) -> None:
+        super().check(checks)
+        checks.choice("rows", self.rows, ("rescaled", "barycentre", "sum"))
+        checks.choice("marginals", self.marginals, ("uniform", "importance"))
+        checks.choice("solver", self.solver, ("exact", "sinkhorn"))
+        checks.number("reg", self.reg, 0, above=True)
 
 
 def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:

@@ -18,15 +18,15 @@ from fusion.alignment import AlignOptions, align, is_hard, verify_alignment
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import mixture_weights, streamed_average
 from fusion.methods.base import Context, GroupReport, LazyModels, MethodOutput
+from fusion.problems import Checked, Checks
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
-from fusion.seeds import check_seed
 from fusion.surgery import with_state
 from fusion.transport import Transport
 
 
 @dataclass(frozen=True)
-class FusionOptions(Record):
+class FusionOptions(Record, Checked):
     """Options shared by the fusion methods that average aligned models."""
 
     reference: int = field(
@@ -50,9 +50,10 @@ class FusionOptions(Record):
         },
     )
 
-    def __post_init__(self) -> None:
+    def check(self, checks: Checks) -> None:
         if self.weights is not None:
-            mixture_weights(len(self.weights), self.weights)
+            with checks.refused("weights"):
+                mixture_weights(len(self.weights), self.weights)
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,9 @@ class OTOptions(AlignOptions, FusionOptions):
 
     sweeps: int = field(default=3, metadata={"help": "maximum passes over the groups (stops when no map changes)"})
 
-    def __post_init__(self) -> None:
-        AlignOptions.__post_init__(self)
-        FusionOptions.__post_init__(self)
+    def check(self, checks: Checks) -> None:
+        AlignOptions.check(self, checks)
+        FusionOptions.check(self, checks)
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,11 @@ class MatchingOptions(FusionOptions):
     samples: int = field(default=200, metadata={"help": "training samples for activation matching"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_seed(self.seed)
+    def check(self, checks: Checks) -> None:
+        super().check(checks)
+        checks.whole("sweeps", self.sweeps, 1, 1000)
+        checks.whole("samples", self.samples, 1, 100_000)
+        checks.seed("seed", self.seed)
 
     def align_options(self) -> AlignOptions:
         return AlignOptions(

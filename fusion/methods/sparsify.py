@@ -20,11 +20,12 @@ from torch import nn
 
 from fusion.errors import ConfigError
 from fusion.methods.base import Context, MethodOutput
+from fusion.problems import Checked, Checks
 from fusion.surgery import with_state
 
 
 @dataclass(frozen=True)
-class SparsifyOptions:
+class SparsifyOptions(Checked):
     """Unstructured L1 pruning: the fraction of weights zeroed, per layer or over the whole network."""
 
     sparsity: float = field(default=0.5, metadata={"help": "fraction of the weights set to zero"})
@@ -32,11 +33,9 @@ class SparsifyOptions:
         default="layer", metadata={"help": "the smallest weights of each layer, or of the whole network"}
     )
 
-    def __post_init__(self) -> None:
-        if not 0 < self.sparsity < 1:
-            raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
-        if self.scope not in ("layer", "global"):
-            raise ConfigError(f"scope must be layer or global, got {self.scope!r}")
+    def check(self, checks: Checks) -> None:
+        checks.number("sparsity", self.sparsity, 0, 1, above=True, below=True)
+        checks.choice("scope", self.scope, ("layer", "global"))
 
 
 def prunable_weights(model: nn.Module) -> list[str]:

@@ -28,12 +28,18 @@ from fusion.groups import Member, NeuronGroup, neuron_groups
 from fusion.heads import set_head_counts, whole_heads
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, GroupReport, MethodOutput
+from fusion.problems import Checked, Checks
 from fusion.surgery import apply_transports, group_sizes, with_state
+from fusion.train import TrainConfig
 from fusion.transport import Transport
+
+NT_FINETUNE = TrainConfig(epochs=30, lr=0.01, optimizer="sgd")
+"""The fine-tune after the pruning: the reference implementation's (its experiment 11: 30 epochs of SGD, lr 0.01,
+momentum 0.9), with batches of 64 and a cosine schedule instead of a constant rate."""
 
 
 @dataclass(frozen=True)
-class TransplantOptions:
+class TransplantOptions(Checked):
     """Neuron Transplantation's options (defaults of the reference implementation)."""
 
     importance: Importance = field(default="l2sq", metadata={"help": "neuron magnitude that decides who survives"})
@@ -49,13 +55,10 @@ class TransplantOptions:
         metadata={"help": "how models are aligned first when a LayerNorm'd group must be shared (exact OT)"},
     )
 
-    def __post_init__(self) -> None:
-        if self.importance not in ("l1", "l2", "l2sq", "taylor"):
-            raise ConfigError(f"importance must be l1, l2, l2sq or taylor, got {self.importance!r}")
-        if self.variant not in ("all", "iterative", "hierarchical"):
-            raise ConfigError(f"variant must be all, iterative or hierarchical, got {self.variant!r}")
-        if self.alignment not in ("weights", "activations"):
-            raise ConfigError(f"alignment must be weights or activations, got {self.alignment!r}")
+    def check(self, checks: Checks) -> None:
+        checks.choice("importance", self.importance, ("l1", "l2", "l2sq", "taylor"))
+        checks.choice("variant", self.variant, ("all", "iterative", "hierarchical"))
+        checks.choice("alignment", self.alignment, ("weights", "activations"))
 
 
 def concatenate(

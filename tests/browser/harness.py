@@ -175,11 +175,14 @@ def page_errors(page: Page) -> list[str]:
     return errors
 
 
-def save_full_page(page: Page, path: Path) -> Path:
-    """Screenshot the whole page, figures included: Streamlit scrolls inside ``stMain``, not the document, so the
-    viewport is made as tall as that element's content for the picture, then put back."""
+def save_full_page(page: Page, path: Path, width: int = VIEWPORT["width"]) -> Path:
+    """Screenshot the whole page, figures included, ``width`` pixels wide: Streamlit scrolls inside ``stMain``, not
+    the document, so the viewport is made as tall as that element's content for the picture, then put back."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    page.mouse.move(VIEWPORT["width"] // 2, 1)  # off the sidebar, whose hover shows its collapse button
+    if width != VIEWPORT["width"]:
+        page.set_viewport_size({"width": width, "height": VIEWPORT["height"]})
+        wait_until_idle(page)
+    page.mouse.move(width // 2, 1)  # off the sidebar, whose hover shows its collapse button
     measure = """() => {
         const main = document.querySelector('[data-testid="stMain"]') || document.querySelector('section.main');
         return Math.max(main ? main.scrollHeight : 0, document.documentElement.scrollHeight);
@@ -190,7 +193,7 @@ def save_full_page(page: Page, path: Path) -> Path:
         if needed <= height:
             break
         height = needed
-        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        page.set_viewport_size({"width": width, "height": height})
         wait_for_stable_height(page, measure)
     page.screenshot(path=str(path), full_page=True, animations="disabled")
     page.set_viewport_size(VIEWPORT)
