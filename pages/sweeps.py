@@ -2,7 +2,6 @@
 here on submitit's local executor, and read every sweep stored in the workspace, however it was run (here, from the
 command line, or on SLURM)."""
 
-import pandas as pd
 import streamlit as st
 
 from analysis.fusion_figures import sweep_figure
@@ -15,6 +14,7 @@ from ui.errors import report_errors
 from ui.job_view import restore_inputs, show_job, start_job
 from ui.options import kept
 from ui.state import job_runner, workspace
+from ui.tables import dashed_numbers
 
 SWEEP_KIND = "sweep"
 
@@ -57,9 +57,11 @@ with report_errors():
     pending.metric("Not run yet", counts["pending"])
     rows = job_rows(table)
     st.subheader("Per method and options, over the seeds")
-    show_table(pd.DataFrame(summary_rows(table)), f"sweep-{name}-summary")
+    summary, summary_config = dashed_numbers(summary_rows(table))
+    show_table(summary, f"sweep-{name}-summary", column_config=summary_config)
     show_chart(sweep_figure(rows), f"sweep-{name}")
     st.subheader("Every fusion job")
-    show_table(pd.DataFrame(rows), f"sweep-{name}-jobs")
+    jobs, jobs_config = dashed_numbers(rows)
+    show_table(jobs, f"sweep-{name}-jobs", column_config=jobs_config)
     st.caption("The same table from the command line:")
     show_command(f"fusionlab sweeps {name} --csv {name}.csv --json")

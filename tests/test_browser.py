@@ -38,10 +38,6 @@ from browser.fixtures import *  # noqa: F403 (the server, browser and screenshot
 from browser.harness import REPO_ROOT, TRACEBACK, main_area, page_errors, save_full_page, wait_until_idle
 
 from analysis.sweeps.spec import EXAMPLE_SWEEP
-from fusion.models import default_spec
-from fusion.pipeline import fuse_and_save, train_and_save
-from fusion.train import TrainConfig
-from fusion.workspace import Workspace
 
 try:
     from playwright.sync_api import Page, expect
@@ -248,40 +244,3 @@ def test_every_page_in_the_navigation_is_checked(page: Page, tour: Tour, artifac
             save_failure_screenshot(page, artifacts / f"failed-{slug(title)}.png")
             raise
     assert not unchecked, f"add an entry to PAGES in {Path(__file__).name} for: {', '.join(unchecked)}"
-
-
-def test_the_hessian_and_landscape_pages_work_on_a_vit_pair_and_its_fusion(
-    page: Page, browser_workspace: Path, artifacts: Path, server_log: Path, tour: Tour
-) -> None:
-    """Two ViTs (one epoch each) and their OT fusion, made through the library in the server's workspace; then the
-    Hessian of a parent and the fusion, and the fusion's landscape, computed from the pages."""
-    workspace = Workspace(browser_workspace)
-    vit = default_spec("vit", (1, 8, 8), 10)
-    ids = [train_and_save(workspace, vit, "digits", TrainConfig(epochs=1, seed=s)).record.id for s in (0, 1)]
-    fuse_and_save(workspace, ids, "ot")
-    try:
-        open_page(page, "Hessian")
-        multiselect(page, "Models (parents and fused side by side)", "vit x1 · train · seed 0 ", "vit x1 · ot of 2 ")
-        open_advanced(page)
-        settings = (("Samples (0: all)", 100), ("Iterations", 8), ("Probes", 4), ("Steps", 8), ("Runs", 1))
-        for label, value in (*settings, ("Random directions", 0), ("Sample parts (eigenvalue spread)", 1)):
-            fill_number(page, label, value)
-        main_area(page).get_by_role("checkbox", name="Per-layer Hessians", exact=True).uncheck(force=True)
-        click_button(page, "Compute")
-        wait_for_job(page, "Hessian of 2 model(s)")
-        shows(charts=3, tables=1)(page)
-        check_no_errors(page, "Hessian (ViT)", server_log, tour)
-        screenshot(page, "hessian_vit", artifacts)
-
-        open_page(page, "Loss landscape")
-        select(page, "Fused model", "vit x1 · ot of 2")
-        fill_number(page, "Points per axis", 3)
-        fill_number(page, "Examples per split (0: all)", 100)
-        click_button(page, "Compute")
-        wait_for_job(page, "Landscape of ")
-        shows(charts=2, tables=1)(page)
-        check_no_errors(page, "Loss landscape (ViT)", server_log, tour)
-        screenshot(page, "loss_landscape_vit", artifacts)
-    except BaseException:
-        save_failure_screenshot(page, artifacts / "failed-vit.png")
-        raise

@@ -389,6 +389,8 @@ def test_the_sweeps_page_shows_a_stored_sweep_and_runs_one(app_workspace) -> Non
     assert [m.value for m in at.metric] == ["1", "0", "0"]
     jobs = at.dataframe[1].value
     assert jobs["method"].tolist() == ["average"] and jobs["state"].tolist() == ["done"]
+    summary = at.dataframe[0].value
+    assert "None" not in summary.astype(str).to_numpy() and "–" in summary.astype(str).to_numpy(), "one seed: no sd"
     assert len(at.get("plotly_chart")) == 1
 
 

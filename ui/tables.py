@@ -103,6 +103,13 @@ def dashed_table(records: Sequence[dict], formats: dict[str, str]) -> tuple[pd.D
     return frame, config
 
 
+def dashed_numbers(records: Sequence[dict]) -> tuple[pd.DataFrame, dict]:
+    """:func:`dashed_table` with every number column at four significant digits (a table whose columns are not
+    known in advance, such as a sweep's)."""
+    numbers = {key for row in records for key, value in row.items() if isinstance(value, float)}
+    return dashed_table(records, {key: "%.4g" for key in numbers})
+
+
 def relative_change(before: float, after: float) -> str:
     """``"(53 % lower)"`` or ``"(12 % higher)"``: how far ``after`` is from a positive ``before``; ``"(no baseline)"``
     otherwise."""
