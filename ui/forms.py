@@ -51,9 +51,7 @@ def offered_sources(from_file: bool = False) -> list[str]:
     return [FROM_FILE, *sources] if from_file else sources
 
 
-def architecture_select(
-    prefix: str, columns: Sequence[DeltaGenerator], disabled: bool = False, from_file: bool = False
-) -> str | None:
+def architecture_select(prefix: str, columns: Sequence[DeltaGenerator], from_file: bool = False) -> str | None:
     """A "Source" select in ``columns[0]`` and that source's architecture in ``columns[1]``: a select of the zoo's,
     torchvision's, otfusion's or the listed factories' names, a text input for timm (checked when the form is
     submitted). Returns the ``arch``, or ``None`` for :data:`FROM_FILE` (offered first when ``from_file``).
@@ -63,9 +61,7 @@ def architecture_select(
     """
     sources = offered_sources(from_file)
     kept(f"{prefix}.source", sources[0], sources)
-    source = columns[0].selectbox(
-        "Source", sources, format_func=SOURCE_LABELS.__getitem__, key=f"{prefix}.source", disabled=disabled
-    )
+    source = columns[0].selectbox("Source", sources, format_func=SOURCE_LABELS.__getitem__, key=f"{prefix}.source")
     if source == FROM_FILE:
         return None
     if source == "timm":
@@ -73,7 +69,6 @@ def architecture_select(
         name = columns[1].text_input(
             "Architecture",
             key=f"{prefix}.arch.timm",
-            disabled=disabled,
             help="A timm model name (timm.list_models()), e.g. resnet18; checked when you submit",
         )
         return f"timm:{name.strip()}"
@@ -85,21 +80,20 @@ def architecture_select(
         choices,
         format_func=lambda arch: arch.partition(":")[2] or arch,
         key=key,
-        disabled=disabled,
     )
 
 
 IMAGE_FOLDER = "image folder"
 
 
-def dataset_select(prefix: str, column: DeltaGenerator, disabled: bool = False, from_file: bool = False) -> str | None:
+def dataset_select(prefix: str, column: DeltaGenerator, from_file: bool = False) -> str | None:
     """A "Dataset" select in ``column``: the built-in datasets and an image folder (a folder path and an optional size
     below the select, composed into ``imagefolder:PATH[@SIZE]``, :mod:`fusion.image_folder`). Returns the name, or
     ``None`` for :data:`FROM_FILE` (offered first when ``from_file``). Keys start with ``{prefix}.dataset``."""
     choices = [*([FROM_FILE] if from_file else []), *DATASETS, IMAGE_FOLDER]
     key = f"{prefix}.dataset"
     kept(key, choices[0], choices)
-    chosen = column.selectbox("Dataset", choices, key=key, disabled=disabled)
+    chosen = column.selectbox("Dataset", choices, key=key)
     if chosen == FROM_FILE:
         return None
     if chosen != IMAGE_FOLDER:
@@ -109,14 +103,12 @@ def dataset_select(prefix: str, column: DeltaGenerator, disabled: bool = False, 
     folder = column.text_input(
         "Image folder",
         key=f"{key}.folder",
-        disabled=disabled,
         help="A folder on the server with one sub-folder of images per class (torchvision's ImageFolder layout), "
         "optionally split into train/ and test/",
     )
     size = column.text_input(
         "Resize to",
         key=f"{key}.size",
-        disabled=disabled,
         placeholder="keep (all images one size)",
         help="N for N x N pixels, or HxW; empty keeps the images' own size, which must then be the same for all",
     )
@@ -180,7 +172,7 @@ class SpecInputs:
         )
 
 
-def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = False) -> SpecInputs:
+def architecture_fields(prefix: str, arch: str, dataset: str) -> SpecInputs:
     """Fields for the options of ``arch`` (layer widths for mlp/cnn, a width multiplier for vgg/resnet, batch norm,
     bias), pre-filled with the zoo's defaults for ``dataset``. Widget keys start with ``prefix``. An architecture from
     a source has none of these options: only a caption, and :meth:`SpecInputs.parse` gives ``SpecOptions(arch)``.
@@ -199,7 +191,6 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
         channels = st.text_input(
             SPEC_LABELS["channels"],
             key=f"{key}.channels",
-            disabled=disabled,
             help="Comma-separated output channels, one 3x3 conv + 2x2 max-pool each, e.g. 16,32",
         )
     if arch in ("mlp", "cnn"):
@@ -207,7 +198,6 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
         hidden = st.text_input(
             SPEC_LABELS["hidden"],
             key=f"{key}.hidden",
-            disabled=disabled,
             help="Comma-separated widths of the hidden linear layers, e.g. 128,64 (empty: none)",
         )
     else:
@@ -216,14 +206,13 @@ def architecture_fields(prefix: str, arch: str, dataset: str, disabled: bool = F
             SPEC_LABELS["width"],
             step=0.0625,
             key=f"{key}.width",
-            disabled=disabled,
             help="Scales every layer's channels (1 = the paper's widths)",
         )
     left, right = st.columns(2)
     kept(f"{key}.bn", defaults.batch_norm)
     kept(f"{key}.bias", defaults.bias)
-    batch_norm = left.checkbox("Batch norm", key=f"{key}.bn", disabled=disabled)
-    bias = right.checkbox("Bias", key=f"{key}.bias", disabled=disabled)
+    batch_norm = left.checkbox("Batch norm", key=f"{key}.bn")
+    bias = right.checkbox("Bias", key=f"{key}.bias")
     return SpecInputs(arch, hidden, channels, width, batch_norm, bias)
 
 
@@ -258,7 +247,7 @@ class TrainingInputs:
         )
 
 
-def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
+def training_fields(prefix: str) -> TrainingInputs:
     """Fields for a training recipe, pre-filled from :class:`TrainConfig`'s defaults."""
     defaults = TrainConfig()
     left, middle, right = st.columns(3)
@@ -271,17 +260,14 @@ def training_fields(prefix: str, disabled: bool = False) -> TrainingInputs:
         kept(f"{prefix}.{name}", default)
     kept(f"{prefix}.optimizer", defaults.optimizer, OPTIMIZERS)
     labels = TRAINING_LABELS
-    seeds = left.text_input(
-        labels["seeds"], key=f"{prefix}.seeds", disabled=disabled, help="One model per seed, e.g. 0,1,2"
-    )
-    epochs = middle.number_input(labels["epochs"], step=1, key=f"{prefix}.epochs", disabled=disabled)
-    batch_size = right.number_input(labels["batch_size"], step=1, key=f"{prefix}.batch", disabled=disabled)
+    seeds = left.text_input(labels["seeds"], key=f"{prefix}.seeds", help="One model per seed, e.g. 0,1,2")
+    epochs = middle.number_input(labels["epochs"], step=1, key=f"{prefix}.epochs")
+    batch_size = right.number_input(labels["batch_size"], step=1, key=f"{prefix}.batch")
     left, right = st.columns(2)
-    lr = left.number_input(labels["lr"], step=1e-4, format="%.6f", key=f"{prefix}.lr", disabled=disabled)
+    lr = left.number_input(labels["lr"], step=1e-4, format="%.6f", key=f"{prefix}.lr")
     optimizer = right.selectbox(
         labels["optimizer"],
         OPTIMIZERS,
         key=f"{prefix}.optimizer",
-        disabled=disabled,
     )
     return TrainingInputs(seeds, int(epochs), float(lr), int(batch_size), str(optimizer))
