@@ -32,9 +32,12 @@ def starts_with(text: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(text))
 
 
-def select(page: Page, label: str, option: str) -> None:
-    """Choose the option that starts with ``option`` in the selectbox labelled ``label``."""
+def select(page: Page, label: str, option: str, nth: int | None = None) -> None:
+    """Choose the option that starts with ``option`` in the selectbox labelled ``label`` (the ``nth`` of them, from
+    the top, or from the bottom when negative, where a page has several with that label)."""
     box = main_area(page).get_by_role("combobox", name=label, exact=True)
+    if nth is not None:
+        box = box.nth(nth)
     expect(box).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
     if not box.input_value().startswith(option):
         box.scroll_into_view_if_needed()
