@@ -1,7 +1,8 @@
-"""Analyses of trained and fused networks: Hessian spectra (:mod:`analysis.hessian`), loss landscapes
-(:mod:`analysis.landscape`), neuron norms (:mod:`analysis.norms`), method comparisons (:mod:`analysis.comparison`),
-the same over workspace models with stored results (:mod:`analysis.runs`), and their plotly figures
-(:mod:`analysis.figures`). Nothing here imports Streamlit.
+"""Analyses of trained and fused networks, as functions of models and tensors: Hessian spectra
+(:mod:`analysis.hessian`), loss landscapes (:mod:`analysis.landscape`), neuron norms (:mod:`analysis.norms`),
+transport-map summaries (:mod:`analysis.maps`) and their plotly figures (:mod:`analysis.figures`). Nothing here
+imports Streamlit, the workspace or a workflow: the same analyses over workspace models, with stored results, are in
+:mod:`studies`.
 
     from analysis import hessian_report, HessianConfig, linear_interpolation, LandscapeConfig
 
@@ -27,13 +28,6 @@ EXPORTS: dict[str, str] = {
     "random_directions": "analysis.landscape",
     "loss_barrier": "analysis.landscape",
     "neuron_norms": "analysis.norms",
-    "compare_methods": "analysis.comparison",
-    "compare_fusion": "analysis.comparison",
-    "FusionComparison": "analysis.comparison",
-    "Score": "analysis.scores",
-    "hessian_of": "analysis.runs",
-    "landscape_of": "analysis.runs",
-    "fusion_landscape": "analysis.runs",
 }
 __all__ = sorted([*EXPORTS, "AnalysisError", "NonFiniteLoss"])
 

@@ -40,7 +40,7 @@ class HessianConfig(Record, Checked):
     2018). Eigenvalue spreads come from ``batch_parts`` equal parts of the sample. With ``plane_points``, the surface
     over the same range along the top two eigenvectors (``plane_points`` steps a side). With ``lines_to_parents`` a
     workspace model's curves also follow the line to each parent of its architecture (the parents aligned as its
-    fusion aligned them, for ``average``, ``ot`` and ``matching``; :func:`analysis.runs.hessian_of`).
+    fusion aligned them, for ``average``, ``ot`` and ``matching``; :func:`studies.runs.hessian_of`).
     Limits, checked before any work (:func:`check_hessian_cost`): at most ``max_products`` Hessian-vector products,
     ``max_seconds`` estimated seconds and ``max_memory_gb`` estimated GiB; above ``warn_seconds`` a
     :class:`SlowHessianWarning` is issued.

@@ -1,4 +1,4 @@
-"""Transport maps of a fused model, read back from the workspace and summarised per group.
+"""Transport maps of a fused model (as saved with it: :func:`maps_from_tensors`), summarised per group.
 
 For a plan ``T: (n, m)`` with total mass ``|T| = sum_ij T_ij``:
 
@@ -12,13 +12,14 @@ Display order: source neurons sorted by their main target (ties by mass), so a p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from analysis.norms import network_order
 from fusion.records import Record
-from fusion.workspace import Workspace
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,17 @@ class MapSummary(Record):
     total_cost: float | None
 
 
-def stored_maps(workspace: Workspace, model_id: str) -> list[GroupMap]:
-    """The maps saved with a fused model (``transport`` attachment), by parent and then in network order (the order
-    of the groups in the fusion's report; a safetensors file keeps its keys sorted by name, which puts
-    ``classifier.1`` before ``features.0``); empty if none."""
-    tensors = workspace.load_tensors(model_id, "transport") or {}
-    position = network_order(workspace.record(model_id).provenance.get("report") or {})
+def maps_from_tensors(tensors: Mapping[str, torch.Tensor], report: Mapping) -> list[GroupMap]:
+    """The maps of a fusion as saved with its model (``model<i>/<group>/plan`` and ``.../cost`` tensors), by parent and
+    then in network order (the order of the groups in the fusion's ``report``; a safetensors file keeps its keys
+    sorted by name, which puts ``classifier.1`` before ``features.0``); empty if none.
+
+    >>> import torch
+    >>> tensors = {"model1/fc2/plan": torch.eye(2), "model1/fc1/plan": torch.eye(3)}
+    >>> [(m.group, m.plan.shape) for m in maps_from_tensors(tensors, {"groups": [{"name": "fc1"}, {"name": "fc2"}]})]
+    [('fc1', (3, 3)), ('fc2', (2, 2))]
+    """
+    position = network_order(report)
     maps = []
     for key, plan in tensors.items():
         prefix, _, kind = key.rpartition("/")

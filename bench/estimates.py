@@ -32,9 +32,9 @@ from analysis import runs  # noqa: E402
 from analysis.cost import CostEstimate, SlowAnalysisWarning  # noqa: E402
 from analysis.hessian_config import HessianConfig  # noqa: E402
 from analysis.landscape import LandscapeConfig  # noqa: E402
-from analysis.story import STEP_TITLES, Story, StoryOptions, advance_story  # noqa: E402
-from fusion.pipeline import build_demo_ensemble, fuse_and_save  # noqa: E402
 from fusion.workspace import Workspace  # noqa: E402
+from studies.pipeline import build_demo_ensemble, fuse_and_save  # noqa: E402
+from studies.story import STEP_TITLES, Story, StoryOptions, advance_story  # noqa: E402
 
 
 def row(job: str, estimate: Callable[[], CostEstimate | None], run: Callable[[], Any]) -> dict[str, Any]:

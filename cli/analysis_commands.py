@@ -6,21 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from analysis.comparison import applicable_methods, compare_methods
 from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
 from analysis.rows import curve_rows, landscape_rows
-from analysis.runs import (
-    LANDSCAPE_MODELS,
-    hessian_command,
-    hessian_of,
-    hessian_record,
-    landscape_command,
-    landscape_of,
-    landscape_record,
-)
-from analysis.seed_study import STUDY, StudyConfig, seed_study, study_command, study_rows
-from analysis.sharpness import sharpness_of, sharpness_rows, sharpness_table
 from analysis.units import in_percent
 from cli.arguments import add_option_arguments, given_options
 from cli.output import add_csv_option, check_csv, stderr_progress, write_csv
@@ -29,6 +17,18 @@ from fusion.options import option_fields
 from fusion.results import result_key
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.comparison import applicable_methods, compare_methods
+from studies.runs import (
+    LANDSCAPE_MODELS,
+    hessian_command,
+    hessian_of,
+    hessian_record,
+    landscape_command,
+    landscape_of,
+    landscape_record,
+)
+from studies.seed_study import STUDY, StudyConfig, seed_study, study_command, study_rows
+from studies.sharpness import sharpness_of, sharpness_rows, sharpness_table
 
 
 def command_hessian(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:

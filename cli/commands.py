@@ -18,7 +18,11 @@ from fusion.device import default_device, describe_device
 from fusion.errors import ConfigError, DatasetError, FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.options import OptionField, option_fields
-from fusion.pipeline import (
+from fusion.registry import REGISTRY
+from fusion.sources import SOURCES, is_sourced, trust_factory
+from fusion.train import TrainConfig
+from fusion.workspace import Workspace
+from studies.pipeline import (
     build_demo_ensemble,
     evaluate_and_save,
     finetune_and_save,
@@ -28,10 +32,6 @@ from fusion.pipeline import (
     train_and_save,
     vit_demo_members,
 )
-from fusion.registry import REGISTRY
-from fusion.sources import SOURCES, is_sourced, trust_factory
-from fusion.train import TrainConfig
-from fusion.workspace import Workspace
 
 
 def spec_from_args(args: argparse.Namespace, input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
@@ -154,7 +154,7 @@ def command_list(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
 
 def command_evaluate(args: argparse.Namespace, workspace: Workspace) -> dict[str, Any]:
     """Evaluate a model on its own dataset or, with ``--dataset``, on another of the same input shape and classes
-    (:func:`fusion.pipeline.evaluate_and_save`); ``stored_as`` names the metrics keys the scores were stored under."""
+    (:func:`studies.pipeline.evaluate_and_save`); ``stored_as`` names the metrics keys the scores were stored under."""
     evaluation = evaluate_and_save(workspace, args.id, getattr(args, "dataset", None), download=args.download)
     output = {
         "id": args.id,

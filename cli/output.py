@@ -15,10 +15,10 @@ from analysis.rows import csv_bytes
 from analysis.units import SCIENTIFIC, is_small_figure, percent
 from fusion.distributed import is_writer, rank, world_size
 from fusion.errors import OutputFileError
-from fusion.pipeline import Stored
 from fusion.progress import Progress
 from fusion.user_files import check_user_target, write_user_file
 from fusion.workspace import ModelRecord, Workspace
+from studies.pipeline import Stored
 
 
 def record_summary(record: ModelRecord, workspace: Workspace) -> dict[str, Any]:
@@ -37,7 +37,7 @@ def record_summary(record: ModelRecord, workspace: Workspace) -> dict[str, Any]:
 
 
 def stored_summary(stored: Stored, workspace: Workspace) -> dict[str, Any]:
-    """A model a run saved or reused (:class:`fusion.pipeline.Stored`), with ``reused`` saying which."""
+    """A model a run saved or reused (:class:`studies.pipeline.Stored`), with ``reused`` saying which."""
     return {**record_summary(stored.record, workspace), "reused": stored.reused}
 
 

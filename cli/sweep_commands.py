@@ -1,4 +1,4 @@
-"""The ``sweep FILE`` and ``sweeps [NAME]`` commands (:mod:`analysis.sweeps`); :mod:`cli.main` registers them
+"""The ``sweep FILE`` and ``sweeps [NAME]`` commands (:mod:`studies.sweeps`); :mod:`cli.main` registers them
 through :func:`add_sweep_commands`."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from analysis.sweeps.jobs import sweep_names
-from analysis.sweeps.launch import run_sweep
-from analysis.sweeps.spec import load_sweep
-from analysis.sweeps.table import check_some_job_done, job_rows, read_sweep, summary_rows
 from cli.output import add_csv_option, check_csv, stderr_progress, write_csv
 from fusion.errors import ConfigError
 from fusion.sources import TRUSTED_FACTORIES_VARIABLE, trusted_factories
 from fusion.workspace import Workspace
+from studies.sweeps.jobs import sweep_names
+from studies.sweeps.launch import run_sweep
+from studies.sweeps.spec import load_sweep
+from studies.sweeps.table import check_some_job_done, job_rows, read_sweep, summary_rows
 
 
 def sweep_summary(args: argparse.Namespace, workspace: Workspace, name: str) -> dict[str, Any]:

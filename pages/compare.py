@@ -1,10 +1,14 @@
 """Compare: every fusion method on one set of parents in one table, with a chart, CSV and Markdown exports and the
-command lines that reproduce each row (:mod:`analysis.comparison`)."""
+command lines that reproduce each row (:mod:`studies.comparison`)."""
 
 import pandas as pd
 import streamlit as st
 
-from analysis.comparison import (
+from analysis.fusion_figures import finetune_comparison_figure
+from analysis.hessian_config import HessianConfig
+from fusion.registry import REGISTRY
+from fusion.train import TrainConfig
+from studies.comparison import (
     MethodComparison,
     applicable_methods,
     check_comparison,
@@ -15,12 +19,8 @@ from analysis.comparison import (
     to_csv,
     to_markdown,
 )
-from analysis.fusion_figures import finetune_comparison_figure
-from analysis.hessian_config import HessianConfig
-from analysis.sharpness import sharpness_rows, sharpness_table
-from fusion.pipeline import parent_role
-from fusion.registry import REGISTRY
-from fusion.train import TrainConfig
+from studies.pipeline import parent_role
+from studies.sharpness import sharpness_rows, sharpness_table
 from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
 from ui.job_view import restore_inputs, show_job, start_job

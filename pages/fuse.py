@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from analysis.comparison import COMPARISON, FusionComparison, compare_fusion, stored_comparison
-from analysis.fusion_figures import comparison_figure
 from analysis.units import percent
 from fusion.command_lines import fusion_command_lines
 from fusion.errors import DamagedResultError
 from fusion.registry import REGISTRY
 from fusion.train import OPTIMIZERS, TrainConfig
 from fusion.workspace import ModelRecord
+from studies.comparison import COMPARISON, FusionComparison, compare_fusion, stored_comparison
+from studies.figures import comparison_figure
 from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, restore_inputs, show_job, start_job

@@ -14,12 +14,17 @@ from analysis.figures import (
     perturbation_figure,
     top_eigenvalues_figure,
 )
-from analysis.fusion_figures import overlap_figure, sharpness_gap_figure
+from analysis.fusion_figures import overlap_figure
 from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
 from analysis.overlap import MAPPED_METHODS
 from analysis.perturbation import curve_kind, disagreement
-from analysis.runs import (
+from analysis.units import number_format
+from fusion.command_lines import non_default
+from fusion.errors import FusionError
+from fusion.results import ResultRecord
+from studies.figures import sharpness_gap_figure
+from studies.runs import (
     HESSIAN,
     eigenvector_overlaps_of,
     hessian_command,
@@ -30,11 +35,7 @@ from analysis.runs import (
     model_roles,
     stored_overlaps,
 )
-from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
-from analysis.units import number_format
-from fusion.command_lines import non_default
-from fusion.errors import FusionError
-from fusion.results import ResultRecord
+from studies.sharpness import Sharpness, sharpness_rows, sharpness_table
 from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, job_kind, restore_inputs, show_job, start_job

@@ -3,9 +3,9 @@
 import streamlit as st
 import torch
 
-from analysis.runs import demo_build_cost
 from fusion.device import describe_device
-from fusion.pipeline import build_demo_ensemble, demo_members, vit_demo_members
+from studies.pipeline import build_demo_ensemble, demo_members, vit_demo_members
+from studies.runs import demo_build_cost
 from ui.job_view import show_job, start_job
 from ui.state import device, job_runner, workspace, workspace_models
 from ui.tables import show_models_table
@@ -17,7 +17,7 @@ VIT_KIND = "demo-vits"
 @st.cache_data(show_spinner="Timing a few training steps…", max_entries=4, ttl=600)
 def demo_training_time(device_name: str) -> str:
     """The training time of the whole demo ensemble on ``device_name``, estimated from a few timed steps
-    (:func:`analysis.runs.demo_build_cost`) at most every ten minutes, as the machine's load changes:
+    (:func:`studies.runs.demo_build_cost`) at most every ten minutes, as the machine's load changes:
     ``"about 20 s (14-30 s)"``."""
     return demo_build_cost(device=torch.device(device_name)).describe_seconds()
 

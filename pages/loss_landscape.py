@@ -10,7 +10,9 @@ import streamlit as st
 from analysis.cost import CostEstimate
 from analysis.figures import interpolation_figure, plane_figure, random_directions_figure
 from analysis.landscape import LandscapeConfig
-from analysis.runs import (
+from fusion.errors import FusionError
+from fusion.results import ResultRecord
+from studies.runs import (
     ALIGNED_LINES,
     fusion_landscape,
     fusion_landscape_cost,
@@ -22,8 +24,6 @@ from analysis.runs import (
     landscape_result,
     stored_fusion_landscape,
 )
-from fusion.errors import FusionError
-from fusion.results import ResultRecord
 from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
 from ui.job_view import computing_message, job_kind, restore_inputs, show_job, start_job

@@ -7,8 +7,8 @@ import streamlit as st
 from fusion.data import TORCHVISION_DATASETS, dataset_signature
 from fusion.errors import FusionError
 from fusion.models import check_fits_in_memory
-from fusion.pipeline import NOT_EVALUATED, evaluate_and_save, is_evaluated
 from fusion.workspace import ModelRecord, Workspace
+from studies.pipeline import NOT_EVALUATED, evaluate_and_save, is_evaluated
 from ui.checkpoints import checkpoint_upload, export_bytes, forget_upload, import_upload
 from ui.errors import report_errors
 from ui.forms import (

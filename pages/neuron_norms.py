@@ -6,10 +6,10 @@ import streamlit as st
 
 from analysis.fusion_figures import head_norms_figure, neuron_norms_figure, survival_figure
 from analysis.norms import neuron_norms, pruning_survival, transplant_survival
-from analysis.runs import model_role
 from fusion.data import load_dataset
-from fusion.pipeline import parent_role
 from fusion.workspace import ModelRecord
+from studies.pipeline import parent_role
+from studies.runs import model_role
 from ui.charts import show_chart, show_table
 from ui.errors import report_errors
 from ui.state import models_or_stop, selected_model_ids

@@ -1,13 +1,13 @@
 """Generalization study: the pipeline of "Unveiling Generalization Prospects in OT Fused Neural Networks" in one job:
-prune both parents, fuse them, fine-tune, and compare the Hessian of every stage (:mod:`analysis.seed_study`)."""
+prune both parents, fuse them, fine-tune, and compare the Hessian of every stage (:mod:`studies.seed_study`)."""
 
 import pandas as pd
 import streamlit as st
 
-from analysis.fusion_figures import study_figure
-from analysis.seed_study import STUDY, SeedStudy, StudyConfig, seed_study, study_command, study_rows
 from fusion.command_lines import non_default
 from fusion.results import ResultRecord
+from studies.figures import study_figure
+from studies.seed_study import STUDY, SeedStudy, StudyConfig, seed_study, study_command, study_rows
 from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
 from ui.job_view import restore_inputs, show_job, start_job

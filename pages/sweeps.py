@@ -1,14 +1,14 @@
-"""Sweeps: methods x options x seeds as submitit jobs over this workspace (:mod:`analysis.sweeps`). Run or resume one
+"""Sweeps: methods x options x seeds as submitit jobs over this workspace (:mod:`studies.sweeps`). Run or resume one
 here on submitit's local executor, and read every sweep stored in the workspace, however it was run (here, from the
 command line, or on SLURM)."""
 
 import streamlit as st
 
 from analysis.fusion_figures import sweep_figure
-from analysis.sweeps.jobs import sweep_names
-from analysis.sweeps.launch import run_sweep
-from analysis.sweeps.spec import EXAMPLE_SWEEP, parse_sweep
-from analysis.sweeps.table import job_rows, read_sweep, summary_rows
+from studies.sweeps.jobs import sweep_names
+from studies.sweeps.launch import run_sweep
+from studies.sweeps.spec import EXAMPLE_SWEEP, parse_sweep
+from studies.sweeps.table import job_rows, read_sweep, summary_rows
 from ui.charts import show_chart, show_command, show_table
 from ui.errors import report_errors
 from ui.job_view import restore_inputs, show_job, start_job

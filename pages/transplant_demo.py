@@ -1,19 +1,15 @@
 """Neuron Transplantation demo: the NT paper's story on the offline demo ensemble, one step per click, each step a
-job of :func:`analysis.story.advance_story` with its explanation and live figure."""
+job of :func:`studies.story.advance_story` with its explanation and live figure."""
 
 import uuid
 
 import pandas as pd
 import streamlit as st
 
-from analysis.fusion_figures import (
-    comparison_figure,
-    finetune_comparison_figure,
-    neuron_norms_figure,
-    survival_figure,
-)
-from analysis.runs import story_step_cost
-from analysis.story import (
+from analysis.fusion_figures import finetune_comparison_figure, neuron_norms_figure, survival_figure
+from studies.figures import comparison_figure
+from studies.runs import story_step_cost
+from studies.story import (
     STEP_TITLES,
     Story,
     StoryOptions,
@@ -60,7 +56,7 @@ pending = job is not None and job.active  # each step starts from the story the 
 
 @st.cache_data(show_spinner="Timing a few training steps…", max_entries=16)
 def next_step_time(root: str, options: StoryOptions, steps_done: int, _story: Story) -> str | None:
-    """The estimated training time of the story's next step (:func:`analysis.runs.story_step_cost`), ``None`` for a
+    """The estimated training time of the story's next step (:func:`studies.runs.story_step_cost`), ``None`` for a
     step that does not train; ``root``, ``options`` and ``steps_done`` key the cache (a story only grows)."""
     cost = story_step_cost(workspace(), _story, device())
     return cost.describe_seconds() if cost is not None and cost.units else None

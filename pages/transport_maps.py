@@ -3,7 +3,8 @@
 import streamlit as st
 
 from analysis.fusion_figures import transport_map_figure
-from analysis.maps import head_map, stored_heads, stored_maps, summarise
+from analysis.maps import head_map, stored_heads, summarise
+from studies.stored_maps import stored_maps
 from ui.charts import show_chart, show_table
 from ui.state import selected_model_ids, workspace, workspace_models
 from ui.tables import dashed_table

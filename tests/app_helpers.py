@@ -10,9 +10,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from fusion.models import default_spec
-from fusion.pipeline import train_and_save
 from fusion.train import TrainConfig
 from fusion.workspace import ModelRecord, Workspace
+from studies.pipeline import train_and_save
 from ui.jobs import Job
 from ui.state import job_runner
 

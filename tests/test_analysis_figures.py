@@ -23,11 +23,11 @@ from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEige
 from analysis.hessian_operator import ParameterSpace
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.perturbation import PerturbationCurve
-from analysis.runs import model_roles
-from analysis.sharpness import Sharpness
 from fusion.errors import ConfigError
 from fusion.models import default_spec
 from fusion.workspace import ModelRecord
+from studies.runs import model_roles
+from studies.sharpness import Sharpness
 
 ROLES = ["parent A", "parent B", "parent C", "fused", "ensemble", "pruned", "fine-tuned"]
 
@@ -184,8 +184,9 @@ def test_random_direction_figures_in_one_and_two_dimensions() -> None:
 
 
 def test_accuracy_bars_start_at_zero_so_their_height_is_the_accuracy():
-    from analysis.fusion_figures import comparison_figure, finetune_comparison_figure
-    from analysis.scores import Score
+    from analysis.fusion_figures import finetune_comparison_figure
+    from studies.figures import comparison_figure
+    from studies.scores import Score
 
     rows = [Score("a", "parent A", "a", 0.98, 0.1, 100), Score("v", "average", None, 0.52, 1.5, 100)]
     grouped = [{"method": "average", "test_accuracy": 0.52, "finetuned_accuracy": 0.97}]
@@ -287,15 +288,10 @@ def drawn_colours(figure: go.Figure) -> set[tuple[str, str]]:
 
 def every_role_figure() -> dict[str, go.Figure]:
     """Every figure that draws models by role, built from small fake results with the roles of :data:`ROLES`."""
-    from analysis.fusion_figures import (
-        comparison_figure,
-        finetune_comparison_figure,
-        neuron_norms_figure,
-        sharpness_gap_figure,
-        survival_figure,
-    )
+    from analysis.fusion_figures import finetune_comparison_figure, neuron_norms_figure, survival_figure
     from analysis.norms import GroupNorms, Survival
-    from analysis.scores import Score
+    from studies.figures import comparison_figure, sharpness_gap_figure
+    from studies.scores import Score
 
     ts = np.linspace(-0.5, 0.5, 5)
     curve = PerturbationCurve(ts, ts**2, 1 - ts**2, "eigenvector 1", "test", "eigenvector", 0, "relative")
@@ -337,7 +333,7 @@ def test_each_role_has_one_colour_in_every_figure_that_draws_it() -> None:
 
 
 def test_the_workspace_sharpness_chart_marks_other_models_by_kind_not_by_method() -> None:
-    from analysis.fusion_figures import OTHER_MODELS_COLOUR, sharpness_gap_figure
+    from studies.figures import OTHER_MODELS_COLOUR, sharpness_gap_figure
 
     summaries = [
         sharpness("a", "parent A", "train", 0.1),

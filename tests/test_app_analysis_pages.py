@@ -7,9 +7,9 @@ import pytest
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
 from streamlit.testing.v1 import AppTest
 
-from analysis.runs import stored_fusion_landscape, stored_hessian, stored_overlaps
 from cli.main import main
-from fusion.pipeline import fuse_and_save
+from studies.pipeline import fuse_and_save
+from studies.runs import stored_fusion_landscape, stored_hessian, stored_overlaps
 from ui.tables import relative_change
 
 

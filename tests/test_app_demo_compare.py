@@ -1,6 +1,6 @@
 """AppTest runs of the Neuron Transplantation demo (every step, with its real recipe, within two minutes) and of the
 Compare page (a small comparison, its exports, Hessian columns and refused input), and the comparison library behind
-it (:mod:`analysis.comparison`, its figure)."""
+it (:mod:`studies.comparison`, its figure)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import streamlit as st
 from app_helpers import messages, open_app, train_quick_models, wait_for_job
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 
-from analysis.comparison import (
+from analysis.fusion_figures import finetune_comparison_figure
+from analysis.hessian_config import HessianConfig
+from fusion.errors import ConfigError, DamagedResultError
+from fusion.results import ResultRecord
+from fusion.train import TrainConfig
+from fusion.workspace import Workspace
+from studies.comparison import (
     COMPARISON,
     ComparisonRow,
     check_comparison,
@@ -24,15 +30,9 @@ from analysis.comparison import (
     to_csv,
     to_markdown,
 )
-from analysis.fusion_figures import finetune_comparison_figure
-from analysis.hessian_config import HessianConfig
-from analysis.runs import hessian_of, stored_hessian
-from analysis.story import STEP_TITLES, finetune_title
-from fusion.errors import ConfigError, DamagedResultError
-from fusion.pipeline import fuse_and_save
-from fusion.results import ResultRecord
-from fusion.train import TrainConfig
-from fusion.workspace import Workspace
+from studies.pipeline import fuse_and_save
+from studies.runs import hessian_of, stored_hessian
+from studies.story import STEP_TITLES, finetune_title
 
 DEMO = "pages/transplant_demo.py"
 NEXT = "FormSubmitter:demo.form-Next step"

@@ -7,8 +7,8 @@ from pathlib import Path
 from app_helpers import open_app, train_quick_models
 from streamlit.testing.v1 import AppTest
 
-from fusion.pipeline import finetune_and_save, fuse_and_save
 from fusion.train import TrainConfig
+from studies.pipeline import finetune_and_save, fuse_and_save
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_every_page_shows_its_command_lines_through_the_wrapping_box():
 
 def test_the_random_direction_landscape_of_one_model_calls_it_by_its_name(app_workspace):
     from analysis.landscape import LandscapeConfig
-    from analysis.runs import landscape_of
+    from studies.runs import landscape_of
 
     (model,) = train_quick_models(app_workspace)
     landscape_of(app_workspace, [model.id], "random", LandscapeConfig(resolution=11), dims=2)

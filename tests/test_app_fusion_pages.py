@@ -7,8 +7,8 @@ from app_helpers import messages, open_app, train_quick_models, wait_for_job
 
 from cli.main import main
 from fusion.models import default_spec
-from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.train import TrainConfig
+from studies.pipeline import fuse_and_save, train_and_save
 
 FUSE = "FormSubmitter:fuse.form-Fuse"
 

@@ -177,7 +177,7 @@ def test_work_a_page_does_itself_waits_for_the_running_job_and_says_which(app_wo
 def test_a_new_session_on_the_hessian_page_shows_the_running_job_with_its_models_selected(app_workspace, monkeypatch):
     ids = [r.id for r in train_quick_models(app_workspace, seeds=(0, 1, 2), hidden=(8,))]
     release = threading.Event()
-    monkeypatch.setattr("analysis.runs.hessians_of", lambda *args, progress, **kwargs: blocking(release)(progress))
+    monkeypatch.setattr("studies.runs.hessians_of", lambda *args, progress, **kwargs: blocking(release)(progress))
 
     at = open_app("pages/hessian.py")
     at.multiselect(key="hessian.models").set_value([ids[0]])

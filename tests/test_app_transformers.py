@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from app_helpers import messages, open_app, wait_for_job
 
-import fusion.pipeline
-from analysis.runs import stored_fusion_landscape, stored_hessian
+import studies.pipeline
 from fusion.models import default_spec
-from fusion.pipeline import DemoMember, fuse_and_save, train_and_save
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.pipeline import DemoMember, fuse_and_save, train_and_save
+from studies.runs import stored_fusion_landscape, stored_hessian
 
 VIT = default_spec("vit", (1, 8, 8), 10)
 SMALL_HESSIAN = {
@@ -34,7 +34,7 @@ def quick_vits(workspace: Workspace) -> tuple[list[str], str]:
 
 def test_home_builds_the_vit_pair(app_workspace, monkeypatch: pytest.MonkeyPatch):
     quick = [DemoMember(VIT, TrainConfig(epochs=1, lr=2e-3, seed=s)) for s in (0, 1)]
-    monkeypatch.setattr(fusion.pipeline, "vit_demo_members", lambda: quick)
+    monkeypatch.setattr(studies.pipeline, "vit_demo_members", lambda: quick)
     at = open_app()
     at.button(key="FormSubmitter:demo-vits-Build the ViT pair").click().run()
     job = wait_for_job()

@@ -37,7 +37,7 @@ from browser.actions import (
 from browser.fixtures import *  # noqa: F403 (the server, browser and screenshot fixtures)
 from browser.harness import REPO_ROOT, TRACEBACK, main_area, page_errors, save_full_page, wait_until_idle
 
-from analysis.sweeps.spec import EXAMPLE_SWEEP
+from studies.sweeps.spec import EXAMPLE_SWEEP
 
 try:
     from playwright.sync_api import Page, expect

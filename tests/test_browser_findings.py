@@ -28,12 +28,12 @@ from browser.fixtures import *  # noqa: F403 (the server, browser and screenshot
 from browser.harness import main_area, page_errors, save_full_page, wait_until_idle
 from browser.layout import charts, colours_by_name, layout_problems
 
-from analysis.comparison import compare_fusion
 from analysis.figures import model_colour
 from fusion.models import default_spec
-from fusion.pipeline import train_and_save
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.comparison import compare_fusion
+from studies.pipeline import train_and_save
 
 try:
     from playwright.sync_api import Page, expect

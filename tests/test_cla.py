@@ -19,9 +19,9 @@ from fusion.groups import neuron_groups
 from fusion.methods.cla import CLAOptions, align_layers, layer_cost, linear_cka
 from fusion.methods.depth_balance import insert_identity_layers, merge_layers
 from fusion.models import build_model, default_spec, spec_of
-from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate, train
+from studies.pipeline import fuse_and_save, train_and_save
 from tests.fusion_helpers import max_logit_difference, randomised
 
 X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -22,9 +22,9 @@ from fusion import registry
 from fusion.data import Dataset, dataset_normalization
 from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.models import ModelSpec, build_model, default_spec
-from fusion.pipeline import NOT_EVALUATED, evaluate_and_save, fuse_and_save, is_evaluated
 from fusion.registry import fuse
 from fusion.workspace import ModelRecord, Workspace
+from studies.pipeline import NOT_EVALUATED, evaluate_and_save, fuse_and_save, is_evaluated
 from ui.tables import marked_not_evaluated, model_rows
 from ui.training import SpecOptions
 

@@ -14,12 +14,12 @@ import torch.multiprocessing as mp
 
 from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
-from analysis.runs import hessian_of
 from fusion.distributed import shard
 from fusion.models import default_spec
-from fusion.pipeline import train_and_save
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.pipeline import train_and_save
+from studies.runs import hessian_of
 from tests.distributed_worker import analyses, run, statistics
 
 

@@ -19,12 +19,12 @@ from analysis.hessian import fewest_hessian_products, hessian_products, hessian_
 from analysis.hessian_config import HessianConfig
 from analysis.hessian_operator import HessianOperator
 from analysis.landscape import LandscapeConfig, estimate_cost, random_directions
-from analysis.runs import demo_build_cost
 from fusion.data import Dataset
 from fusion.models import ModelSpec
-from fusion.pipeline import DemoMember, train_and_save
 from fusion.train import TrainConfig, train
 from fusion.workspace import Workspace
+from studies.pipeline import DemoMember, train_and_save
+from studies.runs import demo_build_cost
 
 CPU = torch.device("cpu")
 

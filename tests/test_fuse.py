@@ -11,11 +11,11 @@ from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.groups import neuron_groups
 from fusion.methods.base import parents_mismatch
 from fusion.models import build_model, default_spec
-from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, train_and_save
 from fusion.registry import REGISTRY, fuse
 from fusion.surgery import permuted
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import TransportError
+from studies.pipeline import check_compatible, finetune_and_save, fuse_and_save, train_and_save
 from tests.fusion_helpers import SMALL, max_logit_difference, randomised
 
 X = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))

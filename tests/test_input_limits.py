@@ -13,9 +13,9 @@ from fusion.alignment import AlignOptions
 from fusion.data import Dataset
 from fusion.errors import ConfigError, DatasetError, MemoryLimitError, NonFiniteLoss
 from fusion.models import build_model, check_fits_in_memory, default_spec, parameter_count, parameter_estimate
-from fusion.pipeline import train_and_save
 from fusion.registry import fuse
 from fusion.train import TrainConfig, evaluate
+from studies.pipeline import train_and_save
 
 X = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -71,7 +71,7 @@ def test_a_spec_too_large_for_memory_is_refused_with_the_figures_before_building
     monkeypatch.setattr("fusion.models.available_memory", lambda device=None: 22 * 2**30)
     with pytest.raises(MemoryLimitError, match=r"about [\d,]+ parameters; training it needs at least [\d.]+ GiB"):
         check_fits_in_memory(spec, torch.device("cpu"))
-    monkeypatch.setattr("fusion.pipeline.build_model", lambda *a, **k: pytest.fail("built a model that cannot fit"))
+    monkeypatch.setattr("studies.pipeline.build_model", lambda *a, **k: pytest.fail("built a model that cannot fit"))
     with pytest.raises(MemoryLimitError):
         train_and_save(workspace, spec, "digits", TrainConfig(epochs=1))
     assert not workspace.scan().records

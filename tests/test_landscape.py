@@ -30,17 +30,17 @@ from analysis.landscape import (
     plane_basis,
     random_directions,
 )
-from analysis.runs import fusion_landscape, stored_fusion_landscape
 from analysis.states import float_state
 from fusion.alignment import align
 from fusion.data import Dataset
 from fusion.errors import ArchitectureError, ConfigError, DatasetError
 from fusion.groups import NORMS, neuron_groups
 from fusion.models import ModelSpec, build_model, default_spec
-from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.surgery import permuted
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import Workspace
+from studies.pipeline import fuse_and_save, train_and_save
+from studies.runs import fusion_landscape, stored_fusion_landscape
 from tests.fusion_helpers import max_logit_difference, randomised
 
 CPU = torch.device("cpu")

@@ -47,9 +47,9 @@ def test_pruning_survival_marks_the_kept_half():
 def test_survival_tables_and_stored_maps_keep_network_order_after_a_round_trip_through_stored_json(workspace):
     import json
 
-    from analysis.maps import stored_maps
     from fusion.data import dataset_normalization
-    from fusion.pipeline import map_tensors
+    from studies.pipeline import map_tensors
+    from studies.stored_maps import stored_maps
 
     members = [randomised(SMALL["cnn"], seed=s) for s in range(2)]
     report = fuse(members, "transplant", inputs=X).report.to_dict()

@@ -34,16 +34,16 @@ from analysis.perturbation import (
     scaled_direction,
     study_directions,
 )
-from analysis.runs import aligned_parents, eigenvector_overlaps_of, hessian_of, stored_hessian
 from cli.main import main
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
 from fusion.models import ModelSpec, build_model
-from fusion.pipeline import fuse_and_save, train_and_save
 from fusion.registry import fuse
 from fusion.surgery import permuted
 from fusion.train import TrainConfig, evaluate
+from studies.pipeline import fuse_and_save, train_and_save
+from studies.runs import aligned_parents, eigenvector_overlaps_of, hessian_of, stored_hessian
 from tests.hessian_helpers import EXACT, dense_hessian
 
 CPU = torch.device("cpu")

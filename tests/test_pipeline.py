@@ -10,7 +10,9 @@ import torch
 from fusion.data import Dataset
 from fusion.errors import ArchitectureError
 from fusion.models import ModelSpec
-from fusion.pipeline import (
+from fusion.train import TrainConfig, evaluate
+from fusion.workspace import Workspace
+from studies.pipeline import (
     build_demo_ensemble,
     demo_members,
     finetune_and_save,
@@ -18,8 +20,6 @@ from fusion.pipeline import (
     train_and_save,
     train_key,
 )
-from fusion.train import TrainConfig, evaluate
-from fusion.workspace import Workspace
 
 
 def test_demo_ensemble_trains_seven_models_and_every_mlp_reaches_95_percent(

@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from cli.main import main
 from fusion.errors import ArchitectureError, CheckpointError
 from fusion.models import build_model, default_spec
-from fusion.pipeline import train_and_save
 from fusion.pretrained import initialise, pretrained_weights
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.pipeline import train_and_save
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import pytest
 import fusion.problems
 from analysis.hessian_config import HessianConfig
 from analysis.landscape import LandscapeConfig
-from analysis.seed_study import StudyConfig
-from analysis.story import StoryOptions
 from fusion.errors import ConfigError
 from fusion.methods.intra import IntraOptions
 from fusion.methods.ot import OTOptions
 from fusion.problems import Checks, Problem
 from fusion.train import TrainConfig
+from studies.seed_study import StudyConfig
+from studies.story import StoryOptions
 
 
 def refused_fields(make) -> list[str]:

@@ -18,12 +18,12 @@ import pytest
 
 from analysis.hessian import LEGACY_PERTURBATION, HessianReport
 from analysis.landscape import InterpolationResult, LandscapeConfig, PlaneResult, RandomDirectionsResult
-from analysis.story import Story
 from fusion.errors import ArchitectureError, CheckpointError, ConfigError
 from fusion.models import ModelSpec
 from fusion.records import Record, RecordError, from_json, to_json
 from fusion.registry import FusionReport
 from fusion.workspace import ModelRecord
+from studies.story import Story
 
 STORED = Path(__file__).parent / "data" / "records"
 LANDSCAPE_KEYS = {"model_ids", "dataset", "config"}

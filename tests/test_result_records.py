@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from app_helpers import train_quick_models
 
-from analysis.comparison import comparison_from_workspace
 from cli.main import main
 from fusion.workspace import Workspace
+from studies.comparison import comparison_from_workspace
 
 HESSIAN = ["--top-k", "2", "--iterations", "20", "--probes", "5", "--runs", "1", "--steps", "10", "--bins", "50"]
 HESSIAN += ["--perturb-points", "5", "--random-directions", "0", "--plane-points", "0"]

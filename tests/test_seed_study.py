@@ -10,17 +10,17 @@ import pytest
 import torch
 from app_helpers import messages, open_app, wait_for_job
 
-from analysis.runs import stored_hessian
-from analysis.seed_study import SeedStudy, StudyConfig, StudyStage, seed_study, study_rows
-from analysis.sharpness import Sharpness
 from cli.main import main
 from fusion.errors import ConfigError
 from fusion.methods.sparsify import zero_smallest
 from fusion.models import build_model, default_spec
-from fusion.pipeline import train_and_save
 from fusion.registry import fuse
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.pipeline import train_and_save
+from studies.runs import stored_hessian
+from studies.seed_study import SeedStudy, StudyConfig, StudyStage, seed_study, study_rows
+from studies.sharpness import Sharpness
 
 QUICK = {"hessian_samples": 60, "top_k": 2, "finetune_epochs": 1}
 

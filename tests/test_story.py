@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.story import (
+from cli.main import main
+from fusion.errors import ConfigError
+from fusion.workspace import Workspace
+from studies.story import (
     STORY_RESULT,
     Story,
     StoryOptions,
@@ -22,9 +25,6 @@ from analysis.story import (
     parents_step,
     story_commands,
 )
-from cli.main import main
-from fusion.errors import ConfigError
-from fusion.workspace import Workspace
 
 QUICK = StoryOptions(arch="mlp", parents=2, finetune_epochs=3)
 

@@ -1,4 +1,4 @@
-"""The README's support matrix, regenerated: every architecture's checks (analysis.support) must give the verdicts the
+"""The README's support matrix, regenerated: every architecture's checks (studies.support) must give the verdicts the
 README states. The measured figures in parentheses are this run's (written to test-artifacts/support_matrix.md);
 ``FUSIONLAB_UPDATE_README=1`` writes the regenerated table into the README."""
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from analysis.support import CHECKS, SupportReport, support_report, table_header
 from fusion.models import build_model, default_spec
+from studies.support import CHECKS, SupportReport, support_report, table_header
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ARTIFACT = Path(__file__).resolve().parents[1] / "test-artifacts" / "support_matrix.md"

@@ -1,4 +1,4 @@
-"""Sweeps (analysis/sweeps): the sweep file and its jobs, one job run in-process, the whole sweep through submitit's
+"""Sweeps (studies/sweeps): the sweep file and its jobs, one job run in-process, the whole sweep through submitit's
 local executor (interrupted and resumed), the SLURM path under submitit's own mocked SLURM, the commands and the
 Sweeps page."""
 
@@ -18,17 +18,17 @@ from submitit.core import submission
 from submitit.core.utils import FailedJobError
 from submitit.slurm.test_slurm import mocked_slurm
 
-from analysis.comparison import hessian_summary
-from analysis.sweeps.jobs import JobOutcome, SweepFolder, run_job, sweep_names
-from analysis.sweeps.launch import check_parents, run_sweep
-from analysis.sweeps.spec import EXAMPLE_SWEEP, load_sweep, option_grid, parse_sweep, sweep_from
-from analysis.sweeps.table import job_rows, read_sweep, summary_rows
 from cli.main import main
 from fusion.data import dataset_normalization
 from fusion.errors import ArchitectureError, ConfigError, DatasetError, WorkspaceError
 from fusion.models import build_model, default_spec
-from fusion.pipeline import build_demo_ensemble, demo_members
 from fusion.workspace import Workspace
+from studies.comparison import hessian_summary
+from studies.pipeline import build_demo_ensemble, demo_members
+from studies.sweeps.jobs import JobOutcome, SweepFolder, run_job, sweep_names
+from studies.sweeps.launch import check_parents, run_sweep
+from studies.sweeps.spec import EXAMPLE_SWEEP, load_sweep, option_grid, parse_sweep, sweep_from
+from studies.sweeps.table import job_rows, read_sweep, summary_rows
 from tests.app_helpers import messages, open_app, train_quick_models, wait_for_job
 
 
@@ -358,7 +358,7 @@ def test_a_fusion_whose_parent_failed_fails_with_the_parents_error_without_runni
         raise DatasetError("no data")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("analysis.sweeps.jobs.parent_job", failing)
+        patch.setattr("studies.sweeps.jobs.parent_job", failing)
         run = run_sweep(workspace, spec, executor_factory=lambda config, path: executor)
     parents = [p.id for p in spec.parent_jobs()]
     assert executor.ran == parents, "the fusions were not run"
@@ -551,7 +551,7 @@ def test_sweep_command_exits_non_zero_when_no_job_succeeds(
     def failing(*args: object) -> None:
         raise DatasetError("no data")
 
-    monkeypatch.setattr("analysis.sweeps.jobs.parent_job", failing)
+    monkeypatch.setattr("studies.sweeps.jobs.parent_job", failing)
     in_process = functools.partial(run_sweep, executor_factory=lambda config, path: InProcess())
     monkeypatch.setattr("cli.sweep_commands.run_sweep", in_process)
     file = tmp_path / "doomed.toml"

@@ -15,7 +15,6 @@ from torch import nn
 
 from analysis.maps import GroupMap, head_map, stored_heads
 from analysis.norms import neuron_norms
-from analysis.support import randomize_norms
 from fusion.errors import ConfigError
 from fusion.groups import UnsupportedArchitecture, neuron_groups
 from fusion.heads import head_transports
@@ -25,6 +24,7 @@ from fusion.models import build_model, default_spec, parameter_count, parameter_
 from fusion.registry import fuse
 from fusion.surgery import permuted
 from fusion.transport import Gram
+from studies.support import randomize_norms
 from tests.fusion_helpers import max_logit_difference
 
 X = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))

@@ -3,7 +3,7 @@
 An upload is written to a temporary file whose name is chosen here, never the browser's, and read with the
 workspace's safe reader (safetensors, or ``torch.load(weights_only=True)``): a pickle that carries code is refused.
 The imported model is evaluated on its dataset's test split (stored "not evaluated" when the dataset is not on this
-machine, :func:`fusion.pipeline.import_and_evaluate`); if anything fails after the import, the model is removed again,
+machine, :func:`studies.pipeline.import_and_evaluate`); if anything fails after the import, the model is removed again,
 so a bad upload leaves the workspace as it was.
 
 The page holds an upload in the session (:func:`checkpoint_upload`) from the moment it arrives until it is imported or
@@ -23,8 +23,8 @@ import torch
 
 from fusion.data import dataset_signature
 from fusion.errors import CheckpointError, ConfigError
-from fusion.pipeline import import_and_evaluate
 from fusion.workspace import ModelRecord, Workspace
+from studies.pipeline import import_and_evaluate
 from ui.tables import escape_markdown
 from ui.training import SpecOptions
 

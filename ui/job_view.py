@@ -18,8 +18,8 @@ from typing import Any
 
 import streamlit as st
 
-from analysis.comparison import FusionComparison
-from fusion.pipeline import FusionRun, Stored
+from studies.comparison import FusionComparison
+from studies.pipeline import FusionRun, Stored
 from ui.errors import report_errors
 from ui.jobs import Job, format_seconds
 from ui.state import job_runner
@@ -128,7 +128,7 @@ def live_job_progress(job_id: str, place: str = "main") -> None:
 def reused_ids(result: Any) -> list[str]:
     """The models a job's result returned from earlier runs with the same inputs instead of making them again
     (:mod:`fusion.run_key`): from :class:`Stored` and :class:`FusionRun` results, lists of them, and dicts with
-    ``reused`` ids (:class:`analysis.comparison.FusionComparison`)."""
+    ``reused`` ids (:class:`studies.comparison.FusionComparison`)."""
     if isinstance(result, Stored):
         return [result.record.id] if result.reused else []
     if isinstance(result, FusionRun):

@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from analysis.units import percent
-from fusion.pipeline import NOT_EVALUATED
 from fusion.workspace import ModelRecord
+from studies.pipeline import NOT_EVALUATED
 
 SUMMARY_COLUMNS = ("name", "id", "architecture", "test accuracy (%)", "parameters")
 DETAILED_COLUMNS = (

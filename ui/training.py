@@ -9,10 +9,10 @@ import torch
 
 from fusion.data import load_dataset
 from fusion.models import ModelSpec, default_spec
-from fusion.pipeline import Stored, train_and_save
 from fusion.progress import Progress, no_progress
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.pipeline import Stored, train_and_save
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,10 @@ def train_models(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> list[Stored]:
-    """Train one model per config (one per seed) with :func:`fusion.pipeline.train_and_save` and save each (or reuse
+    """Train one model per config (one per seed) with :func:`studies.pipeline.train_and_save` and save each (or reuse
     the stored model of an identical earlier run).
 
-    ``pretrained`` starts every model from published weights (:func:`fusion.pipeline.train_and_save`). Progress
+    ``pretrained`` starts every model from published weights (:func:`studies.pipeline.train_and_save`). Progress
     counts epochs over all configs. Models finished before a failure or a cancel stay in the workspace.
     """
     data = load_dataset(dataset, download=download)

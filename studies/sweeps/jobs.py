@@ -2,7 +2,7 @@
 
 Layout under the workspace root::
 
-    sweeps/<name>/sweep.json        the sweep (:class:`analysis.sweeps.spec.SweepSpec`)
+    sweeps/<name>/sweep.json        the sweep (:class:`studies.sweeps.spec.SweepSpec`)
     sweeps/<name>/jobs/<job>.json   a finished job's :class:`JobOutcome`: done (its models and figures) or failed
     sweeps/<name>/submitit/         submitit's pickles and logs
 
@@ -22,15 +22,15 @@ from typing import Literal
 
 import torch
 
-from analysis.comparison import fill_hessians, hessian_summary
-from analysis.runs import fusion_landscape
-from analysis.sweeps.spec import FusionJob, ParentJob, SweepSpec
 from fusion.device import default_device
 from fusion.errors import ConfigError, DamagedResultError, WorkspaceError
-from fusion.pipeline import finetune_and_save, fuse_and_save, train_and_save
 from fusion.records import Record, RecordError
 from fusion.registry import method_spec
 from fusion.workspace import Workspace, now_iso, read_json_object, write_json_atomic
+from studies.comparison import fill_hessians, hessian_summary
+from studies.pipeline import finetune_and_save, fuse_and_save, train_and_save
+from studies.runs import fusion_landscape
+from studies.sweeps.spec import FusionJob, ParentJob, SweepSpec
 
 SWEEPS = "sweeps"
 Job = ParentJob | FusionJob

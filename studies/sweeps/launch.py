@@ -1,7 +1,7 @@
 """Run a sweep through submitit: the jobs without a ``done`` outcome are submitted, the finished ones skipped.
 
 Two stages, because fusions need their parents: first the parent jobs (training, a parent's Hessian), then the
-fusion jobs, each as one submitit job running :func:`analysis.sweeps.jobs.run_job` in its own process. On the local
+fusion jobs, each as one submitit job running :func:`studies.sweeps.jobs.run_job` in its own process. On the local
 executor (submitit's ``LocalExecutor``) at most ``parallel`` processes run at once and this call waits for them; on
 SLURM each stage is one job array (``--array=...%parallel``) and, with ``detach``, the fusion array waits for the
 parent array through ``--dependency=afterany`` while this call returns at once.
@@ -27,16 +27,16 @@ import submitit
 import torch
 from submitit.core.utils import FailedJobError
 
-from analysis.comparison import has_hessian
-from analysis.sweeps.jobs import Job, JobOutcome, SweepFolder, parent_job, run_job
-from analysis.sweeps.spec import ExecutorConfig, FusionJob, ParentJob, SweepSpec
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, WorkspaceError
-from fusion.pipeline import check_compatible
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
 from fusion.registry import method_spec
 from fusion.workspace import Workspace, now_iso
+from studies.comparison import has_hessian
+from studies.pipeline import check_compatible
+from studies.sweeps.jobs import Job, JobOutcome, SweepFolder, parent_job, run_job
+from studies.sweeps.spec import ExecutorConfig, FusionJob, ParentJob, SweepSpec
 
 POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 20.0
@@ -142,7 +142,7 @@ def check_parents(workspace: Workspace, spec: SweepSpec) -> None:
     """Refuse, before any job runs, parents that no job could fuse: groups of a size a method does not take
     (:class:`ConfigError`; a pruning method takes the first parent alone), ids the workspace does not hold
     (:class:`WorkspaceError`), and groups whose datasets or architectures a method cannot fuse together
-    (:class:`ArchitectureError`, :func:`fusion.pipeline.check_compatible`). Each message names the parents."""
+    (:class:`ArchitectureError`, :func:`studies.pipeline.check_compatible`). Each message names the parents."""
     sizes = {spec.parents.models} if spec.parents is not None else {len(group) for group in spec.parent_ids}
     for method in spec.methods:
         rule = method_spec(method)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.sweeps.jobs import JobOutcome, SweepFolder
-from analysis.sweeps.spec import FusionJob, SweepSpec
 from analysis.units import in_percent
 from fusion.command_lines import fusion_command_lines
 from fusion.errors import FusionError
+from studies.sweeps.jobs import JobOutcome, SweepFolder
+from studies.sweeps.spec import FusionJob, SweepSpec
 
 JOB_COLUMNS = (
     "job",

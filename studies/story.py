@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from analysis.norms import GroupNorms, Survival, neuron_norms, transplant_survival
-from analysis.scores import Score
 from fusion.command_lines import fusion_command_lines, train_command
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
@@ -35,14 +34,6 @@ from fusion.groups import neuron_groups
 from fusion.methods.average import Ensemble
 from fusion.methods.transplant import NT_FINETUNE, concatenate
 from fusion.models import parameter_count
-from fusion.pipeline import (
-    DemoMember,
-    build_demo_ensemble,
-    demo_members,
-    finetune_and_save,
-    fuse_and_save,
-    parent_role,
-)
 from fusion.problems import Checked, Checks
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
@@ -50,6 +41,15 @@ from fusion.results import ResultRecord
 from fusion.surgery import group_sizes
 from fusion.train import TrainConfig, predict_logits
 from fusion.workspace import Workspace
+from studies.pipeline import (
+    DemoMember,
+    build_demo_ensemble,
+    demo_members,
+    finetune_and_save,
+    fuse_and_save,
+    parent_role,
+)
+from studies.scores import Score
 
 STORY_RESULT = "story"
 STEP_TITLES = (
@@ -307,7 +307,7 @@ def parents_step(
     workspace: Workspace, options: StoryOptions, device: torch.device | None = None, progress: Progress = no_progress
 ) -> ParentsStep:
     """Find the demo members of ``options`` in the workspace (same architecture, dataset and training recipe),
-    train those that are missing with :func:`fusion.pipeline.build_demo_ensemble`, and report their test metrics."""
+    train those that are missing with :func:`studies.pipeline.build_demo_ensemble`, and report their test metrics."""
     started = time.perf_counter()
     stored = build_demo_ensemble(workspace, options.members(), device=device, progress=progress)
     progress(1, 1, f"{len(stored)} demo {options.arch} parents ready")

@@ -39,10 +39,7 @@ from analysis.landscape import (
     random_directions,
     split_sample,
 )
-from analysis.maps import stored_maps
 from analysis.overlap import EigenvectorOverlap, check_mapped, eigenvector_overlaps
-from analysis.story import BASELINES as STORY_BASELINES
-from analysis.story import Story
 from fusion.attention_layouts import split_attention_layers
 from fusion.command_lines import command_line, non_default
 from fusion.data import load_dataset
@@ -51,13 +48,16 @@ from fusion.distributed import is_writer
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import neuron_groups
 from fusion.models import build_model
-from fusion.pipeline import DemoMember, demo_members, parent_role, train_key
 from fusion.progress import Progress, no_progress
 from fusion.registry import REGISTRY, fuse, method_spec
 from fusion.repair import repair as renormalise_to_parents
 from fusion.results import ResultRecord, result_key
 from fusion.transport import Transport
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
+from studies.pipeline import DemoMember, demo_members, parent_role, train_key
+from studies.stored_maps import stored_maps
+from studies.story import BASELINES as STORY_BASELINES
+from studies.story import Story
 
 HESSIAN = "hessian"
 OVERLAP = "overlap"
@@ -601,7 +601,7 @@ def demo_build_cost(
     members: Sequence[DemoMember] | None = None,
     device: torch.device | None = None,
 ) -> CostEstimate:
-    """The cost of :func:`fusion.pipeline.build_demo_ensemble`: the training (:func:`analysis.cost.training_cost`) of
+    """The cost of :func:`studies.pipeline.build_demo_ensemble`: the training (:func:`analysis.cost.training_cost`) of
     each member ``workspace`` lacks (every member without one), timed once per architecture and recipe (seeds cost
     the same); no work when every member is stored."""
     members = demo_members() if members is None else members
@@ -623,7 +623,7 @@ def demo_build_cost(
 
 
 def story_step_cost(workspace: Workspace, story: Story, device: torch.device | None = None) -> CostEstimate | None:
-    """The cost of the story's next step (:func:`analysis.story.advance_story`) where training dominates it: the
+    """The cost of the story's next step (:func:`studies.story.advance_story`) where training dominates it: the
     parents the workspace lacks (:func:`demo_build_cost`), the fine-tune of the transplanted model, and the two
     baselines' fine-tunes (each of a parent's shape); ``None`` for the concatenation and the pruning (no training)
     and once the story is finished."""

@@ -4,9 +4,9 @@ both parents, fuse the pruned parents, fine-tune the fused network, and take the
 Pruning is structured (``prune``: whole neurons by L1 magnitude, the network narrower) or unstructured
 (``sparsify``: the smallest weights zeroed, the architecture kept), at ``sparsity``; fusion is any method that fuses
 two networks into one. Every stage is stored in the workspace with its provenance (reused when an identical run is
-stored, :mod:`fusion.run_key`), and every Hessian with its model (:func:`analysis.comparison.fill_hessians`), so the
+stored, :mod:`fusion.run_key`), and every Hessian with its model (:func:`studies.comparison.fill_hessians`), so the
 Hessian, Compare and Loss landscape pages show them too. The result: per stage its model, test accuracy and loss and
-its sharpness summary (:mod:`analysis.sharpness`).
+its sharpness summary (:mod:`studies.sharpness`).
 """
 
 from __future__ import annotations
@@ -18,15 +18,11 @@ from typing import Any, Literal
 
 import torch
 
-from analysis.comparison import fill_hessians
 from analysis.hessian_config import HessianConfig
-from analysis.runs import scaled
-from analysis.sharpness import Sharpness, sharpness_rows, sharpness_table
 from analysis.units import percent
 from fusion.command_lines import command_line, non_default
 from fusion.distributed import is_writer
 from fusion.errors import ConfigError
-from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save
 from fusion.problems import Checked, Checks, given
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
@@ -34,6 +30,10 @@ from fusion.registry import REGISTRY
 from fusion.results import ResultRecord
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
+from studies.comparison import fill_hessians
+from studies.pipeline import check_compatible, finetune_and_save, fuse_and_save
+from studies.runs import scaled
+from studies.sharpness import Sharpness, sharpness_rows, sharpness_table
 
 PRUNINGS = {"structured": "prune", "unstructured": "sparsify"}
 STUDY = "study"
@@ -186,7 +186,7 @@ def study_command(parent_ids: Sequence[str], config: StudyConfig) -> str:
 
 def study_rows(study: SeedStudy) -> list[dict[str, Any]]:
     """One flat row per stage: stage, test accuracy (%), then the sharpness columns
-    (:func:`analysis.sharpness.sharpness_rows`)."""
+    (:func:`studies.sharpness.sharpness_rows`)."""
     return [
         {"stage": s.stage, "test accuracy (%)": percent(s.test_accuracy), **sharpness_rows([s.sharpness])[0]}
         for s in study.stages

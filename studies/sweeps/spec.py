@@ -60,13 +60,13 @@ from analysis.landscape import LandscapeConfig
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.models import ModelSpec, default_spec
-from fusion.pipeline import train_key
 from fusion.records import Record
 from fusion.registry import REGISTRY, method_options, method_spec
 from fusion.run_key import run_key
 from fusion.seeds import check_seed
 from fusion.train import TrainConfig
 from fusion.workspace import slug
+from studies.pipeline import train_key
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 CLUSTERS = ("local", "slurm")

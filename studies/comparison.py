@@ -3,12 +3,12 @@
 :func:`compare_methods` fuses the parents with each chosen method (the single-model methods, Intra-Fusion and magnitude
 pruning, take the first parent), optionally fine-tunes every fused model with one recipe, and returns one
 :class:`ComparisonRow` per method: test accuracy and loss before and after fine-tuning, parameters, fusion time and,
-when the workspace holds a Hessian report for the model (:func:`analysis.runs.hessian_of`), its top eigenvalue and
+when the workspace holds a Hessian report for the model (:func:`studies.runs.hessian_of`), its top eigenvalue and
 trace. Methods whose constraints the parents do not meet are skipped with the reason.
 :func:`comparison_from_workspace` builds the same table from models already fused, without recomputing anything;
 :func:`to_csv` and :func:`to_markdown` export it. :func:`compare_fusion` is the Fuse page's view of one method: a
 :class:`FusionComparison` of the fused model beside its parents and its baselines (:func:`baselines_of`), one
-:class:`analysis.scores.Score` per model, stored with the fused model. Both load each parent once.
+:class:`studies.scores.Score` per model, stored with the fused model. Both load each parent once.
 """
 
 from __future__ import annotations
@@ -22,21 +22,21 @@ from typing import Any
 import torch
 
 from analysis.hessian_config import HessianConfig
-from analysis.runs import hessian_record, hessians_of, scaled, stored_hessian
-from analysis.scores import Score
 from analysis.units import in_percent, percent
 from fusion.command_lines import fusion_command_lines
 from fusion.data import load_dataset
 from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, DamagedResultError, FusionError
 from fusion.models import parameter_count
-from fusion.pipeline import check_compatible, finetune_and_save, fuse_and_save, is_evaluated, parent_role
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, RecordError
 from fusion.registry import REGISTRY, fuse, method_spec
 from fusion.results import ResultRecord
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
+from studies.pipeline import check_compatible, finetune_and_save, fuse_and_save, is_evaluated, parent_role
+from studies.runs import hessian_record, hessians_of, scaled, stored_hessian
+from studies.scores import Score
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def hessian_summary(
     workspace: Workspace, model_id: str | None, config: HessianConfig | None = None, split: str = "test"
 ) -> tuple[float | None, float | None]:
     """The top eigenvalue ``λ_1`` and Hutchinson's trace estimate of a model's stored Hessian report with ``config``
-    on ``split`` (:func:`analysis.runs.hessian_record`; its newest without ``config``), or ``(None, None)``."""
+    on ``split`` (:func:`studies.runs.hessian_record`; its newest without ``config``), or ``(None, None)``."""
     report = stored_hessian(workspace, model_id, config, split) if model_id is not None else None
     if report is None:
         return None, None
@@ -280,7 +280,7 @@ def fill_hessians(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> list[str]:
-    """The Hessian analysis (:func:`analysis.runs.hessians_of`) of every model of ``model_ids`` that has none stored
+    """The Hessian analysis (:func:`studies.runs.hessians_of`) of every model of ``model_ids`` that has none stored
     with ``config`` on ``split``, as one task (limits checked for all first); returns the ids analysed."""
     missing = [i for i in dict.fromkeys(model_ids) if not has_hessian(workspace, i, config, split)]
     if missing:

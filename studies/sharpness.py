@@ -23,9 +23,9 @@ from typing import Any
 from analysis.hessian import HessianReport
 from analysis.hessian_config import HessianConfig
 from analysis.perturbation import curve_kind
-from analysis.runs import hessian_record, model_role, model_roles
 from fusion.records import Record
 from fusion.workspace import ModelRecord, Workspace
+from studies.runs import hessian_record, model_role, model_roles
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def sharpness_table(
 ) -> list[Sharpness]:
     """The summaries of ``model_ids`` (default: every model of the workspace) that have a stored Hessian of
     ``config`` on ``split`` (each one's newest without ``config``), with ratios to their parents' of the same
-    settings where the parents have one too; roles as on the Hessian page (:func:`analysis.runs.model_roles`)."""
+    settings where the parents have one too; roles as on the Hessian page (:func:`studies.runs.model_roles`)."""
     records = workspace.records()
     by_id = {r.id: r for r in records}
     chosen = list(model_ids) if model_ids is not None else [r.id for r in records]
