@@ -1,8 +1,8 @@
 """Analyses of trained and fused networks, as functions of models and tensors: Hessian spectra
-(:mod:`analysis.hessian`), loss landscapes (:mod:`analysis.landscape`), neuron norms (:mod:`analysis.norms`),
-transport-map summaries (:mod:`analysis.maps`) and their plotly figures (:mod:`analysis.figures`). Nothing here
-imports Streamlit, the workspace or a workflow: the same analyses over workspace models, with stored results, are in
-:mod:`studies`.
+(:mod:`analysis.hessian`, :class:`Hessian`; curvature operators and their estimators in :mod:`analysis.curvature`),
+loss landscapes (:mod:`analysis.landscape`), neuron norms (:mod:`analysis.norms`), transport-map summaries
+(:mod:`analysis.maps`) and their plotly figures (:mod:`analysis.figures`). Nothing here imports Streamlit, the
+workspace or a workflow: the same analyses over workspace models, with stored results, are in :mod:`studies`.
 
     from analysis import hessian_report, HessianConfig, linear_interpolation, LandscapeConfig
 
@@ -19,9 +19,7 @@ EXPORTS: dict[str, str] = {
     "HessianConfig": "analysis.hessian_config",
     "HessianReport": "analysis.hessian",
     "hessian_report": "analysis.hessian",
-    "hessian_top_eigenvalues": "analysis.hessian_estimators",
-    "hessian_trace": "analysis.hessian_estimators",
-    "hessian_eigenvalue_density": "analysis.hessian_estimators",
+    "Hessian": "analysis.hessian_spectrum",
     "LandscapeConfig": "analysis.landscape",
     "linear_interpolation": "analysis.landscape",
     "plane": "analysis.landscape",

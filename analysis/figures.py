@@ -16,7 +16,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEigenvalues
+from analysis.curvature.slq import EigenvalueDensity
+from analysis.hessian_spectrum import LayerHessian, TopEigenvalues
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.perturbation import STEP_UNITS, EigenPlane, PerturbationCurve, curve_kind
 from fusion.errors import ConfigError

@@ -12,8 +12,9 @@ from plotly.subplots import make_subplots
 
 from analysis.figures import AXIS_MARGIN, OTHER_COLOURS, TOP_MARGIN, legend_below, model_colour
 from analysis.maps import GroupMap, sorted_map, summarise
-from analysis.norms import GroupNorms, Survival
+from analysis.norms import GroupNorms
 from analysis.overlap import EigenvectorOverlap
+from fusion.methods.base import Survival
 
 ACCURACY_RANGE = [0, 105]
 """Accuracy axes start at 0, so a bar's height is its accuracy (a cut axis makes 52 % look empty)."""

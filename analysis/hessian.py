@@ -3,8 +3,9 @@ and its limits checked before any work, then top eigenvalues, trace, density, pe
 in one :class:`HessianReport`.
 
 The parts, in the order they build on each other: :mod:`analysis.hessian_config` (the settings),
-:mod:`analysis.lanczos` (Lanczos on any operator), :mod:`analysis.hessian_operator` (``H V`` by double backward),
-:mod:`analysis.hessian_estimators` (the estimates and the mathematics behind them), :mod:`analysis.perturbation`.
+:mod:`analysis.curvature` (linear operators, the Hessian's among them, and the estimators that take any of them:
+Lanczos, Hutchinson, SLQ), :mod:`analysis.hessian_spectrum` (:class:`Hessian`, where the settings become the
+estimators' numbers), :mod:`analysis.perturbation`.
 """
 
 from __future__ import annotations
@@ -32,21 +33,12 @@ from analysis.cost import (
     seconds_range,
     time_step,
 )
+from analysis.curvature.hessian import Loss, cross_entropy_loss
+from analysis.curvature.hutchinson import MIN_TRACE_PROBES, TraceEstimate
+from analysis.curvature.lanczos import lanczos, lanczos_start
+from analysis.curvature.slq import EigenvalueDensity
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import (
-    MIN_TRACE_PROBES,
-    EigenvalueDensity,
-    HessianTrace,
-    LayerHessian,
-    TopEigenvalues,
-    hutchinson_trace,
-    lanczos_top_eigenvalues,
-    layer_parameters,
-    layerwise_hessian,
-    slq_density,
-)
-from analysis.hessian_operator import HessianOperator, Loss, cross_entropy_loss, sample_data
-from analysis.lanczos import lanczos, lanczos_start
+from analysis.hessian_spectrum import Hessian, LayerHessian, TopEigenvalues, layer_parameters, sample_data
 from analysis.perturbation import (
     EigenPlane,
     PerturbationCurve,
@@ -199,7 +191,7 @@ def estimate_hessian_cost(
         graph_bytes = saved_bytes(graph, shared=[*leaves, *fixed.values()]) / batch
         timed_graph = time_step(graph)
     batch_config = replace(config, samples=None, batch_size=batch, batch_parts=1)
-    operator = HessianOperator(model, (probe[0].cpu(), probe[1].cpu()), batch_config, device, loss)
+    operator = Hessian(model, (probe[0].cpu(), probe[1].cpu()), loss, device, batch_config).operator
     start = lanczos_start(operator.size, config.seed)
     product = per_step(time_step(lambda: lanczos(operator, start, TIMED_PRODUCTS, True)), TIMED_PRODUCTS)
     no_direction = {name: torch.zeros_like(value) for name, value in model.state_dict().items()}
@@ -263,7 +255,7 @@ class HessianReport(Record):
     """Everything :func:`hessian_report` computes, with the config and sample count used; JSON via :meth:`to_dict`."""
 
     top: TopEigenvalues
-    trace: HessianTrace
+    trace: TraceEstimate
     density: EigenvalueDensity
     curves: tuple[PerturbationCurve, ...]
     config: HessianConfig
@@ -328,8 +320,8 @@ def eigenvalue_spread(
     quotients = []
     for index, rows in enumerate(torch.arange(len(sample[0])).tensor_split(parts)):
         part = replace(config, samples=None, batch_parts=1)
-        operator = HessianOperator(model, (sample[0][rows], sample[1][rows]), part, device, loss)
-        products = operator.matmul(vectors)
+        operator = Hessian(model, (sample[0][rows], sample[1][rows]), loss, device, part).operator
+        products = operator.matmul(vectors.T).T
         quotients.append((products * vectors.to(products.device)).sum(1).double().cpu().numpy())
         progress(index + 1, parts, f"part {index + 1} of {parts}")
     return np.std(np.stack(quotients), axis=0, ddof=1) / math.sqrt(parts)
@@ -353,8 +345,8 @@ def hessian_report(
     top eigenvalue and trace. ``others`` (named state_dicts) add the line to each of those models."""
     check_hessian_cost(model, data, config, device, loss)
     started = time.perf_counter()
-    operator = HessianOperator(model, data, config, device, loss)
-    sample = operator.data
+    hessian = Hessian(model, data, loss, device, config)
+    sample = hessian.data
     stages = 6 if config.layers else 5
 
     def stage(index: int, name: str) -> Progress:
@@ -362,21 +354,20 @@ def hessian_report(
             index * 1000 + 1000 * done // total, stages * 1000, f"{name}: {message}"
         )
 
-    top, krylov = lanczos_top_eigenvalues(operator, config.top_k, config, stage(0, "top eigenvalues"), config.deflation)
-    trace = hutchinson_trace(operator, config, stage(1, "trace"), krylov)
-    del krylov
-    density = slq_density(operator, config, stage(2, "density"))
+    top = hessian.top_eigenvalues(config.top_k, stage(0, "top eigenvalues"))
+    trace = hessian.trace(stage(1, "trace"))
+    density = hessian.density(stage(2, "density"))
     spread = eigenvalue_spread(model, sample, top, config, device, loss, stage(3, "spread over data"))
     splits = {k: sample_data(v, config) for k, v in (evaluation or {split: sample}).items()}
     directions = study_directions(model, top, config, others)
-    curves = perturbation_study(model, operator, directions, config, splits, device, stage(4, "perturbation"))
+    curves = perturbation_study(model, hessian.operator, directions, config, splits, device, stage(4, "perturbation"))
     plane = None
     if config.plane_points:
         plane = eigen_plane(model, directions, config, splits, device, stage(4, "eigenvector plane"))
     metrics = {
         name: evaluate(model, *data, batch_size=config.batch_size, device=device) for name, data in splits.items()
     }
-    layers = layerwise_hessian(model, sample, config, device, stage(5, "layers"), loss) if config.layers else []
+    layers = hessian.layers(stage(5, "layers")) if config.layers else []
     return HessianReport(
         top,
         trace,

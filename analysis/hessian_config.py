@@ -31,7 +31,7 @@ class HessianConfig(Record, Checked):
     ``runs * steps * n`` floats). ``cache_graph`` computes each batch's gradient graph once and keeps it for every
     product (memory grows with ``samples``); without it every product recomputes it. ``block_size`` vectors share one
     backward pass.
-    ``layers`` adds each layer's diagonal block to :func:`hessian_report` (:func:`layerwise_hessian`).
+    ``layers`` adds each layer's diagonal block to :func:`hessian_report` (:meth:`Hessian.layers`).
     Perturbation (:mod:`analysis.perturbation`): the loss at ``θ + t d`` for ``perturb_points`` values of ``t`` from
     ``perturb_low`` to ``perturb_high`` (the otfusion study: -0.5 to 0.5, 21 points, along the unit top eigenvector)
     along every top-k eigenvector and ``random_directions`` random filter-normalised directions, each scaled by

@@ -1,10 +1,10 @@
-"""Neuron norms per group, and what a pruning kept.
+"""Neuron norms per group.
 
 For neuron ``i`` of a group the *incoming* norm is ``sqrt(sum ||W_p[i]||^2)`` over the producers' weight rows
 (conv kernels included; BatchNorm scales and biases excluded), the *outgoing* norm the same over the consumers' input
 columns. Neuron Transplantation ("Model Fusion via Neuron Transplantation", Öz et al. 2024) keeps the largest neurons
-of the concatenated model and so sacrifices the small ones; :func:`transplant_survival` tabulates, per group and
-parent, which neurons survived, from the fusion report's details.
+of the concatenated model and so sacrifices the small ones; which ones survived, per group and parent, is in the
+fusion's report (:class:`fusion.methods.base.Survival`, :meth:`fusion.registry.FusionReport.survival`).
 """
 
 from __future__ import annotations
@@ -62,71 +62,7 @@ def neuron_norms(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupNo
     return [group_norms(state, group, sizes) for group in groups]
 
 
-@dataclass(frozen=True)
-class Survival(Record):
-    """One group of a Neuron Transplantation: for each neuron of the concatenated model, its parent, its index in
-    that parent, its importance and whether it survived the pruning."""
-
-    group: str
-    parent: list[int]
-    neuron: list[int]
-    importance: list[float]
-    kept: list[bool]
-
-    def kept_per_parent(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for parent, kept in zip(self.parent, self.kept):
-            counts[parent] = counts.get(parent, 0) + int(kept)
-        return counts
-
-
 def network_order(report: dict[str, Any]) -> dict[str, int]:
-    """The position of each neuron group in the network, from a fusion report's ``groups`` list (``details`` keys
-    come back sorted by name once stored as JSON, which puts ``classifier.1`` before ``features.0``)."""
+    """The position of each neuron group in the network, from a fusion report's ``groups`` list
+    (``FusionReport.to_dict()``)."""
     return {group["name"]: index for index, group in enumerate(report.get("groups", []))}
-
-
-def in_network_order(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The ``details["groups"]`` entries of a fusion report (``FusionReport.to_dict()``), in network order."""
-    position = network_order(report)
-    entries = report.get("details", {}).get("groups", {}).items()
-    return sorted(entries, key=lambda entry: position.get(entry[0], len(position)))
-
-
-def transplant_survival(report: dict[str, Any]) -> list[Survival]:
-    """Survival tables of a ``transplant`` fusion from its report (``FusionReport.to_dict()``; its last concatenation
-    step), in network order."""
-    result = []
-    for name, record in in_network_order(report):
-        kept = set(record["kept"])
-        origin = record["origin"]
-        result.append(
-            Survival(
-                group=name,
-                parent=[int(p) for p, _ in origin],
-                neuron=[int(i) for _, i in origin],
-                importance=[float(v) for v in record["importance"]],
-                kept=[i in kept for i in range(len(origin))],
-            )
-        )
-    return result
-
-
-def pruning_survival(report: dict[str, Any]) -> list[Survival]:
-    """Survival tables from an ``intra`` or ``prune`` report (``FusionReport.to_dict()``), in network order: one
-    parent (0); for Intra-Fusion, ``merged_into`` in the details says which kept neuron each removed neuron was merged
-    into."""
-    result = []
-    for name, record in in_network_order(report):
-        kept = set(record["kept"])
-        size = int(record["size"])
-        result.append(
-            Survival(
-                name,
-                [0] * size,
-                list(range(size)),
-                [float(v) for v in record["importance"]],
-                [i in kept for i in range(size)],
-            )
-        )
-    return result

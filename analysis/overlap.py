@@ -21,7 +21,7 @@ from torch import nn
 
 from analysis import AnalysisError
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import hessian_top_eigenvalues
+from analysis.hessian_spectrum import Hessian
 from fusion.attention_layouts import differentiable_twin
 from fusion.groups import NeuronGroup
 from fusion.records import Record
@@ -75,14 +75,14 @@ def eigenvector_overlaps(
     and for averaging) over ``groups`` (the fused model's, attention split)."""
     if len(transports) != len(parents):
         raise AnalysisError(f"{len(parents)} parents but {len(transports)} sets of maps")
-    top = hessian_top_eigenvalues(fused, data, config.top_k, config, device)
+    top = Hessian(fused, data, device=device, config=config).top_eigenvalues()
     names = [k for k, v in mapped_direction({}, fused, groups, None).items() if v.is_floating_point()]
     fused_vectors = torch.stack(
         [flat(mapped_direction(top.direction(i), fused, groups, None), names) for i in range(len(top.eigenvalues))]
     )
     result = []
     for index, (parent, maps) in enumerate(zip(parents, transports)):
-        own = hessian_top_eigenvalues(parent, data, config.top_k, config, device)
+        own = Hessian(parent, data, device=device, config=config).top_eigenvalues()
         moved = torch.stack(
             [flat(mapped_direction(own.direction(j), parent, groups, maps), names) for j in range(len(own.eigenvalues))]
         )

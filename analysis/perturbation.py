@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from analysis import AnalysisError
+from analysis.curvature.hessian import HessianOperator
 from analysis.grid import step_grid
 from analysis.hessian_config import HessianConfig, StepScale
-from analysis.hessian_estimators import TopEigenvalues
-from analysis.hessian_operator import HessianOperator
+from analysis.hessian_spectrum import TopEigenvalues
 from analysis.landscape import auto_points_per_call, evaluate_combinations, filter_normalized_direction
 from analysis.states import float_state
 from fusion.device import default_device
@@ -346,7 +346,7 @@ def perturbation_study(
         expected = None
         if operator is not None:
             flat = operator.space.flatten({n: direction.entries[n] for n in operator.space.names})
-            expected = float(flat.float() @ operator.matmul(flat[None].float())[0].to(flat.device))
+            expected = float(flat.float() @ operator.matmul(flat[:, None].float())[:, 0].to(flat.device))
         for offset, (split, data) in enumerate(evaluation.items()):
             step = number * len(evaluation) + offset
             curve = perturbation_curve(

@@ -53,14 +53,9 @@ from torch.func import functional_call, grad, jvp, linearize, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.curvature.hutchinson import MIN_TRACE_PROBES
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import (
-    MIN_TRACE_PROBES,
-    hessian_eigenvalue_density,
-    hutchinson_trace,
-    lanczos_top_eigenvalues,
-)
-from analysis.hessian_operator import HessianOperator
+from analysis.hessian_spectrum import Hessian
 from fusion.data import Dataset, load_dataset
 from fusion.models import build_model, default_spec
 from fusion.train import TrainConfig, train
@@ -289,14 +284,14 @@ def run_ours(
     )
     with PeakMemory(device) as memory:
         started = time.perf_counter()
-        operator = HessianOperator(work.model, (work.inputs, work.targets), config, device)
-        top, krylov = lanczos_top_eigenvalues(operator, 1, config, min_steps=config.deflation)
-        eigen_products = operator.products
-        trace = hutchinson_trace(operator, config, krylov=krylov)
+        hessian = Hessian(work.model, (work.inputs, work.targets), device=device, config=config)
+        top = hessian.top_eigenvalues(1)
+        eigen_products = hessian.operator.products
+        trace = hessian.trace()
         seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
-        "products": operator.products,
+        "products": hessian.operator.products,
         "eigen_products": eigen_products,
         "memory": memory.peak,
         "top": float(top.eigenvalues[0]),
@@ -387,7 +382,7 @@ def main() -> None:
         )
         config = HessianConfig(samples=None, batch_size=args.batch_size, steps=args.steps, runs=args.runs)
         started = time.perf_counter()
-        density = hessian_eigenvalue_density(work.model, (work.inputs, work.targets), config, device)
+        density = Hessian(work.model, (work.inputs, work.targets), device=device, config=config).density()
         print(
             f"  ours density: {args.runs} runs x {len(density.nodes[0])} steps in "
             f"{time.perf_counter() - started:.2f} s, "

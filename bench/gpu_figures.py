@@ -40,9 +40,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from analysis.curvature.hessian import HessianOperator  # noqa: E402
 from analysis.hessian_config import HessianConfig  # noqa: E402
-from analysis.hessian_estimators import hutchinson_trace, lanczos_top_eigenvalues  # noqa: E402
-from analysis.hessian_operator import HessianOperator  # noqa: E402
+from analysis.hessian_spectrum import Hessian  # noqa: E402
 from analysis.landscape import LandscapeConfig, auto_points_per_call, plane  # noqa: E402
 from fusion.data import Dataset, Normalization, load_dataset  # noqa: E402
 from fusion.device import default_device  # noqa: E402
@@ -184,7 +184,7 @@ def block_figures(operator: HessianOperator, device: torch.device, quick: bool) 
     per_vector = {}
     generator = torch.Generator().manual_seed(0)
     for block in BLOCKS[:3] if quick else BLOCKS:
-        vectors = torch.randn(block, operator.size, generator=generator).to(device)
+        vectors = torch.randn(operator.size, block, generator=generator).to(device)
         try:
             per_vector[block] = median_seconds(device, lambda vectors=vectors: operator.matmul(vectors), 2) / block
         except torch.OutOfMemoryError:
@@ -201,7 +201,7 @@ def hessian_figures(data: Dataset, device: torch.device, quick: bool) -> dict[st
     samples = 64 if quick else 1000
     sample = (data.x_test[:samples], data.y_test[:samples])
     probe_config = HessianConfig(samples=samples, batch_size=samples if quick else 250)
-    blocks = block_figures(HessianOperator(model, sample, probe_config, device), device, quick)
+    blocks = block_figures(Hessian(model, sample, device=device, config=probe_config).operator, device, quick)
     freed(device, 0)
     config = HessianConfig(
         samples=samples,
@@ -216,10 +216,10 @@ def hessian_figures(data: Dataset, device: torch.device, quick: bool) -> dict[st
     )
 
     def top_and_trace() -> tuple[Any, Any, int]:
-        operator = HessianOperator(model, sample, config, device)
-        top, run = lanczos_top_eigenvalues(operator, 1, config)
-        trace = hutchinson_trace(operator, config, krylov=run)
-        return top, trace, operator.products
+        hessian = Hessian(model, sample, device=device, config=config)
+        top = hessian.top_eigenvalues(1)
+        trace = hessian.trace()
+        return top, trace, hessian.operator.products
 
     (top, trace, products), figures = job(device, top_and_trace)
     return figures | {

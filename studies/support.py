@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import lanczos_top_eigenvalues
-from analysis.hessian_operator import HessianOperator
+from analysis.hessian_spectrum import Hessian
 from analysis.landscape import LandscapeConfig, linear_interpolation
 from fusion.attention_layouts import split_attention_layers
 from fusion.data import Dataset, Normalization
@@ -182,9 +181,10 @@ def support_report(
         return f"{parameter_count(result.model) / parameter_count(a):.0%} of the parameters"
 
     def hessian() -> str:
-        config = HessianConfig(samples=len(inputs), batch_size=len(inputs), iterations=HESSIAN_STEPS, top_k=1, seed=0)
-        operator = HessianOperator(native_a, (inputs, labels), config, device)
-        top, _ = lanczos_top_eigenvalues(operator, 1, config)
+        config = HessianConfig(
+            samples=len(inputs), batch_size=len(inputs), iterations=HESSIAN_STEPS, top_k=1, deflation=0, seed=0
+        )
+        top = Hessian(native_a, (inputs, labels), device=device, config=config).top_eigenvalues(1)
         return f"λ1 {top.eigenvalues[0]:.3g} ± {top.residuals[0]:.1g}"
 
     def landscape() -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import hessian_top_eigenvalues, hessian_trace
+from analysis.hessian_spectrum import Hessian
 from analysis.landscape import LandscapeConfig, linear_interpolation
 from fusion.batchnorm import recompute_batchnorm
 from fusion.data import load_dataset
@@ -33,8 +33,9 @@ def analyses() -> dict[str, list[float]]:
     a, b = build_model(spec, seed=0).eval(), build_model(spec, seed=1).eval()
     sample = data.split("test")
     device = torch.device("cpu")
-    top = hessian_top_eigenvalues(a, sample, 3, CONFIG, device)
-    trace = hessian_trace(a, sample, CONFIG, device)
+    hessian = Hessian(a, sample, device=device, config=CONFIG)
+    top = hessian.top_eigenvalues(3)
+    trace = hessian.trace()
     line = linear_interpolation(a, b, data, LandscapeConfig(resolution=5), device)
     return {
         "eigenvalues": top.eigenvalues.tolist(),

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from analysis.curvature.hessian import ParameterSpace
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_operator import ParameterSpace
 from fusion.data import Dataset
 from fusion.models import ModelSpec, build_model
 from fusion.train import TrainConfig, train

@@ -9,6 +9,8 @@ import plotly.graph_objects as go
 import pytest
 
 import analysis.units
+from analysis.curvature.hessian import ParameterSpace
+from analysis.curvature.slq import EigenvalueDensity
 from analysis.figures import (
     eigenvalue_density_figure,
     interpolation_figure,
@@ -19,8 +21,7 @@ from analysis.figures import (
     random_directions_figure,
     top_eigenvalues_figure,
 )
-from analysis.hessian_estimators import EigenvalueDensity, LayerHessian, TopEigenvalues
-from analysis.hessian_operator import ParameterSpace
+from analysis.hessian_spectrum import LayerHessian, TopEigenvalues
 from analysis.landscape import GridMetrics, InterpolationResult, PlaneResult, RandomDirectionsResult
 from analysis.perturbation import PerturbationCurve
 from fusion.errors import ConfigError
@@ -289,7 +290,8 @@ def drawn_colours(figure: go.Figure) -> set[tuple[str, str]]:
 def every_role_figure() -> dict[str, go.Figure]:
     """Every figure that draws models by role, built from small fake results with the roles of :data:`ROLES`."""
     from analysis.fusion_figures import finetune_comparison_figure, neuron_norms_figure, survival_figure
-    from analysis.norms import GroupNorms, Survival
+    from analysis.norms import GroupNorms
+    from fusion.methods.base import Survival
     from studies.figures import comparison_figure, sharpness_gap_figure
     from studies.scores import Score
 

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 from torchvision.models import VisionTransformer
 
-from analysis.hessian_config import HessianConfig
-from analysis.hessian_operator import HessianOperator
+from analysis.curvature.hessian import HessianOperator
 from fusion.attention_layouts import SplitAttention, join_attention_layers, split_attention_layers
 from fusion.errors import FusionError
 from fusion.groups import UnsupportedArchitecture, neuron_groups
@@ -104,9 +103,9 @@ def test_the_hessian_of_a_native_vit_is_taken_through_its_split_twin():
     of the native model's gradients (first derivatives of the fused kernel exist)."""
     model = torchvision_vit(0)
     labels = torch.arange(8) % 5
-    operator = HessianOperator(model, (X, labels), HessianConfig(samples=8, batch_size=8), torch.device("cpu"))
+    operator = HessianOperator(model, (X, labels), device=torch.device("cpu"), batch_size=8)
     vector = torch.randn(1, operator.size, generator=torch.Generator().manual_seed(1))
-    product = operator.matmul(vector)[0]
+    product = operator.matmul(vector.T)[:, 0]
 
     def gradient(shift: float) -> torch.Tensor:
         params = {n: p.detach() + shift * d for (n, p), d in zip(model.named_parameters(), directions(model, vector))}

@@ -15,9 +15,9 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import analysis.hessian as hessian_module
 import analysis.landscape as landscape_module
 from analysis.cost import SPREAD, CostEstimate, seconds_range, time_step, training_cost
+from analysis.curvature.hessian import HessianOperator
 from analysis.hessian import fewest_hessian_products, hessian_products, hessian_report
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_operator import HessianOperator
 from analysis.landscape import LandscapeConfig, estimate_cost, random_directions
 from fusion.data import Dataset
 from fusion.models import ModelSpec
@@ -78,7 +78,7 @@ def test_a_hessian_estimate_brackets_the_products_its_run_makes(tiny, monkeypatc
     matmul = HessianOperator.matmul
 
     def counted(self: HessianOperator, vectors: torch.Tensor) -> torch.Tensor:
-        products.append(len(vectors))
+        products.append(vectors.shape[1])
         return matmul(self, vectors)
 
     monkeypatch.setattr(HessianOperator, "matmul", counted)

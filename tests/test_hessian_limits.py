@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import analysis.hessian as hessian_module
+from analysis.curvature.hessian import HessianOperator
+from analysis.curvature.hutchinson import hutchinson_trace
 from analysis.hessian import check_products, hessian_products, hessian_report
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import hutchinson_trace
-from analysis.hessian_operator import HessianOperator
 from fusion.errors import CostLimitError
 from fusion.models import build_model, default_spec
 
@@ -29,7 +29,7 @@ def test_the_product_count_bounds_the_products_a_report_uses(monkeypatch):
     original = HessianOperator.matmul
 
     def counting(self, vectors):
-        used.append(len(vectors))
+        used.append(vectors.shape[1])
         return original(self, vectors)
 
     monkeypatch.setattr(HessianOperator, "matmul", counting)
@@ -52,11 +52,11 @@ def test_a_run_above_the_product_limit_is_refused_before_any_product(monkeypatch
 
 def test_a_trace_stopped_at_its_probe_cap_is_reported_as_not_converged():
     model = build_model(default_spec("mlp", (1, 8, 8), 10, hidden=(8,)), seed=0)
-    operator = HessianOperator(model, data(), HessianConfig(samples=64))
-    capped = hutchinson_trace(operator, HessianConfig(samples=64, probes=3, trace_tolerance=1e-9, deflation=0))
+    operator = HessianOperator(model, data())
+    capped = hutchinson_trace(operator, probes=3, tolerance=1e-9)
     assert not capped.converged
     assert capped.status.startswith("not converged: error bar") and "after 3 probes" in capped.status
-    single = hutchinson_trace(operator, HessianConfig(samples=64, probes=1, deflation=0))
+    single = hutchinson_trace(operator, probes=1)
     assert single.error is None and not single.converged
     stored = json.loads(json.dumps(single.to_dict(), allow_nan=False))
     assert stored["error"] is None and "single probe" in stored["status"]

@@ -18,10 +18,10 @@ from torch import nn
 
 import analysis.perturbation
 from analysis import AnalysisError
+from analysis.curvature.hessian import cross_entropy_loss
 from analysis.hessian import HessianReport, eigenvalue_spread, hessian_report
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_estimators import hessian_top_eigenvalues
-from analysis.hessian_operator import HessianOperator, cross_entropy_loss, sample_data
+from analysis.hessian_spectrum import Hessian, sample_data
 from analysis.overlap import eigenvector_overlaps
 from analysis.perturbation import (
     Direction,
@@ -134,7 +134,7 @@ def test_a_relative_step_scales_the_curvature_by_the_squared_model_norm(tiny, ei
 def test_the_spread_over_parts_is_the_standard_error_of_the_parts_rayleigh_quotients(tiny) -> None:
     model, x, y = tiny
     config = dataclasses.replace(EXACT, top_k=2, batch_parts=4, samples=None)
-    top = hessian_top_eigenvalues(model, (x, y), 2, config, CPU)
+    top = Hessian(model, (x, y), device=CPU, config=config).top_eigenvalues(2)
     spread = eigenvalue_spread(model, (x, y), top, config, CPU, cross_entropy_loss)
     vectors = top.eigenvectors.double()
     quotients = []
@@ -154,7 +154,7 @@ def test_the_line_to_another_model_reaches_it(tiny) -> None:
     model, x, y = tiny
     other = build_model(ModelSpec("mlp", (1, 8, 8), 10, hidden=(4,)), seed=5).eval()
     config = HessianConfig(top_k=1, random_directions=0, step_scale="absolute")
-    top = hessian_top_eigenvalues(model, (x, y), 1, EXACT, CPU)
+    top = Hessian(model, (x, y), device=CPU, config=EXACT).top_eigenvalues(1)
     line = study_directions(model, top, config, {"B": other.state_dict()})[-1]
     distance = math.sqrt(
         sum(float((o - p).double().square().sum()) for o, p in zip(other.parameters(), model.parameters()))
@@ -182,8 +182,8 @@ def test_bad_perturbation_settings_are_refused(options, message) -> None:
 def test_the_operator_of_the_report_is_reused_for_expected_curvatures(tiny) -> None:
     model, x, y = tiny
     config = HessianConfig(samples=100, batch_size=100, top_k=1, random_directions=1, iterations=20)
-    operator = HessianOperator(model, (x, y), config, CPU)
-    top = hessian_top_eigenvalues(model, (x, y), 1, config, CPU)
+    operator = Hessian(model, (x, y), device=CPU, config=config).operator
+    top = Hessian(model, (x, y), device=CPU, config=config).top_eigenvalues(1)
     before = operator.products
     perturbation_study(model, operator, study_directions(model, top, config), config, {"test": (x, y)}, CPU)
     assert operator.products - before == 2, "one Hessian-vector product per direction, not per split or point"
@@ -320,7 +320,7 @@ def test_a_fit_that_disagrees_with_d_h_d_is_flagged_with_a_range_on_which_it_agr
 
     def curve_on(low: float, high: float, points: int) -> PerturbationCurve:
         config = HessianConfig(samples=None, perturb_low=low, perturb_high=high, perturb_points=points)
-        operator = HessianOperator(model, data, config, CPU)
+        operator = Hessian(model, data, device=CPU, config=config).operator
         (curve,) = perturbation_study(model, operator, [direction], config, {"test": data}, CPU)
         return curve
 

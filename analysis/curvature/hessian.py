@@ -3,11 +3,13 @@
 The Hessian is that of the data-weighted mean loss over ``N`` examples split into batches ``B_b``:
 ``H = ∇²_θ L(θ)``, ``L(θ) = Σ_b (|B_b| / N) ℓ(f(x_b; θ), (x_b, y_b))``, with ``ℓ`` a batch-mean loss (cross-entropy by
 default) and the model in eval mode (BatchNorm uses its running statistics). It is never formed: every algorithm
-calls Hessian-vector products ``H V`` for a block of vectors ``V: (b, n)``, ``n`` the number of parameters analysed.
+calls Hessian-vector products ``H V`` for a block of vectors ``V: (n, b)``, ``n`` the number of parameters analysed:
+:class:`HessianOperator` is a :class:`~analysis.curvature.operator.LinearOperator`, so every estimator of
+:mod:`analysis.curvature` takes it.
 
 Hessian-vector products are double backward (Pearlmutter 1994): ``H v = ∇_θ (∇_θ ℓ_b · v)``, with each batch's
 gradient ``∇_θ ℓ_b`` computed once with its graph (``create_graph``, through ``torch.func.functional_call``) and kept,
-so a product is one backward pass through that graph (``HessianConfig.cache_graph``; memory grows with the samples).
+so a product is one backward pass through that graph (``cache_graph``; memory grows with the samples).
 PyHessian keeps the graph only for a single batch and rebuilds forward and backward per product otherwise; it also
 leaks it through ``backward(create_graph=True)`` into ``.grad``, which ``torch.autograd.grad`` avoids. Chosen by
 measurement (``bench/bench_hessian.py``, 2 CPU threads, methods interleaved): 1.02x the time of one forward and
@@ -28,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from analysis import AnalysisError, NonFiniteLoss
-from analysis.hessian_config import HessianConfig
+from analysis.curvature.operator import check_block
 from analysis.states import eval_mode
 from fusion.attention_layouts import differentiable_twin
 from fusion.device import default_device
@@ -72,41 +74,50 @@ class ParameterSpace:
         }
 
 
-def sample_data(data: tuple[torch.Tensor, torch.Tensor], config: HessianConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``config.samples`` examples of ``data`` drawn without replacement with ``config.seed`` (all if fewer)."""
+def check_data(data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Refuse (:class:`DatasetError`) empty data and inputs and targets of different lengths."""
     inputs, targets = data
     if len(inputs) == 0:
         raise DatasetError("the Hessian needs data, got an empty dataset")
     if len(inputs) != len(targets):
         raise DatasetError(f"inputs and targets differ in length: {len(inputs)} != {len(targets)}")
-    if config.samples is None or config.samples >= len(inputs):
-        return inputs, targets
-    index = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(config.seed))[: config.samples]
-    return inputs[index], targets[index]
 
 
 class HessianOperator:
-    """``V ↦ H V`` for ``V: (b, n)`` on ``device``: the Hessian of ``loss`` over ``config.samples`` examples of ``data``
-    in batches of ``config.batch_size``, model in eval mode.
+    """``V ↦ H V`` for ``V: (n, b)`` on ``device``, in float32: the Hessian of ``loss`` over every example of
+    ``data = (inputs, targets)`` in batches of ``batch_size`` (``None``: one batch), model in eval mode;
+    ``block_size`` vectors share one backward pass, and ``cache_graph`` keeps every batch's gradient graph for all
+    products (see the module docstring).
 
     ``parameters`` restricts ``θ`` to some trainable parameters (by name; the others are held fixed), giving the
     diagonal block of the Hessian for one layer or group. ``products`` counts the vectors multiplied so far. Under
-    ``torch.distributed`` (:mod:`fusion.distributed`) every rank draws the same sample, multiplies its own shard and
-    the products and losses are all-reduced: every rank holds ``H V`` of the whole sample.
+    ``torch.distributed`` (:mod:`fusion.distributed`) every rank is given the same data, multiplies its own shard and
+    the products and losses are all-reduced: every rank holds ``H V`` of the whole data.
 
     Raises :class:`AnalysisError` for a model without trainable parameters or unknown names, :class:`DatasetError`
     for empty data and :class:`NonFiniteLoss` when the loss at ``θ`` is not finite.
+
+    >>> model = nn.Linear(2, 2)
+    >>> with torch.no_grad():
+    ...     _ = model.weight.zero_(), model.bias.zero_()
+    >>> data = (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    >>> operator = HessianOperator(model, data, parameters=["bias"], device=torch.device("cpu"))
+    >>> operator.matmul(torch.eye(2)).tolist()  # softmax p = (1/2, 1/2): H = diag(p) - p pᵀ
+    [[0.25, -0.25], [-0.25, 0.25]]
     """
 
     def __init__(
         self,
         model: nn.Module,
         data: tuple[torch.Tensor, torch.Tensor],
-        config: HessianConfig = HessianConfig(),
-        device: torch.device | None = None,
         loss: Loss = cross_entropy_loss,
+        device: torch.device | None = None,
         parameters: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        block_size: int = 1,
+        cache_graph: bool = True,
     ) -> None:
+        check_data(data)
         self.device = device or default_device()
         trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not trainable:
@@ -121,17 +132,19 @@ class HessianOperator:
         self.model = model
         self.twin, self.rename = differentiable_twin(model)
         self.loss = loss
-        self.config = config
-        self.data = sample_data(data, config)
+        self.data = data
+        self.block_size = block_size
+        self.cache_graph = cache_graph
         self.space = ParameterSpace(tuple(names), tuple(tuple(trainable[n].shape) for n in names))
         self.params = {n: trainable[n].detach().to(self.device).requires_grad_() for n in names}
         self.fixed = {k: v.detach().to(self.device) for k, v in model.state_dict().items() if k not in self.params}
         inputs, targets = self.data
         local = shard(len(inputs))
         inputs, targets = inputs[local], targets[local]
+        batch = batch_size or max(len(inputs), 1)
         self.batches = [
-            (inputs[i : i + config.batch_size].to(self.device), targets[i : i + config.batch_size].to(self.device))
-            for i in range(0, len(inputs), config.batch_size)
+            (inputs[i : i + batch].to(self.device), targets[i : i + batch].to(self.device))
+            for i in range(0, len(inputs), batch)
         ]
         self.graphs: dict[int, tuple[torch.Tensor, ...]] = {}
         self.products = 0
@@ -140,6 +153,10 @@ class HessianOperator:
     @property
     def size(self) -> int:
         return self.space.size
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
 
     def batch_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss(functional_call(self.twin, self.rename({**params, **self.fixed}), (x,)), (x, y))
@@ -155,24 +172,25 @@ class HessianOperator:
         return value
 
     def gradient(self, index: int) -> tuple[torch.Tensor, ...]:
-        """``∇_θ ℓ_b`` of batch ``index`` with its graph (``create_graph``), kept when ``config.cache_graph``."""
+        """``∇_θ ℓ_b`` of batch ``index`` with its graph (``create_graph``), kept when ``cache_graph``."""
         if index in self.graphs:
             return self.graphs[index]
         x, y = self.batches[index]
         with torch.enable_grad(), eval_mode(self.twin):
             loss = self.batch_loss(self.params, x, y)
             gradient = torch.autograd.grad(loss, list(self.params.values()), create_graph=True, materialize_grads=True)
-        if self.config.cache_graph:
+        if self.cache_graph:
             self.graphs[index] = gradient
         return gradient
 
     def matmul(self, vectors: torch.Tensor) -> torch.Tensor:
-        """``H V = Σ_b (|B_b| / N) ∇_θ (∇_θ ℓ_b · v)`` for ``V: (b, n)``, ``config.block_size`` vectors per backward
-        pass (``is_grads_batched``); returns ``(b, n)``."""
-        vectors = vectors.to(self.device, torch.float32)
+        """``H V = Σ_b (|B_b| / N) ∇_θ (∇_θ ℓ_b · v)`` for ``V: (n, k)``, ``block_size`` vectors per backward pass
+        (``is_grads_batched``); returns ``(n, k)``."""
+        check_block(self, vectors)
+        vectors = vectors.T.to(self.device, torch.float32)
         result = torch.zeros(vectors.shape, device=self.device)
         leaves = list(self.params.values())
-        block = self.config.block_size
+        block = self.block_size
         for index, (x, _) in enumerate(self.batches):
             gradient = self.gradient(index)
             for start in range(0, len(vectors), block):
@@ -204,4 +222,4 @@ class HessianOperator:
                 "a Hessian-vector product is NaN or infinite: the loss is not twice differentiable here"
             )
         self.products += len(vectors)
-        return result
+        return result.T
