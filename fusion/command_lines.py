@@ -11,10 +11,11 @@ import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from fusion.models import ARCHITECTURES, ModelSpec
+from fusion.models import ModelSpec
 from fusion.options import option_fields
-from fusion.registry import REGISTRY
+from fusion.registry import resolve
 from fusion.train import TrainConfig
+from fusion.zoo import architecture
 
 
 def non_default(options_class: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def fusion_command_lines(
     when it is the command line's own (Adam, batches of 64, seed 0), else as a second ``finetune`` command of the
     fused model (``fused_id``, where known; else ``FUSED_ID``, the id the first command prints)."""
     fuse = ["fuse", "--method", method, "--models", *parents]
-    flags = non_default(REGISTRY[method].options, options)
+    flags = non_default(resolve(method).spec.options, options)
     if finetune is None:
         return [command_line(fuse, flags)]
     if finetune == TrainConfig(epochs=int(finetune.get("epochs", 1)), lr=float(finetune.get("lr", 1e-3))).to_dict():
@@ -67,7 +68,7 @@ def train_command(spec: ModelSpec, dataset: str, config: TrainConfig, seeds: Seq
     if config.momentum != TrainConfig().momentum:
         return None
     knobs: dict[str, Any] = {}
-    if spec.arch in ARCHITECTURES:
+    if architecture(spec.arch).knobs:
         knobs = {"hidden": spec.hidden, "channels": spec.channels, "width": spec.width}
         knobs = {k: v for k, v in knobs.items() if v != ()}
         knobs.update(batch_norm=spec.batch_norm, bias=spec.bias)

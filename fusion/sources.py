@@ -6,13 +6,16 @@ saved model rebuilds exactly.
                          num_classes=...)``; its stem takes 3-channel images
 ``timm:NAME``            ``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=C)``
 ``otfusion:NAME``       a seed repository's own architectures with their parameter names (otfusion, Neuron
-``nt:NAME``              Transplantation, CLAFusion: :mod:`fusion.seed_models`)
+``nt:NAME``              Transplantation, CLAFusion: :mod:`fusion.zoo.seeds`)
 ``clafusion:NAME``
 ``python:MODULE:NAME``   ``NAME(input_shape=(C, H, W), num_classes=K)`` from the importable ``MODULE``: a user's
                          own factory returning an ``nn.Module``
 =======================  =====================================================================================
 
 Nothing is downloaded: a source builds randomly initialised networks and weights come from the user's own files.
+This module holds the libraries' builders and the factories' trust; :func:`fusion.zoo.architecture` resolves every
+source's names, the seed repositories' among them, behind the zoo's one lookup.
+
 A ``python:`` factory is code, so it runs only when trusted on this machine: listed in the environment variable
 ``FUSIONLAB_FACTORIES`` (comma-separated ``MODULE:NAME``, the app server's configuration) or trusted in this process
 by :func:`trust_factory` (the command line trusts the one its ``--arch`` or ``--trust-factory`` names). A workspace is
@@ -36,7 +39,13 @@ from collections.abc import Callable, Iterator
 from torch import nn
 
 from fusion.errors import ArchitectureError, UntrustedFactoryError
-from fusion.seed_models import SEED_REPOSITORIES, build_seed_model, check_seed_arch, seed_choices
+
+SEED_REPOSITORIES = {
+    "otfusion": "github.com/sidak/otfusion",
+    "nt": "github.com/masterbaer/neuron-transplantation",
+    "clafusion": "github.com/hsgser/clafusion",
+}
+"""The architecture sources that are seed repositories, with the repository each mirrors (:mod:`fusion.zoo.seeds`)."""
 
 SOURCES = ("torchvision", "timm", *SEED_REPOSITORIES, "python")
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -49,6 +58,7 @@ VIT_PREFIXES = ("vit_", "deit_")
 
 
 def is_sourced(arch: str) -> bool:
+    """Whether ``arch`` names a source's network (``SOURCE:NAME``) rather than one of the zoo's."""
     return ":" in arch
 
 
@@ -62,12 +72,14 @@ def split_arch(arch: str) -> tuple[str, str]:
 
 @functools.cache
 def torchvision_names() -> frozenset[str]:
+    """The names of torchvision's classification models."""
     import torchvision.models
 
     return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
 def timm_module():
+    """The ``timm`` package; :class:`ArchitectureError` when it is not installed."""
     try:
         import timm
     except ImportError as exc:
@@ -88,62 +100,42 @@ def listed_factories() -> set[str]:
 
 
 def trusted_factories() -> set[str]:
+    """The factories that may run here: those listed in ``FUSIONLAB_FACTORIES`` and those trusted in this process."""
     return listed_factories() | trusted_here
 
 
-def source_choices(source: str) -> tuple[str, ...]:
-    """The ``arch`` names a front end offers for ``source``: torchvision's classification models, a seed
-    repository's architectures, the factories ``FUSIONLAB_FACTORIES`` lists (only those: a factory a command or a
-    stored model trusted in this process is not the server's offer). ``()`` for timm, whose names
-    (``timm.list_models()``, over a thousand) are typed and checked by :func:`check_arch`."""
-    if source not in SOURCES:
-        raise ArchitectureError(f"unknown architecture source {source!r}; expected one of {', '.join(SOURCES)}")
-    if source == "torchvision":
-        return tuple(f"torchvision:{name}" for name in sorted(torchvision_names()))
-    if source in SEED_REPOSITORIES:
-        return seed_choices(source)
-    if source == "python":
-        return tuple(f"python:{name}" for name in sorted(listed_factories()))
-    return ()
-
-
 def check_factory_name(name: str) -> None:
+    """Refuse a factory name that is not ``MODULE:CALLABLE``."""
     if not FACTORY_PATTERN.fullmatch(name):
         raise ArchitectureError(f"a factory is named MODULE:CALLABLE (e.g. mypackage.nets:small_resnet), got {name!r}")
 
 
-def check_arch(arch: str) -> None:
-    """Refuse an ``arch`` whose source does not know its name."""
-    source, name = split_arch(arch)
-    if source == "torchvision" and name not in torchvision_names():
+def check_torchvision(name: str) -> None:
+    """Refuse a name that is none of torchvision's classification models."""
+    if name not in torchvision_names():
         raise ArchitectureError(f"torchvision has no classification model {name!r} (torchvision.models.list_models())")
-    if source == "timm" and not timm_module().is_model(name):
+
+
+def check_timm(name: str) -> None:
+    """Refuse a name that is none of timm's models."""
+    if not timm_module().is_model(name):
         raise ArchitectureError(f"timm has no model {name!r} (timm.list_models())")
-    if source in SEED_REPOSITORIES:
-        check_seed_arch(arch)
-    if source == "python":
-        check_factory_name(name)
 
 
-def build_sourced(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The randomly initialised network ``arch`` names, for inputs of ``input_shape`` and ``num_classes`` outputs."""
-    source, name = split_arch(arch)
-    if source == "torchvision":
-        return build_torchvision(name, input_shape, num_classes)
-    if source == "timm":
-        size = {"img_size": input_shape[1:]} if name.startswith(VIT_PREFIXES) else {}
-        return call(
-            arch,
-            lambda: timm_module().create_model(
-                name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **size
-            ),
-        )
-    if source in SEED_REPOSITORIES:
-        return build_seed_model(arch, input_shape, num_classes)
-    return build_factory(name, input_shape, num_classes)
+def build_timm(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=C)``, a ViT for the inputs' size."""
+    size = {"img_size": input_shape[1:]} if name.startswith(VIT_PREFIXES) else {}
+    return call(
+        f"timm:{name}",
+        lambda: timm_module().create_model(
+            name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], **size
+        ),
+    )
 
 
 def build_torchvision(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """``torchvision.models.get_model(NAME, weights=None, num_classes=...)``; :class:`ArchitectureError` unless the
+    inputs have 3 channels (and, for a ViT, are square: it is built for their size)."""
     import torchvision.models
 
     if input_shape[0] != 3:

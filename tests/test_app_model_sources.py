@@ -13,7 +13,8 @@ from app_helpers import messages, open_app, wait_for_job
 from fusion.data import dataset_normalization
 from fusion.errors import ArchitectureError
 from fusion.models import build_model, default_spec
-from fusion.sources import TRUSTED_FACTORIES_VARIABLE, source_choices, trust_factory, trusted_here
+from fusion.sources import TRUSTED_FACTORIES_VARIABLE, trust_factory, trusted_here
+from fusion.zoo import source_choices
 from tests import factories
 from tests.data_helpers import make_folder
 from ui.forms import SOURCE_LABELS, SpecInputs, offered_sources

@@ -12,16 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fusion.errors import ArchitectureError, FusionError
-from fusion.models import (
-    ARCHITECTURES,
-    RESNET_BLOCKS,
-    VGG_LAYERS,
-    ModelSpec,
-    build_model,
-    default_spec,
-    parameter_count,
-    scaled,
-)
+from fusion.models import ARCHITECTURES, ModelSpec, build_model, default_spec, parameter_count
+from fusion.zoo.layers import scaled
+from fusion.zoo.resnet import RESNET_BLOCKS
+from fusion.zoo.vgg import VGG_LAYERS
 
 INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 CONV_ARCHS = [a for a in ARCHITECTURES if a != "mlp"]

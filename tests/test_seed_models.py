@@ -1,4 +1,4 @@
-"""The seed repositories' architectures (fusion.seed_models): Neuron Transplantation's and CLAFusion's networks have
+"""The seed repositories' architectures (fusion.zoo.seeds): Neuron Transplantation's and CLAFusion's networks have
 their repositories' parameter names and shapes, their names for zoo networks are zoo specs, and each architecture
 fuses and imports like any other.
 
@@ -21,10 +21,11 @@ from fusion.errors import ArchitectureError
 from fusion.groups import neuron_groups
 from fusion.models import ModelSpec, build_model, default_spec
 from fusion.registry import fuse
-from fusion.seed_models import SEED_MODELS, ZOO_ALIASES
-from fusion.sources import SOURCES, source_choices
+from fusion.sources import SOURCES
 from fusion.surgery import permuted
 from fusion.workspace import Workspace
+from fusion.zoo import source_choices
+from fusion.zoo.seeds import SEED_MODELS, ZOO_ALIASES
 from tests.data_helpers import fake_mnist, make_folder
 from tests.fusion_helpers import max_logit_difference
 

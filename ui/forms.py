@@ -18,8 +18,9 @@ from fusion.data import DATASETS, dataset_signature
 from fusion.image_folder import IMAGE_FOLDER_PREFIX
 from fusion.models import ARCHITECTURES, default_spec
 from fusion.problems import Checks, literal
-from fusion.sources import SOURCES, is_sourced, source_choices
+from fusion.sources import SOURCES, is_sourced
 from fusion.train import OPTIMIZERS, TrainConfig
+from fusion.zoo import architecture, source_choices
 from ui.options import kept
 from ui.parsing import parse_int_list, parse_seeds
 from ui.training import SpecOptions
@@ -186,14 +187,15 @@ def architecture_fields(prefix: str, arch: str, dataset: str) -> SpecInputs:
     defaults = default_spec(arch, *dataset_signature(dataset))
     key = f"{prefix}.{arch}.{dataset}"
     hidden = channels = width = None
-    if arch == "cnn":
+    knobs = architecture(arch).knobs
+    if "channels" in knobs:
         kept(f"{key}.channels", joined(defaults.channels))
         channels = st.text_input(
             SPEC_LABELS["channels"],
             key=f"{key}.channels",
             help="Comma-separated output channels, one 3x3 conv + 2x2 max-pool each, e.g. 16,32",
         )
-    if arch in ("mlp", "cnn"):
+    if "hidden" in knobs:
         kept(f"{key}.hidden", joined(defaults.hidden))
         hidden = st.text_input(
             SPEC_LABELS["hidden"],

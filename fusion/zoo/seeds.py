@@ -1,11 +1,12 @@
 """The seed repositories' own architectures, with their parameter names, so that their checkpoints load as they are.
 
-Each is named ``SOURCE:NAME``, ``SOURCE`` one of :data:`SEED_REPOSITORIES`, ``NAME`` the name the repository gives the
-network (its ``--model-name`` or the prefix of its checkpoint files). An architecture whose layers and parameter names
-are those of a zoo spec is an alias of that spec (:data:`ZOO_ALIASES`); the others are modules of their own
-(:data:`SEED_MODELS`). All take ``input_shape`` and ``num_classes``; on the shapes the repository trains on they are its
-networks exactly (the same state_dict, the same logits), and where its code fixes the input size (a classifier over
-``16*5*5`` or ``512`` features) ours computes it from ``input_shape`` instead.
+Each is named ``SOURCE:NAME``, ``SOURCE`` one of :data:`fusion.sources.SEED_REPOSITORIES`, ``NAME`` the name the
+repository gives the network (its ``--model-name`` or the prefix of its checkpoint files). An architecture whose layers
+and parameter names are those of a zoo spec is an alias of that spec (:data:`ZOO_ALIASES`); the others are modules of
+their own (:data:`SEED_MODELS`), registered in the zoo's lookup by name. All take ``input_shape`` and ``num_classes``;
+on the shapes the repository trains on they are its networks exactly (the same state_dict, the same logits), and where
+its code fixes the input size (a classifier over ``16*5*5`` or ``512`` features) ours computes it from ``input_shape``
+instead.
 
 - otfusion (Singh & Jaggi 2020) ships ``mnist_models.zip``: two ``mlpnet`` MLPs 784-400-200-100-10 without biases,
   named ``fc1``...``fc4``, saved as ``{"model_state_dict": ..., "args": ..., "test_accuracy": ...}``. Its CIFAR
@@ -26,19 +27,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 
 from fusion.errors import ArchitectureError
-
-SEED_REPOSITORIES = {
-    "otfusion": "github.com/sidak/otfusion",
-    "nt": "github.com/masterbaer/neuron-transplantation",
-    "clafusion": "github.com/hsgser/clafusion",
-}
-"""The architecture sources that are seed repositories, with the repository each mirrors."""
+from fusion.sources import SEED_REPOSITORIES
+from fusion.zoo.spec import Architecture, Source
 
 
 class FcMlp(nn.Module):
@@ -335,19 +331,30 @@ def seed_choices(source: str) -> tuple[str, ...]:
     return tuple(arch for arch in (*SEED_MODELS, *ZOO_ALIASES) if arch.partition(":")[0] == source)
 
 
-def check_seed_arch(arch: str) -> None:
-    """Refuse a seed-repository name that is not a module of its own; the zoo's aliases name zoo specs
-    (:func:`fusion.models.default_spec` and ``--arch`` resolve them), never a stored ``arch``."""
+def refuse_seed_name(arch: str) -> NoReturn:
+    """Refuse a seed-repository name that is not a module of its own (the lookup asks only for names not
+    registered): the zoo's aliases name zoo specs (:func:`fusion.models.default_spec` and ``--arch`` resolve them),
+    never a stored ``arch``."""
     if arch in ZOO_ALIASES:
         raise ArchitectureError(
             f"{arch} is the zoo's {describe_alias(ZOO_ALIASES[arch])}: build it with default_spec({arch!r}, ...) or "
             f"--arch {arch}"
         )
-    if arch not in SEED_MODELS:
-        known = ", ".join(seed_choices(arch.partition(":")[0])) or "none"
-        raise ArchitectureError(f"unknown seed-repository architecture {arch!r}; known: {known}")
+    known = ", ".join(seed_choices(arch.partition(":")[0])) or "none"
+    raise ArchitectureError(f"unknown seed-repository architecture {arch!r}; known: {known}")
 
 
-def build_seed_model(arch: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    check_seed_arch(arch)
-    return SEED_MODELS[arch](input_shape, num_classes)
+def seed_architecture(name: str, factory: SeedFactory) -> Architecture:
+    """``name`` (``SOURCE:NAME``) built by ``factory`` as its repository defines it: no knobs."""
+    source = name.partition(":")[0]
+    return Architecture(name, source, lambda spec: factory(spec.input_shape, spec.num_classes), source=source)
+
+
+ARCHITECTURES = tuple(seed_architecture(name, factory) for name, factory in SEED_MODELS.items())
+"""The seed repositories' modules of their own, by name."""
+
+SEED_SOURCES = tuple(
+    Source(repository, refuse_seed_name, functools.partial(seed_choices, repository))
+    for repository in SEED_REPOSITORIES
+)
+"""The seed repositories as sources: they offer their modules, then their zoo aliases, and refuse other names."""

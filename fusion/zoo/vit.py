@@ -15,7 +15,8 @@ with separate query, key and value projections ``q``, ``k``, ``v`` and the outpu
 written out (no fused kernel) so that its second derivatives exist for the Hessian analyses. The neurons of this
 network: the residual stream (``d`` channels shared by the patch embedding, class token, position embeddings, every
 LayerNorm, ``proj`` and ``fc2`` rows and the readers' columns), each block's MLP hidden units, and per attention the
-query/key dimensions and the value dimensions, both in ``heads`` blocks (:mod:`fusion.groups`).
+query/key dimensions and the value dimensions, both in ``heads`` blocks (:mod:`fusion.groups`). Its widths are fixed
+by the spec (fusions keep every width), so a fused ViT rebuilds from its parents' spec.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import math
 
 import torch
 from torch import nn
+
+from fusion.errors import ArchitectureError
+from fusion.zoo.layers import check_square, width_label
+from fusion.zoo.spec import Architecture, ModelSpec
 
 VIT_DEPTH = 4
 VIT_HEADS = 4
@@ -95,3 +100,24 @@ class ViT(nn.Module):
         tokens = self.patch(x).flatten(2).transpose(1, 2)
         tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
         return self.head(self.norm(self.blocks(tokens))[:, 0])
+
+
+def check_vit(spec: ModelSpec) -> None:
+    """Square inputs whose side is a multiple of :data:`VIT_GRID`; LayerNorm, never BatchNorm."""
+    check_square(spec)
+    if spec.input_shape[1] % VIT_GRID:
+        raise ArchitectureError(
+            f"vit cuts an image into {VIT_GRID}x{VIT_GRID} patches: its side must be a multiple of {VIT_GRID}, "
+            f"got {spec.input_shape[1]}"
+        )
+    if spec.batch_norm:
+        raise ArchitectureError("vit normalises with LayerNorm: batch_norm does not apply")
+
+
+def build_vit(spec: ModelSpec) -> ViT:
+    """The :class:`ViT` of ``spec``'s inputs, classes, width and bias."""
+    return ViT(spec.input_shape, spec.num_classes, spec.width, spec.bias)
+
+
+ARCHITECTURES = (Architecture("vit", "vit", build_vit, knobs=("width", "bias"), check=check_vit, label=width_label),)
+"""The ViT (its parameters counted on a meta-device build; no stages; widths fixed by the spec)."""
