@@ -79,15 +79,48 @@ class SlowLandscapeWarning(SlowAnalysisWarning):
 
 @dataclass(frozen=True)
 class LandscapeConfig(Record, Checked):
-    """Grid, data and limits of a landscape.
+    """Grid, data and limits of a landscape (:func:`linear_interpolation`, :func:`plane`, :func:`random_directions`).
 
-    ``resolution`` points per axis (interpolation: ``t`` in ``linspace(0, 1, resolution)``; random directions:
-    coefficients in ``linspace(-span, span, resolution)``, Li et al. plot ``[-1, 1]``; plane: the models' bounding box
-    widened by ``margin`` of its extent on every side). ``samples`` per split (``None``: the whole split), drawn with
-    ``seed``, which also seeds the random directions. ``points_per_call`` (0: automatic) bounds the vmapped chunk.
-    Grids above ``max_points`` points, ``max_seconds`` estimated seconds or ``max_memory_gb`` estimated GiB raise
-    :class:`GridTooLarge` before any point is evaluated; above ``warn_seconds`` a :class:`SlowLandscapeWarning` is
-    issued.
+    Every field is checked on construction; a refused value raises :class:`~fusion.errors.ConfigError` naming it.
+    Before any point is evaluated, the grid's cost is estimated by timing a few real steps; grids above
+    ``max_points`` points, ``max_seconds`` estimated seconds or ``max_memory_gb`` estimated GiB raise
+    :class:`GridTooLarge`, and above ``warn_seconds`` a :class:`SlowLandscapeWarning` is issued.
+
+    Attributes
+    ----------
+    resolution : int
+        Points per axis, 2 to 1001: interpolation ``t`` in ``linspace(0, 1, resolution)``; random directions
+        ``α, β`` in ``linspace(-span, span, resolution)``; plane: the models' bounding box widened by ``margin``.
+    span : float
+        Random directions: coefficients in ``[-span, span]`` (Li et al. plot ``[-1, 1]``).
+    margin : float
+        Plane: the margin around the three models, as a fraction of their extent on every side.
+    samples : int or None
+        Examples per split, drawn with ``seed`` (``None``: the whole split).
+    batch_size : int
+        Examples per forward pass.
+    seed : int
+        Seed of the sample and of the random directions.
+    recompute_batchnorm : bool
+        Re-estimate BatchNorm statistics at every point (:func:`fusion.batchnorm.recompute_batchnorm`) instead of
+        combining the models' statistics.
+    points_per_call : int
+        Grid points per vmapped call (0: automatic, chunks only on CUDA).
+    max_points, max_seconds, warn_seconds, max_memory_gb
+        The limits above.
+
+    Examples
+    --------
+    >>> from fusion import ConfigError
+    >>> from analysis import LandscapeConfig
+    >>> config = LandscapeConfig(resolution=11, samples=500)
+    >>> config.resolution, config.span, config.seed
+    (11, 1.0, 0)
+    >>> try:
+    ...     LandscapeConfig(resolution=1)
+    ... except ConfigError as refused:
+    ...     print(refused)
+    resolution must be a whole number from 2 to 1001, got 1
     """
 
     resolution: int = field(default=21, metadata={"help": "grid points per axis"})
@@ -386,8 +419,37 @@ def check_cost(
 
 
 def loss_barrier(ts: np.ndarray, losses: np.ndarray) -> float:
-    """``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` over a curve sampled at ``ts`` (first and last points
-    ``t = 0, 1``)."""
+    """The loss barrier of a curve: how far it rises above the straight line between its end points.
+
+    .. math::
+
+        B = \\max_t \\; L(t) - \\big((1 - t) L(0) + t L(1)\\big)
+
+    (Frankle et al., "Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML 2020; Entezari et al., "The
+    Role of Permutation Invariance in Linear Mode Connectivity of Neural Networks", ICLR 2022). ``B <= 0`` when the
+    curve never rises above the line: the end points are linearly mode-connected.
+
+    Parameters
+    ----------
+    ts : numpy.ndarray
+        ``(T,)`` points of the curve, increasing, the first ``0`` and the last ``1``.
+    losses : numpy.ndarray
+        ``(T,)`` losses ``L(t)`` at ``ts``.
+
+    Returns
+    -------
+    float
+        ``B``, in the loss's unit (nats for cross-entropy).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from analysis import loss_barrier
+    >>> loss_barrier(np.array([0.0, 0.5, 1.0]), np.array([0.2, 1.0, 0.4]))  # 1.0 - (0.2 + 0.4) / 2
+    0.7
+    >>> loss_barrier(np.linspace(0, 1, 3), np.array([0.2, 0.3, 0.4]))  # on the line: no barrier
+    0.0
+    """
     ts, losses = np.asarray(ts, dtype=float), np.asarray(losses, dtype=float)
     return float(np.max(losses - ((1 - ts) * losses[0] + ts * losses[-1])))
 
@@ -418,15 +480,82 @@ def linear_interpolation(
     labels: tuple[str, str] = ("parent A", "parent B"),
     repair: bool = False,
 ) -> InterpolationResult:
-    """Loss and accuracy along the segment ``(1 - t) θ_A + t θ_B``, ``t`` in ``linspace(0, 1, resolution)``, and the
-    loss barrier ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Frankle et al. 2020, "Linear Mode Connectivity and the
-    Lottery Ticket Hypothesis"; Entezari et al. 2022). BatchNorm statistics are interpolated too, or recomputed at
-    every point with ``config.recompute_batchnorm``.
+    """Loss and accuracy along the segment between two models, and its loss barriers.
+
+    For ``t`` in ``linspace(0, 1, resolution)`` the model ``θ(t) = (1 - t) θ_A + t θ_B`` (every floating-point
+    entry, BatchNorm statistics too, or those recomputed at every point with ``config.recompute_batchnorm``) is
+    evaluated on both splits, and the barrier ``max_t [L(θ(t)) - ((1 - t) L(θ_A) + t L(θ_B))]`` (:func:`loss_barrier`)
+    of each split is reported. Two independently trained networks usually have a high barrier; aligning one to the
+    other first (:func:`fusion.alignment.align`) lowers it (Entezari et al. 2022; Ainsworth et al. 2023).
 
     With ``repair`` every point is renormalised by REPAIR (:mod:`fusion.repair`; Jordan et al. 2023) to the
     ``(1 - t, t)``-interpolation of the end points' neuron statistics on the training sample, as the REPAIR paper
     draws its curves. The end points must then be neuron-aligned (B permuted to A, as an alignment leaves them); they
     keep their own statistics, so the barrier compares like with like.
+
+    Parameters
+    ----------
+    model_a, model_b : nn.Module
+        ``θ_A`` and ``θ_B``: two networks of one architecture (same parameter names and shapes).
+    data : Dataset
+        The splits to evaluate (``config.samples`` of each, or all).
+    config : LandscapeConfig
+        Resolution, sample, batch size, limits.
+    device : torch.device, optional
+        Where to evaluate (:func:`fusion.device.default_device` when ``None``).
+    progress : Progress
+        Called as the grid's points are evaluated.
+    labels : tuple[str, str]
+        The end points' names in figures.
+    repair : bool
+        Renormalise every point by REPAIR.
+
+    Returns
+    -------
+    InterpolationResult
+        ``ts: (T,)``, ``metrics`` (train/test loss and accuracy, each ``(T,)``), ``train_barrier`` and
+        ``test_barrier`` in nats.
+
+    Raises
+    ------
+    ArchitectureError
+        When the models' parameters differ in names or shapes.
+    GridTooLarge
+        When the estimated cost exceeds ``config``'s limits.
+    NonFiniteLoss
+        When a point's loss is NaN or infinite.
+
+    References
+    ----------
+    Frankle et al., "Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML 2020. Entezari et al., "The
+    Role of Permutation Invariance in Linear Mode Connectivity of Neural Networks", ICLR 2022. Jordan et al., "REPAIR:
+    REnormalizing Permuted Activations for Interpolation Repair", ICLR 2023.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import TrainConfig, load_dataset, train
+    >>> data = load_dataset("digits")
+    >>> parents = []
+    >>> for seed in (0, 1):
+    ...     _ = torch.manual_seed(seed)
+    ...     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    ...     _ = train(model, data, TrainConfig(epochs=3, lr=0.01, seed=seed))
+    ...     parents.append(model)
+    >>> from analysis import LandscapeConfig, linear_interpolation
+    >>> config = LandscapeConfig(resolution=5, samples=300)
+    >>> line = linear_interpolation(*parents, data, config)
+    >>> line.ts.tolist(), line.metrics.test_loss.shape, round(line.test_barrier, 1)
+    ([0.0, 0.25, 0.5, 0.75, 1.0], (5,), 0.6)
+
+    The second parent aligned to the first (its hidden neurons permuted, the same function) lies across a far lower
+    barrier:
+
+    >>> from fusion import align, neuron_groups
+    >>> aligned = align(parents[1], parents[0], neuron_groups(parents[0], data.x_train[:1])).model
+    >>> round(linear_interpolation(parents[0], aligned, data, config).test_barrier, 1)
+    0.1
     """
     device = device or default_device()
     check_same_architecture([model_a, model_b])
@@ -541,9 +670,65 @@ def plane(
     progress: Progress = no_progress,
     labels: tuple[str, str, str] = ("parent A", "parent B", "fused"),
 ) -> PlaneResult:
-    """Loss and accuracy on a ``resolution x resolution`` grid over the plane through three models (Garipov et al.
-    2018, "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs"), e.g. parent A, parent B and their fusion.
-    The grid covers the three models' bounding box widened by ``config.margin`` of its extent on every side."""
+    """Loss and accuracy on a ``resolution x resolution`` grid over the plane through three models, e.g. parent A,
+    parent B and their fusion.
+
+    The plane has the orthonormal basis ``u = (θ_B - θ_A) / a``, ``w = (θ_C - θ_A - b u) / c`` (Gram-Schmidt over the
+    trainable parameters, ``a = ||θ_B - θ_A||``, ``b = <θ_C - θ_A, u>``, ``c = ||θ_C - θ_A - b u||``), so the models
+    sit at ``(0, 0)``, ``(a, 0)`` and ``(b, c)``; the point ``(x, y)`` is ``θ_A + x u + y w``, an affine combination
+    of the three models applied to their BatchNorm statistics too (see the module docstring). The grid covers the
+    models' bounding box widened by ``config.margin`` of its extent on every side.
+
+    Parameters
+    ----------
+    models : sequence of three nn.Module
+        ``θ_A``, ``θ_B``, ``θ_C``, of one architecture.
+    data : Dataset
+        The splits to evaluate (``config.samples`` of each, or all).
+    config : LandscapeConfig
+        Resolution, margin, sample, limits.
+    device : torch.device, optional
+        Where to evaluate (:func:`fusion.device.default_device` when ``None``).
+    progress : Progress
+        Called as the grid's points are evaluated.
+    labels : tuple[str, str, str]
+        The models' names in figures.
+
+    Returns
+    -------
+    PlaneResult
+        The axes ``x: (R,)`` and ``y: (R,)``, ``metrics`` with arrays of shape ``(R, R)`` (rows follow ``y``), and
+        the models' ``coordinates``.
+
+    References
+    ----------
+    Garipov et al., "Loss Surfaces, Mode Connectivity, and Fast Ensembling of DNNs", NeurIPS 2018.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import TrainConfig, load_dataset, train
+    >>> data = load_dataset("digits")
+    >>> parents = []
+    >>> for seed in (0, 1):
+    ...     _ = torch.manual_seed(seed)
+    ...     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    ...     _ = train(model, data, TrainConfig(epochs=3, lr=0.01, seed=seed))
+    ...     parents.append(model)
+    >>> from fusion import align, neuron_groups
+    >>> from analysis import LandscapeConfig, plane
+    >>> aligned = align(parents[1], parents[0], neuron_groups(parents[0], data.x_train[:1])).model
+    >>> fused = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> with torch.no_grad():  # OT fusion by hand: the average of A and B aligned to A
+    ...     for p, p_a, p_b in zip(fused.parameters(), parents[0].parameters(), aligned.parameters()):
+    ...         _ = p.copy_((p_a + p_b) / 2)
+    >>> result = plane([*parents, fused], data, LandscapeConfig(resolution=4, samples=300))
+    >>> result.x.shape, result.y.shape, result.metrics.test_loss.shape
+    ((4,), (4,), (4, 4))
+    >>> [(round(x, 1), round(y, 1)) for x, y in result.coordinates]
+    [(0.0, 0.0), (10.3, 0.0), (1.5, 3.2)]
+    """
     device = device or default_device()
     basis = plane_basis(models)
     xs, ys = zip(*basis.coordinates)
@@ -608,9 +793,61 @@ def random_directions(
     progress: Progress = no_progress,
     label: str = "model",
 ) -> RandomDirectionsResult:
-    """Loss and accuracy at ``θ + α d_1`` (``dims=1``) or ``θ + α d_1 + β d_2`` (``dims=2``) for ``α, β`` in
-    ``linspace(-span, span, resolution)`` with filter-normalised directions seeded by ``config.seed`` (Li et al.
-    2018, Fig. 1 and 5)."""
+    """Loss and accuracy around one model along one or two filter-normalised random directions.
+
+    The points are ``θ + α d_1`` (``dims=1``) or ``θ + α d_1 + β d_2`` (``dims=2``) for ``α, β`` in
+    ``linspace(-span, span, resolution)``. Each direction is Gaussian, drawn on the CPU from ``config.seed``, then
+    every filter ``d_i`` (a slice along the output dimension of a weight with two or more dimensions) is rescaled to
+    ``||d_i|| = ||θ_i||``; biases, BatchNorm parameters and buffers do not move (the reference's
+    ``--xignore biasbn``).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The centre ``θ``.
+    data : Dataset
+        The splits to evaluate (``config.samples`` of each, or all).
+    dims : {1, 2}
+        The number of directions.
+    config : LandscapeConfig
+        Resolution, span, sample, seed, limits.
+    device : torch.device, optional
+        Where to evaluate (:func:`fusion.device.default_device` when ``None``).
+    progress : Progress
+        Called as the grid's points are evaluated.
+    label : str
+        The model's name in figures.
+
+    Returns
+    -------
+    RandomDirectionsResult
+        ``alphas: (R,)`` and ``metrics`` with arrays of shape ``(R,)`` for one direction, ``(R, R)`` for two (rows
+        follow ``β``).
+
+    References
+    ----------
+    Li et al., "Visualizing the Loss Landscape of Neural Nets", NeurIPS 2018, Sec. 4 (filter normalisation), Fig. 1
+    and 5.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import TrainConfig, load_dataset, train
+    >>> data = load_dataset("digits")
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> _ = train(model, data, TrainConfig(epochs=3, lr=0.01))
+    >>> from analysis import LandscapeConfig, random_directions
+    >>> around = random_directions(model, data, dims=1, config=LandscapeConfig(resolution=5, samples=300))
+    >>> around.alphas.tolist()
+    [-1.0, -0.5, 0.0, 0.5, 1.0]
+    >>> loss = around.metrics.test_loss
+    >>> int(loss.argmin()), bool(loss[0] > loss[2] and loss[-1] > loss[2])  # the trained model sits in a valley
+    (2, True)
+    >>> random_directions(model, data, 2, LandscapeConfig(resolution=3, samples=100)).metrics.test_loss.shape
+    (3, 3)
+    """
     if dims not in (1, 2):
         raise ConfigError(f"dims must be 1 or 2, got {dims!r}")
     device = device or default_device()

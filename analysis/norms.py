@@ -53,8 +53,46 @@ def group_norms(state: dict[str, torch.Tensor], group: NeuronGroup, sizes: dict[
 
 
 def neuron_norms(model: nn.Module, example_inputs: torch.Tensor) -> list[GroupNorms]:
-    """The norms of every neuron group of ``model``, in execution order (fused attention projections split first,
-    :mod:`fusion.attention_layouts`)."""
+    """The incoming and outgoing L2 norm of every neuron of every neuron group of ``model``.
+
+    For neuron ``i`` of a group with producer weights ``W_p`` (rows, conv kernels included) and consumer weights
+    ``V_q`` (input columns),
+
+    .. math::
+
+        \\|w_i\\|_{in} = \\Big(\\sum_p \\|W_p[i]\\|^2\\Big)^{1/2}, \\qquad
+        \\|w_i\\|_{out} = \\Big(\\sum_q \\|V_q[:, i]\\|^2\\Big)^{1/2};
+
+    biases and normalisation parameters are left out. Neuron Transplantation keeps the neurons of largest norm of the
+    concatenated parents (Öz et al., "Model Fusion via Neuron Transplantation", 2024).
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any network :func:`fusion.groups.neuron_groups` supports; fused attention projections are split first
+        (:mod:`fusion.attention_layouts`). Not modified.
+    example_inputs : torch.Tensor
+        A batch of inputs ``(N, ...)``; only the shape matters.
+
+    Returns
+    -------
+    list[GroupNorms]
+        One per group, in execution order: ``incoming`` and ``outgoing``, lists of ``size`` floats, and the group's
+        attention ``heads``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from analysis import neuron_norms
+    >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> with torch.no_grad():
+    ...     _ = model[0].weight.copy_(torch.tensor([[3.0, 4, 0, 0], [1, 0, 0, 0], [0, 0, 0, 2]]))
+    ...     _ = model[2].weight.copy_(torch.tensor([[1.0, 0, 6], [0, 0, 8]]))
+    >>> (norms,) = neuron_norms(model, torch.zeros(1, 4))
+    >>> norms.group, norms.incoming, norms.outgoing
+    ('0', [5.0, 1.0, 2.0], [1.0, 0.0, 10.0])
+    """
     model = split_attention_layers(model)
     groups = neuron_groups(model, example_inputs)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fusion.groups import UnsupportedArchitecture
-from fusion.vit import Attention
+from fusion.zoo.vit import Attention
 
 
 class SplitAttention(Attention):

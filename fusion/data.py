@@ -64,7 +64,41 @@ class Normalization(Record):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A classification dataset held as normalised tensors: ``x_*: (N, C, H, W)`` float32, ``y_*: (N,)`` int64."""
+    """A classification dataset held as normalised tensors.
+
+    Every input is standardised per channel, ``x' = (x - mean_c) / std_c`` with ``x`` scaled to [0, 1] and the
+    training split's statistics (``normalization``), so a model sees the same inputs in training and in every analysis.
+
+    Attributes
+    ----------
+    name : str
+        The canonical name :func:`load_dataset` takes (``"digits"``, ``"cifar10"``, ``"imagefolder:/path@32"``).
+    x_train, x_test : torch.Tensor
+        ``(N, C, H, W)`` float32 inputs of each split.
+    y_train, y_test : torch.Tensor
+        ``(N,)`` int64 labels in ``[0, num_classes)``.
+    num_classes : int
+        The number of classes.
+    normalization : Normalization
+        The per-channel ``mean`` and ``std`` applied, stored with every model trained on the data.
+    description : str
+        One line on the source and the split.
+    classes : tuple[str, ...]
+        The class names, index ``i`` naming label ``i``.
+
+    Examples
+    --------
+    >>> from fusion import load_dataset
+    >>> data = load_dataset("digits")
+    >>> data.input_shape, data.num_classes
+    ((1, 8, 8), 10)
+    >>> x, y = data.split("test")
+    >>> tuple(x.shape), x.dtype, y.dtype
+    ((450, 1, 8, 8), torch.float32, torch.int64)
+    >>> x, y = data.sample("train", 4, seed=0)  # seeded, without replacement
+    >>> tuple(x.shape), y.shape == (4,)
+    ((4, 1, 8, 8), True)
+    """
 
     name: str
     x_train: torch.Tensor
@@ -119,12 +153,43 @@ def check_dataset_name(name: str) -> str:
 
 
 def load_dataset(name: str, root: str | Path | None = None, download: bool = False) -> Dataset:
-    """Load a dataset by name; see the module docstring for splits and normalisation.
+    """Load a dataset by name, split and standardised; see the module docstring for splits and normalisation.
 
-    ``root`` and ``download`` concern the torchvision datasets only; an image folder is read where its name says.
-    Raises :class:`DatasetError` for an unknown name, for a torchvision dataset that is not under ``root`` and was not
-    allowed (or could not be) downloaded, or for an image folder that cannot be read as a dataset. Results are cached
-    per process; never modify the returned tensors.
+    Parameters
+    ----------
+    name : str
+        ``digits`` (offline, the default everywhere), ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``, or
+        ``imagefolder:PATH`` / ``imagefolder:PATH@SIZE`` (a user's images, one folder per class).
+    root : str or Path, optional
+        Where the torchvision datasets live (``FUSIONLAB_DATA``, else ``~/.fusionlab/data``).
+    download : bool
+        Allow torchvision to download a dataset missing under ``root``; nothing else is ever downloaded.
+
+    Returns
+    -------
+    Dataset
+        ``x_*: (N, C, H, W)`` float32 standardised inputs and ``y_*: (N,)`` int64 labels of both splits. Results are
+        cached per process: never modify the returned tensors.
+
+    Raises
+    ------
+    DatasetError
+        For an unknown name, a torchvision dataset that is not under ``root`` and was not allowed (or could not be)
+        downloaded, or an image folder that cannot be read as a dataset.
+
+    Examples
+    --------
+    >>> from fusion import DatasetError, load_dataset
+    >>> data = load_dataset("digits")  # scikit-learn's 8x8 digits, a fixed stratified 75/25 split
+    >>> len(data.x_train), len(data.x_test), data.classes[:3]
+    (1347, 450, ('0', '1', '2'))
+    >>> abs(float(data.x_train.mean())) < 1e-6, round(float(data.x_train.std()), 4)  # standardised on the train split
+    (True, 1.0)
+    >>> try:
+    ...     load_dataset("imagenet")
+    ... except DatasetError as refused:
+    ...     print(str(refused).split(";")[0])
+    unknown dataset 'imagenet'
     """
     key = check_dataset_name(name)
     if is_image_folder(key):

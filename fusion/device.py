@@ -15,10 +15,30 @@ DEVICE_VARIABLE = "FUSIONLAB_DEVICE"
 
 @functools.lru_cache(maxsize=1)
 def default_device() -> torch.device:
-    """CUDA device 0 when available, else the CPU.
+    """The device every computation runs on when none is given: CUDA device 0 when available, else the CPU.
 
-    ``FUSIONLAB_DEVICE`` (``cpu``, ``cuda`` or ``cuda:N``) overrides the choice, for tests and for pinning a job;
-    any other value, or a CUDA device this machine does not have, is a :class:`ConfigError` naming the setting.
+    ``FUSIONLAB_DEVICE`` (``cpu``, ``cuda`` or ``cuda:N``) overrides the choice, for tests and for pinning a job. The
+    choice is made once per process (the first call reads the variable); later calls return the same device.
+
+    Returns
+    -------
+    torch.device
+        ``cuda`` (device 0), ``cuda:N`` or ``cpu``.
+
+    Raises
+    ------
+    ConfigError
+        When ``FUSIONLAB_DEVICE`` holds any other value, or names a CUDA device this machine does not have.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fusion import default_device
+    >>> device = default_device()
+    >>> device.type in ("cpu", "cuda"), default_device() is device
+    (True, True)
+    >>> torch.zeros(3, device=device).device.type == device.type
+    True
     """
     forced = os.environ.get(DEVICE_VARIABLE, "").strip()
     if forced:

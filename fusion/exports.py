@@ -1,9 +1,17 @@
 """Lazy package exports (PEP 562): a package lists its public names and the modules that hold them, and each is
-imported on first use, so importing one submodule never pays for the whole library."""
+imported on first use, so importing one submodule never pays for the whole library.
+
+An exported name may also name a submodule (``fusion.train`` the function, in the module ``fusion.train``;
+``fusion.methods`` the function, beside the package ``fusion.methods``). Importing a submodule sets it as an attribute
+of its package, which would hide the export; the package keeps the export instead. The submodule stays importable
+by its full name (``from fusion.train import TrainConfig``, ``importlib.import_module("fusion.train")``), but
+``import fusion.train as m`` binds the export."""
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -24,4 +32,11 @@ def lazy_exports(
     def dir_() -> list[str]:
         return sorted(set(namespace) | set(exports))
 
+    class ExportingPackage(types.ModuleType):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in exports and isinstance(value, types.ModuleType) and value.__name__ == f"{package}.{name}":
+                return
+            super().__setattr__(name, value)
+
+    sys.modules[package].__class__ = ExportingPackage
     return getattr_, dir_

@@ -12,8 +12,8 @@ depthwise convolution ties each output channel to the same input channel: its ro
 group. LayerNorm over the channels and bare per-channel parameters (a layer scale, a class token) are per-neuron
 producers too; a group that a LayerNorm normalises records it (``normalized``): permuting such a group is exact, but
 concatenating models is not their ensemble. An attention module's projections form a query/key group and a value
-group whose maps keep its heads whole (:mod:`fusion.heads`). The network's inputs and its output logits belong to no
-group: they are never permuted.
+group (:func:`split_attention`), whose maps keep its heads whole (:mod:`fusion.heads`). The network's inputs and its
+output logits belong to no group: they are never permuted.
 
 The groups come from torch-pruning's dependency graph (Fang et al., "DepGraph: Towards Any Structural Pruning",
 CVPR 2023), so any model it can trace is supported; layers it cannot describe as slices raise
@@ -26,16 +26,20 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from fusion.errors import ArchitectureError
 
+if TYPE_CHECKING:
+    import torch_pruning as tp
+
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 CHANNEL_NORMS = (*NORMS, nn.LayerNorm)
+PROJECTIONS = ("q", "k", "v", "proj")
 
 
 class UnsupportedArchitecture(ArchitectureError):
@@ -97,13 +101,62 @@ def channel_dim(module: nn.Module) -> int:
 class NeuronGroup:
     """The slices of a model that move together when neurons are permuted, transported, merged or pruned.
 
-    ``producers``: slices along the output side (weight rows, biases, normalisation parameters and statistics, bare
-    per-channel parameters); ``consumers``: slices along the input side of the next layers; ``layers``: the
-    conv/linear modules among the producers, in execution order; ``chains``: for each of those layers, the module whose
-    output carries the group's neurons (the BatchNorm directly following the layer, or the layer itself);
-    ``normalized``: the LayerNorms that normalise over the group's neurons; ``heads``: the number of equal consecutive
-    blocks (attention heads) that every map must keep whole, and ``attention`` the attention module whose groups share
-    one assignment of heads (:mod:`fusion.heads`).
+    For ``n = size`` neurons, every member ``p`` holds one slice per neuron along its dimension: neuron ``i`` owns
+    ``W[i]`` of a producer (weight ``(out, in)`` or ``(out, in, k, k)``, bias and normalisation entries ``(out,)``) and
+    ``W'[:, i]`` of a consumer (``repeat`` consecutive columns after a flatten). A permutation ``P`` of the neurons
+    applied to every member at once leaves the network's function unchanged, ``f(x; P θ) = f(x; θ)``, because each
+    consumer reads the neurons in the order its producers now write them; a transport map ``T: (n, m)`` replaces ``P``
+    when neurons are merged (:mod:`fusion.transport`).
+
+    Attributes
+    ----------
+    name : str
+        The group's name: its first producing layer (``"features.0"``), or ``"<attention>.q"`` / ``"<attention>.v"``.
+    size : int
+        ``n``, the number of neurons (channels) as traced.
+    producers : tuple[Member, ...]
+        Slices along the output side: weight rows, biases, normalisation parameters and statistics, bare per-channel
+        parameters.
+    consumers : tuple[Member, ...]
+        Slices along the input side of the next layers.
+    layers : tuple[str, ...]
+        The conv/linear modules among the producers, in execution order.
+    chains : tuple[tuple[str, str], ...]
+        For each of those layers, the module whose output carries the group's neurons: the BatchNorm directly
+        following the layer, or the layer itself.
+    normalized : tuple[str, ...]
+        The LayerNorms that normalise over the group's neurons.
+    heads : int
+        The number of equal consecutive blocks (attention heads) that every map must keep whole (1: free neurons).
+    attention : str
+        The attention module whose groups share one assignment of heads (:mod:`fusion.heads`); empty otherwise.
+
+    References
+    ----------
+    Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023: the dependency graph the groups come from.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import neuron_groups
+    >>> from fusion.surgery import permuted
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    >>> (group,) = neuron_groups(model, torch.zeros(1, 4))
+    >>> group.name, group.size, group.layers, group.chains
+    ('0', 8, ('0',), (('0', '1'),))
+    >>> [member.key for member in group.producers]
+    ['0.weight', '0.bias', '1.weight', '1.bias', '1.running_mean', '1.running_var']
+    >>> [(member.key, member.dim) for member in group.consumers]
+    [('3.weight', 1)]
+
+    Shuffling the group's neurons in every member at once keeps the function:
+
+    >>> shuffled = permuted(model, [group], seed=1)
+    >>> x = torch.randn(5, 4)
+    >>> torch.equal(shuffled[0].weight, model[0].weight), torch.allclose(shuffled(x), model(x), atol=1e-6)
+    (False, True)
     """
 
     name: str
@@ -151,17 +204,65 @@ def trace_order(model: nn.Module, example_inputs: torch.Tensor) -> tuple[dict[nn
 def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[NeuronGroup]:
     """The neuron groups of ``model``, in the order the network computes them.
 
+    A group (:class:`NeuronGroup`) is the set of parameter slices that share one neuron index ``i``: row ``i`` of
+    every layer that writes the neurons (with its bias and the BatchNorm entries after it) and column ``i`` of every
+    layer that reads them. Layers tied by a residual addition share their neurons and so belong to one group. The
+    groups partition every hidden dimension of the network, so any permutation ``P_g`` per group ``g`` gives a network
+    computing the same function, and fusion methods work on groups alone.
+
     Parameters
     ----------
-    model : any network torch-pruning can trace, made of linear and (depthwise) conv layers, BatchNorm, LayerNorm over
-        channels, per-channel parameters, activations, pooling, flatten, residual additions, gating products and
-        concatenations.
-    example_inputs : a batch of inputs ``(N, ...)``; only shapes matter.
+    model : nn.Module
+        Any network torch-pruning can trace, made of linear and (depthwise) conv layers, BatchNorm, LayerNorm over
+        channels, per-channel parameters, activations, pooling, flatten, residual additions, gating products,
+        concatenations and attention with separate ``q``, ``k``, ``v`` and ``proj`` layers. Traced in eval mode, its
+        own mode restored after; not modified.
+    example_inputs : torch.Tensor
+        A batch of inputs ``(N, ...)`` on the model's device; only the first example's shape matters.
 
-    Raises :class:`UnsupportedArchitecture` for layers that cannot be sliced (grouped convolutions that are not
-    depthwise, layers with parameters of unknown role, a layer whose outputs are split between groups).
+    Returns
+    -------
+    list[NeuronGroup]
+        One group per set of tied neurons, ordered by the execution of its first layer. The network's inputs and its
+        output logits belong to no group.
+
+    Raises
+    ------
+    UnsupportedArchitecture
+        For layers that cannot be sliced: grouped convolutions that are not depthwise, layers with parameters of
+        unknown role, a layer whose outputs are split between groups, a model that cannot be traced.
+
+    References
+    ----------
+    Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023 (torch-pruning's dependency graph, imported on
+    the first call). Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020 (aligning networks neuron group
+    by neuron group).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import neuron_groups
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> groups = neuron_groups(model, torch.zeros(1, 4))
+    >>> [(group.name, group.size) for group in groups]
+    [('0', 8), ('2', 8)]
+    >>> [m.key for m in groups[0].producers], [m.key for m in groups[0].consumers]
+    (['0.weight', '0.bias'], ['2.weight'])
+
+    A residual addition ties the neurons of the layers it adds into one group:
+
+    >>> class Residual(nn.Module):
+    ...     def __init__(self) -> None:
+    ...         super().__init__()
+    ...         self.stem, self.block, self.head = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+    ...     def forward(self, x: torch.Tensor) -> torch.Tensor:
+    ...         h = self.stem(x)
+    ...         return self.head(h + self.block(torch.relu(h)))
+    >>> [(group.name, group.layers) for group in neuron_groups(Residual(), torch.zeros(1, 4))]
+    [('stem', ('stem', 'block'))]
     """
-    from fusion.heads import attention_modules, split_attention  # they build on this module's groups
+    import torch_pruning as tp  # imports timm and torchvision: paid for by the first call, not by ``import fusion``
 
     attention = attention_modules(model)
     was_training = model.training
@@ -365,6 +466,70 @@ def slice_layout(idxs: list[int], root_idxs: list[int], size: int, name: str) ->
     ]:
         raise UnsupportedArchitecture(f"{name}: its channels map to interleaved slices of a neuron group")
     return offset, repeat
+
+
+def attention_modules(model: nn.Module) -> dict[str, int]:
+    """The attention modules of ``model`` by name, with their head counts: modules with a ``num_heads`` attribute and
+    separate linear ``q``, ``k``, ``v`` and ``proj`` layers. Fused projections (``nn.MultiheadAttention``, a linear
+    ``qkv``) that :mod:`fusion.attention_layouts` has not split are refused by name; other modules that merely
+    record a head count (a transformer block) are not attention."""
+    found = {}
+    for name, module in model.named_modules():
+        heads = getattr(module, "num_heads", None)
+        if not isinstance(heads, int):
+            continue
+        if isinstance(module, nn.MultiheadAttention) or isinstance(getattr(module, "qkv", None), nn.Linear):
+            raise UnsupportedArchitecture(
+                f"{name}: attention of type {type(module).__name__} (fused query/key/value projections) is not "
+                "supported in this form; FusionLab aligns attention with separate linear q, k, v and proj layers "
+                "(the zoo's vit, or torchvision's and timm's ViT attention once split)"
+            )
+        if all(isinstance(getattr(module, part, None), nn.Linear) for part in PROJECTIONS):
+            found[name] = heads
+    return found
+
+
+def split_attention(groups: list[NeuronGroup], attention: dict[str, int]) -> list[NeuronGroup]:
+    """``groups`` with the traced group of each module of ``attention`` (:func:`attention_modules`) replaced by its
+    query/key group and its value group (why these keep the function: :mod:`fusion.heads`); the other groups
+    unchanged."""
+    if not attention:
+        return groups
+    result = []
+    for group in groups:
+        name = next((a for a in attention if group.layers[0] in (f"{a}.{p}" for p in PROJECTIONS)), None)
+        if name is None:
+            result.append(group)
+            continue
+        result.extend(split_group(group, name, attention[name]))
+    return result
+
+
+def split_group(group: NeuronGroup, name: str, heads: int) -> tuple[NeuronGroup, NeuronGroup]:
+    q, k, v, proj = (f"{name}.{part}" for part in PROJECTIONS)
+    modules = {m.module for m in group.producers}
+    if modules != {q, k, v} or {m.module for m in group.consumers} != {proj}:
+        raise UnsupportedArchitecture(
+            f"{name}: the neurons of its q, k and v projections are shared with other layers "
+            f"({', '.join(sorted(modules - {q, k, v}))}), so its heads cannot be aligned"
+        )
+    if group.size % heads:
+        raise UnsupportedArchitecture(f"{name}: {group.size} dimensions do not split into {heads} heads")
+
+    def part(label: str, layers: tuple[str, ...], consumers: tuple) -> NeuronGroup:
+        group_name = f"{name}.{label}"
+        return NeuronGroup(
+            name=group_name,
+            size=group.size,
+            producers=tuple(dataclasses.replace(m, group=group_name) for m in group.producers if m.module in layers),
+            consumers=tuple(dataclasses.replace(m, group=group_name) for m in consumers),
+            layers=layers,
+            chains=tuple((layer, layer) for layer in layers),
+            heads=heads,
+            attention=name,
+        )
+
+    return part("q", (q, k), ()), part("v", (v,), group.consumers)
 
 
 def groups_by_module(groups: list[NeuronGroup]) -> tuple[dict[str, NeuronGroup], dict[str, tuple[Member, ...]]]:

@@ -9,24 +9,23 @@ the output projection's columns. Their neurons are not free to move one by one: 
 - within a head, one permutation is applied to the query and the key dimensions (``q_h k_h^T`` is a sum over them) and
   another to the value dimensions and the output projection's matching columns.
 
-:func:`split_attention` therefore splits the traced group into a query/key group (producers ``q`` and ``k``, no
-consumers) and a value group (producer ``v``, consumer ``proj``), both with ``heads`` blocks and the attention module's
-name, and :func:`head_transports` finds their maps together: for every pair of heads ``(a, b)`` of the two models, the
-best within-head assignment of each group (a linear assignment of ``d / heads`` dimensions on the group's ground cost),
-the pair's cost the sum over the groups; then the assignment of heads of least total cost. The maps are permutations,
-so the aligned model computes exactly the source's function. With Sinkhorn, heads are still matched one to one and
-whole, and inside each matched pair the dimensions are coupled softly (Imfeld et al., "Transformer Fusion with Optimal
-Transport", ICLR 2024, find soft alignment helps transformers); the aligned model is then an approximation, as every
-soft map is. Importance-weighted marginals of attention dimensions are refused.
+:func:`fusion.groups.split_attention` therefore splits the traced group into a query/key group (producers ``q`` and
+``k``, no consumers) and a value group (producer ``v``, consumer ``proj``), both with ``heads`` blocks and the attention
+module's name, and :func:`head_transports` finds their maps together: for every pair of heads ``(a, b)`` of the two
+models, the best within-head assignment of each group (a linear assignment of ``d / heads`` dimensions on the group's
+ground cost), the pair's cost the sum over the groups; then the assignment of heads of least total cost. The maps are
+permutations, so the aligned model computes exactly the source's function. With Sinkhorn, heads are still matched one to
+one and whole, and inside each matched pair the dimensions are coupled softly (Imfeld et al., "Transformer Fusion with
+Optimal Transport", ICLR 2024, find soft alignment helps transformers); the aligned model is then an approximation, as
+every soft map is. Importance-weighted marginals of attention dimensions are refused.
 
 A module is treated as attention when it has a ``num_heads`` attribute and separate linear ``q``, ``k``, ``v`` and
-``proj`` layers (:mod:`fusion.vit`); fused projections (``nn.MultiheadAttention``, timm's ``qkv``) are split into
+``proj`` layers (:mod:`fusion.zoo.vit`); fused projections (``nn.MultiheadAttention``, timm's ``qkv``) are split into
 that layout by :mod:`fusion.attention_layouts` before fusion and joined back after.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -36,100 +35,26 @@ from torch import nn
 from fusion.errors import ConfigError
 from fusion.groups import NeuronGroup, UnsupportedArchitecture
 from fusion.transport import (
-    Correction,
-    CostNormalization,
     Gram,
-    Metric,
-    Solver,
     Transport,
+    TransportOptions,
     assignment,
     gram_cost,
     normalize_cost,
     transport_plan,
 )
 
-PROJECTIONS = ("q", "k", "v", "proj")
 
-
-def attention_modules(model: nn.Module) -> dict[str, int]:
-    """The attention modules of ``model`` by name, with their head counts: modules with a ``num_heads`` attribute and
-    separate linear ``q``, ``k``, ``v`` and ``proj`` layers. Fused projections (``nn.MultiheadAttention``, a linear
-    ``qkv``) that :mod:`fusion.attention_layouts` has not split are refused by name; other modules that merely
-    record a head count (a transformer block) are not attention."""
-    found = {}
-    for name, module in model.named_modules():
-        heads = getattr(module, "num_heads", None)
-        if not isinstance(heads, int):
-            continue
-        if isinstance(module, nn.MultiheadAttention) or isinstance(getattr(module, "qkv", None), nn.Linear):
-            raise UnsupportedArchitecture(
-                f"{name}: attention of type {type(module).__name__} (fused query/key/value projections) is not "
-                "supported in this form; FusionLab aligns attention with separate linear q, k, v and proj layers "
-                "(the zoo's vit, or torchvision's and timm's ViT attention once split)"
-            )
-        if all(isinstance(getattr(module, part, None), nn.Linear) for part in PROJECTIONS):
-            found[name] = heads
-    return found
-
-
-def split_attention(groups: list[NeuronGroup], attention: dict[str, int]) -> list[NeuronGroup]:
-    """``groups`` with the traced group of each module of ``attention`` (:func:`attention_modules`) replaced by its
-    query/key group and its value group (see the module docstring); the other groups unchanged."""
-    if not attention:
-        return groups
-    result = []
-    for group in groups:
-        name = next((a for a in attention if group.layers[0] in (f"{a}.{p}" for p in PROJECTIONS)), None)
-        if name is None:
-            result.append(group)
-            continue
-        result.extend(split_group(group, name, attention[name]))
-    return result
-
-
-def split_group(group: NeuronGroup, name: str, heads: int) -> tuple[NeuronGroup, NeuronGroup]:
-    q, k, v, proj = (f"{name}.{part}" for part in PROJECTIONS)
-    modules = {m.module for m in group.producers}
-    if modules != {q, k, v} or {m.module for m in group.consumers} != {proj}:
-        raise UnsupportedArchitecture(
-            f"{name}: the neurons of its q, k and v projections are shared with other layers "
-            f"({', '.join(sorted(modules - {q, k, v}))}), so its heads cannot be aligned"
-        )
-    if group.size % heads:
-        raise UnsupportedArchitecture(f"{name}: {group.size} dimensions do not split into {heads} heads")
-
-    def part(label: str, layers: tuple[str, ...], consumers: tuple) -> NeuronGroup:
-        group_name = f"{name}.{label}"
-        return NeuronGroup(
-            name=group_name,
-            size=group.size,
-            producers=tuple(dataclasses.replace(m, group=group_name) for m in group.producers if m.module in layers),
-            consumers=tuple(dataclasses.replace(m, group=group_name) for m in consumers),
-            layers=layers,
-            chains=tuple((layer, layer) for layer in layers),
-            heads=heads,
-            attention=name,
-        )
-
-    return part("q", (q, k), ()), part("v", (v,), group.consumers)
-
-
-def head_transports(
-    grams: Sequence[Gram],
-    heads: int,
-    *,
-    metric: Metric,
-    normalize_rows: bool,
-    cost_normalization: CostNormalization,
-    correction: Correction,
-    solver: Solver = "exact",
-    reg: float = 0.01,
-) -> list[Transport]:
+def head_transports(grams: Sequence[Gram], heads: int, options: TransportOptions) -> list[Transport]:
     """The maps of one attention module's groups (their features' products ``grams``, each ``d x d``): a head
     assignment shared by the groups, and per group a within-head assignment for every matched pair of heads; with
     ``solver="sinkhorn"`` each matched pair's dimensions are coupled by an entropic plan instead (Sinkhorn on the
-    pair's block of the cost, :func:`fusion.transport.transport_plan`), heads still matched whole and one to one."""
-    costs = [normalize_cost(gram_cost(g, metric, normalize_rows), cost_normalization).double().cpu() for g in grams]
+    pair's block of the cost, :func:`fusion.transport.transport_plan`), heads still matched whole and one to one.
+    The marginals are uniform: ``options.marginals`` is not read."""
+    costs = [
+        normalize_cost(gram_cost(g, options.metric, options.normalize_rows), options.cost_normalization).double().cpu()
+        for g in grams
+    ]
     size = costs[0].shape[0]
     if any(c.shape != (size, size) for c in costs):
         raise ConfigError("attention heads are aligned between models of one width only")
@@ -147,14 +72,14 @@ def head_transports(
     for index, cost in enumerate(costs):
         plan = np.zeros((size, size))
         for a, b in enumerate(matched):
-            if solver == "sinkhorn":
+            if options.solver == "sinkhorn":
                 block = torch.from_numpy(np.ascontiguousarray(blocks[index][a, b]))
-                soft = transport_plan(block, solver="sinkhorn", reg=reg) / heads
+                soft = transport_plan(block, solver="sinkhorn", reg=options.reg) / heads
                 plan[a * width : (a + 1) * width, b * width : (b + 1) * width] = soft
             else:
                 plan[a * width + np.arange(width), b * width + within[index, a, b]] = 1.0 / size
         total = float((torch.from_numpy(plan) * cost).sum())
-        transports.append(Transport.from_plan(plan, total, correction, cost.float()))
+        transports.append(Transport.from_plan(plan, total, options.correction, cost.float()))
     return transports
 
 

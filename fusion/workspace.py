@@ -72,11 +72,48 @@ CHANGED_FILE = "{name} does not match the sha256 stored when it was saved: the f
 
 @dataclass(frozen=True)
 class ModelRecord(Record):
-    """What the workspace knows about one model.
+    """What the workspace knows about one model: its ``meta.json``.
 
-    ``provenance`` says where it came from: ``{"method": "train", "options": {...}}`` for a trained model,
-    ``{"method": "ot", "parents": [ids], "options": {...}}`` for a fused one, ``{"method": "import", ...}``.
-    ``metrics`` holds at least ``test_accuracy`` (a fraction) and ``test_loss`` once evaluated.
+    Attributes
+    ----------
+    id : str
+        ``ARCH-DATASET-LABEL-RANDOM``, unique in the workspace.
+    name : str
+        A name for people, unique in the workspace.
+    spec : ModelSpec
+        The architecture: :func:`fusion.models.build_model` of it holds the stored weights.
+    dataset : str
+        The dataset's canonical name (:func:`fusion.data.load_dataset`).
+    normalization : Normalization
+        The input standardisation the model was trained with.
+    seed : int or None
+        The training seed, if one made it.
+    metrics : dict[str, float]
+        At least ``test_accuracy`` (a fraction) and ``test_loss`` once evaluated.
+    provenance : dict
+        Where the model came from: ``{"method": "train", "options": {...}}`` for a trained model,
+        ``{"method": "ot", "parents": [ids], "options": {...}}`` for a fused one, ``{"method": "import", ...}``.
+    created : str
+        ISO 8601 time of the save.
+    parameters : int
+        The number of parameters.
+    checksums : dict[str, str]
+        The sha256 of each of the model's files, checked by every read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from fusion import ModelRecord, Workspace, build_model, default_spec, load_dataset
+    >>> data = load_dataset("digits")
+    >>> spec = default_spec("mlp", data.input_shape, data.num_classes)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     record = Workspace(folder).save(
+    ...         build_model(spec, seed=0), spec=spec, dataset="digits", normalization=data.normalization, seed=0
+    ...     )
+    >>> record.method, record.parents, record.seed, record.parameters, sorted(record.checksums)
+    ('train', [], 0, 17226, ['model.safetensors'])
+    >>> ModelRecord.from_dict(record.to_dict()) == record
+    True
     """
 
     id: str
@@ -257,7 +294,42 @@ def parse_record(data: bytes, model_id: str) -> ModelRecord:
 
 
 class Workspace:
-    """A folder of models and their results; see the module docstring for the layout, atomicity and integrity."""
+    """A folder of models and their results; see the module docstring for the layout, atomicity and integrity.
+
+    Every model is stored under its id as safetensors weights with a :class:`ModelRecord` (spec, dataset,
+    normalisation, seed, metrics, provenance, sha256 of each file); every read of the weights checks them.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        The workspace folder, created when missing (``FUSIONLAB_WORKSPACE``, else ``~/.fusionlab/workspace``).
+
+    Raises
+    ------
+    WorkspaceError
+        When the folder cannot be created.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from fusion import Workspace, WorkspaceError, build_model, default_spec, load_dataset
+    >>> data = load_dataset("digits")
+    >>> spec = default_spec("mlp", data.input_shape, data.num_classes)
+    >>> model = build_model(spec, seed=0)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     workspace = Workspace(folder)
+    ...     record = workspace.save(model, spec=spec, dataset="digits", normalization=data.normalization, seed=0)
+    ...     loaded, stored = workspace.load(record.id)
+    ...     same = all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    ...     listed = [r.id for r in workspace.records()] == [record.id]
+    ...     try:
+    ...         workspace.load("mlp-digits-s0-000000")
+    ...     except WorkspaceError:
+    ...         missing = "refused"
+    >>> record.name, stored == record, same, listed, missing
+    ('mlp 128-64 · train · seed 0', True, True, True, 'refused')
+    """
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).expanduser() if root else default_root()
