@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analysis import runs  # noqa: E402
 from analysis.cost import CostEstimate, SlowAnalysisWarning  # noqa: E402
 from analysis.hessian_config import HessianConfig  # noqa: E402
 from analysis.landscape import LandscapeConfig  # noqa: E402
 from fusion.workspace import Workspace  # noqa: E402
+from studies import runs  # noqa: E402
 from studies.pipeline import build_demo_ensemble, fuse_and_save  # noqa: E402
 from studies.story import STEP_TITLES, Story, StoryOptions, advance_story  # noqa: E402
 
