@@ -160,7 +160,7 @@ def main() -> None:
         for onto, correction in COMBINATIONS:
             result = fuse(models, "cla", data=data, onto=onto, correction=correction, layer_cost="cka")
             ours.append(accuracy(result.model, data))
-            ours_map = result.report.details["layer_map"]
+            ours_map = result.report.details.layer_map
         sample = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(0))[:200]]
         reference_map, reference = reference_fuse(ref, models, sample, data) if ref else (None, float("nan"))
         cells = " | ".join(f"{a:.1f}" for a in ours)

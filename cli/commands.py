@@ -18,7 +18,7 @@ from fusion.device import default_device, describe_device
 from fusion.errors import ConfigError, DatasetError, FusionError
 from fusion.models import ARCHITECTURES, ModelSpec, default_spec
 from fusion.options import OptionField, option_fields
-from fusion.registry import REGISTRY
+from fusion.registry import REGISTRY, resolve
 from fusion.sources import SOURCES, is_sourced, trust_factory
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
@@ -211,7 +211,7 @@ def fusion_option_fields(method: str | None = None) -> list[OptionField]:
     """The options of ``method`` with its own defaults or, for ``None``, every method's options, each name once (the
     first method's help and default)."""
     fields: dict[str, OptionField] = {}
-    for spec in [REGISTRY[method]] if method is not None else REGISTRY.values():
+    for spec in [resolve(method).spec] if method is not None else REGISTRY.values():
         for option in option_fields(spec.options):
             fields.setdefault(option.name, option)
     return list(fields.values())
@@ -243,7 +243,7 @@ def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
     config = None
     if args.finetune_epochs:
         config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, seed=0)
-        if REGISTRY[args.method].output == "ensemble":
+        if resolve(args.method).spec.output == "ensemble":
             raise FusionError(f"{args.method} is a prediction ensemble, not a single network, and cannot be fine-tuned")
         load_dataset(workspace.record(args.models[0]).dataset)  # fine-tuning needs it: refused before fusing
     run = fuse_and_save(
@@ -254,7 +254,7 @@ def command_fuse(args: argparse.Namespace, workspace: Workspace) -> dict[str, An
         "parents": args.models,
         **in_percent(run.metrics),
         **evaluated(run.not_evaluated),
-        "report": run.report,
+        "report": run.report.to_dict(),
         "command": " && ".join(
             fusion_command_lines(args.method, args.models, options, config.to_dict() if config else None)
         ),

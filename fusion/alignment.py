@@ -17,6 +17,14 @@ Features (``AlignOptions.mode``):
   exact solver this is Git Re-Basin's weight matching (Ainsworth et al., ICLR 2023), iterated to a fixed point.
 - ``activations``: neuron i is its activation map at the group's outputs (after BatchNorm when there is one) over a
   fixed, seeded sample of training inputs, computed in eval mode in batches; no input alignment is needed.
+
+Groups with blocks (:mod:`fusion.blocks`) get block-structured maps. An attention's groups are solved together (one
+head assignment from their summed costs, :mod:`fusion.heads`). The groups tied by grouped convolutions (ResNeXt,
+RegNet) are solved in the network's order: the first group of a tie chooses the assignment of convolution groups from
+its own costs, and the later ones, whose incoming weights are only comparable once the first has aligned their
+inputs, keep it and match their channels inside the matched blocks. A grouped convolution's weights enter the
+features with the other side's map applied within blocks (:func:`fusion.blocks.within_blocks`): each convolution
+group's rows (or columns) are compared with the reference's matched group's, in their grouped layout.
 """
 
 from __future__ import annotations
@@ -31,25 +39,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusion.blocks import block_order, block_transports, within_blocks
 from fusion.distributed import shard, world_size
 from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
 from fusion.heads import head_transports
-from fusion.problems import Checked, Checks
+from fusion.problems import Checks
 from fusion.progress import Progress, no_progress
-from fusion.records import Record
 from fusion.surgery import apply_transports, group_sizes, mapped_tensors, transform, with_state
 from fusion.train import predict_logits
-from fusion.transport import (
-    Correction,
-    CostNormalization,
-    Gram,
-    Metric,
-    Solver,
-    Transport,
-    marginal,
-    solve_transport,
-)
+from fusion.transport import Gram, Transport, TransportOptions, solve_transport
 
 
 class AlignmentError(FusionError):
@@ -57,27 +56,55 @@ class AlignmentError(FusionError):
 
 
 @dataclass(frozen=True)
-class AlignOptions(Record, Checked):
-    """How neurons are compared and matched. Defaults follow otfusion's published weights-mode configuration
-    (exact OT, Euclidean not squared, uniform marginals, no normalisation)."""
+class AlignOptions(TransportOptions):
+    """How neurons are compared (``mode``, ``features``) and matched (:class:`fusion.transport.TransportOptions`).
+
+    Neuron ``i`` of a group is a feature vector ``a_i``: its incoming weights with their inputs already aligned,
+    ``[W_A T_in]_i`` (``mode="weights"``; with ``features="both"`` also its outgoing columns), or its activations on
+    ``samples`` training inputs drawn with ``seed`` (``mode="activations"``). The map solves the transport problem of
+    :func:`fusion.transport.transport_plan` on the ground cost ``C_ij = d(a_i, b_j)`` (``solver``, ``reg``,
+    ``metric``, ``normalize_rows``, ``cost_normalization``, ``marginals``, ``correction``, from
+    :class:`~fusion.transport.TransportOptions`). Defaults follow otfusion's published weights-mode configuration
+    (exact OT, Euclidean not squared, uniform marginals, no normalisation); weight matching (Git Re-Basin) is
+    ``features="both", metric="sqeuclidean", sweeps=100``. Every field is checked on construction: a refused value
+    raises :class:`~fusion.errors.ConfigError` naming it.
+
+    Attributes
+    ----------
+    mode : {"weights", "activations"}
+        Compare neurons by incoming weights or by activations on training samples.
+    features : {"incoming", "both"}
+        Incoming weights only (OT fusion), or incoming and outgoing (weight matching).
+    sweeps : int
+        Passes over all groups, 1 to 1000; later passes use every group's latest map and stop at a fixed point.
+    samples : int
+        Training samples for activation features.
+    seed : int
+        Seed of the activation sample.
+
+    References
+    ----------
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020 (otfusion). Ainsworth et al., "Git Re-Basin:
+    Merging Models modulo Permutation Symmetries", ICLR 2023 (weight matching).
+
+    Examples
+    --------
+    >>> from fusion import AlignOptions, ConfigError
+    >>> options = AlignOptions()
+    >>> options.mode, options.solver, options.metric, options.sweeps
+    ('weights', 'exact', 'euclidean', 1)
+    >>> AlignOptions(features="both", metric="sqeuclidean", sweeps=100).features
+    'both'
+    >>> try:
+    ...     AlignOptions(sweeps=0)
+    ... except ConfigError as refused:
+    ...     print(refused)
+    sweeps must be a whole number from 1 to 1000, got 0
+    """
 
     mode: Literal["weights", "activations"] = field(
         default="weights",
         metadata={"help": "compare neurons by incoming weights or by activations on training samples"},
-    )
-    solver: Solver = field(
-        default="exact", metadata={"help": "exact OT (a permutation for equal widths) or entropic Sinkhorn"}
-    )
-    reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation, relative to the normalised cost"})
-    metric: Metric = field(default="euclidean", metadata={"help": "ground metric between neuron features"})
-    normalize_rows: bool = field(default=False, metadata={"help": "scale each neuron's feature to unit norm first"})
-    cost_normalization: CostNormalization = field(default="none", metadata={"help": "rescale the cost matrix"})
-    marginals: Literal["uniform", "importance"] = field(
-        default="uniform", metadata={"help": "neuron masses: equal, or proportional to feature norm"}
-    )
-    correction: Correction = field(
-        default="marginals",
-        metadata={"help": "maps from the plan: exact for unequal widths, or otfusion's T/beta on both sides"},
     )
     features: Literal["incoming", "both"] = field(
         default="incoming",
@@ -90,29 +117,54 @@ class AlignOptions(Record, Checked):
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
 
     def check(self, checks: Checks) -> None:
-        choices = {
-            "mode": ("weights", "activations"),
-            "solver": ("exact", "sinkhorn"),
-            "metric": ("euclidean", "sqeuclidean", "cosine"),
-            "cost_normalization": ("none", "max", "median", "mean", "log"),
-            "marginals": ("uniform", "importance"),
-            "correction": ("marginals", "reference"),
-            "features": ("incoming", "both"),
-        }
-        for name, allowed in choices.items():
-            checks.choice(name, getattr(self, name), allowed)
         checks.whole("sweeps", self.sweeps, 1, 1000)
         checks.whole("samples", self.samples, 1, 100_000)
-        checks.number("reg", self.reg, 0, above=True)
+        super().check(checks)
         checks.seed("seed", self.seed)
 
 
 @dataclass(frozen=True, eq=False)
 class Alignment:
-    """How ``source`` was aligned: the map of every group (by group name), per-group costs and seconds, and the
-    sweeps used. The aligned parameters are computed from ``source_state`` (the source's own tensors) when asked:
-    :meth:`tensors` one by one, ``state`` and ``model`` (the aligned network, holding the tensors of ``state``) on
-    first use, so an alignment used only for a streamed average never holds a second copy of the network."""
+    """How ``source`` was aligned to a reference: the map of every group, and the aligned network on demand.
+
+    The aligned parameters are ``source_state`` with every group's map applied to its members
+    (:func:`fusion.surgery.apply_transports`): row ``j`` of a producer becomes ``sum_i P_ij W_i``, column ``j`` of a
+    consumer ``sum_i Q_ij V_{:, i}`` (:class:`~fusion.transport.Transport`). They are computed when asked:
+    :meth:`tensors` one by one, :attr:`state` and :attr:`model` (the aligned network, holding the tensors of ``state``)
+    on first use, so an alignment used only for a streamed average never holds a second copy of the network.
+
+    Attributes
+    ----------
+    source : nn.Module
+        The model that was aligned (not modified).
+    source_state : dict[str, torch.Tensor]
+        Its state_dict, detached, on the alignment's device.
+    groups : list[NeuronGroup]
+        The neuron groups the maps act on.
+    transports : dict[str, Transport]
+        The map of every group, by group name: ``(n, m)`` from the source's ``n`` neurons to the reference's ``m``.
+    costs : dict[str, float]
+        ``<T, C>`` of every group's map.
+    seconds : dict[str, float]
+        Time spent solving each group's map, summed over sweeps.
+    sweeps : int
+        The sweeps run (fewer than asked when a sweep changed no map).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import align, neuron_groups
+    >>> _ = torch.manual_seed(0)
+    >>> reference = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> alignment = align(model, reference, neuron_groups(reference, torch.zeros(1, 4)))
+    >>> sorted(alignment.transports), alignment.transports["0"].shape, alignment.sweeps
+    (['0'], (8, 8), 1)
+    >>> x = torch.randn(5, 4)
+    >>> torch.allclose(alignment.model(x), model(x), atol=1e-6)  # a permutation keeps the function
+    True
+    """
 
     source: nn.Module
     source_state: dict[str, torch.Tensor]
@@ -222,7 +274,10 @@ class FeatureBuilder:
             current = dict(sizes)
             for read in inputs:
                 if read.group in transports:
-                    tensor = transform(tensor, read, transports[read.group], "consumer", current)
+                    transport = transports[read.group]
+                    if read.block_width:
+                        transport = within_blocks(transport, read.block_width)
+                    tensor = transform(tensor, read, transport, "consumer", current)
                     current[read.group] = transports[read.group].shape[1]
                 elif self.sizes_a[read.group] != self.sizes_b[read.group]:
                     return None
@@ -239,7 +294,10 @@ class FeatureBuilder:
         target = self.writes.get(member.module)
         if transports is not None and target is not None and target.name in transports:
             written = next(m for m in target.producers if m.key == member.key)
-            tensor = transform(tensor, written, transports[target.name], "producer", sizes)
+            transport = transports[target.name]
+            if written.block_width:
+                transport = within_blocks(transport, written.block_width)
+            tensor = transform(tensor, written, transport, "producer", sizes)
         return neuron_slices(tensor, member, sizes)
 
 
@@ -282,10 +340,78 @@ def align(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> Alignment:
-    """Transport ``model``'s neurons onto ``reference``'s, group by group; returns the aligned copy and the maps.
+    """Transport ``model``'s neurons onto ``reference``'s, group by group; returns the maps and the aligned copy.
 
-    ``groups`` come from :func:`fusion.groups.neuron_groups` on either model (both must share the architecture; widths
-    may differ). ``inputs`` are the training samples for ``mode="activations"``.
+    For every group ``g``, in the order the network computes them, the map is the optimal transport plan
+    (:func:`fusion.transport.transport_plan`)
+
+    .. math::
+
+        T_g = \\arg\\min_{T \\ge 0,\\ T 1 = \\mu,\\ T^\\top 1 = \\nu} \\sum_{ij} T_{ij} \\, d(a_i, b_j)
+
+    between the features ``a_i`` of ``model``'s neurons and ``b_j`` of ``reference``'s (:class:`AlignOptions`: incoming
+    weights with their inputs aligned by the maps of the groups they read, ``a_i = [W_A T_in]_i``, or activations). A
+    hard assignment gives a network computing exactly ``model``'s function with its neurons in ``reference``'s order.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network to align (A); not modified.
+    reference : nn.Module
+        The network to align to (B); same architecture and parameter names, widths may differ.
+    groups : list[NeuronGroup]
+        :func:`fusion.groups.neuron_groups` of either model.
+    options : AlignOptions
+        How neurons are compared and matched.
+    inputs : torch.Tensor, optional
+        ``(N, ...)`` training inputs, needed for ``mode="activations"``.
+    device : torch.device, optional
+        Where the features and costs are computed (the CPU when ``None``).
+    progress : Progress
+        Called with ``(done, total, message)`` after every group of every sweep.
+
+    Returns
+    -------
+    Alignment
+        The map of every group (``T_g: (n_g, m_g)``), its cost and time, and the aligned model on demand.
+
+    Raises
+    ------
+    ArchitectureError
+        When the models' parameter names differ, or their attention heads cannot be matched.
+    ConfigError
+        For ``mode="activations"`` without ``inputs``, or options a group cannot take.
+
+    References
+    ----------
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020, Sec. 4. Ainsworth et al., "Git Re-Basin", ICLR
+    2023 (weight matching: ``features="both"``, iterated sweeps).
+
+    Examples
+    --------
+    Aligning a copy of a network whose hidden neurons were shuffled gives back the network itself:
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from fusion import AlignOptions, align, neuron_groups
+    >>> from fusion.surgery import permuted
+    >>> _ = torch.manual_seed(0)
+    >>> reference = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> groups = neuron_groups(reference, torch.zeros(1, 4))
+    >>> shuffled = permuted(reference, groups, seed=1)
+    >>> alignment = align(shuffled, reference, groups)
+    >>> all(torch.equal(alignment.state[key], value) for key, value in reference.state_dict().items())
+    True
+
+    Weight matching between two independently initialised networks stops at a fixed point:
+
+    >>> other = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    >>> matching = align(other, reference, groups, AlignOptions(features="both", metric="sqeuclidean", sweeps=100))
+    >>> matching.sweeps
+    4
+    >>> x = torch.randn(16, 4)
+    >>> torch.allclose(matching.model(x), other(x), atol=1e-6)
+    True
     """
     device = device or torch.device("cpu")
     state_a = {k: v.detach().to(device) for k, v in model.state_dict().items()}
@@ -309,6 +435,9 @@ def align(
     versions: dict[str, int] = {}
     solved_at: dict[str, dict[str, int]] = {}
     partners = {g.name: [p for p in groups if p.attention == g.attention] if g.heads > 1 else [g] for g in groups}
+    leaders: dict[str, NeuronGroup] = {}
+    for group in groups:
+        leaders.setdefault(group.tie, group)
 
     def gram_of(group: NeuronGroup) -> Gram:
         if options.mode == "activations":
@@ -317,40 +446,21 @@ def align(
         return builder.gram(group, state_a, state_b, transports, versions)
 
     def solve(group: NeuronGroup) -> list[Transport]:
-        """The group's map, or, for an attention group, the maps of all its attention's groups at once."""
-        if group.heads > 1:
-            if options.marginals != "uniform":
-                raise ConfigError(
-                    f"{group.attention}: attention heads are aligned with uniform marginals, got "
-                    f"marginals={options.marginals!r}"
-                )
-            return head_transports(
-                [gram_of(p) for p in partners[group.name]],
-                group.heads,
-                metric=options.metric,
-                normalize_rows=options.normalize_rows,
-                cost_normalization=options.cost_normalization,
-                correction=options.correction,
-                solver=options.solver,
-                reg=options.reg,
+        """The group's map, or, for an attention group, the maps of all its attention's groups at once; a later group
+        of a convolution tie keeps the tie's first group's assignment of blocks."""
+        if group.blocks > 1 and options.marginals != "uniform":
+            what = "attention heads" if group.heads > 1 else "convolution groups"
+            raise ConfigError(
+                f"{group.tie}: {what} are aligned with uniform marginals, got marginals={options.marginals!r}"
             )
-        gram = gram_of(group)
-        mu = nu = None
-        if options.marginals == "importance":
-            mu = marginal(len(gram.norms_a), gram.norms_a.sqrt())
-            nu = marginal(len(gram.norms_b), gram.norms_b.sqrt())
-        transport = solve_transport(
-            gram,
-            metric=options.metric,
-            normalize_rows=options.normalize_rows,
-            cost_normalization=options.cost_normalization,
-            solver=options.solver,
-            reg=options.reg,
-            mu=mu,
-            nu=nu,
-            correction=options.correction,
-        )
-        return [transport]
+        if group.heads > 1:
+            return head_transports([gram_of(p) for p in partners[group.name]], group.heads, options)
+        if group.blocks > 1:
+            leader = leaders[group.tie]
+            width = leader.size // leader.blocks
+            order = None if leader is group else block_order(transports[leader.name], width)
+            return block_transports([gram_of(group)], group.blocks, options, order)
+        return [solve_transport(gram_of(group), options=options)]
 
     for sweep in range(sweeps):
         changed = False
@@ -389,8 +499,13 @@ def check_heads(
     sizes_b: dict[str, int],
 ) -> None:
     """Heads are matched one to one and whole: an attention of ``model`` must have the reference's head count and
-    width, else :class:`ArchitectureError` names it."""
+    width, else :class:`ArchitectureError` names it; so are convolution groups, in groups of one width."""
     for group in groups:
+        if group.blocks > 1 and group.heads == 1 and sizes_a[group.name] != sizes_b[group.name]:
+            raise ArchitectureError(
+                f"{group.tie}: group {group.name} has {sizes_a[group.name]} channels against the reference's "
+                f"{sizes_b[group.name]}; grouped convolutions are aligned between models of one width"
+            )
         if group.heads > 1:
             heads = [m.get_submodule(group.attention).num_heads for m in (model, reference)]
             if heads[0] != heads[1] or sizes_a[group.name] != sizes_b[group.name]:
@@ -416,7 +531,8 @@ def verify_alignment(
 ) -> float:
     """Check that a hard alignment computes its source's function on ``probe``; returns the max |logit difference|.
 
-    On a mismatch, each group's map is applied alone to find the group at fault, and :class:`AlignmentError` names it.
+    On a mismatch, each group's map is applied alone (with the maps of its tie, which only keep the function together)
+    to find the group at fault, and :class:`AlignmentError` names it.
     """
     expected = predict_logits(source, probe, device)
     error = float((predict_logits(aligned, probe, device) - expected).abs().max())
@@ -425,7 +541,8 @@ def verify_alignment(
         return error
     state = {k: v.detach().cpu() for k, v in source.state_dict().items()}
     for group in groups:
-        single = with_state(source, apply_transports(state, groups, {group.name: transports[group.name]}))
+        tied = {p.name: transports[p.name] for p in groups if p.name == group.name or (p.tie and p.tie == group.tie)}
+        single = with_state(source, apply_transports(state, groups, tied))
         if float((predict_logits(single, probe, device) - expected).abs().max()) > tolerance * scale:
             raise AlignmentError(
                 f"aligning group {group.name} changed the network's function (max logit difference {error:.3g}); "

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fusion.command_lines import non_default
-from fusion.registry import REGISTRY
+from fusion.registry import REGISTRY, resolve
 from fusion.train import TrainConfig
 
 
@@ -26,7 +26,7 @@ def option_text(value: Any) -> str:
 
 def fusion_name(architecture: str, method: str, options: Mapping[str, Any], parents: int) -> str:
     """``ARCH · METHOD [+ REPAIR] [(changed options)] of K`` for a fusion of ``parents`` models."""
-    changed = non_default(REGISTRY[method].options, dict(options)) if method in REGISTRY else {}
+    changed = non_default(resolve(method).spec.options, dict(options)) if method in REGISTRY else {}
     repair = " + REPAIR" if changed.pop("repair", False) else ""
     details = ", ".join(f"{k} {option_text(v)}" for k, v in changed.items())
     return f"{architecture} · {method}{repair}{f' ({details})' if details else ''} of {parents}"

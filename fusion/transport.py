@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -34,6 +34,8 @@ import torch
 
 from fusion.distributed import all_reduce_sum
 from fusion.errors import ConfigError, FusionError
+from fusion.options import Options
+from fusion.problems import Checks
 
 Metric = Literal["euclidean", "sqeuclidean", "cosine"]
 CostNormalization = Literal["none", "max", "median", "mean", "log"]
@@ -83,10 +85,48 @@ def ground_cost(
 ) -> torch.Tensor:
     """Pairwise cost ``C: (n, m)`` between the rows of ``a: (n, d)`` and ``b: (m, d)``.
 
-    ``euclidean``: ``||a_i - b_j||``; ``sqeuclidean``: its square; ``cosine``: ``1 - <a_i, b_j> / (|a_i| |b_j|)``.
-    ``normalize_rows`` first scales every row to unit norm (otfusion's ``--normalize-wts``). Computed in float32 on
-    the features' device through one matrix product (the cancellation in ``|a|^2 + |b|^2 - 2<a, b>`` stays far
-    below the gaps between distinct neurons' costs); the plan is then solved in float64.
+    .. math::
+
+        C_{ij} = \\|a_i - b_j\\| \\ (\\text{euclidean}), \\quad \\|a_i - b_j\\|^2 \\ (\\text{sqeuclidean}),
+        \\quad 1 - \\frac{\\langle a_i, b_j \\rangle}{\\|a_i\\| \\|b_j\\|} \\ (\\text{cosine}).
+
+    Computed in float32 on the features' device through one matrix product (the cancellation in
+    ``|a|^2 + |b|^2 - 2<a, b>`` stays far below the gaps between distinct neurons' costs); the plan is then solved in
+    float64 (:func:`transport_plan`).
+
+    Parameters
+    ----------
+    a : torch.Tensor
+        ``(n, d)``: one feature row per neuron of the model being aligned (incoming weights, or activations).
+    b : torch.Tensor
+        ``(m, d)``: the reference's neurons, in the same ``d`` coordinates.
+    metric : {"euclidean", "sqeuclidean", "cosine"}
+        The ground metric (otfusion's ``--ground-metric``); a row of norm zero has cosine cost 1 to every row.
+    normalize_rows : bool
+        Scale every row to unit norm first (otfusion's ``--normalize-wts``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``C: (n, m)``, float32, on ``a``'s device.
+
+    References
+    ----------
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020, Sec. 4 (the ground metric between neurons).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fusion import ground_cost
+    >>> a = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> b = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    >>> ground_cost(a, b).square().round(decimals=4)
+    tensor([[1., 0., 2.],
+            [2., 1., 1.],
+            [0., 1., 1.]])
+    >>> ground_cost(a[1:], b, "cosine").round(decimals=4)
+    tensor([[1.0000, 1.0000, 0.2929],
+            [0.0000, 1.0000, 0.2929]])
     """
     return gram_cost(Gram.of(a, b), metric, normalize_rows)
 
@@ -158,10 +198,71 @@ def transport_plan(
     solver: Solver = "exact",
     reg: float = 0.01,
 ) -> np.ndarray:
-    """Solve the transport problem of the module docstring; returns the plan ``T: (n, m)`` in float64.
+    """The optimal transport plan between ``n`` source and ``m`` target neurons for the cost ``C: (n, m)``.
 
-    ``reg`` is the entropic regularisation of Sinkhorn (otfusion's ``--reg``, default 0.01), relative to the cost's
-    scale as given; costs are best normalised (``normalize_cost``) before Sinkhorn.
+    Exact (``solver="exact"``, Singh & Jaggi 2020):
+
+    .. math::
+
+        T^\\star = \\arg\\min_{T \\in \\mathbb{R}_{\\ge 0}^{n \\times m}} \\langle T, C \\rangle
+        = \\sum_{ij} T_{ij} C_{ij} \\quad \\text{s.t.} \\quad T \\mathbf{1}_m = \\mu, \\quad
+        T^\\top \\mathbf{1}_n = \\nu,
+
+    solved by the network simplex (POT's ``ot.emd``), or, for ``n = m`` and uniform marginals, where the optimum is a
+    permutation scaled by ``1/n``, as a linear assignment (Jonker-Volgenant, ``lap.lapjv``). Entropic
+    (``solver="sinkhorn"``, Cuturi 2013): the same constraints, the objective
+    ``<T, C> + reg * sum_ij T_ij log T_ij``, solved by Sinkhorn's iterations in the log domain (POT's
+    ``ot.sinkhorn(..., method="sinkhorn_log")``); its plan spreads every neuron's mass over near neighbours.
+
+    Parameters
+    ----------
+    cost : torch.Tensor
+        ``C: (n, m)``, finite (:func:`ground_cost`, possibly normalised).
+    mu : numpy.ndarray, optional
+        ``(n,)`` source masses summing to 1; uniform ``1/n`` when ``None``.
+    nu : numpy.ndarray, optional
+        ``(m,)`` target masses summing to 1; uniform ``1/m`` when ``None``.
+    solver : {"exact", "sinkhorn"}
+        Exact OT, or entropic OT.
+    reg : float
+        Sinkhorn's regularisation (otfusion's ``--reg``, default 0.01), relative to the cost's scale as given: costs
+        are best normalised (:func:`normalize_cost`) before Sinkhorn.
+
+    Returns
+    -------
+    numpy.ndarray
+        The plan ``T: (n, m)``, float64, with row sums ``mu`` and column sums ``nu``.
+
+    Raises
+    ------
+    TransportError
+        For a cost with NaN or infinite entries, an exact solver that does not converge, or Sinkhorn iterations that
+        fail or miss the marginals by more than ``1e-3``.
+
+    References
+    ----------
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020. Cuturi, "Sinkhorn Distances: Lightspeed
+    Computation of Optimal Transport", NeurIPS 2013.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fusion import ground_cost, transport_plan
+    >>> a = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> b = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    >>> cost = ground_cost(a, b)
+    >>> 3 * transport_plan(cost)  # equal widths: a permutation, source i to target j where T[i, j] > 0
+    array([[0., 1., 0.],
+           [0., 0., 1.],
+           [1., 0., 0.]])
+    >>> transport_plan(cost[:, :2]).round(3)  # three neurons onto two: neuron 1 is split between both targets
+    array([[0.   , 0.333],
+           [0.167, 0.167],
+           [0.333, 0.   ]])
+    >>> transport_plan(cost, solver="sinkhorn", reg=0.5).round(2)
+    array([[0.05, 0.24, 0.04],
+           [0.04, 0.07, 0.22],
+           [0.24, 0.02, 0.07]])
     """
     # Imported here, not at the top: POT's package pulls in scikit-learn and SciPy's solvers (1.9 s on a 2-core CPU),
     # which training and the demo never need.
@@ -208,12 +309,55 @@ def transport_plan(
 class Transport:
     """A map from ``n`` source neurons to ``m`` target neurons of one group.
 
-    ``plan``: the coupling ``T: (n, m)``; ``permutation``: for a hard assignment (one-to-one, or a selection of ``m``
-    of the ``n`` neurons), ``permutation[j]`` is the source neuron that becomes target neuron ``j`` (the maps are then
-    applied by indexing, exactly, and unselected neurons are dropped); ``cost``: ``<T, C>``; ``cost_matrix``: the
-    ground cost ``C`` the plan was solved on, when there was one. ``producer`` and ``consumer``, the ``(n, m)``
-    matrices of the module docstring, are derived from the plan and ``correction`` when first used (a permutation
-    never needs them), unless ``rows`` gives the producer matrix (Intra-Fusion's merged rows).
+    A plan ``T: (n, m)`` (:func:`transport_plan`) acts on the group's members through two matrices. The producer map
+    ``P = T diag(1/nu)`` (columns sum to one) makes target neuron ``j`` the barycentre of its sources,
+    ``W'_j = sum_i P_ij W_i``, for the rows of the weights, biases and normalisation entries; the consumer map
+    ``Q = diag(1/mu) T`` (rows sum to one) hands each source's input columns of the next layer to the targets it was
+    sent to, ``V'_{:, j} = sum_i Q_ij V_{:, i}``, so merged copies add up. For equal widths both are ``n T``, and for a
+    hard assignment the permutation matrix, applied by indexing (:mod:`fusion.surgery`).
+
+    Attributes
+    ----------
+    plan : numpy.ndarray
+        The coupling ``T: (n, m)``, float64.
+    permutation : numpy.ndarray or None
+        ``(m,)`` int64 for a hard assignment (one-to-one, or a selection of ``m`` of the ``n`` neurons):
+        ``permutation[j]`` is the source neuron that becomes target neuron ``j`` (unselected neurons are dropped);
+        ``None`` for a soft plan.
+    cost : float
+        ``<T, C>``, the plan's total cost.
+    cost_matrix : torch.Tensor or None
+        ``C: (n, m)``, the ground cost the plan was solved on, when there was one.
+    correction : {"marginals", "reference"}
+        ``"marginals"``: ``P`` and ``Q`` as above (exact for unequal widths); ``"reference"``: otfusion's
+        ``--correction``, ``T diag(1/nu)`` on both sides.
+    rows : torch.Tensor or None
+        ``(n, m)``: the producer matrix when given instead of ``P`` (Intra-Fusion's merged rows).
+
+    References
+    ----------
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020, Sec. 4 (the maps and otfusion's correction).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fusion import Transport, ground_cost, transport_plan
+    >>> a = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> b = torch.tensor([[0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    >>> Transport.from_plan(transport_plan(ground_cost(a, b))).permutation  # target j takes source permutation[j]
+    array([2, 0, 1])
+    >>> merge = Transport.from_plan(transport_plan(ground_cost(a, b[:2])))  # three neurons onto two
+    >>> merge.permutation is None, merge.shape
+    (True, (3, 2))
+    >>> merge.producer.T @ torch.tensor([[1.0], [2.0], [4.0]])  # each target row the barycentre of its sources
+    tensor([[3.3333],
+            [1.3333]])
+    >>> merge.consumer
+    tensor([[0.0000, 1.0000],
+            [0.5000, 0.5000],
+            [1.0000, 0.0000]])
+    >>> Transport.selection(3, [2, 0]).permutation  # pruning: keep neurons 2 and 0, in that order
+    array([2, 0])
     """
 
     plan: np.ndarray
@@ -287,23 +431,44 @@ class Transport:
         return cls(plan, index, 0.0, correction="reference")
 
 
+@dataclass(frozen=True)
+class TransportOptions(Options):
+    """How the transport problem between two groups' neurons is posed and solved (:func:`solve_transport`). Defaults
+    follow otfusion's published weights-mode configuration (exact OT, Euclidean not squared, uniform marginals, no
+    normalisation)."""
+
+    solver: Solver = field(
+        default="exact", metadata={"help": "exact OT (a permutation for equal widths) or entropic Sinkhorn"}
+    )
+    reg: float = field(default=0.01, metadata={"help": "Sinkhorn regularisation, relative to the normalised cost"})
+    metric: Metric = field(default="euclidean", metadata={"help": "ground metric between neuron features"})
+    normalize_rows: bool = field(default=False, metadata={"help": "scale each neuron's feature to unit norm first"})
+    cost_normalization: CostNormalization = field(default="none", metadata={"help": "rescale the cost matrix"})
+    marginals: Literal["uniform", "importance"] = field(
+        default="uniform", metadata={"help": "neuron masses: equal, or proportional to feature norm"}
+    )
+    correction: Correction = field(
+        default="marginals",
+        metadata={"help": "maps from the plan: exact for unequal widths, or otfusion's T/beta on both sides"},
+    )
+
+    def check(self, checks: Checks) -> None:
+        checks.number("reg", self.reg, 0, above=True)
+
+
 def solve_transport(
-    a: torch.Tensor | Gram,
-    b: torch.Tensor | None = None,
-    *,
-    metric: Metric = "euclidean",
-    normalize_rows: bool = False,
-    cost_normalization: CostNormalization = "none",
-    solver: Solver = "exact",
-    reg: float = 0.01,
-    mu: np.ndarray | None = None,
-    nu: np.ndarray | None = None,
-    correction: Correction = "marginals",
+    a: torch.Tensor | Gram, b: torch.Tensor | None = None, options: TransportOptions = TransportOptions()
 ) -> Transport:
     """Ground cost between features ``a: (n, d)`` and ``b: (m, d)`` (or from their products, a :class:`Gram`),
-    transport plan, and the resulting maps."""
+    transport plan, and the resulting maps, as ``options`` say; ``marginals="importance"`` gives each neuron a mass
+    proportional to its feature norm, ``mu_i ∝ |a_i|``, ``nu_j ∝ |b_j|``."""
     gram = a if isinstance(a, Gram) else Gram.of(a, b)
-    cost = normalize_cost(gram_cost(gram, metric, normalize_rows), cost_normalization)
-    plan = transport_plan(cost, mu, nu, solver, reg)
+    cost = normalize_cost(gram_cost(gram, options.metric, options.normalize_rows), options.cost_normalization)
+    mu = nu = None
+    if options.marginals == "importance":
+        mu = marginal(len(gram.norms_a), gram.norms_a.sqrt())
+        nu = marginal(len(gram.norms_b), gram.norms_b.sqrt())
+    plan = transport_plan(cost, mu, nu, options.solver, options.reg)
     cost = cost.detach().cpu()
-    return Transport.from_plan(plan, float((torch.from_numpy(plan) * cost.double()).sum()), correction, cost.float())
+    total = float((torch.from_numpy(plan) * cost.double()).sum())
+    return Transport.from_plan(plan, total, options.correction, cost.float())

@@ -5,7 +5,7 @@ import streamlit as st
 from analysis.units import percent
 from fusion.command_lines import fusion_command_lines
 from fusion.errors import DamagedResultError
-from fusion.registry import REGISTRY
+from fusion.registry import REGISTRY, resolve
 from fusion.train import OPTIMIZERS, TrainConfig
 from fusion.workspace import ModelRecord
 from studies.comparison import COMPARISON, FusionComparison, compare_fusion, stored_comparison
@@ -37,8 +37,9 @@ records = list(reversed(records))
 restore_inputs(FUSE_KIND)
 
 kept("fuse.method", DEFAULT_METHOD, tuple(REGISTRY))
-method = st.selectbox("Method", list(REGISTRY), format_func=lambda m: f"{m} — {REGISTRY[m].summary}", key="fuse.method")
-spec = REGISTRY[method]
+summaries = {name: spec.summary for name, spec in REGISTRY.items()}
+method = st.selectbox("Method", list(summaries), format_func=lambda m: f"{m} — {summaries[m]}", key="fuse.method")
+spec = resolve(method).spec
 models_key = f"fuse.models.{method}"
 if models_key not in st.session_state:
     st.session_state[models_key] = [i for i in selected_model_ids() if i in by_id][: spec.max_models or None]
@@ -75,11 +76,7 @@ with st.form("fuse.form"):
 started = False
 if submitted:
     form = FormCheck()
-    if not spec.min_models <= len(chosen) <= (spec.max_models or len(chosen)):
-        form.refuse(
-            f"{method} needs {'one model' if spec.max_models == 1 else f'at least {spec.min_models} models'}; "
-            f"{len(chosen)} chosen"
-        )
+    form.build(lambda: spec.check_models(len(chosen)), {})
     options = form.build(lambda: parse_options(spec.options, values), option_labels(spec.options))
     finetune = form.build(
         lambda: TrainConfig(epochs=int(epochs), lr=float(lr), optimizer=str(optimizer)) if epochs else None,
@@ -184,13 +181,12 @@ table, column_config = dashed_table(
 show_table(table, f"fusion-scores-{shown_id}", column_config=column_config)
 show_chart(comparison_figure(comparison.rows), f"comparison-{shown_id}")
 report = comparison.report
-details = report.get("details", {})
-if "layer_map" in details:
-    st.markdown(f"**CLAFusion layer map** (shallow hidden layer → deep hidden layer): `{details['layer_map']}`")
-if report.get("verified") and any(v is not None for v in report["verified"]):
-    worst = max(v for v in report["verified"] if v is not None)
+for line in report.details.lines():
+    st.markdown(line)
+worst = report.worst_verified()
+if worst is not None:
     st.caption(f"Every hard alignment was verified on a probe batch: max |logit difference| {worst:.2e}.")
-for note in report.get("notes", []):
+for note in report.notes:
     st.caption(note)
 record = by_id[shown_id]
 tuned = next((by_id.get(r.id) for r in comparison.rows if r.role == "fine-tuned" and r.id is not None), None)

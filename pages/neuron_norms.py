@@ -5,8 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from analysis.fusion_figures import head_norms_figure, neuron_norms_figure, survival_figure
-from analysis.norms import neuron_norms, pruning_survival, transplant_survival
+from analysis.norms import neuron_norms
 from fusion.data import load_dataset
+from fusion.registry import FusionReport
 from fusion.workspace import ModelRecord
 from studies.pipeline import parent_role
 from studies.runs import model_role
@@ -54,21 +55,18 @@ with report_errors():
         )
         show_chart(head_norms_figure(norms, side), f"head-norms-{side}-{model_id}")
 
-report = record.provenance.get("report", {})
-if record.method == "transplant":
-    st.subheader("Which neurons survived the transplantation")
-    tables = transplant_survival(report)
-    counts = pd.DataFrame(
-        [{"group": t.group, **{parent_roles[p]: n for p, n in sorted(t.kept_per_parent().items())}} for t in tables]
-    )
-    show_table(counts, f"kept-neurons-{model_id}")
-    group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
-    table = next(t for t in tables if t.group == group)
-    show_chart(survival_figure(table, parent_roles), f"survival-{model_id}-{group}")
-elif record.method in ("intra", "prune"):
-    st.subheader("Kept and " + ("merged" if record.method == "intra" else "dropped") + " neurons")
-    tables = pruning_survival(report)
-    group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.pruning.group")
-    show_chart(
-        survival_figure(next(t for t in tables if t.group == group), parent_roles[:1]), f"kept-{model_id}-{group}"
-    )
+with report_errors():
+    stored = record.provenance.get("report")
+    report = FusionReport.from_dict(stored) if stored is not None else None
+    tables = report.survival() if report is not None else []
+    if report is not None and tables:
+        st.subheader(report.details.survival_heading)
+        if len(parents) > 1:
+            kept = [
+                {"group": t.group, **{parent_roles[p]: n for p, n in sorted(t.kept_per_parent().items())}}
+                for t in tables
+            ]
+            show_table(pd.DataFrame(kept), f"kept-neurons-{model_id}")
+        group = st.selectbox("Neuron group", [t.group for t in tables], key="norms.survival.group")
+        table = next(t for t in tables if t.group == group)
+        show_chart(survival_figure(table, parent_roles), f"survival-{model_id}-{group}")

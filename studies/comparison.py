@@ -30,7 +30,7 @@ from fusion.errors import ArchitectureError, ConfigError, DamagedResultError, Fu
 from fusion.models import parameter_count
 from fusion.progress import Progress, no_progress
 from fusion.records import Record, RecordError
-from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.registry import REGISTRY, FusionReport, fuse, resolve
 from fusion.results import ResultRecord
 from fusion.train import TrainConfig, evaluate
 from fusion.workspace import LoadOnce, ModelRecord, Workspace
@@ -88,7 +88,7 @@ def same_depth(a: ModelRecord, b: ModelRecord) -> bool:
 def inapplicable_reason(records: Sequence[ModelRecord], method: str) -> str | None:
     """Why ``method`` cannot fuse these parents (too few or too many, other architectures, equal depths for
     CLAFusion), or ``None`` when it can. Single-model methods always apply: they take the first parent."""
-    spec = method_spec(method)
+    spec = resolve(method).spec
     if spec.max_models == 1:
         return None if records else f"{method} needs one model, none chosen"
     if len(records) < spec.min_models:
@@ -218,7 +218,7 @@ def compare_methods(
     rows = []
     for index, method in enumerate(runnable):
         offset = index * per_method
-        single = REGISTRY[method].max_models == 1
+        single = resolve(method).spec.max_models == 1
         ids = parent_ids[:1] if single else parent_ids
 
         def fusing(done: int, steps: int, message: str, offset: int = offset, method: str = method) -> None:
@@ -308,7 +308,7 @@ def comparison_from_workspace(workspace: Workspace, parent_ids: Sequence[str]) -
     for record in records:
         if record.method not in REGISTRY or not record.parents:
             continue
-        single = REGISTRY[record.method].max_models == 1
+        single = resolve(record.method).spec.max_models == 1
         if single and record.parents[0] in chosen:
             note = single_model_note(record.method, record.parents[0])
         elif not single and set(record.parents) == set(chosen):
@@ -406,7 +406,7 @@ class FusionComparison(Record):
     parents: tuple[str, ...]
     fused: str | None
     rows: tuple[Score, ...]
-    report: dict[str, Any]
+    report: FusionReport
     reused: tuple[str, ...] = ()
 
 
@@ -427,8 +427,8 @@ def baselines_of(records: Sequence[ModelRecord], method: str, options: dict[str,
     importance); otherwise the prediction ensemble and vanilla averaging (for identical architectures) of two or
     more parents, with their defaults. A method is not its own baseline."""
     baselines: dict[str, dict[str, Any]] = {}
-    if method_spec(method).output == "pruned":
-        shared = {f.name for f in fields(method_spec("prune").options)}
+    if resolve(method).spec.output == "pruned":
+        shared = {f.name for f in fields(resolve("prune").spec.options)}
         baselines["prune"] = {k: v for k, v in options.items() if k in shared}
     elif len(records) >= 2:
         baselines["ensemble"] = {}
@@ -465,11 +465,11 @@ def compare_fusion(
         parameters = parameter_count(result.model)
         rows.append(Score(label, role, None, metrics.accuracy, metrics.loss, parameters, result.report.seconds))
     if run.record is not None:
-        rows.append(Score.of(run.record, "fused", run.report["seconds"]))
+        rows.append(Score.of(run.record, "fused", run.report.seconds))
     else:
         assert run.result is not None
         parameters = parameter_count(run.result.model)
-        scores = (run.metrics["test_accuracy"], run.metrics["test_loss"], parameters, run.report["seconds"])
+        scores = (run.metrics["test_accuracy"], run.metrics["test_loss"], parameters, run.report.seconds)
         rows.append(Score("prediction ensemble", "fused", None, *scores))
     reused = [run.record.id] if run.reused and run.record is not None else []
     if finetune is not None and run.record is not None:
@@ -481,7 +481,7 @@ def compare_fusion(
     fused_id = run.record.id if run.record is not None else None
     comparison = FusionComparison(method, tuple(model_ids), fused_id, tuple(rows), run.report, tuple(reused))
     if fused_id is not None:
-        settings = {"method": method, "parents": list(model_ids), "options": run.report.get("options", options)}
+        settings = {"method": method, "parents": list(model_ids), "options": run.report.options}
         settings["finetune"] = finetune.to_dict() if finetune is not None else None
         command = " && ".join(fusion_command_lines(method, model_ids, options, settings["finetune"]))
         record = ResultRecord.make(COMPARISON, [fused_id], settings, comparison.to_dict(), None, command)

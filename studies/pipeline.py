@@ -27,7 +27,7 @@ from fusion.models import ModelSpec, build_model, check_fits_in_memory, conform,
 from fusion.names import finetune_name, fusion_name
 from fusion.pretrained import initialise, pretrained_weights
 from fusion.progress import Progress, no_progress
-from fusion.registry import FusionResult, fuse, method_options, method_spec, options_needing_data
+from fusion.registry import FusionReport, FusionResult, fuse, options_needing_data, resolve
 from fusion.run_key import run_key
 from fusion.train import TrainConfig, evaluate, train
 from fusion.transport import Transport
@@ -313,19 +313,19 @@ class FusionRun:
     """Why the fused model has no test metrics (its dataset could not be loaded), ``None`` when it has them."""
 
     @property
-    def report(self) -> dict[str, Any]:
-        """The fusion's report (:class:`fusion.registry.FusionReport` as a dict), stored with the model when reused."""
+    def report(self) -> FusionReport:
+        """The fusion's report, read back from the stored model when reused."""
         if self.result is not None:
-            return self.result.report.to_dict()
+            return self.result.report
         assert self.record is not None
-        return dict(self.record.provenance.get("report", {}))
+        return FusionReport.from_dict(self.record.provenance["report"])
 
 
 def check_compatible(records: Sequence[ModelRecord], method: str) -> None:
     """Refuse parents that a method cannot fuse: other datasets, or architectures its registry entry's rule
     (:data:`fusion.methods.base.ParentRule`) does not allow. Raises :class:`ArchitectureError` naming the first
     mismatch."""
-    rule = method_spec(method).parents
+    rule = resolve(method).spec.parents
     first = records[0]
     for record in records[1:]:
         if record.dataset != first.dataset:
@@ -358,11 +358,9 @@ def fuse_and_save(
     (:func:`fusion.registry.options_needing_data`), the model is fused on the weights alone and stored without test
     metrics, :attr:`FusionRun.not_evaluated` saying why; otherwise :class:`DatasetError` says why and names each
     option that needs the data, before any work."""
-    options = dict(options or {})
-    key = run_key(
-        "fuse", method=method, parents=list(model_ids), options=dataclasses.asdict(method_options(method, options))
-    )
-    storable = method_spec(method).output != "ensemble"
+    resolved = resolve(method, options)
+    key = run_key("fuse", method=method, parents=list(model_ids), options=dataclasses.asdict(resolved.options))
+    storable = resolved.spec.output != "ensemble"
     found = workspace.find_run(key) if reuse and storable else None
     if found is not None:
         scores = {k: found.metrics[k] for k in ("test_accuracy", "test_loss", "fusion_seconds") if k in found.metrics}
@@ -374,14 +372,14 @@ def fuse_and_save(
         check_compatible(records, method)
     data, missing = available_dataset(records[0].dataset)
     if data is None:
-        needs = options_needing_data(method_options(method, options), models)
+        needs = options_needing_data(resolved.options, models)
         if not storable:
             needs.append(f"{method} is not stored, so its test scores are all it gives")
         if needs:
             raise DatasetError(f"{missing}; without it {'; '.join(needs)}")
     device = device or default_device()
     result = fuse(
-        models, method, data=data, input_shape=records[0].spec.input_shape, device=device, progress=progress, **options
+        models, resolved, data=data, input_shape=records[0].spec.input_shape, device=device, progress=progress
     )
     scores = {"fusion_seconds": result.report.seconds}
     if data is not None:
@@ -389,7 +387,7 @@ def fuse_and_save(
         scores = {"test_accuracy": metrics.accuracy, "test_loss": metrics.loss, **scores}
     if not storable:
         return FusionRun(None, result, scores)
-    like = records[result.report.details.get("spec_from", result.report.options.get("reference", 0))].spec
+    like = records[result.report.details.layout_parent(resolved.reference)].spec
     spec, model = conform(result.model, like)
     maps = map_tensors(result.transports)
     record = workspace.save(

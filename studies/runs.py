@@ -25,7 +25,7 @@ from analysis.hessian import (
     hessian_report,
 )
 from analysis.hessian_config import HessianConfig
-from analysis.hessian_operator import sample_data
+from analysis.hessian_spectrum import sample_data
 from analysis.landscape import (
     InterpolationResult,
     LandscapeConfig,
@@ -49,7 +49,7 @@ from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import neuron_groups
 from fusion.models import build_model
 from fusion.progress import Progress, no_progress
-from fusion.registry import REGISTRY, fuse, method_spec
+from fusion.registry import REGISTRY, fuse, resolve
 from fusion.repair import repair as renormalise_to_parents
 from fusion.results import ResultRecord, result_key
 from fusion.transport import Transport
@@ -72,8 +72,9 @@ def model_role(record: ModelRecord, index: int) -> str:
         return parent_role(index)
     if record.method == "finetune":
         return "fine-tuned"
-    if record.method in REGISTRY and method_spec(record.method).output in ("pruned", "ensemble"):
-        return method_spec(record.method).output
+    output = resolve(record.method).spec.output if record.method in REGISTRY else None
+    if output in ("pruned", "ensemble"):
+        return output
     return "fused"
 
 
@@ -421,7 +422,7 @@ def fusion_pairs(record: ModelRecord) -> list[tuple[str, str]]:
 
 def averages_aligned(record: ModelRecord) -> bool:
     """Whether a model was made by a method that averages aligned parents (:attr:`MethodSpec.output`)."""
-    return record.method in REGISTRY and method_spec(record.method).output == "aligned average"
+    return record.method in REGISTRY and resolve(record.method).spec.output == "aligned average"
 
 
 ALIGNED_LINES = {"A-B aligned": False, "A-B aligned + REPAIR": True}

@@ -26,7 +26,7 @@ from fusion.errors import ConfigError
 from fusion.problems import Checked, Checks, given
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
-from fusion.registry import REGISTRY
+from fusion.registry import REGISTRY, resolve
 from fusion.results import ResultRecord
 from fusion.train import TrainConfig
 from fusion.workspace import Workspace
@@ -60,7 +60,7 @@ class StudyConfig(Record, Checked):
     def check(self, checks: Checks) -> None:
         checks.choice("pruning", self.pruning, tuple(PRUNINGS))
         checks.number("sparsity", self.sparsity, 0, 1, above=True, below=True)
-        spec = REGISTRY.get(self.method)
+        spec = resolve(self.method).spec if self.method in REGISTRY else None
         if spec is None or spec.output == "ensemble" or spec.max_models == 1:
             fusing = [m for m, s in REGISTRY.items() if s.output != "ensemble" and s.max_models != 1]
             checks.add(

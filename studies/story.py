@@ -26,12 +26,13 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from analysis.norms import GroupNorms, Survival, neuron_norms, transplant_survival
+from analysis.norms import GroupNorms, neuron_norms
 from fusion.command_lines import fusion_command_lines, train_command
 from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.groups import neuron_groups
 from fusion.methods.average import Ensemble
+from fusion.methods.base import Survival
 from fusion.methods.transplant import NT_FINETUNE, concatenate
 from fusion.models import parameter_count
 from fusion.problems import Checked, Checks
@@ -377,7 +378,7 @@ def pruning_step(
     return PruningStep(
         transplanted,
         concatenation.ensemble.test_accuracy - transplanted.test_accuracy,
-        tuple(transplant_survival(run.report)),
+        tuple(run.report.survival()),
         norms,
         time.perf_counter() - started,
     )

@@ -57,22 +57,22 @@ def test_identity_convs_turn_a_shallow_vgg_into_the_deep_layout_with_the_same_fu
     deep = randomised(default_spec(deep_arch, SHAPE, 10, width=0.25, batch_norm=batch_norm), 1)
     result = fuse([shallow, deep], "cla", inputs=X, recompute_bn=False, onto="deep")
     details = result.report.details
-    assert details["balance_error"] < 1e-5
-    assert details["balanced_spec"]["arch"] == deep_arch and details["balanced_spec"]["width"] == 0.125
-    rebuilt = balanced(shallow, deep, details["layer_map"])
+    assert details.balance_error < 1e-5
+    assert details.balanced_spec.arch == deep_arch and details.balanced_spec.width == 0.125
+    rebuilt = balanced(shallow, deep, details.layer_map)
     assert max_logit_difference(rebuilt.model, shallow, X) < 1e-5
     fused = result.model.state_dict()
     assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in deep.state_dict().items()}
-    assert details["spec_from"] == details["onto"] == details["deep"] == 1
+    assert details.spec_from == details.onto == details.deep == 1
 
 
 def test_vgg11_maps_onto_vgg13_stage_by_stage():
     shallow = randomised(default_spec("vgg11", SHAPE, 10, width=0.125), 0)
     deep = randomised(default_spec("vgg13", SHAPE, 10, width=0.125), 1)
     details = fuse([deep, shallow], "cla", inputs=X).report.details
-    assert details["layer_map"] == [0, 2, 4, 5, 6, 7, 8, 9]
-    assert details["inserted"] == [1, 3]
-    assert details["cost_matrix"][0][0] is not None and details["cost_matrix"][0][1] is None
+    assert details.layer_map == [0, 2, 4, 5, 6, 7, 8, 9]
+    assert details.inserted == [1, 3]
+    assert details.cost_matrix[0][0] is not None and details.cost_matrix[0][1] is None
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
@@ -81,9 +81,9 @@ def test_zero_branch_blocks_turn_a_resnet18_into_a_resnet34_with_the_same_functi
     deep = randomised(default_spec("resnet34", SHAPE, 10, width=0.125, batch_norm=batch_norm), 1)
     result = fuse([shallow, deep], "cla", inputs=X, recompute_bn=False, onto="deep")
     details = result.report.details
-    assert details["layer_map"] == [0, 2, 3, 6, 7, 12, 13, 15]
-    assert details["balance_error"] < 1e-5
-    assert max_logit_difference(balanced(shallow, deep, details["layer_map"]).model, shallow, X) < 1e-5
+    assert details.layer_map == [0, 2, 3, 6, 7, 12, 13, 15]
+    assert details.balance_error < 1e-5
+    assert max_logit_difference(balanced(shallow, deep, details.layer_map).model, shallow, X) < 1e-5
     fused = result.model.state_dict()
     assert {k: v.shape for k, v in fused.items()} == {k: v.shape for k, v in deep.state_dict().items()}
 
@@ -154,9 +154,9 @@ def test_merging_identity_layers_back_recovers_the_shallow_mlp(batch_norm):
 def test_merge_fuses_into_the_shallow_architecture():
     shallow, deep = mlp((32, 16), 0), mlp((48, 24, 16, 16), 1)
     result = fuse([deep, shallow], "cla", inputs=X, balance="merge", layer_cost="widths")
-    assert result.report.details["spec_from"] == 1
+    assert result.report.details.spec_from == 1
     assert [m.out_features for m in result.model.layers if isinstance(m, torch.nn.Linear)] == [32, 16, 10]
-    assert result.report.details["merged"] == [1, 2]
+    assert result.report.details.merged == [1, 2]
 
 
 @pytest.mark.parametrize("onto", ["shallow", "deep"])
@@ -165,7 +165,7 @@ def test_fusing_a_network_with_its_identity_deepened_copy_gives_back_its_functio
     shallow = mlp((32, 16), 0)
     copy = balanced(shallow, mlp((32, 24, 16, 16), 1), [0, 3]).model
     result = fuse([copy, shallow], "cla", inputs=X, onto=onto, correction=correction)
-    assert result.report.details["layer_map"] == [0, 3]
+    assert result.report.details.layer_map == [0, 3]
     assert max_logit_difference(result.model, shallow, X) < 1e-4
 
 
@@ -175,7 +175,7 @@ def test_the_fused_network_has_the_widths_of_the_network_it_was_aligned_onto(ont
     shallow, deep = mlp((32, 16), 0), mlp((48, 24, 16, 16), 1)
     result = fuse([deep, shallow], "cla", inputs=X, onto=onto, balance=balance, layer_cost="widths")
     details = result.report.details
-    assert details["layer_map"] == [0, 3] and details["onto"] == (1 if onto == "shallow" else 0)
+    assert details.layer_map == [0, 3] and details.onto == (1 if onto == "shallow" else 0)
     widths = {
         ("shallow", "identity"): [32, 32, 32, 16],
         ("deep", "identity"): [48, 24, 16, 16],
@@ -183,7 +183,7 @@ def test_the_fused_network_has_the_widths_of_the_network_it_was_aligned_onto(ont
         ("deep", "merge"): [48, 16],
     }[onto, balance]
     assert [m.out_features for m in result.model.layers if isinstance(m, torch.nn.Linear)] == [*widths, 10]
-    assert details["spec_from"] == (0 if balance == "identity" else 1)
+    assert details.spec_from == (0 if balance == "identity" else 1)
 
 
 def test_networks_of_equal_depth_are_sent_to_ot_fusion():
@@ -250,12 +250,12 @@ def test_cla_fuses_mlps_of_depth_3_and_5_far_above_chance_and_above_averaging_th
         return evaluate(model, *digits.split("test")).accuracy
 
     fused = fuse([digits_mlps["shallow"], digits_mlps["deep"]], "cla", data=digits)
-    assert fused.report.details["layer_map"] == [0, 3]
+    assert fused.report.details.layer_map == [0, 3]
     assert accuracy(fused.model) >= 0.5
 
     shallow, deep = digits_mlps["shallow64"], digits_mlps["deep64"]
     result = fuse([shallow, deep], "cla", data=digits)
-    padded = balanced(shallow, deep, result.report.details["layer_map"])
+    padded = balanced(shallow, deep, result.report.details.layer_map)
     vanilla = fuse([padded.model, deep], "average", data=digits).model
     assert accuracy(result.model) >= max(0.5, accuracy(vanilla) + 0.1)
 

@@ -7,7 +7,7 @@ import pytest
 from cli.commands import fusion_options
 from cli.main import main, parser
 from fusion.command_lines import fusion_command_lines
-from fusion.registry import method_options
+from fusion.registry import resolve
 from fusion.train import TrainConfig
 
 NON_DEFAULT = {
@@ -31,11 +31,11 @@ def parsed(line: str):
 @pytest.mark.parametrize("method", sorted(NON_DEFAULT))
 def test_a_fusion_command_line_parses_back_to_the_runs_options(method):
     options = dict(NON_DEFAULT[method])
-    expected = method_options(method, options)
+    expected = resolve(method, options).options
     [line] = fusion_command_lines(method, ["m-a", "m-b"], options)
     args = parsed(line)
     assert args.method == method and args.models == ["m-a", "m-b"]
-    assert method_options(method, fusion_options(args)) == expected
+    assert resolve(method, fusion_options(args)).options == expected
 
 
 def test_the_command_lines_own_fine_tune_recipe_becomes_its_flags():
@@ -43,7 +43,7 @@ def test_the_command_lines_own_fine_tune_recipe_becomes_its_flags():
     [line] = fusion_command_lines("ot", ["a", "b"], {"sweeps": 2}, recipe)
     args = parsed(line)
     assert (args.finetune_epochs, args.finetune_lr) == (7, 3e-4)
-    assert method_options("ot", fusion_options(args)).sweeps == 2
+    assert resolve("ot", fusion_options(args)).options.sweeps == 2
 
 
 def test_another_fine_tune_recipe_becomes_a_finetune_command():

@@ -219,7 +219,7 @@ def test_the_same_fusion_twice_stores_one_model_and_says_the_second_was_reused(w
     )
     output = json.loads(capsys.readouterr().out)
     assert code == 0 and [m["id"] for m in output["models"]] == [first.record.id, tuned[0].record.id]
-    assert all(m["reused"] for m in output["models"]) and output["report"] == first.report
+    assert all(m["reused"] for m in output["models"]) and output["report"] == first.report.to_dict()
     assert main(["fuse", "--method", "ot", "--models", *ids, "--workspace", root, "--quiet"]) == 0
     assert "reused: stored by an earlier run with the same inputs" in capsys.readouterr().out
     assert len(workspace.records()) == 6

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fusion.alignment import AlignOptions, align
-from fusion.groups import UnsupportedArchitecture, neuron_groups
+from fusion.groups import neuron_groups
 from fusion.methods.transplant import concatenate, prune_to
 from fusion.registry import fuse
 from fusion.surgery import group_sizes, permuted
@@ -100,7 +100,7 @@ def test_transplant_shares_a_layer_normalised_group_instead_of_concatenating_it(
     with torch.no_grad():
         assert max_logit_difference(concatenate([a, a], groups, shared), a, X) < 1e-5
     result = fuse([a, family_model("next", 1)], "transplant", inputs=X)
-    assert set(result.report.details["shared"]) == shared
+    assert set(result.report.details.shared) == shared
     assert group_sizes(result.model.state_dict(), groups) == group_sizes(a.state_dict(), groups)
 
 
@@ -122,6 +122,16 @@ def test_ot_fusion_of_two_independent_models_verifies_every_hard_alignment():
     assert result.model(X).shape == (16, 10)
 
 
-def test_grouped_convolutions_that_are_not_depthwise_are_refused_by_name():
-    with pytest.raises(UnsupportedArchitecture, match=r"grouped: grouped convolutions \(groups=2"):
-        neuron_groups(TinyGrouped(), X)
+@pytest.mark.parametrize("options", [AlignOptions(), MATCHING], ids=["ot", "matching"])
+def test_a_grouped_convolution_that_is_not_depthwise_moves_whole_groups_and_aligns_back(options):
+    model = TinyGrouped().eval()
+    groups = {g.name: g for g in neuron_groups(model, X)}
+    assert {name: (g.blocks, g.tie) for name, g in groups.items()} == {
+        "stem": (2, "grouped"),
+        "grouped": (2, "grouped"),
+    }
+    shuffled = permuted(model, list(groups.values()), seed=3)
+    assert max_logit_difference(model, shuffled, X) < 1e-5
+    aligned = align(shuffled, model, list(groups.values()), options).model
+    for key, value in model.state_dict().items():
+        assert torch.allclose(aligned.state_dict()[key], value), key

@@ -40,8 +40,8 @@ def test_pruning_halves_every_group(name, method):
     before = {g.name: g.size for g in neuron_groups(model, X)}
     after = {g.name: g.size for g in neuron_groups(result.model, X)}
     assert after == {name: round(size * 0.5) for name, size in before.items()}
-    details = result.report.details["groups"]
-    assert all(len(details[g]["kept"]) == after[g] for g in after)
+    details = result.report.details.groups
+    assert all(len(details[g].kept) == after[g] for g in after)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 1.0, -0.2, 1.5])

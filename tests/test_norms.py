@@ -1,8 +1,8 @@
 import torch
 
-from analysis.norms import neuron_norms, pruning_survival, transplant_survival
+from analysis.norms import neuron_norms
 from fusion.models import layer_widths
-from fusion.registry import fuse
+from fusion.registry import FusionReport, fuse
 from tests.fusion_helpers import SMALL, randomised
 
 X = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -28,7 +28,7 @@ def test_flattened_channels_count_their_whole_spatial_block_as_outgoing():
 def test_transplant_survival_accounts_for_every_neuron_and_keeps_the_original_width():
     members = [randomised(SMALL["mlp-bias"], seed=s) for s in range(3)]
     result = fuse(members, "transplant", inputs=X)
-    tables = transplant_survival(result.report.to_dict())
+    tables = FusionReport.from_dict(result.report.to_dict()).survival()
     widths = layer_widths(members[0])[:-1]
     assert [len(t.parent) for t in tables] == [3 * w for w in widths]
     assert [sum(t.kept) for t in tables] == widths
@@ -40,7 +40,7 @@ def test_transplant_survival_accounts_for_every_neuron_and_keeps_the_original_wi
 
 def test_pruning_survival_marks_the_kept_half():
     result = fuse([randomised(SMALL["cnn"], seed=0)], "intra", inputs=X, sparsity=0.5)
-    tables = pruning_survival(result.report.to_dict())
+    tables = FusionReport.from_dict(result.report.to_dict()).survival()
     assert all(sum(t.kept) == round(len(t.kept) / 2) for t in tables)
 
 
@@ -56,7 +56,7 @@ def test_survival_tables_and_stored_maps_keep_network_order_after_a_round_trip_t
     network = [g["name"] for g in report["groups"]]
     assert network != sorted(network), "a CNN's groups (features.*, classifier.*) are not in name order"
     stored = json.loads(json.dumps(report, sort_keys=True))
-    assert [t.group for t in transplant_survival(stored)] == network
+    assert [t.group for t in FusionReport.from_dict(stored).survival()] == network
     result = fuse(members, "ot", inputs=X)
     spec = SMALL["cnn"]
     record = workspace.save(

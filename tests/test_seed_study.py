@@ -47,7 +47,7 @@ def test_sparsify_keeps_the_architecture_and_the_untouched_weights(digits) -> No
     assert {k: v.shape for k, v in result.model.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()
     }
-    for name, fraction in result.report.details["zero_fraction"].items():
+    for name, fraction in result.report.details.zero_fraction.items():
         assert fraction == pytest.approx(0.5, abs=0.01), name
         kept = result.model.state_dict()[name] != 0
         assert torch.equal(result.model.state_dict()[name][kept], model.state_dict()[name][kept])

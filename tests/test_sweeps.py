@@ -536,7 +536,10 @@ def test_sweep_with_mixed_architectures_is_refused(workspace: Workspace) -> None
 
 @pytest.mark.parametrize(
     ("methods", "group", "message"),
-    [(["cla"], ["a", "b", "c"], "cla fuses 2 models, a parent group has 3"), (["ot"], ["a"], "ot fuses 2 or more")],
+    [
+        (["cla"], ["a", "b", "c"], "cla fuses exactly 2 models, a parent group has 3"),
+        (["ot"], ["a"], "ot fuses at least 2 models"),
+    ],
 )
 def test_parent_groups_of_a_size_a_method_cannot_fuse_are_refused(workspace, methods, group, message) -> None:
     spec = sweep_from({"name": "sizes", "methods": methods, "parents": [group]})

@@ -23,7 +23,7 @@ from fusion.methods.transplant import TransplantOptions, concatenate, stream_ali
 from fusion.models import build_model, default_spec, parameter_count, parameter_estimate
 from fusion.registry import fuse
 from fusion.surgery import permuted
-from fusion.transport import Gram
+from fusion.transport import Gram, TransportOptions
 from studies.support import randomize_norms
 from tests.fusion_helpers import max_logit_difference
 
@@ -188,16 +188,16 @@ def test_transplant_prunes_two_vits_back_to_whole_heads_and_tracks_every_neuron(
     a, b = vit(0), vit(1)
     result = fuse([a, b], "transplant", inputs=X)
     fused, details = result.model, result.report.details
-    assert details["shared"] == ["patch"]
+    assert details.shared == ["patch"]
     assert fused.blocks[0].attn.num_heads == 4 and fused.blocks[0].attn.q.out_features == 64
     assert fused.blocks[0].fc1.out_features == 128
     parents = (a, b)
     for block in range(4):
-        origin = details["kept_from"][f"blocks.{block}.fc1"]
-        expected = [parents[p].blocks[block].fc1.bias[i] for p, i in zip(origin["parent"], origin["neuron"])]
+        origin = details.kept_from[f"blocks.{block}.fc1"]
+        expected = [parents[p].blocks[block].fc1.bias[i] for p, i in zip(origin.parent, origin.neuron)]
         assert torch.equal(fused.blocks[block].fc1.bias.detach(), torch.stack(expected).detach())
-        heads = details["kept_from"][f"blocks.{block}.attn.q"]
-        pairs = list(zip(heads["parent"], heads["neuron"]))
+        heads = details.kept_from[f"blocks.{block}.attn.q"]
+        pairs = list(zip(heads.parent, heads.neuron))
         for head in range(4):
             chunk = pairs[16 * head : 16 * head + 16]
             assert len({p for p, _ in chunk}) == 1 and len({i // 16 for _, i in chunk}) == 1, "heads move whole"
@@ -235,13 +235,8 @@ def test_head_maps_are_the_cheapest_head_respecting_permutations(seed, heads, wi
     features = [(torch.from_numpy(rng.normal(size=(size, 3))), torch.from_numpy(rng.normal(size=(size, 3))))]
     features.append((torch.from_numpy(rng.normal(size=(size, 2))), torch.from_numpy(rng.normal(size=(size, 2)))))
     grams = [Gram.of(a, b) for a, b in features]
-    options = {
-        "metric": "sqeuclidean",
-        "normalize_rows": False,
-        "cost_normalization": "none",
-        "correction": "marginals",
-    }
-    found = head_transports(grams, heads, **options)
+    options = TransportOptions(metric="sqeuclidean", normalize_rows=False, cost_normalization="none")
+    found = head_transports(grams, heads, options)
     costs = [t.cost_matrix.double().numpy() for t in found]
     best = np.inf
     for order in itertools.permutations(range(heads)):

@@ -41,12 +41,12 @@ def test_the_largest_neurons_survive_and_their_parents_are_recorded():
     with torch.no_grad():
         members[1].layers[1].weight.mul_(10.0)  # model 1's first-layer neurons dominate by magnitude
     result = fuse(members, "transplant", inputs=X, recompute_bn=False)
-    first = result.report.details["kept_from"]["layers.1"]
-    assert first["parent"] == [1] * 32
-    assert first["neuron"] == list(range(32))
-    record = result.report.details["groups"]["layers.1"]
-    assert len(record["importance"]) == len(record["origin"]) == 96
-    assert sorted(record["kept"]) == record["kept"]
+    first = result.report.details.kept_from["layers.1"]
+    assert first.parent == [1] * 32
+    assert first.neuron == list(range(32))
+    record = result.report.details.groups["layers.1"]
+    assert len(record.importance) == len(record.origin) == 96
+    assert sorted(record.kept) == record.kept
 
 
 def test_one_model_and_mixed_architectures_are_refused():

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from fusion.errors import ConfigError
 from fusion.groups import NeuronGroup
 from fusion.models import ModelSpec, family
 from fusion.progress import Progress, no_progress
+from fusion.records import Record
 from fusion.train import TrainConfig
 from fusion.transport import Transport
 
@@ -94,11 +96,53 @@ class LazyModels(Sequence[nn.Module]):
         return LazyModels([lambda i=i: function(self[i]) for i in range(len(self))])
 
 
+@dataclass(frozen=True)
+class Survival(Record):
+    """One group of a pruning or a Neuron Transplantation: for each neuron of the model that was pruned (the
+    concatenated model of a transplantation), its parent, its index in that parent, its importance and whether it
+    survived the pruning."""
+
+    group: str
+    parent: list[int]
+    neuron: list[int]
+    importance: list[float]
+    kept: list[bool]
+
+    def kept_per_parent(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for parent, kept in zip(self.parent, self.kept):
+            counts[parent] = counts.get(parent, 0) + int(kept)
+        return counts
+
+
+@dataclass(frozen=True)
+class Details(Record):
+    """What a method reports beyond the maps and per-group reports every method gives: nothing, for the methods
+    whose maps say it all (averaging, OT fusion, matching, the ensemble). A method with more declares a subclass in its
+    module, named in its :class:`MethodSpec`, so that a stored report reads back as that record."""
+
+    survival_heading: ClassVar[str] = ""
+    """What :meth:`survival` shows, as a heading (empty when the method keeps every neuron)."""
+
+    def survival(self) -> list[Survival]:
+        """Which neurons the method kept, per pruned group (in stored order); empty when it keeps every neuron."""
+        return []
+
+    def layout_parent(self, reference: int) -> int:
+        """The input model whose architecture (depth and layer types) the result has: the ``reference`` unless the
+        method changes depth."""
+        return reference
+
+    def lines(self) -> list[str]:
+        """What is worth reading beside the scores, one sentence each (a layer map, say); empty by default."""
+        return []
+
+
 @dataclass(frozen=True, eq=False)
 class MethodOutput:
-    """A method's fused (or pruned) model with its maps and per-group reports, plus method-specific ``details``
-    (Neuron Transplantation's kept neurons, CLAFusion's layer map, ...) as JSON-friendly values, and for methods that
-    average, the input models in the fused model's neuron order (``aligned``, what REPAIR measures)."""
+    """A method's fused (or pruned) model with its maps and per-group reports, plus its method's ``details`` record
+    (Neuron Transplantation's kept neurons, CLAFusion's layer map, ...), and for methods that average, the input models
+    in the fused model's neuron order (``aligned``, what REPAIR measures)."""
 
     model: nn.Module
     transports: list[dict[str, Transport] | None]
@@ -106,7 +150,7 @@ class MethodOutput:
     group_reports: list[GroupReport] = field(default_factory=list)
     sweeps: list[int] = field(default_factory=list)
     verified: list[float | None] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Details = field(default_factory=Details)
     aligned: Sequence[nn.Module] = field(default_factory=list)
 
 
@@ -122,12 +166,13 @@ model, or another ``network`` (of another depth or made by concatenation)."""
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """A registered method: its options dataclass, its function, how many input models it takes, a one-line
-    description for the app and the command line, what its input models must share and what it makes, and whether
-    it solves transport or assignment problems (``solvers``: POT and lap, :func:`fusion.transport.load_solvers`).
-    ``finetune`` is the fine-tune the method's paper applies after fusing (``None``: the paper uses the fused model as
-    it is); the app offers it by default."""
+    """A registered method: its name, options dataclass, function, how many input models it takes, a one-line
+    description for the app and the command line, what its input models must share and what it makes, whether
+    it solves transport or assignment problems (``solvers``: POT and lap, :func:`fusion.transport.load_solvers`) and
+    the record of its details (:class:`Details`). ``finetune`` is the fine-tune the method's paper applies after fusing
+    (``None``: the paper uses the fused model as it is); the app offers it by default."""
 
+    name: str
     options: type
     run: Callable[[Sequence[nn.Module], Any, Context], MethodOutput]
     min_models: int
@@ -137,6 +182,22 @@ class MethodSpec:
     output: Output = "aligned average"
     solvers: bool = False
     finetune: TrainConfig | None = None
+    details: type[Details] = Details
+
+    @property
+    def models_taken(self) -> str:
+        """How many input models the method takes, in words: ``exactly 1 model``, ``at least 2 models``."""
+        if self.max_models == self.min_models:
+            return f"exactly {self.min_models} model{'s' if self.min_models > 1 else ''}"
+        if self.max_models is None:
+            return f"at least {self.min_models} models"
+        return f"{self.min_models} to {self.max_models} models"
+
+    def check_models(self, count: int) -> None:
+        """Refuse ``count`` input models outside ``[min_models, max_models]`` with :class:`ConfigError`, e.g. ``ot
+        takes at least 2 models, got 1``."""
+        if count < self.min_models or (self.max_models is not None and count > self.max_models):
+            raise ConfigError(f"{self.name} takes {self.models_taken}, got {count}")
 
 
 def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None:
@@ -155,7 +216,3 @@ def parents_mismatch(a: ModelSpec, b: ModelSpec, rule: ParentRule) -> str | None
     if shared == (b.arch, b.input_shape, b.num_classes, b.batch_norm, b.bias, len(b.hidden), len(b.channels)):
         return None
     return "the same architecture and depth (widths may differ)"
-
-
-def options_dict(options: Any) -> dict[str, Any]:
-    return asdict(options)

@@ -55,7 +55,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -64,8 +64,7 @@ from torch import nn
 from fusion.alignment import AlignOptions, activation_features
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import neuron_groups
-from fusion.methods.average import mixture_weights
-from fusion.methods.base import Context, MethodOutput
+from fusion.methods.base import Context, Details, MethodOutput
 from fusion.methods.depth_balance import (
     HiddenLayer,
     ReluApproximation,
@@ -73,8 +72,8 @@ from fusion.methods.depth_balance import (
     insert_identity_layers,
     merge_layers,
 )
-from fusion.methods.ot import FusionOptions, run_aligned_average
-from fusion.models import family, spec_of, stage_sizes
+from fusion.methods.ot import AverageOptions, run_aligned_average
+from fusion.models import ModelSpec, family, spec_of, stage_sizes
 from fusion.problems import Checks
 from fusion.train import predict_logits
 from fusion.transport import Correction, ground_cost, transport_plan
@@ -85,9 +84,10 @@ Onto = Literal["shallow", "deep"]
 
 
 @dataclass(frozen=True)
-class CLAOptions(AlignOptions):
+class CLAOptions(AlignOptions, AverageOptions):
     """CLAFusion: how layers are compared and balanced, then :class:`AlignOptions` for the OT fusion of the balanced
-    pair (activation-based by default, as in the reference's runs) and the averaging weights."""
+    pair (activation-based by default, as in the reference's runs) and :class:`AverageOptions` for the average of the
+    two."""
 
     mode: Literal["weights", "activations"] = field(
         default="activations",
@@ -131,29 +131,42 @@ class CLAOptions(AlignOptions):
             )
         },
     )
-    weights: tuple[float, ...] | None = field(
-        default=None, metadata={"help": "averaging weights per model (uniform by default)"}
-    )
-    recompute_bn: bool = field(
-        default=True, metadata={"help": "recompute BatchNorm statistics on training data after fusion"}
-    )
-    verify: bool = field(
-        default=True, metadata={"help": "check that every hard alignment preserves its model's function"}
-    )
+    weight_count: ClassVar[int | None] = 2
 
     def check(self, checks: Checks) -> None:
-        super().check(checks)
-        choices = {
-            "layer_cost": ("cka", "activations", "widths"),
-            "balance": ("identity", "merge"),
-            "onto": ("shallow", "deep"),
-            "relu_approximation": ("sum", "majority", "average", "none"),
-        }
-        for name, allowed in choices.items():
-            checks.choice(name, getattr(self, name), allowed)
-        if self.weights is not None:
-            with checks.refused("weights"):
-                mixture_weights(2, self.weights)
+        AlignOptions.check(self, checks)
+        AverageOptions.check(self, checks)
+
+
+@dataclass(frozen=True)
+class CLADetails(Details):
+    """What CLAFusion did: the ``deep`` and ``shallow`` model indices, the ``layer_map`` (the deep hidden layer of
+    each shallow one), the ``layer_cost`` used and its ``cost_matrix`` (``(deep, shallow)``, ``None`` where not
+    needed), the ``balance``, the deep positions that got identity layers (``inserted``) or were merged away
+    (``merged``), the ``balanced_spec``, the ``balance_error`` (max |logit difference| of the balanced network against
+    its source on the probe batch: ~0 for identity layers), the model the other was aligned onto (``onto``: the fused
+    widths are its balanced widths; ``None`` in reports stored before it was an option) and the model whose layout,
+    i.e. depth and architecture, the fused network has (``spec_from``: the deep one after ``identity``, the shallow one
+    after ``merge``)."""
+
+    deep: int
+    shallow: int
+    layer_map: list[int]
+    layer_cost: LayerCost
+    cost_matrix: list[list[float | None]]
+    balance: Balance
+    inserted: list[int]
+    merged: list[int]
+    balanced_spec: ModelSpec
+    balance_error: float
+    spec_from: int
+    onto: int | None = None
+
+    def layout_parent(self, reference: int) -> int:
+        return self.spec_from
+
+    def lines(self) -> list[str]:
+        return [f"CLAFusion layer map (shallow hidden layer → deep hidden layer): {self.layer_map}"]
 
 
 def align_layers(cost: np.ndarray | Sequence[Sequence[float]], match_last: bool = True) -> list[int]:
@@ -267,12 +280,7 @@ def layer_cost_matrix(
 def run_cla(models: Sequence[nn.Module], options: CLAOptions, context: Context) -> MethodOutput:
     """Align the layers of two networks of different depth, balance their depths, and fuse them by OT.
 
-    ``details``: ``deep`` and ``shallow`` (model indices), ``layer_map`` (deep hidden layer of each shallow one),
-    ``cost_matrix`` (``(deep, shallow)``, ``None`` where not needed), ``balance``, ``inserted`` (deep positions that
-    got identity layers) or ``merged`` (deep layers merged away), ``balance_error`` (max |logit difference| of the
-    balanced network against its source on the probe batch: ~0 for identity layers), ``onto`` (the model the other
-    was aligned onto: the fused widths are its balanced widths) and ``spec_from`` (the model whose layout, i.e. depth
-    and architecture, the fused network has: the deep one after ``identity``, the shallow one after ``merge``).
+    ``details``: a :class:`CLADetails`.
     """
     if len(models) != 2:
         raise ConfigError(f"CLAFusion fuses exactly two models, got {len(models)}")
@@ -332,22 +340,19 @@ def run_cla(models: Sequence[nn.Module], options: CLAOptions, context: Context) 
     difference = predict_logits(balanced.model, probe, context.device) - predict_logits(
         models[source], probe, context.device
     )
-    fusion = FusionOptions(
-        reference=reference, weights=options.weights, recompute_bn=options.recompute_bn, verify=options.verify
+    output = run_aligned_average(pair, options, options, context, reference)
+    details = CLADetails(
+        deep=deep,
+        shallow=shallow,
+        layer_map=layer_map,
+        layer_cost=options.layer_cost,
+        cost_matrix=[[None if np.isnan(v) else float(v) for v in cost_row] for cost_row in cost],
+        balance=options.balance,
+        inserted=balanced.inserted,
+        merged=balanced.merged,
+        balanced_spec=balanced.spec,
+        balance_error=float(difference.abs().max()),
+        spec_from=layout,
+        onto=reference,
     )
-    output = run_aligned_average(pair, options, fusion, context)
-    details: dict[str, Any] = {
-        "deep": deep,
-        "shallow": shallow,
-        "layer_map": layer_map,
-        "layer_cost": options.layer_cost,
-        "cost_matrix": [[None if np.isnan(v) else float(v) for v in cost_row] for cost_row in cost],
-        "balance": options.balance,
-        "inserted": balanced.inserted,
-        "merged": balanced.merged,
-        "balanced_spec": balanced.spec.to_dict(),
-        "balance_error": float(difference.abs().max()),
-        "onto": reference,
-        "spec_from": layout,
-    }
     return replace(output, details=details)

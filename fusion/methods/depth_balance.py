@@ -38,6 +38,7 @@ from torch import nn
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.models import ModelSpec, block_names, build_model, family, stage_sizes
+from fusion.zoo import architecture
 
 ReluApproximation = Literal["sum", "majority", "average", "none"]
 
@@ -146,7 +147,7 @@ def insert_identity_layers(
         raise ConfigError(f"the layer map must increase strictly from 0 to below {depth}, got {list(layer_map)}")
     if family(shallow_spec) == "resnet":
         return insert_identity_blocks(shallow, shallow_spec, deep_spec, layer_map)
-    if shallow_spec.arch == "mlp":
+    if "hidden" in architecture(shallow_spec.arch).knobs:
         widths, source = [], 0
         for position in range(depth):
             if source < len(layer_map) and layer_map[source] == position:

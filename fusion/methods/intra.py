@@ -32,7 +32,7 @@ import copy
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -41,14 +41,16 @@ from fusion.errors import ConfigError
 from fusion.groups import NORMS, NeuronGroup, neuron_groups, neuron_slices
 from fusion.heads import refuse_head_pruning, set_head_counts, whole_heads
 from fusion.importance import Importance, loss_gradients, neuron_importance
-from fusion.methods.base import Context, GroupReport, MethodOutput
-from fusion.problems import Checked, Checks
+from fusion.methods.base import Context, Details, GroupReport, MethodOutput, Survival
+from fusion.options import Options
+from fusion.problems import Checks
+from fusion.records import Record
 from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.transport import Solver, Transport, ground_cost, marginal, transport_plan
 
 
 @dataclass(frozen=True)
-class PruneOptions(Checked):
+class PruneOptions(Options):
     """Magnitude pruning: keep the most important neurons of every group, drop the rest."""
 
     sparsity: float = field(default=0.5, metadata={"help": "fraction of each group's neurons removed"})
@@ -56,7 +58,6 @@ class PruneOptions(Checked):
 
     def check(self, checks: Checks) -> None:
         checks.number("sparsity", self.sparsity, 0, 1, above=True, below=True)
-        checks.choice("importance", self.importance, ("l1", "l2", "l2sq", "taylor"))
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,50 @@ class IntraOptions(PruneOptions):
 
     def check(self, checks: Checks) -> None:
         super().check(checks)
-        checks.choice("rows", self.rows, ("rescaled", "barycentre", "sum"))
-        checks.choice("marginals", self.marginals, ("uniform", "importance"))
-        checks.choice("solver", self.solver, ("exact", "sinkhorn"))
         checks.number("reg", self.reg, 0, above=True)
+
+
+@dataclass(frozen=True)
+class PrunedGroup(Record):
+    """One pruned group: its ``size`` before pruning, the ``kept`` neurons (sorted) and every neuron's
+    ``importance``."""
+
+    size: int
+    kept: list[int]
+    importance: list[float]
+
+    def survival(self, name: str) -> Survival:
+        """The group's neurons, all of parent 0, each kept or not."""
+        kept = set(self.kept)
+        every = range(self.size)
+        return Survival(name, [0] * self.size, list(every), self.importance, [i in kept for i in every])
+
+
+@dataclass(frozen=True)
+class MergedGroup(PrunedGroup):
+    """One group of an Intra-Fusion: a pruned group, and the kept neuron each neuron was merged into (the largest
+    entry of its row of the plan)."""
+
+    merged_into: list[int]
+
+
+@dataclass(frozen=True)
+class PruneDetails(Details):
+    """Magnitude pruning's choice, per group (keyed by group name)."""
+
+    groups: dict[str, PrunedGroup]
+    survival_heading: ClassVar[str] = "Kept and dropped neurons"
+
+    def survival(self) -> list[Survival]:
+        return [group.survival(name) for name, group in self.groups.items()]
+
+
+@dataclass(frozen=True)
+class IntraDetails(PruneDetails):
+    """Intra-Fusion's choice of kept neurons and where it merged every neuron, per group (keyed by group name)."""
+
+    groups: dict[str, MergedGroup]
+    survival_heading: ClassVar[str] = "Kept and merged neurons"
 
 
 def fold_batchnorm(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
@@ -200,19 +241,10 @@ def prepare(
     return folded, groups, kept, scores
 
 
-def pruning_details(
-    groups: list[NeuronGroup],
-    kept: dict[str, list[int]],
-    scores: dict[str, torch.Tensor],
-    transports: dict[str, Transport] | None,
-) -> dict:
-    details = {}
-    for group in groups:
-        entry = {"size": group.size, "kept": kept[group.name], "importance": scores[group.name].tolist()}
-        if transports is not None:
-            entry["merged_into"] = transports[group.name].plan.argmax(1).tolist()
-        details[group.name] = entry
-    return {"groups": details}
+def pruned_groups(
+    groups: list[NeuronGroup], kept: dict[str, list[int]], scores: dict[str, torch.Tensor]
+) -> dict[str, PrunedGroup]:
+    return {g.name: PrunedGroup(g.size, kept[g.name], scores[g.name].tolist()) for g in groups}
 
 
 def run_prune(models: Sequence[nn.Module], options: PruneOptions, context: Context) -> MethodOutput:
@@ -223,7 +255,9 @@ def run_prune(models: Sequence[nn.Module], options: PruneOptions, context: Conte
     transports = {g.name: Transport.selection(sizes[g.name], kept[g.name]) for g in groups}
     pruned = set_head_counts(with_state(folded, apply_transports(state, groups, transports)), groups).eval()
     reports = [GroupReport(g.name, [g.size], [], []) for g in groups]
-    return MethodOutput(pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, None))
+    return MethodOutput(
+        pruned, [transports], groups, reports, details=PruneDetails(pruned_groups(groups, kept, scores))
+    )
 
 
 def run_intra(models: Sequence[nn.Module], options: IntraOptions, context: Context) -> MethodOutput:
@@ -232,6 +266,8 @@ def run_intra(models: Sequence[nn.Module], options: IntraOptions, context: Conte
     refuse_head_pruning(groups, "Intra-Fusion")
     pruned, transports = intra_fuse(folded, groups, kept, options, scores)
     reports = [GroupReport(g.name, [g.size], [transports[g.name].cost], []) for g in groups]
-    return MethodOutput(
-        pruned, [transports], groups, reports, details=pruning_details(groups, kept, scores, transports)
-    )
+    merged = {
+        name: MergedGroup(group.size, group.kept, group.importance, transports[name].plan.argmax(1).tolist())
+        for name, group in pruned_groups(groups, kept, scores).items()
+    }
+    return MethodOutput(pruned, [transports], groups, reports, details=IntraDetails(merged))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -18,20 +18,17 @@ from fusion.alignment import AlignOptions, align, is_hard, verify_alignment
 from fusion.groups import NeuronGroup, neuron_groups
 from fusion.methods.average import mixture_weights, streamed_average
 from fusion.methods.base import Context, GroupReport, LazyModels, MethodOutput
-from fusion.problems import Checked, Checks
+from fusion.options import Options
+from fusion.problems import Checks
 from fusion.progress import Progress, no_progress
-from fusion.records import Record
 from fusion.surgery import with_state
 from fusion.transport import Transport
 
 
 @dataclass(frozen=True)
-class FusionOptions(Record, Checked):
-    """Options shared by the fusion methods that average aligned models."""
+class AverageOptions(Options):
+    """How aligned models are averaged and checked, shared by every method that averages them (CLAFusion too)."""
 
-    reference: int = field(
-        default=0, metadata={"help": "index of the model whose widths and neuron order the fused model keeps"}
-    )
     weights: tuple[float, ...] | None = field(
         default=None, metadata={"help": "averaging weights per model (uniform by default)"}
     )
@@ -41,6 +38,22 @@ class FusionOptions(Record, Checked):
     verify: bool = field(
         default=True, metadata={"help": "check that every hard alignment preserves its model's function"}
     )
+    weight_count: ClassVar[int | None] = None
+    """How many models ``weights`` are for, where the method fixes it (``None``: as many as given)."""
+
+    def check(self, checks: Checks) -> None:
+        if self.weights is not None:
+            with checks.refused("weights"):
+                mixture_weights(self.weight_count or len(self.weights), self.weights)
+
+
+@dataclass(frozen=True)
+class FusionOptions(AverageOptions):
+    """Options shared by the fusion methods that average aligned models of one depth: the reference, and REPAIR."""
+
+    reference: int = field(
+        default=0, metadata={"help": "index of the model whose widths and neuron order the fused model keeps"}
+    )
     repair: bool = field(
         default=False,
         metadata={
@@ -49,11 +62,6 @@ class FusionOptions(Record, Checked):
             )
         },
     )
-
-    def check(self, checks: Checks) -> None:
-        if self.weights is not None:
-            with checks.refused("weights"):
-                mixture_weights(len(self.weights), self.weights)
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ class OTOptions(AlignOptions, FusionOptions):
 
     def check(self, checks: Checks) -> None:
         AlignOptions.check(self, checks)
-        FusionOptions.check(self, checks)
+        AverageOptions.check(self, checks)
 
 
 @dataclass(frozen=True)
@@ -122,27 +130,28 @@ def aligned_average(
     models: Sequence[nn.Module],
     groups: list[NeuronGroup],
     align_options: AlignOptions,
-    options: FusionOptions,
+    options: AverageOptions,
+    reference_index: int,
     inputs: torch.Tensor | None,
     probe: torch.Tensor,
     device: torch.device,
     progress: Progress = no_progress,
 ) -> AlignedAverage:
-    """Align every model to ``models[options.reference]`` and average them (see the module docstring)."""
+    """Align every model to ``models[reference_index]`` and average them (see the module docstring)."""
     mixture_weights(len(models), options.weights)
-    reference = models[options.reference]
+    reference = models[reference_index]
     transports, costs, seconds, sweeps, verified = [], [], [], [], []
     streams: list[Iterator[tuple[str, torch.Tensor]]] = []
     aligned: list[Callable[[], nn.Module]] = []
     for index, model in enumerate(models):
-        if index == options.reference:
+        if index == reference_index:
             streams.append(iter({k: v.detach().to(device) for k, v in reference.state_dict().items()}.items()))
             transports.append(None), costs.append({}), seconds.append({}), sweeps.append(0), verified.append(None)
             aligned.append(lambda: reference)
             continue
 
         def report(done: int, total: int, message: str, index: int = index) -> None:
-            progress(done, total, f"model {index} -> reference {options.reference}: {message}")
+            progress(done, total, f"model {index} -> reference {reference_index}: {message}")
 
         alignment = align(model, reference, groups, align_options, inputs, device, report)
         error = None
@@ -158,12 +167,19 @@ def aligned_average(
 
 
 def run_aligned_average(
-    models: Sequence[nn.Module], align_options: AlignOptions, options: FusionOptions, context: Context
+    models: Sequence[nn.Module],
+    align_options: AlignOptions,
+    options: AverageOptions,
+    context: Context,
+    reference: int,
 ) -> MethodOutput:
-    groups = neuron_groups(models[options.reference].cpu(), context.example())
+    """Every model aligned to ``models[reference]`` as ``align_options`` say, and averaged as ``options`` say."""
+    groups = neuron_groups(models[reference].cpu(), context.example())
     sample = context.sample(align_options.samples, align_options.seed) if align_options.mode == "activations" else None
     probe = context.probe if context.probe is not None else context.example()
-    result = aligned_average(models, groups, align_options, options, sample, probe, context.device, context.progress)
+    result = aligned_average(
+        models, groups, align_options, options, reference, sample, probe, context.device, context.progress
+    )
     reports = [
         GroupReport(
             name=g.name,
@@ -183,8 +199,8 @@ def group_width(model: nn.Module, group: NeuronGroup) -> int:
 
 
 def run_ot(models: Sequence[nn.Module], options: OTOptions, context: Context) -> MethodOutput:
-    return run_aligned_average(models, options, options, context)
+    return run_aligned_average(models, options, options, context, options.reference)
 
 
 def run_matching(models: Sequence[nn.Module], options: MatchingOptions, context: Context) -> MethodOutput:
-    return run_aligned_average(models, options.align_options(), options, context)
+    return run_aligned_average(models, options.align_options(), options, context, options.reference)

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from fusion.errors import ConfigError
-from fusion.methods.base import Context, MethodOutput
-from fusion.problems import Checked, Checks
+from fusion.methods.base import Context, Details, MethodOutput
+from fusion.options import Options
+from fusion.problems import Checks
 from fusion.surgery import with_state
 
 
 @dataclass(frozen=True)
-class SparsifyOptions(Checked):
+class SparsifyOptions(Options):
     """Unstructured L1 pruning: the fraction of weights zeroed, per layer or over the whole network."""
 
     sparsity: float = field(default=0.5, metadata={"help": "fraction of the weights set to zero"})
@@ -35,7 +36,14 @@ class SparsifyOptions(Checked):
 
     def check(self, checks: Checks) -> None:
         checks.number("sparsity", self.sparsity, 0, 1, above=True, below=True)
-        checks.choice("scope", self.scope, ("layer", "global"))
+
+
+@dataclass(frozen=True)
+class SparsifyDetails(Details):
+    """The fraction of zero weights in each pruned layer (by state name) and over all of them."""
+
+    zero_fraction: dict[str, float]
+    total_zero_fraction: float
 
 
 def prunable_weights(model: nn.Module) -> list[str]:
@@ -67,7 +75,7 @@ def zero_smallest(weights: dict[str, torch.Tensor], sparsity: float, scope: str)
 
 
 def run_sparsify(models: Sequence[nn.Module], options: SparsifyOptions, context: Context) -> MethodOutput:
-    """Unstructured pruning of one model (see the module docstring); ``details`` give each layer's zero fraction."""
+    """Unstructured pruning of one model (see the module docstring); its details are a :class:`SparsifyDetails`."""
     model = models[0]
     state = {k: v.detach() for k, v in model.state_dict().items()}
     names = prunable_weights(model)
@@ -77,4 +85,4 @@ def run_sparsify(models: Sequence[nn.Module], options: SparsifyOptions, context:
     pruned = with_state(model, {**state, **zeroed}).eval()
     fractions = {n: float((zeroed[n] == 0).float().mean()) for n in names}
     total = sum(int((zeroed[n] == 0).sum()) for n in names) / sum(zeroed[n].numel() for n in names)
-    return MethodOutput(pruned, [None], details={"zero_fraction": fractions, "total_zero_fraction": total})
+    return MethodOutput(pruned, [None], details=SparsifyDetails(fractions, total))

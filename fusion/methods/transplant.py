@@ -8,6 +8,13 @@ another becomes block diagonal, and the output layer reads all blocks, ``W = [W_
 keeping its largest neurons (:mod:`fusion.importance`; the reference implementation uses torch-pruning's magnitude
 importance with p=2, which is ``l2sq``), locally per group, and the result is fine-tuned.
 
+A grouped convolution (ResNeXt, RegNet) is block diagonal already: concatenating K models gives it ``K G`` groups of
+the same width, block ``g`` of model ``k`` reading model ``k``'s input block ``g`` (its grouped weights simply stacked).
+The pruning then keeps whole convolution groups, the same in the convolution's input and output groups
+(:func:`fusion.blocks.whole_blocks`, by the blocks' summed importance): the result has the reference's ``G`` groups of
+``n / G`` channels, so its architecture and parameter shapes are the reference's. Pruning the same number of channels
+inside each of the ``K G`` groups instead would give ``K G`` narrower groups, another architecture.
+
 Unlike the reference implementation, which keeps ``int(n * (1 - ratio))`` neurons and so one too few for K = 3, 5, 6,
 7, every group keeps exactly its original width. Variants: ``all`` (concatenate the K models at once), ``iterative``
 (fold the models in one at a time) and ``hierarchical`` (fuse pairs, then pairs of results).
@@ -17,18 +24,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from fusion.alignment import AlignOptions, align, verify_alignment
+from fusion.blocks import whole_blocks
 from fusion.errors import ArchitectureError, ConfigError
 from fusion.groups import Member, NeuronGroup, neuron_groups
-from fusion.heads import set_head_counts, whole_heads
+from fusion.heads import set_head_counts
 from fusion.importance import Importance, loss_gradients, neuron_importance
-from fusion.methods.base import Context, GroupReport, MethodOutput
-from fusion.problems import Checked, Checks
+from fusion.methods.base import Context, Details, GroupReport, MethodOutput, Survival
+from fusion.options import Options
+from fusion.records import Record
 from fusion.surgery import apply_transports, group_sizes, with_state
 from fusion.train import TrainConfig
 from fusion.transport import Transport
@@ -38,12 +47,15 @@ NT_FINETUNE = TrainConfig(epochs=30, lr=0.01, optimizer="sgd")
 momentum 0.9), with batches of 64 and a cosine schedule instead of a constant rate."""
 
 
+Variant = Literal["all", "iterative", "hierarchical"]
+
+
 @dataclass(frozen=True)
-class TransplantOptions(Checked):
+class TransplantOptions(Options):
     """Neuron Transplantation's options (defaults of the reference implementation)."""
 
     importance: Importance = field(default="l2sq", metadata={"help": "neuron magnitude that decides who survives"})
-    variant: Literal["all", "iterative", "hierarchical"] = field(
+    variant: Variant = field(
         default="all", metadata={"help": "concatenate all models at once, one at a time, or pairwise in a tree"}
     )
     reference: int = field(default=0, metadata={"help": "index of the model whose widths the pruned model takes"})
@@ -55,10 +67,45 @@ class TransplantOptions(Checked):
         metadata={"help": "how models are aligned first when a LayerNorm'd group must be shared (exact OT)"},
     )
 
-    def check(self, checks: Checks) -> None:
-        checks.choice("importance", self.importance, ("l1", "l2", "l2sq", "taylor"))
-        checks.choice("variant", self.variant, ("all", "iterative", "hierarchical"))
-        checks.choice("alignment", self.alignment, ("weights", "activations"))
+
+@dataclass(frozen=True)
+class TransplantedGroup(Record):
+    """One group of the last concatenation: every concatenated neuron's ``origin`` (parent, index in the parent), its
+    ``importance``, and the positions ``kept`` by the pruning."""
+
+    origin: list[tuple[int, int]]
+    importance: list[float]
+    kept: list[int]
+
+    def survival(self, name: str) -> Survival:
+        kept = set(self.kept)
+        every = range(len(self.origin))
+        parents, neurons = [p for p, _ in self.origin], [i for _, i in self.origin]
+        return Survival(name, parents, neurons, self.importance, [i in kept for i in every])
+
+
+@dataclass(frozen=True)
+class KeptFrom(Record):
+    """The neurons of one group of the result, in order: the parent each came from and its index there."""
+
+    parent: list[int]
+    neuron: list[int]
+
+
+@dataclass(frozen=True)
+class TransplantDetails(Details):
+    """What a transplantation kept: per transplanted group (by name), where every neuron of the result came from
+    (``kept_from``) and the last concatenation's neurons (``groups``); the ``variant``; and the LayerNorm'd groups
+    that were aligned and averaged instead (``shared``; empty in reports stored before they were)."""
+
+    kept_from: dict[str, KeptFrom]
+    groups: dict[str, TransplantedGroup]
+    variant: Variant
+    shared: list[str] = field(default_factory=list)
+    survival_heading: ClassVar[str] = "Which neurons survived the transplantation"
+
+    def survival(self) -> list[Survival]:
+        return [group.survival(name) for name, group in self.groups.items()]
 
 
 def concatenate(
@@ -96,7 +143,8 @@ def concatenate(
         dims = sorted({m.dim for m in placed})
         shape = list(first.shape)
         for dim in dims:
-            shape[dim] = sum(m.span(wide_sizes)[1] for m in placed if m.dim == dim)
+            if not any(m.grouped_input for m in placed if m.dim == dim):
+                shape[dim] = sum(m.span(wide_sizes)[1] for m in placed if m.dim == dim)
         total = torch.zeros(shape, dtype=first.dtype)
         for k, state in enumerate(states):
             offsets = {g.name: 0 if g.name in shared else sum(size[g.name] for size in sizes[:k]) for g in groups}
@@ -116,12 +164,12 @@ def block_positions(
 ) -> tuple[torch.Tensor, ...]:
     """Broadcast index tensors that send each entry of one model's tensor (groups of widths ``sizes``) to its place in
     the wide tensor, where that model's neurons of group g start at ``offsets[g]``; dimensions without a group keep
-    their entries."""
+    their entries, and so does a grouped convolution's input dimension (its groups are stacked with its rows)."""
     depth = max((m.dim for m in placed), default=-1) + 1
     index = []
     for dim in range(depth):
         positions = torch.arange(shape[dim])
-        for member in (m for m in placed if m.dim == dim):
+        for member in (m for m in placed if m.dim == dim and not m.grouped_input):
             start, length = member.span(sizes)
             wide_start, _ = member.span(wide_sizes)
             local = torch.arange(length)
@@ -141,13 +189,13 @@ def prune_to(
     shared: frozenset[str] = frozenset(),
 ) -> tuple[nn.Module, dict[str, list[int]], dict[str, list[float]]]:
     """Keep the ``widths[g]`` most important neurons of every group but the ``shared`` ones (in their original
-    order), attention heads whole (:func:`fusion.heads.whole_heads`); returns the pruned model, the kept indices and
-    every neuron's importance, per pruned group."""
+    order), attention heads and convolution groups whole (:func:`fusion.blocks.whole_blocks`); returns the pruned
+    model, the kept indices and every neuron's importance, per pruned group."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
     sizes = group_sizes(state, groups)
     pruned = [g for g in groups if g.name not in shared]
     scores = {g.name: neuron_importance(state, g, sizes, kind, gradients) for g in pruned}
-    kept = whole_heads(scores, pruned, widths)
+    kept = whole_blocks(scores, pruned, widths)
     for group in pruned:
         if group.name not in kept:
             kept[group.name] = sorted(torch.topk(scores[group.name], widths[group.name]).indices.tolist())
@@ -164,7 +212,7 @@ def transplant_step(
     options: TransplantOptions,
     context: Context,
     shared: frozenset[str],
-) -> tuple[nn.Module, dict[str, list[tuple[int, int]]], dict[str, dict[str, list]]]:
+) -> tuple[nn.Module, dict[str, list[tuple[int, int]]], dict[str, TransplantedGroup]]:
     """Concatenate, then prune; ``origins`` track each concatenated neuron's (parent, index) through iterated
     steps."""
     wide = concatenate(models, groups, shared)
@@ -177,10 +225,7 @@ def transplant_step(
     pruned, kept, scores = prune_to(wide, groups, widths, options.importance, gradients, shared)
     merged = {name: [o for origin in origins for o in origin[name]] for name in kept}
     survivors = {name: [merged[name][i] for i in kept[name]] for name in merged}
-    record = {
-        name: {"origin": [list(o) for o in merged[name]], "importance": scores[name], "kept": kept[name]}
-        for name in merged
-    }
+    record = {name: TransplantedGroup(merged[name], scores[name], kept[name]) for name in merged}
     return pruned, survivors, record
 
 
@@ -206,9 +251,8 @@ def stream_aligned(
 
 
 def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, context: Context) -> MethodOutput:
-    """Neuron Transplantation of ``models`` (see the module docstring); ``details["groups"]`` holds, per transplanted
-    group, every concatenated neuron's (parent, index) origin, importance and whether it was kept (for the last step);
-    ``details["shared"]`` names the LayerNorm'd groups that were aligned and averaged instead."""
+    """Neuron Transplantation of ``models`` (see the module docstring); its details are a
+    :class:`TransplantDetails`."""
     reference = models[options.reference]
     names = set(reference.state_dict())
     if any(set(m.state_dict()) != names for m in models):
@@ -230,7 +274,7 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
     items = list(zip(models, origins))
     steps = 0
     total = {"all": 1, "iterative": len(models) - 1, "hierarchical": len(models) - 1}[options.variant]
-    record: dict[str, dict[str, list]] = {}
+    record: dict[str, TransplantedGroup] = {}
     while len(items) > 1:
         if options.variant == "all":
             batch, items = items, []
@@ -246,17 +290,14 @@ def run_transplant(models: Sequence[nn.Module], options: TransplantOptions, cont
         else:
             items = [(fused, survivors)] + items
     model, survivors = items[0]
-    kept_from = {
-        name: {"parent": [p for p, _ in survivors[name]], "neuron": [i for _, i in survivors[name]]}
-        for name in survivors
-    }
+    kept_from = {name: KeptFrom([p for p, _ in survivors[name]], [i for _, i in survivors[name]]) for name in survivors}
     reports = [GroupReport(g.name, [group_sizes(m.state_dict(), [g])[g.name] for m in models], [], []) for g in groups]
     return MethodOutput(
         model,
         maps,
         groups,
         reports,
-        details={"kept_from": kept_from, "groups": record, "variant": options.variant, "shared": sorted(shared)},
+        details=TransplantDetails(kept_from, record, options.variant, sorted(shared)),
     )
 
 

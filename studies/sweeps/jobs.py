@@ -25,7 +25,7 @@ import torch
 from fusion.device import default_device
 from fusion.errors import ConfigError, DamagedResultError, WorkspaceError
 from fusion.records import Record, RecordError
-from fusion.registry import method_spec
+from fusion.registry import resolve
 from fusion.workspace import Workspace, now_iso, read_json_object, write_json_atomic
 from studies.comparison import fill_hessians, hessian_summary
 from studies.pipeline import finetune_and_save, fuse_and_save, train_and_save
@@ -192,7 +192,7 @@ def fusion_job(
         for prefix, model_id in zip(("", "finetuned_"), analysed):
             top, trace = hessian_summary(workspace, model_id, job.hessian)
             metrics |= {f"{prefix}top_eigenvalue": top, f"{prefix}hessian_trace": trace}
-    if job.landscape is not None and len(parents) == 2 and method_spec(job.method).output != "pruned":
+    if job.landscape is not None and len(parents) == 2 and resolve(job.method).spec.output != "pruned":
         lines = fusion_landscape(workspace, run.record.id, job.landscape, device=device)
         metrics |= {f"barrier {name}": float(result.test_barrier) for name, result in lines.items() if name != "plane"}
     return models, metrics

@@ -31,7 +31,7 @@ from fusion.device import default_device
 from fusion.errors import ArchitectureError, ConfigError, WorkspaceError
 from fusion.progress import Progress, no_progress
 from fusion.records import Record
-from fusion.registry import method_spec
+from fusion.registry import resolve
 from fusion.workspace import Workspace, now_iso
 from studies.comparison import has_hessian
 from studies.pipeline import check_compatible
@@ -145,12 +145,11 @@ def check_parents(workspace: Workspace, spec: SweepSpec) -> None:
     (:class:`ArchitectureError`, :func:`studies.pipeline.check_compatible`). Each message names the parents."""
     sizes = {spec.parents.models} if spec.parents is not None else {len(group) for group in spec.parent_ids}
     for method in spec.methods:
-        rule = method_spec(method)
+        rule = resolve(method).spec
         for size in sorted(sizes):
             used = 1 if rule.max_models == 1 else size
             if not rule.min_models <= used <= (rule.max_models or used):
-                wanted = f"{rule.min_models}" if rule.max_models == rule.min_models else f"{rule.min_models} or more"
-                raise ConfigError(f"sweep {spec.name}: {method} fuses {wanted} models, a parent group has {size}")
+                raise ConfigError(f"sweep {spec.name}: {method} fuses {rule.models_taken}, a parent group has {size}")
     ids = list(dict.fromkeys(i for group in spec.parent_ids for i in group))
     missing = [i for i in ids if not workspace.has(i)]
     if missing:
@@ -160,7 +159,7 @@ def check_parents(workspace: Workspace, spec: SweepSpec) -> None:
         )
     records = {i: workspace.record(i) for i in ids}
     for method in spec.methods:
-        single = method_spec(method).max_models == 1
+        single = resolve(method).spec.max_models == 1
         for group in spec.parent_ids:
             try:
                 check_compatible([records[i] for i in (group[:1] if single else group)], method)

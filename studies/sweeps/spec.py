@@ -61,7 +61,7 @@ from fusion.data import load_dataset
 from fusion.errors import ConfigError
 from fusion.models import ModelSpec, default_spec
 from fusion.records import Record
-from fusion.registry import REGISTRY, method_options, method_spec
+from fusion.registry import REGISTRY, resolve
 from fusion.run_key import run_key
 from fusion.seeds import check_seed
 from fusion.train import TrainConfig
@@ -218,7 +218,7 @@ class SweepSpec(Record):
         self.check_size()
         for method in self.methods:
             for options in option_grid(method, self.options.get(method, {}), self.seeds[0]):
-                method_options(method, options)
+                resolve(method, options)
 
     def job_counts(self) -> tuple[int, int]:
         """How many parent and fusion jobs the sweep expands into, as products of its sizes, without expanding it:
@@ -392,7 +392,7 @@ class FusionJob(Record):
     @property
     def single(self) -> bool:
         """Whether the method takes one model (pruning): it is applied to the first parent."""
-        return method_spec(self.method).max_models == 1
+        return resolve(self.method).spec.max_models == 1
 
 
 def option_grid(method: str, options: Mapping[str, Any], seed: int) -> list[dict[str, Any]]:
@@ -406,7 +406,7 @@ def option_grid(method: str, options: Mapping[str, Any], seed: int) -> list[dict
 def option_axes(method: str, options: Mapping[str, Any]) -> dict[str, list[Any]]:
     """The axes of ``options``' grid, each option's list of values (one value for an option that is no axis); the
     grid is their product (:func:`option_grid`)."""
-    kind = method_spec(method).options
+    kind = resolve(method).spec.options
     hints = typing.get_type_hints(kind)
     tuple_valued = {f.name for f in fields(kind) if holds_tuple(hints[f.name])}
     axes = {}
@@ -422,7 +422,7 @@ def option_axes(method: str, options: Mapping[str, Any]) -> dict[str, list[Any]]
 
 def has_seed_option(method: str) -> bool:
     """Whether ``method``'s options have a ``seed`` (the sweep's seed is then the fusion's own)."""
-    return "seed" in typing.get_type_hints(method_spec(method).options)
+    return "seed" in typing.get_type_hints(resolve(method).spec.options)
 
 
 def holds_tuple(hint: Any) -> bool:
