@@ -17,7 +17,9 @@ def library_example() -> str:
 
 def test_the_readme_library_example_runs_and_fuses(capsys) -> None:
     exec(compile(library_example(), str(README), "exec"), {})
-    fused, barrier = capsys.readouterr().out.strip().splitlines()
+    fused, barrier, hessian = capsys.readouterr().out.strip().splitlines()
     accuracy = float(re.search(r"fused: ([\d.]+) %", fused).group(1))
     assert accuracy > 80 and "REPAIR renormalised" in fused
     assert float(re.search(r"([-\d.]+) nats", barrier).group(1)) < 1.0
+    top, trace = (float(value) for value in re.search(r"λ1 ([\d.e+-]+), trace ([\d.e+-]+)", hessian).groups())
+    assert 0 < top < trace  # the trace of a PSD-dominated Hessian exceeds its top eigenvalue
