@@ -45,6 +45,7 @@ from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
 from fusion.heads import head_transports
 from fusion.problems import Checks
+from fusion.procrustes import orthogonal_procrustes
 from fusion.progress import Progress, no_progress
 from fusion.surgery import apply_transports, group_sizes, mapped_tensors, transform, with_state
 from fusion.train import predict_logits
@@ -81,10 +82,15 @@ class AlignOptions(TransportOptions):
         Training samples for activation features.
     seed : int
         Seed of the activation sample.
+    orthogonal : bool
+        Groups with ``maps="orthogonal"`` (:attr:`fusion.groups.NeuronGroup.maps`) get the orthogonal map keeping
+        ``1`` that best aligns their features (:func:`fusion.procrustes.orthogonal_procrustes`); in activations mode
+        their features are the residual stream itself, centred, at the input of every LayerNorm over it.
 
     References
     ----------
-    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020 (otfusion). Ainsworth et al., "Git Re-Basin:
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020 (otfusion). Theus et al., "Generalized Linear
+    Mode Connectivity for Transformers", NeurIPS 2025 (orthogonal maps of the residual stream). Ainsworth et al., "Git Re-Basin:
     Merging Models modulo Permutation Symmetries", ICLR 2023 (weight matching).
 
     Examples
@@ -115,6 +121,15 @@ class AlignOptions(TransportOptions):
     )
     samples: int = field(default=200, metadata={"help": "training samples for activation features"})
     seed: int = field(default=0, metadata={"help": "seed of the activation sample"})
+    orthogonal: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "align the groups that admit orthogonal maps (a LayerNorm'd residual stream, gains folded) by "
+                "orthogonal Procrustes instead of a permutation"
+            )
+        },
+    )
 
     def check(self, checks: Checks) -> None:
         checks.whole("sweeps", self.sweeps, 1, 1000)
@@ -303,12 +318,21 @@ class FeatureBuilder:
 
 @torch.no_grad()
 def activation_features(
-    model: nn.Module, groups: list[NeuronGroup], inputs: torch.Tensor, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    groups: list[NeuronGroup],
+    inputs: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    streams: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
-    """Per group, ``(neurons, samples * positions)``: the activations at the group's outputs, eval mode, batched."""
+    """Per group, ``(neurons, samples * positions)``: the activations at the group's outputs, eval mode, batched;
+    for the groups named in ``streams``, the centred inputs ``x - mean(x) 1`` of the LayerNorms over the group (the
+    residual stream at every block boundary)."""
     modules = dict(model.named_modules())
-    wanted = {name for group in groups for name in group.outputs}
-    collected: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
+    outputs = {group.name: group.normalized if group.name in streams else group.outputs for group in groups}
+    wanted = {name for group in groups if group.name not in streams for name in group.outputs}
+    norms = {name for group in groups if group.name in streams for name in group.normalized}
+    collected: dict[str, list[torch.Tensor]] = {name: [] for name in wanted | norms}
 
     def hook(name: str):
         def record(module: nn.Module, args: object, output: torch.Tensor) -> None:
@@ -317,7 +341,15 @@ def activation_features(
 
         return record
 
+    def stream(name: str):
+        def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            centred = args[0].detach() - args[0].detach().mean(-1, keepdim=True)
+            collected[name].append(centred.movedim(-1, 0).reshape(centred.shape[-1], -1).float().cpu())
+
+        return record
+
     handles = [modules[name].register_forward_hook(hook(name)) for name in wanted]
+    handles += [modules[name].register_forward_pre_hook(stream(name)) for name in norms]
     was_training = model.training
     model.eval().to(device)
     try:
@@ -328,7 +360,7 @@ def activation_features(
             handle.remove()
         model.train(was_training)
     per_module = {name: torch.cat(chunks, 1) for name, chunks in collected.items()}
-    return {group.name: torch.cat([per_module[name] for name in group.outputs], 1) for group in groups}
+    return {group.name: torch.cat([per_module[name] for name in outputs[group.name]], 1) for group in groups}
 
 
 def align(
@@ -424,8 +456,9 @@ def align(
         if inputs is None or len(inputs) == 0:
             raise ConfigError("activation-based alignment needs training inputs")
         share = inputs[shard(len(inputs))] if len(inputs) >= world_size() else inputs
-        acts_a = activation_features(model, groups, share, device)
-        acts_b = activation_features(reference, groups, share, device)
+        streams = frozenset(g.name for g in groups if rotated(g, options))
+        acts_a = activation_features(model, groups, share, device, streams=streams)
+        acts_b = activation_features(reference, groups, share, device, streams=streams)
     builder = FeatureBuilder(groups, options.features, sizes_a, sizes_b, keep=options.sweeps > 1)
     transports: dict[str, Transport] = {}
     costs: dict[str, float] = {}
@@ -453,6 +486,8 @@ def align(
             raise ConfigError(
                 f"{group.tie}: {what} are aligned with uniform marginals, got marginals={options.marginals!r}"
             )
+        if rotated(group, options):
+            return [orthogonal_procrustes(gram_of(group))]
         if group.heads > 1:
             return head_transports([gram_of(p) for p in partners[group.name]], group.heads, options)
         if group.blocks > 1:
@@ -516,8 +551,14 @@ def check_heads(
                 )
 
 
+def rotated(group: NeuronGroup, options: AlignOptions) -> bool:
+    """Whether ``group`` gets an orthogonal map: it admits one and ``options.orthogonal`` asks for it."""
+    return options.orthogonal and group.maps == "orthogonal"
+
+
 def is_hard(transports: dict[str, Transport]) -> bool:
-    return all(t.permutation is not None for t in transports.values())
+    """Whether every map keeps its model's function exactly (:attr:`fusion.transport.Transport.exact`)."""
+    return all(t.exact for t in transports.values())
 
 
 def verify_alignment(

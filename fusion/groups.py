@@ -9,11 +9,14 @@ layer (``repeat``). A concatenation makes one tensor dimension hold several grou
 layer's BatchNorm and input columns span the channels of every earlier layer of its block): each member then records
 the groups that precede it along that dimension (``before``), so its slice is found for any widths of the groups. A
 depthwise convolution ties each output channel to the same input channel: its rows are producers of its input's
-group. LayerNorm over the channels and bare per-channel parameters (a layer scale, a class token) are per-neuron
-producers too; a group that a LayerNorm normalises records it (``normalized``): permuting such a group is exact, but
-concatenating models is not their ensemble. An attention module's projections form a query/key group and a value
-group (:func:`split_attention`), whose maps keep its heads whole (:mod:`fusion.heads`). The network's inputs and its
-output logits belong to no group: they are never permuted.
+group. A grouped convolution (ResNeXt, RegNet) maps the channels of its input's ``G`` blocks to its own output's ``G``
+blocks, block ``g`` to block ``g``: its input group and its output group then carry ``blocks = G`` and one ``tie``, so
+that both keep their channels in whole blocks and move the blocks alike (:func:`tie_convolution_groups`). LayerNorm
+over the channels and bare per-channel parameters (a layer scale, a class token) are per-neuron producers too; a group
+that a LayerNorm normalises records it (``normalized``): permuting such a group is exact, but concatenating models is
+not their ensemble. An attention module's projections form a query/key group and a value group
+(:func:`split_attention`), whose maps keep its heads whole (:mod:`fusion.heads`). The network's inputs and its output
+logits belong to no group: they are never permuted.
 
 The groups come from torch-pruning's dependency graph (Fang et al., "DepGraph: Towards Any Structural Pruning",
 CVPR 2023), so any model it can trace is supported; layers it cannot describe as slices raise
@@ -26,7 +29,7 @@ import dataclasses
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -50,7 +53,13 @@ class UnsupportedArchitecture(ArchitectureError):
 class Member:
     """One parameter (or buffer) slice of group ``group``: along ``dim``, after the slices of the groups ``before``
     (``(group, repeat)`` pairs, in order), entries ``[start + k*repeat, start + (k+1)*repeat)`` belong to neuron k;
-    the slices of the groups ``after`` follow it."""
+    the slices of the groups ``after`` follow it.
+
+    The weight ``W: (out, in / G, k, k)`` of a grouped convolution with ``G`` groups has a ``block_width``: the
+    channels of one convolution group along ``dim``, ``out / G`` for its rows (``dim`` 0, sliced as any rows) and
+    ``in / G`` for its input channels (``dim`` 1, :attr:`grouped_input`), where the weight holds only one group's
+    channels: input channel ``i = g * (in / G) + j`` owns ``W[g * (out / G) : (g + 1) * (out / G), j]``, the rows of
+    its convolution group at position ``j``."""
 
     module: str
     param: str
@@ -59,6 +68,12 @@ class Member:
     group: str = ""
     before: tuple[tuple[str, int], ...] = ()
     after: tuple[tuple[str, int], ...] = ()
+    block_width: int = 0
+
+    @property
+    def grouped_input(self) -> bool:
+        """Whether the member is the input side of a grouped convolution's weight (see the class docstring)."""
+        return self.block_width > 0 and self.dim == 1
 
     @property
     def key(self) -> str:
@@ -76,14 +91,22 @@ class Member:
 
 
 def neuron_slices(tensor: torch.Tensor, member: Member, sizes: Mapping[str, int]) -> torch.Tensor:
-    """``(n, d)``: the entries of ``tensor`` that belong to each of the ``n = sizes[member.group]`` neurons."""
+    """``(n, d)``: the entries of ``tensor`` that belong to each of the ``n = sizes[member.group]`` neurons; for a
+    grouped convolution's input channels, channel ``g * w + j`` owns the rows of convolution group ``g`` at input
+    position ``j`` (``W: (G * w_out, w, k, k)`` viewed as ``(G, w_out, w, k, k)``, ``d = w_out * k * k``)."""
+    if member.grouped_input:
+        count = sizes[member.group]
+        blocks = count // tensor.shape[1]
+        return tensor.unflatten(0, (blocks, -1)).movedim(2, 1).reshape(count, -1)
     start, length = member.span(sizes)
     return tensor.narrow(member.dim, start, length).movedim(member.dim, 0).reshape(sizes[member.group], -1)
 
 
 def slice_norms(tensor: torch.Tensor, member: Member, sizes: Mapping[str, int], order: float = 2) -> torch.Tensor:
     """``(n,)`` float64: the ``order``-norm of each neuron's entries of ``tensor`` (the rows of :func:`neuron_slices`),
-    reduced in place without copying the slices."""
+    reduced in place without copying the slices (a grouped convolution's input channels: from their slices)."""
+    if member.grouped_input:
+        return torch.linalg.vector_norm(neuron_slices(tensor, member, sizes), order, dim=1, dtype=torch.float64)
     start, length = member.span(sizes)
     count, dim = sizes[member.group], member.dim % tensor.dim()
     view = tensor.narrow(dim, start, length).unflatten(dim, (count, length // count))
@@ -126,14 +149,26 @@ class NeuronGroup:
         following the layer, or the layer itself.
     normalized : tuple[str, ...]
         The LayerNorms that normalise over the group's neurons.
-    heads : int
-        The number of equal consecutive blocks (attention heads) that every map must keep whole (1: free neurons).
+    blocks : int
+        The number of equal consecutive blocks that every map must keep whole (1: free neurons): an attention's heads,
+        or the convolution groups of a grouped convolution that writes or reads the group. A map may permute the
+        blocks and the neurons inside each block, never move a neuron to another block alone (:mod:`fusion.blocks`).
+    tie : str
+        The groups with one ``tie`` share one assignment of blocks: an attention's query/key and value groups (the
+        attention's name), or the input and output groups of grouped convolutions (the first such convolution's
+        name); empty for free neurons.
     attention : str
         The attention module whose groups share one assignment of heads (:mod:`fusion.heads`); empty otherwise.
+    maps : {"permutation", "orthogonal"}
+        The largest kind of map that keeps the function: permutations (every group), or orthogonal maps keeping the
+        all-ones direction (a LayerNorm'd residual stream once the LayerNorm gains are folded into its readers,
+        :func:`fusion.layernorm.orthogonal_groups`).
 
     References
     ----------
     Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023: the dependency graph the groups come from.
+    Xie et al., "Aggregated Residual Transformations for Deep Neural Networks" (ResNeXt), CVPR 2017, and Radosavovic
+    et al., "Designing Network Design Spaces" (RegNet), CVPR 2020: the grouped convolutions behind ``blocks``.
 
     Examples
     --------
@@ -166,11 +201,18 @@ class NeuronGroup:
     layers: tuple[str, ...]
     chains: tuple[tuple[str, str], ...]
     normalized: tuple[str, ...] = ()
-    heads: int = 1
+    blocks: int = 1
+    tie: str = ""
     attention: str = ""
+    maps: Literal["permutation", "orthogonal"] = "permutation"
 
     def members(self) -> tuple[Member, ...]:
         return self.producers + self.consumers
+
+    @property
+    def heads(self) -> int:
+        """The attention heads of an attention group, else 1."""
+        return self.blocks if self.attention else 1
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -213,7 +255,7 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     Parameters
     ----------
     model : nn.Module
-        Any network torch-pruning can trace, made of linear and (depthwise) conv layers, BatchNorm, LayerNorm over
+        Any network torch-pruning can trace, made of linear and (grouped) conv layers, BatchNorm, LayerNorm over
         channels, per-channel parameters, activations, pooling, flatten, residual additions, gating products,
         concatenations and attention with separate ``q``, ``k``, ``v`` and ``proj`` layers. Traced in eval mode, its
         own mode restored after; not modified.
@@ -229,8 +271,9 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     Raises
     ------
     UnsupportedArchitecture
-        For layers that cannot be sliced: grouped convolutions that are not depthwise, layers with parameters of
-        unknown role, a layer whose outputs are split between groups, a model that cannot be traced.
+        For layers that cannot be sliced: grouped convolutions reading the network's input, writing its output,
+        reading a concatenation or cutting one group into blocks of two sizes, layers with parameters of unknown role,
+        a layer whose outputs are split between groups, a model that cannot be traced.
 
     References
     ----------
@@ -288,8 +331,9 @@ def neuron_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[Neuron
     finally:
         model.train(was_training)
     modules = dict(model.named_modules())
-    groups = split_attention(place(described, model.state_dict()), attention)
-    return sorted(groups, key=lambda g: order[modules[g.layers[0]]])
+    rank = {name: order.get(module, 0) for name, module in modules.items()}
+    groups = split_attention(tie_convolution_groups(place(described, model.state_dict()), rank), attention)
+    return sorted(groups, key=lambda g: rank[g.layers[0]])
 
 
 def place(described: list[tuple[NeuronGroup, list[int]]], state: dict[str, torch.Tensor]) -> list[NeuronGroup]:
@@ -303,6 +347,13 @@ def place(described: list[tuple[NeuronGroup, list[int]]], state: dict[str, torch
     neighbours: dict[tuple[str, int, int], dict[str, tuple[tuple[str, int], ...]]] = {}
     for (key, dim), tiled in tiles.items():
         tiled.sort(key=lambda t: t[0])
+        if any(member.grouped_input for _, _, member in tiled):
+            if len(tiled) > 1:
+                raise UnsupportedArchitecture(
+                    f"{key}: a grouped convolution reading several neuron groups (a concatenation) is not supported"
+                )
+            neighbours[(key, dim, tiled[0][0])] = {"before": (), "after": ()}
+            continue
         sequence = [(name, member.repeat) for _, name, member in tiled]
         position = 0
         for index, (offset, name, member) in enumerate(tiled):
@@ -366,14 +417,14 @@ def describe(
         name = names[module]
         offset, repeat = slice_layout(item.idxs, item.root_idxs, size, name)
         if isinstance(module, LAYERS):
-            depthwise = module_is_depthwise(module, name)
+            rows, columns = grouped_widths(module)
             if out_side:
-                producers.append((Member(name, "weight", 0, repeat), offset))
+                producers.append((Member(name, "weight", 0, repeat, block_width=rows), offset))
                 if module.bias is not None:
                     producers.append((Member(name, "bias", 0, repeat), offset))
                 producer_modules.append(module)
-            elif not depthwise:
-                consumers.append((Member(name, "weight", 1, repeat), offset))
+            elif not module_is_depthwise(module):
+                consumers.append((Member(name, "weight", 1, repeat, block_width=columns), offset))
         else:
             if isinstance(module, nn.LayerNorm):
                 check_layer_norm(module, name)
@@ -402,17 +453,68 @@ def describe(
     return described, [o for _, o in producers] + [o for _, o in consumers]
 
 
-def module_is_depthwise(module: nn.Module, name: str) -> bool:
-    """Whether a conv is depthwise (one input channel per output channel); other grouped convolutions are refused."""
+def module_is_depthwise(module: nn.Module) -> bool:
+    """Whether a conv is depthwise (one input channel per output channel): its rows join its input's group."""
     groups = getattr(module, "groups", 1)
-    if groups == 1:
-        return False
-    if groups == module.in_channels == module.out_channels:
-        return True
-    raise UnsupportedArchitecture(
-        f"{name}: grouped convolutions (groups={groups}, {module.in_channels} to {module.out_channels} channels) "
-        "are not supported; only depthwise ones are"
-    )
+    return groups > 1 and groups == module.in_channels == module.out_channels
+
+
+def grouped_widths(module: nn.Module) -> tuple[int, int]:
+    """``(out / G, in / G)``, the output and input channels of one convolution group, for a grouped convolution with
+    ``G`` groups that is not depthwise; ``(0, 0)`` for any other layer."""
+    groups = getattr(module, "groups", 1)
+    if groups == 1 or module_is_depthwise(module):
+        return 0, 0
+    return module.out_channels // groups, module.in_channels // groups
+
+
+def tie_convolution_groups(groups: list[NeuronGroup], rank: Mapping[str, int]) -> list[NeuronGroup]:
+    """``groups`` with the input and output groups of every grouped convolution given its ``G`` blocks and one tie.
+
+    A convolution with ``G`` groups computes output block ``g`` from input block ``g`` alone,
+    ``y_g = W_g * x_g``. Permutations ``P_in`` of its input channels and ``P_out`` of its output channels keep the
+    function exactly when both are block-structured with one permutation ``s`` of the blocks,
+    ``P(g * w + j) = s(g) * w + p_g(j)`` (any permutation ``p_g`` inside each block, for each side): output block
+    ``s(g)`` must again read the input block ``s(g)``. So both groups carry ``blocks = G``, and all groups linked by
+    grouped convolutions share one tie, named after the first such convolution (``rank``: execution order). A group
+    that two grouped convolutions would cut into different numbers of blocks, and a grouped convolution reading the
+    network's input or writing its output (whose blocks could not move), are refused by name.
+    """
+    reads = {m.module: g for g in groups for m in g.consumers if m.grouped_input}
+    writes = {m.module: (g, m) for g in groups for m in g.producers if m.block_width and m.dim == 0}
+    convolutions = sorted(set(reads) | set(writes), key=lambda name: rank[name])
+    if not convolutions:
+        return groups
+    parent = {g.name: g.name for g in groups}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            name = parent[name]
+        return name
+
+    blocks: dict[str, int] = {}
+    ties: dict[str, str] = {}
+    for conv in convolutions:
+        if conv not in reads or conv not in writes:
+            side = "reads the network's input" if conv not in reads else "writes the network's output"
+            raise UnsupportedArchitecture(
+                f"{conv}: a grouped convolution that {side} is not supported (its convolution groups could not move)"
+            )
+        written, rows = writes[conv]
+        count = written.size // rows.block_width
+        for group in (reads[conv], written):
+            if blocks.setdefault(group.name, count) != count:
+                raise UnsupportedArchitecture(
+                    f"{conv}: its {count} convolution groups cut group {group.name}, which another grouped "
+                    f"convolution cuts into {blocks[group.name]}; its channels cannot be kept in both kinds of blocks"
+                )
+        first, second = root(reads[conv].name), root(written.name)
+        named = [ties.pop(r) for r in {first, second} if r in ties]
+        parent[second] = first
+        ties[first] = min(named, key=lambda name: rank[name]) if named else conv
+    return [
+        dataclasses.replace(g, blocks=blocks[g.name], tie=ties[root(g.name)]) if g.name in blocks else g for g in groups
+    ]
 
 
 def check_layer_norm(module: nn.LayerNorm, name: str) -> None:
@@ -525,7 +627,8 @@ def split_group(group: NeuronGroup, name: str, heads: int) -> tuple[NeuronGroup,
             consumers=tuple(dataclasses.replace(m, group=group_name) for m in consumers),
             layers=layers,
             chains=tuple((layer, layer) for layer in layers),
-            heads=heads,
+            blocks=heads,
+            tie=name,
             attention=name,
         )
 

@@ -5,11 +5,18 @@ A map ``M: (n, m)`` (a :class:`fusion.transport.Transport`) takes a group of ``n
 (the rows of the layers that write the group, their biases and BatchNorm entries) becomes ``M^T`` applied along its
 neuron dimension and every consumer (the input columns of the layers that read it) the same on its input side, in
 blocks of ``repeat`` entries per neuron (a flatten after a conv). A permutation is an index gather, exact.
+
+The weight ``W: (G w_out, w_in, k, k)`` of a convolution with ``G`` groups stands for the block-diagonal weight
+``D = diag(W_1, ..., W_G): (G w_out, G w_in, k, k)`` of the same convolution without groups. Maps act on ``D``: its
+rows by the output group's map ``P``, its columns by the input group's map ``Q``, ``D' = P^T D Q``; when both keep
+the convolution groups whole with one block assignment (:mod:`fusion.blocks`), ``D'`` is block-diagonal again, and
+its diagonal blocks are the new grouped weight (``G'`` groups after a concatenation or a pruning to whole groups).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from typing import Literal
@@ -18,10 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from fusion.blocks import block_targets
 from fusion.errors import ArchitectureError
 from fusion.groups import NORMS, Member, NeuronGroup
-from fusion.heads import head_targets
 from fusion.transport import Transport
+
+Step = tuple[Member, Transport, Literal["producer", "consumer"], Mapping[str, int] | None]
 
 
 def gathered(tensor: torch.Tensor, dim: int, permutation: np.ndarray, repeat: int) -> torch.Tensor:
@@ -46,7 +55,10 @@ def transform(
     """Apply a group's map to one member: ``new[j] = sum_i M[i, j] old[i]`` along ``member.dim`` (blocks of
     ``member.repeat`` entries per neuron), with ``M`` the producer or consumer matrix; an index gather for a
     permutation, so that hard alignments are exact. ``sizes`` (the current widths of the groups) place a member that
-    shares its dimension with other groups; the rest of that dimension is kept."""
+    shares its dimension with other groups; the rest of that dimension is kept. A grouped convolution's weight is
+    mapped as its block-diagonal weight (:func:`through_convolution_groups`)."""
+    if member.block_width:
+        return through_convolution_groups(tensor, [(member, transport, side, sizes)])
     n, m = transport.shape
     start, length = member.span(sizes) if sizes is not None else (0, n * member.repeat)
     whole = tensor.shape[member.dim]
@@ -88,7 +100,7 @@ def mapped_tensors(
     so a caller that uses each before the next (a streamed average) never holds the whole mapped state. An entry no
     map touches is ``state``'s own tensor."""
     sizes = group_sizes(state, groups)
-    steps: dict[str, list[tuple[Member, Transport, Literal["producer", "consumer"], dict[str, int]]]] = {}
+    steps: dict[str, list[Step]] = {}
     for group in groups:
         transport = transports.get(group.name)
         if transport is None:
@@ -100,9 +112,44 @@ def mapped_tensors(
             steps.setdefault(member.key, []).append((member, transport, "consumer", widths))
         sizes[group.name] = transport.shape[1]
     for key, tensor in state.items():
-        for member, transport, side, widths in steps.get(key, ()):
-            tensor = transform(tensor, member, transport, side, widths)
+        done = steps.get(key, [])
+        if any(member.block_width for member, *_ in done):
+            tensor = through_convolution_groups(tensor, done)
+        else:
+            for member, transport, side, widths in done:
+                tensor = transform(tensor, member, transport, side, widths)
         yield key, tensor
+
+
+def through_convolution_groups(weight: torch.Tensor, steps: list[Step]) -> torch.Tensor:
+    """The grouped convolution weight ``W: (G w_out, w_in, k, k)`` after ``steps`` (the maps of its output group on
+    its rows and of its input group on its columns), applied to its block-diagonal weight ``D`` (module docstring):
+    ``D' = P^T D Q``, whose diagonal blocks of ``w_out x w_in`` are returned. :class:`ArchitectureError` when ``D'``
+    is not block-diagonal: the maps move the convolution groups apart (a block assignment of one side alone, or two
+    different ones)."""
+    member, transport = steps[0][0], steps[0][1]
+    blocks = transport.shape[0] // member.block_width
+    rows, columns = weight.shape[0] // blocks, weight.shape[1]
+    dense = torch.zeros(blocks, rows, blocks, columns, *weight.shape[2:], dtype=weight.dtype, device=weight.device)
+    index = torch.arange(blocks, device=weight.device)
+    dense[index, :, index] = weight.unflatten(0, (blocks, rows))
+    dense = dense.reshape(blocks * rows, blocks * columns, *weight.shape[2:])
+    for member, transport, side, widths in steps:
+        dense = transform(dense, dataclasses.replace(member, block_width=0), transport, side, widths)
+    after = dense.shape[0] // rows
+    if dense.shape[0] % rows or dense.shape[1] != after * columns:
+        raise ArchitectureError(
+            f"{member.module}: the maps leave {dense.shape[0]} outputs and {dense.shape[1]} inputs, not whole "
+            f"convolution groups of {rows} outputs and {columns} inputs"
+        )
+    index = torch.arange(after, device=weight.device)
+    diagonal = dense.reshape(after, rows, after, columns, *weight.shape[2:])[index, :, index]
+    if torch.count_nonzero(diagonal) != torch.count_nonzero(dense):
+        raise ArchitectureError(
+            f"{member.module}: the maps of its input and output channels move its convolution groups differently; "
+            "a grouped convolution needs one assignment of convolution groups on both sides"
+        )
+    return diagonal.reshape(after * rows, columns, *weight.shape[2:]).contiguous()
 
 
 def with_state(model: nn.Module, state: dict[str, torch.Tensor], share: bool = False) -> nn.Module:
@@ -133,7 +180,8 @@ def with_state(model: nn.Module, state: dict[str, torch.Tensor], share: bool = F
 
 
 def resize_attributes(module: nn.Module) -> None:
-    """Module attributes that state widths, set from the (resized) weights; a depthwise conv stays depthwise."""
+    """Module attributes that state widths, set from the (resized) weights; a depthwise conv stays depthwise, and a
+    grouped conv keeps the width of its groups (whole groups are concatenated or pruned), so their number follows."""
     weight = getattr(module, "weight", None)
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = weight.shape
@@ -141,6 +189,8 @@ def resize_attributes(module: nn.Module) -> None:
         if module.groups > 1 and module.groups == module.in_channels == module.out_channels:
             module.groups = module.in_channels = module.out_channels = int(weight.shape[0])
         else:
+            if module.groups > 1:
+                module.groups = int(weight.shape[0]) // (module.out_channels // module.groups)
             module.out_channels, module.in_channels = int(weight.shape[0]), int(weight.shape[1]) * module.groups
     elif isinstance(module, NORMS):
         module.num_features = int((weight if weight is not None else module.running_mean).shape[0])
@@ -159,16 +209,16 @@ def group_sizes(state: dict[str, torch.Tensor], groups: list[NeuronGroup]) -> di
 
 def permuted(model: nn.Module, groups: list[NeuronGroup], seed: int) -> nn.Module:
     """A copy of ``model`` computing the same function with the neurons of every group shuffled by a seeded random
-    permutation (attention heads shuffled whole, one order per attention module, with their dimensions shuffled
-    inside: :mod:`fusion.heads`): the test that an alignment finds its way back."""
+    permutation (blocks shuffled whole, one order per tie, with their neurons shuffled inside: attention heads and
+    convolution groups, :mod:`fusion.blocks`): the test that an alignment finds its way back."""
     rng = np.random.default_rng(seed)
-    head_orders: dict[str, np.ndarray] = {}
+    orders: dict[str, np.ndarray] = {}
     shuffles = {}
     for group in groups:
-        if group.heads > 1:
-            order = head_orders.setdefault(group.attention, rng.permutation(group.heads))
-            width = group.size // group.heads
-            targets = head_targets(group.size, group.heads, order, [rng.permutation(width) for _ in order])
+        if group.blocks > 1:
+            order = orders.setdefault(group.tie, rng.permutation(group.blocks))
+            width = group.size // group.blocks
+            targets = block_targets(group.size, group.blocks, order, [rng.permutation(width) for _ in order])
         else:
             targets = rng.permutation(group.size)
         plan = np.zeros((group.size, group.size))

@@ -66,10 +66,12 @@ def test_every_parameter_slice_belongs_to_exactly_one_group(name):
             assert model.state_dict()[member.key].shape[0] == group.size * member.repeat
 
 
-def test_grouped_convolutions_are_refused_with_a_clear_error():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 4 * 4, 10))
-    with pytest.raises(UnsupportedArchitecture, match="grouped"):
-        neuron_groups(model, X)
+def test_a_grouped_convolution_reading_the_network_input_is_refused_with_a_clear_error():
+    """Its convolution groups read fixed blocks of the input, so they could not move (tests/test_grouped_conv.py covers
+    the grouped convolutions that are supported)."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    with pytest.raises(UnsupportedArchitecture, match="0: a grouped convolution that reads the network's input"):
+        neuron_groups(model, torch.randn(2, 2, 8, 8))
 
 
 def test_groups_come_in_execution_order():

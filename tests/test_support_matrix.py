@@ -27,6 +27,7 @@ ARCHITECTURES = [
     "torchvision:convnext_tiny",
     "torchvision:densenet121",
     "torchvision:resnext50_32x4d",
+    "torchvision:regnet_y_400mf",
     "timm:resnet18",
     "timm:mobilenetv3_small_050",
     "otfusion:mlpnet",
