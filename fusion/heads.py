@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from torch import nn
 
 from fusion.blocks import block_transports
-from fusion.blocks import whole_blocks as whole_heads  # noqa: F401  (the name fusion.methods.intra imports)
 from fusion.groups import NeuronGroup, UnsupportedArchitecture
 from fusion.transport import Gram, Transport, TransportOptions
 

@@ -37,9 +37,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from fusion.blocks import whole_blocks
 from fusion.errors import ConfigError
 from fusion.groups import NORMS, NeuronGroup, neuron_groups, neuron_slices
-from fusion.heads import refuse_head_pruning, set_head_counts, whole_heads
+from fusion.heads import refuse_head_pruning, set_head_counts
 from fusion.importance import Importance, loss_gradients, neuron_importance
 from fusion.methods.base import Context, Details, GroupReport, MethodOutput, Survival
 from fusion.options import Options
@@ -154,7 +155,7 @@ def kept_neurons(
     gradients: dict[str, torch.Tensor] | None,
 ) -> tuple[dict[str, list[int]], dict[str, torch.Tensor]]:
     """The ``round(n (1 - sparsity))`` most important neurons of every group (sorted), and every neuron's importance;
-    attention keeps ``round(heads (1 - sparsity))`` whole heads (:func:`fusion.heads.whole_heads`)."""
+    attention keeps ``round(heads (1 - sparsity))`` whole heads (:func:`fusion.blocks.whole_blocks`)."""
     kept, scores, counts = {}, {}, {}
     sizes = group_sizes(state, groups)
     for group in groups:
@@ -165,7 +166,7 @@ def kept_neurons(
             raise ConfigError(f"group {group.name} has {units} {what}: too few to prune at sparsity {options.sparsity}")
         scores[group.name] = neuron_importance(state, group, sizes, options.importance, gradients)
         counts[group.name] = count * (group.size // units)
-    kept.update(whole_heads(scores, groups, counts))
+    kept.update(whole_blocks(scores, groups, counts))
     for group in groups:
         if group.name not in kept:
             kept[group.name] = sorted(torch.topk(scores[group.name], counts[group.name]).indices.tolist())
