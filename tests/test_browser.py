@@ -96,26 +96,26 @@ def hessians_of_parents_and_fused(page: Page) -> None:
     )
     multiselect(page, "Models (parents and fused side by side)", *parents_and_fused)
     check(page, "Per-layer Hessians")
-    fill_number(page, "Samples (0: all)", 300)
-    fill_number(page, "Random directions", 4)
-    fill_number(page, "Eigenvector plane: points a side (0: none)", 7)
+    fill_number(page, "Samples (0: all)", 100)
+    fill_number(page, "Random directions", 2)
+    fill_number(page, "Eigenvector plane: points a side (0: none)", 5)
     open_advanced(page)
     select(page, "Step scale (unit of t)", "filter")
-    fill_number(page, "Perturbation: points", 11)
+    fill_number(page, "Perturbation: points", 7)
     click_button(page, "Compute")
     wait_for_job(page, "Hessian of 3 model(s)")
-    expect(main_area(page).get_by_role("spinbutton", name="Random directions", exact=True)).to_have_value("4")
+    expect(main_area(page).get_by_role("spinbutton", name="Random directions", exact=True)).to_have_value("2")
     click_button(page, "Compute the overlaps")
     wait_for_job(page, "eigenvector overlaps of ")
 
 
 def compare_every_method(page: Page) -> None:
-    """Three methods (of the eight that apply) with a fine-tune and the Hessian of every model."""
+    """Two methods (of the eight that apply) with a fine-tune and the Hessian of every model."""
     multiselect(page, "Parents", "demo cnn · seed 0 ", "demo cnn · seed 1 ")
-    multiselect(page, "Methods (all that apply to these parents by default)", "ot — ", "sparsify — ", "transplant — ")
+    multiselect(page, "Methods (all that apply to these parents by default)", "ot — ", "transplant — ")
     fill_number(page, "Fine-tune epochs for every fused model (0: none)", 1)
     check(page, "Then the Hessian of every model (parents, fused, fine-tuned)")
-    fill_number(page, "Hessian samples (test examples)", 100)
+    fill_number(page, "Hessian samples (test examples)", 50)
     click_button(page, "Compare")
     wait_for_job(page, "comparison of ")
 
@@ -124,7 +124,7 @@ def run_the_generalization_study(page: Page) -> None:
     select(page, "Parent A", "demo cnn · seed 0 ")
     select(page, "Parent B", "demo cnn · seed 1 ")
     select(page, "Pruning", "unstructured")
-    fill_number(page, "Hessian samples (test examples)", 100)
+    fill_number(page, "Hessian samples (test examples)", 50)
     click_button(page, "Run the study")
     wait_for_job(page, "generalization study of ")
 

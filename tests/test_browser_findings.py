@@ -149,7 +149,7 @@ def test_a_running_job_leaves_the_other_pages_usable_and_a_reload_shows_the_queu
 
     open_page(page, "Hessian")
     multiselect(page, "Models (parents and fused side by side)", PARENT_B)
-    fill_number(page, "Samples (0: all)", 200)
+    fill_number(page, "Samples (0: all)", 100)
     fill_number(page, "Top-k eigenvalues", 3)
     click_button(page, "Compute")
     queued = re.compile("queued behind “Train ")
@@ -276,7 +276,7 @@ def test_figures_keep_role_colours_and_never_draw_over_each_other(page: Page, ar
     another, titles stay apart, and each role has its colour in every chart."""
     open_page(page, "Hessian")
     multiselect(page, "Models (parents and fused side by side)", PARENT_A, PARENT_B, FUSED)
-    fill_number(page, "Samples (0: all)", 200)
+    fill_number(page, "Samples (0: all)", 100)
     fill_number(page, "Top-k eigenvalues", 3)
     click_button(page, "Compute")
     wait_for_job(page, "Hessian of 3 model(s)")
