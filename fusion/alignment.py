@@ -45,7 +45,7 @@ from fusion.errors import ArchitectureError, ConfigError, FusionError
 from fusion.groups import Member, NeuronGroup, channel_dim, groups_by_module, neuron_slices
 from fusion.heads import head_transports
 from fusion.problems import Checks
-from fusion.procrustes import orthogonal_procrustes
+from fusion.procrustes import head_rotations, orthogonal_procrustes
 from fusion.progress import Progress, no_progress
 from fusion.surgery import apply_transports, group_sizes, mapped_tensors, transform, with_state
 from fusion.train import predict_logits
@@ -84,14 +84,15 @@ class AlignOptions(TransportOptions):
         Seed of the activation sample.
     orthogonal : bool
         Groups with ``maps="orthogonal"`` (:attr:`fusion.groups.NeuronGroup.maps`) get the orthogonal map keeping
-        ``1`` that best aligns their features (:func:`fusion.procrustes.orthogonal_procrustes`); in activations mode
-        their features are the residual stream itself, centred, at the input of every LayerNorm over it.
+        ``1`` that best aligns their features (:func:`fusion.procrustes.orthogonal_procrustes`; in activations mode
+        the residual stream itself, normalised, at the input of every LayerNorm over it), and attention groups an
+        orthogonal map per matched pair of heads (:func:`fusion.procrustes.head_rotations`).
 
     References
     ----------
-    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020 (otfusion). Theus et al., "Generalized Linear
-    Mode Connectivity for Transformers", NeurIPS 2025 (orthogonal maps of the residual stream). Ainsworth et al., "Git Re-Basin:
-    Merging Models modulo Permutation Symmetries", ICLR 2023 (weight matching).
+    Singh & Jaggi, "Model Fusion via Optimal Transport", NeurIPS 2020 (otfusion). Ainsworth et al., "Git Re-Basin:
+    Merging Models modulo Permutation Symmetries", ICLR 2023 (weight matching). Theus et al., "Generalized Linear
+    Mode Connectivity for Transformers", NeurIPS 2025 (orthogonal maps of the residual stream).
 
     Examples
     --------
@@ -326,8 +327,9 @@ def activation_features(
     streams: frozenset[str] = frozenset(),
 ) -> dict[str, torch.Tensor]:
     """Per group, ``(neurons, samples * positions)``: the activations at the group's outputs, eval mode, batched;
-    for the groups named in ``streams``, the centred inputs ``x - mean(x) 1`` of the LayerNorms over the group (the
-    residual stream at every block boundary)."""
+    for the groups named in ``streams``, the residual stream at the input of every LayerNorm over the group (at every
+    block boundary), centred and scaled to unit norm per token, ``(x - mean(x) 1) / |x - mean(x) 1|``, so that every
+    boundary weighs alike however the stream grows with depth."""
     modules = dict(model.named_modules())
     outputs = {group.name: group.normalized if group.name in streams else group.outputs for group in groups}
     wanted = {name for group in groups if group.name not in streams for name in group.outputs}
@@ -344,6 +346,7 @@ def activation_features(
     def stream(name: str):
         def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
             centred = args[0].detach() - args[0].detach().mean(-1, keepdim=True)
+            centred = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
             collected[name].append(centred.movedim(-1, 0).reshape(centred.shape[-1], -1).float().cpu())
 
         return record
@@ -456,7 +459,7 @@ def align(
         if inputs is None or len(inputs) == 0:
             raise ConfigError("activation-based alignment needs training inputs")
         share = inputs[shard(len(inputs))] if len(inputs) >= world_size() else inputs
-        streams = frozenset(g.name for g in groups if rotated(g, options))
+        streams = frozenset(g.name for g in groups if rotated(g, options) and g.normalized)
         acts_a = activation_features(model, groups, share, device, streams=streams)
         acts_b = activation_features(reference, groups, share, device, streams=streams)
     builder = FeatureBuilder(groups, options.features, sizes_a, sizes_b, keep=options.sweeps > 1)
@@ -487,6 +490,8 @@ def align(
                 f"{group.tie}: {what} are aligned with uniform marginals, got marginals={options.marginals!r}"
             )
         if rotated(group, options):
+            if group.heads > 1:
+                return head_rotations([gram_of(p) for p in partners[group.name]], group.heads)
             return [orthogonal_procrustes(gram_of(group))]
         if group.heads > 1:
             return head_transports([gram_of(p) for p in partners[group.name]], group.heads, options)

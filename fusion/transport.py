@@ -333,6 +333,10 @@ class Transport:
         ``--correction``, ``T diag(1/nu)`` on both sides.
     rows : torch.Tensor or None
         ``(n, m)``: the producer matrix when given instead of ``P`` (Intra-Fusion's merged rows).
+    orthogonal : bool
+        An orthogonal map ``M`` (:mod:`fusion.procrustes`: the residual stream's, keeping the all-ones direction, or
+        one per attention head): ``rows = M`` is both matrices (``M^{-T} = M``) and ``plan = (M * M) / n`` only
+        shows it; exact like a permutation on a group that admits it.
 
     References
     ----------
@@ -366,10 +370,17 @@ class Transport:
     cost_matrix: torch.Tensor | None = None
     correction: Correction = "marginals"
     rows: torch.Tensor | None = None
+    orthogonal: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.plan.shape[0]), int(self.plan.shape[1]))
+
+    @property
+    def exact(self) -> bool:
+        """Whether the map keeps a network's function on a group that admits it: a permutation, or an orthogonal
+        map (verified like one, :func:`fusion.alignment.verify_alignment`)."""
+        return self.permutation is not None or self.orthogonal
 
     @functools.cached_property
     def barycentres(self) -> torch.Tensor:
@@ -384,7 +395,9 @@ class Transport:
     @functools.cached_property
     def consumer(self) -> torch.Tensor:
         """``diag(1 / row sums) T`` (``marginals``: a source column split by its mass), or :attr:`barycentres`
-        (``reference``: otfusion's ``T / beta`` on both sides)."""
+        (``reference``: otfusion's ``T / beta`` on both sides); an orthogonal map's ``rows`` (``M^{-T} = M``)."""
+        if self.orthogonal and self.rows is not None:
+            return self.rows
         if self.correction == "reference":
             return self.barycentres
         return torch.from_numpy(self.plan / self.plan.sum(1)[:, None]).float()

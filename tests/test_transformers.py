@@ -115,7 +115,15 @@ def test_every_hard_alignment_of_two_independent_vits_is_verified(method):
 
 
 def test_soft_maps_couple_dimensions_only_inside_heads_matched_one_to_one():
-    result = fuse([vit(1), vit(0)], "ot", inputs=X, recompute_bn=False, solver="sinkhorn", cost_normalization="max")
+    result = fuse(
+        [vit(1), vit(0)],
+        "ot",
+        inputs=X,
+        recompute_bn=False,
+        solver="sinkhorn",
+        cost_normalization="max",
+        orthogonal=False,
+    )
     for name in ("blocks.0.attn.q", "blocks.2.attn.v"):
         plan = result.transports[1][name].plan.reshape(4, 16, 4, 16).sum(axis=(1, 3))
         assert (np.count_nonzero(plan > 1e-12, axis=1) == 1).all(), "each head sends its mass to one head"

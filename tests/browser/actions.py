@@ -32,6 +32,10 @@ def starts_with(text: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(text))
 
 
+SELECT_ATTEMPTS = 4
+"""Tries at a select box's choice: on a machine loaded by two test processes a choice can be lost more than once."""
+
+
 def select(page: Page, label: str, option: str, nth: int | None = None) -> None:
     """Choose the option that starts with ``option`` in the selectbox labelled ``label`` (the ``nth`` of them, from
     the top, or from the bottom when negative, where a page has several with that label)."""
@@ -39,7 +43,7 @@ def select(page: Page, label: str, option: str, nth: int | None = None) -> None:
     if nth is not None:
         box = box.nth(nth)
     expect(box).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
-    for _ in range(2):  # a choice clicked while a rerun redraws the box can be lost on a loaded machine: once more
+    for _ in range(SELECT_ATTEMPTS):  # a choice clicked while a rerun redraws the box can be lost on a loaded machine
         if box.input_value().startswith(option):
             break
         box.scroll_into_view_if_needed()
@@ -53,6 +57,10 @@ def select(page: Page, label: str, option: str, nth: int | None = None) -> None:
         choice.click()
         wait_until_idle(page, PAGE_TIMEOUT_MS)
         menu_closed(page)
+        try:
+            expect(box).to_have_value(starts_with(option), timeout=3_000)
+        except AssertionError:
+            continue
     expect(box).to_have_value(starts_with(option))
     menu_closed(page)
 
