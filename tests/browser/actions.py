@@ -12,6 +12,7 @@ from browser.harness import CHART, TABLE, main_area, save_full_page, wait_until_
 
 try:
     from playwright.sync_api import Page, expect
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 except ImportError:  # the browser tests are skipped (or fail in CI) without Playwright
     pass
 
@@ -54,7 +55,12 @@ def select(page: Page, label: str, option: str, nth: int | None = None) -> None:
         except AssertionError:  # the click landed while a rerun redrew the box: open its menu from the keyboard
             box.focus()
             page.keyboard.press("ArrowDown")
-        choice.click()
+        try:
+            choice.click(timeout=5_000)
+        except PlaywrightTimeoutError:  # the menu is redrawn under the pointer: type the choice and take it
+            box.focus()
+            page.keyboard.type(option)
+            page.keyboard.press("Enter")
         wait_until_idle(page, PAGE_TIMEOUT_MS)
         menu_closed(page)
         try:
