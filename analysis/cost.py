@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.data import Dataset
+from fusion.distributed import world_size
 from fusion.errors import CostLimitError
 from fusion.records import Record
 from fusion.train import TrainConfig, train
@@ -121,8 +122,12 @@ def time_step(
     """Time ``run()`` after one untimed call (which pays the first call's allocations and lazy set-up; skipped without
     ``warm_up``), ``repeats`` times and, for a step too short to time alone, until ``min_seconds`` have passed (at most
     ``max_repeats`` times); a step so slow that the timings pass ``budget`` seconds is timed fewer times (at least
-    once). On CUDA each timing waits for the device."""
+    once). On CUDA each timing waits for the device. Under a process group every rank times the step exactly
+    ``repeats`` times: the step may hold a collective (a sharded Hessian-vector product), and ranks that stopped on
+    their own clocks after different counts would wait on each other forever."""
     synchronise = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    if world_size() > 1:
+        min_seconds, budget, max_repeats = 0.0, math.inf, repeats
     if warm_up:
         run()
         synchronise()

@@ -77,3 +77,19 @@ def test_torchrun_runs_the_hessian_command_on_two_ranks_and_rank_0_alone_writes(
 def config_of(options: list[str]) -> HessianConfig:
     values = dict(zip(options[::2], options[1::2]))
     return HessianConfig(**{k.removeprefix("--"): int(v) for k, v in values.items()})
+
+
+def test_every_rank_times_a_step_as_often_as_the_others(monkeypatch) -> None:
+    """A timed step may hold a collective (a sharded Hessian-vector product): ranks that stopped timing on their own
+    clocks after different counts waited on each other until torchrun's test timed out. Under a process group the
+    count is ``repeats``, whatever the clock says; alone, a quick step is timed until ``min_seconds`` pass."""
+    from analysis import cost
+
+    calls = []
+    monkeypatch.setattr(cost, "world_size", lambda: 2)
+    cost.time_step(lambda: calls.append(1), repeats=5, min_seconds=10.0, warm_up=False)
+    assert len(calls) == 5
+    calls.clear()
+    monkeypatch.setattr(cost, "world_size", lambda: 1)
+    cost.time_step(lambda: calls.append(1), repeats=5, min_seconds=0.05, max_repeats=1000, warm_up=False)
+    assert len(calls) > 5
