@@ -20,7 +20,12 @@ SMALL = {
 def randomised(spec: ModelSpec, seed: int) -> nn.Module:
     """A model of ``spec`` whose BatchNorm affine parameters and running statistics are random, so that a
     BatchNorm member missing from a group would change the function."""
-    model = build_model(spec, seed=seed)
+    return randomise_norms(build_model(spec, seed=seed), seed)
+
+
+def randomise_norms(model: nn.Module, seed: int) -> nn.Module:
+    """``model`` in eval mode with random BatchNorm affine parameters and running statistics (drawn with
+    ``seed + 1000``)."""
     generator = torch.Generator().manual_seed(seed + 1000)
     with torch.no_grad():
         for module in model.modules():

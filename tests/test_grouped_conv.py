@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fusion_helpers import randomise_norms
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -14,7 +15,7 @@ from torch import nn
 from fusion.alignment import AlignOptions, align
 from fusion.blocks import block_order, block_transports
 from fusion.errors import ArchitectureError
-from fusion.groups import NORMS, UnsupportedArchitecture, neuron_groups
+from fusion.groups import UnsupportedArchitecture, neuron_groups
 from fusion.methods.transplant import concatenate, prune_to
 from fusion.registry import fuse
 from fusion.surgery import apply_transports, group_sizes, permuted, with_state
@@ -61,16 +62,7 @@ def tiny(seed: int) -> nn.Module:
     """A seeded model with random BatchNorm parameters and statistics, so that a member left out changes the
     function."""
     torch.manual_seed(seed)
-    model = TinyResNeXt()
-    generator = torch.Generator().manual_seed(seed + 1000)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, NORMS):
-                module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.3)
-                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.3)
-                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
-    return model.eval()
+    return randomise_norms(TinyResNeXt(), seed)
 
 
 def test_a_grouped_convolution_gives_its_input_and_output_groups_blocks_and_one_tie():
